@@ -1,0 +1,61 @@
+"""bgtransfer: durable background HTTP transfers that survive exits, crashes and restarts."""
+
+from bgtransfer._exceptions import (
+    Cancelled,
+    ConnectError,
+    ContentChanged,
+    DestinationError,
+    HTTPStatusError,
+    IntegrityError,
+    InvalidRequest,
+    InvalidTransition,
+    NetworkError,
+    ReadError,
+    RedirectError,
+    ResumeError,
+    StoreError,
+    TaskNotFound,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import Event, TaskState
+from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncSession",
+    "AsyncTask",
+    "Cancelled",
+    "ConnectError",
+    "ContentChanged",
+    "DestinationError",
+    "Event",
+    "HTTPStatusError",
+    "IntegrityError",
+    "InvalidRequest",
+    "InvalidTransition",
+    "NetworkError",
+    "ReadError",
+    "RedirectError",
+    "ResumeError",
+    "Session",
+    "StoreError",
+    "Task",
+    "TaskNotFound",
+    "TaskState",
+    "TransferError",
+    "TransferTimeout",
+    "resolve_home",
+]
+
+
+def _set_public_module() -> None:
+    # Show bgtransfer.TaskState, not bgtransfer._models.TaskState, in reprs and docs.
+    for name in __all__:
+        obj = globals()[name]
+        if isinstance(obj, type):
+            obj.__module__ = "bgtransfer"
+
+
+_set_public_module()

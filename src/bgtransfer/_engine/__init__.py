@@ -1,0 +1,1 @@
+"""Drivers: run the sans-I/O machine against aiohttp, the filesystem and the store."""

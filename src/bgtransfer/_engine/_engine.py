@@ -1,0 +1,525 @@
+"""The engine: runs every active task of one owner (a foreground session, later the daemon).
+
+Each task's decisions come from its :class:`TransferMachine`; this module only carries out the
+actions it returns: HTTP through aiohttp, bytes into the partial file, snapshots into the
+store. Control calls (suspend, resume, cancel) go through the same machine, so there is one
+place where state changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from multidict import CIMultiDict
+
+from bgtransfer._engine._files import PartialFile, hash_prefix, place, remove_partial, size_of
+from bgtransfer._engine._limiter import Limiter
+from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._exceptions import (
+    ConnectError,
+    DestinationError,
+    InvalidTransition,
+    NetworkError,
+    ReadError,
+    TaskNotFound,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import Event, Phase
+from bgtransfer._protocol import _machine as M
+from bgtransfer._store._base import TaskRow
+from bgtransfer._store._sqlite import SQLiteStore
+
+__all__ = ["Engine"]
+
+log = logging.getLogger("bgtransfer")
+
+READ_SIZE = 4 << 20
+USER_AGENT = "bgtransfer/0.1"
+
+
+@dataclass(eq=False)
+class _Live:
+    row: TaskRow
+    machine: M.TransferMachine
+    part: PartialFile
+    runner: asyncio.Task[None] | None = None
+    resp: aiohttp.ClientResponse | None = None
+    hasher: Any = None
+    hashed: int = 0
+    retry_delay: float = 0.0
+    slow: bool = False
+    last_phase: Phase | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        key = k.lower()
+        out[key] = f"{out[key]}, {v}" if key in out else v
+    return out
+
+
+class Engine:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        home: str,
+        *,
+        max_active: int = 16,
+        max_per_host: int = 6,
+        rng: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.home = home
+        self.limiter = Limiter(max_active, max_per_host)
+        self.rng = rng
+        self.clock = clock
+        self.owner = OwnerLock(home)
+        self._live: dict[str, _Live] = {}
+        self._http: aiohttp.ClientSession | None = None
+        self._listeners: list[asyncio.Queue[Event]] = []
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
+        self._http = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            read_bufsize=READ_SIZE,
+            headers={"User-Agent": USER_AGENT},
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    async def close(self) -> None:
+        """Stop every task at a checkpoint; they stay resumable by a later session."""
+        if self._closed:
+            return
+        self._closed = True
+        for live in list(self._live.values()):
+            if not live.machine.terminal:
+                await self._stop(live)
+                self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
+            self.store.set_owner(live.row.id, None)
+        self._live.clear()
+        if self._http is not None:
+            await self._http.close()
+        self.owner.release()
+
+    # -- public operations -----------------------------------------------------------------
+
+    def submit(self, row: TaskRow) -> None:
+        row.owner = self.owner.token
+        self.store.insert(row)
+        live = self._make_live(row)
+        self._spawn(live)
+
+    def recover(self, session: str) -> None:
+        """Mark tasks whose owner process died as interrupted (SUSPENDED), fix their files."""
+        for row in self.store.list(session):
+            if row.snap.phase is Phase.DONE or row.background:
+                continue
+            if row.owner == self.owner.token or row.id in self._live:
+                continue
+            if row.owner is not None and owner_alive(self.home, row.owner):
+                continue
+            live = self._make_live(row)
+            self._reconcile(live)
+            m = live.machine
+            if not m.terminal:
+                where = f"byte {m.snap.offset}" if m.snap.offset else "the start"
+                ev = M.Interrupted(
+                    "interrupted: the process running it exited; resume() continues from " + where
+                )
+                self._execute_sync(live, m.handle(ev, now=self.clock()))
+            self.store.set_owner(row.id, None)
+
+    def get(self, task_id: str) -> TaskRow:
+        live = self._live.get(task_id)
+        if live is not None:
+            row = replace(live.row)
+            row.snap = replace(live.machine.snap)
+            row.snap.active_seconds = live.machine.elapsed(self.clock())
+            return row
+        stored = self.store.get(task_id)
+        if stored is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
+        return stored
+
+    async def suspend(self, task_id: str) -> None:
+        live = self._adopt(task_id)
+        await self._control(live, live.machine.handle(M.SuspendRequested(), now=self.clock()))
+
+    async def resume(self, task_id: str) -> None:
+        live = self._adopt(task_id)
+        if live.machine.snap.phase is Phase.SUSPENDED:
+            self._reconcile(live)
+        await self._control(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
+
+    async def cancel(self, task_id: str) -> None:
+        live = self._adopt(task_id)
+        await self._control(live, live.machine.handle(M.CancelRequested(), now=self.clock()))
+
+    async def wait(self, task_id: str) -> TaskRow:
+        while True:
+            row = self.get(task_id)
+            if row.snap.phase is Phase.DONE:
+                return row
+            self._changed.clear()
+            # Tasks of other processes change only in the store, hence the bounded poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.25)
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        q: asyncio.Queue[Event] = asyncio.Queue()
+        self._listeners.append(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(q)
+
+    # -- adoption and reconciliation -------------------------------------------------------
+
+    def _make_live(self, row: TaskRow) -> _Live:
+        machine = M.TransferMachine.from_snapshot(row.spec, row.snap, rng=self.rng)
+        live = _Live(row=row, machine=machine, part=PartialFile(row.partial))
+        live.last_phase = row.snap.phase
+        return live
+
+    def _adopt(self, task_id: str) -> _Live:
+        live = self._live.get(task_id)
+        if live is not None:
+            return live
+        row = self.store.get(task_id)
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
+        if row.background:
+            raise InvalidTransition(
+                f"task {task_id} belongs to a background session; control it through the daemon",
+                task_id=task_id,
+            )
+        if row.owner not in (None, self.owner.token) and owner_alive(self.home, row.owner):
+            raise InvalidTransition(
+                f"task {task_id} is being run by another process ({row.owner.split('-')[0]})",
+                task_id=task_id,
+            )
+        row.owner = self.owner.token
+        self.store.set_owner(task_id, row.owner)
+        live = self._make_live(row)
+        self._live[task_id] = live
+        return live
+
+    def _reconcile(self, live: _Live) -> None:
+        """Bring the stored offset in line with the files on disk (after a crash)."""
+        m, row = live.machine, live.row
+        if m.terminal:
+            return
+        if m.snap.phase is Phase.CANCELING:
+            return
+        size = size_of(row.partial)
+        if size is None:
+            target_size = size_of(row.path)
+            total = m.snap.total
+            if (
+                m.snap.offset > 0
+                and total is not None
+                and target_size == total
+                and m.snap.offset >= total
+            ):
+                # Placed, but the COMPLETED commit was lost in the crash.
+                m.snap.phase = Phase.DONE
+                m.snap.detail = "completed"
+                m.committed = m.snap.offset
+                self._persist(live)
+                return
+            if m.snap.offset:
+                log.warning("task %s: partial file missing, restarting from 0", row.id)
+            m.snap.offset = m.committed = 0
+            m.snap.total = m.snap.etag = m.snap.last_modified = None
+        elif size < m.snap.offset:
+            log.warning(
+                "task %s: partial file has %d bytes, fewer than committed %d",
+                row.id,
+                size,
+                m.snap.offset,
+            )
+            m.snap.offset = m.committed = size
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _spawn(self, live: _Live) -> None:
+        self._live[live.row.id] = live
+        live.runner = asyncio.get_running_loop().create_task(
+            self._run(live), name=f"bgtransfer-{live.row.id[:8]}"
+        )
+
+    async def _run(self, live: _Live) -> None:
+        m = live.machine
+        host = urlsplit(m.spec.url).hostname or ""
+        try:
+            while _phase(m) is Phase.QUEUED:
+                async with self.limiter.slot(host):
+                    await self._attempt(live)
+                if _phase(m) is Phase.WAITING_RETRY:
+                    await asyncio.sleep(live.retry_delay)
+                    self._execute_sync(live, m.handle(M.RetryDue(), now=self.clock()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task %s: internal error", live.row.id)
+            err = TransferError(f"internal error: {exc!r}", task_id=live.row.id)
+            self._close_transfer(live)
+            self._execute_sync(live, m.handle(M.Failed(err), now=self.clock()))
+        finally:
+            self._close_transfer(live)
+
+    async def _attempt(self, live: _Live) -> None:
+        m = live.machine
+        queue: deque[M.Action] = deque(m.handle(M.Start(), now=self.clock()))
+        left = max(m.time_left(self.clock()), 0.0)
+        deadline = asyncio.timeout(left)
+        try:
+            async with deadline:
+                await self._execute(live, queue)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._close_transfer(live)
+            err = TransferTimeout(
+                f"resource timeout of {m.spec.resource_timeout:g} s reached", task_id=live.row.id
+            )
+            await self._execute(live, deque(m.handle(M.TransportFailed(err), now=self.clock())))
+
+    async def _execute(self, live: _Live, queue: deque[M.Action]) -> None:
+        m = live.machine
+        while queue:
+            action = queue.popleft()
+            event: M.Event | None = None
+            match action:
+                case M.SendRequest():
+                    event = await self._request(live, action)
+                case M.WriteBody():
+                    event = await self._stream(live, action)
+                case M.Finalize():
+                    event = self._finalize(live, action)
+                case _:
+                    self._execute_sync(live, [action])
+            if event is not None:
+                queue.extend(m.handle(event, now=self.clock()))
+
+    def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
+        """Carry out the actions that need no awaiting."""
+        m = live.machine
+        for action in actions:
+            match action:
+                case M.Persist():
+                    self._persist(live)
+                case M.DiscardResponse() | M.StopTransfer():
+                    self._close_transfer(live)
+                case M.RemovePartial():
+                    self._close_transfer(live)
+                    live.hasher = None
+                    remove_partial(live.row.partial)
+                    if m.snap.phase is Phase.CANCELING:
+                        self._execute_sync(live, m.handle(M.CancelCleaned(), now=self.clock()))
+                case M.ScheduleRetry(delay=delay):
+                    live.retry_delay = delay
+                case M.Enqueue():
+                    if live.runner is None or live.runner.done():
+                        self._spawn(live)
+                case _:
+                    raise InvalidTransition(f"{action!r} cannot run synchronously")
+
+    def _apply_now(self, live: _Live, event: M.Event) -> None:
+        self._execute_sync(live, live.machine.handle(event, now=self.clock()))
+
+    async def _control(self, live: _Live, actions: list[M.Action]) -> None:
+        for action in actions:
+            if isinstance(action, M.StopTransfer):
+                await self._stop(live)
+            else:
+                self._execute_sync(live, [action])
+        self._changed.set()
+
+    async def _stop(self, live: _Live) -> None:
+        runner = live.runner
+        if runner is not None and not runner.done() and runner is not asyncio.current_task():
+            runner.cancel()
+            await asyncio.wait([runner])
+        self._close_transfer(live)
+
+    def _close_transfer(self, live: _Live) -> None:
+        if live.resp is not None:
+            live.resp.close()
+            live.resp = None
+        live.part.close()
+
+    def _persist(self, live: _Live) -> None:
+        m = live.machine
+        live.part.sync()
+        now = self.clock()
+        self.store.save(live.row.id, m.snapshot(now), wall_time=time.time())
+        kind = "progress" if live.last_phase is m.snap.phase else "state"
+        live.last_phase = m.snap.phase
+        if m.terminal:
+            live.finished.set()
+            self._live.pop(live.row.id, None)
+            with contextlib.suppress(Exception):
+                self.store.set_owner(live.row.id, None)
+        self._changed.set()
+        if self._listeners:
+            ev = Event(
+                task_id=live.row.id,
+                kind=kind,
+                state=m.state,
+                detail=m.snap.detail,
+                bytes_received=m.snap.offset,
+                bytes_expected=m.snap.total,
+                error=m.snap.error,
+            )
+            for q in self._listeners:
+                q.put_nowait(ev)
+
+    # -- I/O -------------------------------------------------------------------------------
+
+    async def _request(self, live: _Live, action: M.SendRequest) -> M.Event:
+        assert self._http is not None
+        rt = live.machine.spec.request_timeout
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
+        try:
+            resp = await self._http.get(
+                action.url,
+                headers=CIMultiDict(action.headers),
+                allow_redirects=False,
+                timeout=timeout,
+            )
+        except aiohttp.ClientConnectorError as exc:
+            return M.TransportFailed(ConnectError(f"cannot connect: {exc}"))
+        except TimeoutError:
+            return M.TransportFailed(
+                TransferTimeout(f"no response within {rt:g} s (request_timeout)")
+            )
+        except aiohttp.ClientResponseError as exc:
+            # A response aiohttp cannot parse (huge or malformed headers): retrying cannot help.
+            return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            return M.TransportFailed(ReadError(f"connection lost before the response: {exc}"))
+        except aiohttp.ClientError as exc:
+            return M.TransportFailed(NetworkError(f"request failed: {exc!r}"))
+        live.resp = resp
+        return M.Response(resp.status, _headers(resp), wall_time=time.time())
+
+    async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
+        m, part, resp = live.machine, live.part, live.resp
+        assert resp is not None
+        part.close()
+        try:
+            part.open(action.start)
+        except (DestinationError, OSError) as exc:
+            msg = exc.message if isinstance(exc, DestinationError) else str(exc)
+            return M.Failed(DestinationError(msg))
+        hasher = None
+        if m.spec.sha256 is not None:
+            if action.start == 0:
+                live.hasher, live.hashed = hash_prefix(part.path, 0), 0
+            elif live.hasher is None or live.hashed != action.start:
+                live.hasher, live.hashed = hash_prefix(part.path, action.start), action.start
+            hasher = live.hasher
+        watchdog = None
+        if m.spec.low_speed_limit > 0:
+            watchdog = asyncio.get_running_loop().create_task(self._watchdog(live))
+        rt = m.spec.request_timeout
+        try:
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                part.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
+                    live.hashed += len(chunk)
+                # No await between write and handle: the offset always matches the file.
+                actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
+                if actions:
+                    self._execute_sync(live, actions)
+            return M.BodyEnded()
+        except DestinationError as exc:
+            # Disk full and the like: keep what is committed and wait for a person.
+            return M.Interrupted(f"suspended: {exc.message}; resume() once it is fixed")
+        except TimeoutError:
+            return M.TransportFailed(TransferTimeout(f"no data for {rt:g} s (request_timeout)"))
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            if live.slow:
+                spec = m.spec
+                return M.TransportFailed(
+                    TransferTimeout(
+                        f"slower than {spec.low_speed_limit} B/s for {spec.low_speed_time:g} s"
+                    )
+                )
+            return M.TransportFailed(ReadError(f"connection lost at byte {m.snap.offset}: {exc!r}"))
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+            live.slow = False
+
+    async def _watchdog(self, live: _Live) -> None:
+        """curl's --speed-limit/--speed-time: idle timeouts alone miss a trickling server."""
+        m = live.machine
+        limit, window = m.spec.low_speed_limit, m.spec.low_speed_time
+        samples: deque[tuple[float, int]] = deque([(self.clock(), m.snap.offset)])
+        while True:
+            await asyncio.sleep(min(0.5, window / 4))
+            now = self.clock()
+            samples.append((now, m.snap.offset))
+            while len(samples) > 2 and now - samples[1][0] >= window:
+                samples.popleft()
+            t0, b0 = samples[0]
+            if now - t0 >= window and (m.snap.offset - b0) / (now - t0) < limit:
+                live.slow = True
+                if live.resp is not None:
+                    live.resp.close()
+                return
+
+    def _finalize(self, live: _Live, action: M.Finalize) -> M.Event:
+        live.part.close()
+        digest = None
+        if live.hasher is not None and live.hashed == action.expected_length:
+            digest = live.hasher.hexdigest()
+        m, row = live.machine, live.row
+        m.committed = m.snap.offset
+        self.store.save(row.id, m.snapshot(self.clock()), wall_time=time.time())
+        try:
+            place(
+                row.partial,
+                row.path,
+                overwrite=row.overwrite,
+                expected_length=action.expected_length,
+                sha256=action.sha256,
+                digest=digest,
+            )
+        except TransferError as exc:
+            return M.FinalizeFailed(exc)
+        return M.Finalized()
+
+
+def _phase(m: M.TransferMachine) -> Phase:
+    # A call, not an attribute read, so type checkers do not narrow across awaits.
+    return m.snap.phase
+
+
+def new_task_id() -> str:
+    return os.urandom(16).hex()

@@ -1,0 +1,198 @@
+"""The partial file and its placement: every step of the durability order lives here.
+
+Order for a checkpoint: write -> fsync(partial) -> commit offset.
+Order at the end: verify -> fsync(partial) -> link/rename to the target -> fsync(directory)
+-> commit COMPLETED. The target name never holds a partial file.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+
+from bgtransfer._exceptions import DestinationError, IntegrityError, InvalidRequest
+
+__all__ = [
+    "PartialFile",
+    "check_target",
+    "fsync_dir",
+    "hash_prefix",
+    "partial_path",
+    "place",
+    "remove_partial",
+]
+
+_READ = 1 << 20
+
+
+def partial_path(target: str, task_id: str) -> str:
+    head, name = os.path.split(target)
+    return os.path.join(head, f".{name}.{task_id[:12]}.bgtransfer-part")
+
+
+def check_target(path: object, *, overwrite: bool) -> str:
+    """Absolute target path, or InvalidRequest naming what is wrong with it."""
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidRequest(f"target path must be a string or path, not {path!r}")
+    raw = os.fspath(path)
+    if not isinstance(raw, str) or not raw or "\0" in raw:
+        raise InvalidRequest(f"target path is empty or contains NUL: {raw!r}")
+    target = os.path.abspath(raw)
+    parent = os.path.dirname(target)
+    if raw.endswith(os.sep) or os.path.isdir(target):
+        raise InvalidRequest(f"target is a directory, not a file path: {raw!r}")
+    if not os.path.isdir(parent):
+        raise InvalidRequest(f"the target's directory does not exist: {parent!r}")
+    if os.path.lexists(target):
+        if not overwrite:
+            raise InvalidRequest(f"target already exists (pass overwrite=True to replace): {raw!r}")
+        if not stat.S_ISREG(os.lstat(target).st_mode):
+            raise InvalidRequest(f"target exists and is not a regular file: {raw!r}")
+    return target
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_prefix(path: str, length: int) -> hashlib._Hash:
+    """sha256 of the first ``length`` bytes already on disk (resume in a new process)."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        left = length
+        while left > 0:
+            block = os.read(fd, min(_READ, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    finally:
+        os.close(fd)
+    return h
+
+
+class PartialFile:
+    """The hidden file a download writes to, opened without following symlinks."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+        self.dirty = False
+
+    def open(self, start: int) -> None:
+        """Open for writing at ``start``, dropping anything after it (never-committed bytes)."""
+        flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+            created = True
+        except FileExistsError:
+            try:
+                fd = os.open(self.path, flags)
+            except OSError as exc:
+                raise DestinationError(
+                    f"unsafe or unusable partial file {self.path}: {exc}"
+                ) from exc
+            created = False
+        except OSError as exc:
+            raise DestinationError(f"cannot create partial file {self.path}: {exc}") from exc
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (not created and st.st_nlink != 1):
+            os.close(fd)
+            raise DestinationError(f"partial file {self.path} is not a private regular file")
+        try:
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        if created:
+            fsync_dir(os.path.dirname(self.path))
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise DestinationError(f"cannot write {self.path}: {exc.strerror}") from exc
+                raise DestinationError(f"cannot write {self.path}: {exc}") from exc
+            view = view[n:]
+        self.dirty = True
+
+    def sync(self) -> None:
+        if self.fd >= 0 and self.dirty:
+            os.fdatasync(self.fd)
+            self.dirty = False
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            try:
+                self.sync()
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+def size_of(path: str) -> int | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_size if stat.S_ISREG(st.st_mode) else None
+
+
+def place(
+    partial: str,
+    target: str,
+    *,
+    overwrite: bool,
+    expected_length: int | None,
+    sha256: str | None,
+    digest: str | None,
+) -> None:
+    """Verify the partial file and give it the target name, durably."""
+    size = size_of(partial)
+    if size is None:
+        raise DestinationError(f"partial file {partial} vanished before it could be placed")
+    if expected_length is not None and size != expected_length:
+        raise IntegrityError(f"length mismatch: got {size} bytes, expected {expected_length}")
+    if sha256 is not None:
+        actual = digest if digest is not None else hash_prefix(partial, size).hexdigest()
+        if actual != sha256:
+            raise IntegrityError(f"sha256 mismatch: got {actual}, expected {sha256}")
+    fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        if overwrite:
+            os.replace(partial, target)
+        else:
+            # link() fails if the target appeared meanwhile; rename() would clobber it.
+            os.link(partial, target, follow_symlinks=False)
+            os.unlink(partial)
+    except FileExistsError:
+        raise DestinationError(
+            f"target {target} appeared during the download; not overwritten"
+        ) from None
+    except OSError as exc:
+        raise DestinationError(f"cannot place {target}: {exc}") from exc
+    fsync_dir(os.path.dirname(target))
+
+
+def remove_partial(partial: str) -> None:
+    try:
+        os.unlink(partial)
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(partial))

@@ -1,0 +1,69 @@
+"""Slots for active transfers: a global limit and a per-host limit, granted in FIFO order."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+__all__ = ["Limiter"]
+
+
+class Limiter:
+    def __init__(self, total: int, per_host: int) -> None:
+        self.total = total
+        self.per_host = per_host
+        self._active = 0
+        self._hosts: dict[str, int] = {}
+        self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
+
+    def _can(self, host: str) -> bool:
+        return self._active < self.total and self._hosts.get(host, 0) < self.per_host
+
+    def _take(self, host: str) -> None:
+        self._active += 1
+        self._hosts[host] = self._hosts.get(host, 0) + 1
+
+    def _release(self, host: str) -> None:
+        self._active -= 1
+        left = self._hosts[host] - 1
+        if left:
+            self._hosts[host] = left
+        else:
+            del self._hosts[host]
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        # FIFO, but a waiter blocked only by its own host's limit does not block other hosts.
+        for item in list(self._waiters):
+            if self._active >= self.total:
+                break
+            host, fut = item
+            if fut.done():
+                self._waiters.remove(item)
+            elif self._can(host):
+                self._waiters.remove(item)
+                self._take(host)
+                fut.set_result(None)
+
+    @asynccontextmanager
+    async def slot(self, host: str) -> AsyncIterator[None]:
+        if self._can(host) and not self._waiters:
+            self._take(host)
+        else:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            item = (host, fut)
+            self._waiters.append(item)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                if fut.done() and not fut.cancelled():
+                    self._release(host)
+                elif item in self._waiters:
+                    self._waiters.remove(item)
+                raise
+        try:
+            yield
+        finally:
+            self._release(host)

@@ -1,0 +1,166 @@
+"""The one exception hierarchy of bgtransfer.
+
+Every error the library raises or stores on a task derives from :class:`TransferError`::
+
+    TransferError
+    ├── InvalidRequest (also ValueError)   bad input, raised at once; no task is created
+    ├── Cancelled                          the task was cancelled by a caller
+    ├── NetworkError                       transient: retried automatically while time remains
+    │   ├── ConnectError
+    │   └── ReadError                      reset or truncated body
+    ├── TransferTimeout (also TimeoutError) idle, low-speed or resource timeout
+    ├── HTTPStatusError (.status_code)     the server answered with a status that is not retried
+    ├── RedirectError                      too many hops, non-http(s) target, https->http
+    ├── ResumeError                        the server's range answers cannot be trusted
+    │   └── ContentChanged                 the resource kept changing between attempts
+    ├── IntegrityError                     length or sha256 mismatch at the end
+    ├── DestinationError                   the local file cannot be written or placed
+    ├── InvalidTransition                  an operation that the task's state does not allow
+    ├── TaskNotFound (also LookupError)
+    └── StoreError                         the SQLite store is unusable
+
+Each class has a stable ``code`` so an error can be stored and sent as JSON
+(:meth:`TransferError.to_dict`) and rebuilt as the same class (:func:`error_from_dict`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "Cancelled",
+    "ConnectError",
+    "ContentChanged",
+    "DestinationError",
+    "HTTPStatusError",
+    "IntegrityError",
+    "InvalidRequest",
+    "InvalidTransition",
+    "NetworkError",
+    "ReadError",
+    "RedirectError",
+    "ResumeError",
+    "StoreError",
+    "TaskNotFound",
+    "TransferError",
+    "TransferTimeout",
+    "error_from_dict",
+]
+
+
+class TransferError(Exception):
+    """Base of every bgtransfer error."""
+
+    code: ClassVar[str] = "transfer_error"
+
+    def __init__(
+        self, message: str, *, task_id: str | None = None, status_code: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.task_id = task_id
+        self.status_code = status_code
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "task_id": self.task_id,
+            "status_code": self.status_code,
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, TransferError)
+            and type(other) is type(self)
+            and (self.to_dict() == other.to_dict())
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.code, self.message))
+
+
+class InvalidRequest(TransferError, ValueError):
+    code = "invalid_request"
+
+
+class Cancelled(TransferError):
+    code = "cancelled"
+
+
+class NetworkError(TransferError):
+    code = "network_error"
+
+
+class ConnectError(NetworkError):
+    code = "connect_error"
+
+
+class ReadError(NetworkError):
+    code = "read_error"
+
+
+class TransferTimeout(TransferError, TimeoutError):
+    code = "timeout"
+
+
+class HTTPStatusError(TransferError):
+    code = "http_status"
+
+
+class RedirectError(TransferError):
+    code = "redirect_error"
+
+
+class ResumeError(TransferError):
+    code = "resume_error"
+
+
+class ContentChanged(ResumeError):
+    code = "content_changed"
+
+
+class IntegrityError(TransferError):
+    code = "integrity_error"
+
+
+class DestinationError(TransferError):
+    code = "destination_error"
+
+
+class InvalidTransition(TransferError):
+    code = "invalid_transition"
+
+
+class TaskNotFound(TransferError, LookupError):
+    code = "task_not_found"
+
+
+class StoreError(TransferError):
+    code = "store_error"
+
+
+_BY_CODE: dict[str, type[TransferError]] = {}
+
+
+def _register(cls: type[TransferError]) -> None:
+    _BY_CODE[cls.code] = cls
+    for sub in cls.__subclasses__():
+        _register(sub)
+
+
+_register(TransferError)
+
+
+def error_from_dict(data: dict[str, Any]) -> TransferError:
+    """Rebuild an error stored with :meth:`TransferError.to_dict`, as the same class."""
+    cls = _BY_CODE.get(str(data.get("code")), TransferError)
+    status = data.get("status_code")
+    return cls(
+        str(data.get("message", "")),
+        task_id=data.get("task_id"),
+        status_code=int(status) if status is not None else None,
+    )

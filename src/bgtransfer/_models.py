@@ -1,0 +1,62 @@
+"""Value types shared by every layer: the public task state and the internal phase."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from bgtransfer._exceptions import TransferError
+
+__all__ = ["Event", "Phase", "TaskState"]
+
+
+class TaskState(enum.Enum):
+    """The four public states, as NSURLSession and the Volt MX seed name them."""
+
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    CANCELING = "canceling"
+    COMPLETED = "completed"
+
+
+class Phase(enum.StrEnum):
+    """Why a task is in its public state; shown to people through ``Task.detail``."""
+
+    QUEUED = "queued"
+    CONNECTING = "connecting"
+    TRANSFERRING = "transferring"
+    WAITING_RETRY = "waiting to retry"
+    VERIFYING = "verifying"
+    FINISHING = "finishing"
+    SUSPENDED = "suspended"
+    CANCELING = "canceling"
+    DONE = "done"
+
+
+PHASE_STATE: dict[Phase, TaskState] = {
+    Phase.QUEUED: TaskState.RUNNING,
+    Phase.CONNECTING: TaskState.RUNNING,
+    Phase.TRANSFERRING: TaskState.RUNNING,
+    Phase.WAITING_RETRY: TaskState.RUNNING,
+    Phase.VERIFYING: TaskState.RUNNING,
+    Phase.FINISHING: TaskState.RUNNING,
+    Phase.SUSPENDED: TaskState.SUSPENDED,
+    Phase.CANCELING: TaskState.CANCELING,
+    Phase.DONE: TaskState.COMPLETED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One observation of a task, as delivered by ``AsyncSession.events()``.
+
+    ``kind`` is ``"state"`` for a change of state or phase and ``"progress"`` for bytes.
+    """
+
+    task_id: str
+    kind: str
+    state: TaskState
+    detail: str
+    bytes_received: int
+    bytes_expected: int | None
+    error: TransferError | None

@@ -1,0 +1,678 @@
+"""The state machine of one download, sans I/O.
+
+Rules
+-----
+* ``TransferMachine.handle(event, now=...)`` is the only way to change a task. It returns the
+  actions the driver must carry out, in order. It reads no clock (``now`` is the caller's
+  monotonic time; a ``Response`` event carries the wall time for Retry-After dates), touches
+  no file or socket, and draws jitter only from the ``rng`` it was given.
+* Public state (``TaskState``) follows from the phase. COMPLETED is absorbing: any control
+  event on it raises :class:`InvalidTransition` and changes nothing.
+* ``offset`` is the number of valid bytes at the start of the partial file. It only grows,
+  except on an explicit restart (the resource changed or the server would not resume), which
+  sets it to 0 and counts in ``restarts``.
+* ``committed`` is the offset last handed to the store. The driver must make the data durable
+  (fsync) before it persists, so ``committed <= durable bytes`` always holds.
+
+Theory of operation
+-------------------
+QUEUED --Start--> CONNECTING --Response--> TRANSFERRING --BodyEnded--> VERIFYING --Finalized--> DONE
+CONNECTING/TRANSFERRING --TransportFailed or retryable status--> WAITING_RETRY --RetryDue--> QUEUED
+any running phase --SuspendRequested--> SUSPENDED --ResumeRequested--> QUEUED
+any non-terminal phase --CancelRequested--> CANCELING --CancelCleaned--> DONE (error Cancelled)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from bgtransfer._exceptions import (
+    Cancelled,
+    ContentChanged,
+    HTTPStatusError,
+    InvalidTransition,
+    NetworkError,
+    ReadError,
+    RedirectError,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import PHASE_STATE, Phase, TaskState
+from bgtransfer._protocol._ranges import (
+    choose_validator,
+    parse_content_range,
+    parse_retry_after,
+    range_header,
+)
+from bgtransfer._protocol._redirects import (
+    REDIRECT_STATUS,
+    SENSITIVE_HEADERS,
+    origin,
+    resolve_redirect,
+)
+from bgtransfer._protocol._retry import RETRYABLE_STATUS, Backoff
+
+__all__ = [
+    "Action",
+    "BodyEnded",
+    "CancelCleaned",
+    "CancelRequested",
+    "DataWritten",
+    "DiscardResponse",
+    "Enqueue",
+    "Event",
+    "Failed",
+    "Finalize",
+    "FinalizeFailed",
+    "Finalized",
+    "Interrupted",
+    "Persist",
+    "RemovePartial",
+    "Response",
+    "ResumeRequested",
+    "RetryDue",
+    "ScheduleRetry",
+    "SendRequest",
+    "Snapshot",
+    "Spec",
+    "Start",
+    "StopTransfer",
+    "SuspendRequested",
+    "TransferMachine",
+    "TransportFailed",
+    "WriteBody",
+]
+
+CHECKPOINT_BYTES = 4 << 20
+CHECKPOINT_SECONDS = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    """What the caller asked for; never changes during the task's life."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
+    request_timeout: float = 60.0
+    resource_timeout: float = 7 * 86400.0
+    sha256: str | None = None
+    low_speed_limit: int = 0
+    low_speed_time: float = 30.0
+    max_redirects: int = 10
+    max_restarts: int = 5
+    max_attempts: int | None = None
+    retry_wait: float = 1.0
+    max_retry_wait: float = 120.0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything about a task's progress that must survive a restart."""
+
+    phase: Phase = Phase.QUEUED
+    detail: str = "queued"
+    offset: int = 0
+    total: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    restarts: int = 0
+    attempts: int = 0
+    failures: int = 0
+    status_code: int | None = None
+    error: TransferError | None = None
+    active_seconds: float = 0.0
+
+
+# -- events ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The scheduler gave the task a slot: begin an attempt."""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # lower-case names
+    wall_time: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DataWritten:
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class BodyEnded:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TransportFailed:
+    error: TransferError
+
+
+@dataclass(frozen=True, slots=True)
+class RetryDue:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Finalized:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FinalizeFailed:
+    error: TransferError
+
+
+@dataclass(frozen=True, slots=True)
+class SuspendRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCleaned:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The driver hit an error that no retry can fix (a bug, an unusable destination)."""
+
+    error: TransferError
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """Found unfinished after the process that ran it died (foreground sessions)."""
+
+    reason: str
+
+
+Event = (
+    Start
+    | Response
+    | DataWritten
+    | BodyEnded
+    | TransportFailed
+    | RetryDue
+    | Finalized
+    | FinalizeFailed
+    | SuspendRequested
+    | ResumeRequested
+    | CancelRequested
+    | CancelCleaned
+    | Failed
+    | Interrupted
+)
+
+# -- actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    url: str
+    headers: tuple[tuple[str, str], ...]
+    time_left: float  # resource time left: the driver bounds the attempt with it
+
+
+@dataclass(frozen=True, slots=True)
+class WriteBody:
+    """Stream the current response body into the partial file from ``start``.
+
+    ``start == 0`` with ``truncate`` means a fresh file; otherwise append at the offset.
+    """
+
+    start: int
+    truncate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DiscardResponse:
+    """Close the current response without writing a byte of it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Make written data durable (fsync), then store the snapshot."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleRetry:
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finalize:
+    expected_length: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StopTransfer:
+    """Abort whatever attempt or wait is in progress (suspend or cancel)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemovePartial:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Enqueue:
+    """Ask the scheduler for a slot; it answers with ``Start``."""
+
+
+Action = (
+    SendRequest
+    | WriteBody
+    | DiscardResponse
+    | Persist
+    | ScheduleRetry
+    | Finalize
+    | StopTransfer
+    | RemovePartial
+    | Enqueue
+)
+
+
+class _Decision(Enum):
+    REDIRECT = "redirect"
+    APPEND = "append"
+    FRESH = "fresh"
+    RESTART = "restart"
+    DONE = "done"
+    RETRY = "retry"
+    FAIL = "fail"
+
+
+def classify_response(
+    status: int, headers: Mapping[str, str], offset: int, total: int | None
+) -> _Decision:
+    """Decide what to do with a response to a request for bytes ``offset-``.
+
+    Bytes are appended only when the server proves they start exactly at ``offset`` of the
+    same representation we started (RFC 9110 §14.4, curl test 1156, aria2 isRangeSatisfied).
+    """
+    if status in REDIRECT_STATUS:
+        return _Decision.REDIRECT
+    if status in RETRYABLE_STATUS:
+        return _Decision.RETRY
+    cr = parse_content_range(headers.get("content-range"))
+    if status == 416:
+        if offset > 0 and cr is not None and cr.first is None:
+            if cr.total == offset and (total is None or total == offset):
+                return _Decision.DONE
+            return _Decision.RESTART
+        return _Decision.FAIL
+    if status == 206 or (status == 200 and cr is not None and offset > 0):
+        if cr is None or cr.first is None:
+            return _Decision.RESTART
+        same_total = total is None or cr.total is None or cr.total == total
+        if cr.first == offset and same_total:
+            return _Decision.APPEND
+        if cr.first == 0 and cr.total is not None and cr.last == cr.total - 1:
+            return _Decision.FRESH
+        return _Decision.RESTART
+    if 200 <= status < 300:
+        return _Decision.FRESH
+    return _Decision.FAIL
+
+
+def _content_length(headers: Mapping[str, str]) -> int | None:
+    value = headers.get("content-length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+@dataclass(slots=True)
+class TransferMachine:
+    spec: Spec
+    snap: Snapshot = field(default_factory=Snapshot)
+    rng: Callable[[], float] = lambda: 0.5
+    # In-memory only: reset when rebuilt from a snapshot.
+    committed: int = 0
+    in_flight: bool = False
+    _url: str = ""
+    _hops: int = 0
+    _active_since: float | None = None
+    _last_checkpoint: float = 0.0
+
+    @classmethod
+    def from_snapshot(
+        cls, spec: Spec, snap: Snapshot, *, rng: Callable[[], float] | None = None
+    ) -> TransferMachine:
+        m = cls(spec=spec, snap=replace(snap))
+        if rng is not None:
+            m.rng = rng
+        m.committed = snap.offset
+        return m
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> TaskState:
+        return PHASE_STATE[self.snap.phase]
+
+    @property
+    def terminal(self) -> bool:
+        return self.snap.phase is Phase.DONE
+
+    def elapsed(self, now: float) -> float:
+        """Resource time used so far: active time only, suspended time excluded."""
+        running = 0.0 if self._active_since is None else max(0.0, now - self._active_since)
+        return self.snap.active_seconds + running
+
+    def time_left(self, now: float) -> float:
+        return self.spec.resource_timeout - self.elapsed(now)
+
+    def snapshot(self, now: float) -> Snapshot:
+        """The snapshot to persist, with active time accounted up to ``now``."""
+        out = replace(self.snap)
+        out.active_seconds = self.elapsed(now)
+        out.offset = self.committed
+        return out
+
+    # -- the one entry point ---------------------------------------------------------------
+
+    def handle(self, event: Event, *, now: float) -> list[Action]:
+        match event:
+            case Start():
+                return self._start(now)
+            case Response():
+                return self._response(event, now)
+            case DataWritten(nbytes=n):
+                return self._data(n, now)
+            case BodyEnded():
+                return self._body_ended(now)
+            case TransportFailed(error=err):
+                return self._failed(err, None, now)
+            case RetryDue():
+                self._expect(Phase.WAITING_RETRY, event)
+                self._set(Phase.QUEUED, "queued (retry due)", now)
+                return [Enqueue()]
+            case Finalized():
+                self._expect(Phase.VERIFYING, event)
+                self.in_flight = False
+                self.committed = self.snap.offset
+                self._set(Phase.DONE, "completed", now)
+                return [Persist()]
+            case FinalizeFailed(error=err):
+                self._expect(Phase.VERIFYING, event)
+                self.in_flight = False
+                return self._fail(err, now, remove_partial=True)
+            case SuspendRequested():
+                return self._suspend(now)
+            case ResumeRequested():
+                return self._resume(now)
+            case CancelRequested():
+                return self._cancel(now)
+            case CancelCleaned():
+                self._expect(Phase.CANCELING, event)
+                self.snap.error = Cancelled("the task was cancelled")
+                self._set(Phase.DONE, "cancelled", now)
+                return [Persist()]
+            case Failed(error=err):
+                if self.terminal:
+                    return []
+                return self._fail(err, now)
+            case Interrupted(reason=reason):
+                if self.terminal or self.snap.phase is Phase.SUSPENDED:
+                    return []
+                if self.snap.phase is Phase.CANCELING:
+                    return [RemovePartial()]
+                self.in_flight = False
+                self._set(Phase.SUSPENDED, reason, now)
+                return [Persist()]
+        raise InvalidTransition(f"unknown event {event!r}")  # pragma: no cover - exhaustive
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _expect(self, phase: Phase | tuple[Phase, ...], event: object) -> None:
+        phases = phase if isinstance(phase, tuple) else (phase,)
+        if self.snap.phase not in phases:
+            raise InvalidTransition(
+                f"{type(event).__name__} is not allowed while the task is {self.snap.phase}"
+            )
+
+    def _set(self, phase: Phase, detail: str, now: float) -> None:
+        active_before = self.snap.phase not in (Phase.SUSPENDED, Phase.DONE)
+        active_after = phase not in (Phase.SUSPENDED, Phase.DONE)
+        if active_before and not active_after:
+            self.snap.active_seconds = self.elapsed(now)
+            self._active_since = None
+        elif active_after and self._active_since is None:
+            self._active_since = now
+        self.snap.phase = phase
+        self.snap.detail = detail
+
+    def _request_headers(self, url: str) -> tuple[tuple[str, str], ...]:
+        same_origin = origin(url) == origin(self.spec.url)
+        out = [
+            (k, v)
+            for k, v in self.spec.headers
+            if same_origin or k.lower() not in SENSITIVE_HEADERS
+        ]
+        out.append(("Accept-Encoding", "identity"))
+        if self.snap.offset > 0:
+            out.append(("Range", range_header(self.snap.offset)))
+            validator = choose_validator(self.snap.etag, self.snap.last_modified)
+            if validator is not None:
+                out.append(("If-Range", validator))
+        return tuple(out)
+
+    def _send(self, url: str, now: float) -> list[Action]:
+        self._url = url
+        self.in_flight = True
+        return [SendRequest(url, self._request_headers(url), self.time_left(now))]
+
+    def _start(self, now: float) -> list[Action]:
+        self._expect(Phase.QUEUED, Start())
+        if self._active_since is None:
+            self._active_since = now
+        if self.time_left(now) <= 0:
+            return self._fail(self._resource_timeout_error(None), now)
+        self.snap.attempts += 1
+        self._hops = 0
+        where = f"resuming from byte {self.snap.offset}" if self.snap.offset else "connecting"
+        self._set(Phase.CONNECTING, where, now)
+        return self._send(self.spec.url, now)
+
+    def _response(self, event: Response, now: float) -> list[Action]:
+        self._expect(Phase.CONNECTING, event)
+        status, headers = event.status, event.headers
+        self.snap.status_code = status
+        decision = classify_response(status, headers, self.snap.offset, self.snap.total)
+        if decision is _Decision.REDIRECT:
+            target, why = resolve_redirect(self._url, headers.get("location"))
+            if target is None:
+                return [DiscardResponse(), *self._fail(RedirectError(why, status_code=status), now)]
+            self._hops += 1
+            if self._hops > self.spec.max_redirects:
+                loop = RedirectError(
+                    f"too many redirects (more than {self.spec.max_redirects}); last to {target}",
+                    status_code=status,
+                )
+                return [DiscardResponse(), *self._fail(loop, now)]
+            return [DiscardResponse(), *self._send(target, now)]
+        if decision is _Decision.RETRY:
+            retry_after = parse_retry_after(headers.get("retry-after"), event.wall_time)
+            err = HTTPStatusError(f"server answered {status}", status_code=status)
+            return [DiscardResponse(), *self._failed(err, retry_after, now)]
+        if decision is _Decision.FAIL:
+            final = HTTPStatusError(
+                f"server answered {status} for {self._url}; not retried", status_code=status
+            )
+            return [DiscardResponse(), *self._fail(final, now)]
+        if decision is _Decision.DONE:
+            self._set(Phase.VERIFYING, "verifying", now)
+            return [DiscardResponse(), Finalize(self.snap.offset, self.spec.sha256)]
+        if decision is _Decision.RESTART:
+            return [DiscardResponse(), *self._restart(now, "the server's answer did not match")]
+        if decision is _Decision.FRESH:
+            if self.snap.offset > 0:
+                over = self._count_restart(now)
+                if over is not None:
+                    return [DiscardResponse(), *over]
+            cr = parse_content_range(headers.get("content-range"))
+            total = cr.total if cr is not None and status == 206 else _content_length(headers)
+            self.snap.total = total
+            self.snap.etag = headers.get("etag")
+            self.snap.last_modified = headers.get("last-modified")
+            self.snap.offset = 0
+            self.committed = 0
+            self._set(Phase.TRANSFERRING, "downloading", now)
+            return [WriteBody(0, truncate=True), Persist()]
+        # APPEND
+        cr = parse_content_range(headers.get("content-range"))
+        if self.snap.total is None and cr is not None:
+            self.snap.total = cr.total
+        self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {self.snap.offset})", now)
+        return [WriteBody(self.snap.offset, truncate=False)]
+
+    def _count_restart(self, now: float) -> list[Action] | None:
+        self.snap.restarts += 1
+        if self.snap.restarts > self.spec.max_restarts:
+            err = ContentChanged(
+                f"resource keeps changing: restarted {self.spec.max_restarts} times "
+                "(the server's answers to range requests did not match the first download)"
+            )
+            return self._fail(err, now, remove_partial=True)
+        return None
+
+    def _restart(self, now: float, why: str) -> list[Action]:
+        over = self._count_restart(now)
+        if over is not None:
+            return over
+        self.snap.offset = 0
+        self.committed = 0
+        self.snap.total = None
+        self.snap.etag = None
+        self.snap.last_modified = None
+        self._set(Phase.CONNECTING, f"restarting from 0: {why}", now)
+        return [Persist(), *self._send(self.spec.url, now)]
+
+    def _data(self, n: int, now: float) -> list[Action]:
+        self._expect(Phase.TRANSFERRING, DataWritten(n))
+        self.snap.offset += n
+        if n > 0:
+            self.snap.failures = 0
+        if (
+            self.snap.offset - self.committed >= CHECKPOINT_BYTES
+            or now - self._last_checkpoint >= CHECKPOINT_SECONDS
+        ):
+            self.committed = self.snap.offset
+            self._last_checkpoint = now
+            return [Persist()]
+        return []
+
+    def _body_ended(self, now: float) -> list[Action]:
+        self._expect(Phase.TRANSFERRING, BodyEnded())
+        total = self.snap.total
+        if total is not None and self.snap.offset < total:
+            err = ReadError(
+                f"connection closed after byte {self.snap.offset} of {total} (truncated body)"
+            )
+            return self._failed(err, None, now)
+        self.in_flight = False
+        self._set(Phase.VERIFYING, "verifying", now)
+        return [Finalize(total if total is not None else self.snap.offset, self.spec.sha256)]
+
+    def _failed(self, err: TransferError, retry_after: float | None, now: float) -> list[Action]:
+        self._expect((Phase.CONNECTING, Phase.TRANSFERRING), TransportFailed(err))
+        self.in_flight = False
+        self.committed = self.snap.offset
+        retryable = isinstance(err, NetworkError | TransferTimeout) or (
+            isinstance(err, HTTPStatusError) and err.status_code in RETRYABLE_STATUS
+        )
+        if not retryable:
+            return self._fail(err, now)
+        if self.time_left(now) <= 0:
+            return self._fail(self._resource_timeout_error(err), now)
+        self.snap.failures += 1
+        if self.spec.max_attempts is not None and self.snap.attempts >= self.spec.max_attempts:
+            err.message = f"{err.message} (gave up after {self.snap.attempts} attempts)"
+            err.args = (err.message,)
+            return self._fail(err, now)
+        backoff = Backoff(self.spec.retry_wait, self.spec.max_retry_wait)
+        delay = backoff.delay(self.snap.failures, self.rng())
+        if retry_after is not None:
+            delay = retry_after
+        left = self.time_left(now)
+        if delay >= left:
+            if retry_after is not None and isinstance(err, HTTPStatusError):
+                err.message = (
+                    f"{err.message} with Retry-After {retry_after:.0f} s, beyond the "
+                    f"{max(left, 0):.0f} s left of resource_timeout; not retried"
+                )
+                err.args = (err.message,)
+                return self._fail(err, now)
+            return self._fail(self._resource_timeout_error(err), now)
+        cause = f"after {err.status_code}" if err.status_code else f"after {err.message}"
+        self._set(Phase.WAITING_RETRY, f"retrying in {delay:.1f} s {cause}", now)
+        return [Persist(), ScheduleRetry(delay)]
+
+    def _resource_timeout_error(self, last: TransferError | None) -> TransferTimeout:
+        msg = f"resource timeout of {self.spec.resource_timeout:g} s reached"
+        if last is not None:
+            msg += f"; last error: {last.message}"
+        return TransferTimeout(msg)
+
+    def _fail(
+        self, err: TransferError, now: float, *, remove_partial: bool = False
+    ) -> list[Action]:
+        self.in_flight = False
+        self.snap.error = err
+        self._set(Phase.DONE, f"failed: {err.message}", now)
+        actions: list[Action] = [StopTransfer()]
+        if remove_partial:
+            self.snap.offset = 0
+            self.committed = 0
+            actions.append(RemovePartial())
+        actions.append(Persist())
+        return actions
+
+    def _suspend(self, now: float) -> list[Action]:
+        if self.snap.phase is Phase.SUSPENDED:
+            return []
+        if self.terminal or self.snap.phase is Phase.CANCELING:
+            raise InvalidTransition(f"cannot suspend a task that is {self.state.value}")
+        self.in_flight = False
+        self.committed = self.snap.offset
+        self._set(Phase.SUSPENDED, "suspended", now)
+        return [StopTransfer(), Persist()]
+
+    def _resume(self, now: float) -> list[Action]:
+        if self.state is TaskState.RUNNING:
+            return []
+        if self.snap.phase is not Phase.SUSPENDED:
+            raise InvalidTransition(f"cannot resume a task that is {self.state.value}")
+        self._set(Phase.QUEUED, "queued", now)
+        return [Persist(), Enqueue()]
+
+    def _cancel(self, now: float) -> list[Action]:
+        if self.snap.phase is Phase.CANCELING:
+            return []
+        if self.terminal:
+            raise InvalidTransition("cannot cancel a task that is completed")
+        self.in_flight = False
+        self.snap.offset = 0
+        self.committed = 0
+        self._set(Phase.CANCELING, "canceling", now)
+        return [StopTransfer(), Persist(), RemovePartial()]

@@ -1,0 +1,94 @@
+"""Range, Content-Range, If-Range and Retry-After rules (RFC 9110 §14, §13.1.5, §10.2.3)."""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import re
+from dataclasses import dataclass
+
+__all__ = [
+    "ContentRange",
+    "choose_validator",
+    "parse_content_range",
+    "parse_retry_after",
+    "range_header",
+]
+
+_CONTENT_RANGE = re.compile(r"bytes[ \t]+(?:(\d+)-(\d+)|\*)/(\d+|\*)\Z", re.IGNORECASE)
+_DELTA_SECONDS = re.compile(r"\d+\Z")
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRange:
+    """A parsed ``Content-Range``: ``first``/``last`` are None for ``bytes */N``."""
+
+    first: int | None
+    last: int | None
+    total: int | None
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """Parse a Content-Range value; None when absent or malformed.
+
+    Malformed covers last < first and last >= total: a server that says that is lying and
+    its bytes must not be placed anywhere.
+    """
+    if value is None:
+        return None
+    m = _CONTENT_RANGE.match(value.strip())
+    if m is None:
+        return None
+    first_s, last_s, total_s = m.groups()
+    total = None if total_s == "*" else int(total_s)
+    if first_s is None:
+        if total is None:
+            return None
+        return ContentRange(None, None, total)
+    first, last = int(first_s), int(last_s)
+    if last < first or (total is not None and last >= total):
+        return None
+    return ContentRange(first, last, total)
+
+
+def range_header(offset: int) -> str:
+    return f"bytes={offset}-"
+
+
+def choose_validator(etag: str | None, last_modified: str | None) -> str | None:
+    """The value to send in If-Range: a strong ETag, else Last-Modified, else None.
+
+    RFC 9110 §13.1.5 forbids a weak ETag in If-Range; sending one would make a compliant
+    server answer 200 every time and silently defeat resume.
+    """
+    if etag is not None:
+        tag = etag.strip()
+        if tag.startswith('"') and tag.endswith('"') and len(tag) >= 2:
+            return tag
+    if last_modified is not None and email.utils.parsedate_tz(last_modified) is not None:
+        return last_modified.strip()
+    return None
+
+
+def parse_retry_after(value: str | None, wall_now: float) -> float | None:
+    """Seconds to wait from a Retry-After value (delta-seconds or HTTP-date).
+
+    Returns None for a missing or unparsable value (the caller then uses its own backoff) and
+    0.0 for a date in the past. ``wall_now`` is the caller's wall clock (seconds since the
+    epoch): the date form is absolute, the one place a wall clock is the right clock.
+    """
+    if value is None:
+        return None
+    v = value.strip()
+    if _DELTA_SECONDS.match(v):
+        return float(int(v))
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        return None
+    delta = when.timestamp() - wall_now
+    if not math.isfinite(delta):
+        return None
+    return max(0.0, delta)

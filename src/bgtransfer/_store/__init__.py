@@ -1,0 +1,1 @@
+"""Durable task storage. The engine sees only the :class:`Store` protocol."""

@@ -1,0 +1,21 @@
+"""Test and demo helpers: a fault-injecting HTTP/1.1 server and deterministic content.
+
+``FaultServer`` serves ``/r/<name>`` resources and ``/gen/<size>`` generated
+files over real loopback sockets and can be told, per request via query
+parameters, to cut, reset, stall, throttle or lie. See
+:mod:`bgtransfer.testing._server` for the full list of knobs, or run
+``python -m bgtransfer.testing``.
+"""
+
+from bgtransfer.testing._data import gen_bytes, gen_chunk, gen_sha256, parse_size
+from bgtransfer.testing._server import FIXED_LAST_MODIFIED, FaultServer, RequestRecord
+
+__all__ = [
+    "FIXED_LAST_MODIFIED",
+    "FaultServer",
+    "RequestRecord",
+    "gen_bytes",
+    "gen_chunk",
+    "gen_sha256",
+    "parse_size",
+]
