@@ -401,6 +401,9 @@ class Engine:
 
     async def _request(self, live: _Live, action: M.SendRequest) -> M.Event:
         assert self._http is not None
+        if live.resp is not None:
+            live.resp.close()
+            live.resp = None
         rt = live.machine.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
@@ -456,6 +459,8 @@ class Engine:
                 actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
                 if actions:
                     self._execute_sync(live, actions)
+            resp.release()
+            live.resp = None
             return M.BodyEnded()
         except DestinationError as exc:
             # Disk full and the like: keep what is committed and wait for a person.
@@ -475,6 +480,9 @@ class Engine:
             if watchdog is not None:
                 watchdog.cancel()
             live.slow = False
+            if live.resp is not None:
+                live.resp.close()
+                live.resp = None
 
     async def _watchdog(self, live: _Live) -> None:
         """curl's --speed-limit/--speed-time: idle timeouts alone miss a trickling server."""

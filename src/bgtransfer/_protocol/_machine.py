@@ -416,7 +416,7 @@ class TransferMachine:
             case FinalizeFailed(error=err):
                 self._expect(Phase.VERIFYING, event)
                 self.in_flight = False
-                return self._fail(err, now, remove_partial=True)
+                return self._fail(err, now)
             case SuspendRequested():
                 return self._suspend(now)
             case ResumeRequested():
@@ -553,7 +553,7 @@ class TransferMachine:
                 f"resource keeps changing: restarted {self.spec.max_restarts} times "
                 "(the server's answers to range requests did not match the first download)"
             )
-            return self._fail(err, now, remove_partial=True)
+            return self._fail(err, now)
         return None
 
     def _restart(self, now: float, why: str) -> list[Action]:
@@ -634,19 +634,14 @@ class TransferMachine:
             msg += f"; last error: {last.message}"
         return TransferTimeout(msg)
 
-    def _fail(
-        self, err: TransferError, now: float, *, remove_partial: bool = False
-    ) -> list[Action]:
+    def _fail(self, err: TransferError, now: float) -> list[Action]:
+        # A failed task can never be resumed, so its partial file is only litter
+        # (curl --remove-on-error); bytes_received keeps how far it got.
         self.in_flight = False
         self.snap.error = err
+        self.committed = self.snap.offset
         self._set(Phase.DONE, f"failed: {err.message}", now)
-        actions: list[Action] = [StopTransfer()]
-        if remove_partial:
-            self.snap.offset = 0
-            self.committed = 0
-            actions.append(RemovePartial())
-        actions.append(Persist())
-        return actions
+        return [StopTransfer(), RemovePartial(), Persist()]
 
     def _suspend(self, now: float) -> list[Action]:
         if self.snap.phase is Phase.SUSPENDED:

@@ -108,6 +108,7 @@ import functools
 import gzip
 import hashlib
 import http
+import itertools
 import json
 import logging
 import re
@@ -152,7 +153,13 @@ except (ImportError, AttributeError):  # pragma: no cover - non-Linux
 
 @dataclass(frozen=True)
 class RequestRecord:
-    """One request as the server saw it (including requests that got faults)."""
+    """One request as the server saw it (including requests that got faults).
+
+    ``headers`` has lower-cased names, duplicates joined with ``", "``; ``host``
+    is the listener address that accepted it; ``time`` is ``time.monotonic()``.
+    ``connection`` numbers the TCP connections of this server from 1, so tests
+    can tell whether a client reused a keep-alive connection.
+    """
 
     method: str
     target: str
@@ -161,6 +168,7 @@ class RequestRecord:
     headers: dict[str, str]
     host: str
     time: float = field(compare=False)
+    connection: int = field(default=0, compare=False)
 
     @property
     def range(self) -> str | None:
@@ -284,6 +292,7 @@ class _Representation:
 class _Conn:
     writer: asyncio.StreamWriter
     task: asyncio.Task[None] | None
+    ident: int
 
 
 @dataclass
@@ -563,6 +572,7 @@ class FaultServer:
         self._gen_versions: dict[str, int] = {}
         self._servers: list[asyncio.Server] = []
         self._conns: set[_Conn] = set()
+        self._conn_ids = itertools.count(1)
         self._closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -682,14 +692,15 @@ class FaultServer:
         if thread is None or loop is None:
             return
         if thread.is_alive():
+            deadline = time.monotonic() + 5
             fut = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
             try:
-                fut.result(timeout=5)
+                fut.result(timeout=4)
             except TimeoutError:
-                logger.warning("FaultServer shutdown took longer than 5 s")
+                logger.warning("FaultServer shutdown took longer than 4 s")
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(loop.stop)
-            thread.join(5)
+            thread.join(max(0.1, deadline - time.monotonic()))
         self._thread = None
 
     def __enter__(self) -> FaultServer:
@@ -793,7 +804,7 @@ class FaultServer:
         if self._closing:
             writer.transport.abort()
             return
-        conn = _Conn(writer, asyncio.current_task())
+        conn = _Conn(writer, asyncio.current_task(), next(self._conn_ids))
         self._conns.add(conn)
         sock: socket.socket | None = writer.get_extra_info("socket")
         if sock is not None:
@@ -802,21 +813,17 @@ class FaultServer:
         sockname = writer.get_extra_info("sockname")
         host = str(sockname[0]) if sockname else self.host
         try:
-            first = True
             while True:
                 try:
-                    head = await asyncio.wait_for(
-                        self._read_head(reader), None if first else IDLE_TIMEOUT
-                    )
+                    head = await asyncio.wait_for(self._read_head(reader), IDLE_TIMEOUT)
                 except _HttpError as err:
                     await self._send_text(writer, err.status, err.message, keep=False)
                     break
-                first = False
                 if head is None:
                     break
                 if not head:
                     continue
-                if not await self._serve_one(reader, writer, head, host):
+                if not await self._serve_one(reader, writer, head, host, conn.ident):
                     break
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, _Reset):
             pass
@@ -905,7 +912,12 @@ class FaultServer:
     # ------------------------------------------------------------------ routing
 
     async def _serve_one(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, host: str
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        head: bytes,
+        host: str,
+        conn_id: int,
     ) -> bool:
         """Answer one request; False when the connection must be closed afterwards."""
         try:
@@ -922,6 +934,7 @@ class FaultServer:
                 headers=dict(req.headers),
                 host=host,
                 time=time.monotonic(),
+                connection=conn_id,
             )
         )
         try:
