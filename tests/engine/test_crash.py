@@ -1,0 +1,128 @@
+"""A foreground download SIGKILLed at random moments resumes from its checkpoint, byte-exact."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bgtransfer
+from bgtransfer import TaskState
+from bgtransfer.testing import FaultServer, gen_bytes
+
+CHILD = str(Path(__file__).with_name("_child.py"))
+SIZE = 8 << 20
+
+
+def spawn(home: Path, url: str, dest: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen(
+        [sys.executable, CHILD, str(home), url, str(dest)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def stored(home: Path) -> tuple[str, int, str, str] | None:
+    """(phase, committed offset, partial path, integrity) read through a read-only connection."""
+    db = home / "bgtransfer.sqlite3"
+    if not db.exists():
+        return None
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        (integrity,) = con.execute("PRAGMA integrity_check").fetchone()
+        row = con.execute('SELECT phase, "offset", partial FROM tasks').fetchone()
+    except sqlite3.OperationalError:
+        return None  # killed before the schema existed
+    finally:
+        con.close()
+    return None if row is None else (row[0], row[1], row[2], integrity)
+
+
+def check_invariants(home: Path, dest: Path, origin: bytes) -> int:
+    found = stored(home)
+    if found is None:
+        assert not dest.exists()
+        return 0
+    phase, offset, partial, integrity = found
+    assert integrity == "ok"
+    if phase == "done":
+        assert dest.read_bytes() == origin
+        return offset
+    assert not dest.exists(), "target visible before the task completed"
+    if os.path.exists(partial):
+        data = Path(partial).read_bytes()
+        assert offset <= len(data), f"committed offset {offset} > partial size {len(data)}"
+        assert data[:offset] == origin[:offset], "partial prefix differs from the origin"
+    else:
+        assert offset == 0
+    return offset
+
+
+def test_sigkill_loop_resumes_byte_exact(server: FaultServer, tmp_path: Path, key: str) -> None:
+    origin = gen_bytes(SIZE, seed=7)
+    url = server.url(f"/gen/{SIZE}?seed=7&rate=3000000&key={key}")
+    home, dest = tmp_path / "home", tmp_path / "out.bin"
+    rng = random.Random(1234)
+    kills, offsets = 0, []
+    deadline = time.monotonic() + 90
+    while kills < 12 and time.monotonic() < deadline:
+        proc = spawn(home, url, dest)
+        time.sleep(rng.uniform(0.3, 1.2))
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=10)
+        kills += 1
+        offsets.append(check_invariants(home, dest, origin))
+        if dest.exists():
+            break
+    assert kills >= 10, f"only {kills} kills landed before the download finished"
+    assert max(offsets) > 0, "no checkpoint was ever committed"
+    proc = spawn(home, url, dest)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "done completed None" in out
+    assert dest.read_bytes() == origin
+    check_invariants(home, dest, origin)
+    resumed = [r for r in server.requests("/gen/") if r.query.get("key") == key and r.range]
+    assert resumed, "no attempt resumed with a Range request"
+
+
+def test_later_session_sees_interrupted_task_and_resumes(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    origin = gen_bytes(SIZE, seed=8)
+    url = server.url(f"/gen/{SIZE}?seed=8&rate=4000000&key={key}")
+    home, dest = tmp_path / "home", tmp_path / "out.bin"
+    proc = spawn(home, url, dest)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("started")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = stored(home)
+        if found is not None and found[1] > 0:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    committed = check_invariants(home, dest, origin)
+    assert committed > 0
+    with bgtransfer.Session("kill", home=home, background=False) as s:
+        (task,) = s.tasks()
+        assert task.state is TaskState.SUSPENDED
+        assert "interrupted" in task.detail
+        assert task.bytes_received == committed
+        task.resume()
+        task.wait(timeout=60)
+        assert task.error is None
+    assert dest.read_bytes() == origin
+    last = [r for r in server.requests("/gen/") if r.query.get("key") == key][-1]
+    assert last.range == f"bytes={committed}-"
