@@ -59,7 +59,8 @@ def test_clean_download_sends_identity_and_no_range(
     assert_ok(task, dest, gen_bytes(SIZE))
     (req,) = by_key(server, key)
     assert req.accept_encoding == "identity"
-    assert req.range is None and req.if_range is None
+    assert req.range is None
+    assert req.if_range is None
     assert task.bytes_received == task.bytes_expected == SIZE
     assert task.status_code == 200
 
@@ -77,7 +78,8 @@ def test_truncation_resumes_with_range_and_if_range(
     assert len(reqs) == 3
     assert reqs[0].range is None
     for r in reqs[1:]:
-        assert r.range is not None and r.range.startswith("bytes=")
+        assert r.range is not None
+        assert r.range.startswith("bytes=")
         assert int(r.range[6:-1]) > 0
         assert r.if_range == f'"gen-{SIZE}-0-v0"'
     assert task.restarts == 0
@@ -88,7 +90,9 @@ def test_ignore_range_restarts_from_zero(
 ) -> None:
     """Row 1, curl test 38: a 200 to a Range request means start afresh, never append."""
     dest = tmp_path / "r1.bin"
-    task = get(session, server.url(f"/gen/{SIZE}?cut=400000&times=1&ignore_range=1&key={key}"), dest)
+    task = get(
+        session, server.url(f"/gen/{SIZE}?cut=400000&times=1&ignore_range=1&key={key}"), dest
+    )
     assert_ok(task, dest, gen_bytes(SIZE))
     assert task.restarts == 1
     assert by_key(server, key)[1].range == "bytes=400000-"
@@ -122,7 +126,9 @@ def test_200_with_matching_content_range_is_appended(
 ) -> None:
     """Row 3: our documented choice is to accept a 200 that proves its window exactly."""
     dest = tmp_path / "r3.bin"
-    task = get(session, server.url(f"/gen/{SIZE}?cut=400000&times=1&range_as_200=1&key={key}"), dest)
+    task = get(
+        session, server.url(f"/gen/{SIZE}?cut=400000&times=1&range_as_200=1&key={key}"), dest
+    )
     assert_ok(task, dest, gen_bytes(SIZE))
     assert task.restarts == 0
 
@@ -210,13 +216,20 @@ def test_credentials_are_dropped_on_cross_origin_redirect(
     other = f"{server.other_base_url}/gen/{SIZE}?key={key}"
     dest = tmp_path / "xo.bin"
     headers = {"Authorization": "Bearer secret", "Cookie": "a=b", "X-Keep": "1"}
-    task = get(session, server.url(f"/redirect?to={quote(other, safe='')}&key={key}"), dest, headers=headers)
+    task = get(
+        session,
+        server.url(f"/redirect?to={quote(other, safe='')}&key={key}"),
+        dest,
+        headers=headers,
+    )
     assert_ok(task, dest, gen_bytes(SIZE))
     first = by_key(server, key, "/redirect")[-1]
-    assert first.authorization == "Bearer secret" and first.cookie == "a=b"
+    assert first.authorization == "Bearer secret"
+    assert first.cookie == "a=b"
     (final,) = by_key(server, key, "/gen/")
     assert final.host == "127.0.0.2"
-    assert final.authorization is None and final.cookie is None
+    assert final.authorization is None
+    assert final.cookie is None
     assert final.headers.get("x-keep") == "1"
 
 
@@ -227,7 +240,12 @@ def test_same_origin_redirect_keeps_credentials(
 
     dest = tmp_path / "so.bin"
     target = server.url(f"/gen/{SIZE}?key={key}")
-    get(session, server.url(f"/redirect?to={quote(target, safe='')}"), dest, headers={"Authorization": "x"})
+    get(
+        session,
+        server.url(f"/redirect?to={quote(target, safe='')}"),
+        dest,
+        headers={"Authorization": "x"},
+    )
     (final,) = by_key(server, key, "/gen/")
     assert final.authorization == "x"
 
@@ -259,7 +277,9 @@ def test_retry_after_http_date_is_honoured(
     session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
 ) -> None:
     dest = tmp_path / "rad.bin"
-    task = get(session, server.url(f"/gen/{SIZE}?status=503&retry_after_in=2&times=1&key={key}"), dest)
+    task = get(
+        session, server.url(f"/gen/{SIZE}?status=503&retry_after_in=2&times=1&key={key}"), dest
+    )
     assert_ok(task, dest, gen_bytes(SIZE))
     reqs = by_key(server, key)
     # An HTTP-date has one-second resolution, so 2 s ahead is at least 1 s of waiting.
@@ -275,7 +295,8 @@ def test_retry_after_beyond_resource_time_is_not_retried(
     url = server.url(f"/gen/{SIZE}?status=503&retry_after=200&key={key}")
     task = get(session, url, dest, resource_timeout=10)
     assert_failed(task, dest, bgtransfer.HTTPStatusError)
-    assert task.error is not None and task.error.status_code == 503
+    assert task.error is not None
+    assert task.error.status_code == 503
     assert time.monotonic() - t0 < 5
     assert len(by_key(server, key)) == 1
 
@@ -287,7 +308,8 @@ def test_permanent_status_fails_with_its_code(
     dest = tmp_path / "p.bin"
     task = get(session, server.url(f"/gen/{SIZE}?status={status}&key={key}"), dest)
     assert_failed(task, dest, bgtransfer.HTTPStatusError)
-    assert task.error is not None and task.error.status_code == status
+    assert task.error is not None
+    assert task.error.status_code == status
     assert task.status_code == status
     assert task.attempts == 1
 
@@ -297,7 +319,12 @@ def test_stalled_headers_hit_the_idle_timeout_and_retry(
 ) -> None:
     """Row 12."""
     dest = tmp_path / "sh.bin"
-    task = get(session, server.url(f"/gen/{SIZE}?stall_headers=5&times=1&key={key}"), dest, request_timeout=0.5)
+    task = get(
+        session,
+        server.url(f"/gen/{SIZE}?stall_headers=5&times=1&key={key}"),
+        dest,
+        request_timeout=0.5,
+    )
     assert_ok(task, dest, gen_bytes(SIZE))
     reqs = by_key(server, key)
     assert len(reqs) == 2
@@ -321,7 +348,15 @@ def test_trickle_is_caught_by_the_low_speed_watchdog(
     dest = tmp_path / "tr.bin"
     url = server.url(f"/gen/{SIZE}?trickle=10&interval=0.1&key={key}")
     t0 = time.monotonic()
-    task = get(session, url, dest, request_timeout=1, low_speed_limit=1000, low_speed_time=1, max_attempts=2)
+    task = get(
+        session,
+        url,
+        dest,
+        request_timeout=1,
+        low_speed_limit=1000,
+        low_speed_time=1,
+        max_attempts=2,
+    )
     assert_failed(task, dest, bgtransfer.TransferTimeout)
     assert "slower than 1000 B/s" in str(task.error)
     assert task.attempts == 2
@@ -429,7 +464,8 @@ def test_partial_file_is_hidden_private_and_never_the_target(
     while not parts and time.monotonic() < deadline:
         parts = [p for p in os.listdir(tmp_path) if p.endswith(".bgtransfer-part")]
         time.sleep(0.01)
-    assert parts and parts[0].startswith(".hidden.bin.")
+    assert parts
+    assert parts[0].startswith(".hidden.bin.")
     assert os.stat(tmp_path / parts[0]).st_mode & 0o777 == 0o600
     assert not dest.exists()
     task.cancel()
@@ -443,7 +479,7 @@ def test_symlink_planted_at_partial_path_is_refused(
     victim.write_bytes(b"precious")
     dest = tmp_path / "sym.bin"
     task = session.download(server.url(f"/gen/{SIZE}?stall_headers=1&key={key}"), dest, **FAST)
-    row_partial = session._async._engine_or_raise().get(task.id).partial  # noqa: SLF001
+    row_partial = session._async._engine_or_raise().get(task.id).partial
     os.symlink(victim, row_partial)
     task.wait(timeout=30)
     assert isinstance(task.error, bgtransfer.DestinationError)
@@ -480,7 +516,9 @@ def test_suspend_during_connect_and_during_backoff(
     session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
 ) -> None:
     dest = tmp_path / "sc.bin"
-    task = session.download(server.url(f"/gen/{SIZE}?stall_headers=10&times=1&key={key}"), dest, **FAST)
+    task = session.download(
+        server.url(f"/gen/{SIZE}?stall_headers=10&times=1&key={key}"), dest, **FAST
+    )
     time.sleep(0.2)
     t0 = time.monotonic()
     task.suspend()
@@ -495,7 +533,8 @@ def test_suspend_during_connect_and_during_backoff(
     deadline = time.monotonic() + 10
     while "retrying" not in task2.detail and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert task2.state is TaskState.RUNNING and "retrying in 30.0 s after 503" in task2.detail
+    assert task2.state is TaskState.RUNNING
+    assert "retrying in 30.0 s after 503" in task2.detail
     task2.suspend()
     assert task2.state is TaskState.SUSPENDED
     task2.resume()
@@ -532,7 +571,9 @@ def test_cancel_while_suspended(
 def test_global_limit_queues_extra_tasks(server: FaultServer, tmp_path: Path, key: str) -> None:
     with bgtransfer.Session("lim", home=tmp_path / "h", background=False, max_active=2) as s:
         tasks = [
-            s.download(server.url(f"/gen/{SIZE}?rate=2000000&key={key}{i}"), tmp_path / f"q{i}", **FAST)
+            s.download(
+                server.url(f"/gen/{SIZE}?rate=2000000&key={key}{i}"), tmp_path / f"q{i}", **FAST
+            )
             for i in range(4)
         ]
         time.sleep(0.2)
@@ -551,10 +592,13 @@ def test_per_host_limit(server: FaultServer, tmp_path: Path, key: str) -> None:
         assert "queued" in (a.detail, b.detail)
         a.wait(timeout=30)
         b.wait(timeout=30)
-        assert a.error is None and b.error is None
+        assert a.error is None
+        assert b.error is None
 
 
-def test_tasks_are_listed_from_a_later_session(server: FaultServer, tmp_path: Path, key: str) -> None:
+def test_tasks_are_listed_from_a_later_session(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
     home = tmp_path / "h"
     with bgtransfer.Session("later", home=home, background=False) as s:
         t = s.download(server.url(f"/gen/{SIZE}?key={key}"), tmp_path / "l.bin", **FAST)
@@ -562,7 +606,9 @@ def test_tasks_are_listed_from_a_later_session(server: FaultServer, tmp_path: Pa
         tid = t.id
     with bgtransfer.Session("later", home=home, background=False) as s2:
         (seen,) = s2.tasks()
-        assert seen.id == tid and seen.state is TaskState.COMPLETED and seen.error is None
+        assert seen.id == tid
+        assert seen.state is TaskState.COMPLETED
+        assert seen.error is None
         assert s2.task(tid).bytes_received == SIZE
     with bgtransfer.Session("other", home=home, background=False) as s3:
         assert s3.tasks() == []
@@ -571,7 +617,9 @@ def test_tasks_are_listed_from_a_later_session(server: FaultServer, tmp_path: Pa
 def test_wait_timeout_raises_only_for_the_wait(
     session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
 ) -> None:
-    task = session.download(server.url(f"/gen/{SIZE}?rate=500000&key={key}"), tmp_path / "w", **FAST)
+    task = session.download(
+        server.url(f"/gen/{SIZE}?rate=500000&key={key}"), tmp_path / "w", **FAST
+    )
     with pytest.raises(TimeoutError):
         task.wait(timeout=0.1)
     assert task.state is TaskState.RUNNING
@@ -601,7 +649,9 @@ async def _async_session_and_events(server: FaultServer, tmp_path: Path, key: st
         t = await s.download(server.url(f"/gen/{SIZE}?key={key}"), tmp_path / "as.bin", **FAST)
         await t.wait(timeout=30)
         await asyncio.wait_for(collector, 10)
-        assert t.error is None and (tmp_path / "as.bin").read_bytes() == gen_bytes(SIZE)
-        assert events[-1].state is TaskState.COMPLETED and events[-1].task_id == t.id
+        assert t.error is None
+        assert (tmp_path / "as.bin").read_bytes() == gen_bytes(SIZE)
+        assert events[-1].state is TaskState.COMPLETED
+        assert events[-1].task_id == t.id
         assert events[-1].bytes_received == SIZE
         assert {e.kind for e in events} >= {"state"}
