@@ -438,6 +438,8 @@ class TransferMachine:
                 if self.snap.phase is Phase.CANCELING:
                     return [RemovePartial()]
                 self.in_flight = False
+                # The driver made the written bytes durable before this event; keep them all.
+                self.committed = self.snap.offset
                 self._set(Phase.SUSPENDED, reason, now)
                 return [Persist()]
         raise InvalidTransition(f"unknown event {event!r}")  # pragma: no cover - exhaustive
