@@ -376,6 +376,9 @@ class Task(_TaskView):
         self._row = inner._row
 
     def _fresh(self) -> TaskRow:
+        # After the session is closed the fields keep the last value they had.
+        if self._session.closed:
+            return self._row
         self._row = self._session._call(_fresh_row(self._inner))
         return self._row
 
@@ -428,7 +431,14 @@ class Session:
             self._thread.stop()
             raise
 
+    @property
+    def closed(self) -> bool:
+        return self._thread.loop.is_closed()
+
     def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self.closed:
+            coro.close()
+            raise TransferError("the session is closed")
         return self._thread.run(coro)
 
     def close(self) -> None:

@@ -126,3 +126,46 @@ def test_later_session_sees_interrupted_task_and_resumes(
     assert dest.read_bytes() == origin
     last = [r for r in server.requests("/gen/") if r.query.get("key") == key][-1]
     assert last.range == f"bytes={committed}-"
+
+
+RESOURCE_CHILD = """
+import sys, bgtransfer
+home, url, dest = sys.argv[1:4]
+with bgtransfer.Session("rt", home=home, background=False) as s:
+    t = s.download(url, dest, request_timeout=0.3, resource_timeout=4.0,
+                   retry_wait=0.05, max_retry_wait=0.1)
+    print("started", flush=True)
+    t.wait(timeout=60)
+"""
+
+
+def test_resource_timeout_survives_a_process_restart(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """Resource time used before a SIGKILL still counts after it (and wall clock is not used)."""
+    home, dest = tmp_path / "home", tmp_path / "rt.bin"
+    url = server.url(f"/gen/{SIZE}?stall_headers=30&key={key}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RESOURCE_CHILD, str(home), url, str(dest)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("started")
+    time.sleep(2.8)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+    with bgtransfer.Session("rt", home=home, background=False) as s:
+        (task,) = s.tasks()
+        assert task.state is TaskState.SUSPENDED
+        t0 = time.monotonic()
+        task.resume()
+        task.wait(timeout=30)
+        took = time.monotonic() - t0
+    assert isinstance(task.error, bgtransfer.TransferTimeout)
+    assert "resource timeout of 4 s" in str(task.error)
+    # About 2.5 s were used before the kill, so well under the full 4 s remain.
+    assert took < 3.0, took
+    assert not dest.exists()
