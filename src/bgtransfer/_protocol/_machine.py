@@ -325,7 +325,8 @@ def classify_response(
             return _Decision.RESTART
         same_total = total is None or cr.total is None or cr.total == total
         if cr.first == offset and same_total:
-            return _Decision.APPEND
+            # From byte 0 it is a whole new download: validators and total must be recorded.
+            return _Decision.FRESH if offset == 0 else _Decision.APPEND
         if cr.first == 0 and cr.total is not None and cr.last == cr.total - 1:
             return _Decision.FRESH
         return _Decision.RESTART
@@ -335,10 +336,11 @@ def classify_response(
 
 
 def _content_length(headers: Mapping[str, str]) -> int | None:
-    value = headers.get("content-length")
-    if value is None or not value.strip().isdigit():
+    value = (headers.get("content-length") or "").strip()
+    # ASCII digits only: str.isdigit() accepts "²", which int() rejects.
+    if not value or len(value) > 19 or not value.isascii() or not value.isdigit():
         return None
-    return int(value.strip())
+    return int(value)
 
 
 @dataclass(slots=True)
@@ -539,12 +541,14 @@ class TransferMachine:
             self.snap.last_modified = headers.get("last-modified")
             self.snap.offset = 0
             self.committed = 0
+            self._last_checkpoint = now
             self._set(Phase.TRANSFERRING, "downloading", now)
             return [WriteBody(0, truncate=True), Persist()]
         # APPEND
         cr = parse_content_range(headers.get("content-range"))
         if self.snap.total is None and cr is not None:
             self.snap.total = cr.total
+        self._last_checkpoint = now
         self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {self.snap.offset})", now)
         return [WriteBody(self.snap.offset, truncate=False)]
 

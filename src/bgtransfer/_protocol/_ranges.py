@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import re
@@ -15,8 +16,14 @@ __all__ = [
     "range_header",
 ]
 
-_CONTENT_RANGE = re.compile(r"bytes[ \t]+(?:(\d+)-(\d+)|\*)/(\d+|\*)\Z", re.IGNORECASE)
-_DELTA_SECONDS = re.compile(r"\d+\Z")
+# ASCII digits only (\d also matches other scripts' digits), at most 20 of them: a server
+# controls these headers, and longer numbers exceed int()'s string limit or any real size.
+_CONTENT_RANGE = re.compile(
+    r"bytes[ \t]+(?:([0-9]{1,20})-([0-9]{1,20})|\*)/([0-9]{1,20}|\*)\Z", re.IGNORECASE
+)
+_DELTA_SECONDS = re.compile(r"[0-9]+\Z")
+# Longer than any wait worth honouring (about 31 years); treated as "wait forever".
+_MAX_DELTA_DIGITS = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +88,17 @@ def parse_retry_after(value: str | None, wall_now: float) -> float | None:
         return None
     v = value.strip()
     if _DELTA_SECONDS.match(v):
-        return float(int(v))
+        return float(int(v)) if len(v) <= _MAX_DELTA_DIGITS else math.inf
     try:
         when = email.utils.parsedate_to_datetime(v)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:
-        return None
+        # RFC 9110 §5.6.7: the obsolete asctime form carries no zone and means GMT. A
+        # numeric "-0000" says "zone unknown" and is none of HTTP's three date forms.
+        if "-0000" in v:
+            return None
+        when = when.replace(tzinfo=datetime.UTC)
     delta = when.timestamp() - wall_now
     if not math.isfinite(delta):
         return None

@@ -31,7 +31,7 @@ HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
 def check_url(url: object) -> str:
     if not isinstance(url, str):
         raise InvalidRequest(f"URL must be a string, not {type(url).__name__}: {url!r}")
-    if not url or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
+    if not url or any(ord(c) <= 0x20 or 0x7F <= ord(c) <= 0x9F for c in url):
         raise InvalidRequest(f"URL contains whitespace or control characters: {url!r}")
     try:
         parts = urlsplit(url)
