@@ -51,12 +51,16 @@ class Event:
     """One observation of a task, as delivered by ``AsyncSession.events()``.
 
     ``kind`` is ``"state"`` for a change of state or phase and ``"progress"`` for bytes.
+    ``cursor`` orders the durable log of state events (background sessions); pass the last
+    one seen to ``events(since=...)`` to continue after it. Progress events have none.
     """
 
     task_id: str
+    session: str
     kind: str
     state: TaskState
     detail: str
     bytes_received: int
     bytes_expected: int | None
     error: TransferError | None
+    cursor: int | None = None

@@ -5,26 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-import time
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+from urllib.parse import quote
 
 import platformdirs
 
-from bgtransfer._engine._engine import Engine, new_task_id
-from bgtransfer._engine._files import check_target, partial_path
-from bgtransfer._exceptions import InvalidRequest, TransferError
-from bgtransfer._models import Event, Phase, TaskState
-from bgtransfer._protocol._machine import Snapshot, Spec
-from bgtransfer._protocol._validate import (
-    check_headers,
-    check_sha256,
-    check_timeout,
-    check_url,
-)
-from bgtransfer._store._base import TaskRow
+from bgtransfer._client import DaemonClient
+from bgtransfer._engine._engine import Engine
+from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError, error_from_dict
+from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
+from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._tasks import build_row, row_from_wire, task_dict
 
 __all__ = ["AsyncSession", "AsyncTask", "Session", "Task", "resolve_home"]
 
@@ -80,8 +75,6 @@ class _TaskView:
 
     @property
     def state(self) -> TaskState:
-        from bgtransfer._models import PHASE_STATE
-
         return PHASE_STATE[self._fresh().snap.phase]
 
     @property
@@ -114,59 +107,226 @@ class _TaskView:
 
     def to_dict(self) -> dict[str, Any]:
         """The stable JSON shape used by the CLI and the control API."""
-        r = self._fresh()
-        from bgtransfer._models import PHASE_STATE
+        return task_dict(self._fresh())
 
-        return {
-            "id": r.id,
-            "session": r.session,
-            "url": r.spec.url,
-            "path": r.path,
-            "state": PHASE_STATE[r.snap.phase].value,
-            "detail": r.snap.detail,
-            "bytes_received": r.snap.offset,
-            "bytes_expected": r.snap.total,
-            "status_code": r.snap.status_code,
-            "error": None if r.snap.error is None else r.snap.error.message,
-            "error_code": None if r.snap.error is None else r.snap.error.code,
-            "restarts": r.snap.restarts,
-            "attempts": r.snap.attempts,
-            "created_at": r.created_at,
-            "finished_at": r.finished_at,
+
+class _Backend(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def submit(self, row: TaskRow) -> TaskRow: ...
+    async def get(self, task_id: str) -> TaskRow: ...
+    def peek(self, row: TaskRow) -> TaskRow: ...
+    async def list(self, session: str) -> list[TaskRow]: ...
+    async def control(self, task_id: str, verb: str) -> TaskRow: ...
+    async def wait(self, task_id: str) -> TaskRow: ...
+    def events(self, session: str, since: int | None) -> AsyncIterator[Event]: ...
+
+
+class _Local:
+    """Foreground: the engine runs in this process."""
+
+    def __init__(self, home: str, max_active: int, max_per_host: int, identifier: str) -> None:
+        self.home, self.identifier = home, identifier
+        self._max = (max_active, max_per_host)
+        self.engine: Engine | None = None
+        self.store: SQLiteStore | None = None
+
+    def _engine(self) -> Engine:
+        if self.engine is None:
+            raise TransferError("the session is not open (use 'async with' or await open())")
+        return self.engine
+
+    async def open(self) -> None:
+        self.store = SQLiteStore(os.path.join(self.home, STORE_NAME))
+        engine = Engine(self.store, self.home, max_active=self._max[0], max_per_host=self._max[1])
+        await engine.start()
+        engine.recover(self.identifier)
+        self.engine = engine
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    async def submit(self, row: TaskRow) -> TaskRow:
+        self._engine().submit(row)
+        return row
+
+    async def get(self, task_id: str) -> TaskRow:
+        return self._engine().get(task_id)
+
+    def peek(self, row: TaskRow) -> TaskRow:
+        return self._engine().get(row.id)
+
+    async def list(self, session: str) -> list[TaskRow]:
+        engine = self._engine()
+        return [engine.get(r.id) for r in engine.store.list(session)]
+
+    async def control(self, task_id: str, verb: str) -> TaskRow:
+        engine = self._engine()
+        if verb == "ack":
+            engine.get(task_id)
+            engine.store.acknowledge(task_id)
+        else:
+            await getattr(engine, verb)(task_id)
+        return engine.get(task_id)
+
+    async def wait(self, task_id: str) -> TaskRow:
+        return await self._engine().wait(task_id)
+
+    async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
+        engine = self._engine()
+        q = engine.subscribe()
+        try:
+            if since is not None:
+                for ev in engine.store.events_since(session, since):
+                    yield _from_stored(ev)
+            while True:
+                ev2 = await q.get()
+                if ev2.session == session:
+                    yield ev2
+        finally:
+            engine.unsubscribe(q)
+
+
+class _Remote:
+    """Background: the home's daemon runs the tasks; this talks to it (starting it)."""
+
+    def __init__(self, home: str) -> None:
+        self.client = DaemonClient(home)
+
+    async def open(self) -> None:
+        await self.client.ensure_running()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def submit(self, row: TaskRow) -> TaskRow:
+        body: dict[str, Any] = {
+            "session": row.session,
+            "url": row.spec.url,
+            "path": row.path,
+            "idempotency_key": row.idempotency_key,
+            "headers": [list(h) for h in row.spec.headers],
+            "request_timeout": row.spec.request_timeout,
+            "resource_timeout": row.spec.resource_timeout,
+            "sha256": row.spec.sha256,
+            "overwrite": row.overwrite,
+            "low_speed_limit": row.spec.low_speed_limit,
+            "low_speed_time": row.spec.low_speed_time,
+            "max_attempts": row.spec.max_attempts,
+            "retry_wait": row.spec.retry_wait,
+            "max_retry_wait": row.spec.max_retry_wait,
+            "on_complete": None if row.on_complete is None else list(row.on_complete),
         }
+        return row_from_wire(await self.client.call("POST", "/v1/tasks", body=body))
+
+    async def get(self, task_id: str) -> TaskRow:
+        return row_from_wire(await self.client.call("GET", f"/v1/tasks/{quote(task_id)}"))
+
+    def peek(self, row: TaskRow) -> TaskRow:
+        return row
+
+    async def list(self, session: str) -> list[TaskRow]:
+        data = await self.client.call("GET", "/v1/tasks", params={"session": session})
+        return [row_from_wire(d) for d in data]
+
+    async def control(self, task_id: str, verb: str) -> TaskRow:
+        return row_from_wire(await self.client.call("POST", f"/v1/tasks/{quote(task_id)}/{verb}"))
+
+    async def wait(self, task_id: str) -> TaskRow:
+        while True:
+            row = row_from_wire(
+                await self.client.call(
+                    "GET", f"/v1/tasks/{quote(task_id)}/wait", params={"timeout": "25"}, timeout=40
+                )
+            )
+            if row.snap.phase is Phase.DONE:
+                return row
+
+    async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
+        async for d in self.client.events(session, since):
+            err = d.get("error")
+            yield Event(
+                task_id=d["task_id"],
+                session=d["session"],
+                kind=d["kind"],
+                state=TaskState(d["state"]),
+                detail=d["detail"],
+                bytes_received=d["bytes_received"],
+                bytes_expected=d["bytes_expected"],
+                error=None if err is None else error_from_dict(err),
+                cursor=d.get("cursor"),
+            )
+
+
+def _from_stored(ev: StoredEvent) -> Event:
+    return Event(
+        task_id=ev.task_id,
+        session=ev.session,
+        kind="state",
+        state=TaskState(ev.state),
+        detail=ev.detail,
+        bytes_received=ev.bytes_received,
+        bytes_expected=ev.bytes_expected,
+        error=ev.error,
+        cursor=ev.cursor,
+    )
 
 
 class AsyncTask(_TaskView):
+    """A task seen from asyncio.
+
+    Foreground tasks read fresh on every field access. Background tasks live in the daemon:
+    their fields show the last answer from it; ``await task.refresh()`` asks again (every
+    control call and ``wait()`` refresh too).
+    """
+
     def __init__(self, session: AsyncSession, row: TaskRow) -> None:
         self._session = session
         self._row = row
 
     def _fresh(self) -> TaskRow:
-        self._row = self._session._engine_or_raise().get(self._row.id)
+        self._row = self._session._backend_or_raise().peek(self._row)
         return self._row
 
+    async def refresh(self) -> AsyncTask:
+        self._row = await self._session._backend_or_raise().get(self.id)
+        return self
+
+    async def _control(self, verb: str) -> None:
+        self._row = await self._session._backend_or_raise().control(self.id, verb)
+
     async def suspend(self) -> None:
-        await self._session._engine_or_raise().suspend(self.id)
+        await self._control("suspend")
 
     async def resume(self) -> None:
-        await self._session._engine_or_raise().resume(self.id)
+        await self._control("resume")
 
     async def cancel(self) -> None:
-        await self._session._engine_or_raise().cancel(self.id)
+        await self._control("cancel")
+
+    async def acknowledge(self) -> None:
+        """Tell the session its completion was handled: it is no longer replayed."""
+        await self._control("ack")
 
     async def wait(self, timeout: float | None = None) -> AsyncTask:
         """Wait until COMPLETED; raises TimeoutError only if this wait timed out."""
-        engine = self._session._engine_or_raise()
+        backend = self._session._backend_or_raise()
         async with asyncio.timeout(timeout):
-            self._row = await engine.wait(self.id)
+            self._row = await backend.wait(self.id)
         return self
 
 
 class AsyncSession:
     """A group of tasks named by ``identifier`` in one home.
 
-    ``background=False`` runs tasks in this process (they end with it and resume later);
-    ``background=True`` hands them to the home's daemon (not available yet).
+    ``background=True`` hands tasks to the home's daemon (started on demand): they go on
+    after this process exits. ``background=False`` runs them in this process; they stop with
+    it and a later session resumes them.
     """
 
     def __init__(
@@ -186,33 +346,24 @@ class AsyncSession:
         self.identifier = identifier
         self.background = background
         self.home = resolve_home(home)
+        self._backend: _Backend | None = None
         self._max = (max_active, max_per_host)
-        self._engine: Engine | None = None
-        self._store: SQLiteStore | None = None
 
     async def open(self) -> AsyncSession:
-        if self.background:
-            raise TransferError(
-                "background sessions run in the bgtransfer daemon, which this version does "
-                "not ship yet; use background=False"
+        if self._backend is None:
+            backend: _Backend = (
+                _Remote(self.home)
+                if self.background
+                else _Local(self.home, self._max[0], self._max[1], self.identifier)
             )
-        if self._engine is None:
-            self._store = SQLiteStore(os.path.join(self.home, STORE_NAME))
-            engine = Engine(
-                self._store, self.home, max_active=self._max[0], max_per_host=self._max[1]
-            )
-            await engine.start()
-            engine.recover(self.identifier)
-            self._engine = engine
+            await backend.open()
+            self._backend = backend
         return self
 
     async def aclose(self) -> None:
-        if self._engine is not None:
-            await self._engine.close()
-            self._engine = None
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        if self._backend is not None:
+            await self._backend.close()
+            self._backend = None
 
     async def __aenter__(self) -> AsyncSession:
         return await self.open()
@@ -220,10 +371,17 @@ class AsyncSession:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _engine_or_raise(self) -> Engine:
-        if self._engine is None:
+    def _backend_or_raise(self) -> _Backend:
+        if self._backend is None:
             raise TransferError("the session is not open (use 'async with' or await open())")
-        return self._engine
+        return self._backend
+
+    def _engine_or_raise(self) -> Engine:
+        """The in-process engine of a foreground session (for tests and tools)."""
+        backend = self._backend_or_raise()
+        if not isinstance(backend, _Local):
+            raise TransferError("a background session has no engine in this process")
+        return backend._engine()
 
     async def download(
         self,
@@ -240,12 +398,17 @@ class AsyncSession:
         max_attempts: int | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
+        on_complete: Sequence[str] | None = None,
     ) -> AsyncTask:
-        """Start downloading ``url`` into ``path``; returns at once with a RUNNING task."""
-        row = _build_row(
+        """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
+
+        Bad input raises InvalidRequest here, before any task exists.
+        """
+        row = build_row(
             self.identifier,
             url,
             path,
+            background=self.background,
             headers=headers,
             request_timeout=request_timeout,
             resource_timeout=resource_timeout,
@@ -256,97 +419,31 @@ class AsyncSession:
             max_attempts=max_attempts,
             retry_wait=retry_wait,
             max_retry_wait=max_retry_wait,
-            background=self.background,
+            on_complete=on_complete,
+            idempotency_key=uuid.uuid4().hex,
         )
-        self._engine_or_raise().submit(row)
+        row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
 
     async def tasks(self) -> list[AsyncTask]:
-        engine = self._engine_or_raise()
-        return [AsyncTask(self, engine.get(r.id)) for r in engine.store.list(self.identifier)]
+        rows = await self._backend_or_raise().list(self.identifier)
+        return [AsyncTask(self, r) for r in rows]
 
     async def task(self, task_id: str) -> AsyncTask:
-        row = self._engine_or_raise().get(task_id)
+        row = await self._backend_or_raise().get(task_id)
+        if row.session != self.identifier:
+            raise TaskNotFound(f"no task {task_id!r} in session {self.identifier!r}")
         return AsyncTask(self, row)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Progress and state events of this session's tasks, as they happen."""
-        engine = self._engine_or_raise()
-        q = engine.subscribe()
-        try:
-            while True:
-                ev = await q.get()
-                row = engine.get(ev.task_id)
-                if row.session == self.identifier:
-                    yield ev
-        finally:
-            engine.unsubscribe(q)
+    async def events(self, since: int | None = None) -> AsyncIterator[Event]:
+        """This session's events: a replay, then new ones as they happen.
 
-
-def _build_row(
-    session: str,
-    url: object,
-    path: object,
-    *,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None,
-    request_timeout: object,
-    resource_timeout: object,
-    sha256: object,
-    overwrite: bool,
-    low_speed_limit: object,
-    low_speed_time: object,
-    max_attempts: object,
-    retry_wait: object,
-    max_retry_wait: object,
-    background: bool,
-) -> TaskRow:
-    check_url(url)
-    assert isinstance(url, str)
-    hdrs = check_headers(headers)
-    rt = check_timeout("request_timeout", request_timeout)
-    rst = check_timeout("resource_timeout", resource_timeout)
-    digest = check_sha256(sha256)
-    if (
-        isinstance(low_speed_limit, bool)
-        or not isinstance(low_speed_limit, int)
-        or low_speed_limit < 0
-    ):
-        raise InvalidRequest(f"low_speed_limit must be a non-negative int, not {low_speed_limit!r}")
-    lst = check_timeout("low_speed_time", low_speed_time)
-    if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
-    ):
-        raise InvalidRequest(f"max_attempts must be a positive int or None, not {max_attempts!r}")
-    rw = check_timeout("retry_wait", retry_wait)
-    mrw = check_timeout("max_retry_wait", max_retry_wait)
-    target = check_target(path, overwrite=bool(overwrite))
-    task_id = new_task_id()
-    spec = Spec(
-        url=url,
-        headers=tuple(hdrs),
-        request_timeout=rt,
-        resource_timeout=rst,
-        sha256=digest,
-        low_speed_limit=low_speed_limit,
-        low_speed_time=lst,
-        max_attempts=max_attempts,
-        retry_wait=rw,
-        max_retry_wait=max(mrw, rw),
-    )
-    now = time.time()
-    return TaskRow(
-        id=task_id,
-        session=session,
-        path=target,
-        partial=partial_path(target, task_id),
-        spec=spec,
-        overwrite=bool(overwrite),
-        snap=Snapshot(phase=Phase.QUEUED, detail="queued"),
-        owner=None,
-        background=background,
-        created_at=now,
-        updated_at=now,
-    )
+        Background sessions replay, with ``since=None``, the completion of every task that
+        finished and was not acknowledged (``task.acknowledge()``), so a process that was
+        away misses nothing; with ``since=cursor``, every state event after that cursor.
+        """
+        async for ev in self._backend_or_raise().events(self.identifier, since):
+            yield ev
 
 
 class _LoopThread:
@@ -382,6 +479,10 @@ class Task(_TaskView):
         self._row = self._session._call(_fresh_row(self._inner))
         return self._row
 
+    def acknowledge(self) -> None:
+        """Tell the session its completion was handled: it is no longer replayed."""
+        self._session._call(self._inner.acknowledge())
+
     def suspend(self) -> None:
         self._session._call(self._inner.suspend())
 
@@ -399,7 +500,8 @@ class Task(_TaskView):
 
 
 async def _fresh_row(task: AsyncTask) -> TaskRow:
-    return task._fresh()
+    await task.refresh()
+    return task._row
 
 
 class Session:
@@ -470,6 +572,7 @@ class Session:
         max_attempts: int | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
+        on_complete: Sequence[str] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.download(
@@ -485,6 +588,7 @@ class Session:
                 max_attempts=max_attempts,
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
+                on_complete=on_complete,
             )
         )
         return Task(self, inner)

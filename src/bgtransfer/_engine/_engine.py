@@ -82,8 +82,12 @@ class Engine:
         max_per_host: int = 6,
         rng: Callable[[], float] = random.random,
         clock: Callable[[], float] = time.monotonic,
+        background: bool = False,
+        on_finished: Callable[[TaskRow], None] | None = None,
     ) -> None:
         self.store = store
+        self.background = background
+        self.on_finished = on_finished
         self.home = home
         self.limiter = Limiter(max_active, max_per_host)
         self.rng = rng
@@ -108,14 +112,22 @@ class Engine:
         )
 
     async def close(self) -> None:
-        """Stop every task at a checkpoint; they stay resumable by a later session."""
+        """Stop every task at a checkpoint.
+
+        A foreground engine leaves its tasks SUSPENDED ("interrupted"), resumable by a later
+        session; the daemon's engine leaves them RUNNING, to be picked up when it restarts.
+        """
         if self._closed:
             return
         self._closed = True
         for live in list(self._live.values()):
             if not live.machine.terminal:
                 await self._stop(live)
-                self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
+                if self.background:
+                    live.machine.committed = live.machine.snap.offset
+                    self._persist(live)
+                else:
+                    self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
             self.store.set_owner(live.row.id, None)
         self._live.clear()
         if self._http is not None:
@@ -149,6 +161,24 @@ class Engine:
                 )
                 self._execute_sync(live, m.handle(ev, now=self.clock()))
             self.store.set_owner(row.id, None)
+
+    def recover_background(self) -> None:
+        """Daemon start: continue every unfinished background task from its checkpoint."""
+        for row in self.store.unfinished(background=True):
+            if row.id in self._live:
+                continue
+            live = self._make_live(row)
+            self._live[row.id] = live
+            self._reconcile(live)
+            m = live.machine
+            if m.terminal:
+                continue
+            if m.snap.phase is Phase.CANCELING:
+                self._execute_sync(live, [M.RemovePartial()])
+            elif m.snap.phase is Phase.SUSPENDED:
+                self._live.pop(row.id, None)
+            else:
+                self._execute_sync(live, m.handle(M.Recovered(), now=self.clock()))
 
     def get(self, task_id: str) -> TaskRow:
         live = self._live.get(task_id)
@@ -210,12 +240,21 @@ class Engine:
         row = self.store.get(task_id)
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
-        if row.background:
+        if row.background != self.background:
             raise InvalidTransition(
-                f"task {task_id} belongs to a background session; control it through the daemon",
+                f"task {task_id} belongs to a "
+                + (
+                    "background session; control it through the daemon"
+                    if row.background
+                    else "foreground session; control it from a foreground Session"
+                ),
                 task_id=task_id,
             )
-        if row.owner not in (None, self.owner.token) and owner_alive(self.home, row.owner):
+        if (
+            not self.background
+            and row.owner not in (None, self.owner.token)
+            and owner_alive(self.home, row.owner)
+        ):
             raise InvalidTransition(
                 f"task {task_id} is being run by another process ({row.owner.split('-')[0]})",
                 task_id=task_id,
@@ -372,27 +411,40 @@ class Engine:
         live.part.close()
 
     def _persist(self, live: _Live) -> None:
-        m = live.machine
+        m, row = live.machine, live.row
         live.part.sync()
         now = self.clock()
-        self.store.save(live.row.id, m.snapshot(now), wall_time=time.time())
         kind = "progress" if live.last_phase is m.snap.phase else "state"
         live.last_phase = m.snap.phase
+        hook = "pending" if m.terminal and row.on_complete and row.hook_state is None else None
+        if hook is not None:
+            row.hook_state = hook
+        cursor = self.store.save(
+            row.id,
+            m.snapshot(now),
+            wall_time=time.time(),
+            event=(row.session, m.state.value) if kind == "state" else None,
+            hook_state=hook,
+        )
         if m.terminal:
             live.finished.set()
-            self._live.pop(live.row.id, None)
+            self._live.pop(row.id, None)
             with contextlib.suppress(Exception):
-                self.store.set_owner(live.row.id, None)
+                self.store.set_owner(row.id, None)
+            if self.on_finished is not None:
+                self.on_finished(self.get(row.id))
         self._changed.set()
         if self._listeners:
             ev = Event(
-                task_id=live.row.id,
+                task_id=row.id,
+                session=row.session,
                 kind=kind,
                 state=m.state,
                 detail=m.snap.detail,
                 bytes_received=m.snap.offset,
                 bytes_expected=m.snap.total,
                 error=m.snap.error,
+                cursor=cursor,
             )
             for q in self._listeners:
                 q.put_nowait(ev)

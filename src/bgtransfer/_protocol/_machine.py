@@ -69,6 +69,7 @@ __all__ = [
     "Finalized",
     "Interrupted",
     "Persist",
+    "Recovered",
     "RemovePartial",
     "Response",
     "ResumeRequested",
@@ -198,6 +199,11 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovered:
+    """Picked up again by the daemon after a restart: go back to the queue."""
+
+
+@dataclass(frozen=True, slots=True)
 class Interrupted:
     """Found unfinished after the process that ran it died (foreground sessions)."""
 
@@ -219,6 +225,7 @@ Event = (
     | CancelCleaned
     | Failed
     | Interrupted
+    | Recovered
 )
 
 # -- actions --------------------------------------------------------------------------------
@@ -434,6 +441,12 @@ class TransferMachine:
                 if self.terminal:
                     return []
                 return self._fail(err, now)
+            case Recovered():
+                if self.terminal or self.snap.phase in (Phase.SUSPENDED, Phase.CANCELING):
+                    return []
+                self.in_flight = False
+                self._set(Phase.QUEUED, "queued (recovered after a restart)", now)
+                return [Persist(), Enqueue()]
             case Interrupted(reason=reason):
                 if self.terminal or self.snap.phase is Phase.SUSPENDED:
                     return []
@@ -525,6 +538,7 @@ class TransferMachine:
             )
             return [DiscardResponse(), *self._fail(final, now)]
         if decision is _Decision.DONE:
+            self.in_flight = False
             self._set(Phase.VERIFYING, "verifying", now)
             return [DiscardResponse(), Finalize(self.snap.offset, self.spec.sha256)]
         if decision is _Decision.RESTART:

@@ -44,6 +44,8 @@ def check_url(url: object) -> str:
         )
     if not parts.hostname:
         raise InvalidRequest(f"URL has no host: {url!r}")
+    if parts.port == 0:
+        raise InvalidRequest(f"URL port 0 cannot be connected to: {url!r}")
     return url
 
 

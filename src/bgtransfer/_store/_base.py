@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from bgtransfer._exceptions import TransferError
 from bgtransfer._protocol._machine import Snapshot, Spec
 
-__all__ = ["Store", "TaskRow"]
+__all__ = ["Store", "StoredEvent", "TaskRow"]
 
 
 @dataclass(slots=True)
@@ -25,13 +26,38 @@ class TaskRow:
     updated_at: float
     finished_at: float | None = None
     idempotency_key: str | None = None
+    on_complete: tuple[str, ...] | None = None
+    hook_state: str | None = None
+    acknowledged: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    cursor: int
+    session: str
+    task_id: str
+    state: str
+    phase: str
+    detail: str
+    bytes_received: int
+    bytes_expected: int | None
+    error: TransferError | None
+    at: float
 
 
 class Store(Protocol):
     def insert(self, row: TaskRow) -> None:
         """Add a new task; raises DestinationError if another live task targets its path."""
 
-    def save(self, task_id: str, snap: Snapshot, *, wall_time: float) -> None:
+    def save(
+        self,
+        task_id: str,
+        snap: Snapshot,
+        *,
+        wall_time: float,
+        event: tuple[str, str] | None = None,
+        hook_state: str | None = None,
+    ) -> int | None:
         """Persist a snapshot durably (the caller fsynced the data it covers)."""
 
     def set_owner(self, task_id: str, owner: str | None) -> None: ...

@@ -23,7 +23,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
-from bgtransfer._store._base import TaskRow
+from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
@@ -54,8 +54,25 @@ CREATE TABLE tasks (
     idempotency_key TEXT UNIQUE,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    on_complete TEXT,
+    hook_state TEXT,
+    acknowledged INTEGER NOT NULL DEFAULT 0
 );
+-- State changes, kept so a process that was away learns what happened (NSURLSession relaunch).
+CREATE TABLE events (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    session TEXT NOT NULL,
+    task_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    bytes_received INTEGER NOT NULL,
+    bytes_expected INTEGER,
+    error TEXT,
+    at REAL NOT NULL
+);
+CREATE INDEX events_session ON events(session, cursor);
 CREATE INDEX tasks_session ON tasks(session, created_at);
 -- One live task per destination: two tasks writing one file is how files get corrupted.
 CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done';
@@ -64,7 +81,8 @@ CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done';
 _COLUMNS = (
     'id, session, path, partial, spec, overwrite, phase, detail, "offset", total, etag, '
     "last_modified, restarts, attempts, failures, status_code, error, active_seconds, owner, "
-    "background, idempotency_key, created_at, updated_at, finished_at"
+    "background, idempotency_key, created_at, updated_at, finished_at, on_complete, hook_state, "
+    "acknowledged"
 )
 
 
@@ -148,6 +166,9 @@ class SQLiteStore:
             row.created_at,
             row.updated_at,
             row.finished_at,
+            None if row.on_complete is None else json.dumps(list(row.on_complete)),
+            row.hook_state,
+            int(row.acknowledged),
         )
         try:
             with self._tx():
@@ -162,9 +183,43 @@ class SQLiteStore:
                 f"another unfinished task already downloads to {row.path}"
             ) from None
 
-    def save(self, task_id: str, snap: Snapshot, *, wall_time: float) -> None:
+    def save(
+        self,
+        task_id: str,
+        snap: Snapshot,
+        *,
+        wall_time: float,
+        event: tuple[str, str] | None = None,
+        hook_state: str | None = None,
+    ) -> int | None:
+        """Persist a snapshot; with ``event=(session, state)`` also log a state event.
+
+        Both go in one transaction, so the log never disagrees with the task row.
+        Returns the new event's cursor.
+        """
         finished = wall_time if snap.phase is Phase.DONE else None
+        cursor: int | None = None
         with self._tx():
+            if hook_state is not None:
+                self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (hook_state, task_id))
+            if event is not None:
+                session, state = event
+                cur = self._db.execute(
+                    "INSERT INTO events (session, task_id, state, phase, detail, bytes_received, "
+                    "bytes_expected, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        session,
+                        task_id,
+                        state,
+                        snap.phase.value,
+                        snap.detail,
+                        snap.offset,
+                        snap.total,
+                        _error_json(snap.error),
+                        wall_time,
+                    ),
+                )
+                cursor = cur.lastrowid
             self._db.execute(
                 'UPDATE tasks SET phase=?, detail=?, "offset"=?, total=?, etag=?, '
                 "last_modified=?, restarts=?, attempts=?, failures=?, status_code=?, error=?, "
@@ -187,6 +242,59 @@ class SQLiteStore:
                     task_id,
                 ),
             )
+        return cursor
+
+    def events_since(self, session: str, cursor: int, limit: int = 1000) -> list[StoredEvent]:
+        cur = self._db.execute(
+            "SELECT cursor, session, task_id, state, phase, detail, bytes_received, "
+            "bytes_expected, error, at FROM events WHERE session=? AND cursor>? "
+            "ORDER BY cursor LIMIT ?",
+            (session, cursor, limit),
+        )
+        return [_event(r) for r in cur.fetchall()]
+
+    def unacknowledged_completions(self, session: str) -> list[StoredEvent]:
+        """The last event of every finished, unacknowledged task of the session."""
+        cur = self._db.execute(
+            "SELECT e.cursor, e.session, e.task_id, e.state, e.phase, e.detail, "
+            "e.bytes_received, e.bytes_expected, e.error, e.at FROM events e "
+            "JOIN tasks t ON t.id = e.task_id "
+            "WHERE t.session=? AND t.phase='done' AND t.acknowledged=0 "
+            "AND e.cursor = (SELECT MAX(cursor) FROM events WHERE task_id = t.id) "
+            "ORDER BY e.cursor",
+            (session,),
+        )
+        return [_event(r) for r in cur.fetchall()]
+
+    def last_cursor(self) -> int:
+        (value,) = self._db.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()
+        return int(value)
+
+    def acknowledge(self, task_id: str) -> None:
+        with self._tx():
+            self._db.execute("UPDATE tasks SET acknowledged=1 WHERE id=?", (task_id,))
+
+    def set_hook_state(self, task_id: str, state: str) -> None:
+        with self._tx():
+            self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (state, task_id))
+
+    def pending_hooks(self) -> list[TaskRow]:
+        cur = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE hook_state='pending' ORDER BY finished_at"
+        )
+        return [self._row(r) for r in cur.fetchall()]
+
+    def unfinished(self, *, background: bool) -> list[TaskRow]:
+        cur = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE phase != 'done' AND background=? "
+            "ORDER BY created_at, id",
+            (int(background),),
+        )
+        return [self._row(r) for r in cur.fetchall()]
+
+    def counts(self) -> dict[str, int]:
+        cur = self._db.execute("SELECT phase, COUNT(*) FROM tasks GROUP BY phase")
+        return {str(phase): int(n) for phase, n in cur.fetchall()}
 
     def set_owner(self, task_id: str, owner: str | None) -> None:
         with self._tx():
@@ -253,6 +361,9 @@ class SQLiteStore:
             created_at,
             updated_at,
             finished_at,
+            on_complete,
+            hook_state,
+            acknowledged,
         ) = r
         snap = Snapshot(
             phase=Phase(phase),
@@ -282,4 +393,23 @@ class SQLiteStore:
             updated_at=updated_at,
             finished_at=finished_at,
             idempotency_key=key,
+            on_complete=None if on_complete is None else tuple(json.loads(on_complete)),
+            hook_state=hook_state,
+            acknowledged=bool(acknowledged),
         )
+
+
+def _event(r: tuple[Any, ...]) -> StoredEvent:
+    cursor, session, task_id, state, phase, detail, got, total, error, at = r
+    return StoredEvent(
+        cursor=cursor,
+        session=session,
+        task_id=task_id,
+        state=state,
+        phase=phase,
+        detail=detail,
+        bytes_received=got,
+        bytes_expected=total,
+        error=None if error is None else error_from_dict(json.loads(error)),
+        at=at,
+    )

@@ -1,0 +1,5 @@
+"""``python -m bgtransfer``: the command line."""
+
+from bgtransfer.cli import main
+
+raise SystemExit(main())

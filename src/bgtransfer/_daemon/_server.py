@@ -1,0 +1,388 @@
+"""The daemon process: one per home, the engine for background sessions, HTTP+JSON on a socket.
+
+Control protocol (all under ``/v1``, JSON bodies, errors as ``{"error": {code, message}}``):
+
+=======  ===============================  ==================================================
+GET      /v1/status                       running, pid, socket, home, version, task counts
+POST     /v1/tasks                        submit a download (body: session, url, path,
+                                          options…, idempotency_key); 201, or 200 with the
+                                          existing task when the key was seen before
+GET      /v1/tasks?session=S              list tasks (all sessions without ``session``)
+GET      /v1/tasks/{id}                   one task
+POST     /v1/tasks/{id}/suspend|resume|cancel|ack
+GET      /v1/tasks/{id}/wait?timeout=S    long poll until COMPLETED or S seconds
+GET      /v1/events?session=S[&since=C]   NDJSON: replay, then follow
+POST     /v1/shutdown                     graceful stop (tasks checkpointed, resumed on start)
+=======  ===============================  ==================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._engine._engine import Engine
+from bgtransfer._exceptions import (
+    DestinationError,
+    InvalidRequest,
+    InvalidTransition,
+    TaskNotFound,
+    TransferError,
+)
+from bgtransfer._models import PHASE_STATE, TaskState
+from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._tasks import DOWNLOAD_OPTIONS, build_row, row_to_wire
+
+__all__ = ["STORE_NAME", "main"]
+
+log = logging.getLogger("bgtransfer.daemon")
+
+STORE_NAME = "bgtransfer.sqlite3"
+MAX_BODY = 1 << 20
+HOOK_TIMEOUT = 60.0
+VERSION = "0.1.0"
+
+_STATUS: list[tuple[type[TransferError], int]] = [
+    (InvalidRequest, 400),
+    (TaskNotFound, 404),
+    (InvalidTransition, 409),
+    (DestinationError, 409),
+]
+
+
+def _http_status(exc: TransferError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def _peer_uid(request: web.Request) -> int | None:
+    sock = request.transport.get_extra_info("socket") if request.transport else None
+    if sock is None:
+        return None
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # Defence in depth behind the socket's 0600 mode: some systems ignore socket permissions.
+    if _peer_uid(request) != os.geteuid():
+        return _error(403, "forbidden", "only the daemon's own user may use this socket")
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except TransferError as exc:
+        return _error(_http_status(exc), exc.code, exc.message)
+    except (ValueError, KeyError, TypeError) as exc:
+        return _error(400, "bad_request", f"malformed request: {exc}")
+
+
+def _state_event_json(ev: StoredEvent) -> dict[str, Any]:
+    return {
+        "cursor": ev.cursor,
+        "session": ev.session,
+        "task_id": ev.task_id,
+        "kind": "state",
+        "state": ev.state,
+        "detail": ev.detail,
+        "bytes_received": ev.bytes_received,
+        "bytes_expected": ev.bytes_expected,
+        "error": None if ev.error is None else ev.error.to_dict(),
+    }
+
+
+class Daemon:
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.socket = socket_path(home)
+        self.store = SQLiteStore(os.path.join(home, STORE_NAME))
+        self.engine = Engine(self.store, home, background=True, on_finished=self._on_finished)
+        self.stopping = asyncio.Event()
+        self._hooks: set[asyncio.Task[None]] = set()
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _on_finished(self, row: TaskRow) -> None:
+        if row.on_complete and row.hook_state == "pending":
+            task = asyncio.get_running_loop().create_task(self._run_hook(row))
+            self._hooks.add(task)
+            task.add_done_callback(self._hooks.discard)
+
+    async def _run_hook(self, row: TaskRow) -> None:
+        """Run the completion argv (no shell); output goes to the daemon log."""
+        assert row.on_complete is not None
+        err = row.snap.error
+        env = {
+            **os.environ,
+            "BGTRANSFER_TASK_ID": row.id,
+            "BGTRANSFER_SESSION": row.session,
+            "BGTRANSFER_STATE": "succeeded" if err is None else "failed",
+            "BGTRANSFER_PATH": row.path,
+            "BGTRANSFER_ERROR": "" if err is None else err.message,
+        }
+        argv = list(row.on_complete)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log.error("task %s: completion hook %s could not start: %s", row.id, argv, exc)
+            self.store.set_hook_state(row.id, "failed")
+            return
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), HOOK_TIMEOUT)
+        except TimeoutError:
+            proc.kill()
+            out, _ = await proc.communicate()
+            log.error("task %s: completion hook killed after %.0f s", row.id, HOOK_TIMEOUT)
+        for line in (out or b"").decode(errors="replace").splitlines():
+            log.info("task %s hook: %s", row.id[:8], line)
+        log.info("task %s: completion hook %s exited %s", row.id, argv, proc.returncode)
+        self.store.set_hook_state(row.id, "done" if proc.returncode == 0 else "failed")
+
+    # -- handlers --------------------------------------------------------------------------
+
+    async def status(self, request: web.Request) -> web.Response:
+        counts = {s.value: 0 for s in TaskState}
+        for phase, n in self.store.counts().items():
+            from bgtransfer._models import Phase
+
+            counts[PHASE_STATE[Phase(phase)].value] += n
+        return web.json_response(
+            {
+                "running": True,
+                "pid": os.getpid(),
+                "socket": self.socket,
+                "home": self.home,
+                "version": VERSION,
+                "tasks": counts,
+            }
+        )
+
+    async def submit(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise InvalidRequest("the request body must be a JSON object")
+        unknown = set(body) - {"session", "url", "path", "idempotency_key", *DOWNLOAD_OPTIONS}
+        if unknown:
+            raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
+        session, key = body.get("session"), body.get("idempotency_key")
+        if not isinstance(session, str) or not session:
+            raise InvalidRequest(f"session must be a non-empty string: {session!r}")
+        if key is not None:
+            if not isinstance(key, str) or not 1 <= len(key) <= 200:
+                raise InvalidRequest(f"idempotency_key must be a short string: {key!r}")
+            existing = self.store.find_key(key)
+            if existing is not None:
+                return web.json_response(row_to_wire(self.engine.get(existing.id)))
+        options = {k: body[k] for k in DOWNLOAD_OPTIONS if k in body}
+        if isinstance(options.get("headers"), list):
+            options["headers"] = [tuple(h) for h in options["headers"]]
+        row = build_row(
+            session,
+            body.get("url"),
+            body.get("path"),
+            background=True,
+            idempotency_key=key,
+            **options,
+        )
+        self.engine.submit(row)
+        return web.json_response(row_to_wire(self.engine.get(row.id)), status=201)
+
+    async def list_tasks(self, request: web.Request) -> web.Response:
+        session = request.query.get("session")
+        rows = [self.engine.get(r.id) for r in self.store.list(session)]
+        return web.json_response([row_to_wire(r) for r in rows])
+
+    async def get_task(self, request: web.Request) -> web.Response:
+        return web.json_response(row_to_wire(self.engine.get(request.match_info["id"])))
+
+    async def control(self, request: web.Request) -> web.Response:
+        task_id, verb = request.match_info["id"], request.match_info["verb"]
+        if verb == "suspend":
+            await self.engine.suspend(task_id)
+        elif verb == "resume":
+            await self.engine.resume(task_id)
+        elif verb == "cancel":
+            await self.engine.cancel(task_id)
+        elif verb == "ack":
+            self.engine.get(task_id)
+            self.store.acknowledge(task_id)
+        else:
+            raise web.HTTPNotFound(text=f"unknown action {verb!r}")
+        return web.json_response(row_to_wire(self.engine.get(task_id)))
+
+    async def wait(self, request: web.Request) -> web.Response:
+        task_id = request.match_info["id"]
+        timeout = float(request.query.get("timeout", "30"))
+        if not 0 <= timeout <= 300:
+            raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
+        self.engine.get(task_id)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.engine.wait(task_id), timeout)
+        return web.json_response(row_to_wire(self.engine.get(task_id)))
+
+    async def events(self, request: web.Request) -> web.StreamResponse:
+        session = request.query.get("session")
+        if not session:
+            raise InvalidRequest("events need a session")
+        since_raw = request.query.get("since")
+        follow = request.query.get("follow", "1") != "0"
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        queue = self.engine.subscribe()
+        try:
+            if since_raw is None:
+                # Replay what an app that was away must learn: unacknowledged completions.
+                replay = self.store.unacknowledged_completions(session)
+                last = self.store.last_cursor()
+            else:
+                replay = self.store.events_since(session, int(since_raw), limit=100_000)
+                last = replay[-1].cursor if replay else int(since_raw)
+            for ev in replay:
+                await resp.write(json.dumps(_state_event_json(ev)).encode() + b"\n")
+                last = max(last, ev.cursor)
+            while follow and not self.stopping.is_set():
+                try:
+                    live = await asyncio.wait_for(queue.get(), 15)
+                except TimeoutError:
+                    await resp.write(b"\n")  # keep-alive; also detects a gone client
+                    continue
+                if live.session != session:
+                    continue
+                if live.cursor is not None and live.cursor <= last:
+                    continue
+                if live.cursor is not None:
+                    last = live.cursor
+                payload = {
+                    "cursor": live.cursor,
+                    "session": live.session,
+                    "task_id": live.task_id,
+                    "kind": live.kind,
+                    "state": live.state.value,
+                    "detail": live.detail,
+                    "bytes_received": live.bytes_received,
+                    "bytes_expected": live.bytes_expected,
+                    "error": None if live.error is None else live.error.to_dict(),
+                }
+                await resp.write(json.dumps(payload).encode() + b"\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.engine.unsubscribe(queue)
+        return resp
+
+    async def shutdown(self, request: web.Request) -> web.Response:
+        self.stopping.set()
+        return web.json_response({"stopping": True})
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
+        app.router.add_get("/v1/status", self.status)
+        app.router.add_post("/v1/tasks", self.submit)
+        app.router.add_get("/v1/tasks", self.list_tasks)
+        app.router.add_get("/v1/tasks/{id}", self.get_task)
+        app.router.add_get("/v1/tasks/{id}/wait", self.wait)
+        app.router.add_post("/v1/tasks/{id}/{verb}", self.control)
+        app.router.add_get("/v1/events", self.events)
+        app.router.add_post("/v1/shutdown", self.shutdown)
+        return app
+
+    async def run(self) -> None:
+        await self.engine.start()
+        self.engine.recover_background()
+        for row in self.store.pending_hooks():
+            self._on_finished(row)
+        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
+        await runner.setup()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket)  # stale: we hold the lock, so no daemon owns it
+        old = os.umask(0o177)
+        try:
+            site = web.UnixSite(runner, self.socket)
+            await site.start()
+        finally:
+            os.umask(old)
+        os.chmod(self.socket, 0o600)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        log.info("daemon %d serving %s for home %s", os.getpid(), self.socket, self.home)
+        try:
+            await self.stopping.wait()
+        finally:
+            t0 = time.monotonic()
+            await self.engine.close()
+            await runner.cleanup()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket)
+            for hook in list(self._hooks):
+                hook.cancel()
+            self.store.close()
+            log.info("daemon stopped in %.2f s", time.monotonic() - t0)
+
+
+def _take_lock(home: str) -> int | None:
+    fd = os.open(daemon_lock(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def main(home: str) -> int:
+    """``bgtransfer daemon run``: serve until SIGTERM; 0 also when one already runs."""
+    from bgtransfer._session import resolve_home
+
+    home = resolve_home(home)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    lock = _take_lock(home)
+    if lock is None:
+        print(f"bgtransfer: the daemon for {home} is already running", file=sys.stderr)
+        return 0
+    try:
+        asyncio.run(Daemon(home).run())
+    finally:
+        os.close(lock)
+    return 0

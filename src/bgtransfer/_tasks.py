@@ -1,0 +1,222 @@
+"""Building task rows from caller input, and their JSON shapes (public and wire)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from bgtransfer._engine._engine import new_task_id
+from bgtransfer._engine._files import check_target, partial_path
+from bgtransfer._exceptions import InvalidRequest, error_from_dict
+from bgtransfer._models import PHASE_STATE, Phase
+from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._validate import (
+    check_headers,
+    check_sha256,
+    check_timeout,
+    check_url,
+)
+from bgtransfer._store._base import TaskRow
+
+__all__ = ["DOWNLOAD_OPTIONS", "build_row", "row_from_wire", "row_to_wire", "task_dict"]
+
+# The keyword options of download(), with their defaults: one list for the API, the control
+# protocol and the CLI.
+DOWNLOAD_OPTIONS: dict[str, Any] = {
+    "headers": None,
+    "request_timeout": 60.0,
+    "resource_timeout": 7 * 86400.0,
+    "sha256": None,
+    "overwrite": False,
+    "low_speed_limit": 0,
+    "low_speed_time": 30.0,
+    "max_attempts": None,
+    "retry_wait": 1.0,
+    "max_retry_wait": 120.0,
+    "on_complete": None,
+}
+
+
+def _positive_int(
+    name: str, value: object, *, allow_none: bool = False, zero: bool = False
+) -> None:
+    if value is None and allow_none:
+        return
+    if type(value) is not int or value < (0 if zero else 1):
+        kind = "non-negative" if zero else "positive"
+        raise InvalidRequest(f"{name} must be a {kind} integer, not {value!r}")
+
+
+def _argv(value: object) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
+        raise InvalidRequest(
+            f"on_complete must be a non-empty list of strings (an argv, no shell): {value!r}"
+        )
+    if not all(isinstance(a, str) and "\0" not in a for a in value):
+        raise InvalidRequest(f"on_complete arguments must be strings without NUL: {value!r}")
+    return tuple(value)
+
+
+def build_row(
+    session: str,
+    url: object,
+    path: object,
+    *,
+    background: bool,
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    request_timeout: object = 60.0,
+    resource_timeout: object = 7 * 86400.0,
+    sha256: object = None,
+    overwrite: object = False,
+    low_speed_limit: object = 0,
+    low_speed_time: object = 30.0,
+    max_attempts: object = None,
+    retry_wait: object = 1.0,
+    max_retry_wait: object = 120.0,
+    on_complete: object = None,
+    idempotency_key: str | None = None,
+) -> TaskRow:
+    """Validate everything the caller gave; InvalidRequest names the first bad value."""
+    check_url(url)
+    assert isinstance(url, str)
+    hdrs = check_headers(headers)
+    rt = check_timeout("request_timeout", request_timeout)
+    rst = check_timeout("resource_timeout", resource_timeout)
+    digest = check_sha256(sha256)
+    _positive_int("low_speed_limit", low_speed_limit, zero=True)
+    lst = check_timeout("low_speed_time", low_speed_time)
+    _positive_int("max_attempts", max_attempts, allow_none=True)
+    rw = check_timeout("retry_wait", retry_wait)
+    mrw = check_timeout("max_retry_wait", max_retry_wait)
+    if not isinstance(overwrite, bool):
+        raise InvalidRequest(f"overwrite must be True or False, not {overwrite!r}")
+    hook = _argv(on_complete)
+    if hook is not None and not background:
+        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
+    target = check_target(path, overwrite=overwrite)
+    task_id = new_task_id()
+    assert isinstance(low_speed_limit, int)
+    assert max_attempts is None or isinstance(max_attempts, int)
+    spec = Spec(
+        url=url,
+        headers=tuple(hdrs),
+        request_timeout=rt,
+        resource_timeout=rst,
+        sha256=digest,
+        low_speed_limit=low_speed_limit,
+        low_speed_time=lst,
+        max_attempts=max_attempts,
+        retry_wait=rw,
+        max_retry_wait=max(mrw, rw),
+    )
+    now = time.time()
+    return TaskRow(
+        id=task_id,
+        session=session,
+        path=target,
+        partial=partial_path(target, task_id),
+        spec=spec,
+        overwrite=overwrite,
+        snap=Snapshot(phase=Phase.QUEUED, detail="queued"),
+        owner=None,
+        background=background,
+        created_at=now,
+        updated_at=now,
+        idempotency_key=idempotency_key,
+        on_complete=hook,
+    )
+
+
+def task_dict(r: TaskRow) -> dict[str, Any]:
+    """The stable public JSON shape (CLI ``--json``, the control API)."""
+    err = r.snap.error
+    return {
+        "id": r.id,
+        "session": r.session,
+        "url": r.spec.url,
+        "path": r.path,
+        "state": PHASE_STATE[r.snap.phase].value,
+        "detail": r.snap.detail,
+        "bytes_received": r.snap.offset,
+        "bytes_expected": r.snap.total,
+        "status_code": r.snap.status_code,
+        "error": None if err is None else err.message,
+        "error_code": None if err is None else err.code,
+        "restarts": r.snap.restarts,
+        "attempts": r.snap.attempts,
+        "background": r.background,
+        "acknowledged": r.acknowledged,
+        "created_at": r.created_at,
+        "finished_at": r.finished_at,
+    }
+
+
+def row_to_wire(r: TaskRow) -> dict[str, Any]:
+    """The public shape plus what a client needs to rebuild the row exactly."""
+    s = r.snap
+    out = task_dict(r)
+    out["internal"] = {
+        "partial": r.partial,
+        "spec": {**asdict(r.spec), "headers": [list(h) for h in r.spec.headers]},
+        "overwrite": r.overwrite,
+        "phase": s.phase.value,
+        "total": s.total,
+        "etag": s.etag,
+        "last_modified": s.last_modified,
+        "failures": s.failures,
+        "active_seconds": s.active_seconds,
+        "error": None if s.error is None else s.error.to_dict(),
+        "owner": r.owner,
+        "updated_at": r.updated_at,
+        "on_complete": None if r.on_complete is None else list(r.on_complete),
+        "hook_state": r.hook_state,
+        "idempotency_key": r.idempotency_key,
+    }
+    return out
+
+
+def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
+    i = d["internal"]
+    spec = dict(i["spec"])
+    spec["headers"] = tuple((str(k), str(v)) for k, v in spec["headers"])
+    snap = Snapshot(
+        phase=Phase(i["phase"]),
+        detail=d["detail"],
+        offset=d["bytes_received"],
+        total=i["total"],
+        etag=i["etag"],
+        last_modified=i["last_modified"],
+        restarts=d["restarts"],
+        attempts=d["attempts"],
+        failures=i["failures"],
+        status_code=d["status_code"],
+        error=None if i["error"] is None else error_from_dict(i["error"]),
+        active_seconds=i["active_seconds"],
+    )
+    return TaskRow(
+        id=d["id"],
+        session=d["session"],
+        path=d["path"],
+        partial=i["partial"],
+        spec=Spec(**spec),
+        overwrite=i["overwrite"],
+        snap=snap,
+        owner=i["owner"],
+        background=d["background"],
+        created_at=d["created_at"],
+        updated_at=i["updated_at"],
+        finished_at=d["finished_at"],
+        idempotency_key=i["idempotency_key"],
+        on_complete=None if i["on_complete"] is None else tuple(i["on_complete"]),
+        hook_state=i["hook_state"],
+        acknowledged=d["acknowledged"],
+    )
+
+
+def absolute(path: str | os.PathLike[str]) -> str:
+    return os.path.abspath(os.fspath(path))

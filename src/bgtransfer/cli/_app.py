@@ -1,0 +1,146 @@
+"""Commands. Output for machines (``--json``) goes to stdout; messages go to stderr."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+from typing import Any
+
+import click
+
+from bgtransfer._client import DaemonClient, DaemonUnavailable
+from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._session import resolve_home
+
+EXIT_OK = 0
+EXIT_NOT_RUNNING = 3
+
+
+def _home(ctx: click.Context) -> str:
+    return resolve_home(ctx.obj.get("home"))
+
+
+def _lock_free(home: str) -> bool:
+    try:
+        fd = os.open(daemon_lock(home), os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def _with_client(home: str, fn: Any) -> Any:
+    client = DaemonClient(home)
+    try:
+        return await fn(client)
+    finally:
+        await client.close()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Home directory (store, daemon socket and log). Default: $BGTRANSFER_HOME, "
+    "else the user state directory.",
+)
+@click.pass_context
+def cli(ctx: click.Context, home: str | None) -> None:
+    """Durable background HTTP transfers.
+
+    \b
+    Examples:
+      bgtransfer daemon start
+      bgtransfer daemon status --json
+      bgtransfer --home /tmp/h daemon run
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["home"] = home
+
+
+@cli.group()
+def daemon() -> None:
+    """Run and manage the per-home daemon that carries background transfers."""
+
+
+@daemon.command("run")
+@click.pass_context
+def daemon_run(ctx: click.Context) -> int:
+    """Run the daemon in the foreground (for systemd and debugging) until SIGTERM."""
+    from bgtransfer._daemon._server import main as run_daemon
+
+    return run_daemon(_home(ctx))
+
+
+@daemon.command("start")
+@click.pass_context
+def daemon_start(ctx: click.Context) -> int:
+    """Start the daemon in the background unless it already runs."""
+    home = _home(ctx)
+    was_running = not _lock_free(home)
+    try:
+        status = asyncio.run(_with_client(home, lambda c: c.ensure_running()))
+    except DaemonUnavailable as exc:
+        click.echo(f"bgtransfer: {exc.message}", err=True)
+        return 1
+    word = "already running" if was_running else "started"
+    click.echo(f"daemon {word} (pid {status['pid']}, socket {status['socket']})", err=True)
+    return EXIT_OK
+
+
+@daemon.command("stop")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.pass_context
+def daemon_stop(ctx: click.Context, timeout: float) -> int:
+    """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start."""
+    home = _home(ctx)
+    if _lock_free(home):
+        click.echo("daemon is not running", err=True)
+        return EXIT_OK
+    try:
+        asyncio.run(
+            _with_client(home, lambda c: c.call("POST", "/v1/shutdown", start=False, timeout=5))
+        )
+    except DaemonUnavailable:
+        pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _lock_free(home):
+            click.echo("daemon stopped", err=True)
+            return EXIT_OK
+        time.sleep(0.05)
+    click.echo(f"bgtransfer: the daemon did not stop within {timeout:g} s", err=True)
+    return 1
+
+
+@daemon.command("status")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+def daemon_status(ctx: click.Context, as_json: bool) -> int:
+    """Show whether the daemon runs, its pid and socket, and task counts by state.
+
+    Exit status 0 when it runs, 3 when it does not.
+    """
+    home = _home(ctx)
+    status = None
+    if not _lock_free(home):
+        status = asyncio.run(_with_client(home, lambda c: c.ping()))
+    if status is None:
+        status = {"running": False, "pid": None, "socket": socket_path(home), "home": home}
+    if as_json:
+        click.echo(json.dumps(status, sort_keys=True))
+    elif status["running"]:
+        counts = ", ".join(f"{k} {v}" for k, v in status["tasks"].items())
+        click.echo(f"running, pid {status['pid']}, socket {status['socket']}\ntasks: {counts}")
+    else:
+        click.echo(f"not running (home {home})")
+    return EXIT_OK if status["running"] else EXIT_NOT_RUNNING
