@@ -830,8 +830,9 @@ class FaultServer:
         except OSError:
             pass
         except asyncio.CancelledError:
+            # Only stop() cancels these; re-raising makes asyncio's start_server callback
+            # log a spurious "Exception in callback" traceback for every open connection.
             writer.transport.abort()
-            raise
         except Exception:
             logger.exception("FaultServer: unexpected error while serving a connection")
             writer.transport.abort()
