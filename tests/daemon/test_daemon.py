@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,7 +24,7 @@ from bgtransfer.testing import FaultServer, gen_bytes
 from .conftest import daemon_pid, kill_daemon, run_cli
 
 SIZE = 1 << 20
-FAST = {"retry_wait": 0.05, "max_retry_wait": 0.2}
+FAST: dict[str, Any] = {"retry_wait": 0.05, "max_retry_wait": 0.2}
 
 
 def py(code: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -46,7 +47,7 @@ print(t.id)
 """
 
 
-def wait_for(pred, timeout: float = 30.0) -> bool:  # type: ignore[no-untyped-def]
+def wait_for(pred: Any, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
@@ -67,13 +68,15 @@ def test_download_outlives_the_script_and_a_later_script_learns_the_outcome(
     assert wait_for(dest.exists)
     assert dest.read_bytes() == gen_bytes(4 * SIZE)
     pid = daemon_pid(home)
-    assert pid is not None and pid != os.getpid()
+    assert pid is not None
+    assert pid != os.getpid()
 
     async def later() -> list[bgtransfer.Event]:
         async with bgtransfer.AsyncSession("app", home=home) as s:
             (t,) = await s.tasks()
             assert t.id == task_id
-            assert t.state is TaskState.COMPLETED and t.error is None
+            assert t.state is TaskState.COMPLETED
+            assert t.error is None
             got = []
             async for ev in s.events():
                 got.append(ev)
@@ -88,11 +91,14 @@ def test_download_outlives_the_script_and_a_later_script_learns_the_outcome(
 
     async def after_ack() -> list[bgtransfer.Event]:
         async with bgtransfer.AsyncSession("app", home=home) as s:
-            got = []
+            got: list[bgtransfer.Event] = []
+
+            async def collect() -> None:
+                async for ev in s.events():
+                    got.append(ev)  # noqa: PERF401 - appended as they stream in
+
             with pytest.raises(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    async for ev in s.events():
-                        got.append(ev)
+                await asyncio.wait_for(collect(), 1.0)
             return got
 
     assert asyncio.run(after_ack()) == []
@@ -129,8 +135,9 @@ def test_events_survive_a_daemon_restart_and_since_replays(
     evs = asyncio.run(asyncio.wait_for(replay(), 30))
     assert [e.task_id for e in evs] == [t.id] * len(evs)
     assert evs[-1].state is TaskState.COMPLETED
-    cursors = [e.cursor for e in evs]
-    assert cursors == sorted(cursors) and None not in cursors
+    cursors = [e.cursor for e in evs if e.cursor is not None]
+    assert len(cursors) == len(evs)
+    assert cursors == sorted(cursors)
 
 
 def test_submit_is_idempotent(server: FaultServer, home: Path, tmp_path: Path, key: str) -> None:
@@ -184,7 +191,8 @@ def test_daemon_commands_status_stop_and_single_instance(home: Path, tmp_path: P
         kill_daemon(other)
     t0 = time.monotonic()
     r = run_cli(home, "daemon", "stop")
-    assert r.returncode == 0 and "stopped" in r.stderr
+    assert r.returncode == 0
+    assert "stopped" in r.stderr
     assert time.monotonic() - t0 < 5
     assert daemon_pid(home) is None
     assert run_cli(home, "daemon", "stop").stderr.strip() == "daemon is not running"
@@ -206,7 +214,8 @@ def test_graceful_stop_checkpoints_and_restart_continues(
         assert t.error is None
     assert dest.read_bytes() == gen_bytes(size)
     reqs = [r for r in server.requests("/gen/") if r.query.get("key") == key]
-    assert len(reqs) >= 2 and reqs[-1].range is not None
+    assert len(reqs) >= 2
+    assert reqs[-1].range is not None
 
 
 def test_suspend_resume_cancel_through_the_daemon(
@@ -244,7 +253,8 @@ def test_completion_hook_runs_once_with_its_environment(
     script.write_text(
         "import os, sys\n"
         f"with open({str(out)!r}, 'a') as f:\n"
-        "    keys = ['BGTRANSFER_TASK_ID', 'BGTRANSFER_STATE', 'BGTRANSFER_PATH', 'BGTRANSFER_ERROR']\n"
+        "    keys = ['BGTRANSFER_TASK_ID', 'BGTRANSFER_STATE',\n"
+        "            'BGTRANSFER_PATH', 'BGTRANSFER_ERROR']\n"
         "    f.write('|'.join([sys.argv[1]] + [os.environ[k] for k in keys]) + '\\n')\n"
     )
     dest = tmp_path / "h.bin"
@@ -276,12 +286,14 @@ def test_completion_hook_runs_once_with_its_environment(
 
 
 def test_on_complete_needs_background_and_an_argv(tmp_path: Path) -> None:
-    with bgtransfer.Session("f", home=tmp_path / "h", background=False) as s:
-        with pytest.raises(bgtransfer.InvalidRequest, match="daemon"):
-            s.download("http://127.0.0.1:9/x", tmp_path / "x", on_complete=["/bin/true"])
-    with pytest.raises(bgtransfer.InvalidRequest, match="argv"):
-        from bgtransfer._tasks import build_row
+    from bgtransfer._tasks import build_row
 
+    with (
+        bgtransfer.Session("f", home=tmp_path / "h", background=False) as s,
+        pytest.raises(bgtransfer.InvalidRequest, match="daemon"),
+    ):
+        s.download("http://127.0.0.1:9/x", tmp_path / "x", on_complete=["/bin/true"])
+    with pytest.raises(bgtransfer.InvalidRequest, match="argv"):
         build_row("s", "http://127.0.0.1:9/x", tmp_path / "y", background=True, on_complete="ls -l")
 
 
@@ -322,11 +334,14 @@ def test_socket_modes_and_bad_requests(home: Path) -> None:
             {"session": "x", "url": "http://127.0.0.1:9/", "path": "/tmp/x", "evil": 1}
         ).encode()
     )
-    assert b" 400 " in r.split(b"\r\n")[0] and b"unknown fields: evil" in r
+    assert b" 400 " in r.split(b"\r\n")[0]
+    assert b"unknown fields: evil" in r
     r = post(json.dumps({"session": "x", "url": "ftp://h/", "path": "/tmp/x"}).encode())
-    assert b" 400 " in r.split(b"\r\n")[0] and b"invalid_request" in r
+    assert b" 400 " in r.split(b"\r\n")[0]
+    assert b"invalid_request" in r
     r = raw(b"GET /v1/tasks/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    assert b" 404 " in r.split(b"\r\n")[0] and b"task_not_found" in r
+    assert b" 404 " in r.split(b"\r\n")[0]
+    assert b"task_not_found" in r
     big = post(b"[" + b"1," * (1 << 20) + b"1]")
     assert b" 413 " in big.split(b"\r\n")[0]
     assert daemon_pid(home) == pid  # still alive after all of that
@@ -345,7 +360,8 @@ def test_other_users_are_refused(tmp_path: Path) -> None:
             "    c.connect(sys.argv[1])\n"
             "except PermissionError:\n"
             "    print('EACCES'); raise SystemExit\n"
-            "c.sendall(b'GET /v1/status HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n"
+            "c.sendall(b'GET /v1/status HTTP/1.1\\r\\nHost: x\\r\\n'\n"
+            "          b'Connection: close\\r\\n\\r\\n')\n"
             "print(c.recv(4096).split(b'\\r\\n')[0].decode())\n"
         )
         as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
