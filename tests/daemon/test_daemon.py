@@ -385,3 +385,41 @@ def test_other_users_are_refused(tmp_path: Path) -> None:
     finally:
         kill_daemon(home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_pending_hook_runs_after_a_crash_between_completion_and_hook(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    """The crash window: COMPLETED was committed with the hook pending, then the daemon died."""
+    import sqlite3
+
+    out = tmp_path / "late.txt"
+    dest = tmp_path / "late.bin"
+    with bgtransfer.Session("late", home=home) as s:
+        t = s.download(
+            server.url(f"/gen/{SIZE}?key={key}"),
+            dest,
+            on_complete=[sys.executable, "-c", f"open({str(out)!r}, 'a').write('ran\\n')"],
+        )
+        t.wait(timeout=30)
+    assert wait_for(out.exists)
+    kill_daemon(home)
+    out.unlink()
+    con = sqlite3.connect(home / "bgtransfer.sqlite3")
+    con.execute("UPDATE tasks SET hook_state='pending' WHERE id=?", (t.id,))
+    con.commit()
+    con.close()
+    assert run_cli(home, "daemon", "start").returncode == 0
+    assert wait_for(out.exists, 15)
+    time.sleep(0.3)
+    assert out.read_text() == "ran\n"
+
+
+def test_daemon_install_writes_a_user_unit(home: Path, tmp_path: Path) -> None:
+    r = run_cli(home, "daemon", "install", "--unit-dir", str(tmp_path / "units"))
+    assert r.returncode == 0, r.stderr
+    unit = (tmp_path / "units" / "bgtransfer.service").read_text()
+    assert r.stdout.strip() == str(tmp_path / "units" / "bgtransfer.service")
+    assert f"ExecStart={sys.executable} -m bgtransfer --home {home} daemon run" in unit
+    assert "NoNewPrivileges=yes" in unit
+    assert "systemctl --user enable --now bgtransfer.service" in r.stderr

@@ -144,3 +144,55 @@ def daemon_status(ctx: click.Context, as_json: bool) -> int:
     else:
         click.echo(f"not running (home {home})")
     return EXIT_OK if status["running"] else EXIT_NOT_RUNNING
+
+
+UNIT = """\
+[Unit]
+Description=bgtransfer daemon: durable background HTTP transfers for {home}
+Documentation=https://pypi.org/project/bgtransfer/
+
+[Service]
+Type=simple
+ExecStart={python} -m bgtransfer --home {home} daemon run
+ExecStop={python} -m bgtransfer --home {home} daemon stop
+Restart=on-failure
+RestartSec=2
+NoNewPrivileges=yes
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
+UMask=0077
+
+[Install]
+WantedBy=default.target
+"""
+
+
+@daemon.command("install")
+@click.option(
+    "--unit-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where to write the unit. Default: ~/.config/systemd/user.",
+)
+@click.option("--name", default="bgtransfer.service", show_default=True)
+@click.pass_context
+def daemon_install(ctx: click.Context, unit_dir: str | None, name: str) -> int:
+    """Write a systemd user unit that runs this home's daemon at login.
+
+    \b
+    Then: systemctl --user daemon-reload
+          systemctl --user enable --now bgtransfer.service
+    """
+    import sys
+
+    home = _home(ctx)
+    directory = unit_dir or os.path.expanduser("~/.config/systemd/user")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(UNIT.format(home=home, python=sys.executable))
+    click.echo(path)
+    click.echo(
+        f"enable with: systemctl --user daemon-reload && systemctl --user enable --now {name}",
+        err=True,
+    )
+    return EXIT_OK
