@@ -43,7 +43,9 @@ def show(task: bgtransfer.Task, until: float) -> None:
     last = ""
     while time.monotonic() < until:
         got, total = task.bytes_received, task.bytes_expected or SIZE
-        line = f"  {got / MiB:7.1f} / {total / MiB:.0f} MiB {100 * got / total:5.1f} %  {task.detail}"
+        line = (
+            f"  {got / MiB:7.1f} / {total / MiB:.0f} MiB {100 * got / total:5.1f} %  {task.detail}"
+        )
         if line != last:
             print(f"\r{line:<96}", end="", flush=True)
             last = line

@@ -99,5 +99,6 @@ def test_kill_loop_20(server: FaultServer, home: Path, tmp_path: Path, key: str)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 def test_kill_loop_200(server: FaultServer, home: Path, tmp_path: Path, key: str) -> None:
     kill_loop(server, home, tmp_path, key, kills=200)

@@ -71,11 +71,6 @@ def test_bad_session_arguments(tmp_path: Path) -> None:
         bgtransfer.Session("x", home=tmp_path, background=False, max_active=0)
 
 
-def test_background_sessions_say_the_daemon_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(bgtransfer.TransferError, match="daemon"):
-        bgtransfer.Session("x", home=tmp_path, background=True)
-
-
 def test_home_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("BGTRANSFER_HOME", str(tmp_path / "envhome"))
     with bgtransfer.Session("x", background=False) as s:

@@ -67,16 +67,18 @@ def check_invariants(home: Path, dest: Path, origin: bytes) -> int:
 
 
 def test_sigkill_loop_resumes_byte_exact(server: FaultServer, tmp_path: Path, key: str) -> None:
-    origin = gen_bytes(SIZE, seed=7)
-    url = server.url(f"/gen/{SIZE}?seed=7&rate=3000000&key={key}")
+    size = 48 << 20  # about 16 s of transfer: more than twelve kills' worth of progress
+    origin = gen_bytes(size, seed=7)
+    url = server.url(f"/gen/{size}?seed=7&rate=3000000&key={key}")
     home, dest = tmp_path / "home", tmp_path / "out.bin"
     rng = random.Random(1234)
     kills, offsets = 0, []
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 120
     while kills < 12 and time.monotonic() < deadline:
         proc = spawn(home, url, dest)
-        time.sleep(rng.uniform(0.3, 1.2))
+        time.sleep(rng.uniform(0.5, 2.5))  # checkpoints come every 1 s of transfer
         if proc.poll() is not None:
+            proc.communicate(timeout=10)
             break
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
