@@ -272,6 +272,20 @@ def test_completion_hook_runs_once_with_its_environment(
         )
         bad.wait(timeout=30)
     assert wait_for(lambda: out.exists() and len(out.read_text().splitlines()) == 2)
+
+    def hooks_recorded() -> bool:
+        import sqlite3
+
+        con = sqlite3.connect(f"file:{home / 'bgtransfer.sqlite3'}?mode=ro", uri=True)
+        try:
+            states = [r[0] for r in con.execute("SELECT hook_state FROM tasks")]
+        finally:
+            con.close()
+        return states == ["done", "done"]
+
+    # Hooks are at-least-once: one killed before its end is recorded runs again. Here both
+    # ended, so a restart must not run them again.
+    assert wait_for(hooks_recorded, 10)
     kill_daemon(home)
     run_cli(home, "daemon", "start")  # a restart must not run finished hooks again
     time.sleep(0.5)
