@@ -437,3 +437,24 @@ def test_daemon_install_writes_a_user_unit(home: Path, tmp_path: Path) -> None:
     assert f"ExecStart={sys.executable} -m bgtransfer --home {home} daemon run" in unit
     assert "NoNewPrivileges=yes" in unit
     assert "systemctl --user enable --now bgtransfer.service" in r.stderr
+
+
+def test_long_home_gets_a_private_socket_dir(tmp_path: Path) -> None:
+    from bgtransfer._daemon._paths import socket_path
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    home = deep / "home"
+    home.mkdir(mode=0o700)
+    path = socket_path(str(home))
+    assert len(os.fsencode(path)) <= 100
+    base = Path(path).parent
+    assert base == Path(f"/tmp/bgtransfer-{os.geteuid()}")
+    assert base.stat().st_mode & 0o777 == 0o700
+    try:
+        assert run_cli(home, "daemon", "start").returncode == 0
+        status = json.loads(run_cli(home, "daemon", "status", "--json").stdout)
+        assert status["socket"] == path
+        assert Path(path).stat().st_mode & 0o777 == 0o600
+    finally:
+        kill_daemon(home)
