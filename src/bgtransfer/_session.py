@@ -98,6 +98,21 @@ class _TaskView:
         return self._fresh().snap.error
 
     @property
+    def response_status(self) -> int | None:
+        """Status of the response that began the file (200 even if later parts came as 206),
+        or of the final error response."""
+        return self._fresh().snap.response_status
+
+    @property
+    def response_headers(self) -> list[tuple[str, str]]:
+        """Headers of that response, names in lower case."""
+        return list(self._fresh().snap.response_headers)
+
+    @property
+    def acknowledged(self) -> bool:
+        return self._fresh().acknowledged
+
+    @property
     def restarts(self) -> int:
         return self._fresh().snap.restarts
 

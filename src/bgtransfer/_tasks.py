@@ -176,6 +176,8 @@ def row_to_wire(r: TaskRow) -> dict[str, Any]:
         "on_complete": None if r.on_complete is None else list(r.on_complete),
         "hook_state": r.hook_state,
         "idempotency_key": r.idempotency_key,
+        "response_status": s.response_status,
+        "response_headers": [list(h) for h in s.response_headers],
     }
     return out
 
@@ -197,6 +199,8 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         status_code=d["status_code"],
         error=None if i["error"] is None else error_from_dict(i["error"]),
         active_seconds=i["active_seconds"],
+        response_status=i["response_status"],
+        response_headers=tuple((str(k), str(v)) for k, v in i["response_headers"]),
     )
     return TaskRow(
         id=d["id"],

@@ -124,6 +124,10 @@ class Snapshot:
     status_code: int | None = None
     error: TransferError | None = None
     active_seconds: float = 0.0
+    # The response that began the file (or the final error response): what an XHR-style
+    # caller sees as status and headers, not the 206s of later resumes.
+    response_status: int | None = None
+    response_headers: tuple[tuple[str, str], ...] = ()
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -533,6 +537,8 @@ class TransferMachine:
             err = HTTPStatusError(f"server answered {status}", status_code=status)
             return [DiscardResponse(), *self._failed(err, retry_after, now)]
         if decision is _Decision.FAIL:
+            self.snap.response_status = status
+            self.snap.response_headers = tuple(headers.items())
             final = HTTPStatusError(
                 f"server answered {status} for {self._url}; not retried", status_code=status
             )
@@ -551,6 +557,10 @@ class TransferMachine:
             cr = parse_content_range(headers.get("content-range"))
             total = cr.total if cr is not None and status == 206 else _content_length(headers)
             self.snap.total = total
+            self.snap.response_status = 200 if status == 206 else status
+            self.snap.response_headers = tuple(
+                (k, v) for k, v in headers.items() if k != "content-range"
+            )
             self.snap.etag = headers.get("etag")
             self.snap.last_modified = headers.get("last-modified")
             self.snap.offset = 0

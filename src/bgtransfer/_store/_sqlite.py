@@ -27,7 +27,12 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+# Steps from each older version to the next; a fresh store gets _SCHEMA directly.
+_MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE tasks ADD COLUMN response TEXT"],
+}
 
 _SCHEMA = """
 CREATE TABLE tasks (
@@ -57,7 +62,8 @@ CREATE TABLE tasks (
     finished_at REAL,
     on_complete TEXT,
     hook_state TEXT,
-    acknowledged INTEGER NOT NULL DEFAULT 0
+    acknowledged INTEGER NOT NULL DEFAULT 0,
+    response TEXT
 );
 -- State changes, kept so a process that was away learns what happened (NSURLSession relaunch).
 CREATE TABLE events (
@@ -82,12 +88,18 @@ _COLUMNS = (
     'id, session, path, partial, spec, overwrite, phase, detail, "offset", total, etag, '
     "last_modified, restarts, attempts, failures, status_code, error, active_seconds, owner, "
     "background, idempotency_key, created_at, updated_at, finished_at, on_complete, hook_state, "
-    "acknowledged"
+    "acknowledged, response"
 )
 
 
 def _error_json(err: TransferError | None) -> str | None:
     return None if err is None else json.dumps(err.to_dict())
+
+
+def _response_json(snap: Snapshot) -> str:
+    return json.dumps(
+        {"status": snap.response_status, "headers": [list(h) for h in snap.response_headers]}
+    )
 
 
 def _spec_from_json(text: str) -> Spec:
@@ -122,9 +134,14 @@ class SQLiteStore:
                 f"bgtransfer understands ({SCHEMA_VERSION}); upgrade bgtransfer"
             )
         with self._tx():
-            for stmt in _SCHEMA.split(";"):
-                if stmt.strip():
-                    self._db.execute(stmt)
+            if version == 0:
+                for stmt in _SCHEMA.split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+            else:
+                for step in range(version, SCHEMA_VERSION):
+                    for stmt in _MIGRATIONS[step]:
+                        self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     @contextmanager
@@ -169,6 +186,7 @@ class SQLiteStore:
             None if row.on_complete is None else json.dumps(list(row.on_complete)),
             row.hook_state,
             int(row.acknowledged),
+            _response_json(s),
         )
         try:
             with self._tx():
@@ -223,7 +241,8 @@ class SQLiteStore:
             self._db.execute(
                 'UPDATE tasks SET phase=?, detail=?, "offset"=?, total=?, etag=?, '
                 "last_modified=?, restarts=?, attempts=?, failures=?, status_code=?, error=?, "
-                "active_seconds=?, updated_at=?, finished_at=COALESCE(finished_at, ?) WHERE id=?",
+                "active_seconds=?, updated_at=?, finished_at=COALESCE(finished_at, ?), response=? "
+                "WHERE id=?",
                 (
                     snap.phase.value,
                     snap.detail,
@@ -239,6 +258,7 @@ class SQLiteStore:
                     snap.active_seconds,
                     wall_time,
                     finished,
+                    _response_json(snap),
                     task_id,
                 ),
             )
@@ -364,7 +384,9 @@ class SQLiteStore:
             on_complete,
             hook_state,
             acknowledged,
+            response,
         ) = r
+        resp = json.loads(response) if response else {"status": None, "headers": []}
         snap = Snapshot(
             phase=Phase(phase),
             detail=detail,
@@ -378,6 +400,8 @@ class SQLiteStore:
             status_code=status_code,
             error=None if error is None else error_from_dict(json.loads(error)),
             active_seconds=active_seconds,
+            response_status=resp["status"],
+            response_headers=tuple((str(k), str(v)) for k, v in resp["headers"]),
         )
         return TaskRow(
             id=id_,
