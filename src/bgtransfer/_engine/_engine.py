@@ -527,7 +527,9 @@ class Engine:
                         f"slower than {spec.low_speed_limit} B/s for {spec.low_speed_time:g} s"
                     )
                 )
-            return M.TransportFailed(ReadError(f"connection lost at byte {m.snap.offset}: {exc!r}"))
+            return M.TransportFailed(
+                ReadError(f"connection lost at byte {m.snap.offset} ({_why(exc)})")
+            )
         finally:
             if watchdog is not None:
                 watchdog.cancel()
@@ -574,6 +576,19 @@ class Engine:
         except TransferError as exc:
             return M.FinalizeFailed(exc)
         return M.Finalized()
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for people; the full exception goes to the log."""
+    log.debug("transfer interrupted", exc_info=exc)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "body cut short"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:80]
 
 
 def _phase(m: M.TransferMachine) -> Phase:

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import click
 
+from bgtransfer.cli import _transfer  # noqa: F401 - registers the transfer commands
 from bgtransfer.cli._app import cli
+
+EXIT_USAGE = 64
 
 __all__ = ["main"]
 
@@ -17,10 +20,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        return EXIT_USAGE
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130
     return int(result or 0)

@@ -19,8 +19,11 @@ EXIT_OK = 0
 EXIT_NOT_RUNNING = 3
 
 
-def _home(ctx: click.Context) -> str:
-    return resolve_home(ctx.obj.get("home"))
+def home_of(ctx: click.Context) -> str:
+    return resolve_home(ctx.find_root().obj.get("home"))
+
+
+_home = home_of
 
 
 def _lock_free(home: str) -> bool:
@@ -55,13 +58,20 @@ async def _with_client(home: str, fn: Any) -> Any:
 )
 @click.pass_context
 def cli(ctx: click.Context, home: str | None) -> None:
-    """Durable background HTTP transfers.
+    """Durable background HTTP transfers that survive exits, crashes and restarts.
+
+    Transfers run in a per-home daemon (started on demand) and resume from their last
+    checkpoint after any interruption. Exit codes: 0 ok, 1 transfer failed, 2 timed out,
+    3 daemon not running, 4 unknown or ambiguous id, 5 invalid request, 6 daemon
+    unavailable, 64 usage error, 130 detached with Ctrl-C.
 
     \b
     Examples:
-      bgtransfer daemon start
+      bgtransfer get http://127.0.0.1:8080/big.iso
+      bgtransfer add http://127.0.0.1:8080/big.iso -o big.iso
+      bgtransfer ls
+      bgtransfer wait 3f2a
       bgtransfer daemon status --json
-      bgtransfer --home /tmp/h daemon run
     """
     ctx.ensure_object(dict)
     ctx.obj["home"] = home

@@ -1,0 +1,508 @@
+"""Transfer commands: get, add, ls, show, suspend, resume, cancel, wait, watch, serve-test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import unicodedata
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import click
+
+from bgtransfer._client import DaemonClient, DaemonUnavailable
+from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError
+from bgtransfer.cli._app import cli, home_of
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_TIMEOUT = 2
+EXIT_NOT_FOUND = 4
+EXIT_INVALID = 5
+EXIT_DAEMON = 6
+EXIT_DETACHED = 130
+DEFAULT_SESSION = "cli"
+POLL = 0.2
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def _fail(message: str, code: int) -> int:
+    click.echo(f"bgtransfer: {message}", err=True)
+    return code
+
+
+def _run(home: str, fn: Callable[[DaemonClient], Awaitable[T]]) -> T:
+    async def go() -> T:
+        client = DaemonClient(home)
+        try:
+            return await fn(client)
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(go())
+    except DaemonUnavailable as exc:
+        raise CliError(exc.message, EXIT_DAEMON) from None
+    except TaskNotFound as exc:
+        raise CliError(exc.message, EXIT_NOT_FOUND) from None
+    except InvalidRequest as exc:
+        raise CliError(exc.message, EXIT_INVALID) from None
+    except TransferError as exc:
+        raise CliError(exc.message, EXIT_FAILED) from None
+
+
+def _handled(fn: Callable[..., int]) -> Callable[..., int]:
+    """Turn CliError into one line on stderr and its exit code (no traceback)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> int:
+        try:
+            return fn(*args, **kwargs)
+        except CliError as exc:
+            return _fail(exc.message, exc.code)
+
+    return wrapper
+
+
+def public(task: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in task.items() if k != "internal"}
+
+
+def fancy() -> bool:
+    """Bars and colour only for a person at a terminal."""
+    return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
+def name_from_url(url: str) -> str:
+    """The file name a URL's path suggests, made safe: basename only, no dot-file, no controls."""
+    raw = unquote(urlsplit(url).path).replace("\\", "/").rsplit("/", 1)[-1]
+    clean = "".join(c for c in raw if unicodedata.category(c)[0] != "C").strip().lstrip(".")
+    return clean[:200] or "index.html"
+
+
+async def resolve(client: DaemonClient, prefix: str) -> dict[str, Any]:
+    """A task by its id or a unique prefix of it, like git."""
+    tasks = await client.call("GET", "/v1/tasks")
+    matches = [t for t in tasks if t["id"].startswith(prefix.lower())]
+    if not prefix or not matches:
+        raise CliError(f"no task with id {prefix!r}", EXIT_NOT_FOUND)
+    if len(matches) > 1:
+        ids = ", ".join(t["id"][:12] for t in matches[:5])
+        raise CliError(f"id prefix {prefix!r} is ambiguous: {ids}", EXIT_NOT_FOUND)
+    return dict(matches[0])
+
+
+def human(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def percent(task: dict[str, Any]) -> str:
+    total = task["bytes_expected"]
+    if not total:
+        return human(task["bytes_received"])
+    return f"{100 * task['bytes_received'] / total:.0f} %"
+
+
+def submit_body(
+    url: str, path: str, headers: tuple[str, ...], session: str, **options: Any
+) -> dict[str, Any]:
+    pairs = []
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep:
+            raise CliError(f"header must look like 'Name: value': {h!r}", EXIT_INVALID)
+        pairs.append([name.strip(), value.strip()])
+    body = {
+        "session": session,
+        "url": url,
+        "path": os.path.abspath(path),
+        "headers": pairs,
+        "idempotency_key": uuid.uuid4().hex,
+    }
+    body.update({k: v for k, v in options.items() if v is not None})
+    return body
+
+
+def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
+    opts = [
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Target file (default: the name in the URL's path, here).",
+        ),
+        click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeat)."),
+        click.option(
+            "--sha256", default=None, help="Expected SHA-256; verified before the file appears."
+        ),
+        click.option(
+            "--request-timeout",
+            type=float,
+            default=None,
+            help="Idle timeout in seconds (default 60).",
+        ),
+        click.option(
+            "--resource-timeout",
+            type=float,
+            default=None,
+            help="Whole-transfer timeout in seconds, suspended time excluded (default 7 days).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace an existing target."),
+        click.option(
+            "--session",
+            default=DEFAULT_SESSION,
+            show_default=True,
+            help="Session identifier the task belongs to.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _submit(
+    ctx: click.Context,
+    url: str,
+    output: str | None,
+    headers: tuple[str, ...],
+    sha256: str | None,
+    request_timeout: float | None,
+    resource_timeout: float | None,
+    overwrite: bool,
+    session: str,
+) -> tuple[str, dict[str, Any]]:
+    home = home_of(ctx)
+    path = output or name_from_url(url)
+    body = submit_body(
+        url,
+        path,
+        headers,
+        session,
+        sha256=sha256,
+        request_timeout=request_timeout,
+        resource_timeout=resource_timeout,
+        overwrite=overwrite or None,
+    )
+    task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
+    return home, task
+
+
+@cli.command()
+@click.argument("url")
+@transfer_options
+@click.pass_context
+@_handled
+def get(
+    ctx: click.Context,
+    url: str,
+    output: str | None,
+    headers: tuple[str, ...],
+    sha256: str | None,
+    request_timeout: float | None,
+    resource_timeout: float | None,
+    overwrite: bool,
+    session: str,
+    as_json: bool,
+) -> int:
+    """Download URL through the daemon, showing progress, and wait for it.
+
+    Exit 0 when the file is complete and correct. Ctrl-C detaches: the transfer goes on in
+    the background and the command says how to follow it.
+
+    \b
+    Examples:
+      bgtransfer get http://127.0.0.1:8080/big.iso
+      bgtransfer get http://host/f.tar -o /data/f.tar --sha256 9f86d0...
+      bgtransfer get http://host/f -H 'Authorization: Bearer x' --json
+    """
+    home, task = _submit(
+        ctx, url, output, headers, sha256, request_timeout, resource_timeout, overwrite, session
+    )
+    try:
+        final = follow(home, task, show_bar=fancy() and not as_json)
+    except KeyboardInterrupt:
+        click.echo(
+            f"\ndetached: the transfer goes on in the background.\n"
+            f"  follow it:  bgtransfer watch {task['id'][:12]}\n"
+            f"  wait for it: bgtransfer wait {task['id'][:12]}",
+            err=True,
+        )
+        return EXIT_DETACHED
+    return finish(final, as_json)
+
+
+def finish(task: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        click.echo(json.dumps(public(task), sort_keys=True))
+    if task["error"] is None:
+        if not as_json:
+            click.echo(f"saved {task['path']} ({human(task['bytes_received'])})", err=True)
+        return 0
+    return _fail(f"failed: {task['error']}", EXIT_FAILED)
+
+
+def follow(home: str, task: dict[str, Any], *, show_bar: bool) -> dict[str, Any]:
+    """Poll the task until it completes, drawing a bar and a line per retry or resume."""
+    task_id = task["id"]
+    if not show_bar:
+        return _run(home, lambda c: _wait(c, task_id, None))
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(binary_units=True),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+
+    async def loop(client: DaemonClient) -> dict[str, Any]:
+        last_detail = ""
+        with Progress(*columns, console=console, transient=False) as bar:
+            handle = bar.add_task(os.path.basename(task["path"]), total=task["bytes_expected"])
+            while True:
+                cur = await client.call("GET", f"/v1/tasks/{task_id}")
+                bar.update(handle, completed=cur["bytes_received"], total=cur["bytes_expected"])
+                detail = cur["detail"]
+                if detail != last_detail and any(
+                    w in detail for w in ("retrying", "resum", "restart", "suspended")
+                ):
+                    bar.console.print(f"[yellow]{detail}[/] at {percent(cur)}")
+                last_detail = detail
+                if cur["state"] == "completed":
+                    return dict(cur)
+                await asyncio.sleep(POLL)
+
+    return _run(home, loop)
+
+
+async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> dict[str, Any]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = 25.0 if deadline is None else max(0.0, min(25.0, deadline - time.monotonic()))
+        cur = await client.call(
+            "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{left:.3f}"}, timeout=left + 15
+        )
+        if cur["state"] == "completed" or (deadline is not None and time.monotonic() >= deadline):
+            return dict(cur)
+
+
+@cli.command()
+@click.argument("url")
+@transfer_options
+@click.pass_context
+@_handled
+def add(
+    ctx: click.Context,
+    url: str,
+    output: str | None,
+    headers: tuple[str, ...],
+    sha256: str | None,
+    request_timeout: float | None,
+    resource_timeout: float | None,
+    overwrite: bool,
+    session: str,
+    as_json: bool,
+) -> int:
+    """Queue a download and return at once; prints the task id.
+
+    \b
+    Example:
+      id=$(bgtransfer add http://host/big.iso -o big.iso) && bgtransfer wait "$id"
+    """
+    _, task = _submit(
+        ctx, url, output, headers, sha256, request_timeout, resource_timeout, overwrite, session
+    )
+    click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
+    return 0
+
+
+@cli.command("ls")
+@click.option("--session", default=None, help="Only this session's tasks.")
+@click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout.")
+@click.pass_context
+@_handled
+def ls(ctx: click.Context, session: str | None, as_json: bool) -> int:
+    """List transfers: id prefix, state, progress, name, detail.
+
+    \b
+    Examples:
+      bgtransfer ls
+      bgtransfer ls --json | jq '.[] | select(.state == "running") | .id'
+    """
+    params = {"session": session} if session else None
+    tasks = _run(home_of(ctx), lambda c: c.call("GET", "/v1/tasks", params=params))
+    if as_json:
+        click.echo(json.dumps([public(t) for t in tasks], sort_keys=True))
+        return 0
+    print_table(tasks)
+    return 0
+
+
+def print_table(tasks: list[dict[str, Any]]) -> None:
+    rows = [
+        (t["id"][:8], t["state"], percent(t), os.path.basename(t["path"]), t["detail"])
+        for t in tasks
+    ]
+    if fancy():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("id", "state", "progress", "name", "detail", box=None)
+        for r in rows:
+            table.add_row(*r)
+        Console().print(table)
+    else:
+        for r in rows:
+            click.echo("\t".join(r))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+@_handled
+def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
+    """Everything about one transfer (id or unique prefix)."""
+    task = _run(home_of(ctx), lambda c: resolve(c, task_id))
+    if as_json:
+        click.echo(json.dumps(public(task), sort_keys=True))
+        return 0
+    internal = task.get("internal", {})
+    spec = internal.get("spec", {})
+    lines = [(k, task[k]) for k in public(task)]
+    lines += [
+        ("request_timeout", spec.get("request_timeout")),
+        ("resource_timeout", spec.get("resource_timeout")),
+        ("sha256", spec.get("sha256")),
+        ("request headers", ", ".join(h[0] for h in spec.get("headers", [])) or "-"),
+        ("etag", internal.get("etag")),
+        ("last_modified", internal.get("last_modified")),
+        ("resource time used", f"{internal.get('active_seconds', 0):.1f} s"),
+        ("partial file", internal.get("partial")),
+    ]
+    for k, v in lines:
+        click.echo(f"{k:>20}: {v}")
+    return 0
+
+
+def _control(verb: str, past: str) -> Callable[..., int]:
+    @click.argument("task_id")
+    @click.pass_context
+    @_handled
+    def command(ctx: click.Context, task_id: str) -> int:
+        async def go(c: DaemonClient) -> dict[str, Any]:
+            task = await resolve(c, task_id)
+            return dict(await c.call("POST", f"/v1/tasks/{task['id']}/{verb}"))
+
+        task = _run(home_of(ctx), go)
+        click.echo(f"{past} {task['id'][:12]} ({task['state']}: {task['detail']})", err=True)
+        return 0
+
+    command.__doc__ = {
+        "suspend": "Suspend a transfer: the connection closes, the bytes are kept.",
+        "resume": "Resume a suspended transfer from where it stopped (or afresh if it must).",
+        "cancel": "Cancel a transfer and remove its partial file.",
+    }[verb]
+    return command
+
+
+for _verb, _past in (("suspend", "suspended"), ("resume", "resumed"), ("cancel", "cancelled")):
+    cli.command(_verb)(_control(_verb, _past))
+
+
+@cli.command()
+@click.argument("task_id")
+@click.option("--timeout", type=float, default=None, help="Give up waiting after S seconds.")
+@click.option("--json", "as_json", is_flag=True, help="The task as JSON on stdout.")
+@click.pass_context
+@_handled
+def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool) -> int:
+    """Wait for a transfer: exit 0 if it succeeded, 1 if it failed, 2 on timeout."""
+    if timeout is not None and timeout < 0:
+        raise CliError(f"--timeout must not be negative: {timeout}", EXIT_INVALID)
+
+    async def go(c: DaemonClient) -> dict[str, Any]:
+        task = await resolve(c, task_id)
+        return await _wait(c, task["id"], timeout)
+
+    task = _run(home_of(ctx), go)
+    if task["state"] != "completed":
+        if as_json:
+            click.echo(json.dumps(public(task), sort_keys=True))
+        return _fail(f"timed out; {task['id'][:12]} is {task['state']}", EXIT_TIMEOUT)
+    return finish(task, as_json)
+
+
+@cli.command()
+@click.argument("task_id", required=False)
+@click.pass_context
+@_handled
+def watch(ctx: click.Context, task_id: str | None) -> int:
+    """Live view of one transfer until it completes, or of all until none is running."""
+    home = home_of(ctx)
+    if task_id is not None:
+        task = _run(home, lambda c: resolve(c, task_id))
+        return finish(follow(home, task, show_bar=fancy()), as_json=False)
+
+    async def loop(c: DaemonClient) -> int:
+        while True:
+            tasks = await c.call("GET", "/v1/tasks")
+            if fancy():
+                click.clear()
+            print_table(tasks)
+            if not any(t["state"] in ("running", "canceling") for t in tasks):
+                return 0
+            await asyncio.sleep(1.0)
+            if not fancy():
+                click.echo("")
+
+    try:
+        return _run(home, loop)
+    except KeyboardInterrupt:
+        return 0
+
+
+@cli.command("serve-test", context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def serve_test(args: tuple[str, ...]) -> int:
+    """Run the project's fault-injecting HTTP server on 127.0.0.1 (for trying things out).
+
+    \b
+    Example:
+      bgtransfer serve-test --port 8080 &
+      bgtransfer get 'http://127.0.0.1:8080/gen/64M?cut=20000000&times=1'
+    """
+    from bgtransfer.testing.__main__ import main as serve
+
+    return serve(list(args))
