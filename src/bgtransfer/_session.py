@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import os
 import threading
 import uuid
@@ -134,6 +135,7 @@ class _Backend(Protocol):
     async def list(self, session: str) -> list[TaskRow]: ...
     async def control(self, task_id: str, verb: str) -> TaskRow: ...
     async def wait(self, task_id: str) -> TaskRow: ...
+    async def history(self, task_id: str) -> builtins.list[dict[str, Any]]: ...
     def events(self, session: str, since: int | None) -> AsyncIterator[Event]: ...
 
 
@@ -192,6 +194,9 @@ class _Local:
     async def wait(self, task_id: str) -> TaskRow:
         return await self._engine().wait(task_id)
 
+    async def history(self, task_id: str) -> builtins.list[dict[str, Any]]:
+        return self._engine().attempts(task_id)
+
     async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
         engine = self._engine()
         q = engine.subscribe()
@@ -244,6 +249,10 @@ class _Remote:
 
     def peek(self, row: TaskRow) -> TaskRow:
         return row
+
+    async def history(self, task_id: str) -> list[dict[str, Any]]:
+        data = await self.client.call("GET", f"/v1/tasks/{quote(task_id)}/attempts")
+        return list(data)
 
     async def list(self, session: str) -> list[TaskRow]:
         data = await self.client.call("GET", "/v1/tasks", params={"session": session})
@@ -327,6 +336,10 @@ class AsyncTask(_TaskView):
     async def acknowledge(self) -> None:
         """Tell the session its completion was handled: it is no longer replayed."""
         await self._control("ack")
+
+    async def history(self) -> list[dict[str, Any]]:
+        """Every request made for this task: url, range_start, status, bytes, outcome."""
+        return await self._session._backend_or_raise().history(self.id)
 
     async def wait(self, timeout: float | None = None) -> AsyncTask:
         """Wait until COMPLETED; raises TimeoutError only if this wait timed out."""
@@ -497,6 +510,10 @@ class Task(_TaskView):
     def acknowledge(self) -> None:
         """Tell the session its completion was handled: it is no longer replayed."""
         self._session._call(self._inner.acknowledge())
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every request made for this task: url, range_start, status, bytes, outcome."""
+        return self._session._call(self._inner.history())
 
     def suspend(self) -> None:
         self._session._call(self._inner.suspend())

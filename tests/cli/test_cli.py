@@ -129,7 +129,11 @@ def test_add_ls_show_control_wait(
     shown = json.loads(bgt(home, "show", prefix, "--json").stdout)
     assert shown["id"] == task_id
     assert shown["state"] == "suspended"
-    assert "request_timeout" in bgt(home, "show", prefix).stdout
+    shown_text = bgt(home, "show", prefix).stdout
+    assert "request_timeout" in shown_text
+    assert "history:" in shown_text
+    assert "#1" in shown_text
+    assert "suspended" in shown_text.split("history:")[1]
     r = bgt(home, "wait", prefix, "--timeout", "0.5")
     assert r.returncode == 2
     assert bgt(home, "resume", prefix).returncode == 0

@@ -655,3 +655,25 @@ async def _async_session_and_events(server: FaultServer, tmp_path: Path, key: st
         assert events[-1].task_id == t.id
         assert events[-1].bytes_received == SIZE
         assert {e.kind for e in events} >= {"state"}
+
+
+def test_history_records_every_request_and_its_outcome(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    from urllib.parse import quote
+
+    target = server.url(f"/gen/{SIZE}?cut=300000&times=1&key={key}")
+    dest = tmp_path / "hist.bin"
+    task = get(session, server.url(f"/redirect?to={quote(target, safe='')}"), dest)
+    assert_ok(task, dest, gen_bytes(SIZE))
+    hist = task.history()
+    assert [h["status"] for h in hist] == [302, 200, 302, 206]
+    assert [h["range_start"] for h in hist] == [None, None, 300000, 300000]
+    assert [h["bytes"] for h in hist] == [0, 300000, 0, SIZE - 300000]
+    assert hist[0]["outcome"] == hist[2]["outcome"] == "redirected"
+    assert hist[1]["outcome"].startswith("retrying in")
+    assert "connection lost at byte 300000" in hist[1]["outcome"]
+    assert hist[3]["outcome"] == "body complete"
+    failed = get(session, server.url(f"/gen/{SIZE}?status=503&times=1&key={key}b"), tmp_path / "h2")
+    assert [h["status"] for h in failed.history()] == [503, 200]
+    assert "after 503" in failed.history()[0]["outcome"]

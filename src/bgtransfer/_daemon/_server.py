@@ -11,6 +11,7 @@ GET      /v1/tasks?session=S              list tasks (all sessions without ``ses
 GET      /v1/tasks/{id}                   one task
 POST     /v1/tasks/{id}/suspend|resume|cancel|ack
 GET      /v1/tasks/{id}/wait?timeout=S    long poll until COMPLETED or S seconds
+GET      /v1/tasks/{id}/attempts          the history: every request and what came of it
 GET      /v1/events?session=S[&since=C]   NDJSON: replay, then follow
 POST     /v1/shutdown                     graceful stop (tasks checkpointed, resumed on start)
 =======  ===============================  ==================================================
@@ -243,6 +244,9 @@ class Daemon:
             raise web.HTTPNotFound(text=f"unknown action {verb!r}")
         return web.json_response(row_to_wire(self.engine.get(task_id)))
 
+    async def attempts(self, request: web.Request) -> web.Response:
+        return web.json_response(self.engine.attempts(request.match_info["id"]))
+
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
         timeout = float(request.query.get("timeout", "30"))
@@ -316,6 +320,7 @@ class Daemon:
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_get("/v1/tasks/{id}", self.get_task)
         app.router.add_get("/v1/tasks/{id}/wait", self.wait)
+        app.router.add_get("/v1/tasks/{id}/attempts", self.attempts)
         app.router.add_post("/v1/tasks/{id}/{verb}", self.control)
         app.router.add_get("/v1/events", self.events)
         app.router.add_post("/v1/shutdown", self.shutdown)

@@ -62,6 +62,7 @@ class _Live:
     slow: bool = False
     last_phase: Phase | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    attempt: dict[str, Any] | None = None  # the request in flight, for the history
 
 
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
@@ -216,6 +217,10 @@ class Engine:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 0.25)
 
+    def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        self.get(task_id)
+        return self.store.attempts(task_id)
+
     def subscribe(self) -> asyncio.Queue[Event]:
         q: asyncio.Queue[Event] = asyncio.Queue()
         self._listeners.append(q)
@@ -362,6 +367,8 @@ class Engine:
                     self._execute_sync(live, [action])
             if event is not None:
                 queue.extend(m.handle(event, now=self.clock()))
+                if not isinstance(event, M.Response | M.DataWritten) and live.attempt is not None:
+                    self._end_attempt(live)
 
     def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
         """Carry out the actions that need no awaiting."""
@@ -409,6 +416,29 @@ class Engine:
             live.resp.close()
             live.resp = None
         live.part.close()
+        self._end_attempt(live)
+
+    def _end_attempt(self, live: _Live) -> None:
+        """Record the finished request: what it asked, what came back, what was decided."""
+        attempt, live.attempt = live.attempt, None
+        if attempt is None:
+            return
+        status = attempt["status"]
+        detail = live.machine.snap.detail
+        if status in (301, 302, 303, 307, 308) and not detail.startswith("failed"):
+            outcome = "redirected"
+        elif detail in ("connecting", "downloading", "verifying") or detail.startswith(
+            ("downloading", "resuming")
+        ):
+            outcome = "body complete" if status and status < 300 else detail
+        else:
+            outcome = detail
+        attempt["ended_at"] = time.time()
+        attempt["outcome"] = outcome
+        # Every commit follows the data it could be read as covering (the ordering audit's R1).
+        live.part.sync()
+        with contextlib.suppress(Exception):
+            self.store.add_attempt(live.row.id, attempt)
 
     def _persist(self, live: _Live) -> None:
         m, row = live.machine, live.row
@@ -456,6 +486,15 @@ class Engine:
         if live.resp is not None:
             live.resp.close()
             live.resp = None
+        self._end_attempt(live)
+        range_value = dict(action.headers).get("Range")
+        live.attempt = {
+            "started_at": time.time(),
+            "url": action.url,
+            "range_start": int(range_value[6:-1]) if range_value else None,
+            "status": None,
+            "bytes": 0,
+        }
         rt = live.machine.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
@@ -479,6 +518,8 @@ class Engine:
         except aiohttp.ClientError as exc:
             return M.TransportFailed(NetworkError(f"request failed: {exc!r}"))
         live.resp = resp
+        if live.attempt is not None:
+            live.attempt["status"] = resp.status
         return M.Response(resp.status, _headers(resp), wall_time=time.time())
 
     async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
@@ -504,6 +545,8 @@ class Engine:
         try:
             async for chunk in resp.content.iter_chunked(READ_SIZE):
                 part.write(chunk)
+                if live.attempt is not None:
+                    live.attempt["bytes"] += len(chunk)
                 if hasher is not None:
                     hasher.update(chunk)
                     live.hashed += len(chunk)

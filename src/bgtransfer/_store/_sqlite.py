@@ -27,12 +27,24 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
-# Steps from each older version to the next; a fresh store gets _SCHEMA directly.
-_MIGRATIONS: dict[int, list[str]] = {
-    1: ["ALTER TABLE tasks ADD COLUMN response TEXT"],
-}
+
+# One row per request the engine made: what `bgtransfer show` prints as the history.
+_ATTEMPTS = """
+CREATE TABLE attempts (
+    task_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    url TEXT NOT NULL,
+    range_start INTEGER,
+    status INTEGER,
+    bytes INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (task_id, n)
+)
+"""
 
 _SCHEMA = """
 CREATE TABLE tasks (
@@ -80,9 +92,27 @@ CREATE TABLE events (
 );
 CREATE INDEX events_session ON events(session, cursor);
 CREATE INDEX tasks_session ON tasks(session, created_at);
+CREATE TABLE attempts (
+    task_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    ended_at REAL NOT NULL,
+    url TEXT NOT NULL,
+    range_start INTEGER,
+    status INTEGER,
+    bytes INTEGER NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (task_id, n)
+);
 -- One live task per destination: two tasks writing one file is how files get corrupted.
 CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done';
 """
+
+# Steps from each older version to the next; a fresh store gets _SCHEMA directly.
+_MIGRATIONS: dict[int, list[str]] = {
+    1: ["ALTER TABLE tasks ADD COLUMN response TEXT"],
+    2: [_ATTEMPTS],
+}
 
 _COLUMNS = (
     'id, session, path, partial, spec, overwrite, phase, detail, "offset", total, etag, '
@@ -315,6 +345,36 @@ class SQLiteStore:
     def counts(self) -> dict[str, int]:
         cur = self._db.execute("SELECT phase, COUNT(*) FROM tasks GROUP BY phase")
         return {str(phase): int(n) for phase, n in cur.fetchall()}
+
+    def add_attempt(self, task_id: str, attempt: dict[str, Any]) -> None:
+        with self._tx():
+            (n,) = self._db.execute(
+                "SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE task_id=?", (task_id,)
+            ).fetchone()
+            self._db.execute(
+                "INSERT INTO attempts (task_id, n, started_at, ended_at, url, range_start, "
+                "status, bytes, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    n,
+                    attempt["started_at"],
+                    attempt["ended_at"],
+                    attempt["url"],
+                    attempt["range_start"],
+                    attempt["status"],
+                    attempt["bytes"],
+                    attempt["outcome"],
+                ),
+            )
+
+    def attempts(self, task_id: str) -> list[dict[str, Any]]:
+        cur = self._db.execute(
+            "SELECT n, started_at, ended_at, url, range_start, status, bytes, outcome "
+            "FROM attempts WHERE task_id=? ORDER BY n",
+            (task_id,),
+        )
+        keys = ("n", "started_at", "ended_at", "url", "range_start", "status", "bytes", "outcome")
+        return [dict(zip(keys, r, strict=True)) for r in cur.fetchall()]
 
     def set_owner(self, task_id: str, owner: str | None) -> None:
         with self._tx():

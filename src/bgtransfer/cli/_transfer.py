@@ -393,10 +393,17 @@ def print_table(tasks: list[dict[str, Any]]) -> None:
 @click.pass_context
 @_handled
 def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
-    """Everything about one transfer (id or unique prefix)."""
-    task = _run(home_of(ctx), lambda c: resolve(c, task_id))
+    """Everything about one transfer (id or unique prefix), with the history of its requests."""
+
+    async def go(c: DaemonClient) -> dict[str, Any]:
+        task = await resolve(c, task_id)
+        task["history"] = await c.call("GET", f"/v1/tasks/{task['id']}/attempts")
+        return task
+
+    task = _run(home_of(ctx), go)
+    history = task.pop("history")
     if as_json:
-        click.echo(json.dumps(public(task), sort_keys=True))
+        click.echo(json.dumps({**public(task), "history": history}, sort_keys=True))
         return 0
     internal = task.get("internal", {})
     spec = internal.get("spec", {})
@@ -413,6 +420,13 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
     ]
     for k, v in lines:
         click.echo(f"{k:>20}: {v}")
+    click.echo("history:")
+    for a in history:
+        start = "-" if a["range_start"] is None else f"bytes={a['range_start']}-"
+        click.echo(
+            f"  #{a['n']:<3} {a['status'] or '---'} {start:<18} {human(a['bytes']):>10}  "
+            f"{a['outcome']}  {a['url']}"
+        )
     return 0
 
 
