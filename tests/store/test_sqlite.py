@@ -29,7 +29,9 @@ def test_version_1_store_is_migrated(tmp_path: Path) -> None:
     store = SQLiteStore(str(path))
     store.close()
     con = sqlite3.connect(path)
+    # Make it what version 1 created: no response column, no attempts table.
     con.execute("ALTER TABLE tasks DROP COLUMN response")
+    con.execute("DROP TABLE attempts")
     con.execute("PRAGMA user_version=1")
     con.commit()
     con.close()
