@@ -14,6 +14,7 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── ResumeError                        the server's range answers cannot be trusted
     │   └── ContentChanged                 the resource kept changing between attempts
     ├── IntegrityError                     length or sha256 mismatch at the end
+    │   └── SourceChanged                  an upload's source file changed while it was sent
     ├── DestinationError                   the local file cannot be written or placed
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
@@ -40,6 +41,7 @@ __all__ = [
     "ReadError",
     "RedirectError",
     "ResumeError",
+    "SourceChanged",
     "StoreError",
     "TaskNotFound",
     "TransferError",
@@ -125,6 +127,10 @@ class ContentChanged(ResumeError):
 
 class IntegrityError(TransferError):
     code = "integrity_error"
+
+
+class SourceChanged(IntegrityError):
+    code = "source_changed"
 
 
 class DestinationError(TransferError):

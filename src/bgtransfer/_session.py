@@ -20,7 +20,7 @@ from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError, 
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
-from bgtransfer._tasks import build_row, row_from_wire, task_dict
+from bgtransfer._tasks import build_row, build_upload_row, row_from_wire, task_dict
 
 __all__ = ["AsyncSession", "AsyncTask", "Session", "Task", "resolve_home"]
 
@@ -83,8 +83,25 @@ class _TaskView:
         return self._fresh().snap.detail
 
     @property
+    def kind(self) -> str:
+        """ "download" or "upload"."""
+        return self._row.spec.kind
+
+    @property
     def bytes_received(self) -> int:
-        return self._fresh().snap.offset
+        r = self._fresh()
+        return r.snap.offset if r.spec.kind == "download" else 0
+
+    @property
+    def bytes_sent(self) -> int:
+        """Uploads: bytes the server confirmed (tus/IETF) or that were sent (plain)."""
+        r = self._fresh()
+        return r.snap.offset if r.spec.kind == "upload" else 0
+
+    @property
+    def response_body(self) -> bytes | None:
+        """Uploads: the body of the server's final answer (at most 64 KiB)."""
+        return self._fresh().snap.response_body
 
     @property
     def bytes_expected(self) -> int | None:
@@ -225,6 +242,10 @@ class _Remote:
         await self.client.close()
 
     async def submit(self, row: TaskRow) -> TaskRow:
+        if row.spec.kind == "upload":
+            return row_from_wire(
+                await self.client.call("POST", "/v1/tasks", body=_upload_body(row))
+            )
         body: dict[str, Any] = {
             "session": row.session,
             "url": row.spec.url,
@@ -285,6 +306,30 @@ class _Remote:
                 error=None if err is None else error_from_dict(err),
                 cursor=d.get("cursor"),
             )
+
+
+def _upload_body(row: TaskRow) -> dict[str, Any]:
+    spec = row.spec
+    return {
+        "kind": "upload",
+        "session": row.session,
+        "url": spec.url,
+        "path": row.path,
+        "idempotency_key": row.idempotency_key,
+        "method": spec.method,
+        "headers": [list(h) for h in spec.headers],
+        "protocol": spec.protocol,
+        "request_timeout": spec.request_timeout,
+        "resource_timeout": spec.resource_timeout,
+        "field_name": spec.field_name,
+        "form_fields": [list(h) for h in spec.form_fields],
+        "retry_unsafe": spec.retry_unsafe,
+        "chunk_size": spec.chunk_size,
+        "max_attempts": spec.max_attempts,
+        "retry_wait": spec.retry_wait,
+        "max_retry_wait": spec.max_retry_wait,
+        "on_complete": None if row.on_complete is None else list(row.on_complete),
+    }
 
 
 def _from_stored(ev: StoredEvent) -> Event:
@@ -444,6 +489,54 @@ class AsyncSession:
             overwrite=overwrite,
             low_speed_limit=low_speed_limit,
             low_speed_time=low_speed_time,
+            max_attempts=max_attempts,
+            retry_wait=retry_wait,
+            max_retry_wait=max_retry_wait,
+            on_complete=on_complete,
+            idempotency_key=uuid.uuid4().hex,
+        )
+        row = await self._backend_or_raise().submit(row)
+        return AsyncTask(self, row)
+
+    async def upload(
+        self,
+        path: str | os.PathLike[str],
+        url: str,
+        *,
+        method: str = "PUT",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        protocol: str = "plain",
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        resource_timeout: float = DEFAULT_RESOURCE_TIMEOUT,
+        field_name: str = "file",
+        form_fields: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        retry_unsafe: bool = False,
+        chunk_size: int = 8 << 20,
+        max_attempts: int | None = None,
+        retry_wait: float = 1.0,
+        max_retry_wait: float = 120.0,
+        on_complete: Sequence[str] | None = None,
+    ) -> AsyncTask:
+        """Start uploading the file at ``path`` to ``url``; returns at once.
+
+        ``protocol``: "plain" (one streamed request), "multipart" (a form POST), "tus"
+        (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
+        from the server's offset after any interruption.
+        """
+        row = build_upload_row(
+            self.identifier,
+            path,
+            url,
+            background=self.background,
+            method=method,
+            headers=headers,
+            protocol=protocol,
+            request_timeout=request_timeout,
+            resource_timeout=resource_timeout,
+            field_name=field_name,
+            form_fields=form_fields,
+            retry_unsafe=retry_unsafe,
+            chunk_size=chunk_size,
             max_attempts=max_attempts,
             retry_wait=retry_wait,
             max_retry_wait=max_retry_wait,
@@ -617,6 +710,46 @@ class Session:
                 overwrite=overwrite,
                 low_speed_limit=low_speed_limit,
                 low_speed_time=low_speed_time,
+                max_attempts=max_attempts,
+                retry_wait=retry_wait,
+                max_retry_wait=max_retry_wait,
+                on_complete=on_complete,
+            )
+        )
+        return Task(self, inner)
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        url: str,
+        *,
+        method: str = "PUT",
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        protocol: str = "plain",
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        resource_timeout: float = DEFAULT_RESOURCE_TIMEOUT,
+        field_name: str = "file",
+        form_fields: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        retry_unsafe: bool = False,
+        chunk_size: int = 8 << 20,
+        max_attempts: int | None = None,
+        retry_wait: float = 1.0,
+        max_retry_wait: float = 120.0,
+        on_complete: Sequence[str] | None = None,
+    ) -> Task:
+        inner = self._call(
+            self._async.upload(
+                path,
+                url,
+                method=method,
+                headers=headers,
+                protocol=protocol,
+                request_timeout=request_timeout,
+                resource_timeout=resource_timeout,
+                field_name=field_name,
+                form_fields=form_fields,
+                retry_unsafe=retry_unsafe,
+                chunk_size=chunk_size,
                 max_attempts=max_attempts,
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,

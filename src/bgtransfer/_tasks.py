@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -21,7 +22,15 @@ from bgtransfer._protocol._validate import (
 )
 from bgtransfer._store._base import TaskRow
 
-__all__ = ["DOWNLOAD_OPTIONS", "build_row", "row_from_wire", "row_to_wire", "task_dict"]
+__all__ = [
+    "DOWNLOAD_OPTIONS",
+    "UPLOAD_OPTIONS",
+    "build_row",
+    "build_upload_row",
+    "row_from_wire",
+    "row_to_wire",
+    "task_dict",
+]
 
 # The keyword options of download(), with their defaults: one list for the API, the control
 # protocol and the CLI.
@@ -142,7 +151,9 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "path": r.path,
         "state": PHASE_STATE[r.snap.phase].value,
         "detail": r.snap.detail,
-        "bytes_received": r.snap.offset,
+        "kind": r.spec.kind,
+        "bytes_received": r.snap.offset if r.spec.kind == "download" else 0,
+        "bytes_sent": r.snap.offset if r.spec.kind == "upload" else 0,
         "bytes_expected": r.snap.total,
         "status_code": r.snap.status_code,
         "error": None if err is None else err.message,
@@ -162,7 +173,11 @@ def row_to_wire(r: TaskRow) -> dict[str, Any]:
     out = task_dict(r)
     out["internal"] = {
         "partial": r.partial,
-        "spec": {**asdict(r.spec), "headers": [list(h) for h in r.spec.headers]},
+        "spec": {
+            **asdict(r.spec),
+            "headers": [list(h) for h in r.spec.headers],
+            "form_fields": [list(h) for h in r.spec.form_fields],
+        },
         "overwrite": r.overwrite,
         "phase": s.phase.value,
         "total": s.total,
@@ -178,6 +193,10 @@ def row_to_wire(r: TaskRow) -> dict[str, Any]:
         "idempotency_key": r.idempotency_key,
         "response_status": s.response_status,
         "response_headers": [list(h) for h in s.response_headers],
+        "response_body": None
+        if s.response_body is None
+        else base64.b64encode(s.response_body).decode(),
+        "upload_url": s.upload_url,
     }
     return out
 
@@ -186,10 +205,11 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
     i = d["internal"]
     spec = dict(i["spec"])
     spec["headers"] = tuple((str(k), str(v)) for k, v in spec["headers"])
+    spec["form_fields"] = tuple((str(k), str(v)) for k, v in spec.get("form_fields", ()))
     snap = Snapshot(
         phase=Phase(i["phase"]),
         detail=d["detail"],
-        offset=d["bytes_received"],
+        offset=d["bytes_received"] if d.get("kind", "download") == "download" else d["bytes_sent"],
         total=i["total"],
         etag=i["etag"],
         last_modified=i["last_modified"],
@@ -201,6 +221,10 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         active_seconds=i["active_seconds"],
         response_status=i["response_status"],
         response_headers=tuple((str(k), str(v)) for k, v in i["response_headers"]),
+        response_body=None
+        if i.get("response_body") is None
+        else base64.b64decode(i["response_body"]),
+        upload_url=i.get("upload_url"),
     )
     return TaskRow(
         id=d["id"],
@@ -224,3 +248,121 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
 
 def absolute(path: str | os.PathLike[str]) -> str:
     return os.path.abspath(os.fspath(path))
+
+
+UPLOAD_OPTIONS: dict[str, Any] = {
+    "method": "PUT",
+    "headers": None,
+    "protocol": "plain",
+    "request_timeout": 60.0,
+    "resource_timeout": 7 * 86400.0,
+    "field_name": "file",
+    "form_fields": None,
+    "retry_unsafe": False,
+    "chunk_size": 8 << 20,
+    "max_attempts": None,
+    "retry_wait": 1.0,
+    "max_retry_wait": 120.0,
+    "on_complete": None,
+}
+
+
+def build_upload_row(
+    session: str,
+    path: object,
+    url: object,
+    *,
+    background: bool,
+    method: object = "PUT",
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    protocol: object = "plain",
+    request_timeout: object = 60.0,
+    resource_timeout: object = 7 * 86400.0,
+    field_name: object = "file",
+    form_fields: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+    retry_unsafe: object = False,
+    chunk_size: object = 8 << 20,
+    max_attempts: object = None,
+    retry_wait: object = 1.0,
+    max_retry_wait: object = 120.0,
+    on_complete: object = None,
+    idempotency_key: str | None = None,
+) -> TaskRow:
+    """Validate an upload request; the source's size and mtime are recorded now."""
+    from bgtransfer._protocol._upload import PROTOCOLS
+    from bgtransfer._protocol._validate import check_method
+
+    check_url(url)
+    assert isinstance(url, str)
+    if protocol not in PROTOCOLS:
+        raise InvalidRequest(f"protocol must be one of {sorted(PROTOCOLS)}, not {protocol!r}")
+    assert isinstance(protocol, str)
+    verb = check_method(method)
+    if protocol == "multipart" and method == "PUT":
+        verb = "POST"  # a form is posted; PUT is only the default of plain uploads
+    if protocol == "tus":
+        verb = "POST"  # creation is POST, appends are PATCH (tus 1.0)
+    hdrs = check_headers(headers)
+    fields = check_headers(form_fields) if form_fields is not None else []
+    if not isinstance(field_name, str) or not field_name:
+        raise InvalidRequest(f"field_name must be a non-empty string, not {field_name!r}")
+    if not isinstance(retry_unsafe, bool):
+        raise InvalidRequest(f"retry_unsafe must be True or False, not {retry_unsafe!r}")
+    _positive_int("chunk_size", chunk_size)
+    assert isinstance(chunk_size, int)
+    rt = check_timeout("request_timeout", request_timeout)
+    rst = check_timeout("resource_timeout", resource_timeout)
+    _positive_int("max_attempts", max_attempts, allow_none=True)
+    rw = check_timeout("retry_wait", retry_wait)
+    mrw = check_timeout("max_retry_wait", max_retry_wait)
+    hook = _argv(on_complete)
+    if hook is not None and not background:
+        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidRequest(f"source path must be a string or path, not {path!r}")
+    source = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(source)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the source file {source!r}: {exc.strerror}") from None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISREG(st.st_mode):
+        raise InvalidRequest(f"the source is not a regular file: {source!r}")
+    if not os.access(source, os.R_OK):
+        raise InvalidRequest(f"the source file is not readable: {source!r}")
+    assert max_attempts is None or isinstance(max_attempts, int)
+    spec = Spec(
+        url=url,
+        headers=tuple(hdrs),
+        request_timeout=rt,
+        resource_timeout=rst,
+        max_attempts=max_attempts,
+        retry_wait=rw,
+        max_retry_wait=max(mrw, rw),
+        kind="upload",
+        method=verb,
+        protocol=protocol,
+        source_size=st.st_size,
+        source_mtime_ns=st.st_mtime_ns,
+        field_name=field_name,
+        form_fields=tuple(fields),
+        retry_unsafe=retry_unsafe,
+        chunk_size=chunk_size,
+    )
+    now = time.time()
+    return TaskRow(
+        id=new_task_id(),
+        session=session,
+        path=source,
+        partial="",
+        spec=spec,
+        overwrite=False,
+        snap=Snapshot(phase=Phase.QUEUED, detail="queued", total=st.st_size),
+        owner=None,
+        background=background,
+        created_at=now,
+        updated_at=now,
+        idempotency_key=idempotency_key,
+        on_complete=hook,
+    )

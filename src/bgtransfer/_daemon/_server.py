@@ -47,7 +47,13 @@ from bgtransfer._exceptions import (
 from bgtransfer._models import PHASE_STATE, TaskState
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
-from bgtransfer._tasks import DOWNLOAD_OPTIONS, build_row, row_to_wire
+from bgtransfer._tasks import (
+    DOWNLOAD_OPTIONS,
+    UPLOAD_OPTIONS,
+    build_row,
+    build_upload_row,
+    row_to_wire,
+)
 
 __all__ = ["STORE_NAME", "main"]
 
@@ -195,7 +201,9 @@ class Daemon:
         body = await request.json()
         if not isinstance(body, dict):
             raise InvalidRequest("the request body must be a JSON object")
-        unknown = set(body) - {"session", "url", "path", "idempotency_key", *DOWNLOAD_OPTIONS}
+        upload = body.get("kind", "download") == "upload"
+        allowed = UPLOAD_OPTIONS if upload else DOWNLOAD_OPTIONS
+        unknown = set(body) - {"kind", "session", "url", "path", "idempotency_key", *allowed}
         if unknown:
             raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
         session, key = body.get("session"), body.get("idempotency_key")
@@ -207,17 +215,20 @@ class Daemon:
             existing = self.store.find_key(key)
             if existing is not None:
                 return web.json_response(row_to_wire(self.engine.get(existing.id)))
-        options = {k: body[k] for k in DOWNLOAD_OPTIONS if k in body}
-        if isinstance(options.get("headers"), list):
-            options["headers"] = [tuple(h) for h in options["headers"]]
-        row = build_row(
-            session,
-            body.get("url"),
-            body.get("path"),
-            background=True,
-            idempotency_key=key,
-            **options,
-        )
+        options = {k: body[k] for k in allowed if k in body}
+        for pairs in ("headers", "form_fields"):
+            if isinstance(options.get(pairs), list):
+                options[pairs] = [tuple(h) for h in options[pairs]]
+        if upload:
+            row = build_upload_row(
+                session, body.get("path"), body.get("url"), background=True,
+                idempotency_key=key, **options,
+            )  # fmt: skip
+        else:
+            row = build_row(
+                session, body.get("url"), body.get("path"), background=True,
+                idempotency_key=key, **options,
+            )  # fmt: skip
         self.engine.submit(row)
         return web.json_response(row_to_wire(self.engine.get(row.id)), status=201)
 

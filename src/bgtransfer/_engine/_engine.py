@@ -26,7 +26,9 @@ from multidict import CIMultiDict
 from bgtransfer._engine._files import PartialFile, hash_prefix, place, remove_partial, size_of
 from bgtransfer._engine._limiter import Limiter
 from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._engine._upload import UploadDriver
 from bgtransfer._exceptions import (
+    Cancelled,
     ConnectError,
     DestinationError,
     InvalidTransition,
@@ -38,6 +40,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Event, Phase
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
 
@@ -63,6 +66,8 @@ class _Live:
     last_phase: Phase | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: dict[str, Any] | None = None  # the request in flight, for the history
+    checksums: set[str] = field(default_factory=set)  # tus: algorithms the server offers
+    checksum_failures: int = 0
 
 
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
@@ -73,7 +78,7 @@ def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     return out
 
 
-class Engine:
+class Engine(UploadDriver):
     def __init__(
         self,
         store: SQLiteStore,
@@ -99,6 +104,7 @@ class Engine:
         self._listeners: list[asyncio.Queue[Event]] = []
         self._changed = asyncio.Event()
         self._closed = False
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -233,7 +239,8 @@ class Engine:
     # -- adoption and reconciliation -------------------------------------------------------
 
     def _make_live(self, row: TaskRow) -> _Live:
-        machine = M.TransferMachine.from_snapshot(row.spec, row.snap, rng=self.rng)
+        cls = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
+        machine = cls.from_snapshot(row.spec, row.snap, rng=self.rng)
         live = _Live(row=row, machine=machine, part=PartialFile(row.partial))
         live.last_phase = row.snap.phase
         return live
@@ -273,7 +280,7 @@ class Engine:
     def _reconcile(self, live: _Live) -> None:
         """Bring the stored offset in line with the files on disk (after a crash)."""
         m, row = live.machine, live.row
-        if m.terminal:
+        if m.terminal or m.spec.kind == "upload":
             return
         if m.snap.phase is Phase.CANCELING:
             return
@@ -318,9 +325,10 @@ class Engine:
         m = live.machine
         host = urlsplit(m.spec.url).hostname or ""
         try:
+            upload = m.spec.kind == "upload"
             while _phase(m) is Phase.QUEUED:
                 async with self.limiter.slot(host):
-                    await self._attempt(live)
+                    await (self._upload(live) if upload else self._attempt(live))
                 if _phase(m) is Phase.WAITING_RETRY:
                     await asyncio.sleep(live.retry_delay)
                     self._execute_sync(live, m.handle(M.RetryDue(), now=self.clock()))
@@ -382,7 +390,10 @@ class Engine:
                 case M.RemovePartial():
                     self._close_transfer(live)
                     live.hasher = None
-                    remove_partial(live.row.partial)
+                    if m.spec.kind == "upload":
+                        self._terminate_upload(live)
+                    else:
+                        remove_partial(live.row.partial)
                     if m.snap.phase is Phase.CANCELING:
                         self._execute_sync(live, m.handle(M.CancelCleaned(), now=self.clock()))
                 case M.ScheduleRetry(delay=delay):
@@ -392,6 +403,26 @@ class Engine:
                         self._spawn(live)
                 case _:
                     raise InvalidTransition(f"{action!r} cannot run synchronously")
+
+    def _terminate_upload(self, live: _Live) -> None:
+        """Tell a tus/IETF server that a cancelled upload can go (best effort, 5 s)."""
+        url, http = live.machine.snap.upload_url, self._http
+        if url is None or http is None or live.machine.snap.error is None:
+            return
+        if not isinstance(live.machine.snap.error, Cancelled):
+            return
+        headers = {"Tus-Resumable": "1.0.0"} if live.machine.spec.protocol == "tus" else {}
+
+        async def delete() -> None:
+            with contextlib.suppress(Exception):
+                async with http.delete(
+                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+                ):
+                    pass
+
+        task = asyncio.get_running_loop().create_task(delete())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _apply_now(self, live: _Live, event: M.Event) -> None:
         self._execute_sync(live, live.machine.handle(event, now=self.clock()))

@@ -106,6 +106,16 @@ class Spec:
     max_attempts: int | None = None
     retry_wait: float = 1.0
     max_retry_wait: float = 120.0
+    # Uploads (kind == "upload"): the source is the task's path.
+    kind: str = "download"
+    method: str = "GET"
+    protocol: str = "plain"
+    source_size: int | None = None
+    source_mtime_ns: int | None = None
+    field_name: str = "file"
+    form_fields: tuple[tuple[str, str], ...] = ()
+    retry_unsafe: bool = False
+    chunk_size: int = 8 << 20
 
 
 @dataclass(slots=True)
@@ -128,6 +138,8 @@ class Snapshot:
     # caller sees as status and headers, not the 206s of later resumes.
     response_status: int | None = None
     response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: bytes | None = None  # uploads: the server's answer, size-capped
+    upload_url: str | None = None  # tus / IETF: where the upload lives on the server
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -628,10 +640,7 @@ class TransferMachine:
         self._expect((Phase.CONNECTING, Phase.TRANSFERRING), TransportFailed(err))
         self.in_flight = False
         self.committed = self.snap.offset
-        retryable = isinstance(err, NetworkError | TransferTimeout) or (
-            isinstance(err, HTTPStatusError) and err.status_code in RETRYABLE_STATUS
-        )
-        if not retryable:
+        if not self._retryable(err):
             return self._fail(err, now)
         if self.time_left(now) <= 0:
             return self._fail(self._resource_timeout_error(err), now)
@@ -657,6 +666,11 @@ class TransferMachine:
         cause = f"after {err.status_code}" if err.status_code else f"after {err.message}"
         self._set(Phase.WAITING_RETRY, f"retrying in {delay:.1f} s {cause}", now)
         return [Persist(), ScheduleRetry(delay)]
+
+    def _retryable(self, err: TransferError) -> bool:
+        return isinstance(err, NetworkError | TransferTimeout) or (
+            isinstance(err, HTTPStatusError) and err.status_code in RETRYABLE_STATUS
+        )
 
     def _resource_timeout_error(self, last: TransferError | None) -> TransferTimeout:
         msg = f"resource timeout of {self.spec.resource_timeout:g} s reached"

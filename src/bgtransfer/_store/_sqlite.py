@@ -7,6 +7,7 @@ FULL is paid once per checkpoint, not per chunk.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
@@ -27,7 +28,7 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history.
@@ -105,13 +106,19 @@ CREATE TABLE attempts (
     PRIMARY KEY (task_id, n)
 );
 -- One live task per destination: two tasks writing one file is how files get corrupted.
-CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done';
+CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done' AND partial != '';
 """
 
 # Steps from each older version to the next; a fresh store gets _SCHEMA directly.
 _MIGRATIONS: dict[int, list[str]] = {
     1: ["ALTER TABLE tasks ADD COLUMN response TEXT"],
     2: [_ATTEMPTS],
+    # Uploads read their path: only downloads (which have a partial file) need it unique.
+    3: [
+        "DROP INDEX tasks_live_path",
+        "CREATE UNIQUE INDEX tasks_live_path ON tasks(path) "
+        "WHERE phase != 'done' AND partial != ''",
+    ],
 }
 
 _COLUMNS = (
@@ -127,14 +134,21 @@ def _error_json(err: TransferError | None) -> str | None:
 
 
 def _response_json(snap: Snapshot) -> str:
+    body = snap.response_body
     return json.dumps(
-        {"status": snap.response_status, "headers": [list(h) for h in snap.response_headers]}
+        {
+            "status": snap.response_status,
+            "headers": [list(h) for h in snap.response_headers],
+            "body": None if body is None else base64.b64encode(body).decode(),
+            "upload_url": snap.upload_url,
+        }
     )
 
 
 def _spec_from_json(text: str) -> Spec:
     data: dict[str, Any] = json.loads(text)
     data["headers"] = tuple((str(k), str(v)) for k, v in data.get("headers", ()))
+    data["form_fields"] = tuple((str(k), str(v)) for k, v in data.get("form_fields", ()))
     return Spec(**data)
 
 
@@ -462,6 +476,8 @@ class SQLiteStore:
             active_seconds=active_seconds,
             response_status=resp["status"],
             response_headers=tuple((str(k), str(v)) for k, v in resp["headers"]),
+            response_body=None if resp.get("body") is None else base64.b64decode(resp["body"]),
+            upload_url=resp.get("upload_url"),
         )
         return TaskRow(
             id=id_,

@@ -1,0 +1,400 @@
+"""The upload driver: carries out one upload attempt (plain, multipart, tus 1.0, IETF draft-05).
+
+Decisions (retry, restart, give up) stay in :class:`UploadMachine`; this module only speaks
+HTTP and reports what happened as events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+import aiohttp
+from multidict import CIMultiDict
+
+from bgtransfer._exceptions import (
+    ConnectError,
+    IntegrityError,
+    ReadError,
+    SourceChanged,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import Phase
+from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._upload import (
+    RESPONSE_BODY_CAP,
+    FinalResponse,
+    UploadCreated,
+    UploadLost,
+    UploadProgress,
+)
+
+if TYPE_CHECKING:
+    from bgtransfer._engine._engine import _Live
+
+__all__ = ["UploadDriver"]
+
+TUS_VERSION = "1.0.0"
+IETF_INTEROP_VERSION = "6"  # draft-ietf-httpbis-resumable-upload-05
+STREAM_PIECE = 1 << 20
+Event = M.Event | FinalResponse | UploadCreated | UploadProgress | UploadLost
+
+
+class _Lost(Exception):
+    """The server answered 404/410 for the upload URL."""
+
+
+class _Done(Exception):
+    def __init__(self, event: Event | None) -> None:
+        self.event = event
+
+
+def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        key = k.lower()
+        out[key] = f"{out[key]}, {v}" if key in out else v
+    return out
+
+
+def _int_header(resp: aiohttp.ClientResponse, name: str) -> int | None:
+    value = resp.headers.get(name, "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else None
+
+
+class UploadDriver:
+    """Mixed into the Engine: everything an upload attempt needs beyond downloads."""
+
+    _http: aiohttp.ClientSession | None
+    clock: Callable[[], float]
+
+    def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
+        raise NotImplementedError
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _feed(self, live: _Live, event: Event) -> None:
+        """Hand an intermediate fact to the machine; stop the exchange if it decided so."""
+        actions = live.machine.handle(event, now=self.clock())  # type: ignore[arg-type]
+        self._execute_sync(live, actions)
+        if live.machine.snap.phase not in (Phase.CONNECTING, Phase.TRANSFERRING):
+            raise _Done(None)
+
+    def _check_source(self, live: _Live) -> None:
+        spec, path = live.machine.spec, live.row.path
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise _Done(M.Failed(SourceChanged(f"the source file is gone: {exc}"))) from None
+        if st.st_size != spec.source_size or st.st_mtime_ns != spec.source_mtime_ns:
+            raise _Done(
+                M.Failed(
+                    SourceChanged(
+                        f"the source file {path} changed during the upload (size "
+                        f"{spec.source_size} -> {st.st_size} or its mtime moved); "
+                        "not sending a mix of versions"
+                    )
+                )
+            )
+
+    async def _send(
+        self, live: _Live, method: str, url: str, headers: dict[str, str], data: Any = None
+    ) -> tuple[aiohttp.ClientResponse, bytes]:
+        assert self._http is not None
+        rt = live.machine.spec.request_timeout
+        hdrs = CIMultiDict(live.machine.spec.headers)
+        hdrs.update(headers)
+        resp = await self._http.request(
+            method,
+            url,
+            data=data,
+            headers=hdrs,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
+        )
+        try:
+            body = await resp.content.read(RESPONSE_BODY_CAP)
+        finally:
+            resp.release()
+        return resp, body
+
+    def _final(self, resp: aiohttp.ClientResponse, body: bytes) -> FinalResponse:
+        import time
+
+        return FinalResponse(resp.status, _headers(resp), body, wall_time=time.time())
+
+    async def _stream_file(self, live: _Live, start: int, length: int) -> AsyncIterator[bytes]:
+        """The file's bytes from ``start``, reporting progress for plain uploads."""
+        plain = live.machine.spec.protocol in ("plain", "multipart")
+        # Plain blocking reads, like the download path's os.write: a thread hop per piece costs
+        # more than the read (research/perf.md: aiofiles halves throughput).
+        with open(live.row.path, "rb") as f:  # noqa: ASYNC230
+            f.seek(start)
+            left, sent = length, start
+            while left > 0:
+                self._check_source(live)
+                piece = f.read(min(STREAM_PIECE, left))
+                if not piece:
+                    raise _Done(M.Failed(SourceChanged("the source file got shorter")))
+                yield piece
+                left -= len(piece)
+                sent += len(piece)
+                if plain:
+                    self._feed(live, UploadProgress(sent))
+
+    # -- one attempt ---------------------------------------------------------------------------
+
+    async def _upload(self, live: _Live) -> None:
+        m = live.machine
+        actions = m.handle(M.Start(), now=self.clock())
+        if not any(isinstance(a, M.SendRequest) for a in actions):
+            self._execute_sync(live, actions)
+            return
+        deadline = asyncio.timeout(max(m.time_left(self.clock()), 0.0))
+        event: Event | None
+        try:
+            async with deadline:
+                event = await self._exchange(live)
+        except _Done as done:
+            event = done.event
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            event = M.TransportFailed(
+                TransferTimeout(f"resource timeout of {m.spec.resource_timeout:g} s reached")
+            )
+        if event is not None and m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING):
+            self._execute_sync(live, m.handle(event, now=self.clock()))  # type: ignore[arg-type]
+
+    async def _exchange(self, live: _Live) -> Event:
+        spec = live.machine.spec
+        self._check_source(live)
+        try:
+            if spec.protocol == "plain":
+                return await self._plain(live)
+            if spec.protocol == "multipart":
+                return await self._multipart(live)
+            if spec.protocol == "tus":
+                return await self._resumable(
+                    live, self._tus_create, self._tus_patch, self._tus_head
+                )
+            return await self._resumable(live, self._ietf_create, self._ietf_patch, self._ietf_head)
+        except (_Done, asyncio.CancelledError):
+            raise
+        except aiohttp.ClientConnectorError as exc:
+            return M.TransportFailed(ConnectError(f"cannot connect: {exc}"))
+        except TimeoutError:
+            rt = spec.request_timeout
+            return M.TransportFailed(TransferTimeout(f"no progress for {rt:g} s (request_timeout)"))
+        except aiohttp.ClientResponseError as exc:
+            return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            at = live.machine.snap.offset
+            return M.TransportFailed(
+                ReadError(
+                    f"connection lost during the upload near byte {at} ({type(exc).__name__})"
+                )
+            )
+
+    async def _plain(self, live: _Live) -> Event:
+        spec = live.machine.spec
+        size = spec.source_size or 0
+        body = self._stream_file(live, 0, size)
+        resp, data = await self._send(
+            live, spec.method, spec.url, {"Content-Length": str(size)}, data=body
+        )
+        return self._final(resp, data)
+
+    async def _multipart(self, live: _Live) -> Event:
+        spec = live.machine.spec
+        with aiohttp.MultipartWriter("form-data") as writer:
+            for name, value in spec.form_fields:
+                part = writer.append(value)
+                part.set_content_disposition("form-data", name=name)
+            part = writer.append(
+                self._stream_file(live, 0, spec.source_size or 0),
+                {"Content-Type": "application/octet-stream"},
+            )
+            part.set_content_disposition(
+                "form-data", name=spec.field_name, filename=os.path.basename(live.row.path)
+            )
+            resp, data = await self._send(live, spec.method, spec.url, {}, data=writer)
+        return self._final(resp, data)
+
+    # -- resumable protocols -----------------------------------------------------------------
+
+    async def _resumable(
+        self,
+        live: _Live,
+        create: Callable[[_Live], Any],
+        patch: Callable[[_Live, int, bytes, bool], Any],
+        head: Callable[[_Live], Any],
+    ) -> Event:
+        m = live.machine
+        size = m.spec.source_size or 0
+        for _ in range(20):  # bounded: creations after losses are capped by max_restarts too
+            if m.snap.upload_url is None:
+                created = await create(live)
+                if isinstance(created, FinalResponse | M.Failed):
+                    return created
+            try:
+                offset = await head(live)
+                if isinstance(offset, FinalResponse):
+                    return offset
+                while True:
+                    self._check_source(live)
+                    if offset >= size and size > 0:
+                        # Everything is there but the completing answer was lost: ask again.
+                        result = await patch(live, offset, b"", True)
+                    else:
+                        with open(live.row.path, "rb") as f:  # noqa: ASYNC230 - see _stream_file
+                            f.seek(offset)
+                            chunk = f.read(min(m.spec.chunk_size, size - offset))
+                        last = offset + len(chunk) >= size
+                        result = await patch(live, offset, chunk, last)
+                    if isinstance(result, FinalResponse):
+                        return result
+                    if result is None:  # offset conflict: ask the server where it is
+                        offset = await head(live)
+                        if isinstance(offset, FinalResponse):
+                            return offset
+                        continue
+                    offset = result
+                    self._feed(live, UploadProgress(offset))
+            except _Lost:
+                self._feed(live, UploadLost())
+        return M.Failed(TransferError("the server keeps losing the upload"))
+
+    async def _tus_create(self, live: _Live) -> FinalResponse | M.Failed | None:
+        spec = live.machine.spec
+        opts, _ = await self._send(live, "OPTIONS", spec.url, {"Tus-Resumable": TUS_VERSION})
+        live.checksums = {
+            a.strip() for a in opts.headers.get("Tus-Checksum-Algorithm", "").split(",")
+        }
+        name = base64.b64encode(os.path.basename(live.row.path).encode()).decode()
+        resp, body = await self._send(
+            live,
+            "POST",
+            spec.url,
+            {
+                "Tus-Resumable": TUS_VERSION,
+                "Upload-Length": str(spec.source_size or 0),
+                "Upload-Metadata": f"filename {name}",
+                "Content-Length": "0",
+            },
+        )
+        location = resp.headers.get("Location")
+        if resp.status != 201 or not location:
+            if 200 <= resp.status < 300:
+                return M.Failed(TransferError("tus creation answered without a Location"))
+            return self._final(resp, body)
+        self._feed(live, UploadCreated(urljoin(spec.url, location)))
+        return None
+
+    async def _tus_head(self, live: _Live) -> int | FinalResponse:
+        url = live.machine.snap.upload_url
+        assert url is not None
+        resp, body = await self._send(live, "HEAD", url, {"Tus-Resumable": TUS_VERSION})
+        if resp.status in (404, 410):
+            raise _Lost
+        offset = _int_header(resp, "Upload-Offset")
+        if not 200 <= resp.status < 300 or offset is None:
+            return self._final(resp, body)
+        self._feed(live, UploadProgress(offset))
+        return offset
+
+    async def _tus_patch(self, live: _Live, offset: int, chunk: bytes, last: bool) -> Any:
+        url = live.machine.snap.upload_url
+        assert url is not None
+        headers = {
+            "Tus-Resumable": TUS_VERSION,
+            "Content-Type": "application/offset+octet-stream",
+            "Upload-Offset": str(offset),
+        }
+        checksums = live.checksums
+        for algo in ("sha256", "sha1"):
+            if algo in checksums:
+                digest = base64.b64encode(hashlib.new(algo, chunk).digest()).decode()
+                headers["Upload-Checksum"] = f"{algo} {digest}"
+                break
+        resp, body = await self._send(live, "PATCH", url, headers, data=chunk)
+        if resp.status in (404, 410):
+            raise _Lost
+        if resp.status == 409:
+            return None
+        if resp.status == 460:
+            live.checksum_failures += 1
+            if live.checksum_failures >= 3:
+                raise _Done(M.Failed(IntegrityError("tus checksum mismatch three times in a row")))
+            return offset
+        new = _int_header(resp, "Upload-Offset")
+        if not 200 <= resp.status < 300 or new is None:
+            return self._final(resp, body)
+        if last and new >= (live.machine.spec.source_size or 0):
+            return self._final(resp, body)
+        return new
+
+    async def _ietf_create(self, live: _Live) -> FinalResponse | M.Failed | None:
+        spec = live.machine.spec
+        resp, body = await self._send(
+            live,
+            spec.method,
+            spec.url,
+            {
+                "Upload-Complete": "?0",
+                "Upload-Length": str(spec.source_size or 0),
+                "Upload-Draft-Interop-Version": IETF_INTEROP_VERSION,
+                "Content-Length": "0",
+            },
+        )
+        location = resp.headers.get("Location")
+        if resp.status != 201 or not location:
+            if 200 <= resp.status < 300:
+                return M.Failed(
+                    TransferError(
+                        "the server does not support resumable uploads "
+                        "(draft-ietf-httpbis-resumable-upload-05): no upload resource created"
+                    )
+                )
+            return self._final(resp, body)
+        self._feed(live, UploadCreated(urljoin(spec.url, location)))
+        return None
+
+    async def _ietf_head(self, live: _Live) -> int | FinalResponse:
+        url = live.machine.snap.upload_url
+        assert url is not None
+        resp, body = await self._send(
+            live, "HEAD", url, {"Upload-Draft-Interop-Version": IETF_INTEROP_VERSION}
+        )
+        if resp.status in (404, 410):
+            raise _Lost
+        offset = _int_header(resp, "Upload-Offset")
+        if not 200 <= resp.status < 300 or offset is None:
+            return self._final(resp, body)
+        self._feed(live, UploadProgress(offset))
+        return offset
+
+    async def _ietf_patch(self, live: _Live, offset: int, chunk: bytes, last: bool) -> Any:
+        url = live.machine.snap.upload_url
+        assert url is not None
+        headers = {
+            "Content-Type": "application/partial-upload",
+            "Upload-Offset": str(offset),
+            "Upload-Complete": "?1" if last else "?0",
+            "Upload-Draft-Interop-Version": IETF_INTEROP_VERSION,
+        }
+        resp, body = await self._send(live, "PATCH", url, headers, data=chunk)
+        if resp.status in (404, 410):
+            raise _Lost
+        if resp.status == 409:
+            return None
+        if last or not 200 <= resp.status < 300:
+            return self._final(resp, body)
+        new = _int_header(resp, "Upload-Offset")
+        return offset + len(chunk) if new is None else new

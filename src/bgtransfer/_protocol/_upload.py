@@ -1,0 +1,195 @@
+"""The state machine of one upload, sans I/O.
+
+It shares everything about lifecycle with downloads (public states, suspend, resume, cancel,
+retries with backoff, Retry-After, the resource timeout, interruption) and replaces what is
+download-specific: an attempt is an upload exchange (plain or multipart: one request from byte
+0; tus or the IETF draft: create once, then ask the server its offset and append from there),
+and ``offset`` counts bytes the server has confirmed (or, for plain uploads, sent).
+
+Rules beyond the base machine's
+-------------------------------
+* A plain or multipart upload has no server-side offset: each attempt starts from 0.
+* A non-idempotent method (POST) is retried only if the caller said it is safe: an
+  ``Idempotency-Key`` header or ``retry_unsafe=True``. Otherwise the first failure is final,
+  because the server may have acted on it.
+* A tus or IETF upload whose server lost it (404/410 on the upload URL) starts again from 0 as
+  a new upload; that counts as a restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from bgtransfer._exceptions import (
+    HTTPStatusError,
+    NetworkError,
+    ReadError,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import Phase
+from bgtransfer._protocol._machine import (
+    Action,
+    Event,
+    Persist,
+    Response,
+    SendRequest,
+    Start,
+    TransferMachine,
+)
+from bgtransfer._protocol._ranges import parse_retry_after
+from bgtransfer._protocol._retry import RETRYABLE_STATUS
+
+__all__ = [
+    "PROTOCOLS",
+    "RESPONSE_BODY_CAP",
+    "FinalResponse",
+    "UploadCreated",
+    "UploadLost",
+    "UploadMachine",
+    "UploadProgress",
+    "idempotent",
+]
+
+RESPONSE_BODY_CAP = 64 << 10
+RESUMABLE = frozenset({"tus", "ietf"})
+PROTOCOLS = frozenset({"plain", "multipart", "tus", "ietf"})
+_IDEMPOTENT_METHODS = frozenset({"PUT", "DELETE", "GET", "HEAD", "OPTIONS"})
+
+
+def idempotent(method: str, headers: tuple[tuple[str, str], ...], retry_unsafe: bool) -> bool:
+    return (
+        retry_unsafe
+        or method.upper() in _IDEMPOTENT_METHODS
+        or any(k.lower() == "idempotency-key" for k, _ in headers)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UploadCreated:
+    """The server created the upload resource (tus POST, IETF upload creation)."""
+
+    url: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadProgress:
+    """The server confirmed ``offset`` bytes (tus/IETF), or that many were sent (plain)."""
+
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadLost:
+    """The server no longer knows the upload (404/410 on its URL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FinalResponse:
+    """The exchange ended with this response; ``body`` is already size-capped."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    wall_time: float = 0.0
+
+
+@dataclass(slots=True)
+class UploadMachine(TransferMachine):
+    def handle(self, event: Event | UploadCreated | UploadProgress | UploadLost | FinalResponse,
+               *, now: float) -> list[Action]:  # fmt: skip
+        match event:
+            case Start():
+                return self._upload_start(now)
+            case UploadCreated(url=url):
+                self._expect((Phase.CONNECTING, Phase.TRANSFERRING), event)
+                self.snap.upload_url = url
+                self.committed = self.snap.offset
+                self._set(Phase.TRANSFERRING, "uploading", now)
+                return [Persist()]
+            case UploadProgress(offset=offset):
+                return self._progress(offset, now)
+            case UploadLost():
+                self._expect((Phase.CONNECTING, Phase.TRANSFERRING), event)
+                over = self._count_restart(now)
+                if over is not None:
+                    return over
+                self.snap.upload_url = None
+                self.snap.offset = self.committed = 0
+                self._set(Phase.CONNECTING, "the server lost the upload: starting it again", now)
+                return [Persist()]
+            case FinalResponse():
+                return self._final(event, now)
+            case Response():
+                raise TypeError("uploads end with FinalResponse, not Response")
+        return super().handle(event, now=now)
+
+    def _upload_start(self, now: float) -> list[Action]:
+        self._expect(Phase.QUEUED, Start())
+        if self._active_since is None:
+            self._active_since = now
+        if self.time_left(now) <= 0:
+            return self._fail(self._resource_timeout_error(None), now)
+        self.snap.attempts += 1
+        if self.spec.protocol not in RESUMABLE:
+            self.snap.offset = self.committed = 0
+        self.snap.total = self.spec.source_size
+        where = f"resuming from byte {self.snap.offset}" if self.snap.offset else "connecting"
+        self._set(Phase.CONNECTING, where, now)
+        self.in_flight = True
+        return [SendRequest(self.spec.url, self.spec.headers, self.time_left(now))]
+
+    def _progress(self, offset: int, now: float) -> list[Action]:
+        self._expect((Phase.CONNECTING, Phase.TRANSFERRING), UploadProgress(offset))
+        if offset > self.snap.offset:
+            self.snap.failures = 0
+        # The server's word is the truth, even when it is less than we thought.
+        self.snap.offset = offset
+        self._set(Phase.TRANSFERRING, "uploading", now)
+        if abs(offset - self.committed) >= (4 << 20) or now - self._last_checkpoint >= 1.0:
+            self.committed = offset
+            self._last_checkpoint = now
+            return [Persist()]
+        return []
+
+    def _final(self, event: FinalResponse, now: float) -> list[Action]:
+        self._expect((Phase.CONNECTING, Phase.TRANSFERRING), event)
+        status = event.status
+        self.snap.status_code = status
+        self.snap.response_status = status
+        self.snap.response_headers = tuple(event.headers.items())
+        self.snap.response_body = event.body[:RESPONSE_BODY_CAP]
+        if 200 <= status < 300:
+            self.in_flight = False
+            self.snap.offset = self.committed = self.spec.source_size or self.snap.offset
+            self._set(Phase.DONE, "completed", now)
+            return [Persist()]
+        if status in RETRYABLE_STATUS:
+            retry_after = parse_retry_after(event.headers.get("retry-after"), event.wall_time)
+            err = HTTPStatusError(f"server answered {status}", status_code=status)
+            return self._failed(err, retry_after, now)
+        return self._fail(
+            HTTPStatusError(
+                f"server answered {status} to the upload; not retried", status_code=status
+            ),
+            now,
+        )
+
+    def _retryable(self, err: TransferError) -> bool:
+        transient = isinstance(err, NetworkError | TransferTimeout) or (
+            isinstance(err, HTTPStatusError) and err.status_code in RETRYABLE_STATUS
+        )
+        if not transient:
+            return False
+        if self.spec.protocol in RESUMABLE:
+            return True  # the server's offset makes a retry safe
+        if idempotent(self.spec.method, self.spec.headers, self.spec.retry_unsafe):
+            return True
+        if isinstance(err, ReadError | TransferTimeout | NetworkError):
+            err.message += (
+                f" ({self.spec.method} is not retried: the server may have acted on it; "
+                "send an Idempotency-Key header or pass retry_unsafe=True)"
+            )
+            err.args = (err.message,)
+        return False
