@@ -116,9 +116,10 @@ def human(n: float | None) -> str:
 
 def percent(task: dict[str, Any]) -> str:
     total = task["bytes_expected"]
+    done = task["bytes_sent"] if task.get("kind") == "upload" else task["bytes_received"]
     if not total:
-        return human(task["bytes_received"])
-    return f"{100 * task['bytes_received'] / total:.0f} %"
+        return human(done)
+    return f"{100 * done / total:.0f} %"
 
 
 def submit_body(
@@ -292,7 +293,8 @@ def follow(home: str, task: dict[str, Any], *, show_bar: bool) -> dict[str, Any]
             handle = bar.add_task(os.path.basename(task["path"]), total=task["bytes_expected"])
             while True:
                 cur = await client.call("GET", f"/v1/tasks/{task_id}")
-                bar.update(handle, completed=cur["bytes_received"], total=cur["bytes_expected"])
+                done = cur["bytes_sent"] if cur.get("kind") == "upload" else cur["bytes_received"]
+                bar.update(handle, completed=done, total=cur["bytes_expected"])
                 detail = cur["detail"]
                 if detail != last_detail and any(
                     w in detail for w in ("retrying", "resum", "restart", "suspended")
@@ -520,3 +522,79 @@ def serve_test(args: tuple[str, ...]) -> int:
     from bgtransfer.testing.__main__ import main as serve
 
     return serve(list(args))
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("url")
+@click.option("--method", default="PUT", show_default=True, help="HTTP method for plain uploads.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["plain", "multipart", "tus", "ietf"]),
+    default="plain",
+    show_default=True,
+    help="plain: one streamed request; multipart: a form POST; tus: tus 1.0; "
+    "ietf: draft-ietf-httpbis-resumable-upload-05 (tus and ietf resume from the server's offset).",
+)
+@click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeat).")
+@click.option(
+    "--field", "field_name", default="file", show_default=True, help="multipart: file field."
+)
+@click.option("-F", "--form", "form", multiple=True, help="multipart: extra field 'name=value'.")
+@click.option("--retry-unsafe", is_flag=True, help="Retry a POST even without an Idempotency-Key.")
+@click.option("--request-timeout", type=float, default=None)
+@click.option("--resource-timeout", type=float, default=None)
+@click.option("--session", default=DEFAULT_SESSION, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.pass_context
+@_handled
+def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
+        headers: tuple[str, ...], field_name: str, form: tuple[str, ...], retry_unsafe: bool,
+        request_timeout: float | None, resource_timeout: float | None, session: str,
+        as_json: bool) -> int:  # fmt: skip
+    """Upload FILE to URL through the daemon and wait for it.
+
+    \b
+    Examples:
+      bgtransfer put backup.tar http://127.0.0.1:8080/upload/backup.tar
+      bgtransfer put big.iso http://127.0.0.1:8080/tus/ --protocol tus
+      bgtransfer put photo.jpg http://host/form --protocol multipart -F album=2026
+    """
+    home = home_of(ctx)
+    body = submit_body(url, file, headers, session)
+    fields = []
+    for f in form:
+        name, sep, value = f.partition("=")
+        if not sep:
+            raise CliError(f"form field must look like 'name=value': {f!r}", EXIT_INVALID)
+        fields.append([name, value])
+    body.update(
+        {
+            "kind": "upload",
+            "method": method,
+            "protocol": protocol,
+            "field_name": field_name,
+            "form_fields": fields,
+            "retry_unsafe": retry_unsafe,
+        }
+    )
+    for key, value in (
+        ("request_timeout", request_timeout),
+        ("resource_timeout", resource_timeout),
+    ):
+        if value is not None:
+            body[key] = value
+    task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
+    try:
+        final = follow(home, task, show_bar=fancy() and not as_json)
+    except KeyboardInterrupt:
+        click.echo(f"\ndetached: follow it with: bgtransfer watch {task['id'][:12]}", err=True)
+        return EXIT_DETACHED
+    if as_json:
+        click.echo(json.dumps(public(final), sort_keys=True))
+    if final["error"] is None:
+        if not as_json:
+            click.echo(f"uploaded {file} ({human(final['bytes_sent'])}), server answered "
+                       f"{final['status_code']}", err=True)  # fmt: skip
+        return 0
+    return _fail(f"failed: {final['error']}", EXIT_FAILED)
