@@ -30,5 +30,11 @@ test: lint typecheck unit
 slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# Benchmarks against curl, wget, aria2c and pypdl (installs nginx/aria2 with apt, pypdl with
+# pip, if missing). BENCH_ARGS=--quick for a smoke run; see benchmarks/README.md.
+bench: $(STAMP)
+	$(BIN)/pytest -q benchmarks/test_bench_smoke.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .hypothesis

@@ -298,8 +298,8 @@ def build_upload_row(
         raise InvalidRequest(f"protocol must be one of {sorted(PROTOCOLS)}, not {protocol!r}")
     assert isinstance(protocol, str)
     verb = check_method(method)
-    if protocol == "multipart" and method == "PUT":
-        verb = "POST"  # a form is posted; PUT is only the default of plain uploads
+    if protocol in ("multipart", "ietf") and method == "PUT":
+        verb = "POST"  # a form is posted, an IETF upload created by POST; PUT is plain's default
     if protocol == "tus":
         verb = "POST"  # creation is POST, appends are PATCH (tus 1.0)
     hdrs = check_headers(headers)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
@@ -323,7 +324,7 @@ class UploadDriver:
                 digest = base64.b64encode(hashlib.new(algo, chunk).digest()).decode()
                 headers["Upload-Checksum"] = f"{algo} {digest}"
                 break
-        resp, body = await self._send(live, "PATCH", url, headers, data=chunk)
+        resp, body = await self._send(live, "PATCH", url, headers, data=io.BytesIO(chunk))
         if resp.status in (404, 410):
             raise _Lost
         if resp.status == 409:
@@ -389,7 +390,7 @@ class UploadDriver:
             "Upload-Complete": "?1" if last else "?0",
             "Upload-Draft-Interop-Version": IETF_INTEROP_VERSION,
         }
-        resp, body = await self._send(live, "PATCH", url, headers, data=chunk)
+        resp, body = await self._send(live, "PATCH", url, headers, data=io.BytesIO(chunk))
         if resp.status in (404, 410):
             raise _Lost
         if resp.status == 409:

@@ -123,7 +123,8 @@ class UploadMachine(TransferMachine):
                 return self._final(event, now)
             case Response():
                 raise TypeError("uploads end with FinalResponse, not Response")
-        return super().handle(event, now=now)
+        # Explicit base call: super() breaks in a slots dataclass (the class is rebuilt).
+        return TransferMachine.handle(self, event, now=now)
 
     def _upload_start(self, now: float) -> list[Action]:
         self._expect(Phase.QUEUED, Start())

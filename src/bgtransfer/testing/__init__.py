@@ -2,18 +2,28 @@
 
 ``FaultServer`` serves ``/r/<name>`` resources and ``/gen/<size>`` generated
 files over real loopback sockets and can be told, per request via query
-parameters, to cut, reset, stall, throttle or lie. See
+parameters, to cut, reset, stall, throttle or lie. It also accepts uploads
+(``/upload/<name>`` plain and multipart, tus 1.0.0 at ``/tus/``, the IETF
+resumable-upload draft at ``/ietf/<name>``) that can be cut, refused or lost. See
 :mod:`bgtransfer.testing._server` for the full list of knobs, or run
 ``python -m bgtransfer.testing``.
 """
 
 from bgtransfer.testing._data import gen_bytes, gen_chunk, gen_sha256, parse_size
-from bgtransfer.testing._server import FIXED_LAST_MODIFIED, FaultServer, RequestRecord
+from bgtransfer.testing._server import (
+    FIXED_LAST_MODIFIED,
+    FaultServer,
+    IetfUpload,
+    RequestRecord,
+    TusUpload,
+)
 
 __all__ = [
     "FIXED_LAST_MODIFIED",
     "FaultServer",
+    "IetfUpload",
     "RequestRecord",
+    "TusUpload",
     "gen_bytes",
     "gen_chunk",
     "gen_sha256",

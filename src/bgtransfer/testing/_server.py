@@ -21,6 +21,9 @@ Endpoints
     200 with a JSON body describing the request (method, target, path, query,
     headers, host, body_length).
 
+``/upload/<name>``, ``/tus/``, ``/ietf/<name>``
+    Upload endpoints; see *Uploads* below.
+
 Anything else is 404. ``/r`` and ``/gen`` answer GET and HEAD (405 otherwise).
 
 Correct behaviour (no knobs)
@@ -96,13 +99,71 @@ Always-on knobs:
 
 Malformed request heads get 400, heads over 64 KiB get 431; both then close.
 Invalid knob values get 400 with a text body naming the knob.
+
+Uploads
+-------
+Request bodies (Content-Length or chunked) are read incrementally and kept in
+memory. :meth:`FaultServer.upload_received` counts every body byte as it
+arrives, per upload name, over all requests, so a client that dies mid-body
+leaves an exact count. A request refused on its headers has its body read and
+discarded (and counted) before the answer, except that a client still waiting
+for ``100 Continue`` is answered at once and the connection closed. Error
+answers are ``text/plain``. Every response has a Content-Length except 204s
+(RFC 9110 forbids it there).
+
+``PUT|POST /upload/<name>``
+    Stores the complete body as ``uploads[name]``; ``201`` (PUT of a new name)
+    or ``200`` with JSON ``{"name", "size", "sha256"}``. A
+    ``multipart/form-data`` body is split instead: file parts (those with a
+    ``filename``) go to ``uploads["<name>/<field>"]``, other fields to
+    ``upload_fields[name]``; ``200`` with JSON ``{"name", "size", "sha256",
+    "parts": [...], "fields": {...}}``. A truncated body stores nothing.
+    Knobs, limited by ``times=K`` as above: ``cut=N`` (once N body bytes arrived
+    and more follow, close without answering), ``stall=S`` (wait before
+    answering), ``status=CODE`` with ``retry_after``/``retry_after_in``
+    (answer that after reading the body; nothing stored).
+``/tus/`` and ``/tus/<id>``: tus 1.0.0 with creation, checksum, termination
+    ``OPTIONS`` 204 with the capability headers; ``POST /tus/`` needs
+    ``Tus-Resumable: 1.0.0`` (else 412) and ``Upload-Length`` (else 400; over
+    ``Tus-Max-Size`` 413), answers 201 with an absolute ``Location``. The
+    upload's name is its ``filename`` metadata (base64-decoded) or its id.
+    ``HEAD`` 200 with ``Upload-Offset``, ``Upload-Length``, ``Cache-Control:
+    no-store``. ``PATCH`` needs ``Content-Type: application/offset+octet-stream``
+    (415) and ``Upload-Offset`` equal to the current offset (409); the body is
+    appended as it arrives, so an interrupted PATCH keeps its prefix (with an
+    ``Upload-Checksum`` too: the checksum covers the whole body, which never
+    came). ``Upload-Checksum: sha1|sha256 <base64>`` mismatch gives 460 and
+    nothing appended, another algorithm 400; going past Upload-Length 400.
+    Success is 204 with the new ``Upload-Offset``. ``DELETE`` 204. Unknown or
+    forgotten ids 404. Every non-OPTIONS answer has ``Tus-Resumable``.
+``/ietf/<name>`` and ``/ietf/u/<id>``: draft-ietf-httpbis-resumable-upload-05
+    ``POST /ietf/<name>`` with ``Upload-Complete: ?0`` stores the body and
+    answers 201 with ``Location`` and ``Upload-Offset``; with ``?1`` (and a
+    body matching ``Upload-Length`` if given) 200 with the JSON summary; without
+    the header it is a plain upload of ``<name>``. ``HEAD /ietf/u/<id>`` 204
+    with ``Upload-Offset``, ``Upload-Complete``, ``Upload-Length`` if known,
+    ``Cache-Control: no-store``. ``PATCH`` needs ``Content-Type:
+    application/partial-upload`` (415), ``Upload-Offset`` (a mismatch is 409
+    with an ``application/problem+json`` body) and ``Upload-Complete``; bytes
+    are appended as they arrive; appending to a complete upload or past
+    Upload-Length is 400; ``?0`` answers 204 with ``Upload-Offset``, ``?1`` 200
+    with the JSON summary. ``DELETE`` 204.
+
+tus and IETF faults cannot ride on the query string (clients build the upload
+URLs from ``Location``), so they are armed with :meth:`FaultServer.upload_faults`
+by upload id or name; :meth:`FaultServer.forget_upload` loses an upload.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import dataclasses
 import datetime as dt
+import email.message
+import email.parser
 import email.utils
 import functools
 import gzip
@@ -116,6 +177,7 @@ import socket
 import struct
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -123,7 +185,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 from bgtransfer.testing._data import BLOCK, gen_block_view, gen_bytes, parse_size
 
-__all__ = ["FIXED_LAST_MODIFIED", "FaultServer", "RequestRecord"]
+__all__ = ["FIXED_LAST_MODIFIED", "FaultServer", "IetfUpload", "RequestRecord", "TusUpload"]
 
 logger = logging.getLogger("bgtransfer.testing")
 
@@ -449,6 +511,8 @@ def _xor_table(version: int) -> bytes:
 
 
 def _reason(status: int) -> str:
+    if status in _EXTRA_REASONS:
+        return _EXTRA_REASONS[status]
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -553,6 +617,343 @@ def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     loop.default_exception_handler(context)
 
 
+# --------------------------------------------------------------------------- uploads
+
+TUS_VERSION: Final = "1.0.0"
+TUS_MAX_SIZE: Final = 1 << 30
+TUS_EXTENSIONS: Final = "creation,checksum,termination"
+TUS_CHECKSUMS: Final = ("sha1", "sha256")
+IETF_PARTIAL: Final = "application/partial-upload"
+IETF_MISMATCH: Final = "https://iana.org/assignments/http-problem-types#mismatching-upload-offset"
+# Hash at most this much on the loop; larger payloads go to a thread (hashlib drops the GIL).
+_HASH_INLINE: Final = 1 << 20
+_EXTRA_REASONS: Final = {460: "Checksum Mismatch"}
+
+
+@dataclass(eq=False)
+class TusUpload:
+    """One tus upload resource (``/tus/<id>``); ``data`` holds the bytes appended so far."""
+
+    id: str
+    name: str
+    length: int
+    metadata: dict[str, bytes]
+    raw_metadata: str | None
+    data: bytearray = field(default_factory=bytearray, repr=False)
+
+    @property
+    def offset(self) -> int:
+        return len(self.data)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.data) == self.length
+
+
+@dataclass(eq=False)
+class IetfUpload:
+    """One IETF resumable upload resource (``/ietf/u/<id>``) created at ``/ietf/<name>``."""
+
+    id: str
+    name: str
+    length: int | None
+    data: bytearray = field(default_factory=bytearray, repr=False)
+    complete: bool = False
+
+    @property
+    def offset(self) -> int:
+        return len(self.data)
+
+
+@dataclass
+class _UploadFaults:
+    cut_after: int | None = None
+    conflict_once: bool = False
+    lose_once: bool = False
+    status_once: int | None = None
+    retry_after: str | None = None
+
+    def empty(self) -> bool:
+        return (
+            self.cut_after is None
+            and not self.conflict_once
+            and not self.lose_once
+            and self.status_once is None
+        )
+
+
+class _BodyError(_HttpError):
+    """The request body's framing is broken: answer, then close the connection."""
+
+
+class _Reject(_HttpError):
+    """A text error response with extra headers (the request body is drained first)."""
+
+    def __init__(self, status: int, message: str, headers: list[tuple[str, str]]) -> None:
+        super().__init__(status, message)
+        self.headers = headers
+
+
+class _BodyStream:
+    """A request body read incrementally (Content-Length or chunked).
+
+    Every byte read is reported to ``on_bytes`` under the names in ``count_as`` as
+    soon as it arrives, so a client that dies mid-body leaves an exact count.
+    ``Expect: 100-continue`` is answered on the first read, never before: a
+    request rejected on its headers alone gets its final answer without it.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        headers: Mapping[str, str],
+        on_bytes: Callable[[tuple[str, ...], int], None],
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._on_bytes = on_bytes
+        self.count_as: tuple[str, ...] = ()
+        self.expect_continue = headers.get("expect", "").strip().lower() == "100-continue"
+        self.continued = False
+        self.received = 0
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        self.chunked = False
+        self.length: int | None = None  # declared Content-Length
+        self.remaining = 0  # of the body (Content-Length) or of the current chunk
+        if te is not None:
+            if te.strip().lower() != "chunked":
+                raise _HttpError(501, f"unsupported Transfer-Encoding {te!r}")
+            self.chunked = True
+        elif cl is not None:
+            values = {v.strip() for v in cl.split(",")}
+            if len(values) != 1 or not _DIGITS.match(next(iter(values))):
+                raise _HttpError(400, "bad Content-Length")
+            self.length = self.remaining = int(values.pop())
+        self.done = not self.chunked and self.remaining == 0
+        if self.done:
+            self.expect_continue = False
+
+    @property
+    def unanswered_continue(self) -> bool:
+        """True while the client still waits for 100 Continue before sending the body."""
+        return self.expect_continue and not self.continued and not self.done
+
+    async def _continue(self) -> None:
+        if self.expect_continue and not self.continued:
+            self.continued = True
+            self._writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self._writer.drain()
+
+    async def _next_chunk(self) -> None:
+        try:
+            line = await self._reader.readuntil(b"\r\n")
+        except (asyncio.LimitOverrunError, ValueError):
+            raise _BodyError(400, "bad chunk header") from None
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise _BodyError(400, "bad chunk size") from None
+        if size < 0:
+            raise _BodyError(400, "bad chunk size")
+        if size == 0:
+            try:
+                while (await self._reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+            except (asyncio.LimitOverrunError, ValueError):
+                raise _BodyError(400, "bad chunked trailer") from None
+            self.done = True
+        self.remaining = size
+
+    async def at_end(self) -> bool:
+        """Whether the whole body has arrived (may read the next chunk header to tell)."""
+        if self.done:
+            return True
+        await self._continue()
+        if self.chunked and self.remaining == 0:
+            await self._next_chunk()
+        return self.done
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The next piece of the body (at most ``limit`` bytes); b"" at its end.
+
+        Raises ``asyncio.IncompleteReadError`` (or a ConnectionError) when the
+        client goes away first; the bytes before that were already counted.
+        """
+        if await self.at_end():
+            return b""
+        n = min(self.remaining, CHUNK)
+        if limit is not None:
+            assert limit > 0
+            n = min(n, limit)
+        data = await self._reader.read(n)
+        if not data:
+            raise asyncio.IncompleteReadError(b"", self.remaining)
+        self.remaining -= len(data)
+        self.received += len(data)
+        if self.count_as:
+            self._on_bytes(self.count_as, len(data))
+        if self.remaining == 0:
+            if self.chunked:
+                if await self._reader.readexactly(2) != b"\r\n":
+                    raise _BodyError(400, "chunk not followed by CRLF")
+            else:
+                self.done = True
+        return data
+
+    async def drain(self) -> None:
+        while await self.read():
+            pass
+
+
+@dataclass
+class _Part:
+    field_name: str | None
+    filename: str | None
+    content_type: str | None
+    data: bytes
+
+
+def _content_type(value: str | None) -> tuple[str, dict[str, str]]:
+    """(lower-cased media type, parameters) of a Content-Type value ("" when absent)."""
+    if not value:
+        return "", {}
+    msg = email.message.Message()
+    msg["content-type"] = value
+    params: dict[str, str] = {}
+    for key in ("boundary", "charset"):
+        raw = msg.get_param(key)
+        if raw is not None:
+            params[key] = email.utils.collapse_rfc2231_value(raw)
+    return value.split(";", 1)[0].strip().lower(), params
+
+
+def _parse_part(raw: bytes) -> _Part:
+    if raw.startswith(b"\r\n"):
+        head, content = b"", raw[2:]
+    else:
+        sep = raw.find(b"\r\n\r\n")
+        if sep < 0:
+            raise ValueError("multipart part without a blank line after its headers")
+        head, content = raw[:sep], raw[sep + 4 :]
+    # Browsers send UTF-8 file names raw inside the quotes.
+    msg = email.parser.HeaderParser().parsestr(head.decode("utf-8", "replace") + "\r\n\r\n")
+    # get_param decodes RFC 2231 forms too (filename*=UTF-8''...).
+    field_name = msg.get_param("name", header="content-disposition")
+    filename = msg.get_param("filename", header="content-disposition")
+    return _Part(
+        field_name=None if field_name is None else email.utils.collapse_rfc2231_value(field_name),
+        filename=None if filename is None else email.utils.collapse_rfc2231_value(filename),
+        content_type=msg.get("content-type"),
+        data=content,
+    )
+
+
+def _parse_multipart(data: bytes, boundary: str) -> list[_Part]:
+    """Split a multipart body (RFC 2046 section 5.1.1); ValueError when malformed."""
+    delim = b"--" + boundary.encode("latin-1")
+    if data.startswith(delim):
+        pos = 0
+    else:
+        i = data.find(b"\r\n" + delim)
+        if i < 0:
+            raise ValueError("multipart body without its boundary")
+        pos = i + 2
+    parts: list[_Part] = []
+    while True:
+        pos += len(delim)
+        if data[pos : pos + 2] == b"--":
+            return parts
+        eol = data.find(b"\r\n", pos)
+        if eol < 0 or data[pos:eol].strip(b" \t"):
+            raise ValueError("malformed multipart boundary line")
+        start = eol + 2
+        nxt = data.find(b"\r\n" + delim, start)
+        if nxt < 0:
+            raise ValueError("multipart body is not terminated")
+        parts.append(_parse_part(data[start:nxt]))
+        pos = nxt + 2
+
+
+def _parse_tus_metadata(value: str | None) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    if value is None or not value.strip():
+        return out
+    for pair in value.split(","):
+        key, _, encoded = pair.strip().partition(" ")
+        if not key or not _TOKEN.match(key):
+            raise _HttpError(400, f"bad Upload-Metadata key {key!r}")
+        try:
+            out[key] = base64.b64decode(encoded.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise _HttpError(400, f"Upload-Metadata value of {key!r} is not base64") from None
+    return out
+
+
+def _sf_boolean(value: str | None, header: str) -> bool | None:
+    """A structured-field boolean (RFC 8941); None when absent, 400 when malformed."""
+    if value is None:
+        return None
+    item = value.split(";", 1)[0].strip()
+    if item == "?1":
+        return True
+    if item == "?0":
+        return False
+    raise _HttpError(400, f"{header} must be ?0 or ?1")
+
+
+def _int_header(headers: Mapping[str, str], name: str, *, required: bool) -> int | None:
+    raw = headers.get(name.lower())
+    if raw is None:
+        if required:
+            raise _HttpError(400, f"missing {name}")
+        return None
+    raw = raw.strip()
+    if not _DIGITS.match(raw):
+        raise _HttpError(400, f"bad {name}: {raw!r}")
+    return int(raw)
+
+
+def _names(up: TusUpload | IetfUpload) -> tuple[str, ...]:
+    return _names_of(up.name, up.id)
+
+
+def _names_of(name: str, uid: str) -> tuple[str, ...]:
+    return (name,) if name == uid else (name, uid)
+
+
+def _tus_checksum(value: str | None) -> tuple[str, bytes] | None:
+    """(algorithm, digest) of an Upload-Checksum header; 400 when unusable."""
+    if value is None:
+        return None
+    algo, _, encoded = value.strip().partition(" ")
+    algo = algo.lower()
+    if algo not in TUS_CHECKSUMS:
+        raise _HttpError(400, f"unsupported checksum algorithm {algo!r}")
+    try:
+        digest = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise _HttpError(400, "Upload-Checksum digest is not base64") from None
+    return algo, digest
+
+
+async def _sha256_hex(data: bytes | bytearray) -> str:
+    if len(data) <= _HASH_INLINE:
+        return hashlib.sha256(data).hexdigest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).hexdigest())
+
+
+async def _summary(name: str, data: bytes | bytearray, **extra: object) -> bytes:
+    payload: dict[str, object] = {
+        "name": name,
+        "size": len(data),
+        "sha256": await _sha256_hex(data),
+        **extra,
+    }
+    return json.dumps(payload).encode()
+
+
 # --------------------------------------------------------------------------- server
 
 
@@ -570,6 +971,19 @@ class FaultServer:
         self._resources: dict[str, _Resource] = {}
         self._counters: dict[str, int] = {}
         self._gen_versions: dict[str, int] = {}
+        # Uploads; mutated on the server loop under _lock, read by tests from other threads.
+        self.uploads: dict[str, bytes] = {}
+        self.upload_fields: dict[str, dict[str, str]] = {}
+        self.tus_uploads: dict[str, TusUpload] = {}
+        self.ietf_uploads: dict[str, IetfUpload] = {}
+        self._received: dict[str, int] = {}
+        self._plain_done: dict[str, list[str]] = {}  # name -> keys it stored in uploads
+        self._tus_names: dict[str, str] = {}  # name -> id of the latest upload with it
+        self._ietf_names: dict[str, str] = {}
+        # id -> name of every tus/IETF upload ever created, so bytes sent to a lost
+        # upload's URL still count for its name.
+        self._id_names: dict[str, str] = {}
+        self._upload_faults: dict[str, _UploadFaults] = {}
         self._servers: list[asyncio.Server] = []
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
@@ -664,6 +1078,178 @@ class FaultServer:
             n = self._counters.get(key, 0) + 1
             self._counters[key] = n
             return n
+
+    # ------------------------------------------------------------------ uploads
+
+    def upload_received(self, name: str) -> int:
+        """Request-body bytes received for this upload name so far, over all requests.
+
+        Counted as they arrive (so a cut or abandoned request counts what got
+        through) for plain, multipart, tus and IETF uploads alike, whether or not
+        they were kept. tus uploads count under their id and, when the creation
+        carried a ``filename`` metadata value, under that too; IETF uploads count
+        under the target name and the upload id. Bytes sent to the URL of an
+        upload the server lost or deleted still count for it.
+        """
+        with self._lock:
+            return self._received.get(name, 0)
+
+    def tus_data(self, name: str) -> bytes:
+        """Bytes of the latest tus upload with this id or name (KeyError if none / forgotten)."""
+        with self._lock:
+            up = self._find_tus(name)
+            if up is None:
+                raise KeyError(f"no tus upload {name!r}")
+            return bytes(up.data)
+
+    def ietf_data(self, name: str) -> bytes:
+        """Bytes of the latest IETF upload with this id or target name (KeyError if none)."""
+        with self._lock:
+            up = self._find_ietf(name)
+            if up is None:
+                raise KeyError(f"no IETF upload {name!r}")
+            return bytes(up.data)
+
+    def upload_complete(self, name: str) -> bool:
+        """Whether a plain/multipart upload of this name finished, or the latest tus/IETF
+        upload with this id or name has all its bytes."""
+        with self._lock:
+            if name in self._plain_done:
+                return True
+            tus = self._find_tus(name)
+            if tus is not None and tus.complete:
+                return True
+            ietf = self._find_ietf(name)
+            return ietf is not None and ietf.complete
+
+    def forget_upload(self, name: str) -> None:
+        """Lose every upload with this id or name: tus/IETF HEAD and PATCH then get 404,
+        and stored plain/multipart results disappear. ``upload_received`` is kept."""
+        with self._lock:
+            self._forget_locked(name)
+
+    def upload_faults(
+        self,
+        name_or_id: str,
+        *,
+        cut_after: int | None = None,
+        conflict_once: bool = False,
+        lose_once: bool = False,
+        status_once: int | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        """Arm faults for tus/IETF uploads with this id or name (replacing earlier ones).
+
+        ``cut_after=N``: the request whose body would take the upload past N bytes
+        keeps the bytes up to N and the connection is closed without an answer
+        (once; IETF creation requests count too). ``conflict_once``: the next
+        PATCH gets 409. ``lose_once``: the next HEAD or PATCH gets 404 and the
+        upload is forgotten. ``status_once=CODE``: the next PATCH gets that status
+        (with ``Retry-After: retry_after`` if given) and has no effect. Checked in
+        the order lose, status, conflict. No arguments disarms everything.
+        """
+        if status_once is not None and not 200 <= status_once <= 599:
+            raise ValueError("status_once must be in 200..599")
+        if cut_after is not None and cut_after < 0:
+            raise ValueError("cut_after must not be negative")
+        if retry_after is not None and ("\r" in retry_after or "\n" in retry_after):
+            raise ValueError("retry_after must not contain line breaks")
+        faults = _UploadFaults(cut_after, conflict_once, lose_once, status_once, retry_after)
+        with self._lock:
+            if faults.empty():
+                self._upload_faults.pop(name_or_id, None)
+            else:
+                self._upload_faults[name_or_id] = faults
+
+    def clear_uploads(self) -> None:
+        """Forget all uploads, received-byte counts and armed upload faults."""
+        with self._lock:
+            self.uploads.clear()
+            self.upload_fields.clear()
+            self.tus_uploads.clear()
+            self.ietf_uploads.clear()
+            self._received.clear()
+            self._plain_done.clear()
+            self._tus_names.clear()
+            self._ietf_names.clear()
+            self._id_names.clear()
+            self._upload_faults.clear()
+
+    # Callers of the *_locked / _find_* helpers hold self._lock.
+
+    def _find_tus(self, name: str) -> TusUpload | None:
+        up = self.tus_uploads.get(name)
+        if up is None and name in self._tus_names:
+            up = self.tus_uploads.get(self._tus_names[name])
+        return up
+
+    def _find_ietf(self, name: str) -> IetfUpload | None:
+        up = self.ietf_uploads.get(name)
+        if up is None and name in self._ietf_names:
+            up = self.ietf_uploads.get(self._ietf_names[name])
+        return up
+
+    def _forget_locked(self, name: str) -> None:
+        for key in self._plain_done.pop(name, []):
+            self.uploads.pop(key, None)
+        self.uploads.pop(name, None)
+        self.upload_fields.pop(name, None)
+        for uploads in (self.tus_uploads, self.ietf_uploads):
+            for uid in [u.id for u in uploads.values() if name in (u.id, u.name)]:
+                del uploads[uid]
+
+    def _drop_locked(self, up: TusUpload | IetfUpload) -> None:
+        if isinstance(up, TusUpload):
+            if self.tus_uploads.get(up.id) is up:
+                del self.tus_uploads[up.id]
+        elif self.ietf_uploads.get(up.id) is up:
+            del self.ietf_uploads[up.id]
+
+    def _count(self, names: tuple[str, ...], n: int) -> None:
+        with self._lock:
+            for name in names:
+                self._received[name] = self._received.get(name, 0) + n
+
+    def _faults_key(self, up: TusUpload | IetfUpload) -> str | None:
+        for key in (up.id, up.name):
+            if key in self._upload_faults:
+                return key
+        return None
+
+    def _take_fault(self, up: TusUpload | IetfUpload, kind: str) -> _UploadFaults | None:
+        """Consume one armed ``lose``/``status``/``conflict`` fault; a copy of it, or None."""
+        with self._lock:
+            key = self._faults_key(up)
+            if key is None:
+                return None
+            faults = self._upload_faults[key]
+            snapshot = dataclasses.replace(faults)
+            if kind == "lose" and faults.lose_once:
+                faults.lose_once = False
+            elif kind == "status" and faults.status_once is not None:
+                faults.status_once = None
+            elif kind == "conflict" and faults.conflict_once:
+                faults.conflict_once = False
+            else:
+                return None
+            if faults.empty():
+                del self._upload_faults[key]
+            if kind == "lose":
+                self._drop_locked(up)
+            return snapshot
+
+    def _cut_at(self, up: TusUpload | IetfUpload) -> int | None:
+        with self._lock:
+            key = self._faults_key(up)
+            return None if key is None else self._upload_faults[key].cut_after
+
+    def _disarm_cut(self, up: TusUpload | IetfUpload) -> None:
+        with self._lock:
+            key = self._faults_key(up)
+            if key is not None:
+                self._upload_faults[key].cut_after = None
+                if self._upload_faults[key].empty():
+                    del self._upload_faults[key]
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -938,6 +1524,8 @@ class FaultServer:
                 connection=conn_id,
             )
         )
+        if req.path.startswith(("/upload/", "/tus/", "/ietf/")) or req.path == "/tus":
+            return await self._serve_upload(reader, writer, req)
         try:
             body_length = await self._read_body(reader, writer, req)
         except _HttpError as err:
@@ -1044,6 +1632,525 @@ class FaultServer:
             _versioned_etag(etag, bumps),
             _shift_date(lm, dt.timedelta(seconds=bumps)),
         )
+
+    # ------------------------------------------------------------------ uploads
+
+    def _base_for(self, host: str) -> str:
+        if self._other_port is not None and host == "127.0.0.2" and self.host != "127.0.0.2":
+            return f"http://127.0.0.2:{self._other_port}"
+        return self.base_url
+
+    async def _serve_upload(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: _Request
+    ) -> bool:
+        try:
+            body = _BodyStream(reader, writer, req.headers, self._count)
+        except _HttpError as err:
+            await self._send_text(writer, err.status, err.message, keep=False)
+            return False
+        tus = req.path == "/tus" or req.path.startswith("/tus/")
+        try:
+            if req.path.startswith("/upload/"):
+                return await self._serve_plain(writer, req, body, req.path[len("/upload/") :])
+            if tus:
+                return await self._serve_tus(writer, req, body)
+            return await self._serve_ietf(writer, req, body)
+        except _BodyError as err:
+            await self._send_text(writer, err.status, err.message, keep=False)
+            return False
+        except _HttpError as err:
+            hdrs = [("Content-Type", "text/plain; charset=utf-8")]
+            if tus and req.method != "OPTIONS":
+                hdrs.append(("Tus-Resumable", TUS_VERSION))
+            if isinstance(err, _Reject):
+                hdrs.extend(err.headers)
+            return await self._answer(
+                writer,
+                req,
+                body,
+                err.status,
+                (err.message + "\n").encode(),
+                hdrs,
+                head_only=req.method == "HEAD",
+            )
+
+    async def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        req: _Request,
+        body: _BodyStream,
+        status: int,
+        payload: bytes,
+        headers: list[tuple[str, str]],
+        *,
+        head_only: bool = False,
+    ) -> bool:
+        """Consume what is left of the request body (counting it), then respond.
+
+        A client still waiting for ``100 Continue`` is answered at once instead and
+        the connection closed, since it may or may not send the body after all.
+        """
+        keep = req.keep_alive
+        if body.unanswered_continue:
+            keep = False
+        elif not body.done:
+            try:
+                await body.drain()
+            except _BodyError as err:
+                await self._send_text(writer, err.status, err.message, keep=False)
+                return False
+        await self._send_simple(writer, status, payload, headers, keep=keep, head_only=head_only)
+        return keep
+
+    @staticmethod
+    def _cut(writer: asyncio.StreamWriter) -> bool:
+        # Unread request bytes make the kernel send an RST rather than a FIN: either
+        # way the client sees the connection die without an answer.
+        writer.transport.close()
+        return False
+
+    async def _append(
+        self,
+        body: _BodyStream,
+        data: bytearray,
+        *,
+        limit: int | None,
+        cut_at: int | None,
+        on_piece: Callable[[bytes], object] | None = None,
+    ) -> str:
+        """Append the request body to ``data`` as it arrives.
+
+        Returns ``"done"``; ``"cut"`` when ``data`` reached ``cut_at`` with more body
+        to come (the caller closes the connection); ``"overflow"`` when the body
+        would take ``data`` past ``limit`` (the rest is drained; the caller rolls back).
+        """
+        while True:
+            if cut_at is not None and len(data) >= cut_at and not await body.at_end():
+                return "cut"
+            piece = await body.read(None if cut_at is None else cut_at - len(data))
+            if not piece:
+                return "done"
+            if limit is not None and len(data) + len(piece) > limit:
+                await body.drain()
+                return "overflow"
+            with self._lock:
+                data.extend(piece)
+            if on_piece is not None:
+                on_piece(piece)
+
+    def _truncate(self, data: bytearray, size: int) -> None:
+        with self._lock:
+            del data[size:]
+
+    # plain and multipart
+
+    async def _serve_plain(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream, name: str
+    ) -> bool:
+        if not name:
+            raise _HttpError(404, "uploads go to /upload/<name>")
+        body.count_as = (name,)
+        if req.method not in ("PUT", "POST"):
+            raise _Reject(405, "method not allowed", [("Allow", "PUT, POST")])
+        knobs = _Knobs.parse(req.query)
+        failing = knobs.times is None or self._hit(req.fault_key) <= knobs.times
+        mime, params = _content_type(req.headers.get("content-type"))
+        boundary: str | None = None
+        if mime == "multipart/form-data":
+            boundary = params.get("boundary")
+            if not boundary:
+                raise _HttpError(400, "multipart/form-data without a boundary")
+        data = bytearray()
+        hasher = hashlib.sha256()
+        cut = knobs.cut if failing else None
+        if await self._append(body, data, limit=None, cut_at=cut, on_piece=hasher.update) == "cut":
+            return self._cut(writer)
+        if failing and knobs.stall:
+            await asyncio.sleep(knobs.stall)
+        if failing and knobs.status is not None:
+            hdrs = [("Content-Type", "text/plain")]
+            if knobs.retry_after is not None:
+                hdrs.append(("Retry-After", knobs.retry_after))
+            if knobs.retry_after_in is not None:
+                hdrs.append(("Retry-After", _http_date(knobs.retry_after_in)))
+            page = b"" if knobs.status in (204, 304) else f"error page {knobs.status}".encode()
+            return await self._answer(writer, req, body, knobs.status, page, hdrs)
+        if boundary is not None:
+            return await self._store_multipart(
+                writer, req, body, name, bytes(data), boundary, hasher.hexdigest()
+            )
+        stored = bytes(data)
+        with self._lock:
+            new = name not in self.uploads
+            for key in self._plain_done.pop(name, []):
+                self.uploads.pop(key, None)
+            self.uploads[name] = stored
+            self._plain_done[name] = [name]
+        payload = json.dumps({"name": name, "size": len(stored), "sha256": hasher.hexdigest()})
+        return await self._answer(
+            writer,
+            req,
+            body,
+            201 if req.method == "PUT" and new else 200,
+            payload.encode(),
+            [("Content-Type", "application/json")],
+        )
+
+    async def _store_multipart(
+        self,
+        writer: asyncio.StreamWriter,
+        req: _Request,
+        body: _BodyStream,
+        name: str,
+        data: bytes,
+        boundary: str,
+        digest: str,
+    ) -> bool:
+        try:
+            parts = _parse_multipart(data, boundary)
+        except ValueError as exc:
+            raise _HttpError(400, f"bad multipart body: {exc}") from None
+        files: dict[str, bytes] = {}
+        fields: dict[str, str] = {}
+        listing: list[dict[str, object]] = []
+        for part in parts:
+            if part.field_name is None:
+                raise _HttpError(400, "multipart part without a name")
+            if part.filename is not None:
+                files[f"{name}/{part.field_name}"] = part.data
+                listing.append(
+                    {
+                        "field": part.field_name,
+                        "filename": part.filename,
+                        "content_type": part.content_type,
+                        "size": len(part.data),
+                        "sha256": await _sha256_hex(part.data),
+                    }
+                )
+            else:
+                charset = _content_type(part.content_type)[1].get("charset", "utf-8")
+                try:
+                    value = part.data.decode(charset, "replace")
+                except LookupError:
+                    value = part.data.decode("utf-8", "replace")
+                fields[part.field_name] = value
+                listing.append({"field": part.field_name, "size": len(part.data)})
+        with self._lock:
+            for key in self._plain_done.pop(name, []):
+                self.uploads.pop(key, None)
+            self.uploads.update(files)
+            self.upload_fields[name] = dict(fields)
+            self._plain_done[name] = list(files)
+        payload = {
+            "name": name,
+            "size": len(data),
+            "sha256": digest,
+            "parts": listing,
+            "fields": fields,
+        }
+        return await self._answer(
+            writer,
+            req,
+            body,
+            200,
+            json.dumps(payload).encode(),
+            [("Content-Type", "application/json")],
+        )
+
+    # tus
+
+    async def _serve_tus(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream
+    ) -> bool:
+        method = req.method
+        override = req.headers.get("x-http-method-override")
+        if method == "POST" and override:
+            method = override.strip().upper()
+        uid = req.path[len("/tus") :].strip("/")
+        if method == "OPTIONS":
+            caps = [
+                ("Tus-Resumable", TUS_VERSION),
+                ("Tus-Version", TUS_VERSION),
+                ("Tus-Extension", TUS_EXTENSIONS),
+                ("Tus-Checksum-Algorithm", ",".join(TUS_CHECKSUMS)),
+                ("Tus-Max-Size", str(TUS_MAX_SIZE)),
+            ]
+            return await self._answer(writer, req, body, 204, b"", caps)
+        if req.headers.get("tus-resumable", "").strip() != TUS_VERSION:
+            raise _Reject(
+                412, "missing or unsupported Tus-Resumable", [("Tus-Version", TUS_VERSION)]
+            )
+        if not uid:
+            if method != "POST":
+                raise _Reject(405, "method not allowed", [("Allow", "OPTIONS, POST")])
+            return await self._tus_create(writer, req, body)
+        with self._lock:
+            up = self.tus_uploads.get(uid)
+            lost_name = self._id_names.get(uid)
+        if up is None:
+            if lost_name is not None:
+                body.count_as = _names_of(lost_name, uid)
+            raise _HttpError(404, f"no tus upload {uid!r}")
+        body.count_as = _names(up)
+        if method == "HEAD":
+            if self._take_fault(up, "lose") is not None:
+                raise _HttpError(404, "upload lost")
+            hdrs = [
+                ("Tus-Resumable", TUS_VERSION),
+                ("Upload-Offset", str(up.offset)),
+                ("Upload-Length", str(up.length)),
+                ("Cache-Control", "no-store"),
+            ]
+            if up.raw_metadata:
+                hdrs.append(("Upload-Metadata", up.raw_metadata))
+            return await self._answer(writer, req, body, 200, b"", hdrs, head_only=True)
+        if method == "PATCH":
+            return await self._tus_patch(writer, req, body, up)
+        if method == "DELETE":
+            with self._lock:
+                self._drop_locked(up)
+            return await self._answer(writer, req, body, 204, b"", [("Tus-Resumable", TUS_VERSION)])
+        raise _Reject(405, "method not allowed", [("Allow", "OPTIONS, HEAD, PATCH, DELETE")])
+
+    async def _tus_create(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream
+    ) -> bool:
+        if "upload-defer-length" in req.headers:
+            raise _HttpError(400, "Upload-Defer-Length is not supported")
+        length = _int_header(req.headers, "Upload-Length", required=True)
+        assert length is not None
+        if length > TUS_MAX_SIZE:
+            raise _Reject(413, "Upload-Length too large", [("Tus-Max-Size", str(TUS_MAX_SIZE))])
+        raw_metadata = req.headers.get("upload-metadata")
+        metadata = _parse_tus_metadata(raw_metadata)
+        uid = uuid.uuid4().hex
+        filename = metadata.get("filename")
+        name = filename.decode("utf-8", "replace") if filename else uid
+        up = TusUpload(uid, name, length, metadata, raw_metadata)
+        with self._lock:
+            self.tus_uploads[uid] = up
+            self._tus_names[name] = uid
+            self._id_names[uid] = name
+        body.count_as = _names(up)
+        hdrs = [
+            ("Location", f"{self._base_for(req.host)}/tus/{uid}"),
+            ("Tus-Resumable", TUS_VERSION),
+        ]
+        return await self._answer(writer, req, body, 201, b"", hdrs)
+
+    async def _tus_patch(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream, up: TusUpload
+    ) -> bool:
+        if self._take_fault(up, "lose") is not None:
+            raise _HttpError(404, "upload lost")
+        injected = self._take_fault(up, "status")
+        if injected is not None:
+            return await self._injected_status(
+                writer, req, body, injected, [("Tus-Resumable", TUS_VERSION)]
+            )
+        if self._take_fault(up, "conflict") is not None:
+            raise _HttpError(409, "Upload-Offset conflict (injected)")
+        if _content_type(req.headers.get("content-type"))[0] != "application/offset+octet-stream":
+            raise _HttpError(415, "PATCH needs Content-Type: application/offset+octet-stream")
+        offset = _int_header(req.headers, "Upload-Offset", required=True)
+        if offset != up.offset:
+            raise _HttpError(409, f"Upload-Offset {offset} is not the current offset {up.offset}")
+        checksum = _tus_checksum(req.headers.get("upload-checksum"))
+        if body.length is not None and offset + body.length > up.length:
+            raise _HttpError(400, "body would go past Upload-Length")
+        hasher = None if checksum is None else hashlib.new(checksum[0])
+        cut = self._cut_at(up)
+        outcome = await self._append(
+            body,
+            up.data,
+            limit=up.length,
+            cut_at=None if cut is None else max(cut, offset),
+            on_piece=None if hasher is None else hasher.update,
+        )
+        if outcome == "cut":
+            self._disarm_cut(up)
+            return self._cut(writer)
+        if outcome == "overflow":
+            self._truncate(up.data, offset)
+            raise _HttpError(400, "body went past Upload-Length")
+        if checksum is not None and hasher is not None and hasher.digest() != checksum[1]:
+            self._truncate(up.data, offset)
+            raise _HttpError(460, "Upload-Checksum does not match the body")
+        hdrs = [("Tus-Resumable", TUS_VERSION), ("Upload-Offset", str(up.offset))]
+        return await self._answer(writer, req, body, 204, b"", hdrs)
+
+    async def _injected_status(
+        self,
+        writer: asyncio.StreamWriter,
+        req: _Request,
+        body: _BodyStream,
+        faults: _UploadFaults,
+        headers: list[tuple[str, str]],
+    ) -> bool:
+        status = faults.status_once
+        assert status is not None
+        hdrs = [*headers, ("Content-Type", "text/plain")]
+        if faults.retry_after is not None:
+            hdrs.append(("Retry-After", faults.retry_after))
+        page = b"" if status in (204, 304) else f"error page {status}".encode()
+        return await self._answer(writer, req, body, status, page, hdrs)
+
+    # IETF resumable upload (draft-ietf-httpbis-resumable-upload-05)
+
+    async def _serve_ietf(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream
+    ) -> bool:
+        rest = req.path[len("/ietf/") :]
+        if rest.startswith("u/"):
+            return await self._ietf_resource(writer, req, body, rest[2:])
+        if not rest:
+            raise _HttpError(404, "upload targets are /ietf/<name>")
+        body.count_as = (rest,)
+        if req.method != "POST":
+            raise _Reject(405, "method not allowed", [("Allow", "POST")])
+        complete = _sf_boolean(req.headers.get("upload-complete"), "Upload-Complete")
+        if complete is None:
+            return await self._serve_plain(writer, req, body, rest)
+        length = _int_header(req.headers, "Upload-Length", required=False)
+        if (
+            length is not None
+            and body.length is not None
+            and (body.length > length or (complete and body.length != length))
+        ):
+            raise _HttpError(400, "request body does not agree with Upload-Length")
+        up = IetfUpload(uuid.uuid4().hex, rest, length)
+        with self._lock:
+            self.ietf_uploads[up.id] = up
+            self._ietf_names[up.name] = up.id
+            self._id_names[up.id] = up.name
+        body.count_as = _names(up)
+        cut = self._cut_at(up)
+        outcome = await self._append(body, up.data, limit=length, cut_at=cut)
+        if outcome == "cut":
+            self._disarm_cut(up)
+            return self._cut(writer)
+        if outcome == "overflow" or (complete and length is not None and up.offset != length):
+            with self._lock:
+                self._drop_locked(up)
+            raise _HttpError(400, "request body does not agree with Upload-Length")
+        if complete:
+            return await self._ietf_finish(writer, req, body, up)
+        hdrs = [
+            ("Location", f"{self._base_for(req.host)}/ietf/u/{up.id}"),
+            ("Upload-Offset", str(up.offset)),
+        ]
+        return await self._answer(writer, req, body, 201, b"", hdrs)
+
+    async def _ietf_resource(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream, uid: str
+    ) -> bool:
+        with self._lock:
+            up = self.ietf_uploads.get(uid)
+            lost_name = self._id_names.get(uid)
+        if up is None:
+            if lost_name is not None:
+                body.count_as = _names_of(lost_name, uid)
+            raise _HttpError(404, f"no upload {uid!r}")
+        body.count_as = _names(up)
+        if req.method == "HEAD":
+            if self._take_fault(up, "lose") is not None:
+                raise _HttpError(404, "upload lost")
+            hdrs = [
+                ("Upload-Offset", str(up.offset)),
+                ("Upload-Complete", "?1" if up.complete else "?0"),
+            ]
+            if up.length is not None:
+                hdrs.append(("Upload-Length", str(up.length)))
+            hdrs.append(("Cache-Control", "no-store"))
+            return await self._answer(writer, req, body, 204, b"", hdrs, head_only=True)
+        if req.method == "PATCH":
+            return await self._ietf_patch(writer, req, body, up)
+        if req.method == "DELETE":
+            with self._lock:
+                self._drop_locked(up)
+            return await self._answer(writer, req, body, 204, b"", [])
+        raise _Reject(405, "method not allowed", [("Allow", "HEAD, PATCH, DELETE")])
+
+    async def _ietf_patch(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream, up: IetfUpload
+    ) -> bool:
+        if self._take_fault(up, "lose") is not None:
+            raise _HttpError(404, "upload lost")
+        injected = self._take_fault(up, "status")
+        if injected is not None:
+            return await self._injected_status(writer, req, body, injected, [])
+        if self._take_fault(up, "conflict") is not None:
+            raw = req.headers.get("upload-offset", "").strip()
+            provided = int(raw) if _DIGITS.match(raw) else None
+            return await self._ietf_conflict(writer, req, body, up, provided)
+        if _content_type(req.headers.get("content-type"))[0] != IETF_PARTIAL:
+            raise _HttpError(415, f"PATCH needs Content-Type: {IETF_PARTIAL}")
+        offset = _int_header(req.headers, "Upload-Offset", required=True)
+        assert offset is not None
+        complete = _sf_boolean(req.headers.get("upload-complete"), "Upload-Complete")
+        if complete is None:
+            raise _HttpError(400, "missing Upload-Complete")
+        if up.complete:
+            raise _HttpError(400, "upload is already complete")
+        if offset != up.offset:
+            return await self._ietf_conflict(writer, req, body, up, offset)
+        length = _int_header(req.headers, "Upload-Length", required=False)
+        if length is not None:
+            if up.length is not None and length != up.length:
+                raise _HttpError(400, "Upload-Length differs from the upload's length")
+            if length < offset:
+                raise _HttpError(400, "Upload-Length is less than the upload's offset")
+            with self._lock:
+                up.length = length
+        if up.length is not None and body.length is not None:
+            end = offset + body.length
+            if end > up.length or (complete and end != up.length):
+                raise _HttpError(400, "request body does not agree with Upload-Length")
+        cut = self._cut_at(up)
+        outcome = await self._append(
+            body, up.data, limit=up.length, cut_at=None if cut is None else max(cut, offset)
+        )
+        if outcome == "cut":
+            self._disarm_cut(up)
+            return self._cut(writer)
+        if outcome == "overflow" or (complete and up.length is not None and up.offset != up.length):
+            self._truncate(up.data, offset)
+            raise _HttpError(400, "request body does not agree with Upload-Length")
+        if complete:
+            return await self._ietf_finish(writer, req, body, up)
+        return await self._answer(writer, req, body, 204, b"", [("Upload-Offset", str(up.offset))])
+
+    async def _ietf_conflict(
+        self,
+        writer: asyncio.StreamWriter,
+        req: _Request,
+        body: _BodyStream,
+        up: IetfUpload,
+        provided: int | None,
+    ) -> bool:
+        problem = {
+            "type": IETF_MISMATCH,
+            "title": "offset from request does not match offset of resource",
+            "expected-offset": up.offset,
+            "provided-offset": provided,
+        }
+        hdrs = [("Content-Type", "application/problem+json")]
+        return await self._answer(writer, req, body, 409, json.dumps(problem).encode(), hdrs)
+
+    async def _ietf_finish(
+        self, writer: asyncio.StreamWriter, req: _Request, body: _BodyStream, up: IetfUpload
+    ) -> bool:
+        with self._lock:
+            up.complete = True
+            if up.length is None:
+                up.length = up.offset
+        hdrs = [
+            ("Content-Type", "application/json"),
+            ("Upload-Complete", "?1"),
+            ("Upload-Offset", str(up.offset)),
+        ]
+        payload = await _summary(up.name, up.data)
+        return await self._answer(writer, req, body, 200, payload, hdrs)
 
     # ------------------------------------------------------------------ resources
 
