@@ -32,7 +32,8 @@ def test_plain_put_streams_the_file_and_keeps_the_answer(
     path, data = source(tmp_path, 3 * MiB)
     name = f"plain-{key}"
     t = session.upload(path, server.url(f"/upload/{name}"), **FAST).wait(timeout=60)
-    assert t.state is TaskState.COMPLETED and t.error is None, t.error
+    assert t.state is TaskState.COMPLETED
+    assert t.error is None, t.error
     assert server.uploads[name] == data
     assert t.kind == "upload"
     assert t.bytes_sent == t.bytes_expected == len(data)
