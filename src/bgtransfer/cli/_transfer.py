@@ -578,12 +578,12 @@ def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
             "retry_unsafe": retry_unsafe,
         }
     )
-    for key, value in (
+    for key, seconds in (
         ("request_timeout", request_timeout),
         ("resource_timeout", resource_timeout),
     ):
-        if value is not None:
-            body[key] = value
+        if seconds is not None:
+            body[key] = seconds
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
