@@ -264,3 +264,28 @@ def test_get_in_a_terminal_draws_a_bar_and_ctrl_c_detaches(
     r = bgt(home, "wait", json.loads(bgt(home, "ls", "--json").stdout)[0]["id"])
     assert r.returncode == 0, r.stderr
     assert dest.read_bytes() == gen_bytes(8 << 20)
+
+
+@pytest.mark.parametrize(
+    ("disposition", "expected"),
+    [
+        ('attachment; filename="report.pdf"', "report.pdf"),
+        ('attachment; filename="../../etc/passwd"', "passwd"),
+        ('attachment; filename=".bashrc"', "bashrc"),
+        ("attachment; filename*=UTF-8''na%C3%AFve.txt", "naïve.txt"),
+        ("inline", "1000"),
+    ],
+)
+def test_remote_name_is_sanitised(
+    server: FaultServer, home: Path, tmp_path: Path, key: str, disposition: str, expected: str
+) -> None:
+    from urllib.parse import quote
+
+    url = server.url(f"/gen/1000?disposition={quote(disposition)}&key={key}")
+    r = bgt(home, "get", url, "--remote-name", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / expected).read_bytes() == gen_bytes(1000)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([expected, "home"])
+    # Without -J the server's name is never used.
+    r = bgt(home, "get", url, "-o", str(tmp_path / "explicit"))
+    assert (tmp_path / "explicit").exists()

@@ -85,11 +85,44 @@ def fancy() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
+def safe_name(raw: str) -> str:
+    """Basename only, no dot-file, no control characters, at most 200 characters."""
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    clean = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip().lstrip(".")
+    return clean[:200]
+
+
 def name_from_url(url: str) -> str:
-    """The file name a URL's path suggests, made safe: basename only, no dot-file, no controls."""
-    raw = unquote(urlsplit(url).path).replace("\\", "/").rsplit("/", 1)[-1]
-    clean = "".join(c for c in raw if unicodedata.category(c)[0] != "C").strip().lstrip(".")
-    return clean[:200] or "index.html"
+    """The file name a URL's path suggests, made safe."""
+    return safe_name(unquote(urlsplit(url).path)) or "index.html"
+
+
+def name_from_server(url: str, headers: tuple[str, ...]) -> str | None:
+    """The server's Content-Disposition filename (curl -J), sanitised; None if it gives none."""
+    import email.message
+
+    import aiohttp
+
+    async def head() -> str | None:
+        hdrs = [(h.partition(":")[0].strip(), h.partition(":")[2].strip()) for h in headers]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.head(
+                url, headers=hdrs, allow_redirects=True, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp,
+        ):
+            return resp.headers.get("Content-Disposition")
+
+    try:
+        value = asyncio.run(head())
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise CliError(f"cannot ask the server for a file name: {exc}", EXIT_FAILED) from None
+    if not value:
+        return None
+    msg = email.message.Message()
+    msg["content-disposition"] = value
+    name = msg.get_filename()
+    return safe_name(name) or None if name else None
 
 
 async def resolve(client: DaemonClient, prefix: str) -> dict[str, Any]:
@@ -170,6 +203,13 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
         ),
         click.option("--overwrite", is_flag=True, help="Replace an existing target."),
         click.option(
+            "-J",
+            "--remote-name",
+            is_flag=True,
+            help="Name the file from the server's Content-Disposition (sanitised: "
+            "basename only, no dot-files, no control characters).",
+        ),
+        click.option(
             "--session",
             default=DEFAULT_SESSION,
             show_default=True,
@@ -192,9 +232,10 @@ def _submit(
     resource_timeout: float | None,
     overwrite: bool,
     session: str,
+    remote_name: bool = False,
 ) -> tuple[str, dict[str, Any]]:
     home = home_of(ctx)
-    path = output or name_from_url(url)
+    path = output or (remote_name and name_from_server(url, headers)) or name_from_url(url)
     body = submit_body(
         url,
         path,
@@ -223,6 +264,7 @@ def get(
     request_timeout: float | None,
     resource_timeout: float | None,
     overwrite: bool,
+    remote_name: bool,
     session: str,
     as_json: bool,
 ) -> int:
@@ -238,7 +280,16 @@ def get(
       bgtransfer get http://host/f -H 'Authorization: Bearer x' --json
     """
     home, task = _submit(
-        ctx, url, output, headers, sha256, request_timeout, resource_timeout, overwrite, session
+        ctx,
+        url,
+        output,
+        headers,
+        sha256,
+        request_timeout,
+        resource_timeout,
+        overwrite,
+        session,
+        remote_name,
     )
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
@@ -333,6 +384,7 @@ def add(
     request_timeout: float | None,
     resource_timeout: float | None,
     overwrite: bool,
+    remote_name: bool,
     session: str,
     as_json: bool,
 ) -> int:
@@ -343,7 +395,16 @@ def add(
       id=$(bgtransfer add http://host/big.iso -o big.iso) && bgtransfer wait "$id"
     """
     _, task = _submit(
-        ctx, url, output, headers, sha256, request_timeout, resource_timeout, overwrite, session
+        ctx,
+        url,
+        output,
+        headers,
+        sha256,
+        request_timeout,
+        resource_timeout,
+        overwrite,
+        session,
+        remote_name,
     )
     click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
     return 0

@@ -96,6 +96,8 @@ Always-on knobs:
     gzip bytes (RFC 9110 section 14.1.2).
 ``huge_headers=N``
     Add N headers ``X-Filler-<i>: xxx...`` (100 x's).
+``disposition=VALUE``
+    Send ``Content-Disposition: VALUE`` verbatim (for file-naming tests).
 
 Malformed request heads get 400, heads over 64 KiB get 431; both then close.
 Invalid knob values get 400 with a text body naming the knob.
@@ -408,6 +410,7 @@ class _Knobs:
     chunked: bool = False
     gzip: bool = False
     huge_headers: int = 0
+    disposition: str | None = None
 
     @classmethod
     def parse(cls, q: Mapping[str, str]) -> _Knobs:
@@ -473,6 +476,7 @@ class _Knobs:
             chunked=flag("chunked"),
             gzip=flag("gzip"),
             huge_headers=integer("huge_headers") or 0,
+            disposition=q.get("disposition"),
         )
 
 
@@ -2171,6 +2175,8 @@ class FaultServer:
         failing = knobs.times is None or count <= knobs.times
         head_only = req.method == "HEAD"
         extra = [(f"X-Filler-{i}", "x" * 100) for i in range(knobs.huge_headers)]
+        if knobs.disposition is not None:
+            extra.append(("Content-Disposition", knobs.disposition))
 
         if failing and knobs.stall_headers:
             await asyncio.sleep(knobs.stall_headers)
