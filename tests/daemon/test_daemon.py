@@ -458,3 +458,16 @@ def test_long_home_gets_a_private_socket_dir(tmp_path: Path) -> None:
         assert Path(path).stat().st_mode & 0o777 == 0o600
     finally:
         kill_daemon(home)
+
+
+def test_limits_from_the_daemon_environment(home: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.update({"BGTRANSFER_MAX_ACTIVE": "32", "BGTRANSFER_MAX_PER_HOST": "nonsense"})
+    r = subprocess.run(
+        [sys.executable, "-m", "bgtransfer", "--home", str(home), "daemon", "start"],
+        capture_output=True, text=True, timeout=30, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    status = json.loads(run_cli(home, "daemon", "status", "--json").stdout)
+    assert status["limits"] == {"max_active": 32, "max_per_host": 6}
+    assert "ignoring BGTRANSFER_MAX_PER_HOST='nonsense'" in (home / "daemon.log").read_text()

@@ -82,6 +82,16 @@ def _http_status(exc: TransferError) -> int:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _env_int(name: str, default: int) -> int:
+    """A positive integer setting from the daemon's environment (bad values: the default)."""
+    raw = os.environ.get(name, "")
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    if raw:
+        log.warning("ignoring %s=%r: not a positive integer", name, raw)
+    return default
+
+
 def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
@@ -129,7 +139,14 @@ class Daemon:
         self.home = home
         self.socket = socket_path(home)
         self.store = SQLiteStore(os.path.join(home, STORE_NAME))
-        self.engine = Engine(self.store, home, background=True, on_finished=self._on_finished)
+        self.engine = Engine(
+            self.store,
+            home,
+            background=True,
+            on_finished=self._on_finished,
+            max_active=_env_int("BGTRANSFER_MAX_ACTIVE", 16),
+            max_per_host=_env_int("BGTRANSFER_MAX_PER_HOST", 6),
+        )
         self.stopping = asyncio.Event()
         self._hooks: set[asyncio.Task[None]] = set()
 
@@ -194,6 +211,10 @@ class Daemon:
                 "home": self.home,
                 "version": VERSION,
                 "tasks": counts,
+                "limits": {
+                    "max_active": self.engine.limiter.total,
+                    "max_per_host": self.engine.limiter.per_host,
+                },
             }
         )
 

@@ -490,8 +490,9 @@ class Engine(UploadDriver):
         if m.terminal:
             live.finished.set()
             self._live.pop(row.id, None)
-            with contextlib.suppress(Exception):
-                self.store.set_owner(row.id, None)
+            if not self.background:  # the daemon owns all background rows; nothing to clear
+                with contextlib.suppress(Exception):
+                    self.store.set_owner(row.id, None)
             if self.on_finished is not None:
                 self.on_finished(self.get(row.id))
         self._changed.set()
