@@ -79,7 +79,15 @@ def cli(ctx: click.Context, home: str | None) -> None:
 
 @cli.group()
 def daemon() -> None:
-    """Run and manage the per-home daemon that carries background transfers."""
+    """Run and manage the per-home daemon that carries background transfers.
+
+    \b
+    Examples:
+      bgtransfer daemon start
+      bgtransfer daemon status --json
+      bgtransfer daemon stop
+      bgtransfer daemon install && systemctl --user enable --now bgtransfer.service
+    """
 
 
 @daemon.command("run")

@@ -456,7 +456,13 @@ def print_table(tasks: list[dict[str, Any]]) -> None:
 @click.pass_context
 @_handled
 def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
-    """Everything about one transfer (id or unique prefix), with the history of its requests."""
+    """Everything about one transfer (id or unique prefix), with the history of its requests.
+
+    \b
+    Examples:
+      bgtransfer show 3f2a
+      bgtransfer show 3f2a --json | jq '.history[] | [.status, .outcome]'
+    """
 
     async def go(c: DaemonClient) -> dict[str, Any]:
         task = await resolve(c, task_id)
@@ -510,7 +516,7 @@ def _control(verb: str, past: str) -> Callable[..., int]:
         "suspend": "Suspend a transfer: the connection closes, the bytes are kept.",
         "resume": "Resume a suspended transfer from where it stopped (or afresh if it must).",
         "cancel": "Cancel a transfer and remove its partial file.",
-    }[verb]
+    }[verb] + f"\n\n    \b\n    Example:\n      bgtransfer {verb} 3f2a   # an id or a unique prefix"
     return command
 
 
@@ -525,7 +531,13 @@ for _verb, _past in (("suspend", "suspended"), ("resume", "resumed"), ("cancel",
 @click.pass_context
 @_handled
 def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool) -> int:
-    """Wait for a transfer: exit 0 if it succeeded, 1 if it failed, 2 on timeout."""
+    """Wait for a transfer: exit 0 if it succeeded, 1 if it failed, 2 on timeout.
+
+    \b
+    Examples:
+      bgtransfer wait 3f2a
+      bgtransfer wait 3f2a --timeout 600 || echo "not yet"
+    """
     if timeout is not None and timeout < 0:
         raise CliError(f"--timeout must not be negative: {timeout}", EXIT_INVALID)
 
@@ -546,7 +558,13 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool)
 @click.pass_context
 @_handled
 def watch(ctx: click.Context, task_id: str | None) -> int:
-    """Live view of one transfer until it completes, or of all until none is running."""
+    """Live view of one transfer until it completes, or of all until none is running.
+
+    \b
+    Examples:
+      bgtransfer watch 3f2a
+      bgtransfer watch
+    """
     home = home_of(ctx)
     if task_id is not None:
         task = _run(home, lambda c: resolve(c, task_id))
