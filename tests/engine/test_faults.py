@@ -677,3 +677,40 @@ def test_history_records_every_request_and_its_outcome(
     failed = get(session, server.url(f"/gen/{SIZE}?status=503&times=1&key={key}b"), tmp_path / "h2")
     assert [h["status"] for h in failed.history()] == [503, 200]
     assert "after 503" in failed.history()[0]["outcome"]
+
+
+def test_queue_lives_in_the_store_not_in_coroutines(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """Hundreds of queued tasks: only a bounded number are in memory at any time."""
+    n = 300
+    with bgtransfer.Session("queue", home=tmp_path / "h", background=False, max_active=4) as s:
+        engine = s._async._engine_or_raise()
+        tasks, peak = [], 0
+        for i in range(n):
+            url = server.url(f"/gen/20000?rate=200000&key={key}{i}")
+            tasks.append(s.download(url, tmp_path / f"f{i}", **FAST))
+            peak = max(peak, len(engine._live))
+        assert 0 < peak <= engine._runner_cap()
+        assert sum(1 for t in tasks if t.detail == "queued") > n // 2
+        for i, t in enumerate(tasks):
+            t.wait(timeout=60)
+            assert t.error is None, t.error
+            assert (tmp_path / f"f{i}").read_bytes() == gen_bytes(20000)
+        assert len(engine._live) == 0
+
+
+def test_closing_leaves_queued_tasks_resumable(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    home = tmp_path / "h"
+    with bgtransfer.Session("q2", home=home, background=False, max_active=1) as s:
+        ids = [
+            s.download(server.url(f"/gen/{SIZE}?rate=1000000&key={key}{i}"), tmp_path / f"g{i}").id
+            for i in range(80)
+        ]
+    with bgtransfer.Session("q2", home=home, background=False) as s2:
+        states = {t.id: t.state for t in s2.tasks()}
+        assert set(states) == set(ids)
+        assert set(states.values()) == {TaskState.SUSPENDED}
+        assert all("interrupted" in t.detail for t in s2.tasks())

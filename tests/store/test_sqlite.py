@@ -32,6 +32,7 @@ def test_version_1_store_is_migrated(tmp_path: Path) -> None:
     # Make it what version 1 created: no response column, no attempts table.
     con.execute("ALTER TABLE tasks DROP COLUMN response")
     con.execute("DROP TABLE attempts")
+    con.execute("DROP INDEX tasks_phase")
     con.execute("PRAGMA user_version=1")
     con.commit()
     con.close()

@@ -137,6 +137,8 @@ class Engine(UploadDriver):
                     self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
             self.store.set_owner(live.row.id, None)
         self._live.clear()
+        if not self.background:
+            self.store.interrupt_queued(self.owner.token, "interrupted: the session was closed")
         if self._http is not None:
             await self._http.close()
         self.owner.release()
@@ -144,10 +146,44 @@ class Engine(UploadDriver):
     # -- public operations -----------------------------------------------------------------
 
     def submit(self, row: TaskRow) -> None:
+        """Store a new task; it starts when the queue reaches it.
+
+        Queued work lives in the store, not in memory: only tasks that run (or wait to
+        retry) have a coroutine, so a queue of 100 000 costs rows, not megabytes.
+        """
         row.owner = self.owner.token
         self.store.insert(row)
-        live = self._make_live(row)
-        self._spawn(live)
+        self._pump()
+
+    def _runner_cap(self) -> int:
+        # Runners include tasks waiting for a per-host slot or backing off; allow some beyond
+        # max_active so one busy host does not hold up the others queued behind it.
+        return max(64, 4 * self.limiter.total)
+
+    def _pump(self) -> None:
+        """Start queued tasks from the store while there is room for runners."""
+        if self._closed:
+            return
+        running = sum(
+            1 for lv in self._live.values() if lv.runner is not None and not lv.runner.done()
+        )
+        free = self._runner_cap() - running
+        if free <= 0:
+            return
+        owner = None if self.background else self.owner.token
+        rows = self.store.next_queued(
+            background=self.background, owner=owner, limit=free + len(self._live)
+        )
+        for row in rows:
+            if free <= 0:
+                break
+            if row.id in self._live:
+                continue
+            live = self._make_live(row)
+            self._reconcile(live)
+            if live.machine.snap.phase is Phase.QUEUED:
+                self._spawn(live)
+                free -= 1
 
     def recover(self, session: str) -> None:
         """Mark tasks whose owner process died as interrupted (SUSPENDED), fix their files."""
@@ -170,22 +206,18 @@ class Engine(UploadDriver):
             self.store.set_owner(row.id, None)
 
     def recover_background(self) -> None:
-        """Daemon start: continue every unfinished background task from its checkpoint."""
-        for row in self.store.unfinished(background=True):
-            if row.id in self._live:
-                continue
+        """Daemon start: every unfinished background task goes back to the queue.
+
+        One UPDATE requeues them all (a restart with 100 000 tasks must not cost 100 000
+        commits); files are reconciled when each task is picked up. Suspended tasks stay
+        suspended; cancellations interrupted by the crash are finished now.
+        """
+        self.store.requeue_running(background=True)
+        for row in self.store.in_phase(Phase.CANCELING, background=True):
             live = self._make_live(row)
             self._live[row.id] = live
-            self._reconcile(live)
-            m = live.machine
-            if m.terminal:
-                continue
-            if m.snap.phase is Phase.CANCELING:
-                self._execute_sync(live, [M.RemovePartial()])
-            elif m.snap.phase is Phase.SUSPENDED:
-                self._live.pop(row.id, None)
-            else:
-                self._execute_sync(live, m.handle(M.Recovered(), now=self.clock()))
+            self._execute_sync(live, [M.RemovePartial()])
+        self._pump()
 
     def get(self, task_id: str) -> TaskRow:
         live = self._live.get(task_id)
@@ -341,6 +373,8 @@ class Engine(UploadDriver):
             self._execute_sync(live, m.handle(M.Failed(err), now=self.clock()))
         finally:
             self._close_transfer(live)
+            if _phase(m) is not Phase.QUEUED and not self._closed:
+                asyncio.get_running_loop().call_soon(self._pump)
 
     async def _attempt(self, live: _Live) -> None:
         m = live.machine
@@ -400,7 +434,9 @@ class Engine(UploadDriver):
                     live.retry_delay = delay
                 case M.Enqueue():
                     if live.runner is None or live.runner.done():
-                        self._spawn(live)
+                        # Back to the store's queue; the pump starts it in its turn.
+                        self._live.pop(live.row.id, None)
+                        self._pump()
                 case _:
                     raise InvalidTransition(f"{action!r} cannot run synchronously")
 

@@ -28,7 +28,7 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history.
@@ -93,6 +93,7 @@ CREATE TABLE events (
 );
 CREATE INDEX events_session ON events(session, cursor);
 CREATE INDEX tasks_session ON tasks(session, created_at);
+CREATE INDEX tasks_phase ON tasks(phase, created_at);
 CREATE TABLE attempts (
     task_id TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -119,6 +120,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX tasks_live_path ON tasks(path) "
         "WHERE phase != 'done' AND partial != ''",
     ],
+    # The queue is read from the store: find queued tasks without a scan.
+    4: ["CREATE INDEX IF NOT EXISTS tasks_phase ON tasks(phase, created_at)"],
 }
 
 _COLUMNS = (
@@ -355,6 +358,58 @@ class SQLiteStore:
             (int(background),),
         )
         return [self._row(r) for r in cur.fetchall()]
+
+    def next_queued(self, *, background: bool, owner: str | None, limit: int) -> list[TaskRow]:
+        """The oldest queued tasks (of ``owner``, for a foreground engine)."""
+        if owner is None:
+            cur = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE phase='queued' AND background=? "
+                "ORDER BY created_at, id LIMIT ?",
+                (int(background), limit),
+            )
+        else:
+            cur = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks WHERE phase='queued' AND background=? "
+                "AND owner=? ORDER BY created_at, id LIMIT ?",
+                (int(background), owner, limit),
+            )
+        return [self._row(r) for r in cur.fetchall()]
+
+    def in_phase(self, phase: Phase, *, background: bool) -> list[TaskRow]:
+        cur = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE phase=? AND background=? ORDER BY created_at",
+            (phase.value, int(background)),
+        )
+        return [self._row(r) for r in cur.fetchall()]
+
+    def requeue_running(self, *, background: bool) -> int:
+        """After a restart: every task that was running goes back to the queue, at once."""
+        running = [
+            p.value
+            for p in (
+                Phase.CONNECTING,
+                Phase.TRANSFERRING,
+                Phase.WAITING_RETRY,
+                Phase.VERIFYING,
+                Phase.FINISHING,
+            )
+        ]
+        with self._tx():
+            cur = self._db.execute(
+                f"UPDATE tasks SET phase='queued', detail='queued (recovered after a restart)' "
+                f"WHERE background=? AND phase IN ({', '.join('?' * len(running))})",
+                (int(background), *running),
+            )
+        return int(cur.rowcount)
+
+    def interrupt_queued(self, owner: str, detail: str) -> None:
+        """A foreground session closes: its tasks still in the queue become suspended."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE tasks SET phase='suspended', detail=?, owner=NULL "
+                "WHERE phase='queued' AND owner=?",
+                (detail, owner),
+            )
 
     def counts(self) -> dict[str, int]:
         cur = self._db.execute("SELECT phase, COUNT(*) FROM tasks GROUP BY phase")
