@@ -147,6 +147,7 @@ class _Backend(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
     async def submit(self, row: TaskRow) -> TaskRow: ...
+    async def submit_many(self, rows: builtins.list[TaskRow]) -> builtins.list[TaskRow]: ...
     async def get(self, task_id: str) -> TaskRow: ...
     def peek(self, row: TaskRow) -> TaskRow: ...
     async def list(self, session: str) -> list[TaskRow]: ...
@@ -188,6 +189,10 @@ class _Local:
     async def submit(self, row: TaskRow) -> TaskRow:
         self._engine().submit(row)
         return row
+
+    async def submit_many(self, rows: builtins.list[TaskRow]) -> builtins.list[TaskRow]:
+        self._engine().submit_many(rows)
+        return rows
 
     async def get(self, task_id: str) -> TaskRow:
         return self._engine().get(task_id)
@@ -241,28 +246,20 @@ class _Remote:
     async def close(self) -> None:
         await self.client.close()
 
+    async def submit_many(self, rows: builtins.list[TaskRow]) -> builtins.list[TaskRow]:
+        out: builtins.list[TaskRow] = []
+        for start in range(0, len(rows), 1000):  # stays well under the 1 MiB body cap
+            items = [_download_body(r) for r in rows[start : start + 1000]]
+            data = await self.client.call("POST", "/v1/tasks", body={"tasks": items})
+            out.extend(row_from_wire(d) for d in data["tasks"])
+        return out
+
     async def submit(self, row: TaskRow) -> TaskRow:
         if row.spec.kind == "upload":
             return row_from_wire(
                 await self.client.call("POST", "/v1/tasks", body=_upload_body(row))
             )
-        body: dict[str, Any] = {
-            "session": row.session,
-            "url": row.spec.url,
-            "path": row.path,
-            "idempotency_key": row.idempotency_key,
-            "headers": [list(h) for h in row.spec.headers],
-            "request_timeout": row.spec.request_timeout,
-            "resource_timeout": row.spec.resource_timeout,
-            "sha256": row.spec.sha256,
-            "overwrite": row.overwrite,
-            "low_speed_limit": row.spec.low_speed_limit,
-            "low_speed_time": row.spec.low_speed_time,
-            "max_attempts": row.spec.max_attempts,
-            "retry_wait": row.spec.retry_wait,
-            "max_retry_wait": row.spec.max_retry_wait,
-            "on_complete": None if row.on_complete is None else list(row.on_complete),
-        }
+        body = _download_body(row)
         return row_from_wire(await self.client.call("POST", "/v1/tasks", body=body))
 
     async def get(self, task_id: str) -> TaskRow:
@@ -306,6 +303,26 @@ class _Remote:
                 error=None if err is None else error_from_dict(err),
                 cursor=d.get("cursor"),
             )
+
+
+def _download_body(row: TaskRow) -> dict[str, Any]:
+    return {
+        "session": row.session,
+        "url": row.spec.url,
+        "path": row.path,
+        "idempotency_key": row.idempotency_key,
+        "headers": [list(h) for h in row.spec.headers],
+        "request_timeout": row.spec.request_timeout,
+        "resource_timeout": row.spec.resource_timeout,
+        "sha256": row.spec.sha256,
+        "overwrite": row.overwrite,
+        "low_speed_limit": row.spec.low_speed_limit,
+        "low_speed_time": row.spec.low_speed_time,
+        "max_attempts": row.spec.max_attempts,
+        "retry_wait": row.spec.retry_wait,
+        "max_retry_wait": row.spec.max_retry_wait,
+        "on_complete": None if row.on_complete is None else list(row.on_complete),
+    }
 
 
 def _upload_body(row: TaskRow) -> dict[str, Any]:
@@ -497,6 +514,35 @@ class AsyncSession:
         )
         row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
+
+    async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
+        """Submit many downloads at once: each item has ``url``, ``path`` and any option of
+        :meth:`download`. All are validated first (InvalidRequest names the first bad one,
+        and then none is created); they are stored in one transaction."""
+        rows = []
+        for n, item in enumerate(items):
+            opts = dict(item)
+            try:
+                url, path = opts.pop("url"), opts.pop("path")
+            except KeyError as exc:
+                raise InvalidRequest(f"item {n} has no {exc.args[0]!r}") from None
+            try:
+                rows.append(
+                    build_row(
+                        self.identifier,
+                        url,
+                        path,
+                        background=self.background,
+                        idempotency_key=uuid.uuid4().hex,
+                        **opts,
+                    )
+                )
+            except TypeError as exc:
+                raise InvalidRequest(f"item {n}: {exc}") from None
+        if not rows:
+            return []
+        done = await self._backend_or_raise().submit_many(rows)
+        return [AsyncTask(self, r) for r in done]
 
     async def upload(
         self,
@@ -717,6 +763,10 @@ class Session:
             )
         )
         return Task(self, inner)
+
+    def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[Task]:
+        """Submit many downloads at once (see :meth:`AsyncSession.download_many`)."""
+        return [Task(self, t) for t in self._call(self._async.download_many(items))]
 
     def upload(
         self,

@@ -471,3 +471,28 @@ def test_limits_from_the_daemon_environment(home: Path) -> None:
     status = json.loads(run_cli(home, "daemon", "status", "--json").stdout)
     assert status["limits"] == {"max_active": 32, "max_per_host": 6}
     assert "ignoring BGTRANSFER_MAX_PER_HOST='nonsense'" in (home / "daemon.log").read_text()
+
+
+def test_batch_submit_pagination_and_prefix_lookup(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    items = [
+        {"url": server.url(f"/gen/100?key={key}{i}"), "path": tmp_path / f"b{i}"}
+        for i in range(1500)
+    ]
+    with bgtransfer.Session("batch", home=home) as s:
+        with pytest.raises(bgtransfer.InvalidRequest, match="item 1 has no 'path'"):
+            s.download_many([items[0], {"url": items[1]["url"]}])
+        assert s.tasks() == []  # nothing created when one item is bad
+        tasks = s.download_many(items)
+        assert len(tasks) == 1500
+        assert len({t.id for t in tasks}) == 1500
+        for t in tasks[:20] + tasks[-20:]:
+            t.wait(timeout=60)
+            assert t.error is None
+    page = json.loads(run_cli(home, "ls", "--json", "--limit", "10", "--offset", "5").stdout)
+    assert [t["id"] for t in page] == [t.id for t in tasks[5:15]]
+    shown = json.loads(run_cli(home, "show", tasks[700].id[:10], "--json").stdout)
+    assert shown["id"] == tasks[700].id
+    r = run_cli(home, "show", "xyz")
+    assert r.returncode == 4

@@ -4,10 +4,11 @@ Control protocol (all under ``/v1``, JSON bodies, errors as ``{"error": {code, m
 
 =======  ===============================  ==================================================
 GET      /v1/status                       running, pid, socket, home, version, task counts
-POST     /v1/tasks                        submit a download (body: session, url, path,
+POST     /v1/tasks                        submit a download or upload (body: session, url, path,
                                           options…, idempotency_key); 201, or 200 with the
                                           existing task when the key was seen before
-GET      /v1/tasks?session=S              list tasks (all sessions without ``session``)
+GET      /v1/tasks?session=S              list tasks (all sessions without ``session``);
+                                          ``limit``/``offset`` page, ``prefix`` finds ids
 GET      /v1/tasks/{id}                   one task
 POST     /v1/tasks/{id}/suspend|resume|cancel|ack
 GET      /v1/tasks/{id}/wait?timeout=S    long poll until COMPLETED or S seconds
@@ -218,10 +219,10 @@ class Daemon:
             }
         )
 
-    async def submit(self, request: web.Request) -> web.Response:
-        body = await request.json()
+    def _build(self, body: object) -> TaskRow | str:
+        """A validated new row for one submit item, or the id of its earlier twin (same key)."""
         if not isinstance(body, dict):
-            raise InvalidRequest("the request body must be a JSON object")
+            raise InvalidRequest("a task must be a JSON object")
         upload = body.get("kind", "download") == "upload"
         allowed = UPLOAD_OPTIONS if upload else DOWNLOAD_OPTIONS
         unknown = set(body) - {"kind", "session", "url", "path", "idempotency_key", *allowed}
@@ -235,28 +236,57 @@ class Daemon:
                 raise InvalidRequest(f"idempotency_key must be a short string: {key!r}")
             existing = self.store.find_key(key)
             if existing is not None:
-                return web.json_response(row_to_wire(self.engine.get(existing.id)))
+                return existing.id
         options = {k: body[k] for k in allowed if k in body}
         for pairs in ("headers", "form_fields"):
             if isinstance(options.get(pairs), list):
                 options[pairs] = [tuple(h) for h in options[pairs]]
         if upload:
-            row = build_upload_row(
+            return build_upload_row(
                 session, body.get("path"), body.get("url"), background=True,
                 idempotency_key=key, **options,
             )  # fmt: skip
-        else:
-            row = build_row(
-                session, body.get("url"), body.get("path"), background=True,
-                idempotency_key=key, **options,
-            )  # fmt: skip
-        self.engine.submit(row)
-        return web.json_response(row_to_wire(self.engine.get(row.id)), status=201)
+        return build_row(
+            session, body.get("url"), body.get("path"), background=True,
+            idempotency_key=key, **options,
+        )  # fmt: skip
+
+    async def submit(self, request: web.Request) -> web.Response:
+        """One task (an object), or many at once (``{"tasks": [...]}``, one transaction)."""
+        body = await request.json()
+        if isinstance(body, dict) and set(body) == {"tasks"}:
+            items = body["tasks"]
+            if not isinstance(items, list) or not 1 <= len(items) <= 10_000:
+                raise InvalidRequest("tasks must be a list of 1 to 10000 task objects")
+            built = [self._build(item) for item in items]  # all validated before any insert
+            new = [b for b in built if isinstance(b, TaskRow)]
+            if new:
+                self.engine.submit_many(new)
+            ids = [b if isinstance(b, str) else b.id for b in built]
+            return web.json_response(
+                {"tasks": [row_to_wire(self.engine.get(i)) for i in ids]}, status=201
+            )
+        built_one = self._build(body)
+        if isinstance(built_one, str):
+            return web.json_response(row_to_wire(self.engine.get(built_one)))
+        self.engine.submit(built_one)
+        return web.json_response(row_to_wire(self.engine.get(built_one.id)), status=201)
 
     async def list_tasks(self, request: web.Request) -> web.Response:
-        session = request.query.get("session")
-        rows = [self.engine.get(r.id) for r in self.store.list(session)]
-        return web.json_response([row_to_wire(r) for r in rows])
+        """All tasks, a page (``limit``, ``offset``), or the ids starting with ``prefix``."""
+        q = request.query
+        session = q.get("session")
+        prefix = q.get("prefix")
+        if prefix is not None:
+            rows = [
+                r for r in self.store.find_prefix(prefix.lower()) if session in (None, r.session)
+            ]
+        else:
+            limit, offset = int(q.get("limit", "-1")), int(q.get("offset", "0"))
+            if limit < -1 or offset < 0:
+                raise InvalidRequest("limit and offset must not be negative")
+            rows = self.store.list(session, limit=limit, offset=offset)
+        return web.json_response([row_to_wire(self.engine.get(r.id)) for r in rows])
 
     async def get_task(self, request: web.Request) -> web.Response:
         return web.json_response(row_to_wire(self.engine.get(request.match_info["id"])))

@@ -155,6 +155,13 @@ class Engine(UploadDriver):
         self.store.insert(row)
         self._pump()
 
+    def submit_many(self, rows: list[TaskRow]) -> None:
+        """Store several new tasks in one transaction, then start what there is room for."""
+        for row in rows:
+            row.owner = self.owner.token
+        self.store.insert_many(rows)
+        self._pump()
+
     def _runner_cap(self) -> int:
         # Runners include tasks waiting for a per-host slot or backing off; allow some beyond
         # max_active so one busy host does not hold up the others queued behind it.

@@ -11,7 +11,7 @@ import base64
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
@@ -204,6 +204,10 @@ class SQLiteStore:
         self._db.execute("COMMIT")
 
     def insert(self, row: TaskRow) -> None:
+        with self._tx():
+            self._insert_in_tx(row)
+
+    def _insert_in_tx(self, row: TaskRow) -> None:
         s = row.snap
         values = (
             row.id,
@@ -236,11 +240,10 @@ class SQLiteStore:
             _response_json(s),
         )
         try:
-            with self._tx():
-                self._db.execute(
-                    f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
-                    values,
-                )
+            self._db.execute(
+                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                values,
+            )
         except sqlite3.IntegrityError as exc:
             if "idempotency_key" in str(exc):
                 raise
@@ -466,15 +469,28 @@ class SQLiteStore:
         r = cur.fetchone()
         return None if r is None else self._row(r)
 
-    def list(self, session: str | None = None) -> list[TaskRow]:
+    def list(
+        self, session: str | None = None, *, limit: int = -1, offset: int = 0
+    ) -> list[TaskRow]:
+        """Tasks in creation order, a page at a time (``limit=-1``: all)."""
         if session is None:
-            cur = self._db.execute(f"SELECT {_COLUMNS} FROM tasks ORDER BY created_at, id")
+            cur = self._db.execute(
+                f"SELECT {_COLUMNS} FROM tasks ORDER BY created_at, id LIMIT ? OFFSET ?",
+                (limit, offset),
+            )
         else:
             cur = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE session=? ORDER BY created_at, id",
-                (session,),
+                f"SELECT {_COLUMNS} FROM tasks WHERE session=? ORDER BY created_at, id "
+                "LIMIT ? OFFSET ?",
+                (session, limit, offset),
             )
         return [self._row(r) for r in cur.fetchall()]
+
+    def insert_many(self, rows: Sequence[TaskRow]) -> None:
+        """Several new tasks in one transaction (one fsync instead of one per task)."""
+        with self._tx():
+            for row in rows:
+                self._insert_in_tx(row)
 
     def integrity_ok(self) -> bool:
         (result,) = self._db.execute("PRAGMA integrity_check").fetchone()

@@ -127,9 +127,10 @@ def name_from_server(url: str, headers: tuple[str, ...]) -> str | None:
 
 async def resolve(client: DaemonClient, prefix: str) -> dict[str, Any]:
     """A task by its id or a unique prefix of it, like git."""
-    tasks = await client.call("GET", "/v1/tasks")
-    matches = [t for t in tasks if t["id"].startswith(prefix.lower())]
-    if not prefix or not matches:
+    if not prefix or not all(c in "0123456789abcdefABCDEF" for c in prefix):
+        raise CliError(f"no task with id {prefix!r}", EXIT_NOT_FOUND)
+    matches = await client.call("GET", "/v1/tasks", params={"prefix": prefix.lower()})
+    if not matches:
         raise CliError(f"no task with id {prefix!r}", EXIT_NOT_FOUND)
     if len(matches) > 1:
         ids = ", ".join(t["id"][:12] for t in matches[:5])
@@ -412,18 +413,25 @@ def add(
 
 @cli.command("ls")
 @click.option("--session", default=None, help="Only this session's tasks.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N tasks.")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout.")
 @click.pass_context
 @_handled
-def ls(ctx: click.Context, session: str | None, as_json: bool) -> int:
+def ls(
+    ctx: click.Context, session: str | None, limit: int | None, offset: int, as_json: bool
+) -> int:
     """List transfers: id prefix, state, progress, name, detail.
 
     \b
     Examples:
       bgtransfer ls
+      bgtransfer ls --limit 50 --offset 100
       bgtransfer ls --json | jq '.[] | select(.state == "running") | .id'
     """
-    params = {"session": session} if session else None
+    params = {"offset": str(offset), "limit": str(limit or -1)}
+    if session:
+        params["session"] = session
     tasks = _run(home_of(ctx), lambda c: c.call("GET", "/v1/tasks", params=params))
     if as_json:
         click.echo(json.dumps([public(t) for t in tasks], sort_keys=True))
