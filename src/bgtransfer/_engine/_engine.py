@@ -66,6 +66,7 @@ class _Live:
     last_phase: Phase | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: dict[str, Any] | None = None  # the request in flight, for the history
+    attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
     checksums: set[str] = field(default_factory=set)  # tus: algorithms the server offers
     checksum_failures: int = 0
 
@@ -509,10 +510,9 @@ class Engine(UploadDriver):
             outcome = detail
         attempt["ended_at"] = time.time()
         attempt["outcome"] = outcome
-        # Every commit follows the data it could be read as covering (the ordering audit's R1).
-        live.part.sync()
-        with contextlib.suppress(Exception):
-            self.store.add_attempt(live.row.id, attempt)
+        # Written with the task's next snapshot, in the same transaction: every path that
+        # ends an attempt persists soon after (retry, finish, suspend, fail).
+        live.attempts_done.append(attempt)
 
     def _persist(self, live: _Live) -> None:
         m, row = live.machine, live.row
@@ -523,12 +523,14 @@ class Engine(UploadDriver):
         hook = "pending" if m.terminal and row.on_complete and row.hook_state is None else None
         if hook is not None:
             row.hook_state = hook
+        attempts, live.attempts_done = live.attempts_done, []
         cursor = self.store.save(
             row.id,
             m.snapshot(now),
             wall_time=time.time(),
             event=(row.session, m.state.value) if kind == "state" else None,
             hook_state=hook,
+            attempts=attempts,
         )
         if m.terminal:
             live.finished.set()
@@ -681,7 +683,8 @@ class Engine(UploadDriver):
             digest = live.hasher.hexdigest()
         m, row = live.machine, live.row
         m.committed = m.snap.offset
-        self.store.save(row.id, m.snapshot(self.clock()), wall_time=time.time())
+        attempts, live.attempts_done = live.attempts_done, []
+        self.store.save(row.id, m.snapshot(self.clock()), wall_time=time.time(), attempts=attempts)
         try:
             place(
                 row.partial,

@@ -85,6 +85,7 @@ class PartialFile:
         self.path = path
         self.fd = -1
         self.dirty = False
+        self.new_entry = False
 
     def open(self, start: int) -> None:
         """Open for writing at ``start``, dropping anything after it (never-committed bytes)."""
@@ -113,8 +114,9 @@ class PartialFile:
             os.close(fd)
             raise
         self.fd = fd
-        if created:
-            fsync_dir(os.path.dirname(self.path))
+        # The new name becomes durable with the first checkpoint (sync()) or with the final
+        # placement's directory fsync: a small file then costs one directory fsync, not two.
+        self.new_entry = self.new_entry or created
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -132,6 +134,9 @@ class PartialFile:
         if self.fd >= 0 and self.dirty:
             os.fdatasync(self.fd)
             self.dirty = False
+            if self.new_entry:
+                fsync_dir(os.path.dirname(self.path))
+                self.new_entry = False
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from bgtransfer._exceptions import TransferError
 from bgtransfer._protocol._machine import Snapshot, Spec
@@ -57,6 +58,7 @@ class Store(Protocol):
         wall_time: float,
         event: tuple[str, str] | None = None,
         hook_state: str | None = None,
+        attempts: Sequence[dict[str, Any]] = (),
     ) -> int | None:
         """Persist a snapshot durably (the caller fsynced the data it covers)."""
 

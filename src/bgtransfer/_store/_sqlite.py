@@ -259,8 +259,10 @@ class SQLiteStore:
         wall_time: float,
         event: tuple[str, str] | None = None,
         hook_state: str | None = None,
+        attempts: Sequence[dict[str, Any]] = (),
     ) -> int | None:
-        """Persist a snapshot; with ``event=(session, state)`` also log a state event.
+        """Persist a snapshot; with ``event=(session, state)`` also log a state event, and
+        add the finished ``attempts`` to the history.
 
         Both go in one transaction, so the log never disagrees with the task row.
         Returns the new event's cursor.
@@ -268,6 +270,8 @@ class SQLiteStore:
         finished = wall_time if snap.phase is Phase.DONE else None
         cursor: int | None = None
         with self._tx():
+            for attempt in attempts:
+                self._add_attempt_in_tx(task_id, attempt)
             if hook_state is not None:
                 self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (hook_state, task_id))
             if event is not None:
@@ -420,24 +424,27 @@ class SQLiteStore:
 
     def add_attempt(self, task_id: str, attempt: dict[str, Any]) -> None:
         with self._tx():
-            (n,) = self._db.execute(
-                "SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE task_id=?", (task_id,)
-            ).fetchone()
-            self._db.execute(
-                "INSERT INTO attempts (task_id, n, started_at, ended_at, url, range_start, "
-                "status, bytes, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    task_id,
-                    n,
-                    attempt["started_at"],
-                    attempt["ended_at"],
-                    attempt["url"],
-                    attempt["range_start"],
-                    attempt["status"],
-                    attempt["bytes"],
-                    attempt["outcome"],
-                ),
-            )
+            self._add_attempt_in_tx(task_id, attempt)
+
+    def _add_attempt_in_tx(self, task_id: str, attempt: dict[str, Any]) -> None:
+        (n,) = self._db.execute(
+            "SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE task_id=?", (task_id,)
+        ).fetchone()
+        self._db.execute(
+            "INSERT INTO attempts (task_id, n, started_at, ended_at, url, range_start, "
+            "status, bytes, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task_id,
+                n,
+                attempt["started_at"],
+                attempt["ended_at"],
+                attempt["url"],
+                attempt["range_start"],
+                attempt["status"],
+                attempt["bytes"],
+                attempt["outcome"],
+            ),
+        )
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         cur = self._db.execute(
