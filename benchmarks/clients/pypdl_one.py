@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from pypdl import Pypdl  # type: ignore[import-untyped]
+from pypdl import Pypdl
 
 
 def main() -> int:
