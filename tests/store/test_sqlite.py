@@ -33,6 +33,7 @@ def test_version_1_store_is_migrated(tmp_path: Path) -> None:
     con.execute("ALTER TABLE tasks DROP COLUMN response")
     con.execute("DROP TABLE attempts")
     con.execute("DROP INDEX tasks_phase")
+    con.execute("DROP INDEX tasks_created")
     con.execute("PRAGMA user_version=1")
     con.commit()
     con.close()

@@ -28,7 +28,7 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history.
@@ -94,6 +94,7 @@ CREATE TABLE events (
 CREATE INDEX events_session ON events(session, cursor);
 CREATE INDEX tasks_session ON tasks(session, created_at);
 CREATE INDEX tasks_phase ON tasks(phase, created_at);
+CREATE INDEX tasks_created ON tasks(created_at, id);
 CREATE TABLE attempts (
     task_id TEXT NOT NULL,
     n INTEGER NOT NULL,
@@ -122,6 +123,8 @@ _MIGRATIONS: dict[int, list[str]] = {
     ],
     # The queue is read from the store: find queued tasks without a scan.
     4: ["CREATE INDEX IF NOT EXISTS tasks_phase ON tasks(phase, created_at)"],
+    # `ls` pages through every session in creation order.
+    5: ["CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at, id)"],
 }
 
 _COLUMNS = (
