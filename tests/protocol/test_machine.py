@@ -155,18 +155,21 @@ def test_clean_download() -> None:
     assert m.committed == 0
 
     # Checkpoints only every CHECKPOINT_BYTES or every second.
-    assert m.handle(DataWritten(MIB), now=0.2) == []
-    assert m.handle(DataWritten(MIB), now=0.3) == []
-    assert m.handle(DataWritten(MIB), now=0.4) == []
+    step = CHECKPOINT_BYTES // 4
+    assert m.handle(DataWritten(step), now=0.2) == []
+    assert m.handle(DataWritten(step), now=0.3) == []
+    assert m.handle(DataWritten(step), now=0.4) == []
     assert m.committed == 0
     assert m.snapshot(0.4).offset == 0  # the store only ever sees committed bytes
-    assert m.handle(DataWritten(MIB), now=0.5) == [Persist()]  # 4 MiB since the last one
-    assert m.committed == 4 * MIB
-    assert m.handle(DataWritten(MIB), now=0.6) == []
+    assert m.handle(DataWritten(step), now=0.5) == [Persist()]  # CHECKPOINT_BYTES since the last
+    assert m.committed == CHECKPOINT_BYTES
+    assert m.handle(DataWritten(step), now=0.6) == []
     assert m.handle(DataWritten(1), now=1.49) == []
-    assert m.handle(DataWritten(MIB - 1), now=1.5) == [Persist()]  # 1 s since the last one
-    assert m.committed == 6 * MIB
+    assert m.handle(DataWritten(step - 1), now=1.5) == [Persist()]  # 1 s since the last one
+    assert m.committed == CHECKPOINT_BYTES + 2 * step
     assert m.handle(DataWritten(0), now=1.6) == []
+    rest = SIZE - m.snap.offset - 4 * MIB
+    m.handle(DataWritten(rest), now=1.65)
     for i in range(4):
         m.handle(DataWritten(MIB), now=1.7 + i * 0.01)
     assert m.snap.offset == SIZE

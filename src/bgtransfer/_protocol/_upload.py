@@ -30,6 +30,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import (
+    CHECKPOINT_BYTES,
     Action,
     Event,
     Persist,
@@ -148,7 +149,7 @@ class UploadMachine(TransferMachine):
         # The server's word is the truth, even when it is less than we thought.
         self.snap.offset = offset
         self._set(Phase.TRANSFERRING, "uploading", now)
-        if abs(offset - self.committed) >= (4 << 20) or now - self._last_checkpoint >= 1.0:
+        if abs(offset - self.committed) >= CHECKPOINT_BYTES or now - self._last_checkpoint >= 1.0:
             self.committed = offset
             self._last_checkpoint = now
             return [Persist()]
