@@ -171,3 +171,52 @@ def test_resource_timeout_survives_a_process_restart(
     # About 2.5 s were used before the kill, so well under the full 4 s remain.
     assert took < 3.0, took
     assert not dest.exists()
+
+
+DISK_FULL_CHILD = """
+import resource, signal, sys, bgtransfer
+home, url, dest = sys.argv[1:4]
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
+with bgtransfer.Session("full", home=home, background=False) as s:
+    t = s.download(url, dest, retry_wait=0.05)
+    import time
+    deadline = time.monotonic() + 30
+    while t.state is bgtransfer.TaskState.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    print(t.state.value, "|", t.detail, "|", t.bytes_received, flush=True)
+"""
+
+
+def test_a_full_disk_suspends_the_task_and_keeps_its_bytes(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """Row 15: EFBIG/ENOSPC is a task state (suspended, with the reason), not a retry loop."""
+    size = 16 << 20
+    origin = gen_bytes(size, seed=9)
+    url = server.url(f"/gen/{size}?seed=9&key={key}")
+    home, dest = tmp_path / "home", tmp_path / "full.bin"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run(
+        [sys.executable, "-c", DISK_FULL_CHILD, str(home), url, str(dest)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    state, detail, got = (x.strip() for x in r.stdout.split("|"))
+    assert state == "suspended"
+    assert "File too large" in detail or "No space" in detail, detail
+    assert not dest.exists()
+    assert (
+        len([q for q in server.requests("/gen/") if q.query.get("key") == key]) == 1
+    )  # no retry storm
+    committed = check_invariants(home, dest, origin)
+    assert 0 < committed <= 4 << 20
+    assert int(got) == committed  # every byte written before the error was kept
+    with bgtransfer.Session("full", home=home, background=False) as s:
+        (task,) = s.tasks()
+        task.resume()  # space is back (no limit here): it continues from its checkpoint
+        task.wait(timeout=60)
+        assert task.error is None
+    assert dest.read_bytes() == origin
+    last = [q for q in server.requests("/gen/") if q.query.get("key") == key][-1]
+    assert last.range == f"bytes={committed}-"
