@@ -71,6 +71,35 @@ def _argv(value: object) -> tuple[str, ...] | None:
     return tuple(value)
 
 
+def _lifecycle(
+    *,
+    background: bool,
+    request_timeout: object,
+    resource_timeout: object,
+    max_attempts: object,
+    retry_wait: object,
+    max_retry_wait: object,
+    on_complete: object,
+) -> tuple[dict[str, Any], tuple[str, ...] | None]:
+    """The options downloads and uploads share: Spec keyword arguments, and the hook argv."""
+    rt = check_timeout("request_timeout", request_timeout)
+    rst = check_timeout("resource_timeout", resource_timeout)
+    _positive_int("max_attempts", max_attempts, allow_none=True)
+    rw = check_timeout("retry_wait", retry_wait)
+    mrw = check_timeout("max_retry_wait", max_retry_wait)
+    hook = _argv(on_complete)
+    if hook is not None and not background:
+        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
+    spec = {
+        "request_timeout": rt,
+        "resource_timeout": rst,
+        "max_attempts": max_attempts,
+        "retry_wait": rw,
+        "max_retry_wait": max(mrw, rw),
+    }
+    return spec, hook
+
+
 def build_row(
     session: str,
     url: object,
@@ -94,34 +123,30 @@ def build_row(
     check_url(url)
     assert isinstance(url, str)
     hdrs = check_headers(headers)
-    rt = check_timeout("request_timeout", request_timeout)
-    rst = check_timeout("resource_timeout", resource_timeout)
+    common, hook = _lifecycle(
+        background=background,
+        request_timeout=request_timeout,
+        resource_timeout=resource_timeout,
+        max_attempts=max_attempts,
+        retry_wait=retry_wait,
+        max_retry_wait=max_retry_wait,
+        on_complete=on_complete,
+    )
     digest = check_sha256(sha256)
     _positive_int("low_speed_limit", low_speed_limit, zero=True)
     lst = check_timeout("low_speed_time", low_speed_time)
-    _positive_int("max_attempts", max_attempts, allow_none=True)
-    rw = check_timeout("retry_wait", retry_wait)
-    mrw = check_timeout("max_retry_wait", max_retry_wait)
     if not isinstance(overwrite, bool):
         raise InvalidRequest(f"overwrite must be True or False, not {overwrite!r}")
-    hook = _argv(on_complete)
-    if hook is not None and not background:
-        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
     target = check_target(path, overwrite=overwrite)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
-    assert max_attempts is None or isinstance(max_attempts, int)
     spec = Spec(
         url=url,
         headers=tuple(hdrs),
-        request_timeout=rt,
-        resource_timeout=rst,
         sha256=digest,
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
-        max_attempts=max_attempts,
-        retry_wait=rw,
-        max_retry_wait=max(mrw, rw),
+        **common,
     )
     now = time.time()
     return TaskRow(
@@ -310,14 +335,15 @@ def build_upload_row(
         raise InvalidRequest(f"retry_unsafe must be True or False, not {retry_unsafe!r}")
     _positive_int("chunk_size", chunk_size)
     assert isinstance(chunk_size, int)
-    rt = check_timeout("request_timeout", request_timeout)
-    rst = check_timeout("resource_timeout", resource_timeout)
-    _positive_int("max_attempts", max_attempts, allow_none=True)
-    rw = check_timeout("retry_wait", retry_wait)
-    mrw = check_timeout("max_retry_wait", max_retry_wait)
-    hook = _argv(on_complete)
-    if hook is not None and not background:
-        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
+    common, hook = _lifecycle(
+        background=background,
+        request_timeout=request_timeout,
+        resource_timeout=resource_timeout,
+        max_attempts=max_attempts,
+        retry_wait=retry_wait,
+        max_retry_wait=max_retry_wait,
+        on_complete=on_complete,
+    )
     if not isinstance(path, str | os.PathLike):
         raise InvalidRequest(f"source path must be a string or path, not {path!r}")
     source = os.path.abspath(os.fspath(path))
@@ -331,15 +357,10 @@ def build_upload_row(
         raise InvalidRequest(f"the source is not a regular file: {source!r}")
     if not os.access(source, os.R_OK):
         raise InvalidRequest(f"the source file is not readable: {source!r}")
-    assert max_attempts is None or isinstance(max_attempts, int)
     spec = Spec(
         url=url,
         headers=tuple(hdrs),
-        request_timeout=rt,
-        resource_timeout=rst,
-        max_attempts=max_attempts,
-        retry_wait=rw,
-        max_retry_wait=max(mrw, rw),
+        **common,
         kind="upload",
         method=verb,
         protocol=protocol,

@@ -47,7 +47,8 @@ CREATE TABLE attempts (
 )
 """
 
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE tasks (
     id TEXT PRIMARY KEY,
     session TEXT NOT NULL,
@@ -95,21 +96,11 @@ CREATE INDEX events_session ON events(session, cursor);
 CREATE INDEX tasks_session ON tasks(session, created_at);
 CREATE INDEX tasks_phase ON tasks(phase, created_at);
 CREATE INDEX tasks_created ON tasks(created_at, id);
-CREATE TABLE attempts (
-    task_id TEXT NOT NULL,
-    n INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
-    url TEXT NOT NULL,
-    range_start INTEGER,
-    status INTEGER,
-    bytes INTEGER NOT NULL,
-    outcome TEXT NOT NULL,
-    PRIMARY KEY (task_id, n)
-);
 -- One live task per destination: two tasks writing one file is how files get corrupted.
 CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done' AND partial != '';
 """
+    + _ATTEMPTS
+)
 
 # Steps from each older version to the next; a fresh store gets _SCHEMA directly.
 _MIGRATIONS: dict[int, list[str]] = {
