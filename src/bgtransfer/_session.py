@@ -322,6 +322,7 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "retry_wait": row.spec.retry_wait,
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
+        "segments": row.spec.segments,
     }
 
 
@@ -489,8 +490,12 @@ class AsyncSession:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        segments: int = 1,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
+
+        ``segments=N`` (1-16) downloads over up to N connections at once when the server
+        allows ranges of one fixed version (aria2c -s N); otherwise one connection is used.
 
         Bad input raises InvalidRequest here, before any task exists.
         """
@@ -510,6 +515,7 @@ class AsyncSession:
             retry_wait=retry_wait,
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
+            segments=segments,
             idempotency_key=uuid.uuid4().hex,
         )
         row = await self._backend_or_raise().submit(row)
@@ -744,6 +750,7 @@ class Session:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        segments: int = 1,
     ) -> Task:
         inner = self._call(
             self._async.download(
@@ -760,6 +767,7 @@ class Session:
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
+                segments=segments,
             )
         )
         return Task(self, inner)

@@ -14,6 +14,7 @@ from bgtransfer._engine._files import check_target, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._validate import (
     check_headers,
     check_sha256,
@@ -46,6 +47,7 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
+    "segments": 1,
 }
 
 
@@ -117,6 +119,7 @@ def build_row(
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
+    segments: object = 1,
     idempotency_key: str | None = None,
 ) -> TaskRow:
     """Validate everything the caller gave; InvalidRequest names the first bad value."""
@@ -137,6 +140,10 @@ def build_row(
     lst = check_timeout("low_speed_time", low_speed_time)
     if not isinstance(overwrite, bool):
         raise InvalidRequest(f"overwrite must be True or False, not {overwrite!r}")
+    if type(segments) is not int or not 1 <= segments <= MAX_SEGMENTS:
+        raise InvalidRequest(
+            f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {segments!r}"
+        )
     target = check_target(path, overwrite=overwrite)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
@@ -146,6 +153,7 @@ def build_row(
         sha256=digest,
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
+        segments=segments,
         **common,
     )
     now = time.time()
@@ -185,6 +193,7 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "error_code": None if err is None else err.code,
         "restarts": r.snap.restarts,
         "attempts": r.snap.attempts,
+        "segments": r.spec.segments,
         "background": r.background,
         "acknowledged": r.acknowledged,
         "created_at": r.created_at,
@@ -222,6 +231,7 @@ def row_to_wire(r: TaskRow) -> dict[str, Any]:
         if s.response_body is None
         else base64.b64encode(s.response_body).decode(),
         "upload_url": s.upload_url,
+        "segments": [list(seg) for seg in s.segments],
     }
     return out
 
@@ -250,6 +260,7 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         if i.get("response_body") is None
         else base64.b64decode(i["response_body"]),
         upload_url=i.get("upload_url"),
+        segments=tuple((int(a), int(b), int(c)) for a, b, c in i.get("segments", ())),
     )
     return TaskRow(
         id=d["id"],

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from bgtransfer._engine._files import PartialFile, hash_prefix, place, remove_partial, size_of
 from bgtransfer._engine._limiter import Limiter
 from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._engine._segments import reconcile_segments, run_segmented
 from bgtransfer._engine._upload import UploadDriver
 from bgtransfer._exceptions import (
     Cancelled,
@@ -327,6 +328,8 @@ class Engine(UploadDriver):
         if m.snap.phase is Phase.CANCELING:
             return
         size = size_of(row.partial)
+        if m.snap.segments and reconcile_segments(m, size):
+            log.warning("task %s: partial file does not fit its segments, restarting", row.id)
         if size is None:
             target_size = size_of(row.path)
             total = m.snap.total
@@ -411,6 +414,8 @@ class Engine(UploadDriver):
             match action:
                 case M.SendRequest():
                     event = await self._request(live, action)
+                case M.WriteBody() if m.spec.segments > 1:
+                    event = await run_segmented(self, live, action)
                 case M.WriteBody():
                     event = await self._stream(live, action)
                 case M.Finalize():
@@ -570,7 +575,7 @@ class Engine(UploadDriver):
         live.attempt = {
             "started_at": time.time(),
             "url": action.url,
-            "range_start": int(range_value[6:-1]) if range_value else None,
+            "range_start": int(range_value[6:].split("-")[0]) if range_value else None,
             "status": None,
             "bytes": 0,
         }

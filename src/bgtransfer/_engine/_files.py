@@ -89,6 +89,35 @@ class PartialFile:
 
     def open(self, start: int) -> None:
         """Open for writing at ``start``, dropping anything after it (never-committed bytes)."""
+        fd = self._open_fd()
+        try:
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+
+    def open_sized(self, total: int, *, fresh: bool) -> None:
+        """Open for positional writes (segments) with the file exactly ``total`` bytes long.
+
+        ``fresh`` drops every old byte first (a new version must not show through the
+        holes); otherwise the bytes before each segment's committed position are kept and
+        anything after it is simply written over.
+        """
+        fd = self._open_fd()
+        try:
+            if fresh:
+                os.ftruncate(fd, 0)
+            if os.fstat(fd).st_size != total:
+                os.ftruncate(fd, total)
+        except OSError:
+            os.close(fd)
+            raise
+        self.fd = fd
+        self.dirty = True  # the new length must be synced with the first checkpoint
+
+    def _open_fd(self) -> int:
         flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o600)
@@ -107,16 +136,10 @@ class PartialFile:
         if not stat.S_ISREG(st.st_mode) or (not created and st.st_nlink != 1):
             os.close(fd)
             raise DestinationError(f"partial file {self.path} is not a private regular file")
-        try:
-            os.ftruncate(fd, start)
-            os.lseek(fd, start, os.SEEK_SET)
-        except OSError:
-            os.close(fd)
-            raise
-        self.fd = fd
         # The new name becomes durable with the first checkpoint (sync()) or with the final
         # placement's directory fsync: a small file then costs one directory fsync, not two.
         self.new_entry = self.new_entry or created
+        return fd
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -128,6 +151,20 @@ class PartialFile:
                     raise DestinationError(f"cannot write {self.path}: {exc.strerror}") from exc
                 raise DestinationError(f"cannot write {self.path}: {exc}") from exc
             view = view[n:]
+        self.dirty = True
+
+    def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        """Write all of ``data`` at ``offset`` (segments share one descriptor)."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.pwrite(self.fd, view, offset)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise DestinationError(f"cannot write {self.path}: {exc.strerror}") from exc
+                raise DestinationError(f"cannot write {self.path}: {exc}") from exc
+            view = view[n:]
+            offset += n
         self.dirty = True
 
     def sync(self) -> None:

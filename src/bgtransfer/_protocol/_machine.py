@@ -20,6 +20,13 @@ QUEUED --Start--> CONNECTING --Response--> TRANSFERRING --BodyEnded--> VERIFYING
 CONNECTING/TRANSFERRING --TransportFailed or retryable status--> WAITING_RETRY --RetryDue--> QUEUED
 any running phase --SuspendRequested--> SUSPENDED --ResumeRequested--> QUEUED
 any non-terminal phase --CancelRequested--> CANCELING --CancelCleaned--> DONE (error Cancelled)
+
+Segmented downloads (``Spec.segments > 1``, rules in :mod:`._segments`) stay in TRANSFERRING:
+the driver reports ``SegmentsPlanned`` or ``SegmentsDeclined`` after the first response, then
+``SegmentWritten`` per chunk of any connection (same checkpoints as ``DataWritten``), and
+``BodyEnded`` once every segment is complete, or ``RestartRequired`` when a segment's answer
+shows that the resource changed. ``offset`` is then the sum of the segments' progress, and a
+resume asks for the first unfinished segment's bytes; the driver resumes the others.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from bgtransfer._protocol._redirects import (
     resolve_redirect,
 )
 from bgtransfer._protocol._retry import RETRYABLE_STATUS, Backoff
+from bgtransfer._protocol._segments import Segment, first_unfinished, segment_range
 
 __all__ = [
     "Action",
@@ -72,9 +80,14 @@ __all__ = [
     "Recovered",
     "RemovePartial",
     "Response",
+    "RestartRequired",
     "ResumeRequested",
     "RetryDue",
     "ScheduleRetry",
+    "SegmentSplit",
+    "SegmentWritten",
+    "SegmentsDeclined",
+    "SegmentsPlanned",
     "SendRequest",
     "Snapshot",
     "Spec",
@@ -119,6 +132,7 @@ class Spec:
     form_fields: tuple[tuple[str, str], ...] = ()
     retry_unsafe: bool = False
     chunk_size: int = 8 << 20
+    segments: int = 1  # connections for one download (aria2c -s); 1 is the plain path
 
 
 @dataclass(slots=True)
@@ -143,6 +157,8 @@ class Snapshot:
     response_headers: tuple[tuple[str, str], ...] = ()
     response_body: bytes | None = None  # uploads: the server's answer, size-capped
     upload_url: str | None = None  # tus / IETF: where the upload lives on the server
+    # Segmented downloads: (start, pos, end) per segment, committed with ``offset``.
+    segments: tuple[Segment, ...] = ()
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -229,6 +245,42 @@ class Interrupted:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SegmentsPlanned:
+    """The first response allows ranges: download these segments in parallel."""
+
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentsDeclined:
+    """A segmented download stays on one connection, and why."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentWritten:
+    """``nbytes`` more bytes of segment ``index`` are in the partial file."""
+
+    index: int
+    nbytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentSplit:
+    """A free connection took over part of a busy segment (the tiling is unchanged)."""
+
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartRequired:
+    """A segment's answer proved the resource changed (or the server lies): start again."""
+
+    reason: str
+
+
 Event = (
     Start
     | Response
@@ -245,6 +297,11 @@ Event = (
     | Failed
     | Interrupted
     | Recovered
+    | SegmentsPlanned
+    | SegmentsDeclined
+    | SegmentWritten
+    | SegmentSplit
+    | RestartRequired
 )
 
 # -- actions --------------------------------------------------------------------------------
@@ -427,6 +484,25 @@ class TransferMachine:
                 return self._response(event, now)
             case DataWritten(nbytes=n):
                 return self._data(n, now)
+            case SegmentWritten():
+                return self._segment_data(event, now)
+            case SegmentsPlanned(segments=segs):
+                self._expect(Phase.TRANSFERRING, event)
+                self.snap.segments = segs
+                self._set(Phase.TRANSFERRING, f"downloading ({len(segs)} segments)", now)
+                return [Persist()]
+            case SegmentsDeclined(reason=why):
+                self._expect(Phase.TRANSFERRING, event)
+                self._set(Phase.TRANSFERRING, f"downloading (one connection: {why})", now)
+                return []
+            case SegmentSplit(segments=segs):
+                self._expect(Phase.TRANSFERRING, event)
+                self.snap.segments = segs
+                return []
+            case RestartRequired(reason=why):
+                self._expect(Phase.TRANSFERRING, event)
+                self.in_flight = False
+                return self._restart(now, why)
             case BodyEnded():
                 return self._body_ended(now)
             case TransportFailed(error=err):
@@ -507,11 +583,41 @@ class TransferMachine:
         ]
         out.append(("Accept-Encoding", "identity"))
         if self.snap.offset > 0:
-            out.append(("Range", range_header(self.snap.offset)))
+            i = first_unfinished(self.snap.segments)
+            if i is not None:
+                out.append(("Range", segment_range(self.snap.segments[i])))
+            else:
+                out.append(("Range", range_header(self.resume_at)))
             validator = choose_validator(self.snap.etag, self.snap.last_modified)
             if validator is not None:
                 out.append(("If-Range", validator))
         return tuple(out)
+
+    @property
+    def resume_at(self) -> int:
+        """The first byte the next request asks for: the offset, or with segments the
+        position of the first unfinished one (the whole length when all are complete)."""
+        if not self.snap.segments:
+            return self.snap.offset
+        i = first_unfinished(self.snap.segments)
+        if i is None:
+            return self.snap.segments[-1][2] if self.snap.total is None else self.snap.total
+        return self.snap.segments[i][1]
+
+    def segment_request(self, index: int) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """URL and headers that ask for what segment ``index`` still needs (If-Range set)."""
+        url = self.url
+        out = [(k, v) for k, v in self._request_headers(url) if k not in ("Range", "If-Range")]
+        out.append(("Range", segment_range(self.snap.segments[index])))
+        validator = choose_validator(self.snap.etag, self.snap.last_modified)
+        if validator is not None:
+            out.append(("If-Range", validator))
+        return url, tuple(out)
+
+    @property
+    def url(self) -> str:
+        """The URL of the latest request (after redirects)."""
+        return self._url or self.spec.url
 
     def _send(self, url: str, now: float) -> list[Action]:
         self._url = url
@@ -526,7 +632,7 @@ class TransferMachine:
             return self._fail(self._resource_timeout_error(None), now)
         self.snap.attempts += 1
         self._hops = 0
-        where = f"resuming from byte {self.snap.offset}" if self.snap.offset else "connecting"
+        where = f"resuming from byte {self.resume_at}" if self.snap.offset else "connecting"
         self._set(Phase.CONNECTING, where, now)
         return self._send(self.spec.url, now)
 
@@ -534,7 +640,7 @@ class TransferMachine:
         self._expect(Phase.CONNECTING, event)
         status, headers = event.status, event.headers
         self.snap.status_code = status
-        decision = classify_response(status, headers, self.snap.offset, self.snap.total)
+        decision = classify_response(status, headers, self.resume_at, self.snap.total)
         if decision is _Decision.REDIRECT:
             target, why = resolve_redirect(self._url, headers.get("location"))
             if target is None:
@@ -579,6 +685,7 @@ class TransferMachine:
             self.snap.etag = headers.get("etag")
             self.snap.last_modified = headers.get("last-modified")
             self.snap.offset = 0
+            self.snap.segments = ()
             self.committed = 0
             self._last_checkpoint = now
             self._set(Phase.TRANSFERRING, "downloading", now)
@@ -588,8 +695,9 @@ class TransferMachine:
         if self.snap.total is None and cr is not None:
             self.snap.total = cr.total
         self._last_checkpoint = now
-        self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {self.snap.offset})", now)
-        return [WriteBody(self.snap.offset, truncate=False)]
+        at = self.resume_at
+        self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {at})", now)
+        return [WriteBody(at, truncate=False)]
 
     def _count_restart(self, now: float) -> list[Action] | None:
         self.snap.restarts += 1
@@ -606,6 +714,7 @@ class TransferMachine:
         if over is not None:
             return over
         self.snap.offset = 0
+        self.snap.segments = ()
         self.committed = 0
         self.snap.total = None
         self.snap.etag = None
@@ -626,6 +735,21 @@ class TransferMachine:
             self._last_checkpoint = now
             return [Persist()]
         return []
+
+    def _segment_data(self, event: SegmentWritten, now: float) -> list[Action]:
+        self._expect(Phase.TRANSFERRING, event)
+        segs = self.snap.segments
+        if not 0 <= event.index < len(segs):
+            raise InvalidTransition(f"no segment {event.index} (there are {len(segs)})")
+        start, pos, end = segs[event.index]
+        if pos + event.nbytes > end:
+            raise InvalidTransition(f"segment {event.index} would grow past its end {end}")
+        self.snap.segments = (
+            *segs[: event.index],
+            (start, pos + event.nbytes, end),
+            *segs[event.index + 1 :],
+        )
+        return self._data(event.nbytes, now)
 
     def _body_ended(self, now: float) -> list[Action]:
         self._expect(Phase.TRANSFERRING, BodyEnded())
@@ -715,6 +839,7 @@ class TransferMachine:
             raise InvalidTransition("cannot cancel a task that is completed")
         self.in_flight = False
         self.snap.offset = 0
+        self.snap.segments = ()
         self.committed = 0
         self._set(Phase.CANCELING, "canceling", now)
         return [StopTransfer(), Persist(), RemovePartial()]

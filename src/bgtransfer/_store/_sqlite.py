@@ -28,7 +28,7 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history.
@@ -116,6 +116,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     4: ["CREATE INDEX IF NOT EXISTS tasks_phase ON tasks(phase, created_at)"],
     # `ls` pages through every session in creation order.
     5: ["CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at, id)"],
+    # Segmented downloads keep per-segment offsets in the `response` JSON ("segments"); no
+    # DDL, but an older bgtransfer must not read "offset" as a contiguous prefix.
+    6: [],
 }
 
 _COLUMNS = (
@@ -138,6 +141,7 @@ def _response_json(snap: Snapshot) -> str:
             "headers": [list(h) for h in snap.response_headers],
             "body": None if body is None else base64.b64encode(body).decode(),
             "upload_url": snap.upload_url,
+            "segments": [list(seg) for seg in snap.segments],
         }
     )
 
@@ -550,6 +554,7 @@ class SQLiteStore:
             response_headers=tuple((str(k), str(v)) for k, v in resp["headers"]),
             response_body=None if resp.get("body") is None else base64.b64decode(resp["body"]),
             upload_url=resp.get("upload_url"),
+            segments=tuple((int(a), int(b), int(c)) for a, b, c in resp.get("segments", ())),
         )
         return TaskRow(
             id=id_,

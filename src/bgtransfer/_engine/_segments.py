@@ -1,0 +1,379 @@
+"""Segmented downloads: several connections write one partial file at their own offsets.
+
+The engine calls :func:`run_segmented` for a ``WriteBody`` of a task with ``segments > 1``.
+The decisions stay in the machine and in :mod:`bgtransfer._protocol._segments`; this module
+only moves bytes:
+
+* After the first response it asks :func:`plan_segments` whether to split. If not, the task
+  goes on as a plain download (``SegmentsDeclined`` records why).
+* Connection 0 keeps reading the first response up to the end of its segment; each other
+  segment gets a ``Range: bytes=pos-(end-1)`` request with ``If-Range``. Every chunk is
+  ``pwrite``-n at its offset and reported as ``SegmentWritten`` with no await in between, so
+  the machine's segments always match the file. The machine's checkpoints (``Persist``)
+  fdatasync the file before the per-segment offsets are committed.
+* A connection that fails is retried on its own (backoff, ``SEGMENT_RETRIES`` times) from
+  its segment's position; only after that does the whole task go to the machine's retry.
+  An answer showing the resource changed ends every connection with ``RestartRequired``.
+* A connection that finishes takes over half of the largest remaining segment (aria2).
+* Suspend, cancel and the resource timeout cancel the driver's task; every connection is
+  cancelled and closed before it returns, so nothing writes after a checkpoint.
+
+One task holds one limiter slot, however many connections it opens: ``max_per_host``
+counts tasks, not sockets (documented in the README).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from multidict import CIMultiDict
+
+from bgtransfer._exceptions import (
+    ConnectError,
+    DestinationError,
+    HTTPStatusError,
+    NetworkError,
+    ReadError,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import Phase
+from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._retry import Backoff
+from bgtransfer._protocol._segments import (
+    Segment,
+    SegmentAnswer,
+    check_segment_response,
+    first_unfinished,
+    plan_segments,
+    split_largest,
+)
+
+if TYPE_CHECKING:
+    from bgtransfer._engine._engine import Engine, _Live
+
+__all__ = ["SEGMENT_RETRIES", "reconcile_segments", "run_segmented"]
+
+log = logging.getLogger("bgtransfer")
+
+READ_SIZE = 1 << 20
+# Quick retries of one connection before the whole task backs off through the machine.
+SEGMENT_RETRIES = 3
+
+
+class _Retry:
+    """A failure one connection may retry on its own."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: TransferError) -> None:
+        self.error = error
+
+
+def _lower(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        key = k.lower()
+        out[key] = f"{out[key]}, {v}" if key in out else v
+    return out
+
+
+async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.Event:
+    """Carry out ``WriteBody`` for a task that asked for segments."""
+    m, resp = live.machine, live.resp
+    assert resp is not None
+    fresh = not m.snap.segments
+    plan: tuple[Segment, ...] = ()
+    why = "resumed"
+    if fresh:
+        plan, why = plan_segments(m.spec.segments, resp.status, _lower(resp), m.snap.total)
+        if not plan or action.start != 0:
+            log.info("task %s: one connection: %s", live.row.id, why)
+            engine._apply_now(live, M.SegmentsDeclined(why))
+            return await engine._stream(live, action)
+    total = m.snap.total
+    first = first_unfinished(m.snap.segments) if not fresh else 0
+    if not fresh and (total is None or first is None or m.snap.segments[first][1] != action.start):
+        return M.RestartRequired("the stored segments do not match the response")
+    live.part.close()
+    try:
+        live.part.open_sized(total if total is not None else 0, fresh=fresh)
+    except (DestinationError, OSError) as exc:
+        msg = exc.message if isinstance(exc, DestinationError) else str(exc)
+        return M.Failed(DestinationError(msg))
+    if fresh:
+        engine._apply_now(live, M.SegmentsPlanned(plan))
+        log.info("task %s: %s", live.row.id, why)
+    live.hasher = None  # the streaming hash needs order: place() hashes the file instead
+    live.resp = None  # connection 0 owns it now
+    return await _Driver(engine, live).run(first or 0, resp)
+
+
+class _Driver:
+    def __init__(self, engine: Engine, live: _Live) -> None:
+        self.engine = engine
+        self.live = live
+        self.m = live.machine
+        self.busy: set[int] = set()
+        self.tasks: dict[asyncio.Task[M.Event | None], int] = {}
+
+    def _launch(self, index: int, resp: aiohttp.ClientResponse | None) -> None:
+        self.busy.add(index)
+        task = asyncio.get_running_loop().create_task(
+            self._worker(index, resp), name=f"bgtransfer-{self.live.row.id[:8]}-s{index}"
+        )
+        self.tasks[task] = index
+
+    def _refill(self) -> None:
+        m, width = self.m, self.m.spec.segments
+        while len(self.tasks) < width:
+            nxt = next(
+                (
+                    i
+                    for i, (_, pos, end) in enumerate(m.snap.segments)
+                    if pos < end and i not in self.busy
+                ),
+                None,
+            )
+            if nxt is None:
+                split = split_largest(m.snap.segments, self.busy)
+                if split is None:
+                    return
+                segments, nxt = split
+                self.engine._apply_now(self.live, M.SegmentSplit(segments))
+            self._launch(nxt, None)
+
+    async def run(self, first: int, resp: aiohttp.ClientResponse) -> M.Event:
+        self._launch(first, resp)
+        self._refill()
+        watchdog: asyncio.Task[M.Event] | None = None
+        if self.m.spec.low_speed_limit > 0:
+            watchdog = asyncio.get_running_loop().create_task(self._watchdog())
+        try:
+            while self.tasks:
+                waiting: set[asyncio.Task[Any]] = set(self.tasks)
+                if watchdog is not None:
+                    waiting.add(watchdog)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is watchdog:
+                        return watchdog.result()
+                    self.busy.discard(self.tasks.pop(task))
+                    event: M.Event | None = task.result()
+                    if event is not None:
+                        return event
+                self._refill()
+            return M.BodyEnded()
+        finally:
+            pending: list[asyncio.Task[Any]] = list(self.tasks)
+            if watchdog is not None:
+                pending.append(watchdog)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            self.tasks.clear()
+            self.busy.clear()
+
+    async def _watchdog(self) -> M.Event:
+        """curl's --speed-limit over all connections of the task."""
+        m = self.m
+        limit, window = m.spec.low_speed_limit, m.spec.low_speed_time
+        clock = self.engine.clock
+        samples: deque[tuple[float, int]] = deque([(clock(), m.snap.offset)])
+        while True:
+            await asyncio.sleep(min(0.5, window / 4))
+            now = clock()
+            samples.append((now, m.snap.offset))
+            while len(samples) > 2 and now - samples[1][0] >= window:
+                samples.popleft()
+            t0, b0 = samples[0]
+            if now - t0 >= window and (m.snap.offset - b0) / (now - t0) < limit:
+                return M.TransportFailed(
+                    TransferTimeout(f"slower than {limit} B/s for {window:g} s")
+                )
+
+    async def _worker(self, index: int, resp: aiohttp.ClientResponse | None) -> M.Event | None:
+        m, live = self.m, self.live
+        failures = 0
+        attempt = live.attempt if resp is not None else None
+        try:
+            while True:
+                _, pos, end = m.snap.segments[index]
+                if pos >= end or m.snap.phase is not Phase.TRANSFERRING:
+                    return None
+                if resp is None:
+                    attempt = self._new_attempt(index)
+                    got = await self._request(index, attempt)
+                    if isinstance(got, aiohttp.ClientResponse):
+                        resp = got
+                        outcome: M.Event | _Retry | None = await self._read(index, resp, attempt)
+                    else:
+                        outcome = got
+                else:
+                    outcome = await self._read(index, resp, attempt)
+                resp = None
+                if outcome is None:
+                    self._end(attempt, live.attempt, f"segment {index} complete")
+                    return None
+                if not isinstance(outcome, _Retry):
+                    self._end(attempt, live.attempt, f"segment {index}: {_describe(outcome)}")
+                    return outcome
+                self._end(attempt, live.attempt, f"segment {index}: {outcome.error.message}")
+                if attempt is not None and attempt["bytes"] > 0:
+                    failures = 0
+                failures += 1
+                if failures > SEGMENT_RETRIES:
+                    err = outcome.error
+                    err.message = f"{err.message} (segment {index}, {failures} tries in a row)"
+                    err.args = (err.message,)
+                    return M.TransportFailed(err)
+                spec = m.spec
+                delay = Backoff(spec.retry_wait, spec.max_retry_wait).delay(failures, m.rng())
+                log.info("task %s: segment %d retry in %.2f s", live.row.id, index, delay)
+                await asyncio.sleep(delay)
+        finally:
+            if resp is not None:
+                resp.close()
+
+    def _new_attempt(self, index: int) -> dict[str, Any]:
+        return {
+            "started_at": time.time(),
+            "url": self.m.url,
+            "range_start": self.m.snap.segments[index][1],
+            "status": None,
+            "bytes": 0,
+        }
+
+    def _end(
+        self, attempt: dict[str, Any] | None, first: dict[str, Any] | None, outcome: str
+    ) -> None:
+        # The first request's record belongs to the engine, which closes it with the task's
+        # next event; the others go into the history with the next snapshot.
+        if attempt is None or attempt is first:
+            return
+        attempt["ended_at"] = time.time()
+        attempt["outcome"] = outcome
+        self.live.attempts_done.append(attempt)
+
+    async def _request(
+        self, index: int, attempt: dict[str, Any]
+    ) -> aiohttp.ClientResponse | M.Event | _Retry:
+        http, m = self.engine._http, self.m
+        assert http is not None
+        url, headers = m.segment_request(index)
+        rt = m.spec.request_timeout
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
+        try:
+            resp = await http.get(
+                url, headers=CIMultiDict(headers), allow_redirects=False, timeout=timeout
+            )
+        except aiohttp.ClientConnectorError as exc:
+            return _Retry(ConnectError(f"cannot connect: {exc}"))
+        except TimeoutError:
+            return _Retry(TransferTimeout(f"no response within {rt:g} s (request_timeout)"))
+        except aiohttp.ClientResponseError as exc:
+            return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+            return _Retry(ReadError(f"connection lost before the response: {exc}"))
+        except aiohttp.ClientError as exc:
+            return _Retry(NetworkError(f"request failed: {exc!r}"))
+        attempt["status"] = resp.status
+        answer = check_segment_response(
+            resp.status, _lower(resp), m.snap.segments[index], m.snap.total
+        )
+        if answer is SegmentAnswer.USE:
+            return resp
+        resp.close()
+        status = resp.status
+        if answer is SegmentAnswer.RETRY:
+            return _Retry(HTTPStatusError(f"server answered {status}", status_code=status))
+        if answer is SegmentAnswer.RESTART:
+            why = "the resource changed" if status == 200 else f"a bad answer ({status})"
+            return M.RestartRequired(f"segment {index} got {why}")
+        return M.TransportFailed(
+            HTTPStatusError(
+                f"server answered {status} for a segment of {url}; not retried",
+                status_code=status,
+            )
+        )
+
+    async def _read(
+        self, index: int, resp: aiohttp.ClientResponse, attempt: dict[str, Any] | None
+    ) -> M.Event | _Retry | None:
+        m, live, part = self.m, self.live, self.live.part
+        rt = m.spec.request_timeout
+        try:
+            async for chunk in resp.content.iter_chunked(READ_SIZE):
+                if m.snap.phase is not Phase.TRANSFERRING:
+                    return None  # suspended or cancelled: the driver is being stopped
+                _, pos, end = m.snap.segments[index]
+                room = end - pos
+                data = memoryview(chunk)[:room] if len(chunk) > room else chunk
+                part.pwrite(data, pos)
+                if attempt is not None:
+                    attempt["bytes"] += len(data)
+                # No await between pwrite and handle: the segments always match the file.
+                actions = m.handle(M.SegmentWritten(index, len(data)), now=self.engine.clock())
+                if actions:
+                    self.engine._execute_sync(live, actions)
+                if pos + len(data) >= end:
+                    return None
+        except DestinationError as exc:
+            return M.Interrupted(f"suspended: {exc.message}; resume() once it is fixed")
+        except TimeoutError:
+            return _Retry(TransferTimeout(f"no data for {rt:g} s (request_timeout)"))
+        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+            return _Retry(ReadError(f"segment {index}: connection lost ({_why(exc)})"))
+        finally:
+            resp.close()
+        _, pos, end = m.snap.segments[index]
+        if pos < end:
+            return _Retry(ReadError(f"segment {index}: body ended at byte {pos}, before {end}"))
+        return None
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "body cut short"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:80]
+
+
+def _describe(event: M.Event) -> str:
+    match event:
+        case M.RestartRequired(reason=why) | M.Interrupted(reason=why):
+            return why
+        case M.TransportFailed(error=err) | M.Failed(error=err):
+            return err.message
+    return type(event).__name__
+
+
+def reconcile_segments(m: M.TransferMachine, size: int | None) -> bool:
+    """Check a segmented partial file after a restart; True when it had to start over.
+
+    The file of a segmented download is always exactly ``total`` bytes long (holes where
+    nothing was written). Any other size means someone else touched it, so its stored
+    segments cannot be trusted. A missing file is left to the plain reconciliation (which
+    also recognises a file placed just before a crash).
+    """
+    total = m.snap.total
+    if size is None:
+        if total is None or m.snap.offset < total:
+            m.snap.segments = ()
+        return False
+    if total is not None and size == total:
+        return False
+    m.snap.offset = m.committed = 0
+    m.snap.segments = ()
+    m.snap.total = m.snap.etag = m.snap.last_modified = None
+    return True
