@@ -92,6 +92,8 @@ async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.E
     why = "resumed"
     if fresh:
         plan, why = plan_segments(m.spec.segments, resp.status, _lower(resp), m.snap.total)
+        if m.segments_distrusted:
+            plan, why = (), "the server answered a range with other bytes"
         if not plan or action.start != 0:
             log.info("task %s: one connection: %s", live.row.id, why)
             engine._apply_now(live, M.SegmentsDeclined(why))
@@ -294,8 +296,13 @@ class _Driver:
         if answer is SegmentAnswer.RETRY:
             return _Retry(HTTPStatusError(f"server answered {status}", status_code=status))
         if answer is SegmentAnswer.RESTART:
-            why = "the resource changed" if status == 200 else f"a bad answer ({status})"
-            return M.RestartRequired(f"segment {index} got {why}")
+            if status == 200:
+                return M.RestartRequired(f"segment {index}: the resource changed")
+            return M.RestartRequired(
+                f"segment {index}: the server answered {status} with a Content-Range that "
+                "does not match the request",
+                distrust=True,
+            )
         return M.TransportFailed(
             HTTPStatusError(
                 f"server answered {status} for a segment of {url}; not retried",

@@ -276,9 +276,14 @@ class SegmentSplit:
 
 @dataclass(frozen=True, slots=True)
 class RestartRequired:
-    """A segment's answer proved the resource changed (or the server lies): start again."""
+    """A segment's answer proved the resource changed (or the server lies): start again.
+
+    ``distrust``: the server answered a range with the wrong bytes, so the restarted
+    download uses one connection (in this process; a new one may try segments again).
+    """
 
     reason: str
+    distrust: bool = False
 
 
 Event = (
@@ -438,6 +443,7 @@ class TransferMachine:
     _hops: int = 0
     _active_since: float | None = None
     _last_checkpoint: float = 0.0
+    segments_distrusted: bool = False
 
     @classmethod
     def from_snapshot(
@@ -499,9 +505,10 @@ class TransferMachine:
                 self._expect(Phase.TRANSFERRING, event)
                 self.snap.segments = segs
                 return []
-            case RestartRequired(reason=why):
+            case RestartRequired(reason=why, distrust=distrust):
                 self._expect(Phase.TRANSFERRING, event)
                 self.in_flight = False
+                self.segments_distrusted = self.segments_distrusted or distrust
                 return self._restart(now, why)
             case BodyEnded():
                 return self._body_ended(now)

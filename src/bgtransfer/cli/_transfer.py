@@ -204,6 +204,13 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
         ),
         click.option("--overwrite", is_flag=True, help="Replace an existing target."),
         click.option(
+            "--segments",
+            type=int,
+            default=None,
+            help="Download over up to N connections at once (1-16, default 1) when the "
+            "server allows ranges.",
+        ),
+        click.option(
             "-J",
             "--remote-name",
             is_flag=True,
@@ -234,6 +241,7 @@ def _submit(
     overwrite: bool,
     session: str,
     remote_name: bool = False,
+    segments: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     home = home_of(ctx)
     path = output or (remote_name and name_from_server(url, headers)) or name_from_url(url)
@@ -246,6 +254,7 @@ def _submit(
         request_timeout=request_timeout,
         resource_timeout=resource_timeout,
         overwrite=overwrite or None,
+        segments=segments,
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task
@@ -265,6 +274,7 @@ def get(
     request_timeout: float | None,
     resource_timeout: float | None,
     overwrite: bool,
+    segments: int | None,
     remote_name: bool,
     session: str,
     as_json: bool,
@@ -291,6 +301,7 @@ def get(
         overwrite,
         session,
         remote_name,
+        segments,
     )
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
@@ -385,6 +396,7 @@ def add(
     request_timeout: float | None,
     resource_timeout: float | None,
     overwrite: bool,
+    segments: int | None,
     remote_name: bool,
     session: str,
     as_json: bool,
@@ -406,6 +418,7 @@ def add(
         overwrite,
         session,
         remote_name,
+        segments,
     )
     click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
     return 0
@@ -495,6 +508,9 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
         ("resource time used", f"{internal.get('active_seconds', 0):.1f} s"),
         ("partial file", internal.get("partial")),
     ]
+    if internal.get("segments"):
+        done = sum(1 for _, pos, end in internal["segments"] if pos >= end)
+        lines.append(("segment progress", f"{done} of {len(internal['segments'])} complete"))
     for k, v in lines:
         click.echo(f"{k:>20}: {v}")
     click.echo("history:")
