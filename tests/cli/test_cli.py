@@ -289,3 +289,28 @@ def test_remote_name_is_sanitised(
     # Without -J the server's name is never used.
     r = bgt(home, "get", url, "-o", str(tmp_path / "explicit"))
     assert (tmp_path / "explicit").exists()
+
+
+def test_get_and_add_with_segments(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    size = 4 << 20
+    url = server.url(f"/gen/{size}?rate=4000000&key={key}")
+    r = bgt(home, "get", url, "-o", str(tmp_path / "s.bin"), "--segments", "4", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["segments"] == 4
+    assert (tmp_path / "s.bin").read_bytes() == gen_bytes(size)
+    ranged = [q.range for q in server.requests() if q.query.get("key") == key]
+    assert ranged[0] is None
+    assert len(ranged) == 4
+    r = bgt(home, "add", url, "-o", str(tmp_path / "t.bin"), "--segments", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["segments"] == 2
+    assert bgt(home, "wait", json.loads(r.stdout)["id"]).returncode == 0
+    assert (tmp_path / "t.bin").read_bytes() == gen_bytes(size)
+    for bad in ("0", "17", "x"):
+        r = bgt(home, "get", url, "-o", str(tmp_path / "u.bin"), "--segments", bad)
+        assert r.returncode == 64, (bad, r.stderr)
+        assert "--segments" in r.stderr
+    assert not (tmp_path / "u.bin").exists()

@@ -205,7 +205,7 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
         click.option("--overwrite", is_flag=True, help="Replace an existing target."),
         click.option(
             "--segments",
-            type=int,
+            type=click.IntRange(1, 16),
             default=None,
             help="Download over up to N connections at once (1-16, default 1) when the "
             "server allows ranges.",
