@@ -64,10 +64,8 @@ def main() -> int:
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     size = int(args[0] if args else 64) << 20
     rate = int(args[1] if len(args) > 1 else 8) << 20
-    results = []
     with FaultServer() as srv, tempfile.TemporaryDirectory(prefix="bgt-w5-") as tmp:
-        for n in (1, 4, 8):
-            results.append(run_one(srv, Path(tmp), size, rate, n))
+        results = [run_one(srv, Path(tmp), size, rate, n) for n in (1, 4, 8)]
     if "--json" in sys.argv:
         print(json.dumps({"size": size, "rate": rate, "latency": LATENCY, "runs": results}))
     else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from bgtransfer._exceptions import InvalidTransition
@@ -14,8 +16,8 @@ from bgtransfer._protocol._machine import (
     Persist,
     Response,
     RestartRequired,
-    SegmentSplit,
     SegmentsPlanned,
+    SegmentSplit,
     SegmentWritten,
     SendRequest,
     Spec,
@@ -42,7 +44,7 @@ def test_plan_tiles_the_file_exactly() -> None:
     assert why == "4 segments"
     assert segs[0][0] == 0
     assert segs[-1][2] == 16 * MiB + 3
-    assert all(a[2] == b[0] for a, b in zip(segs, segs[1:], strict=False))
+    assert all(a[2] == b[0] for a, b in itertools.pairwise(segs))
     assert all(start == pos for start, pos, _ in segs)
 
 
@@ -115,7 +117,7 @@ def running(total: int, n: int = 4) -> tuple[TransferMachine, tuple[tuple[int, i
 
 
 def test_segment_progress_checkpoints_and_resumes_with_a_bounded_range() -> None:
-    m, segs = running(16 * MiB)
+    m, _ = running(16 * MiB)
     assert m.snap.detail == "downloading (4 segments)"
     assert m.handle(SegmentWritten(2, 1000), now=0.1) == []
     assert m.handle(SegmentWritten(0, CHECKPOINT_BYTES), now=0.2) == [Persist()]
@@ -164,7 +166,7 @@ def test_restart_required_clears_segments_and_asks_again_from_zero() -> None:
 
 
 def test_split_keeps_the_progress() -> None:
-    m, segs = running(16 * MiB)
+    m, _ = running(16 * MiB)
     m.handle(SegmentWritten(0, 10), now=0.1)
     out = split_largest(m.snap.segments, {0})
     assert out is not None

@@ -81,7 +81,7 @@ def test_segments_round_trip_and_a_version_6_store_reads_without_them(tmp_path: 
         assert got.snap.segments == snap.segments
         assert row_from_wire(row_to_wire(got)).snap.segments == snap.segments
         # Rows written before segments existed (no key in the JSON) read as unsegmented.
-        store._db.execute("UPDATE tasks SET response='{\"status\": null, \"headers\": []}'")
+        store._db.execute('UPDATE tasks SET response=\'{"status": null, "headers": []}\'')
         store._db.execute("PRAGMA user_version=6")
     finally:
         store.close()

@@ -90,11 +90,13 @@ async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.E
     fresh = not m.snap.segments
     plan: tuple[Segment, ...] = ()
     why = "resumed"
+    if fresh and action.start != 0:
+        return await engine._stream(live, action)  # resuming a download begun on one connection
     if fresh:
         plan, why = plan_segments(m.spec.segments, resp.status, _lower(resp), m.snap.total)
         if m.segments_distrusted:
             plan, why = (), "the server answered a range with other bytes"
-        if not plan or action.start != 0:
+        if not plan:
             log.info("task %s: one connection: %s", live.row.id, why)
             engine._apply_now(live, M.SegmentsDeclined(why))
             return await engine._stream(live, action)
