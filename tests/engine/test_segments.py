@@ -340,3 +340,36 @@ def test_sigkill_then_resume_continues_each_segment_from_its_commit(
     resumed = by_key(server, key)[n:]
     starts = sorted(int((r.range or "bytes=-1-")[6:].split("-")[0]) for r in resumed)
     assert starts == sorted(pos for _, pos, end in segments if pos < end)
+
+
+def test_low_speed_watchdog_covers_all_segments(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    size = 4 << 20
+    dest = tmp_path / "slow.bin"
+    url = server.url(f"/gen/{size}?trickle=1000&interval=0.05&key={key}")
+    t0 = time.monotonic()
+    task = fetch(
+        session, url, dest, segments=4, low_speed_limit=1_000_000, low_speed_time=0.5,
+        max_attempts=2,
+    )  # fmt: skip
+    assert time.monotonic() - t0 < 10
+    assert isinstance(task.error, bgtransfer.TransferTimeout), task.error
+    assert "slower than 1000000 B/s" in str(task.error)
+    assert partials(dest) == []
+
+
+def test_resource_timeout_stops_every_segment(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    size = 8 << 20
+    dest = tmp_path / "rt.bin"
+    url = server.url(f"/gen/{size}?rate=500000&key={key}")
+    t0 = time.monotonic()
+    task = fetch(session, url, dest, segments=4, resource_timeout=1.0)
+    assert time.monotonic() - t0 < 5
+    assert isinstance(task.error, bgtransfer.TransferTimeout), task.error
+    assert partials(dest) == []
+    n = len(by_key(server, key))
+    time.sleep(0.3)
+    assert len(by_key(server, key)) == n
