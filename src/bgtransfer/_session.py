@@ -176,6 +176,7 @@ class _Local:
         engine = Engine(self.store, self.home, max_active=self._max[0], max_per_host=self._max[1])
         await engine.start()
         engine.recover(self.identifier)
+        await engine.flush()
         self.engine = engine
 
     async def close(self) -> None:

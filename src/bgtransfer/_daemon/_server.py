@@ -391,6 +391,7 @@ class Daemon:
     async def run(self) -> None:
         await self.engine.start()
         self.engine.recover_background()
+        await self.engine.flush()
         for row in self.store.pending_hooks():
             self._on_finished(row)
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -23,7 +24,15 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
-from bgtransfer._engine._files import PartialFile, hash_prefix, place, remove_partial, size_of
+from bgtransfer._engine._commit import Committer
+from bgtransfer._engine._files import (
+    PartialFile,
+    hash_prefix,
+    link_into_place,
+    remove_partial,
+    size_of,
+    verify_and_sync,
+)
 from bgtransfer._engine._limiter import Limiter
 from bgtransfer._engine._owner import OwnerLock, owner_alive
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
@@ -39,7 +48,7 @@ from bgtransfer._exceptions import (
     TransferError,
     TransferTimeout,
 )
-from bgtransfer._models import Event, Phase
+from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
@@ -72,6 +81,7 @@ class _Live:
     attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
     checksums: set[str] = field(default_factory=set)  # tus: algorithms the server offers
     checksum_failures: int = 0
+    dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
 
 
 def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
@@ -105,6 +115,7 @@ class Engine(UploadDriver):
         self.owner = OwnerLock(home)
         self._live: dict[str, _Live] = {}
         self._http: aiohttp.ClientSession | None = None
+        self._commit: Committer | None = None
         self._listeners: list[asyncio.Queue[Event]] = []
         self._changed = asyncio.Event()
         self._closed = False
@@ -113,6 +124,7 @@ class Engine(UploadDriver):
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._commit = Committer(self.store.path)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -141,6 +153,8 @@ class Engine(UploadDriver):
                     self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
             self.store.set_owner(live.row.id, None)
         self._live.clear()
+        if self._commit is not None:
+            await self._commit.close()
         if not self.background:
             self.store.interrupt_queued(self.owner.token, "interrupted: the session was closed")
         if self._http is not None:
@@ -175,26 +189,29 @@ class Engine(UploadDriver):
         """Start queued tasks from the store while there is room for runners."""
         if self._closed:
             return
+        # Finished tasks count until their completion commits (then they are forgotten and
+        # the pump runs again), so memory stays bounded by the cap.
         running = sum(
-            1 for lv in self._live.values() if lv.runner is not None and not lv.runner.done()
+            1
+            for lv in self._live.values()
+            if (lv.runner is not None and not lv.runner.done()) or lv.machine.terminal
         )
         free = self._runner_cap() - running
         if free <= 0:
             return
         owner = None if self.background else self.owner.token
         rows = self.store.next_queued(
-            background=self.background, owner=owner, limit=free + len(self._live)
+            background=self.background, owner=owner, limit=free, exclude=self._live.keys()
         )
         for row in rows:
-            if free <= 0:
-                break
-            if row.id in self._live:
-                continue
             live = self._make_live(row)
             self._reconcile(live)
             if live.machine.snap.phase is Phase.QUEUED:
                 self._spawn(live)
-                free -= 1
+            else:
+                # Found finished by reconcile; held until that commit lands, so the next
+                # pump does not pick it again from a store that still says queued.
+                self._live[row.id] = live
 
     def recover(self, session: str) -> None:
         """Mark tasks whose owner process died as interrupted (SUSPENDED), fix their files."""
@@ -419,7 +436,7 @@ class Engine(UploadDriver):
                 case M.WriteBody():
                     event = await self._stream(live, action)
                 case M.Finalize():
-                    event = self._finalize(live, action)
+                    event = await self._finalize(live, action)
                 case _:
                     self._execute_sync(live, [action])
             if event is not None:
@@ -485,6 +502,8 @@ class Engine(UploadDriver):
             else:
                 self._execute_sync(live, [action])
         self._changed.set()
+        # The caller is told "done" only once the new state is durable.
+        await self.flush()
 
     async def _stop(self, live: _Live) -> None:
         runner = live.runner
@@ -522,6 +541,11 @@ class Engine(UploadDriver):
         live.attempts_done.append(attempt)
 
     def _persist(self, live: _Live) -> None:
+        """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
+
+        What must follow the commit (events, hooks, forgetting a finished task) runs when it
+        lands, in order, so nobody hears of a state the store could still lose.
+        """
         m, row = live.machine, live.row
         live.part.sync()
         now = self.clock()
@@ -531,37 +555,65 @@ class Engine(UploadDriver):
         if hook is not None:
             row.hook_state = hook
         attempts, live.attempts_done = live.attempts_done, []
-        cursor = self.store.save(
-            row.id,
-            m.snapshot(now),
-            wall_time=time.time(),
-            event=(row.session, m.state.value) if kind == "state" else None,
-            hook_state=hook,
-            attempts=attempts,
+        snap = m.snapshot(now)
+        wall = time.time()
+        event = (row.session, m.state.value) if kind == "state" else None
+        assert self._commit is not None
+        sync_dir, live.dir_unsynced = live.dir_unsynced, None
+        fut = self._commit.submit(
+            lambda store: store.save_in_tx(
+                row.id, snap, wall_time=wall, event=event, hook_state=hook, attempts=attempts
+            ),
+            sync_dir=sync_dir,
         )
-        if m.terminal:
+        received, state = m.snap.offset, m.state
+        fut.add_done_callback(lambda f: self._persisted(live, snap, kind, state, received, f))
+
+    def _persisted(
+        self,
+        live: _Live,
+        snap: M.Snapshot,
+        kind: str,
+        state: TaskState,
+        received: int,
+        fut: asyncio.Future[Any],
+    ) -> None:
+        row = live.row
+        if fut.cancelled() or fut.exception() is not None:
+            return  # logged by the committer; the task's next checkpoint tries again
+        cursor = fut.result()
+        if snap.phase is Phase.DONE:
             live.finished.set()
-            self._live.pop(row.id, None)
+            if self._live.get(row.id) is live:
+                del self._live[row.id]
             if not self.background:  # the daemon owns all background rows; nothing to clear
                 with contextlib.suppress(Exception):
                     self.store.set_owner(row.id, None)
             if self.on_finished is not None:
                 self.on_finished(self.get(row.id))
+            self._pump()
+        elif snap.phase is Phase.QUEUED and row.id not in self._live:
+            self._pump()  # resumed: the store says queued only from now on
         self._changed.set()
         if self._listeners:
             ev = Event(
                 task_id=row.id,
                 session=row.session,
                 kind=kind,
-                state=m.state,
-                detail=m.snap.detail,
-                bytes_received=m.snap.offset,
-                bytes_expected=m.snap.total,
-                error=m.snap.error,
+                state=state,
+                detail=snap.detail,
+                bytes_received=received,
+                bytes_expected=snap.total,
+                error=snap.error,
                 cursor=cursor,
             )
             for q in self._listeners:
                 q.put_nowait(ev)
+
+    async def flush(self) -> None:
+        """Wait until every snapshot persisted so far is committed."""
+        if self._commit is not None:
+            await self._commit.flush()
 
     # -- I/O -------------------------------------------------------------------------------
 
@@ -683,26 +735,44 @@ class Engine(UploadDriver):
                     live.resp.close()
                 return
 
-    def _finalize(self, live: _Live, action: M.Finalize) -> M.Event:
-        live.part.close()
+    async def _finalize(self, live: _Live, action: M.Finalize) -> M.Event:
+        # Not synced here: verify_and_sync fsyncs it in a worker thread, where sixteen small
+        # files finishing together overlap their fsyncs instead of queueing on the loop.
+        live.part.close(sync=False)
         digest = None
         if live.hasher is not None and live.hashed == action.expected_length:
             digest = live.hasher.hexdigest()
         m, row = live.machine, live.row
         m.committed = m.snap.offset
         attempts, live.attempts_done = live.attempts_done, []
-        self.store.save(row.id, m.snapshot(self.clock()), wall_time=time.time(), attempts=attempts)
+        snap, wall = m.snapshot(self.clock()), time.time()
+        assert self._commit is not None
+        # The full offset is durable before the target name appears, so a crash between the
+        # two finds "placed, completion not recorded" (reconciled to done), never a short one.
+        saved = self._commit.submit(
+            lambda store: store.save_in_tx(row.id, snap, wall_time=wall, attempts=attempts)
+        )
+        verify = functools.partial(
+            verify_and_sync,
+            row.partial,
+            expected_length=action.expected_length,
+            sha256=action.sha256,
+            digest=digest,
+        )
+        synced = asyncio.get_running_loop().run_in_executor(None, verify)
         try:
-            place(
-                row.partial,
-                row.path,
-                overwrite=row.overwrite,
-                expected_length=action.expected_length,
-                sha256=action.sha256,
-                digest=digest,
-            )
+            await saved
+            await synced
         except TransferError as exc:
             return M.FinalizeFailed(exc)
+        # Nothing is visible yet, so a cancel during the awaits above loses nothing. From
+        # here on no await: the name appears and the machine hears of it in one step, so
+        # nobody sees the file while the task still says running.
+        try:
+            link_into_place(row.partial, row.path, overwrite=row.overwrite)
+        except TransferError as exc:
+            return M.FinalizeFailed(exc)
+        live.dir_unsynced = os.path.dirname(row.path)
         return M.Finalized()
 
 

@@ -2,7 +2,8 @@
 
 Order for a checkpoint: write -> fsync(partial) -> commit offset.
 Order at the end: verify -> fsync(partial) -> link/rename to the target -> fsync(directory)
--> commit COMPLETED. The target name never holds a partial file.
+-> commit COMPLETED (the directory fsync is the engine's group commit's, shared by every
+file that finished meanwhile). The target name never holds a partial file.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ __all__ = [
     "check_target",
     "fsync_dir",
     "hash_prefix",
+    "link_into_place",
     "partial_path",
-    "place",
     "remove_partial",
+    "verify_and_sync",
 ]
 
 _READ = 1 << 20
@@ -175,10 +177,12 @@ class PartialFile:
                 fsync_dir(os.path.dirname(self.path))
                 self.new_entry = False
 
-    def close(self) -> None:
+    def close(self, *, sync: bool = True) -> None:
+        """Close, fsyncing first unless the caller syncs the file by other means."""
         if self.fd >= 0:
             try:
-                self.sync()
+                if sync:
+                    self.sync()
             finally:
                 os.close(self.fd)
                 self.fd = -1
@@ -192,16 +196,15 @@ def size_of(path: str) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def place(
+def verify_and_sync(
     partial: str,
-    target: str,
     *,
-    overwrite: bool,
     expected_length: int | None,
     sha256: str | None,
     digest: str | None,
 ) -> None:
-    """Verify the partial file and give it the target name, durably."""
+    """Check the finished partial file and make its bytes durable (the slow half of placing
+    it: run it off the event loop)."""
     size = size_of(partial)
     if size is None:
         raise DestinationError(f"partial file {partial} vanished before it could be placed")
@@ -216,12 +219,25 @@ def place(
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def link_into_place(partial: str, target: str, *, overwrite: bool) -> None:
+    """Give the verified, synced partial file the target name (the fast half).
+
+    The caller fsyncs the directory before it records completion; many files finishing
+    together share that one fsync.
+    """
     try:
         if overwrite:
             os.replace(partial, target)
         else:
             # link() fails if the target appeared meanwhile; rename() would clobber it.
-            os.link(partial, target, follow_symlinks=False)
+            try:
+                os.link(partial, target, follow_symlinks=False)
+            except FileExistsError:
+                # A crash between link and unlink left both names on our inode: finish.
+                if not os.path.samestat(os.lstat(partial), os.lstat(target)):
+                    raise
             os.unlink(partial)
     except FileExistsError:
         raise DestinationError(
@@ -229,7 +245,6 @@ def place(
         ) from None
     except OSError as exc:
         raise DestinationError(f"cannot place {target}: {exc}") from exc
-    fsync_dir(os.path.dirname(target))
 
 
 def remove_partial(partial: str) -> None:

@@ -11,8 +11,8 @@ import base64
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -154,17 +154,17 @@ def _spec_from_json(text: str) -> Spec:
 
 
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             os.close(fd)
             self._db = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=10.0
+                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open the task store {path}: {exc}") from exc
@@ -188,6 +188,10 @@ class SQLiteStore:
                     for stmt in _MIGRATIONS[step]:
                         self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """One write transaction for several ``*_in_tx`` calls (the engine's group commit)."""
+        return self._tx()
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
@@ -265,55 +269,75 @@ class SQLiteStore:
         Both go in one transaction, so the log never disagrees with the task row.
         Returns the new event's cursor.
         """
+        with self._tx():
+            return self.save_in_tx(
+                task_id,
+                snap,
+                wall_time=wall_time,
+                event=event,
+                hook_state=hook_state,
+                attempts=attempts,
+            )
+
+    def save_in_tx(
+        self,
+        task_id: str,
+        snap: Snapshot,
+        *,
+        wall_time: float,
+        event: tuple[str, str] | None = None,
+        hook_state: str | None = None,
+        attempts: Sequence[dict[str, Any]] = (),
+    ) -> int | None:
+        """:meth:`save` inside a transaction the caller holds (group commit)."""
         finished = wall_time if snap.phase is Phase.DONE else None
         cursor: int | None = None
-        with self._tx():
-            for attempt in attempts:
-                self._add_attempt_in_tx(task_id, attempt)
-            if hook_state is not None:
-                self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (hook_state, task_id))
-            if event is not None:
-                session, state = event
-                cur = self._db.execute(
-                    "INSERT INTO events (session, task_id, state, phase, detail, bytes_received, "
-                    "bytes_expected, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        session,
-                        task_id,
-                        state,
-                        snap.phase.value,
-                        snap.detail,
-                        snap.offset,
-                        snap.total,
-                        _error_json(snap.error),
-                        wall_time,
-                    ),
-                )
-                cursor = cur.lastrowid
-            self._db.execute(
-                'UPDATE tasks SET phase=?, detail=?, "offset"=?, total=?, etag=?, '
-                "last_modified=?, restarts=?, attempts=?, failures=?, status_code=?, error=?, "
-                "active_seconds=?, updated_at=?, finished_at=COALESCE(finished_at, ?), response=? "
-                "WHERE id=?",
+        for attempt in attempts:
+            self._add_attempt_in_tx(task_id, attempt)
+        if hook_state is not None:
+            self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (hook_state, task_id))
+        if event is not None:
+            session, state = event
+            cur = self._db.execute(
+                "INSERT INTO events (session, task_id, state, phase, detail, bytes_received, "
+                "bytes_expected, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
+                    session,
+                    task_id,
+                    state,
                     snap.phase.value,
                     snap.detail,
                     snap.offset,
                     snap.total,
-                    snap.etag,
-                    snap.last_modified,
-                    snap.restarts,
-                    snap.attempts,
-                    snap.failures,
-                    snap.status_code,
                     _error_json(snap.error),
-                    snap.active_seconds,
                     wall_time,
-                    finished,
-                    _response_json(snap),
-                    task_id,
                 ),
             )
+            cursor = cur.lastrowid
+        self._db.execute(
+            'UPDATE tasks SET phase=?, detail=?, "offset"=?, total=?, etag=?, '
+            "last_modified=?, restarts=?, attempts=?, failures=?, status_code=?, error=?, "
+            "active_seconds=?, updated_at=?, finished_at=COALESCE(finished_at, ?), response=? "
+            "WHERE id=?",
+            (
+                snap.phase.value,
+                snap.detail,
+                snap.offset,
+                snap.total,
+                snap.etag,
+                snap.last_modified,
+                snap.restarts,
+                snap.attempts,
+                snap.failures,
+                snap.status_code,
+                _error_json(snap.error),
+                snap.active_seconds,
+                wall_time,
+                finished,
+                _response_json(snap),
+                task_id,
+            ),
+        )
         return cursor
 
     def events_since(self, session: str, cursor: int, limit: int = 1000) -> list[StoredEvent]:
@@ -364,21 +388,40 @@ class SQLiteStore:
         )
         return [self._row(r) for r in cur.fetchall()]
 
-    def next_queued(self, *, background: bool, owner: str | None, limit: int) -> list[TaskRow]:
-        """The oldest queued tasks (of ``owner``, for a foreground engine)."""
+    def next_queued(
+        self,
+        *,
+        background: bool,
+        owner: str | None,
+        limit: int,
+        exclude: Collection[str] = (),
+    ) -> list[TaskRow]:
+        """The oldest queued tasks (of ``owner``, for a foreground engine), skipping the
+        ``exclude`` ids (tasks the engine already holds).
+
+        Ids first, whole rows only for the chosen ones: decoding a row costs far more than
+        finding it, and the pump runs each time a task ends.
+        """
+        want = limit + len(exclude)
         if owner is None:
             cur = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE phase='queued' AND background=? "
+                "SELECT id FROM tasks WHERE phase='queued' AND background=? "
                 "ORDER BY created_at, id LIMIT ?",
-                (int(background), limit),
+                (int(background), want),
             )
         else:
             cur = self._db.execute(
-                f"SELECT {_COLUMNS} FROM tasks WHERE phase='queued' AND background=? "
+                "SELECT id FROM tasks WHERE phase='queued' AND background=? "
                 "AND owner=? ORDER BY created_at, id LIMIT ?",
-                (int(background), owner, limit),
+                (int(background), owner, want),
             )
-        return [self._row(r) for r in cur.fetchall()]
+        ids = [i for (i,) in cur.fetchall() if i not in exclude][:limit]
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        cur = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE id IN ({marks})", ids)
+        rows = {r.id: r for r in map(self._row, cur.fetchall())}
+        return [rows[i] for i in ids if i in rows]
 
     def in_phase(self, phase: Phase, *, background: bool) -> list[TaskRow]:
         cur = self._db.execute(
