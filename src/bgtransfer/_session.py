@@ -639,7 +639,8 @@ class _LoopThread:
 
 
 class Task(_TaskView):
-    """A task seen from the sync API. Every field is a fresh read."""
+    """A task seen from the sync API. Every field is a fresh read until the task has
+    finished; a finished task never changes, so its fields are then read from memory."""
 
     def __init__(self, session: Session, inner: AsyncTask) -> None:
         self._session = session
@@ -648,7 +649,7 @@ class Task(_TaskView):
 
     def _fresh(self) -> TaskRow:
         # After the session is closed the fields keep the last value they had.
-        if self._session.closed:
+        if self._session.closed or self._row.snap.phase is Phase.DONE:
             return self._row
         self._row = self._session._call(_fresh_row(self._inner))
         return self._row

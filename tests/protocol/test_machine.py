@@ -147,7 +147,7 @@ def test_clean_download() -> None:
     assert m.in_flight
 
     actions = m.handle(ok(), now=0.1)
-    assert actions == [WriteBody(0, truncate=True), Persist()]
+    assert actions == [Persist(), WriteBody(0, truncate=True)]
     assert m.snap.phase is Phase.TRANSFERRING
     assert m.snap.total == SIZE
     assert m.snap.etag == ETAG
@@ -197,7 +197,7 @@ def test_checkpoint_interval_counts_from_the_transfer_start_not_clock_zero() -> 
     # checkpoint at t=1000; 1 KiB written 0.1 s later is neither 4 MiB nor 1 s after it.
     m = make()
     m.handle(Start(), now=1000.0)
-    assert m.handle(ok(), now=1000.0) == [WriteBody(0, truncate=True), Persist()]
+    assert m.handle(ok(), now=1000.0) == [Persist(), WriteBody(0, truncate=True)]
     assert m.handle(DataWritten(1024), now=1000.1) == []
 
 
@@ -224,7 +224,7 @@ def test_206_full_body_on_a_fresh_request_is_a_fresh_download() -> None:
     assert hdrs["range"] == "bytes=400-"
     assert hdrs.get("if-range") == ETAG  # without it a changed file is silently spliced
     assert m.snap.etag == ETAG
-    assert first == [WriteBody(0, truncate=True), Persist()]
+    assert first == [Persist(), WriteBody(0, truncate=True)]
 
 
 @pytest.mark.parametrize(
@@ -245,7 +245,7 @@ def test_odd_content_length_does_not_crash_the_machine(length: str) -> None:
     m = make()
     m.handle(Start(), now=0.0)
     actions = m.handle(Response(200, {"content-length": length}), now=0.0)
-    assert actions == [WriteBody(0, truncate=True), Persist()]
+    assert actions == [Persist(), WriteBody(0, truncate=True)]
     assert m.snap.total is None or m.snap.total >= 0
 
 
@@ -318,7 +318,7 @@ def test_resume_answered_with_200_restarts_from_zero() -> None:
     to_waiting_retry(m, 400)
     resume_request(m)
     actions = m.handle(ok({"etag": '"v2"'}), now=0.0)
-    assert actions == [WriteBody(0, truncate=True), Persist()]
+    assert actions == [Persist(), WriteBody(0, truncate=True)]
     assert m.snap.restarts == 1
     assert m.snap.offset == 0
     assert m.committed == 0
@@ -365,7 +365,7 @@ def test_etag_changing_on_every_resume_gives_up_with_content_changed() -> None:
     for i in range(1, 6):
         resume_request(m, now=float(i))
         actions = m.handle(ok({"etag": f'"v{i + 1}"'}), now=float(i))
-        assert actions == [WriteBody(0, truncate=True), Persist()]
+        assert actions == [Persist(), WriteBody(0, truncate=True)]
         assert m.snap.restarts == i
         m.handle(DataWritten(100), now=float(i))
         m.handle(BodyEnded(), now=float(i))
@@ -564,7 +564,7 @@ def test_redirect_chain_then_download() -> None:
     actions = m.handle(Response(308, {"location": "/c"}), now=0.0)
     assert request_of(actions).url == "https://cdn.example.net/c"
     assert "authorization" not in headers_of(actions)
-    assert m.handle(ok(), now=0.0) == [WriteBody(0, truncate=True), Persist()]
+    assert m.handle(ok(), now=0.0) == [Persist(), WriteBody(0, truncate=True)]
 
 
 def test_redirect_on_resume_keeps_range() -> None:

@@ -110,7 +110,7 @@ def running(total: int, n: int = 4) -> tuple[TransferMachine, tuple[tuple[int, i
     m = TransferMachine(Spec("http://h/f", segments=n))
     m.handle(Start(), now=0.0)
     headers = {**OK_HEADERS, "content-length": str(total)}
-    assert m.handle(Response(200, headers), now=0.0) == [WriteBody(0, truncate=True), Persist()]
+    assert m.handle(Response(200, headers), now=0.0) == [Persist(), WriteBody(0, truncate=True)]
     segs, _ = plan_segments(n, 200, headers, total)
     assert m.handle(SegmentsPlanned(segs), now=0.0) == [Persist()]
     return m, segs
@@ -182,7 +182,7 @@ def test_fresh_answer_on_resume_drops_the_segments() -> None:
     again.snap.phase = Phase.QUEUED
     again.handle(Start(), now=1.0)
     actions = again.handle(Response(200, {**OK_HEADERS, "etag": '"v2"'}), now=1.0)
-    assert actions == [WriteBody(0, truncate=True), Persist()]
+    assert actions == [Persist(), WriteBody(0, truncate=True)]
     assert again.snap.segments == ()
     assert again.snap.restarts == 1
     assert DiscardResponse() not in actions

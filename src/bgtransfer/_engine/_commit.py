@@ -3,32 +3,78 @@
 A FULL-synchronous commit costs a WAL fsync. Made on the event loop, one per checkpoint and
 state change, it stalls every transfer and caps small files at a few hundred a second. The
 writer thread takes whatever has queued up since its last commit and writes it in one
-transaction, so sixteen tasks finishing together cost one fsync, and the loop goes on
-reading sockets meanwhile.
+transaction: sixteen tasks finishing together cost one WAL fsync and one fsync per
+directory, and the loop goes on reading sockets meanwhile. Two saves of one task that
+meet in the queue become one UPDATE (their events and attempts are all kept).
 
-Ordering is kept: jobs commit in submission order and their futures resolve in that order
-on the loop. The engine fsyncs a partial file *before* it submits the snapshot that covers
-it, so "data durable before the offset that names it" holds as before.
+Ordering: a save's files are fsynced, then its directories, then the transaction commits,
+then its futures resolve on the loop in submission order. The engine fsyncs a partial
+file itself (or lists it in ``sync_files``) before the snapshot that covers it, so "data
+durable before the offset that names it" holds as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
-from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from bgtransfer._engine._files import fsync_dir
-from bgtransfer._exceptions import StoreError
-from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._exceptions import DestinationError, StoreError
+from bgtransfer._protocol._machine import Snapshot
+from bgtransfer._store._sqlite import EventRecord, SQLiteStore
 
-__all__ = ["Committer"]
+__all__ = ["Committer", "Save"]
 
 log = logging.getLogger("bgtransfer")
 
-Job = Callable[[SQLiteStore], Any]
-_Item = tuple[Job, "asyncio.Future[Any]", asyncio.AbstractEventLoop, str | None]
+
+@dataclass(slots=True)
+class Save:
+    """One task's snapshot and what goes with it."""
+
+    task_id: str
+    snap: Snapshot
+    wall: float
+    event: EventRecord | None = None
+    hook_state: str | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    sync_file: str | None = None  # a finished partial file to fsync first
+    sync_dir: str | None = None  # a directory a file was just renamed into
+
+
+@dataclass(slots=True)
+class _Pending:
+    """Saves of one task waiting for the writer, merged."""
+
+    last: Save
+    events: list[EventRecord] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    hook_state: str | None = None
+    sync_files: list[str] = field(default_factory=list)
+    sync_dirs: list[str] = field(default_factory=list)
+    # (future, index of its event in ``events`` or None, loop)
+    waiters: list[tuple[asyncio.Future[Any], int | None, asyncio.AbstractEventLoop]] = field(
+        default_factory=list
+    )
+
+    def add(self, save: Save, fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
+        self.last = save
+        index = None
+        if save.event is not None:
+            index = len(self.events)
+            self.events.append(save.event)
+        self.attempts.extend(save.attempts)
+        if save.hook_state is not None:
+            self.hook_state = save.hook_state
+        if save.sync_file is not None:
+            self.sync_files.append(save.sync_file)
+        if save.sync_dir is not None:
+            self.sync_dirs.append(save.sync_dir)
+        self.waiters.append((fut, index, loop))
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -40,6 +86,14 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Committer:
     """The writer thread, with its own connection to the store (WAL: readers never wait)."""
 
@@ -47,25 +101,24 @@ class Committer:
         # A long busy timeout: the loop's connection may hold the write lock for a while
         # (a batch insert of 100 000 tasks); waiting here blocks no transfer.
         self._store = SQLiteStore(path, busy_timeout=120.0)
-        self._queue: list[_Item] = []
+        self._queue: dict[str, _Pending] = {}
         self._cv = threading.Condition()
         self._closing = False
         self._last: asyncio.Future[Any] | None = None
         self._thread = threading.Thread(target=self._work, name="bgtransfer-commit", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job, *, sync_dir: str | None = None) -> asyncio.Future[Any]:
-        """Queue ``job(store)`` for the next transaction; the future holds its result.
-
-        ``sync_dir``: a directory to fsync before the transaction (a file was just renamed
-        into it); each directory is synced once per batch, however many files it got.
-        """
+    def submit(self, save: Save) -> asyncio.Future[Any]:
+        """Queue a save for the next transaction; the future gets its event's cursor."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._cv:
             if self._closing:
                 raise StoreError("the task store is closed")
-            self._queue.append((job, fut, loop, sync_dir))
+            pending = self._queue.get(save.task_id)
+            if pending is None:
+                pending = self._queue[save.task_id] = _Pending(last=save)
+            pending.add(save, fut, loop)
             self._cv.notify()
         self._last = fut
         return fut
@@ -91,40 +144,67 @@ class Committer:
                     self._cv.wait()
                 if not self._queue:
                     return
-                batch, self._queue = self._queue, []
-            for (_, fut, loop, _), (ok, value) in zip(batch, self._run(batch), strict=True):
+                batch, self._queue = list(self._queue.values()), {}
+            for pending, result in zip(batch, self._run(batch), strict=True):
+                for fut, index, loop in pending.waiters:
+                    ok = not isinstance(result, BaseException)
+                    value: Any = result
+                    if not isinstance(result, BaseException):
+                        value = result[index] if index is not None else None
+                    try:
+                        loop.call_soon_threadsafe(_settle, fut, ok, value)
+                    except RuntimeError:  # the loop is gone (interpreter exit)
+                        return
+
+    def _run(self, batch: list[_Pending]) -> list[list[int | None] | BaseException]:
+        failed: dict[int, BaseException] = {}
+        for i, pending in enumerate(batch):
+            for path in pending.sync_files:
                 try:
-                    loop.call_soon_threadsafe(_settle, fut, ok, value)
-                except RuntimeError:  # the loop is gone (interpreter exit)
-                    return
-
-    def _run(self, batch: list[_Item]) -> list[tuple[bool, Any]]:
-        failed: dict[str, OSError] = {}
-        for d in dict.fromkeys(item[3] for item in batch if item[3] is not None):
-            try:
-                fsync_dir(d)
-            except OSError as exc:
-                failed[d] = exc
-        if failed:
-            # Those tasks' renames may not survive a crash: do not record them as done.
-            return [
-                (False, StoreError(f"cannot fsync {d}: {failed[d]}"))
-                if d in failed
-                else self._one(job)
-                for job, _, _, d in batch
-            ]
+                    _fsync_file(path)
+                except OSError as exc:
+                    failed[i] = DestinationError(f"cannot fsync {path}: {exc}")
+        dirs: dict[str, OSError | None] = {}
+        for i, pending in enumerate(batch):
+            for d in pending.sync_dirs:
+                if d not in dirs:
+                    try:
+                        fsync_dir(d)
+                        dirs[d] = None
+                    except OSError as exc:
+                        dirs[d] = exc
+                err = dirs[d]
+                if err is not None:
+                    # The rename may not survive a crash: do not record the task as done.
+                    failed[i] = DestinationError(f"cannot fsync directory {d}: {err}")
+        results: list[list[int | None] | BaseException | None] = [
+            failed.get(i) for i in range(len(batch))
+        ]
+        ok = [i for i in range(len(batch)) if i not in failed]
         try:
             with self._store.transaction():
-                return [(True, job(self._store)) for job, _, _, _ in batch]
-        except Exception:  # noqa: BLE001 - any failure of the batch: retry each job alone
-            # One job failed and took the batch with it: commit them one by one, so a bad
-            # snapshot costs only its own task.
-            return [self._one(job) for job, _, _, _ in batch]
+                for i in ok:
+                    results[i] = self._write(batch[i])
+        except Exception:  # noqa: BLE001 - one bad save must not sink the others: retry alone
+            for i in ok:
+                results[i] = self._one(batch[i])
+        return [r if r is not None else StoreError("not written") for r in results]
 
-    def _one(self, job: Job) -> tuple[bool, Any]:
+    def _write(self, p: _Pending) -> list[int | None]:
+        s = p.last
+        return self._store.save_in_tx(
+            s.task_id,
+            s.snap,
+            wall_time=s.wall,
+            events=p.events,
+            hook_state=p.hook_state,
+            attempts=p.attempts,
+        )
+
+    def _one(self, p: _Pending) -> list[int | None] | BaseException:
         try:
             with self._store.transaction():
-                return True, job(self._store)
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting future, not lost
-            log.error("task store commit failed: %r", exc)
-            return False, exc
+                return self._write(p)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting futures, not lost
+            log.error("task store commit failed for %s: %r", p.last.task_id, exc)
+            return exc

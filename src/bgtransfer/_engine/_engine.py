@@ -24,16 +24,16 @@ from urllib.parse import urlsplit
 import aiohttp
 from multidict import CIMultiDict
 
-from bgtransfer._engine._commit import Committer
+from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._files import (
     PartialFile,
     hash_prefix,
     link_into_place,
     remove_partial,
     size_of,
-    verify_and_sync,
+    verify,
 )
-from bgtransfer._engine._limiter import Limiter
+from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
 from bgtransfer._engine._upload import UploadDriver
@@ -52,7 +52,7 @@ from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._store._sqlite import SQLiteStore, event_record
 
 __all__ = ["Engine"]
 
@@ -81,6 +81,7 @@ class _Live:
     attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
     checksums: set[str] = field(default_factory=set)  # tus: algorithms the server offers
     checksum_failures: int = 0
+    slot: Slot | None = None  # the limiter slot the current attempt holds
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
 
 
@@ -274,7 +275,12 @@ class Engine(UploadDriver):
         await self._control(live, live.machine.handle(M.CancelRequested(), now=self.clock()))
 
     async def wait(self, task_id: str) -> TaskRow:
+        """The task once it has finished and its outcome is committed (a crash after this
+        returns cannot take the completion back)."""
         while True:
+            live = self._live.get(task_id)
+            if live is not None and live.machine.terminal:
+                await live.finished.wait()
             row = self.get(task_id)
             if row.snap.phase is Phase.DONE:
                 return row
@@ -389,8 +395,10 @@ class Engine(UploadDriver):
         try:
             upload = m.spec.kind == "upload"
             while _phase(m) is Phase.QUEUED:
-                async with self.limiter.slot(host):
+                async with self.limiter.slot(host) as slot:
+                    live.slot = slot
                     await (self._upload(live) if upload else self._attempt(live))
+                live.slot = None
                 if _phase(m) is Phase.WAITING_RETRY:
                     await asyncio.sleep(live.retry_delay)
                     self._execute_sync(live, m.handle(M.RetryDue(), now=self.clock()))
@@ -557,14 +565,11 @@ class Engine(UploadDriver):
         attempts, live.attempts_done = live.attempts_done, []
         snap = m.snapshot(now)
         wall = time.time()
-        event = (row.session, m.state.value) if kind == "state" else None
-        assert self._commit is not None
+        event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
         sync_dir, live.dir_unsynced = live.dir_unsynced, None
+        assert self._commit is not None
         fut = self._commit.submit(
-            lambda store: store.save_in_tx(
-                row.id, snap, wall_time=wall, event=event, hook_state=hook, attempts=attempts
-            ),
-            sync_dir=sync_dir,
+            Save(row.id, snap, wall, event, hook, attempts, sync_dir=sync_dir)
         )
         received, state = m.snap.offset, m.state
         fut.add_done_callback(lambda f: self._persisted(live, snap, kind, state, received, f))
@@ -580,7 +585,11 @@ class Engine(UploadDriver):
     ) -> None:
         row = live.row
         if fut.cancelled() or fut.exception() is not None:
-            return  # logged by the committer; the task's next checkpoint tries again
+            # Logged by the committer; a later save of the task tries again. A finished task
+            # has none, so waiters are released rather than left hanging.
+            if snap.phase is Phase.DONE:
+                live.finished.set()
+            return
         cursor = fut.result()
         if snap.phase is Phase.DONE:
             live.finished.set()
@@ -736,38 +745,48 @@ class Engine(UploadDriver):
                 return
 
     async def _finalize(self, live: _Live, action: M.Finalize) -> M.Event:
-        # Not synced here: verify_and_sync fsyncs it in a worker thread, where sixteen small
-        # files finishing together overlap their fsyncs instead of queueing on the loop.
+        if live.slot is not None:
+            # The network part is over: the next transfer may start while this one syncs and
+            # commits (the limits are on connections, not on disk work).
+            live.slot.release()
+        # Not fsynced here: the group commit fsyncs it just before the offset that covers
+        # it, so files finishing together share one trip to the writer thread.
         live.part.close(sync=False)
         digest = None
         if live.hasher is not None and live.hashed == action.expected_length:
             digest = live.hasher.hexdigest()
         m, row = live.machine, live.row
-        m.committed = m.snap.offset
-        attempts, live.attempts_done = live.attempts_done, []
-        snap, wall = m.snapshot(self.clock()), time.time()
-        assert self._commit is not None
-        # The full offset is durable before the target name appears, so a crash between the
-        # two finds "placed, completion not recorded" (reconciled to done), never a short one.
-        saved = self._commit.submit(
-            lambda store: store.save_in_tx(row.id, snap, wall_time=wall, attempts=attempts)
-        )
-        verify = functools.partial(
-            verify_and_sync,
+        check = functools.partial(
+            verify,
             row.partial,
             expected_length=action.expected_length,
             sha256=action.sha256,
             digest=digest,
         )
-        synced = asyncio.get_running_loop().run_in_executor(None, verify)
         try:
-            await saved
-            await synced
+            if action.sha256 is not None and digest is None:
+                # Hashing a whole file (segments, or a resume without the hash state) takes
+                # seconds for big files: not on the loop.
+                await asyncio.get_running_loop().run_in_executor(None, check)
+            else:
+                check()
         except TransferError as exc:
             return M.FinalizeFailed(exc)
-        # Nothing is visible yet, so a cancel during the awaits above loses nothing. From
-        # here on no await: the name appears and the machine hears of it in one step, so
-        # nobody sees the file while the task still says running.
+        m.committed = m.snap.offset
+        attempts, live.attempts_done = live.attempts_done, []
+        snap = m.snapshot(self.clock())
+        assert self._commit is not None
+        # The bytes and the full offset are durable before the target name appears, so a
+        # crash between the two finds "placed, completion not recorded" (reconciled to
+        # done), never a short file.
+        try:
+            await self._commit.submit(
+                Save(row.id, snap, time.time(), attempts=attempts, sync_file=row.partial)
+            )
+        except DestinationError as exc:
+            return M.FinalizeFailed(exc)
+        # From here on no await: the name appears and the machine hears of it in one step,
+        # so nobody sees the file while the task still says running.
         try:
             link_into_place(row.partial, row.path, overwrite=row.overwrite)
         except TransferError as exc:

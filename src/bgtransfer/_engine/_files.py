@@ -23,7 +23,7 @@ __all__ = [
     "link_into_place",
     "partial_path",
     "remove_partial",
-    "verify_and_sync",
+    "verify",
 ]
 
 _READ = 1 << 20
@@ -196,15 +196,14 @@ def size_of(path: str) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def verify_and_sync(
+def verify(
     partial: str,
     *,
     expected_length: int | None,
     sha256: str | None,
     digest: str | None,
 ) -> None:
-    """Check the finished partial file and make its bytes durable (the slow half of placing
-    it: run it off the event loop)."""
+    """Check the finished partial file's length (and sha256) before it is placed."""
     size = size_of(partial)
     if size is None:
         raise DestinationError(f"partial file {partial} vanished before it could be placed")
@@ -214,11 +213,6 @@ def verify_and_sync(
         actual = digest if digest is not None else hash_prefix(partial, size).hexdigest()
         if actual != sha256:
             raise IntegrityError(f"sha256 mismatch: got {actual}, expected {sha256}")
-    fd = os.open(partial, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def link_into_place(partial: str, target: str, *, overwrite: bool) -> None:

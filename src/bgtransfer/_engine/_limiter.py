@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-__all__ = ["Limiter"]
+__all__ = ["Limiter", "Slot"]
 
 
 class Limiter:
@@ -48,7 +48,7 @@ class Limiter:
                 fut.set_result(None)
 
     @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[None]:
+    async def slot(self, host: str) -> AsyncIterator[Slot]:
         if self._can(host) and not self._waiters:
             self._take(host)
         else:
@@ -63,7 +63,23 @@ class Limiter:
                 elif item in self._waiters:
                     self._waiters.remove(item)
                 raise
+        held = Slot(self, host)
         try:
-            yield
+            yield held
         finally:
-            self._release(host)
+            held.release()
+
+
+class Slot:
+    """A granted slot; :meth:`release` gives it back early (once the network part is done)."""
+
+    __slots__ = ("_host", "_limiter")
+
+    def __init__(self, limiter: Limiter, host: str) -> None:
+        self._limiter: Limiter | None = limiter
+        self._host = host
+
+    def release(self) -> None:
+        if self._limiter is not None:
+            limiter, self._limiter = self._limiter, None
+            limiter._release(self._host)

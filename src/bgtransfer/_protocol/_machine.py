@@ -696,7 +696,9 @@ class TransferMachine:
             self.committed = 0
             self._last_checkpoint = now
             self._set(Phase.TRANSFERRING, "downloading", now)
-            return [WriteBody(0, truncate=True), Persist()]
+            # Persist first: the validator and length are on record before the first byte
+            # (WriteBody runs to the end of the body before the next action is looked at).
+            return [Persist(), WriteBody(0, truncate=True)]
         # APPEND
         cr = parse_content_range(headers.get("content-range"))
         if self.snap.total is None and cr is not None:

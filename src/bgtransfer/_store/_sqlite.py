@@ -26,7 +26,7 @@ from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
 from bgtransfer._store._base import StoredEvent, TaskRow
 
-__all__ = ["SQLiteStore"]
+__all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
 SCHEMA_VERSION = 7
 
@@ -127,6 +127,24 @@ _COLUMNS = (
     "background, idempotency_key, created_at, updated_at, finished_at, on_complete, hook_state, "
     "acknowledged, response"
 )
+
+
+# A state event as logged: (session, state, phase, detail, bytes_received, bytes_expected,
+# error JSON, wall time); values taken when the state was entered, not when it commits.
+EventRecord = tuple[str, str, str, str, int, int | None, str | None, float]
+
+
+def event_record(session: str, state: str, snap: Snapshot, wall_time: float) -> EventRecord:
+    return (
+        session,
+        state,
+        snap.phase.value,
+        snap.detail,
+        snap.offset,
+        snap.total,
+        _error_json(snap.error),
+        wall_time,
+    )
 
 
 def _error_json(err: TransferError | None) -> str | None:
@@ -269,15 +287,17 @@ class SQLiteStore:
         Both go in one transaction, so the log never disagrees with the task row.
         Returns the new event's cursor.
         """
+        events = [] if event is None else [event_record(event[0], event[1], snap, wall_time)]
         with self._tx():
-            return self.save_in_tx(
+            cursors = self.save_in_tx(
                 task_id,
                 snap,
                 wall_time=wall_time,
-                event=event,
+                events=events,
                 hook_state=hook_state,
                 attempts=attempts,
             )
+        return cursors[0] if cursors else None
 
     def save_in_tx(
         self,
@@ -285,35 +305,25 @@ class SQLiteStore:
         snap: Snapshot,
         *,
         wall_time: float,
-        event: tuple[str, str] | None = None,
+        events: Sequence[EventRecord] = (),
         hook_state: str | None = None,
         attempts: Sequence[dict[str, Any]] = (),
-    ) -> int | None:
-        """:meth:`save` inside a transaction the caller holds (group commit)."""
+    ) -> list[int | None]:
+        """:meth:`save` inside a transaction the caller holds (group commit), with any
+        number of state events (saves merged in the queue). Returns their cursors."""
         finished = wall_time if snap.phase is Phase.DONE else None
-        cursor: int | None = None
         for attempt in attempts:
             self._add_attempt_in_tx(task_id, attempt)
         if hook_state is not None:
             self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (hook_state, task_id))
-        if event is not None:
-            session, state = event
+        cursors: list[int | None] = []
+        for ev in events:
             cur = self._db.execute(
                 "INSERT INTO events (session, task_id, state, phase, detail, bytes_received, "
                 "bytes_expected, error, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session,
-                    task_id,
-                    state,
-                    snap.phase.value,
-                    snap.detail,
-                    snap.offset,
-                    snap.total,
-                    _error_json(snap.error),
-                    wall_time,
-                ),
+                (ev[0], task_id, *ev[1:]),
             )
-            cursor = cur.lastrowid
+            cursors.append(cur.lastrowid)
         self._db.execute(
             'UPDATE tasks SET phase=?, detail=?, "offset"=?, total=?, etag=?, '
             "last_modified=?, restarts=?, attempts=?, failures=?, status_code=?, error=?, "
@@ -338,7 +348,7 @@ class SQLiteStore:
                 task_id,
             ),
         )
-        return cursor
+        return cursors
 
     def events_since(self, session: str, cursor: int, limit: int = 1000) -> list[StoredEvent]:
         cur = self._db.execute(
