@@ -31,10 +31,14 @@ slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
 # Benchmarks against curl, wget, aria2c and pypdl (installs nginx/aria2 with apt, pypdl with
-# pip, if missing). BENCH_ARGS=--quick for a smoke run; see benchmarks/README.md.
+# pip, if missing): W1, W2, W4 in run.py, then W3 (100 000 queued) and W5 (segments).
+# BENCH_ARGS=--quick W3_TASKS=10000 for a smoke run; see benchmarks/README.md.
+W3_TASKS ?= 100000
 bench: $(STAMP)
 	$(BIN)/pytest -q benchmarks/test_bench_smoke.py
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/w3_queue.py $(W3_TASKS) | tee benchmarks/results/w3.json
+	$(BIN)/python benchmarks/w5_segments.py --json | tee benchmarks/results/w5.json
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .mypy_cache .ruff_cache .hypothesis

@@ -25,7 +25,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._protocol._machine import (
-    CHECKPOINT_BYTES,
+    STREAM_CHECKPOINT_BYTES,
     Action,
     BodyEnded,
     CancelCleaned,
@@ -62,7 +62,7 @@ ETAG = '"v1"'
 LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
 SHA = "ab" * 32
 MIB = 1 << 20
-SIZE = 10 * MIB
+SIZE = 5 * STREAM_CHECKPOINT_BYTES
 
 
 def make(rng: Callable[[], float] | None = None, **spec: object) -> TransferMachine:
@@ -154,19 +154,21 @@ def test_clean_download() -> None:
     assert m.snap.status_code == 200
     assert m.committed == 0
 
-    # Checkpoints only every CHECKPOINT_BYTES or every second.
-    step = CHECKPOINT_BYTES // 4
+    # Checkpoints only every STREAM_CHECKPOINT_BYTES or every second.
+    step = STREAM_CHECKPOINT_BYTES // 4
     assert m.handle(DataWritten(step), now=0.2) == []
     assert m.handle(DataWritten(step), now=0.3) == []
     assert m.handle(DataWritten(step), now=0.4) == []
     assert m.committed == 0
     assert m.snapshot(0.4).offset == 0  # the store only ever sees committed bytes
-    assert m.handle(DataWritten(step), now=0.5) == [Persist()]  # CHECKPOINT_BYTES since the last
-    assert m.committed == CHECKPOINT_BYTES
+    assert m.handle(DataWritten(step), now=0.5) == [
+        Persist()
+    ]  # STREAM_CHECKPOINT_BYTES since the last
+    assert m.committed == STREAM_CHECKPOINT_BYTES
     assert m.handle(DataWritten(step), now=0.6) == []
     assert m.handle(DataWritten(1), now=1.49) == []
     assert m.handle(DataWritten(step - 1), now=1.5) == [Persist()]  # 1 s since the last one
-    assert m.committed == CHECKPOINT_BYTES + 2 * step
+    assert m.committed == STREAM_CHECKPOINT_BYTES + 2 * step
     assert m.handle(DataWritten(0), now=1.6) == []
     rest = SIZE - m.snap.offset - 4 * MIB
     m.handle(DataWritten(rest), now=1.65)
@@ -885,12 +887,12 @@ def test_from_snapshot_round_trip() -> None:
     m = make(resource_timeout=100.0, sha256=SHA)
     m.handle(Start(), now=0.0)
     m.handle(ok({"last-modified": LAST_MODIFIED}), now=1.0)
-    m.handle(DataWritten(CHECKPOINT_BYTES), now=1.1)  # checkpoint at 4 MiB
+    m.handle(DataWritten(STREAM_CHECKPOINT_BYTES), now=1.1)  # checkpoint at 4 MiB
     m.handle(DataWritten(1000), now=1.2)  # not yet committed
-    assert m.committed == CHECKPOINT_BYTES < m.snap.offset
+    assert m.committed == STREAM_CHECKPOINT_BYTES < m.snap.offset
 
     snap = m.snapshot(5.0)
-    assert snap.offset == CHECKPOINT_BYTES
+    assert snap.offset == STREAM_CHECKPOINT_BYTES
     assert snap.active_seconds == pytest.approx(5.0)
     assert snap.etag == ETAG
     assert snap.last_modified == LAST_MODIFIED
@@ -899,11 +901,11 @@ def test_from_snapshot_round_trip() -> None:
     r = TransferMachine.from_snapshot(m.spec, snap, rng=lambda: 0.0)
     assert r.snapshot(5.0) == snap
     assert r.snapshot(500.0) == snap  # a rebuilt machine is not running until started
-    assert r.committed == r.snap.offset == CHECKPOINT_BYTES
+    assert r.committed == r.snap.offset == STREAM_CHECKPOINT_BYTES
     assert not r.in_flight
     assert r.snap is not snap
     r.snap.offset = 1
-    assert snap.offset == CHECKPOINT_BYTES  # the caller's snapshot is not shared
+    assert snap.offset == STREAM_CHECKPOINT_BYTES  # the caller's snapshot is not shared
 
     # A process restart: the driver reports the interruption, then resumes.
     r = TransferMachine.from_snapshot(m.spec, snap)
@@ -913,7 +915,7 @@ def test_from_snapshot_round_trip() -> None:
     actions = r.handle(Start(), now=10.0)
     assert request_of(actions).time_left == pytest.approx(95.0)
     hdrs = headers_of(actions)
-    assert hdrs["range"] == f"bytes={CHECKPOINT_BYTES}-"
+    assert hdrs["range"] == f"bytes={STREAM_CHECKPOINT_BYTES}-"
     assert hdrs["if-range"] == ETAG
 
 

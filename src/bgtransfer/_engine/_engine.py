@@ -380,6 +380,24 @@ class Engine(UploadDriver):
                 m.snap.offset,
             )
             m.snap.offset = m.committed = size
+        elif size > m.snap.offset and _tail_is_sound(m, size):
+            # The process died, the machine did not: what it wrote after its last checkpoint
+            # is in the page cache, whole, so resume after it rather than fetch it again.
+            log.info(
+                "task %s: keeping %d bytes written after the last checkpoint",
+                row.id,
+                size - m.snap.offset,
+            )
+            m.snap.offset = m.committed = size
+        elif size > m.snap.offset and not m.snap.segments:
+            # Written in an earlier boot and maybe never synced: cut them off now, before a
+            # checkpoint of this boot could vouch for them.
+            try:
+                live.part.open(m.snap.offset)
+            except (DestinationError, OSError) as exc:
+                log.warning("task %s: cannot trim the partial file: %s", row.id, exc)
+            finally:
+                live.part.close()
 
     # -- running ---------------------------------------------------------------------------
 
@@ -563,6 +581,7 @@ class Engine(UploadDriver):
         if hook is not None:
             row.hook_state = hook
         attempts, live.attempts_done = live.attempts_done, []
+        m.snap.boot_id = BOOT_ID
         snap = m.snapshot(now)
         wall = time.time()
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
@@ -671,6 +690,13 @@ class Engine(UploadDriver):
         m, part, resp = live.machine, live.part, live.resp
         assert resp is not None
         part.close()
+        if action.truncate and size_of(part.path):
+            # About to overwrite an earlier version's bytes (a restart): the new validator
+            # goes on record first, or a crash could leave new bytes under the old one. A
+            # direct commit, not an await: aiohttp drops a buffered body whose connection
+            # closes while nobody reads it. Restarts are rare; the loop can afford it.
+            m.snap.boot_id = BOOT_ID
+            self.store.save(live.row.id, m.snapshot(self.clock()), wall_time=time.time())
         try:
             part.open(action.start)
         except (DestinationError, OSError) as exc:
@@ -793,6 +819,33 @@ class Engine(UploadDriver):
             return M.FinalizeFailed(exc)
         live.dir_unsynced = os.path.dirname(row.path)
         return M.Finalized()
+
+
+def _boot_id() -> str | None:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip() or None
+    except OSError:
+        return None
+
+
+BOOT_ID = _boot_id()
+
+
+def _tail_is_sound(m: M.TransferMachine, size: int) -> bool:
+    """May bytes past the committed offset be kept? Only if the machine has not restarted
+    since the checkpoint (unsynced bytes die with the page cache, not with the process),
+    the download is one stream in order (a segmented file has holes), and the validator
+    they were fetched under is on record (resume checks it with If-Range)."""
+    snap = m.snap
+    return (
+        BOOT_ID is not None
+        and snap.boot_id == BOOT_ID
+        and not snap.segments
+        and (snap.etag is not None or snap.last_modified is not None)
+        and snap.total is not None
+        and size <= snap.total
+    )
 
 
 def _why(exc: BaseException) -> str:

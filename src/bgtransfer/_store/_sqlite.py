@@ -159,6 +159,7 @@ def _response_json(snap: Snapshot) -> str:
             "headers": [list(h) for h in snap.response_headers],
             "body": None if body is None else base64.b64encode(body).decode(),
             "upload_url": snap.upload_url,
+            "boot": snap.boot_id,
             "segments": [list(seg) for seg in snap.segments],
         }
     )
@@ -607,6 +608,7 @@ class SQLiteStore:
             response_headers=tuple((str(k), str(v)) for k, v in resp["headers"]),
             response_body=None if resp.get("body") is None else base64.b64decode(resp["body"]),
             upload_url=resp.get("upload_url"),
+            boot_id=resp.get("boot"),
             segments=tuple((int(a), int(b), int(c)) for a, b, c in resp.get("segments", ())),
         )
         return TaskRow(
