@@ -153,6 +153,7 @@ class _Backend(Protocol):
     async def list(self, session: str) -> list[TaskRow]: ...
     async def control(self, task_id: str, verb: str) -> TaskRow: ...
     async def wait(self, task_id: str) -> TaskRow: ...
+    async def wait_many(self, ids: builtins.list[str]) -> builtins.list[TaskRow]: ...
     async def history(self, task_id: str) -> builtins.list[dict[str, Any]]: ...
     def events(self, session: str, since: int | None) -> AsyncIterator[Event]: ...
 
@@ -217,6 +218,10 @@ class _Local:
     async def wait(self, task_id: str) -> TaskRow:
         return await self._engine().wait(task_id)
 
+    async def wait_many(self, ids: builtins.list[str]) -> builtins.list[TaskRow]:
+        engine = self._engine()
+        return [await engine.wait(i) for i in ids]
+
     async def history(self, task_id: str) -> builtins.list[dict[str, Any]]:
         return self._engine().attempts(task_id)
 
@@ -233,6 +238,9 @@ class _Local:
                     yield ev2
         finally:
             engine.unsubscribe(q)
+
+
+WAIT_BATCH = 5000  # ids per long poll (the daemon takes up to 10 000 and 1 MiB per request)
 
 
 class _Remote:
@@ -289,6 +297,19 @@ class _Remote:
             )
             if row.snap.phase is Phase.DONE:
                 return row
+
+    async def wait_many(self, ids: builtins.list[str]) -> builtins.list[TaskRow]:
+        done: dict[str, TaskRow] = {}
+        for start in range(0, len(ids), WAIT_BATCH):
+            pending = ids[start : start + WAIT_BATCH]
+            while pending:
+                answer = await self.client.call(
+                    "POST", "/v1/wait", body={"ids": pending, "timeout": 25}, timeout=40
+                )
+                rows = [row_from_wire(d) for d in answer["tasks"]]
+                done.update((r.id, r) for r in rows if r.snap.phase is Phase.DONE)
+                pending = [r.id for r in rows if r.snap.phase is not Phase.DONE]
+        return [done[i] for i in ids]
 
     async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
         async for d in self.client.events(session, since):
@@ -603,6 +624,25 @@ class AsyncSession:
         rows = await self._backend_or_raise().list(self.identifier)
         return [AsyncTask(self, r) for r in rows]
 
+    async def wait_all(
+        self, tasks: Iterable[AsyncTask], timeout: float | None = None
+    ) -> list[AsyncTask]:
+        """Wait until every one of ``tasks`` is COMPLETED (its outcome committed).
+
+        One long poll covers thousands of tasks, where ``wait()`` on each costs a round trip
+        apiece. Raises TimeoutError only if this wait timed out; the tasks are returned (and
+        their fields refreshed) in the order given.
+        """
+        todo = list(tasks)
+        for t in todo:
+            if t._session is not self:
+                raise InvalidRequest(f"task {t.id} belongs to another session object")
+        async with asyncio.timeout(timeout):
+            rows = await self._backend_or_raise().wait_many([t.id for t in todo])
+        for t, row in zip(todo, rows, strict=True):
+            t._row = row
+        return todo
+
     async def task(self, task_id: str) -> AsyncTask:
         row = await self._backend_or_raise().get(task_id)
         if row.session != self.identifier:
@@ -820,6 +860,19 @@ class Session:
 
     def tasks(self) -> list[Task]:
         return [Task(self, t) for t in self._call(self._async.tasks())]
+
+    def wait_all(self, tasks: Iterable[Task], timeout: float | None = None) -> list[Task]:
+        """Wait until every one of ``tasks`` is COMPLETED: one long poll for all of them.
+
+        Raises TimeoutError only if this wait timed out."""
+        todo = list(tasks)
+        for t in todo:
+            if t._session is not self:
+                raise InvalidRequest(f"task {t.id} belongs to another session object")
+        self._call(self._async.wait_all([t._inner for t in todo], timeout))
+        for t in todo:
+            t._row = t._inner._row
+        return todo
 
     def task(self, task_id: str) -> Task:
         return Task(self, self._call(self._async.task(task_id)))

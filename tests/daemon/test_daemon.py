@@ -496,3 +496,60 @@ def test_batch_submit_pagination_and_prefix_lookup(
     assert shown["id"] == tasks[700].id
     r = run_cli(home, "show", "xyz")
     assert r.returncode == 4
+
+
+def test_wait_all_covers_a_batch_in_one_long_poll(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    items = [
+        {"url": server.url(f"/gen/3000?seed={i}&key={key}{i}"), "path": tmp_path / f"w{i}"}
+        for i in range(300)
+    ]
+    with bgtransfer.Session("waitall", home=home) as s:
+        tasks = s.download_many(items)
+        done = s.wait_all(tasks, timeout=60)
+        assert done == tasks
+        assert all(t.state is TaskState.COMPLETED and t.error is None for t in done)
+        for i in range(300):
+            assert (tmp_path / f"w{i}").read_bytes() == gen_bytes(3000, seed=i)
+        # A task that cannot finish in time: TimeoutError, and the task goes on.
+        slow = s.download(server.url(f"/gen/1000?stall_headers=5&key={key}s"), tmp_path / "s")
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            s.wait_all([tasks[0], slow], timeout=0.5)
+        assert time.monotonic() - t0 < 3
+        slow.cancel()
+        with (
+            bgtransfer.Session("other", home=home) as other,
+            pytest.raises(bgtransfer.InvalidRequest, match="another session object"),
+        ):
+            other.wait_all(tasks[:1])
+
+
+def test_wait_endpoint_rejects_bad_bodies_and_unknown_ids(home: Path) -> None:
+    run_cli(home, "daemon", "start")
+
+    def post(body: object) -> tuple[int, bytes]:
+        data = json.dumps(body).encode()
+        with socket.socket(socket.AF_UNIX) as c:
+            c.settimeout(10)
+            c.connect(str(home / "control.sock"))
+            c.sendall(
+                b"POST /v1/wait HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode()
+                + data
+            )
+            chunks = []
+            while b := c.recv(65536):
+                chunks.append(b)
+        reply = b"".join(chunks)
+        return int(reply.split(b" ", 2)[1]), reply
+
+    assert post({"timeout": 1})[0] == 400
+    assert post({"ids": []})[0] == 400
+    assert post({"ids": ["a"] * 10_001})[0] in (400, 413)
+    assert post({"ids": ["a"], "timeout": 301})[0] == 400
+    assert post({"ids": ["a"], "timeout": "1"})[0] == 400
+    code, reply = post({"ids": ["0" * 32], "timeout": 1})
+    assert code == 404
+    assert b"task_not_found" in reply

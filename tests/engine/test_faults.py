@@ -714,3 +714,17 @@ def test_closing_leaves_queued_tasks_resumable(
         assert set(states) == set(ids)
         assert set(states.values()) == {TaskState.SUSPENDED}
         assert all("interrupted" in t.detail for t in s2.tasks())
+
+
+def test_wait_all_in_a_foreground_session(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    tasks = [
+        session.download(server.url(f"/gen/5000?seed={i}&key={key}{i}"), tmp_path / f"a{i}")
+        for i in range(20)
+    ]
+    assert session.wait_all(tasks, timeout=60) == tasks
+    for i, t in enumerate(tasks):
+        assert t.state is TaskState.COMPLETED
+        assert t.error is None
+        assert (tmp_path / f"a{i}").read_bytes() == gen_bytes(5000, seed=i)

@@ -309,6 +309,31 @@ class Daemon:
     async def attempts(self, request: web.Request) -> web.Response:
         return web.json_response(self.engine.attempts(request.match_info["id"]))
 
+    async def wait_many(self, request: web.Request) -> web.Response:
+        """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
+        or S seconds passed, with all their rows: one long poll for a whole batch."""
+        body = await request.json()
+        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
+            raise InvalidRequest('wait needs {"ids": [...], "timeout": seconds}')
+        ids = body["ids"]
+        if not 1 <= len(ids) <= 10_000 or not all(isinstance(i, str) for i in ids):
+            raise InvalidRequest("ids must be a list of 1 to 10000 task ids")
+        timeout = body.get("timeout", 30)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool):
+            raise InvalidRequest(f"timeout must be a number of seconds: {timeout!r}")
+        if not 0 <= timeout <= 300:
+            raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
+        for task_id in ids:
+            self.engine.get(task_id)  # unknown ids: 404 now, not after the wait
+
+        async def every() -> None:
+            for task_id in ids:
+                await self.engine.wait(task_id)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(every(), timeout)
+        return web.json_response({"tasks": [row_to_wire(self.engine.get(i)) for i in ids]})
+
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
         timeout = float(request.query.get("timeout", "30"))
@@ -382,6 +407,7 @@ class Daemon:
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_get("/v1/tasks/{id}", self.get_task)
         app.router.add_get("/v1/tasks/{id}/wait", self.wait)
+        app.router.add_post("/v1/wait", self.wait_many)
         app.router.add_get("/v1/tasks/{id}/attempts", self.attempts)
         app.router.add_post("/v1/tasks/{id}/{verb}", self.control)
         app.router.add_get("/v1/events", self.events)

@@ -35,6 +35,7 @@ from bgtransfer._engine._files import (
 )
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
 from bgtransfer._engine._upload import UploadDriver
 from bgtransfer._exceptions import (
@@ -82,6 +83,7 @@ class _Live:
     checksums: set[str] = field(default_factory=set)  # tus: algorithms the server offers
     checksum_failures: int = 0
     slot: Slot | None = None  # the limiter slot the current attempt holds
+    raw: RawBody | None = None  # the body being read straight off the socket
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
 
 
@@ -713,19 +715,29 @@ class Engine(UploadDriver):
         if m.spec.low_speed_limit > 0:
             watchdog = asyncio.get_running_loop().create_task(self._watchdog(live))
         rt = m.spec.request_timeout
+
+        def take(chunk: bytes | memoryview) -> None:
+            part.write(chunk)
+            if live.attempt is not None:
+                live.attempt["bytes"] += len(chunk)
+            if hasher is not None:
+                hasher.update(chunk)
+                live.hashed += len(chunk)
+            # No await between write and handle: the offset always matches the file.
+            actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
+            if actions:
+                self._execute_sync(live, actions)
+
+        raw = take_over(resp)
         try:
-            async for chunk in resp.content.iter_chunked(READ_SIZE):
-                part.write(chunk)
-                if live.attempt is not None:
-                    live.attempt["bytes"] += len(chunk)
-                if hasher is not None:
-                    hasher.update(chunk)
-                    live.hashed += len(chunk)
-                # No await between write and handle: the offset always matches the file.
-                actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
-                if actions:
-                    self._execute_sync(live, actions)
-            resp.release()
+            if raw is None:
+                async for chunk in resp.content.iter_chunked(READ_SIZE):
+                    take(chunk)
+                resp.release()
+            else:
+                live.raw = raw
+                await self._raw_stream(raw, take, rt)
+                resp.close()  # the connection is ours now: never back to the pool
             live.resp = None
             return M.BodyEnded()
         except DestinationError as exc:
@@ -748,9 +760,29 @@ class Engine(UploadDriver):
             if watchdog is not None:
                 watchdog.cancel()
             live.slow = False
+            if raw is not None:
+                raw.close()
+                live.raw = None
             if live.resp is not None:
                 live.resp.close()
                 live.resp = None
+
+    async def _raw_stream(
+        self, raw: RawBody, take: Callable[[bytes | memoryview], None], rt: float
+    ) -> None:
+        if raw.buffered:
+            take(raw.buffered)
+            raw.buffered = b""
+        loop = asyncio.get_running_loop()
+        buf = memoryview(bytearray(READ_SIZE))
+        left = raw.remaining
+        while left > 0:
+            async with asyncio.timeout(rt):
+                n = await loop.sock_recv_into(raw.sock, buf[: min(READ_SIZE, left)])
+            if n == 0:
+                raise ConnectionError("body cut short")
+            take(buf[:n])
+            left -= n
 
     async def _watchdog(self, live: _Live) -> None:
         """curl's --speed-limit/--speed-time: idle timeouts alone miss a trickling server."""
@@ -766,6 +798,8 @@ class Engine(UploadDriver):
             t0, b0 = samples[0]
             if now - t0 >= window and (m.snap.offset - b0) / (now - t0) < limit:
                 live.slow = True
+                if live.raw is not None:
+                    live.raw.cut()
                 if live.resp is not None:
                     live.resp.close()
                 return
