@@ -670,7 +670,7 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
     order = [
         "bgtransfer Session(background=True), daemon",
         f"bgtransfer AsyncSession, {conc} submits in flight, daemon",
-        "bgtransfer Session.download_many (one batch), daemon",
+        "bgtransfer Session.download_many + wait_all (one batch), daemon",
         f"bgtransfer AsyncSession, {conc} in flight, daemon BGTRANSFER_MAX_PER_HOST={conc}",
         f"aria2c -j{conc} -i",
         f"curl --parallel --parallel-max {conc}",

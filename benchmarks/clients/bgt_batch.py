@@ -1,4 +1,5 @@
-"""W2 client: submit the whole list with one ``Session.download_many()`` call, then wait.
+"""W2 client: submit the whole list with one ``Session.download_many()`` call, then
+``Session.wait_all()`` for all of them.
 
 Usage: bgt_batch.py LIST HOME, LIST holding 'URL<TAB>PATH' lines. The batch is one request to
 the daemon and one store transaction. Prints one JSON line like bgt_many.py; exits 3 if this
@@ -30,8 +31,11 @@ def main() -> int:
         t0 = time.perf_counter()
         tasks = s.download_many(items)
         t1 = time.perf_counter()
-        for t in tasks:
-            t.wait(timeout=900)
+        if hasattr(s, "wait_all"):
+            s.wait_all(tasks, timeout=900)  # one long poll per 5000 tasks
+        else:  # older revisions (--rev)
+            for t in tasks:
+                t.wait(timeout=900)
         t2 = time.perf_counter()
         errors = [str(t.error) for t in tasks if t.error is not None]
     print(
