@@ -1063,7 +1063,7 @@ def render_w1(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         "(`echo 5 > /proc/<pid>/clear_refs`). "
         "'sync after' = an untimed `sync` right after the run: the tools that leave dirty "
         "pages (curl, wget, aria2c, pypdl) pay here what bgtransfer pays inside its timing "
-        "(fdatasync every 2 MiB checkpoint).\n\n"
+        "(an fdatasync at every 32 MiB checkpoint and before the rename).\n\n"
         + startup_line(res.get("startup", {}))
         + noise_line(runs)
     )

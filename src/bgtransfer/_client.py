@@ -10,8 +10,9 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
-import aiohttp
+import h11
 
 from bgtransfer._daemon._paths import daemon_log, socket_path
 from bgtransfer._exceptions import TransferError, error_from_dict
@@ -45,23 +46,52 @@ def spawn_daemon(home: str) -> None:
 
 
 class DaemonClient:
+    """HTTP/1.1 over the daemon's Unix socket, one connection per call (h11 does the
+    framing). Not aiohttp: a client command then starts in ~0.1 s instead of ~0.25 s, and
+    the socket is local, so a connection costs microseconds."""
+
     def __init__(self, home: str) -> None:
         self.home = home
         self.socket = socket_path(home)
-        self._http: aiohttp.ClientSession | None = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._http is None or self._http.closed:
-            self._http = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=self.socket),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            )
-        return self._http
 
     async def close(self) -> None:
-        if self._http is not None:
-            await self._http.close()
-            self._http = None
+        """Nothing to close: every call has its own connection."""
+
+    async def _open(
+        self, method: str, path: str, body: Any, params: dict[str, str] | None
+    ) -> tuple[h11.Connection, asyncio.StreamReader, asyncio.StreamWriter]:
+        target = path + ("?" + urlencode(params) if params else "")
+        reader, writer = await asyncio.open_unix_connection(self.socket)
+        conn = h11.Connection(h11.CLIENT)
+        headers = [("Host", "bgtransfer"), ("Connection", "close")]
+        payload = b""
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers += [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+        out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        if payload:
+            out += conn.send(h11.Data(data=payload)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        writer.write(out)
+        await writer.drain()
+        return conn, reader, writer
+
+    @staticmethod
+    async def _next(
+        conn: h11.Connection, reader: asyncio.StreamReader, read_timeout: float | None = None
+    ) -> Any:
+        while True:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ConnectionError(f"bad answer from the daemon: {exc}") from exc
+            if ev is not h11.NEED_DATA:
+                if isinstance(ev, h11.ConnectionClosed):
+                    raise ConnectionError("the daemon closed the connection")
+                return ev
+            async with asyncio.timeout(read_timeout):
+                data = await reader.read(1 << 16)
+            conn.receive_data(data)  # b"" is the end of the stream
 
     async def _once(
         self,
@@ -72,25 +102,35 @@ class DaemonClient:
         params: dict[str, str] | None = None,
         timeout: float = 60.0,
     ) -> Any:
-        async with self._client().request(
-            method,
-            f"http://bgtransfer{path}",
-            json=body,
-            params=params,
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as resp:
-            data = await resp.json(content_type=None)
-            if resp.status >= 400:
-                err = data.get("error", {}) if isinstance(data, dict) else {}
-                raise error_from_dict(
-                    {"code": err.get("code"), "message": err.get("message", f"HTTP {resp.status}")}
-                )
-            return data
+        async with asyncio.timeout(timeout):
+            conn, reader, writer = await self._open(method, path, body, params)
+            try:
+                status, chunks = 0, []
+                while True:
+                    ev = await self._next(conn, reader)
+                    if isinstance(ev, h11.Response):
+                        status = ev.status_code
+                    elif isinstance(ev, h11.Data):
+                        chunks.append(bytes(ev.data))
+                    elif isinstance(ev, h11.EndOfMessage):
+                        break
+            finally:
+                writer.close()
+        try:
+            data = json.loads(b"".join(chunks) or b"null")
+        except ValueError as exc:
+            raise ConnectionError(f"the daemon's answer is not JSON (HTTP {status})") from exc
+        if status >= 400:
+            err = data.get("error", {}) if isinstance(data, dict) else {}
+            raise error_from_dict(
+                {"code": err.get("code"), "message": err.get("message", f"HTTP {status}")}
+            )
+        return data
 
     async def ping(self) -> dict[str, Any] | None:
         try:
             data = await self._once("GET", "/v1/status", timeout=5)
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (OSError, TimeoutError):
             return None
         return data if isinstance(data, dict) else None
 
@@ -128,7 +168,7 @@ class DaemonClient:
         for attempt in range(3):
             try:
                 return await self._once(method, path, body=body, params=params, timeout=timeout)
-            except (aiohttp.ClientConnectionError, OSError) as exc:
+            except OSError as exc:  # refused, no socket, reset, closed early, timed out
                 if not start:
                     raise DaemonUnavailable(
                         f"the bgtransfer daemon is not running ({exc})"
@@ -145,23 +185,33 @@ class DaemonClient:
             params = {"session": session}
             if cursor is not None:
                 params["since"] = str(cursor)
+            writer: asyncio.StreamWriter | None = None
             try:
-                async with self._client().get(
-                    "http://bgtransfer/v1/events",
-                    params=params,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_read=60),
-                ) as resp:
-                    if resp.status >= 400:
-                        data = await resp.json(content_type=None)
-                        raise error_from_dict(data.get("error", {}))
-                    async for raw in resp.content:
-                        line = raw.strip()
-                        if not line:
-                            continue
-                        ev = json.loads(line)
-                        if ev.get("cursor") is not None:
-                            cursor = int(ev["cursor"])
-                        yield ev
-            except (aiohttp.ClientError, OSError, TimeoutError):
+                conn, reader, writer = await self._open("GET", "/v1/events", None, params)
+                status, pending, failed = 0, b"", b""
+                while True:
+                    ev = await self._next(conn, reader, read_timeout=60)
+                    if isinstance(ev, h11.Response):
+                        status = ev.status_code
+                    elif isinstance(ev, h11.Data) and status >= 400:
+                        failed += bytes(ev.data)
+                    elif isinstance(ev, h11.Data):
+                        pending += bytes(ev.data)
+                        *lines, pending = pending.split(b"\n")
+                        for line in lines:
+                            if not line.strip():
+                                continue
+                            item = json.loads(line)
+                            if item.get("cursor") is not None:
+                                cursor = int(item["cursor"])
+                            yield item
+                    elif isinstance(ev, h11.EndOfMessage):
+                        if status >= 400:
+                            raise error_from_dict(json.loads(failed or b"{}").get("error", {}))
+                        raise ConnectionError("the event stream ended")
+            except (OSError, TimeoutError):
                 await asyncio.sleep(0.2)
                 await self.ensure_running()
+            finally:
+                if writer is not None:
+                    writer.close()

@@ -9,18 +9,22 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import platformdirs
 
 from bgtransfer._client import DaemonClient
-from bgtransfer._engine._engine import Engine
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError, error_from_dict
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
 from bgtransfer._store._base import StoredEvent, TaskRow
-from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._tasks import build_row, build_upload_row, row_from_wire, task_dict
+
+if TYPE_CHECKING:
+    # Imported when a foreground session opens: a client of the daemon never needs the
+    # engine (or aiohttp), and starts faster without them.
+    from bgtransfer._engine._engine import Engine
+    from bgtransfer._store._sqlite import SQLiteStore
 
 __all__ = ["AsyncSession", "AsyncTask", "Session", "Task", "resolve_home"]
 
@@ -173,6 +177,9 @@ class _Local:
         return self.engine
 
     async def open(self) -> None:
+        from bgtransfer._engine._engine import Engine
+        from bgtransfer._store._sqlite import SQLiteStore
+
         self.store = SQLiteStore(os.path.join(self.home, STORE_NAME))
         engine = Engine(self.store, self.home, max_active=self._max[0], max_per_host=self._max[1])
         await engine.start()

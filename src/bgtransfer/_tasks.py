@@ -9,7 +9,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from bgtransfer._engine._engine import new_task_id
 from bgtransfer._engine._files import check_target, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
@@ -32,6 +31,11 @@ __all__ = [
     "row_to_wire",
     "task_dict",
 ]
+
+
+def new_task_id() -> str:
+    return os.urandom(16).hex()
+
 
 # The keyword options of download(), with their defaults: one list for the API, the control
 # protocol and the CLI.

@@ -898,7 +898,3 @@ def _why(exc: BaseException) -> str:
 def _phase(m: M.TransferMachine) -> Phase:
     # A call, not an attribute read, so type checkers do not narrow across awaits.
     return m.snap.phase
-
-
-def new_task_id() -> str:
-    return os.urandom(16).hex()
