@@ -66,6 +66,22 @@ def check_invariants(home: Path, dest: Path, origin: bytes) -> int:
     return offset
 
 
+def kill_past_a_checkpoint(home: Path, url: str, dest: Path) -> None:
+    """Start the download in a child and SIGKILL it a little after its first checkpoint."""
+    proc = spawn(home, url, dest)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith("started")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        found = stored(home)
+        if found is not None and found[1] > 0:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # some bytes past the checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+
+
 def test_sigkill_loop_resumes_byte_exact(server: FaultServer, tmp_path: Path, key: str) -> None:
     size = 48 << 20  # about 16 s of transfer: more than twelve kills' worth of progress
     origin = gen_bytes(size, seed=7)
@@ -104,18 +120,7 @@ def test_later_session_sees_interrupted_task_and_resumes(
     origin = gen_bytes(SIZE, seed=8)
     url = server.url(f"/gen/{SIZE}?seed=8&rate=4000000&key={key}")
     home, dest = tmp_path / "home", tmp_path / "out.bin"
-    proc = spawn(home, url, dest)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("started")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = stored(home)
-        if found is not None and found[1] > 0:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)  # some bytes past the checkpoint
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
+    kill_past_a_checkpoint(home, url, dest)
     committed = check_invariants(home, dest, origin)
     assert committed > 0
     found = stored(home)
@@ -144,18 +149,7 @@ def test_after_a_reboot_only_the_committed_offset_is_trusted(
     origin = gen_bytes(SIZE, seed=9)
     url = server.url(f"/gen/{SIZE}?seed=9&rate=4000000&key={key}")
     home, dest = tmp_path / "home", tmp_path / "out.bin"
-    proc = spawn(home, url, dest)
-    assert proc.stdout is not None
-    assert proc.stdout.readline().startswith("started")
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        found = stored(home)
-        if found is not None and found[1] > 0:
-            break
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=10)
+    kill_past_a_checkpoint(home, url, dest)
     committed = check_invariants(home, dest, origin)
     found = stored(home)
     assert found is not None

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from bgtransfer._engine._files import fsync_dir
+from bgtransfer._engine._files import fsync_dir, fsync_file
 from bgtransfer._exceptions import DestinationError, StoreError
 from bgtransfer._protocol._machine import Snapshot
 from bgtransfer._store._sqlite import EventRecord, SQLiteStore
@@ -84,14 +83,6 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_result(value)
     else:
         fut.set_exception(value)
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Committer:
@@ -161,7 +152,7 @@ class Committer:
         for i, pending in enumerate(batch):
             for path in pending.sync_files:
                 try:
-                    _fsync_file(path)
+                    fsync_file(path)
                 except OSError as exc:
                     failed[i] = DestinationError(f"cannot fsync {path}: {exc}")
         dirs: dict[str, OSError | None] = {}

@@ -33,6 +33,7 @@ from bgtransfer._engine._files import (
     size_of,
     verify,
 )
+from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
 from bgtransfer._engine._rawbody import RawBody, take_over
@@ -85,14 +86,6 @@ class _Live:
     slot: Slot | None = None  # the limiter slot the current attempt holds
     raw: RawBody | None = None  # the body being read straight off the socket
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
-
-
-def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in resp.headers.items():
-        key = k.lower()
-        out[key] = f"{out[key]}, {v}" if key in out else v
-    return out
 
 
 class Engine(UploadDriver):
@@ -686,7 +679,7 @@ class Engine(UploadDriver):
         live.resp = resp
         if live.attempt is not None:
             live.attempt["status"] = resp.status
-        return M.Response(resp.status, _headers(resp), wall_time=time.time())
+        return M.Response(resp.status, lower_headers(resp), wall_time=time.time())
 
     async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
         m, part, resp = live.machine, live.part, live.resp
@@ -754,7 +747,7 @@ class Engine(UploadDriver):
                     )
                 )
             return M.TransportFailed(
-                ReadError(f"connection lost at byte {m.snap.offset} ({_why(exc)})")
+                ReadError(f"connection lost at byte {m.snap.offset} ({why(exc)})")
             )
         finally:
             if watchdog is not None:
@@ -880,19 +873,6 @@ def _tail_is_sound(m: M.TransferMachine, size: int) -> bool:
         and snap.total is not None
         and size <= snap.total
     )
-
-
-def _why(exc: BaseException) -> str:
-    """A short reason for people; the full exception goes to the log."""
-    log.debug("transfer interrupted", exc_info=exc)
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "body cut short"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:80]
 
 
 def _phase(m: M.TransferMachine) -> Phase:

@@ -19,6 +19,7 @@ __all__ = [
     "PartialFile",
     "check_target",
     "fsync_dir",
+    "fsync_file",
     "hash_prefix",
     "link_into_place",
     "partial_path",
@@ -56,7 +57,16 @@ def check_target(path: object, *, overwrite: bool) -> str:
 
 
 def fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    _fsync(directory, os.O_DIRECTORY)
+
+
+def fsync_file(path: str) -> None:
+    """fsync a file by name (it was written and closed elsewhere), never through a link."""
+    _fsync(path, os.O_NOFOLLOW)
+
+
+def _fsync(path: str, flags: int) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | flags)
     try:
         os.fsync(fd)
     finally:

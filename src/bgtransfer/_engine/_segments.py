@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from multidict import CIMultiDict
 
+from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._exceptions import (
     ConnectError,
     DestinationError,
@@ -75,14 +76,6 @@ class _Retry:
         self.error = error
 
 
-def _lower(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in resp.headers.items():
-        key = k.lower()
-        out[key] = f"{out[key]}, {v}" if key in out else v
-    return out
-
-
 async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.Event:
     """Carry out ``WriteBody`` for a task that asked for segments."""
     m, resp = live.machine, live.resp
@@ -93,7 +86,7 @@ async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.E
     if fresh and action.start != 0:
         return await engine._stream(live, action)  # resuming a download begun on one connection
     if fresh:
-        plan, why = plan_segments(m.spec.segments, resp.status, _lower(resp), m.snap.total)
+        plan, why = plan_segments(m.spec.segments, resp.status, lower_headers(resp), m.snap.total)
         if m.segments_distrusted:
             plan, why = (), "the server answered a range with other bytes"
         if not plan:
@@ -289,7 +282,7 @@ class _Driver:
             return _Retry(NetworkError(f"request failed: {exc!r}"))
         attempt["status"] = resp.status
         answer = check_segment_response(
-            resp.status, _lower(resp), m.snap.segments[index], m.snap.total
+            resp.status, lower_headers(resp), m.snap.segments[index], m.snap.total
         )
         if answer is SegmentAnswer.USE:
             return resp
@@ -338,24 +331,13 @@ class _Driver:
         except TimeoutError:
             return _Retry(TransferTimeout(f"no data for {rt:g} s (request_timeout)"))
         except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-            return _Retry(ReadError(f"segment {index}: connection lost ({_why(exc)})"))
+            return _Retry(ReadError(f"segment {index}: connection lost ({why(exc)})"))
         finally:
             resp.close()
         _, pos, end = m.snap.segments[index]
         if pos < end:
             return _Retry(ReadError(f"segment {index}: body ended at byte {pos}, before {end}"))
         return None
-
-
-def _why(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "body cut short"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server closed the connection"
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset"
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:80]
 
 
 def _describe(event: M.Event) -> str:

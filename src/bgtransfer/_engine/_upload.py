@@ -18,6 +18,7 @@ from urllib.parse import urljoin
 import aiohttp
 from multidict import CIMultiDict
 
+from bgtransfer._engine._http import lower_headers
 from bgtransfer._exceptions import (
     ConnectError,
     IntegrityError,
@@ -54,14 +55,6 @@ class _Lost(Exception):
 class _Done(Exception):
     def __init__(self, event: Event | None) -> None:
         self.event = event
-
-
-def _headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in resp.headers.items():
-        key = k.lower()
-        out[key] = f"{out[key]}, {v}" if key in out else v
-    return out
 
 
 def _int_header(resp: aiohttp.ClientResponse, name: str) -> int | None:
@@ -128,7 +121,7 @@ class UploadDriver:
     def _final(self, resp: aiohttp.ClientResponse, body: bytes) -> FinalResponse:
         import time
 
-        return FinalResponse(resp.status, _headers(resp), body, wall_time=time.time())
+        return FinalResponse(resp.status, lower_headers(resp), body, wall_time=time.time())
 
     async def _stream_file(self, live: _Live, start: int, length: int) -> AsyncIterator[bytes]:
         """The file's bytes from ``start``, reporting progress for plain uploads."""

@@ -1,0 +1,33 @@
+"""Small readings of aiohttp objects that every driver (plain, segmented, upload) needs."""
+
+from __future__ import annotations
+
+import logging
+
+import aiohttp
+
+__all__ = ["lower_headers", "why"]
+
+log = logging.getLogger("bgtransfer")
+
+
+def lower_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """The response headers with lower-case names, repeated ones joined (RFC 9110 5.3)."""
+    out: dict[str, str] = {}
+    for k, v in resp.headers.items():
+        key = k.lower()
+        out[key] = f"{out[key]}, {v}" if key in out else v
+    return out
+
+
+def why(exc: BaseException) -> str:
+    """A short reason for people; the full exception goes to the log."""
+    log.debug("transfer interrupted", exc_info=exc)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "body cut short"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "server closed the connection"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:80]
