@@ -7,9 +7,10 @@ first submit to the last completion, the submit phase alone, and the failures.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
+
+from _report import report  # a sibling: scripts run with their own folder on sys.path
 
 import bgtransfer
 
@@ -27,19 +28,7 @@ def main() -> int:
             t.wait(timeout=900)
         t2 = time.perf_counter()
         errors = [str(t.error) for t in tasks if t.error is not None]
-    print(
-        json.dumps(
-            {
-                "open_s": t0 - t_open,
-                "submit_s": t1 - t0,
-                "window_s": t2 - t0,
-                "count": len(tasks),
-                "errors": len(errors),
-                "first_error": errors[0] if errors else None,
-            }
-        )
-    )
-    return 0 if not errors else 1
+    return report(t_open, t0, t1, t2, errors, len(tasks))
 
 
 if __name__ == "__main__":
