@@ -138,10 +138,11 @@ class Committer:
                 batch, self._queue = list(self._queue.values()), {}
             for pending, result in zip(batch, self._run(batch), strict=True):
                 for fut, index, loop in pending.waiters:
-                    ok = not isinstance(result, BaseException)
-                    value: Any = result
-                    if not isinstance(result, BaseException):
-                        value = result[index] if index is not None else None
+                    value: Any
+                    if isinstance(result, BaseException):
+                        ok, value = False, result
+                    else:  # each waiter gets the cursor of its own event
+                        ok, value = True, None if index is None else result[index]
                     try:
                         loop.call_soon_threadsafe(_settle, fut, ok, value)
                     except RuntimeError:  # the loop is gone (interpreter exit)
@@ -168,18 +169,15 @@ class Committer:
                 if err is not None:
                     # The rename may not survive a crash: do not record the task as done.
                     failed[i] = DestinationError(f"cannot fsync directory {d}: {err}")
-        results: list[list[int | None] | BaseException | None] = [
-            failed.get(i) for i in range(len(batch))
-        ]
         ok = [i for i in range(len(batch)) if i not in failed]
+        written: dict[int, list[int | None] | BaseException] = {}
         try:
             with self._store.transaction():
                 for i in ok:
-                    results[i] = self._write(batch[i])
+                    written[i] = self._write(batch[i])
         except Exception:  # noqa: BLE001 - one bad save must not sink the others: retry alone
-            for i in ok:
-                results[i] = self._one(batch[i])
-        return [r if r is not None else StoreError("not written") for r in results]
+            written = {i: self._one(batch[i]) for i in ok}
+        return [failed[i] if i in failed else written[i] for i in range(len(batch))]
 
     def _write(self, p: _Pending) -> list[int | None]:
         s = p.last

@@ -375,16 +375,17 @@ class Engine(UploadDriver):
                 m.snap.offset,
             )
             m.snap.offset = m.committed = size
-        elif size > m.snap.offset and _tail_is_sound(m, size):
-            # The process died, the machine did not: what it wrote after its last checkpoint
-            # is in the page cache, whole, so resume after it rather than fetch it again.
-            log.info(
-                "task %s: keeping %d bytes written after the last checkpoint",
-                row.id,
-                size - m.snap.offset,
-            )
-            m.snap.offset = m.committed = size
-        elif size > m.snap.offset and not m.snap.segments:
+        elif size > m.snap.offset and not m.snap.segments:  # a segmented file has holes
+            if _tail_is_sound(m, size):
+                # The process died, the machine did not: what it wrote after its last
+                # checkpoint is in the page cache, whole, so resume after it.
+                log.info(
+                    "task %s: keeping %d bytes written after the last checkpoint",
+                    row.id,
+                    size - m.snap.offset,
+                )
+                m.snap.offset = m.committed = size
+                return
             # Written in an earlier boot and maybe never synced: cut them off now, before a
             # checkpoint of this boot could vouch for them.
             try:
@@ -576,8 +577,7 @@ class Engine(UploadDriver):
         if hook is not None:
             row.hook_state = hook
         attempts, live.attempts_done = live.attempts_done, []
-        m.snap.boot_id = BOOT_ID
-        snap = m.snapshot(now)
+        snap = _stored(m, now)
         wall = time.time()
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
         sync_dir, live.dir_unsynced = live.dir_unsynced, None
@@ -690,8 +690,7 @@ class Engine(UploadDriver):
             # goes on record first, or a crash could leave new bytes under the old one. A
             # direct commit, not an await: aiohttp drops a buffered body whose connection
             # closes while nobody reads it. Restarts are rare; the loop can afford it.
-            m.snap.boot_id = BOOT_ID
-            self.store.save(live.row.id, m.snapshot(self.clock()), wall_time=time.time())
+            self.store.save(live.row.id, _stored(m, self.clock()), wall_time=time.time())
         try:
             part.open(action.start)
         except (DestinationError, OSError) as exc:
@@ -827,7 +826,7 @@ class Engine(UploadDriver):
             return M.FinalizeFailed(exc)
         m.committed = m.snap.offset
         attempts, live.attempts_done = live.attempts_done, []
-        snap = m.snapshot(self.clock())
+        snap = _stored(m, self.clock())
         assert self._commit is not None
         # The bytes and the full offset are durable before the target name appears, so a
         # crash between the two finds "placed, completion not recorded" (reconciled to
@@ -859,16 +858,21 @@ def _boot_id() -> str | None:
 BOOT_ID = _boot_id()
 
 
+def _stored(m: M.TransferMachine, now: float) -> M.Snapshot:
+    """The snapshot to save, stamped with this boot: its bytes were written in this boot."""
+    m.snap.boot_id = BOOT_ID
+    return m.snapshot(now)
+
+
 def _tail_is_sound(m: M.TransferMachine, size: int) -> bool:
-    """May bytes past the committed offset be kept? Only if the machine has not restarted
-    since the checkpoint (unsynced bytes die with the page cache, not with the process),
-    the download is one stream in order (a segmented file has holes), and the validator
-    they were fetched under is on record (resume checks it with If-Range)."""
+    """May bytes of a one-stream download past the committed offset be kept? Only if the
+    machine has not restarted since the checkpoint (unsynced bytes die with the page cache,
+    not with the process) and the validator they were fetched under is on record (resume
+    checks it with If-Range)."""
     snap = m.snap
     return (
         BOOT_ID is not None
         and snap.boot_id == BOOT_ID
-        and not snap.segments
         and (snap.etag is not None or snap.last_modified is not None)
         and snap.total is not None
         and size <= snap.total
