@@ -453,3 +453,25 @@ def test_per_session_limits_are_refused_on_background_sessions(home: Path) -> No
         bgtransfer.AsyncSession("lim", home=home, max_per_host=2)
     with bgtransfer.Session("lim", home=home, background=False, max_active=1) as s:
         assert s._async._engine_or_raise().limiter.total == 1
+
+
+def test_one_completions_stream_across_a_daemon_kill_yields_each_task_once(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    url = server.url(f"/gen/{SIZE}?key={key}")
+    with bgtransfer.Session("once", home=home) as s:
+        a = s.download(url, tmp_path / "a", **FAST)
+        a.wait(timeout=30)
+        got: list[bgtransfer.Task] = []
+        b_id = ""
+        for t in s.completions(timeout=5):
+            got.append(t)
+            if t.id == a.id:  # not acknowledged yet: the reconnect's replay brings it again
+                kill_daemon(home)
+                b_id = s.download(url, tmp_path / "b", **FAST).id
+            if len(got) == 2:
+                break
+        assert [t.id for t in got] == [a.id, b_id]
+        for t in got:
+            t.acknowledge()
+        assert list(s.completions(timeout=0.5)) == []
