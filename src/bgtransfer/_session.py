@@ -40,6 +40,7 @@ from bgtransfer._tasks import (
     build_upload_row,
     row_from_wire,
     same_request,
+    same_target,
     task_dict,
 )
 
@@ -203,6 +204,7 @@ class _Backend(Protocol):
     async def submit(self, row: TaskRow) -> TaskRow: ...
     async def submit_many(self, rows: builtins.list[TaskRow]) -> builtins.list[TaskRow]: ...
     async def get(self, task_id: str) -> TaskRow: ...
+    async def find_key(self, session: str, key: str) -> TaskRow | None: ...
     def peek(self, row: TaskRow) -> TaskRow: ...
     async def list(self, session: str, query: _Query | None = None) -> list[TaskRow]: ...
     async def control(self, task_id: str, verb: str) -> TaskRow: ...
@@ -299,6 +301,10 @@ class _Local:
 
     async def get(self, task_id: str) -> TaskRow:
         return self._engine().get(task_id)
+
+    async def find_key(self, session: str, key: str) -> TaskRow | None:
+        found = self._engine().store.find_key(session, key)
+        return None if found is None else self._engine().get(found.id)
 
     def peek(self, row: TaskRow) -> TaskRow:
         return self._engine().get(row.id)
@@ -434,6 +440,10 @@ class _Remote:
 
     async def get(self, task_id: str) -> TaskRow:
         return row_from_wire(await self.client.call("GET", f"/v1/tasks/{quote(task_id)}"))
+
+    async def find_key(self, session: str, key: str) -> TaskRow | None:
+        data = await self.client.call("GET", "/v1/tasks", params={"session": session, "key": key})
+        return row_from_wire(data[0]) if data else None
 
     def peek(self, row: TaskRow) -> TaskRow:
         return row
@@ -791,29 +801,47 @@ class AsyncSession:
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
         """
-        row = build_row(
-            self.identifier,
-            url,
-            path,
-            background=self.background,
-            headers=headers,
-            request_timeout=request_timeout,
-            resource_timeout=resource_timeout,
-            sha256=sha256,
-            overwrite=overwrite,
-            low_speed_limit=low_speed_limit,
-            low_speed_time=low_speed_time,
-            max_attempts=max_attempts,
-            retry_wait=retry_wait,
-            max_retry_wait=max_retry_wait,
-            on_complete=on_complete,
-            segments=segments,
-            idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
-            metadata=metadata,
-            check_exists=idempotency_key is None,
-        )
+        try:
+            row = build_row(
+                self.identifier,
+                url,
+                path,
+                background=self.background,
+                headers=headers,
+                request_timeout=request_timeout,
+                resource_timeout=resource_timeout,
+                sha256=sha256,
+                overwrite=overwrite,
+                low_speed_limit=low_speed_limit,
+                low_speed_time=low_speed_time,
+                max_attempts=max_attempts,
+                retry_wait=retry_wait,
+                max_retry_wait=max_retry_wait,
+                on_complete=on_complete,
+                segments=segments,
+                idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+                metadata=metadata,
+                check_exists=idempotency_key is None,
+            )
+        except InvalidRequest:
+            twin = await self._twin(idempotency_key, "download", url, path)
+            if twin is None:
+                raise
+            return twin
         row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
+
+    async def _twin(
+        self, key: str | None, kind: str, url: object, path: object
+    ) -> AsyncTask | None:
+        """The task of ``key`` when a repeated submit no longer validates only because its
+        upload source or target directory is gone since: it asked for that task."""
+        if not isinstance(key, str) or not key:
+            return None
+        found = await self._backend_or_raise().find_key(self.identifier, key)
+        if found is None or not same_target(found, kind, url, path):
+            return None
+        return AsyncTask(self, found)
 
     async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
         """Submit many downloads at once: each item has ``url``, ``path`` and any option of
@@ -821,6 +849,7 @@ class AsyncSession:
         first (InvalidRequest names the first bad one, and then none is created); they are
         stored in one transaction."""
         rows = []
+        twins: dict[int, AsyncTask] = {}
         for n, item in enumerate(items):
             opts = dict(item)
             try:
@@ -842,10 +871,16 @@ class AsyncSession:
                 )
             except TypeError as exc:
                 raise InvalidRequest(f"item {n}: {exc}") from None
-        if not rows:
+            except InvalidRequest:
+                twin = await self._twin(key, "download", url, path)
+                if twin is None:
+                    raise
+                twins[n] = twin
+        total = len(rows) + len(twins)
+        if not total:
             return []
-        done = await self._backend_or_raise().submit_many(rows)
-        return [AsyncTask(self, r) for r in done]
+        done = iter(await self._backend_or_raise().submit_many(rows) if rows else [])
+        return [twins[n] if n in twins else AsyncTask(self, next(done)) for n in range(total)]
 
     async def upload(
         self,
@@ -876,27 +911,33 @@ class AsyncSession:
         (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
         from the server's offset after any interruption.
         """
-        row = build_upload_row(
-            self.identifier,
-            path,
-            url,
-            background=self.background,
-            method=method,
-            headers=headers,
-            protocol=protocol,
-            request_timeout=request_timeout,
-            resource_timeout=resource_timeout,
-            field_name=field_name,
-            form_fields=form_fields,
-            retry_unsafe=retry_unsafe,
-            chunk_size=chunk_size,
-            max_attempts=max_attempts,
-            retry_wait=retry_wait,
-            max_retry_wait=max_retry_wait,
-            on_complete=on_complete,
-            idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
-            metadata=metadata,
-        )
+        try:
+            row = build_upload_row(
+                self.identifier,
+                path,
+                url,
+                background=self.background,
+                method=method,
+                headers=headers,
+                protocol=protocol,
+                request_timeout=request_timeout,
+                resource_timeout=resource_timeout,
+                field_name=field_name,
+                form_fields=form_fields,
+                retry_unsafe=retry_unsafe,
+                chunk_size=chunk_size,
+                max_attempts=max_attempts,
+                retry_wait=retry_wait,
+                max_retry_wait=max_retry_wait,
+                on_complete=on_complete,
+                idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+                metadata=metadata,
+            )
+        except InvalidRequest:
+            twin = await self._twin(idempotency_key, "upload", url, path)
+            if twin is None:
+                raise
+            return twin
         row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
 

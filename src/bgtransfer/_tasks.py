@@ -95,6 +95,18 @@ def same_request(existing: TaskRow, new: TaskRow) -> None:
         )
 
 
+def same_target(existing: TaskRow, kind: str, url: object, path: object) -> bool:
+    """Whether a keyed submit that no longer validates (its upload source or target directory
+    is gone since) still names the task its key found: then that task is the answer."""
+    if not isinstance(path, str | os.PathLike):
+        return False
+    return (
+        existing.spec.kind == kind
+        and existing.spec.url == url
+        and existing.path == os.path.abspath(os.fspath(path))
+    )
+
+
 def new_task_id() -> str:
     return os.urandom(16).hex()
 

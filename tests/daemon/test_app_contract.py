@@ -475,3 +475,55 @@ def test_one_completions_stream_across_a_daemon_kill_yields_each_task_once(
         for t in got:
             t.acknowledge()
         assert list(s.completions(timeout=0.5)) == []
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["daemon", "foreground"])
+def test_a_keyed_resubmit_finds_its_task_after_the_source_or_directory_is_gone(
+    server: FaultServer, home: Path, tmp_path: Path, key: str, background: bool
+) -> None:
+    src = tmp_path / "photo.jpg"
+    src.write_bytes(b"p" * 5000)
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    url = server.url(f"/gen/{SIZE}?key={key}")
+    with bgtransfer.Session("gone", home=home, background=background) as s:
+        up = s.upload(src, server.url(f"/upload/{key}"), idempotency_key="photo")
+        down = s.download(url, sub / "d.bin", idempotency_key="d")
+        s.wait_all([up, down], timeout=30)
+        src.unlink()  # the app frees space once a photo is backed up
+        (sub / "d.bin").unlink()
+        sub.rmdir()
+        assert s.upload(src, server.url(f"/upload/{key}"), idempotency_key="photo").id == up.id
+        assert s.download(url, sub / "d.bin", idempotency_key="d").id == down.id
+        (again,) = s.download_many([{"url": url, "path": sub / "d.bin", "idempotency_key": "d"}])
+        assert again.id == down.id
+        with pytest.raises(bgtransfer.InvalidRequest, match="source file"):
+            s.upload(src, server.url(f"/upload/{key}-other"), idempotency_key="photo")
+        with pytest.raises(bgtransfer.InvalidRequest, match="directory does not exist"):
+            s.download(url, sub / "d.bin", idempotency_key="new")
+
+
+def test_the_daemon_answers_a_keyed_submit_whose_source_is_gone_with_its_task(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    from bgtransfer._client import DaemonClient
+
+    src = tmp_path / "s.bin"
+    src.write_bytes(b"s" * 100)
+    with bgtransfer.Session("raw", home=home) as s:
+        up = s.upload(src, server.url(f"/upload/{key}"), idempotency_key="k").wait(timeout=30)
+    src.unlink()
+    body = {"kind": "upload", "session": "raw", "url": server.url(f"/upload/{key}")}
+    body |= {"path": str(src), "idempotency_key": "k"}
+
+    async def call() -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        c = DaemonClient(str(home))
+        got = await c.call("POST", "/v1/tasks", body=body)
+        found = await c.call("GET", "/v1/tasks", params={"session": "raw", "key": "k"})
+        with pytest.raises(bgtransfer.InvalidRequest, match="source file"):
+            await c.call("POST", "/v1/tasks", body={**body, "idempotency_key": "k2"})
+        return got, found
+
+    got, found = asyncio.run(call())
+    assert got["id"] == up.id
+    assert [t["id"] for t in found] == [up.id]

@@ -11,7 +11,8 @@ GET      /v1/tasks?session=S              list tasks (all sessions without ``ses
                                           ``limit``/``offset`` page, ``prefix`` finds ids;
                                           ``state`` (repeatable), ``since`` (created at or
                                           after, epoch s), ``after`` (last id of the page
-                                          before) page by index
+                                          before) page by index; ``key`` finds the
+                                          session's task of an idempotency key
 GET      /v1/tasks/{id}                   one task
 POST     /v1/tasks/{id}/suspend|resume|cancel|ack
 GET      /v1/tasks/{id}/wait?timeout=S    long poll until COMPLETED or S seconds
@@ -66,6 +67,7 @@ from bgtransfer._tasks import (
     check_key,
     row_to_wire,
     same_request,
+    same_target,
 )
 
 __all__ = ["STORE_NAME", "main"]
@@ -239,16 +241,24 @@ class Daemon:
         existing = None
         if key is not None:
             existing = (batch or {}).get(key) or self.store.find_key(session, key)
-        if upload:
-            row = build_upload_row(
-                session, body.get("path"), body.get("url"), background=True,
-                idempotency_key=key, **options,
-            )  # fmt: skip
-        else:
-            row = build_row(
-                session, body.get("url"), body.get("path"), background=True,
-                idempotency_key=key, check_exists=existing is None, **options,
-            )  # fmt: skip
+        try:
+            if upload:
+                row = build_upload_row(
+                    session, body.get("path"), body.get("url"), background=True,
+                    idempotency_key=key, **options,
+                )  # fmt: skip
+            else:
+                row = build_row(
+                    session, body.get("url"), body.get("path"), background=True,
+                    idempotency_key=key, check_exists=existing is None, **options,
+                )  # fmt: skip
+        except InvalidRequest:
+            kind = "upload" if upload else "download"
+            if existing is not None and same_target(
+                existing, kind, body.get("url"), body.get("path")
+            ):
+                return existing.id
+            raise
         if existing is not None:
             same_request(existing, row)
             return existing.id
@@ -287,7 +297,10 @@ class Daemon:
         q = request.query
         session = q.get("session")
         prefix = q.get("prefix")
-        if prefix is not None:
+        if q.get("key") is not None and session is not None:
+            twin = self.store.find_key(session, q["key"])
+            rows = [] if twin is None else [twin]
+        elif prefix is not None:
             rows = [
                 r for r in self.store.find_prefix(prefix.lower()) if session in (None, r.session)
             ]
