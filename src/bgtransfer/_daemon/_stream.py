@@ -15,6 +15,7 @@ __all__ = ["KINDS", "REPLAY_LIMIT", "EventLines", "acknowledge", "kinds_of", "ph
 
 KINDS = frozenset({"state", "progress"})
 REPLAY_LIMIT = 100_000  # state events per connection; a reconnect continues from the cursor
+META_CACHE = 10_000  # tasks whose metadata a stream remembers
 
 
 def kinds_of(raw: str | None) -> frozenset[str]:
@@ -60,6 +61,8 @@ class EventLines:
         self._meta: dict[str, dict[str, Any] | None] = {}
 
     def _extra(self, task_id: str, out: dict[str, Any]) -> bytes:
+        if len(self._meta) >= META_CACHE:  # a stream may live for months: stay bounded
+            self._meta.clear()
         if self.with_task or task_id not in self._meta:
             try:
                 row = self.engine.get(task_id)
