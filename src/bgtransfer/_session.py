@@ -349,6 +349,8 @@ class _Local:
         return self._engine().attempts(task_id)
 
     def _with_meta(self, ev: Event, cache: dict[str, dict[str, Any] | None]) -> Event:
+        if len(cache) >= 10_000:  # bounded, as the daemon's streams are
+            cache.clear()
         if ev.task_id not in cache:
             try:
                 cache[ev.task_id] = self._engine().get(ev.task_id).metadata
