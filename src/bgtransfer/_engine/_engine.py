@@ -25,14 +25,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bgtransfer._engine._commit import Committer, Save
-from bgtransfer._engine._files import (
-    PartialFile,
-    hash_prefix,
-    link_into_place,
-    remove_partial,
-    size_of,
-    verify,
-)
+from bgtransfer._engine._files import PartialFile, PartialLost, file_mode, size_of
 from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
@@ -73,8 +66,6 @@ class _Live:
     part: PartialFile
     runner: asyncio.Task[None] | None = None
     resp: aiohttp.ClientResponse | None = None
-    hasher: Any = None
-    hashed: int = 0
     retry_delay: float = 0.0
     slow: bool = False
     last_phase: Phase | None = None
@@ -302,7 +293,7 @@ class Engine(UploadDriver):
     def _make_live(self, row: TaskRow) -> _Live:
         cls = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
         machine = cls.from_snapshot(row.spec, row.snap, rng=self.rng)
-        live = _Live(row=row, machine=machine, part=PartialFile(row.partial))
+        live = _Live(row=row, machine=machine, part=PartialFile(row.partial, machine.snap))
         live.last_phase = row.snap.phase
         return live
 
@@ -345,7 +336,12 @@ class Engine(UploadDriver):
             return
         if m.snap.phase is Phase.CANCELING:
             return
-        size = size_of(row.partial)
+        try:
+            size = live.part.size()
+        except DestinationError as exc:
+            # The directory is not the task's any more: the next open fails the task.
+            log.warning("task %s: %s", row.id, exc.message)
+            return
         if m.snap.segments and reconcile_segments(m, size):
             log.warning("task %s: partial file does not fit its segments, restarting", row.id)
         if size is None:
@@ -477,11 +473,10 @@ class Engine(UploadDriver):
                     self._close_transfer(live)
                 case M.RemovePartial():
                     self._close_transfer(live)
-                    live.hasher = None
                     if m.spec.kind == "upload":
                         self._terminate_upload(live)
                     else:
-                        remove_partial(live.row.partial)
+                        live.part.remove()
                     if m.snap.phase is Phase.CANCELING:
                         self._execute_sync(live, m.handle(M.CancelCleaned(), now=self.clock()))
                 case M.ScheduleRetry(delay=delay):
@@ -693,16 +688,13 @@ class Engine(UploadDriver):
             self.store.save(live.row.id, _stored(m, self.clock()), wall_time=time.time())
         try:
             part.open(action.start)
+        except PartialLost as exc:
+            return M.RestartRequired(exc.message)
         except (DestinationError, OSError) as exc:
             msg = exc.message if isinstance(exc, DestinationError) else str(exc)
             return M.Failed(DestinationError(msg))
-        hasher = None
-        if m.spec.sha256 is not None:
-            if action.start == 0:
-                live.hasher, live.hashed = hash_prefix(part.path, 0), 0
-            elif live.hasher is None or live.hashed != action.start:
-                live.hasher, live.hashed = hash_prefix(part.path, action.start), action.start
-            hasher = live.hasher
+        if part.created:
+            self._persist(live)  # the new file's identity goes on record with the next commit
         watchdog = None
         if m.spec.low_speed_limit > 0:
             watchdog = asyncio.get_running_loop().create_task(self._watchdog(live))
@@ -712,9 +704,6 @@ class Engine(UploadDriver):
             part.write(chunk)
             if live.attempt is not None:
                 live.attempt["bytes"] += len(chunk)
-            if hasher is not None:
-                hasher.update(chunk)
-                live.hashed += len(chunk)
             # No await between write and handle: the offset always matches the file.
             actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
             if actions:
@@ -804,21 +793,17 @@ class Engine(UploadDriver):
         # Not fsynced here: the group commit fsyncs it just before the offset that covers
         # it, so files finishing together share one trip to the writer thread.
         live.part.close(sync=False)
-        digest = None
-        if live.hasher is not None and live.hashed == action.expected_length:
-            digest = live.hasher.hexdigest()
         m, row = live.machine, live.row
         check = functools.partial(
-            verify,
-            row.partial,
+            live.part.seal,
             expected_length=action.expected_length,
             sha256=action.sha256,
-            digest=digest,
+            mode=file_mode(m.spec.umask),
         )
         try:
-            if action.sha256 is not None and digest is None:
-                # Hashing a whole file (segments, or a resume without the hash state) takes
-                # seconds for big files: not on the loop.
+            if action.sha256 is not None:
+                # Hashing the file read back from disk takes seconds for big files: not on
+                # the loop.
                 await asyncio.get_running_loop().run_in_executor(None, check)
             else:
                 check()
@@ -840,7 +825,7 @@ class Engine(UploadDriver):
         # From here on no await: the name appears and the machine hears of it in one step,
         # so nobody sees the file while the task still says running.
         try:
-            link_into_place(row.partial, row.path, overwrite=row.overwrite)
+            live.part.place(row.path, overwrite=row.overwrite)
         except TransferError as exc:
             return M.FinalizeFailed(exc)
         live.dir_unsynced = os.path.dirname(row.path)
