@@ -39,6 +39,7 @@ from bgtransfer._exceptions import (
     InvalidTransition,
     NetworkError,
     ReadError,
+    StoreFull,
     TaskNotFound,
     TransferError,
     TransferTimeout,
@@ -47,7 +48,7 @@ from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import SQLiteStore, event_record
+from bgtransfer._store._sqlite import OPEN_ATTEMPT, SQLiteStore, event_record
 
 __all__ = ["Engine"]
 
@@ -107,11 +108,20 @@ class Engine(UploadDriver):
         self._changed = asyncio.Event()
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        # The home's disk is full (SQLite cannot commit): why, and the tasks suspended for it.
+        self.store_full: str | None = None
+        self._full_suspended: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._commit = Committer(self.store.path)
+        loop = asyncio.get_running_loop()
+
+        def on_full(reason: str | None) -> None:  # the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(self._store_state, reason)
+
+        self._commit = Committer(self.store.path, on_full=on_full)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -157,14 +167,77 @@ class Engine(UploadDriver):
         retry) have a coroutine, so a queue of 100 000 costs rows, not megabytes.
         """
         row.owner = self.owner.token
-        self.store.insert(row)
+        self._check_room()
+        try:
+            self.store.insert(row)
+        except StoreFull as exc:
+            self._on_store_full(exc.message)
+            raise
         self._pump()
 
     def submit_many(self, rows: list[TaskRow]) -> None:
         """Store several new tasks in one transaction, then start what there is room for."""
         for row in rows:
             row.owner = self.owner.token
-        self.store.insert_many(rows)
+        self._check_room()
+        try:
+            self.store.insert_many(rows)
+        except StoreFull as exc:
+            self._on_store_full(exc.message)
+            raise
+        self._pump()
+
+    # -- the home's disk is full -----------------------------------------------------------
+
+    def _check_room(self) -> None:
+        if self.store_full is not None:
+            raise StoreFull(self.store_full)
+
+    def _store_state(self, reason: str | None) -> None:
+        if reason is None:
+            self._on_store_back()
+        else:
+            self._on_store_full(reason)
+
+    def _on_store_full(self, reason: str) -> None:
+        """Nothing can be committed: stop every transfer at its bytes, keep every file.
+
+        The tasks say SUSPENDED with the reason (in memory; the store learns it once it
+        can commit again) and go on by themselves when there is space. A task that is
+        placing its finished file just waits for its commit.
+        """
+        if self.store_full is not None or self._closed:
+            return
+        self.store_full = reason
+        assert self._commit is not None
+        self._commit.mark_full()
+        log.error("suspending every transfer: %s", reason)
+        active = (Phase.QUEUED, Phase.CONNECTING, Phase.TRANSFERRING, Phase.WAITING_RETRY)
+        for live in list(self._live.values()):
+            if live.machine.snap.phase in active:
+                self._full_suspended.add(live.row.id)
+                task = asyncio.get_running_loop().create_task(self._suspend_for_space(live))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        self._changed.set()
+
+    async def _suspend_for_space(self, live: _Live) -> None:
+        await self._stop(live)
+        reason = self.store_full or "the home's disk is full"
+        self._apply_now(live, M.Interrupted(f"suspended: {reason}"))
+
+    def _on_store_back(self) -> None:
+        if self.store_full is None or self._closed:
+            return
+        log.warning("the task store commits again: resuming the suspended transfers")
+        self.store_full = None
+        ids, self._full_suspended = self._full_suspended, set()
+        for task_id in ids:
+            live = self._live.get(task_id)
+            if live is None or live.machine.snap.phase is not Phase.SUSPENDED:
+                continue
+            self._reconcile(live)
+            self._execute_sync(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
         self._pump()
 
     def _runner_cap(self) -> int:
@@ -174,7 +247,7 @@ class Engine(UploadDriver):
 
     def _pump(self) -> None:
         """Start queued tasks from the store while there is room for runners."""
-        if self._closed:
+        if self._closed or self.store_full is not None:
             return
         # Finished tasks count until their completion commits (then they are forgotten and
         # the pump runs again), so memory stays bounded by the cap.
@@ -209,6 +282,10 @@ class Engine(UploadDriver):
                 continue
             if row.owner is not None and owner_alive(self.home, row.owner):
                 continue
+            self.store.close_open_attempts(
+                "interrupted: the process running it exited before this request ended",
+                task_id=row.id,
+            )
             live = self._make_live(row)
             self._reconcile(live)
             m = live.machine
@@ -227,6 +304,9 @@ class Engine(UploadDriver):
         commits); files are reconciled when each task is picked up. Suspended tasks stay
         suspended; cancellations interrupted by the crash are finished now.
         """
+        self.store.close_open_attempts(
+            "interrupted: the daemon stopped before this request ended", background=True
+        )
         self.store.requeue_running(background=True)
         for row in self.store.in_phase(Phase.CANCELING, background=True):
             live = self._make_live(row)
@@ -414,6 +494,11 @@ class Engine(UploadDriver):
                     self._execute_sync(live, m.handle(M.RetryDue(), now=self.clock()))
         except asyncio.CancelledError:
             raise
+        except StoreFull as exc:
+            # A commit the loop made itself found the disk full: keep every byte, wait.
+            self._close_transfer(live)
+            self._on_store_full(exc.message)
+            self._apply_now(live, M.Interrupted(f"suspended: {exc.message}"))
         except Exception as exc:
             log.exception("task %s: internal error", live.row.id)
             err = TransferError(f"internal error: {exc!r}", task_id=live.row.id)
@@ -513,6 +598,7 @@ class Engine(UploadDriver):
         self._execute_sync(live, live.machine.handle(event, now=self.clock()))
 
     async def _control(self, live: _Live, actions: list[M.Action]) -> None:
+        self._check_room()  # a change nobody could commit: refused, not left hanging
         for action in actions:
             if isinstance(action, M.StopTransfer):
                 await self._stop(live)
@@ -551,11 +637,45 @@ class Engine(UploadDriver):
             outcome = "body complete" if status and status < 300 else detail
         else:
             outcome = detail
+        if self._closed:
+            outcome = "interrupted: " + (
+                "the daemon stopped" if self.background else "the session was closed"
+            )
         attempt["ended_at"] = time.time()
         attempt["outcome"] = outcome
         # Written with the task's next snapshot, in the same transaction: every path that
         # ends an attempt persists soon after (retry, finish, suspend, fail).
         live.attempts_done.append(attempt)
+
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+        """A request that starts: on record (outcome "in progress") with the next commit,
+        whatever becomes of the process; the row is updated when it ends."""
+        attempt: dict[str, Any] = {
+            "key": os.urandom(8).hex(),
+            "started_at": time.time(),
+            "ended_at": None,
+            "url": url,
+            "range_start": range_start,
+            "status": None,
+            "bytes": 0,
+            "outcome": OPEN_ATTEMPT,
+        }
+        if self._commit is not None and not self._closed:
+            # No await: the request is not held up for it (a crash in the next few
+            # milliseconds may leave it unlisted); the writer merges it with the task's
+            # other saves.
+            fut = self._commit.submit(
+                Save(live.row.id, None, time.time(), attempts=[dict(attempt)])
+            )
+            fut.add_done_callback(_ignore)
+        return attempt
+
+    def _save_attempts(self, live: _Live) -> None:
+        """Ended attempts that no snapshot is about to carry: on record by themselves."""
+        attempts, live.attempts_done = live.attempts_done, []
+        if attempts and self._commit is not None and not self._closed:
+            fut = self._commit.submit(Save(live.row.id, None, time.time(), attempts=attempts))
+            fut.add_done_callback(_ignore)
 
     def _persist(self, live: _Live) -> None:
         """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
@@ -572,6 +692,8 @@ class Engine(UploadDriver):
         if hook is not None:
             row.hook_state = hook
         attempts, live.attempts_done = live.attempts_done, []
+        if live.attempt is not None:  # the request in flight, its bytes so far
+            attempts.append(dict(live.attempt))
         snap = _stored(m, now)
         wall = time.time()
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
@@ -642,13 +764,9 @@ class Engine(UploadDriver):
             live.resp = None
         self._end_attempt(live)
         range_value = dict(action.headers).get("Range")
-        live.attempt = {
-            "started_at": time.time(),
-            "url": action.url,
-            "range_start": int(range_value[6:].split("-")[0]) if range_value else None,
-            "status": None,
-            "bytes": 0,
-        }
+        live.attempt = self.open_attempt(
+            live, action.url, int(range_value[6:].split("-")[0]) if range_value else None
+        )
         rt = live.machine.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
@@ -830,6 +948,12 @@ class Engine(UploadDriver):
             return M.FinalizeFailed(exc)
         live.dir_unsynced = os.path.dirname(row.path)
         return M.Finalized()
+
+
+def _ignore(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a future's outcome nobody waits for (the committer logged a failure)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _boot_id() -> str | None:

@@ -241,13 +241,7 @@ class _Driver:
                 resp.close()
 
     def _new_attempt(self, index: int) -> dict[str, Any]:
-        return {
-            "started_at": time.time(),
-            "url": self.m.url,
-            "range_start": self.m.snap.segments[index][1],
-            "status": None,
-            "bytes": 0,
-        }
+        return self.engine.open_attempt(self.live, self.m.url, self.m.snap.segments[index][1])
 
     def _end(
         self, attempt: dict[str, Any] | None, first: dict[str, Any] | None, outcome: str
