@@ -42,6 +42,7 @@ from bgtransfer._exceptions import (
     DestinationError,
     InvalidRequest,
     InvalidTransition,
+    StoreFull,
     TaskNotFound,
     TransferError,
 )
@@ -66,6 +67,7 @@ HOOK_TIMEOUT = 60.0
 VERSION = "0.1.0"
 
 _STATUS: list[tuple[type[TransferError], int]] = [
+    (StoreFull, 507),  # the home's disk is full: nothing can be committed
     (InvalidRequest, 400),
     (TaskNotFound, 404),
     (InvalidTransition, 409),

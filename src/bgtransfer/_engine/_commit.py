@@ -15,8 +15,8 @@ durable before the offset that names it" holds as before.
 Disk full: a save SQLite cannot commit for want of space (StoreFull) is not failed and not
 dropped. It goes back to the front of the queue (merged with newer saves of its task) and
 is tried again every RETRY_FULL seconds; its future resolves when it lands. ``on_full``
-hears "full" (with the reason) and "space again" (None), so the engine can suspend and
-resume its tasks.
+hears "full" (with the reason) and "commits land again" (None); the engine suspends its
+tasks on the first and resumes them once commits land and the disk has room.
 """
 
 from __future__ import annotations
@@ -147,6 +147,11 @@ class Committer:
         last = self._last
         if last is not None and not last.done():
             await asyncio.wait([last])
+
+    @property
+    def full(self) -> bool:
+        """No commit has landed since the disk was found full."""
+        return self._full
 
     def mark_full(self) -> None:
         """The loop's own connection found the disk full: report the next commit that

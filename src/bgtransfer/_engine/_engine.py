@@ -111,6 +111,7 @@ class Engine(UploadDriver):
         # The home's disk is full (SQLite cannot commit): why, and the tasks suspended for it.
         self.store_full: str | None = None
         self._full_suspended: set[str] = set()
+        self._space_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -194,9 +195,7 @@ class Engine(UploadDriver):
             raise StoreFull(self.store_full)
 
     def _store_state(self, reason: str | None) -> None:
-        if reason is None:
-            self._on_store_back()
-        else:
+        if reason is not None:
             self._on_store_full(reason)
 
     def _on_store_full(self, reason: str) -> None:
@@ -219,7 +218,21 @@ class Engine(UploadDriver):
                 task = asyncio.get_running_loop().create_task(self._suspend_for_space(live))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
+        if self._space_watch is None:
+            self._space_watch = asyncio.get_running_loop().create_task(self._watch_space())
         self._changed.set()
+
+    async def _watch_space(self) -> None:
+        """Resume once commits land again and the disk has room: a commit that squeezes
+        into the WAL's old pages is not yet space (resuming then would only flap)."""
+        try:
+            while self.store_full is not None and not self._closed:
+                await asyncio.sleep(FULL_POLL)
+                assert self._commit is not None
+                if not self._commit.full and _has_room(self.store.path):
+                    self._on_store_back()
+        finally:
+            self._space_watch = None
 
     async def _suspend_for_space(self, live: _Live) -> None:
         await self._stop(live)
@@ -378,6 +391,9 @@ class Engine(UploadDriver):
         return live
 
     def _adopt(self, task_id: str) -> _Live:
+        """The task to suspend, resume or cancel (refused while nothing can be committed:
+        the caller would wait for a change that cannot land)."""
+        self._check_room()
         live = self._live.get(task_id)
         if live is not None:
             return live
@@ -598,7 +614,6 @@ class Engine(UploadDriver):
         self._execute_sync(live, live.machine.handle(event, now=self.clock()))
 
     async def _control(self, live: _Live, actions: list[M.Action]) -> None:
-        self._check_room()  # a change nobody could commit: refused, not left hanging
         for action in actions:
             if isinstance(action, M.StopTransfer):
                 await self._stop(live)
@@ -663,7 +678,9 @@ class Engine(UploadDriver):
         if self._commit is not None and not self._closed:
             # No await: the request is not held up for it (a crash in the next few
             # milliseconds may leave it unlisted); the writer merges it with the task's
-            # other saves.
+            # other saves. Synced first like any commit of the task (segments still write),
+            # so no commit ever lands while its file has unsynced bytes.
+            live.part.sync()
             fut = self._commit.submit(
                 Save(live.row.id, None, time.time(), attempts=[dict(attempt)])
             )
@@ -948,6 +965,18 @@ class Engine(UploadDriver):
             return M.FinalizeFailed(exc)
         live.dir_unsynced = os.path.dirname(row.path)
         return M.Finalized()
+
+
+FULL_POLL = 1.0  # seconds between looks at a full disk
+
+
+def _has_room(path: str) -> bool:
+    """Free space on the store's disk to go on with: 5% of it, 64 MiB at most."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return True  # cannot tell: the next commit will say
+    return st.f_bavail * st.f_frsize >= min(64 << 20, st.f_blocks * st.f_frsize // 20)
 
 
 def _ignore(fut: asyncio.Future[Any]) -> None:

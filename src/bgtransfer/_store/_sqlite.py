@@ -192,8 +192,17 @@ class SQLiteStore:
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            # Create it private, but never open and close it when it exists: closing any
+            # descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+            # too (the engine's second connection did that to the first), and another
+            # process closing its connection then deletes the WAL under the daemon, taking
+            # every later commit with it.
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
