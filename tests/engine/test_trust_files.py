@@ -37,9 +37,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> Non
 
 
 def in_retry_wait(session: bgtransfer.Session, task: bgtransfer.Task) -> None:
-    wait_for(
-        lambda: engine_row(session, task).snap.phase is Phase.WAITING_RETRY, "the retry wait"
-    )
+    wait_for(lambda: engine_row(session, task).snap.phase is Phase.WAITING_RETRY, "the retry wait")
 
 
 @pytest.fixture
@@ -117,12 +115,15 @@ def test_partial_swapped_during_retry_wait_is_discarded_not_adopted(
     assert victim.read_bytes() == b"v" * CUT
     assert not dest.is_symlink()
     st = dest.stat()
-    assert st.st_uid == os.geteuid() and st.st_nlink == 1
-    assert not partial.exists() and not os.path.lexists(partial)
+    assert st.st_uid == os.geteuid()
+    assert st.st_nlink == 1
+    assert not partial.exists()
+    assert not os.path.lexists(partial)
     # Started over from 0: the resumed request would have fetched only the tail.
     assert task.restarts == 1
     ranges = [a["range_start"] for a in task.history()]
-    assert ranges[0] is None and ranges[-1] is None, ranges
+    assert ranges[0] is None, ranges
+    assert ranges[-1] is None, ranges
 
 
 def test_directory_swapped_for_symlink_during_retry_wait_cannot_redirect(
@@ -145,7 +146,8 @@ def test_directory_swapped_for_symlink_during_retry_wait_cannot_redirect(
     assert os.listdir(elsewhere) == []  # nothing written, placed or removed there
     # The task's own directory still holds its bytes, untouched by the failure's cleanup.
     [left] = os.listdir(moved)
-    assert left.endswith(".bgtransfer-part") and (moved / left).stat().st_size == CUT
+    assert left.endswith(".bgtransfer-part")
+    assert (moved / left).stat().st_size == CUT
 
 
 def test_directory_replaced_by_another_directory_is_refused(
@@ -219,7 +221,12 @@ def test_sha256_of_a_good_segmented_download_passes(
 
 @pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_finished_file_mode_follows_the_umask(
-    server: FaultServer, tmp_path: Path, key: str, umask: Callable[[int], None], mask: int, mode: int
+    server: FaultServer,
+    tmp_path: Path,
+    key: str,
+    umask: Callable[[int], None],
+    mask: int,
+    mode: int,
 ) -> None:
     umask(mask)
     dest = tmp_path / "m.bin"
@@ -305,10 +312,12 @@ def test_history_shows_the_request_in_flight(
     store = session._async._engine_or_raise().store
     wait_for(lambda: bool(store.attempts(task.id)), "the open attempt on record")
     [row] = store.attempts(task.id)
-    assert row["outcome"] == "in progress" and row["ended_at"] is None
+    assert row["outcome"] == "in progress"
+    assert row["ended_at"] is None
     task.cancel()
     [row] = task.history()
-    assert row["ended_at"] is not None and row["outcome"] != "in progress"
+    assert row["ended_at"] is not None
+    assert row["outcome"] != "in progress"
 
 
 def test_upload_attempts_are_in_the_history(
