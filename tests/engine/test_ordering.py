@@ -27,7 +27,8 @@ FD_CALL = re.compile(r"^(?:\d+ +)?(\w+)\((\d+)<([^>]*)>")
 # link/rename by name, or relative to a directory descriptor (strace -y prints its path).
 PATH_CALL = re.compile(
     r"^(?:\d+ +)?(linkat|renameat2?|link|rename)\("
-    r'(?:(?:AT_FDCWD|\d+<([^>]*)>), )?"([^"]+)", (?:(?:AT_FDCWD|\d+<([^>]*)>), )?"([^"]+)"'
+    r'(?:(?:AT_FDCWD|\d+)(?:<([^>]*)>)?, )?"([^"]+)", '
+    r'(?:(?:AT_FDCWD|\d+)(?:<([^>]*)>)?, )?"([^"]+)"'
 )
 UNLINK = re.compile(r'^(?:\d+ +)?(unlinkat|unlink)\((?:[^,]+, )?"([^"]+)"')
 
@@ -120,6 +121,12 @@ def test_audit_catches_a_commit_before_fsync(tmp_path: Path) -> None:
     ]
     with pytest.raises(AssertionError, match="R2"):
         audit(by_directory, dest)
+    from_cwd = [
+        f"1 write(5<{part}>, ...) = 10",
+        f'1 linkat(AT_FDCWD</x>, "{part}", AT_FDCWD</x>, "{dest}", 0) = 0',
+    ]
+    with pytest.raises(AssertionError, match="R2"):
+        audit(from_cwd, dest)
 
 
 def test_cancel_unlinks_and_syncs_directory(server: FaultServer, tmp_path: Path, key: str) -> None:

@@ -150,8 +150,9 @@ class Committer:
 
     @property
     def full(self) -> bool:
-        """No commit has landed since the disk was found full."""
-        return self._full
+        """Saves are kept back: none has landed since the disk was found full."""
+        with self._cv:
+            return self._full and bool(self._queue)
 
     def mark_full(self) -> None:
         """The loop's own connection found the disk full: report the next commit that

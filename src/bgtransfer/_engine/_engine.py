@@ -223,8 +223,8 @@ class Engine(UploadDriver):
         self._changed.set()
 
     async def _watch_space(self) -> None:
-        """Resume once commits land again and the disk has room: a commit that squeezes
-        into the WAL's old pages is not yet space (resuming then would only flap)."""
+        """Resume once nothing waits to be committed and the disk has room: a commit that
+        squeezes into the WAL's old pages is not yet space (resuming then would flap)."""
         try:
             while self.store_full is not None and not self._closed:
                 await asyncio.sleep(FULL_POLL)
@@ -515,6 +515,9 @@ class Engine(UploadDriver):
             self._close_transfer(live)
             self._on_store_full(exc.message)
             self._apply_now(live, M.Interrupted(f"suspended: {exc.message}"))
+        except DestinationError as exc:  # the directory went away under a checkpoint
+            self._close_transfer(live)
+            self._apply_now(live, M.Failed(DestinationError(exc.message, task_id=live.row.id)))
         except Exception as exc:
             log.exception("task %s: internal error", live.row.id)
             err = TransferError(f"internal error: {exc!r}", task_id=live.row.id)
@@ -828,8 +831,6 @@ class Engine(UploadDriver):
         except (DestinationError, OSError) as exc:
             msg = exc.message if isinstance(exc, DestinationError) else str(exc)
             return M.Failed(DestinationError(msg))
-        if part.created:
-            self._persist(live)  # the new file's identity goes on record with the next commit
         watchdog = None
         if m.spec.low_speed_limit > 0:
             watchdog = asyncio.get_running_loop().create_task(self._watchdog(live))

@@ -135,7 +135,6 @@ class PartialFile:
         self.fd = -1
         self.dirty = False
         self.new_entry = False
-        self.created = False  # the last open created the file (its identity is news)
 
     @property
     def ident(self) -> tuple[int, ...]:
@@ -234,13 +233,12 @@ class PartialFile:
         self.ident = (*self.ident[:2], st.st_dev, st.st_ino, st.st_uid)
         # The new name becomes durable with the first checkpoint (sync()) or with the final
         # placement's directory fsync: a small file then costs one directory fsync, not two.
-        self.new_entry = self.created = True
+        self.new_entry = True
         return fd
 
     def _open_fd(self, *, resume: bool) -> int:
         """Our file for writing; created when there is none, unless ``resume`` needs the
         bytes already in it (PartialLost then)."""
-        self.created = False
         dfd = self.open_dir()
         try:
             fd = self._reopen(dfd, os.O_WRONLY)
@@ -332,7 +330,13 @@ class PartialFile:
             os.fdatasync(self.fd)
             self.dirty = False
             if self.new_entry:
-                dfd = self.open_dir()
+                try:
+                    dfd = self.open_dir()
+                except DestinationError as exc:
+                    # Swapped since the file was made: the next open or the placement
+                    # refuses it; the bytes are synced either way.
+                    log.warning("%s", exc.message)
+                    return
                 try:
                     os.fsync(dfd)
                 finally:
