@@ -323,3 +323,36 @@ def test_another_process_closing_the_store_keeps_the_daemons_commits(
     finally:
         db.close()
     assert (phase, offset) == ("done", 2 * SIZE)
+
+
+def test_full_home_with_nothing_running_takes_submits_again_once_freed(
+    server: FaultServer, tmpfs_home: Path, tmp_path: Path, key: str
+) -> None:
+    """Found full by a submit while no task runs: nothing is left for the writer to retry,
+    so the engine itself notices the space coming back."""
+    home = tmpfs_home
+    with bgtransfer.Session("idle", home=home) as s:
+        s.download(server.url(f"/gen/{SIZE}?key={key}"), tmp_path / "first.bin").wait(timeout=60)
+        filler = fill(home)
+        refused = 0
+        for n in range(50):  # bounded: each insert grows the WAL until it cannot
+            try:
+                s.download(server.url(f"/gen/1?key={key}"), tmp_path / f"n{n}.bin")
+            except bgtransfer.StoreFull:
+                refused += 1
+                break
+        assert refused == 1
+        with pytest.raises(bgtransfer.StoreFull):  # stays refused while there is no room
+            s.download(server.url(f"/gen/1?key={key}"), tmp_path / "again.bin")
+        os.unlink(filler)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                t = s.download(server.url(f"/gen/{SIZE}?key={key}"), tmp_path / "later.bin")
+                break
+            except bgtransfer.StoreFull:
+                assert time.monotonic() < deadline, "submits still refused with space back"
+                time.sleep(0.2)
+        t.wait(timeout=60)
+    assert t.error is None
+    assert (tmp_path / "later.bin").read_bytes() == gen_bytes(SIZE)
