@@ -356,3 +356,17 @@ def test_full_home_with_nothing_running_takes_submits_again_once_freed(
         t.wait(timeout=60)
     assert t.error is None
     assert (tmp_path / "later.bin").read_bytes() == gen_bytes(SIZE)
+
+
+def test_cli_get_sends_its_umask(
+    server: FaultServer, home: Path, tmp_path: Path, key: str, restore_umask: None
+) -> None:
+    from .conftest import run_cli
+
+    os.umask(0o077)
+    with bgtransfer.Session("cli", home=home) as s:  # the daemon starts under umask 077
+        s.download(server.url(f"/gen/1?key={key}"), tmp_path / "warm").wait(timeout=60)
+    os.umask(0o022)  # the CLI process, and only it, has 022
+    r = run_cli(home, "get", server.url(f"/gen/{SIZE}?key={key}"), "-o", str(tmp_path / "c.bin"))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE((tmp_path / "c.bin").stat().st_mode) == 0o644
