@@ -346,10 +346,10 @@ def test_full_home_with_nothing_running_takes_submits_again_once_freed(
             s.download(server.url(f"/gen/1?key={key}"), tmp_path / "again.bin")
         os.unlink(filler)
         deadline = time.monotonic() + 30
-        while True:
+        t: bgtransfer.Task | None = None
+        while t is None:
             try:
                 t = s.download(server.url(f"/gen/{SIZE}?key={key}"), tmp_path / "later.bin")
-                break
             except bgtransfer.StoreFull:
                 assert time.monotonic() < deadline, "submits still refused with space back"
                 time.sleep(0.2)
