@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from bgtransfer._engine._files import check_target, partial_path
+from bgtransfer._engine._files import check_target, current_umask, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
@@ -202,11 +202,14 @@ def build_row(
     idempotency_key: object = None,
     metadata: object = None,
     check_exists: bool = True,
+    umask: object = None,
 ) -> TaskRow:
     """Validate everything the caller gave; InvalidRequest names the first bad value.
 
     ``check_exists=False`` skips only the "target already exists" check: a repeated submit
-    with an idempotency key may find its own finished file there.
+    with an idempotency key may find its own finished file there. ``umask``: the
+    submitting process's (the finished file gets ``0666 & ~umask``); None takes this
+    process's.
     """
     check_url(url)
     key = check_key(idempotency_key)
@@ -231,6 +234,10 @@ def build_row(
         raise InvalidRequest(
             f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {segments!r}"
         )
+    if umask is None:
+        umask = current_umask()
+    if type(umask) is not int or not 0 <= umask <= 0o777:
+        raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
     target = check_target(path, overwrite=overwrite or not check_exists)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
@@ -241,6 +248,7 @@ def build_row(
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
         segments=segments,
+        umask=umask,
         **common,
     )
     now = time.time()
