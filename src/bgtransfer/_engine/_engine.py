@@ -33,7 +33,7 @@ from bgtransfer._engine._files import (
     size_of,
     verify,
 )
-from bgtransfer._engine._http import lower_headers, why
+from bgtransfer._engine._http import connect_reason, lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
 from bgtransfer._engine._rawbody import RawBody, take_over
@@ -332,9 +332,13 @@ class Engine(UploadDriver):
                 f"task {task_id} is being run by another process ({row.owner.split('-')[0]})",
                 task_id=task_id,
             )
+        live = self._make_live(row)
+        if live.machine.terminal:
+            # Finished: its machine refuses the control call. Not held as live, where no
+            # runner would ever end it and wait() on it would hang.
+            return live
         row.owner = self.owner.token
         self.store.set_owner(task_id, row.owner)
-        live = self._make_live(row)
         self._live[task_id] = live
         return live
 
@@ -664,7 +668,7 @@ class Engine(UploadDriver):
                 timeout=timeout,
             )
         except aiohttp.ClientConnectorError as exc:
-            return M.TransportFailed(ConnectError(f"cannot connect: {exc}"))
+            return M.TransportFailed(ConnectError(connect_reason(exc)))
         except TimeoutError:
             return M.TransportFailed(
                 TransferTimeout(f"no response within {rt:g} s (request_timeout)")

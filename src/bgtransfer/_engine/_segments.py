@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from multidict import CIMultiDict
 
-from bgtransfer._engine._http import lower_headers, why
+from bgtransfer._engine._http import connect_reason, lower_headers, why
 from bgtransfer._exceptions import (
     ConnectError,
     DestinationError,
@@ -271,7 +271,7 @@ class _Driver:
                 url, headers=CIMultiDict(headers), allow_redirects=False, timeout=timeout
             )
         except aiohttp.ClientConnectorError as exc:
-            return _Retry(ConnectError(f"cannot connect: {exc}"))
+            return _Retry(ConnectError(connect_reason(exc)))
         except TimeoutError:
             return _Retry(TransferTimeout(f"no response within {rt:g} s (request_timeout)"))
         except aiohttp.ClientResponseError as exc:

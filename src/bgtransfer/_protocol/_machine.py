@@ -124,6 +124,9 @@ class Spec:
     max_redirects: int = 10
     max_restarts: int = 5
     max_attempts: int | None = None
+    # Give up once attempts have failed for this long (active seconds) with no byte between
+    # them: fail fast when a transfer cannot even start. None: retry until resource_timeout.
+    retry_for: float | None = None
     retry_wait: float = 1.0
     max_retry_wait: float = 120.0
     # Uploads (kind == "upload"): the source is the task's path.
@@ -452,6 +455,7 @@ class TransferMachine:
     _active_since: float | None = None
     _last_checkpoint: float = 0.0
     segments_distrusted: bool = False
+    _failing_since: float | None = None  # active seconds at the first failure of a run
 
     @classmethod
     def from_snapshot(
@@ -744,6 +748,7 @@ class TransferMachine:
         self.snap.offset += n
         if n > 0:
             self.snap.failures = 0
+            self._failing_since = None
         every = CHECKPOINT_BYTES if self.snap.segments else STREAM_CHECKPOINT_BYTES
         if (
             self.snap.offset - self.committed >= every
@@ -798,6 +803,18 @@ class TransferMachine:
         delay = backoff.delay(self.snap.failures, self.rng())
         if retry_after is not None:
             delay = retry_after
+        if self.spec.retry_for is not None:
+            if self._failing_since is None:
+                self._failing_since = self.elapsed(now)
+            failing = self.elapsed(now) - self._failing_since
+            if failing >= self.spec.retry_for:
+                err.message = (
+                    f"{err.message} (gave up after {self.snap.attempts} attempts in "
+                    f"{failing:.0f} s without a byte: retry_for is {self.spec.retry_for:g} s)"
+                )
+                err.args = (err.message,)
+                return self._fail(err, now)
+            delay = min(delay, self.spec.retry_for - failing)  # the last try at the deadline
         left = self.time_left(now)
         if delay >= left:
             if retry_after is not None and isinstance(err, HTTPStatusError):

@@ -1,0 +1,112 @@
+"""What the CLI tells a person while it follows a transfer, and small value formats.
+
+A line on stderr for every retry, resume, restart and suspension, with or without a terminal
+(with one, the lines go above the bar); durations as people write them; dates."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any
+
+import click
+
+__all__ = [
+    "Narrator",
+    "duration",
+    "iso_time",
+    "local_time",
+    "parse_duration",
+    "suspended_by_daemon",
+]
+
+_DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*\Z", re.IGNORECASE)
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in "90", "90s", "5m", "1.5h", "7d", "2w"; ValueError otherwise."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise ValueError(f"not a duration (like 30s, 5m, 2h, 7d): {text!r}")
+    return float(m.group(1)) * _UNIT[(m.group(2) or "s").lower()]
+
+
+def duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """Click callback: a duration option's value in seconds (a usage error otherwise)."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+def local_time(epoch: float | None) -> str:
+    """For people: the local time with its zone, to the second."""
+    if epoch is None:
+        return "-"
+    return dt.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """For machines: ISO 8601 with the local UTC offset, to the millisecond."""
+    if epoch is None:
+        return None
+    return dt.datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+
+
+def suspended_by_daemon(task: dict[str, Any]) -> bool:
+    """Suspended, but not by a person: the daemon stopped it (disk full, the file cannot be
+    written) and waits for someone to fix that and resume it."""
+    return bool(task["state"] == "suspended" and task["detail"] != "suspended")
+
+
+def _pct(task: dict[str, Any]) -> str:
+    total = task["bytes_expected"]
+    done = task["bytes_sent"] if task.get("kind") == "upload" else task["bytes_received"]
+    return f"{100 * done / total:.0f} %" if total else f"byte {done}"
+
+
+class Narrator:
+    """Turns successive reads of one task into lines worth telling, each told once."""
+
+    def __init__(self) -> None:
+        self.last_detail = ""
+        self.told_attempts: set[int] = set()
+        self.seen_attempts = 0
+
+    def lines(self, task: dict[str, Any]) -> list[str]:
+        detail, attempts = task["detail"], int(task["attempts"])
+        out: list[str] = []
+        if detail != self.last_detail:
+            if detail.startswith("retrying"):
+                # Each failed attempt is told once, with its number ("attempt 3").
+                out.append(f"{detail} (attempt {attempts})")
+                self.told_attempts.add(attempts)
+            elif "resumed at byte" in detail or detail.startswith(("restarting", "resuming")):
+                out.append(f"{detail} at {_pct(task)}")
+            elif task["state"] == "suspended":
+                if suspended_by_daemon(task):
+                    out.append(detail)
+                else:
+                    out.append(f"suspended at {_pct(task)} (bgtransfer resume {task['id'][:12]})")
+        self.last_detail = detail
+        return out
+
+    def missed(self, task: dict[str, Any]) -> bool:
+        """Whether an earlier attempt ended without its retry being told (it retried between
+        two reads, too quickly to be seen): then the history tells it (``from_history``)."""
+        attempts = int(task["attempts"])
+        return any(k not in self.told_attempts for k in range(self.seen_attempts + 1, attempts))
+
+    def from_history(self, history: list[dict[str, Any]]) -> list[str]:
+        out = []
+        for a in history:
+            n = int(a["n"])
+            outcome = str(a.get("outcome") or "")
+            if outcome.startswith("retrying") and n not in self.told_attempts:
+                out.append(f"{outcome} (attempt {n})")
+            self.told_attempts.add(n)
+            self.seen_attempts = max(self.seen_attempts, n)
+        return out
