@@ -39,6 +39,7 @@ from bgtransfer._exceptions import (
     Cancelled,
     ContentChanged,
     HTTPStatusError,
+    IntegrityError,
     InvalidTransition,
     NetworkError,
     ReadError,
@@ -688,6 +689,9 @@ class TransferMachine:
             self._set(Phase.VERIFYING, "verifying", now)
             return [DiscardResponse(), Finalize(self.snap.offset, self.spec.sha256)]
         if decision is _Decision.RESTART:
+            short = self._short_body(status, headers)
+            if short is not None:
+                return [DiscardResponse(), *self._fail(short, now)]
             return [DiscardResponse(), *self._restart(now, "the server's answer did not match")]
         if decision is _Decision.FRESH:
             if self.snap.offset > 0:
@@ -719,6 +723,21 @@ class TransferMachine:
         at = self.resume_at
         self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {at})", now)
         return [WriteBody(at, truncate=False)]
+
+    def _short_body(self, status: int, headers: Mapping[str, str]) -> IntegrityError | None:
+        """A 416 saying the resource ends exactly where our bytes end, though its first
+        answer promised more: the server's Content-Length was larger than its body. That is
+        a short body (the server's fault, the same each time), not a changing resource."""
+        cr = parse_content_range(headers.get("content-range"))
+        have, promised = self.resume_at, self.snap.total
+        if status != 416 or cr is None or cr.total != have or promised is None:
+            return None
+        if not 0 < have < promised:
+            return None
+        return IntegrityError(
+            f"short body: the server sent {have} bytes, its Content-Length said {promised}, "
+            f"and it answers a request for the rest with 416 (it has only {have})"
+        )
 
     def _count_restart(self, now: float) -> list[Action] | None:
         self.snap.restarts += 1

@@ -74,7 +74,7 @@ async def _with_client(home: str, fn: Any) -> Any:
 )
 @click.option(
     "--home",
-    type=click.Path(file_okay=False),
+    metavar="DIR",
     default=None,
     help="Home directory (store, daemon socket and log). Default: $BGTRANSFER_HOME, "
     "else the user state directory.",
@@ -141,7 +141,13 @@ def daemon_start(ctx: click.Context) -> int:
 
 
 @daemon.command("stop")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for it to exit.",
+)
 @click.pass_context
 def daemon_stop(ctx: click.Context, timeout: float) -> int:
     """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start."""
@@ -216,7 +222,9 @@ WantedBy=default.target
     default=None,
     help="Where to write the unit. Default: ~/.config/systemd/user.",
 )
-@click.option("--name", default="bgtransfer.service", show_default=True)
+@click.option(
+    "--name", default="bgtransfer.service", show_default=True, help="The unit's file name."
+)
 @click.pass_context
 def daemon_install(ctx: click.Context, unit_dir: str | None, name: str) -> int:
     """Write a systemd user unit that runs this home's daemon at login.

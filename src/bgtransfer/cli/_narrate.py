@@ -69,23 +69,28 @@ def _pct(task: dict[str, Any]) -> str:
 
 
 class Narrator:
-    """Turns successive reads of one task into lines worth telling, each told once."""
+    """Turns successive reads of one task into lines worth telling, each told once.
+
+    Live reads catch most retries and resumes as they happen; the task's history (every
+    request, durable) tells those that came and went between two reads."""
 
     def __init__(self) -> None:
         self.last_detail = ""
-        self.told_attempts: set[int] = set()
-        self.seen_attempts = 0
+        self.told: set[tuple[int, str]] = set()  # (attempt, "retry" | "resume")
+        self.checked = 0  # attempts up to this one were compared with the history
 
     def lines(self, task: dict[str, Any]) -> list[str]:
-        detail, attempts = task["detail"], int(task["attempts"])
+        detail, n = task["detail"], int(task["attempts"])
         out: list[str] = []
         if detail != self.last_detail:
-            if detail.startswith("retrying"):
-                # Each failed attempt is told once, with its number ("attempt 3").
-                out.append(f"{detail} (attempt {attempts})")
-                self.told_attempts.add(attempts)
-            elif "resumed at byte" in detail or detail.startswith(("restarting", "resuming")):
-                out.append(f"{detail} at {_pct(task)}")
+            if detail.startswith("retrying") and (n, "retry") not in self.told:
+                self.told.add((n, "retry"))
+                out.append(f"{detail} (attempt {n})")
+            elif "resumed at byte" in detail and (n, "resume") not in self.told:
+                self.told.add((n, "resume"))
+                out.append(f"{detail} at {_pct(task)} (attempt {n})")
+            elif detail.startswith("restarting"):
+                out.append(f"{detail} (attempt {n})")
             elif task["state"] == "suspended":
                 if suspended_by_daemon(task):
                     out.append(detail)
@@ -95,18 +100,22 @@ class Narrator:
         return out
 
     def missed(self, task: dict[str, Any]) -> bool:
-        """Whether an earlier attempt ended without its retry being told (it retried between
-        two reads, too quickly to be seen): then the history tells it (``from_history``)."""
-        attempts = int(task["attempts"])
-        return any(k not in self.told_attempts for k in range(self.seen_attempts + 1, attempts))
+        """Whether attempts ended since the history was last read (then it is read again:
+        a retry or resume may have come and gone between two reads)."""
+        return int(task["attempts"]) - 1 > self.checked or task["state"] == "completed"
 
-    def from_history(self, history: list[dict[str, Any]]) -> list[str]:
+    def from_history(self, task: dict[str, Any], history: list[dict[str, Any]]) -> list[str]:
         out = []
+        segmented = int(task.get("segments") or 1) > 1  # ranges are normal there
         for a in history:
             n = int(a["n"])
-            outcome = str(a.get("outcome") or "")
-            if outcome.startswith("retrying") and n not in self.told_attempts:
+            start, outcome = a.get("range_start"), str(a.get("outcome") or "")
+            resumed = not segmented and start and a.get("status") == 206
+            if resumed and (n, "resume") not in self.told:
+                self.told.add((n, "resume"))
+                out.append(f"resumed at byte {start} (attempt {n})")
+            if outcome.startswith("retrying") and (n, "retry") not in self.told:
+                self.told.add((n, "retry"))
                 out.append(f"{outcome} (attempt {n})")
-            self.told_attempts.add(n)
-            self.seen_attempts = max(self.seen_attempts, n)
+            self.checked = max(self.checked, n)
         return out

@@ -411,14 +411,15 @@ def follow(
         while True:
             cur = await client.call("GET", f"/v1/tasks/{task_id}")
             update(cur)
-            if narrator.missed(cur) and time.monotonic() - last_history >= 1.0:
-                last_history = time.monotonic()
-                history = await client.call("GET", f"/v1/tasks/{task_id}/attempts")
-                for line in narrator.from_history(history):
-                    say(line)
             for line in narrator.lines(cur):
                 say(line)
-            if cur["state"] == "completed" or suspended_by_daemon(cur):
+            end = cur["state"] == "completed" or suspended_by_daemon(cur)
+            if narrator.missed(cur) and (end or time.monotonic() - last_history >= 1.0):
+                last_history = time.monotonic()
+                history = await client.call("GET", f"/v1/tasks/{task_id}/attempts")
+                for line in narrator.from_history(cur, history):
+                    say(line)
+            if end:
                 return dict(cur)
             await asyncio.sleep(POLL)
 
