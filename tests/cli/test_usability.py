@@ -516,3 +516,20 @@ def test_a_content_length_larger_than_the_body_is_a_short_body(
     assert "keeps changing" not in r.stderr
     assert doc["restarts"] == 0
     assert not (tmp_path / "short.bin").exists()
+
+
+def test_a_password_in_the_url_stays_out_of_api_errors_and_history(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    secret = "s3cr3tPW"
+    url = server.url(f"/gen/10?status=404&key={key}").replace("://", f"://bob:{secret}@")
+    with bgtransfer.Session("fg", home=home, background=False) as s:
+        t = s.download(url, tmp_path / "f").wait(timeout=30)
+        assert isinstance(t.error, bgtransfer.HTTPStatusError)
+        assert secret not in str(t.error)
+        assert "bob:***@" in str(t.error)
+        assert secret not in repr(t.history())
+        assert secret not in json.dumps(t.to_dict())
+        with pytest.raises(bgtransfer.InvalidRequest) as info:
+            s.download(f"ftp://bob:{secret}@host/x", tmp_path / "g")
+        assert secret not in str(info.value)

@@ -54,6 +54,7 @@ from bgtransfer._protocol._segments import (
     plan_segments,
     split_largest,
 )
+from bgtransfer._redact import redact
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine, _Live
@@ -300,7 +301,7 @@ class _Driver:
             )
         return M.TransportFailed(
             HTTPStatusError(
-                f"server answered {status} for a segment of {url}; not retried",
+                f"server answered {status} for a segment of {redact(url)}; not retried",
                 status_code=status,
             )
         )

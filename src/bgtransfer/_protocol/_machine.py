@@ -62,6 +62,7 @@ from bgtransfer._protocol._redirects import (
 )
 from bgtransfer._protocol._retry import RETRYABLE_STATUS, Backoff
 from bgtransfer._protocol._segments import Segment, first_unfinished, segment_range
+from bgtransfer._redact import redact
 
 __all__ = [
     "Action",
@@ -668,7 +669,8 @@ class TransferMachine:
             self._hops += 1
             if self._hops > self.spec.max_redirects:
                 loop = RedirectError(
-                    f"too many redirects (more than {self.spec.max_redirects}); last to {target}",
+                    f"too many redirects (more than {self.spec.max_redirects}); last to "
+                    f"{redact(target)}",
                     status_code=status,
                 )
                 return [DiscardResponse(), *self._fail(loop, now)]
@@ -681,7 +683,8 @@ class TransferMachine:
             self.snap.response_status = status
             self.snap.response_headers = tuple(headers.items())
             final = HTTPStatusError(
-                f"server answered {status} for {self._url}; not retried", status_code=status
+                f"server answered {status} for {redact(self._url)}; not retried",
+                status_code=status,
             )
             return [DiscardResponse(), *self._fail(final, now)]
         if decision is _Decision.DONE:

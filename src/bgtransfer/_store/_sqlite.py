@@ -25,6 +25,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
@@ -491,11 +492,11 @@ class SQLiteStore:
                 n,
                 attempt["started_at"],
                 attempt["ended_at"],
-                attempt["url"],
+                redact(attempt["url"]),  # the history never keeps a password
                 attempt["range_start"],
                 attempt["status"],
                 attempt["bytes"],
-                attempt["outcome"],
+                redact(attempt["outcome"]),
             ),
         )
 

@@ -409,7 +409,11 @@ def follow(
     async def poll(client: DaemonClient, update: Callable[[dict[str, Any]], None]) -> Any:
         last_history = 0.0
         while True:
-            cur = await client.call("GET", f"/v1/tasks/{task_id}")
+            # A long poll in slices: the answer comes at once when the task completes (no
+            # poll interval added to a download's time), else after POLL with its progress.
+            cur = await client.call(
+                "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{POLL}"}, timeout=30
+            )
             update(cur)
             for line in narrator.lines(cur):
                 say(line)
@@ -421,7 +425,6 @@ def follow(
                     say(line)
             if end:
                 return dict(cur)
-            await asyncio.sleep(POLL)
 
     if not show_bar:
         last = {"at": time.monotonic()}
