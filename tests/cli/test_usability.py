@@ -176,7 +176,8 @@ def test_a_server_that_closes_at_once_and_max_attempts(home: Path, tmp_path: Pat
     assert r.returncode == 1, r.stderr
     lines = r.stderr.splitlines()
     assert [line.rsplit(" (attempt", 1)[1] for line in lines[:-1]] == [" 1)", " 2)"], r.stderr
-    assert all("connection lost before the response" in line for line in lines[:-1])
+    # A close, or a reset when the request was still unread: both are said plainly.
+    assert all("connection lost before the response" in line for line in lines[:-1]), r.stderr
     assert "gave up after 3 attempts" in lines[-1]
 
 

@@ -676,8 +676,12 @@ class Engine(UploadDriver):
         except aiohttp.ClientResponseError as exc:
             # A response aiohttp cannot parse (huge or malformed headers): retrying cannot help.
             return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            return M.TransportFailed(ReadError(f"connection lost before the response: {exc}"))
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,  # a reset before the response
+        ) as exc:
+            return M.TransportFailed(ReadError(f"connection lost before the response: {why(exc)}"))
         except aiohttp.ClientError as exc:
             return M.TransportFailed(NetworkError(f"request failed: {exc!r}"))
         live.resp = resp

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -28,7 +29,7 @@ def why(exc: BaseException) -> str:
         return "body cut short"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection"
-    if isinstance(exc, ConnectionResetError):
+    if isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) == errno.ECONNRESET:
         return "connection reset"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:80]

@@ -41,16 +41,14 @@ EXIT_TIMEOUT = 2
 EXIT_NOT_FOUND = 4
 EXIT_INVALID = 5
 EXIT_DAEMON = 6
-EXIT_STATE = 8  # the task's state does not allow it: suspend/resume/cancel a completed task,
-# rm an unfinished one
+# The task's state does not allow it: suspend/resume/cancel a completed task, rm a running one.
+EXIT_STATE = 8
 EXIT_SUSPENDED = 9  # get/wait: the daemon suspended the task (disk full...); resume it later
 EXIT_DETACHED = 130
 DEFAULT_SESSION = "cli"
 POLL = 0.2
-PROGRESS_EVERY = 5.0
-WAIT_SLICE = (
-    1.0  # seconds per long poll of `wait`  # seconds between progress lines when there is no bar
-)
+PROGRESS_EVERY = 5.0  # seconds between progress lines when there is no bar
+WAIT_SLICE = 1.0  # seconds per long poll of `wait` (a suspension by the daemon ends it)
 
 
 class CliError(Exception):
