@@ -68,9 +68,12 @@ def test_the_history_tells_what_came_and_went_between_two_reads() -> None:
     cur = task("downloading (resumed at byte 60)", 3)
     assert n.missed(cur)
     history: list[dict[str, Any]] = [
-        {"n": 1, "range_start": None, "status": 200, "outcome": "retrying in 1.0 s after x"},
-        {"n": 2, "range_start": 30, "status": 206, "outcome": "retrying in 2.0 s after y"},
-    ]
+        {"n": 1, "range_start": None, "status": 200, "outcome": "retrying in 1.0 s after x",
+         "ended_at": 1.0},
+        {"n": 2, "range_start": 30, "status": 206, "outcome": "retrying in 2.0 s after y",
+         "ended_at": 2.0},
+        {"n": 3, "range_start": 60, "status": 206, "outcome": "in progress", "ended_at": None},
+    ]  # fmt: skip
     assert n.from_history(cur, history) == [
         "resumed at byte 30 (attempt 2)",
         "retrying in 2.0 s after y (attempt 2)",

@@ -108,6 +108,8 @@ class Narrator:
         out = []
         segmented = int(task.get("segments") or 1) > 1  # ranges are normal there
         for a in history:
+            if a.get("ended_at") is None:
+                continue  # under way: its outcome is not known yet
             n = int(a["n"])
             start, outcome = a.get("range_start"), str(a.get("outcome") or "")
             resumed = not segmented and start and a.get("status") == 206

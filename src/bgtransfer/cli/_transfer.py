@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
+from bgtransfer._engine._files import current_umask
 from bgtransfer._exceptions import (
     DestinationError,
     InvalidRequest,
@@ -305,6 +306,7 @@ def _submit(
         segments=segments,
         max_attempts=max_attempts,
         retry_for=retry_for,
+        umask=current_umask(),
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task
