@@ -6,8 +6,9 @@ import json
 from typing import Any
 
 from bgtransfer._engine._engine import Engine
-from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound
+from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
+from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent
 from bgtransfer._tasks import row_to_wire
 
@@ -51,6 +52,13 @@ def acknowledge(engine: Engine, task_id: str) -> None:
         )
 
 
+def error_json(err: TransferError | None) -> dict[str, Any] | None:
+    """An error as events carry it, any password in a URL of its message masked."""
+    if err is None:
+        return None
+    return {**err.to_dict(), "message": redact(err.message)}
+
+
 class EventLines:
     """NDJSON lines for one subscriber; each carries its task's metadata (read once per
     task), and with ``with_task`` the whole task (completions)."""
@@ -83,10 +91,10 @@ class EventLines:
                 "task_id": ev.task_id,
                 "kind": "state",
                 "state": ev.state,
-                "detail": ev.detail,
+                "detail": redact(ev.detail),
                 "bytes_received": ev.bytes_received,
                 "bytes_expected": ev.bytes_expected,
-                "error": None if ev.error is None else ev.error.to_dict(),
+                "error": error_json(ev.error),
             },
         )
 
@@ -99,9 +107,9 @@ class EventLines:
                 "task_id": ev.task_id,
                 "kind": ev.kind,
                 "state": ev.state.value,
-                "detail": ev.detail,
+                "detail": redact(ev.detail),
                 "bytes_received": ev.bytes_received,
                 "bytes_expected": ev.bytes_expected,
-                "error": None if ev.error is None else ev.error.to_dict(),
+                "error": error_json(ev.error),
             },
         )
