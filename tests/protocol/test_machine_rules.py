@@ -1,0 +1,343 @@
+"""Download machine rules that no other core test specified (issue 20's survivors).
+
+Each test states what an answer or a failure must do to the task: what it learns, what it
+keeps, what it forgets, when it waits and when it gives up. Errors are compared by type and
+code; one test per error family pins the exact message a person reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from bgtransfer._exceptions import (
+    ConnectError,
+    HTTPStatusError,
+    InvalidTransition,
+    ReadError,
+    RedirectError,
+    TransferError,
+    TransferTimeout,
+)
+from bgtransfer._models import Phase, TaskState
+from bgtransfer._protocol._machine import (
+    Action,
+    BodyEnded,
+    CancelCleaned,
+    CancelRequested,
+    DataWritten,
+    DiscardResponse,
+    Finalize,
+    Persist,
+    RemovePartial,
+    Response,
+    RetryDue,
+    ScheduleRetry,
+    SegmentsPlanned,
+    SegmentWritten,
+    SendRequest,
+    Spec,
+    Start,
+    StopTransfer,
+    TransferMachine,
+    TransportFailed,
+    WriteBody,
+)
+from bgtransfer._protocol._retry import RETRYABLE_STATUS
+
+URL = "https://example.com/f.bin"
+ETAG = '"v1"'
+FAILED_ACTIONS = [StopTransfer(), RemovePartial(), Persist()]
+
+
+def make(**spec: object) -> TransferMachine:
+    return TransferMachine(Spec(URL, **spec))  # type: ignore[arg-type]
+
+
+def headers_of(actions: Sequence[Action]) -> dict[str, str]:
+    (req,) = [a for a in actions if isinstance(a, SendRequest)]
+    return {k.lower(): v for k, v in req.headers}
+
+
+def interrupted_at(m: TransferMachine, written: int, now: float = 0.0) -> None:
+    m.handle(DataWritten(written), now=now)
+    m.handle(TransportFailed(ReadError("reset")), now=now)
+    assert m.snap.phase is Phase.WAITING_RETRY
+    m.handle(RetryDue(), now=now)
+
+
+# -- what a first answer records -----------------------------------------------------------
+
+
+def test_a_206_to_a_plain_request_is_recorded_as_the_200_it_stands_for() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    resp = Response(206, {"content-range": "bytes 0-999/1000", "etag": ETAG, "x-id": "7"})
+    assert m.handle(resp, now=0.0) == [Persist(), WriteBody(0, truncate=True)]
+    # A caller sees the status and headers of the whole file, not of a range.
+    assert m.snap.response_status == 200
+    assert m.snap.status_code == 206
+    assert dict(m.snap.response_headers) == {"etag": ETAG, "x-id": "7"}
+    assert m.snap.total == 1000
+
+
+def test_a_200_is_recorded_as_it_came() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    headers = {"content-length": "10", "etag": ETAG, "content-range": "bytes 0-9/10"}
+    m.handle(Response(203, headers), now=0.0)
+    assert m.snap.response_status == 203
+    assert "content-range" not in dict(m.snap.response_headers)
+    assert m.snap.total == 10  # a 200's length is its Content-Length
+
+
+@pytest.mark.parametrize(
+    ("value", "total"),
+    [
+        ("9" * 19, int("9" * 19)),
+        ("1" + "0" * 19, None),  # 20 digits: beyond any real size
+        (" 42 ", 42),
+        ("0", 0),
+        ("\u00b2", None),
+        ("-1", None),
+        ("", None),
+        ("4 2", None),
+    ],
+)
+def test_the_length_a_200_announces(value: str, total: int | None) -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": value}), now=0.0)
+    assert m.snap.total == total
+
+
+# -- resume --------------------------------------------------------------------------------
+
+
+def test_a_resume_learns_the_unknown_length_from_the_206() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG}), now=0.0)  # no length
+    assert m.snap.total is None
+    interrupted_at(m, 100)
+    assert headers_of(m.handle(Start(), now=1.0))["range"] == "bytes=100-"
+    cr = {"content-range": "bytes 100-999/1000", "etag": ETAG}
+    assert m.handle(Response(206, cr), now=1.0) == [WriteBody(100, truncate=False)]
+    assert m.snap.total == 1000
+    assert m.snap.detail == "downloading (resumed at byte 100)"
+    # Knowing the length, a body that ends early is a truncation to retry, not the file.
+    m.handle(DataWritten(400), now=1.1)
+    m.handle(BodyEnded(), now=1.2)
+    assert m.snap.phase is Phase.WAITING_RETRY
+    assert m.snap.error is None
+
+
+def test_a_resume_whose_206_does_not_know_the_length_keeps_it_unknown() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG}), now=0.0)
+    interrupted_at(m, 100)
+    m.handle(Start(), now=1.0)
+    cr = {"content-range": "bytes 100-199/*", "etag": ETAG}
+    assert m.handle(Response(206, cr), now=1.0) == [WriteBody(100, truncate=False)]
+    assert m.snap.total is None
+    m.handle(DataWritten(100), now=1.1)
+    assert m.handle(BodyEnded(), now=1.2) == [Finalize(200, None)]
+
+
+def test_a_resume_keeps_a_known_length_over_the_206s() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "1000"}), now=0.0)
+    interrupted_at(m, 100)
+    m.handle(Start(), now=1.0)
+    m.handle(Response(206, {"content-range": "bytes 100-999/*", "etag": ETAG}), now=1.0)
+    assert m.snap.total == 1000
+
+
+# -- failures, retries and time ------------------------------------------------------------
+
+
+def test_a_transport_failure_after_the_resource_time_is_used_up_is_final() -> None:
+    m = make(resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "1000"}), now=0.0)
+    actions = m.handle(TransportFailed(ReadError("reset by peer")), now=10.0)
+    assert actions == FAILED_ACTIONS
+    assert isinstance(m.snap.error, TransferTimeout)
+    # The one exact message of the timeout family: the limit and what went wrong last.
+    assert m.snap.error.message == "resource timeout of 10 s reached; last error: reset by peer"
+    assert m.snap.detail == f"failed: {m.snap.error.message}"
+    assert m.snap.failures == 0  # no retry was counted
+
+
+def test_a_transport_failure_with_time_left_waits_within_it() -> None:
+    m = make(resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    actions = m.handle(TransportFailed(ReadError("reset")), now=9.0)
+    assert actions == [Persist(), ScheduleRetry(0.75)]
+    assert m.snap.detail == "retrying in 0.8 s after reset"
+
+
+def test_a_backoff_that_would_end_past_the_resource_time_is_a_timeout() -> None:
+    m = make(resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    actions = m.handle(TransportFailed(ReadError("reset")), now=9.25)  # 0.75 s left
+    assert actions == FAILED_ACTIONS
+    assert isinstance(m.snap.error, TransferTimeout)
+
+
+def test_the_wait_between_attempts_is_capped_by_max_retry_wait() -> None:
+    m = make(retry_wait=1.0, max_retry_wait=5.0)
+    m.rng = lambda: 1.0  # the whole delay, no jitter taken off
+    delays = []
+    for i in range(6):
+        m.handle(Start(), now=float(i))
+        (*_, wait) = m.handle(TransportFailed(ConnectError("refused")), now=float(i))
+        assert isinstance(wait, ScheduleRetry)
+        delays.append(wait.delay)
+        m.handle(RetryDue(), now=float(i))
+    assert delays == [1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+def test_retry_wait_is_the_first_delay() -> None:
+    m = make(retry_wait=3.0)
+    m.rng = lambda: 0.0  # equal jitter keeps half
+    m.handle(Start(), now=0.0)
+    assert m.handle(TransportFailed(ConnectError("refused")), now=0.0)[-1] == ScheduleRetry(1.5)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 410, 501, 505])
+def test_a_failure_reported_with_a_final_status_is_not_retried(status: int) -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    err = HTTPStatusError(f"server answered {status}", status_code=status)
+    assert m.handle(TransportFailed(err), now=0.0) == FAILED_ACTIONS
+    assert m.snap.error is err
+    assert m.snap.failures == 0
+
+
+@pytest.mark.parametrize("status", sorted(RETRYABLE_STATUS))
+def test_a_failure_reported_with_a_transient_status_is_retried(status: int) -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    err = HTTPStatusError(f"server answered {status}", status_code=status)
+    assert m.handle(TransportFailed(err), now=0.0)[-1] == ScheduleRetry(0.75)
+    assert m.snap.detail == f"retrying in 0.8 s after {status}"
+
+
+@pytest.mark.parametrize(
+    ("error", "retried"),
+    [
+        (ReadError("reset"), True),
+        (ConnectError("refused"), True),
+        (TransferTimeout("no progress for 60 s"), True),
+        (TransferError("unexpected"), False),
+        (RedirectError("loop"), False),
+    ],
+)
+def test_which_transport_failures_are_retried(error: TransferError, retried: bool) -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    actions = m.handle(TransportFailed(error), now=0.0)
+    assert (m.snap.phase is Phase.WAITING_RETRY) is retried
+    assert (actions == FAILED_ACTIONS) is not retried
+    assert (m.snap.error is error) is not retried
+
+
+def test_max_attempts_message() -> None:
+    m = make(max_attempts=1)
+    m.handle(Start(), now=0.0)
+    m.handle(TransportFailed(ReadError("reset")), now=0.0)
+    assert isinstance(m.snap.error, ReadError)
+    assert m.snap.error.message == "reset (gave up after 1 attempts)"
+    assert str(m.snap.error) == m.snap.error.message
+
+
+def test_retry_after_beyond_the_resource_time_message() -> None:
+    m = make(resource_timeout=60.0)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(503, {"retry-after": "120"}), now=0.0)
+    assert isinstance(m.snap.error, HTTPStatusError)
+    assert m.snap.error.message == (
+        "server answered 503 with Retry-After 120 s, beyond the 60 s left of "
+        "resource_timeout; not retried"
+    )
+    assert str(m.snap.error) == m.snap.error.message
+
+
+def test_a_final_status_keeps_the_answer_and_names_the_url() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    actions = m.handle(Response(404, {"content-type": "text/plain"}), now=0.0)
+    assert actions == [DiscardResponse(), *FAILED_ACTIONS]
+    assert isinstance(m.snap.error, HTTPStatusError)
+    assert m.snap.error.code == "http_status"
+    assert m.snap.error.message == f"server answered 404 for {URL}; not retried"
+    assert m.snap.response_status == 404
+    assert m.snap.response_headers == (("content-type", "text/plain"),)
+
+
+def test_too_many_redirects_message() -> None:
+    m = make(max_redirects=0)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(302, {"location": "/next"}), now=0.0)
+    assert isinstance(m.snap.error, RedirectError)
+    assert m.snap.error.status_code == 302
+    assert m.snap.error.message == (
+        "too many redirects (more than 0); last to https://example.com/next"
+    )
+
+
+# -- cancel --------------------------------------------------------------------------------
+
+
+def test_what_a_cancel_leaves_behind() -> None:
+    total = 8 << 20
+    m = make(segments=2)
+    m.handle(Start(), now=0.0)
+    headers = {"accept-ranges": "bytes", "etag": ETAG, "content-length": str(total)}
+    m.handle(Response(200, headers), now=0.0)
+    m.handle(SegmentsPlanned(((0, 0, total // 2), (total // 2, total // 2, total))), now=0.0)
+    m.handle(SegmentWritten(1, 3 << 20), now=0.1)
+    assert m.committed > 0
+    actions = m.handle(CancelRequested(), now=0.2)
+    # Stop first, persist the cancel, then remove the file: a crash in between leaves a
+    # task that is canceling, never one that resumes into a deleted file.
+    assert actions == [StopTransfer(), Persist(), RemovePartial()]
+    snap = m.snapshot(0.2)
+    assert (snap.offset, snap.segments, snap.phase) == (0, (), Phase.CANCELING)
+    assert m.snap.offset == m.committed == 0
+    assert m.state is TaskState.CANCELING
+    assert not m.in_flight
+    assert m.snap.error is None
+    assert m.handle(CancelRequested(), now=0.3) == []
+    assert m.handle(CancelCleaned(), now=0.4) == [Persist()]
+    assert m.state is TaskState.COMPLETED
+    assert m.snap.error is not None
+    assert m.snap.error.code == "cancelled"
+    assert m.snap.error.message == "the task was cancelled"
+    with pytest.raises(InvalidTransition):
+        m.handle(CancelRequested(), now=0.5)
+
+
+def test_a_completed_task_cannot_be_cancelled_and_says_so() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(404, {}), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(CancelRequested(), now=0.1)
+    assert exc.value.message == "cannot cancel a task that is completed"
+    assert exc.value.code == "invalid_transition"
+
+
+def test_a_wrong_event_names_itself_and_the_phase() -> None:
+    m = make()
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(BodyEnded(), now=0.0)
+    assert exc.value.message == "BodyEnded is not allowed while the task is queued"
+    m.handle(Start(), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(RetryDue(), now=0.0)
+    assert exc.value.message == "RetryDue is not allowed while the task is connecting"
