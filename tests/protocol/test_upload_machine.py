@@ -19,6 +19,7 @@ from bgtransfer._exceptions import (
     ContentChanged,
     HTTPStatusError,
     IntegrityError,
+    InvalidTransition,
     ReadError,
     TransferError,
     TransferTimeout,
@@ -221,13 +222,6 @@ def test_a_success_of_unknown_size_keeps_the_confirmed_offset() -> None:
     assert m.state is TaskState.COMPLETED
 
 
-def test_an_upload_ends_with_a_final_response_not_a_download_response() -> None:
-    m = make("plain", method="PUT")
-    m.handle(Start(), now=0.0)
-    with pytest.raises(TypeError):
-        m.handle(Response(200, {}), now=0.1)
-
-
 # -- tus and the IETF draft: the server's offset -------------------------------------------
 
 
@@ -338,22 +332,93 @@ def test_the_completing_answer_finishes_at_the_source_size(protocol: str) -> Non
     assert m.state is TaskState.COMPLETED
 
 
-def test_progress_before_creation_or_after_the_end_is_refused() -> None:
-    from bgtransfer._exceptions import InvalidTransition
-
+@pytest.mark.parametrize(
+    "event",
+    [UploadProgress(1), UploadCreated(UPLOAD_URL), UploadLost(), final(200)],
+    ids=lambda e: type(e).__name__,
+)
+def test_server_facts_before_the_attempt_are_refused_by_name(event: object) -> None:
     m = make("tus")
-    with pytest.raises(InvalidTransition):
-        m.handle(UploadProgress(1), now=0.0)
-    with pytest.raises(InvalidTransition):
-        m.handle(UploadCreated(UPLOAD_URL), now=0.0)
-    with pytest.raises(InvalidTransition):
-        m.handle(UploadLost(), now=0.0)
-    with pytest.raises(InvalidTransition):
-        m.handle(final(200), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(event, now=0.0)  # type: ignore[arg-type]
+    assert exc.value.message == f"{type(event).__name__} is not allowed while the task is queued"
+    assert m.snap.phase is Phase.QUEUED
+
+
+def test_a_second_start_and_late_progress_are_refused() -> None:
+    m = make("tus")
     m.handle(Start(), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(Start(), now=0.0)
+    assert exc.value.message == "Start is not allowed while the task is connecting"
     m.handle(final(200), now=0.1)
-    with pytest.raises(InvalidTransition):
+    assert m.state is TaskState.COMPLETED
+    with pytest.raises(InvalidTransition) as exc:
         m.handle(UploadProgress(1), now=0.2)
+    assert exc.value.message == "UploadProgress is not allowed while the task is done"
+
+
+def test_a_download_response_is_a_type_error_for_an_upload() -> None:
+    m = make("plain", method="PUT")
+    m.handle(Start(), now=0.0)
+    with pytest.raises(TypeError) as exc:
+        m.handle(Response(200, {}), now=0.1)
+    assert str(exc.value) == "uploads end with FinalResponse, not Response"
+
+
+@pytest.mark.parametrize("status", [200, 201, 204, 299])
+def test_any_2xx_completes_the_upload(status: int) -> None:
+    m = created("tus")
+    assert m.handle(final(status), now=0.1) == [Persist()]
+    assert m.state is TaskState.COMPLETED
+    assert m.snap.error is None
+    assert m.in_flight is False
+
+
+@pytest.mark.parametrize("status", [199, 300, 304])
+def test_an_answer_outside_2xx_fails_the_upload(status: int) -> None:
+    m = created("tus")
+    assert m.handle(final(status), now=0.1) == FAILED_ACTIONS
+    assert isinstance(m.snap.error, HTTPStatusError)
+    assert m.snap.error.status_code == status
+
+
+def test_a_retry_after_date_is_read_against_the_answers_wall_time() -> None:
+    m = created("ietf")
+    # final() answers at wall time 1000.0; the date is 30 s later.
+    date = "Thu, 01 Jan 1970 00:17:10 GMT"
+    assert m.handle(final(429, retry_after=date), now=0.1) == [Persist(), ScheduleRetry(30.0)]
+
+
+def test_progress_on_a_resumed_attempt_is_uploading_again() -> None:
+    m = created("tus")
+    m.handle(UploadProgress(5000), now=0.1)
+    m.handle(TransportFailed(ReadError("reset")), now=0.2)
+    m.handle(RetryDue(), now=1.0)
+    m.handle(Start(), now=1.0)
+    assert m.snap.phase is Phase.CONNECTING
+    m.handle(UploadProgress(5000), now=1.1)
+    assert m.snap.phase is Phase.TRANSFERRING
+    assert m.snap.detail == "uploading"
+
+
+@pytest.mark.parametrize("protocol", ["tus", "plain"])
+def test_a_final_status_reported_as_a_transport_failure_is_not_retried(protocol: str) -> None:
+    m = make(protocol, method="PUT")
+    m.handle(Start(), now=0.0)
+    err = HTTPStatusError("server answered 404", status_code=404)
+    assert m.handle(TransportFailed(err), now=0.1) == FAILED_ACTIONS
+    assert m.snap.error is err
+    assert err.message == "server answered 404"  # no retry hint: it was never retryable
+
+
+@pytest.mark.parametrize("protocol", ["tus", "plain"])
+def test_an_error_no_retry_can_fix_fails_even_a_resumable_upload(protocol: str) -> None:
+    m = make(protocol, method="PUT")
+    m.handle(Start(), now=0.0)
+    err = TransferError("bad TLS certificate")
+    assert m.handle(TransportFailed(err), now=0.1) == FAILED_ACTIONS
+    assert m.snap.error is err
 
 
 # -- lifecycle shared with downloads -------------------------------------------------------
@@ -368,6 +433,16 @@ def test_an_upload_out_of_resource_time_fails_at_start() -> None:
     assert actions == FAILED_ACTIONS
     assert isinstance(m.snap.error, TransferTimeout)
     assert m.snap.attempts == 1
+
+
+def test_an_upload_with_half_a_second_left_still_starts() -> None:
+    m = make("tus", resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    m.handle(TransportFailed(ReadError("reset")), now=9.0)
+    m.handle(RetryDue(), now=9.5)
+    (req,) = m.handle(Start(), now=9.5)
+    assert isinstance(req, SendRequest)
+    assert req.time_left == pytest.approx(0.5)
 
 
 def test_suspend_resume_and_cancel_an_upload() -> None:
