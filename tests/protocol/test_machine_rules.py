@@ -279,6 +279,21 @@ def test_a_final_status_keeps_the_answer_and_names_the_url() -> None:
     assert m.snap.response_headers == (("content-type", "text/plain"),)
 
 
+def test_content_changed_message() -> None:
+    m = make(max_restarts=0)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "1000"}), now=0.0)
+    interrupted_at(m, 100)
+    m.handle(Start(), now=1.0)
+    m.handle(Response(200, {"etag": '"v2"', "content-length": "1000"}), now=1.0)
+    assert m.snap.error is not None
+    assert m.snap.error.code == "content_changed"
+    assert m.snap.error.message == (
+        "resource keeps changing: restarted 0 times (the server's answers to range requests "
+        "did not match the first download)"
+    )
+
+
 def test_too_many_redirects_message() -> None:
     m = make(max_redirects=0)
     m.handle(Start(), now=0.0)
