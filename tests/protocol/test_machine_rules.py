@@ -356,3 +356,63 @@ def test_a_wrong_event_names_itself_and_the_phase() -> None:
     with pytest.raises(InvalidTransition) as exc:
         m.handle(RetryDue(), now=0.0)
     assert exc.value.message == "RetryDue is not allowed while the task is connecting"
+
+
+# -- restarts, segments, snapshots ---------------------------------------------------------
+
+
+def test_a_restart_forgets_the_old_version_entirely() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    lm = "Sun, 06 Nov 1994 08:49:37 GMT"
+    m.handle(Response(200, {"etag": ETAG, "last-modified": lm, "content-length": "1000"}), now=0)
+    interrupted_at(m, 100)
+    m.handle(Start(), now=1.0)
+    actions = m.handle(Response(206, {"content-range": "bytes 5-999/1000"}), now=1.0)
+    assert [type(a) for a in actions] == [DiscardResponse, Persist, SendRequest]
+    assert (m.snap.etag, m.snap.last_modified, m.snap.total) == (None, None, None)
+    assert m.snap.detail == "restarting from 0: the server's answer did not match"
+    assert "if-range" not in headers_of(actions)
+
+
+def running_segments(n: int = 4, total: int = 16 << 20) -> TransferMachine:
+    m = make(segments=n)
+    m.handle(Start(), now=0.0)
+    headers = {"accept-ranges": "bytes", "etag": ETAG, "content-length": str(total)}
+    m.handle(Response(200, headers), now=0.0)
+    size = total // n
+    m.handle(SegmentsPlanned(tuple((i * size, i * size, (i + 1) * size) for i in range(n))), now=0)
+    return m
+
+
+def test_progress_of_a_segment_that_does_not_exist_is_refused_by_name() -> None:
+    m = running_segments(4)
+    for index in (4, -1):
+        with pytest.raises(InvalidTransition) as exc:
+            m.handle(SegmentWritten(index, 1), now=0.1)
+        assert exc.value.message == f"no segment {index} (there are 4)"
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(SegmentWritten(3, (4 << 20) + 1), now=0.1)
+    assert exc.value.message == f"segment 3 would grow past its end {16 << 20}"
+    m.handle(SegmentWritten(3, 4 << 20), now=0.1)  # exactly to its end is fine
+    assert m.snap.segments[3][1] == 16 << 20
+
+
+def test_segment_progress_outside_a_transfer_is_refused_by_name() -> None:
+    m = make(segments=2)
+    m.handle(Start(), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(SegmentWritten(0, 1), now=0.0)
+    assert exc.value.message == "SegmentWritten is not allowed while the task is connecting"
+
+
+def test_a_machine_rebuilt_from_a_snapshot_draws_jitter_from_the_given_source() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    snap = m.snapshot(0.0)
+    rebuilt = TransferMachine.from_snapshot(m.spec, snap, rng=lambda: 0.0)
+    rebuilt.handle(Response(200, {"etag": ETAG}), now=0.0)
+    assert rebuilt.handle(TransportFailed(ReadError("reset")), now=0.0)[-1] == ScheduleRetry(0.5)
+    default = TransferMachine.from_snapshot(m.spec, snap)
+    default.handle(Response(200, {"etag": ETAG}), now=0.0)
+    assert default.handle(TransportFailed(ReadError("reset")), now=0.0)[-1] == ScheduleRetry(0.75)

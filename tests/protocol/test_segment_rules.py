@@ -325,3 +325,19 @@ def test_the_first_unfinished_segment(tiling: tuple[tuple[Segment, ...], set[int
         assert segs[i][1] < segs[i][2]
         assert all(pos == end for _, pos, end in segs[:i])
         assert segment_range(segs[i]) == f"bytes={segs[i][1]}-{segs[i][2] - 1}"
+
+
+def test_segments_of_a_file_known_only_by_a_strong_last_modified_carry_it() -> None:
+    # Last-Modified is a strong validator when the server's Date is a day later.
+    lm, date = "Sun, 06 Nov 1994 08:49:37 GMT", "Mon, 07 Nov 1994 08:49:37 GMT"
+    total = 8 * MiB
+    headers = {"accept-ranges": "bytes", "last-modified": lm, "date": date}
+    headers["content-length"] = str(total)
+    m = TransferMachine(Spec(URL, segments=2))
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, headers), now=0.0)
+    segs, why = plan_segments(2, 200, headers, total)
+    assert len(segs) == 2, why
+    m.handle(SegmentsPlanned(segs), now=0.0)
+    _, request = m.segment_request(1)
+    assert dict(request)["If-Range"] == lm
