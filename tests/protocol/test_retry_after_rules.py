@@ -6,6 +6,7 @@ carry no zone at all; what the machine's zone is must never change a wait.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import math
 import time
@@ -29,16 +30,24 @@ DATES_OF_RFC_DATE_EPOCH = (
 NEW_YORK = "EST5EDT,M3.2.0,M11.1.0"
 
 
+@contextlib.contextmanager
+def machine_zone(tz: str) -> Iterator[None]:
+    """Run with the process's local zone set to ``tz``, and restore it after."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TZ", tz)
+        time.tzset()
+        try:
+            yield
+        finally:
+            mp.undo()
+            time.tzset()
+
+
 @pytest.fixture
-def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("TZ", NEW_YORK)
-    time.tzset()
-    try:
+def new_york() -> Iterator[None]:
+    with machine_zone(NEW_YORK):
         assert time.timezone == 5 * 3600  # the zone really is in force
         yield
-    finally:
-        monkeypatch.undo()
-        time.tzset()
 
 
 @pytest.mark.usefixtures("new_york")
@@ -68,13 +77,10 @@ def test_an_asctime_date_is_gmt_whatever_the_zone(when: datetime, ahead: int) ->
     assert result == pytest.approx(float(ahead))
 
 
-def test_the_zone_fixture_restores_the_machine_zone() -> None:
+def test_the_zone_is_restored_afterwards() -> None:
     before = time.timezone
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TZ", NEW_YORK)
-    time.tzset()
-    mp.undo()
-    time.tzset()
+    with machine_zone(NEW_YORK):
+        assert time.timezone == 5 * 3600
     assert time.timezone == before
 
 
