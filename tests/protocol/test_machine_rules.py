@@ -32,6 +32,7 @@ from bgtransfer._protocol._machine import (
     Persist,
     RemovePartial,
     Response,
+    ResumeRequested,
     RetryDue,
     ScheduleRetry,
     SegmentsPlanned,
@@ -40,6 +41,7 @@ from bgtransfer._protocol._machine import (
     Spec,
     Start,
     StopTransfer,
+    SuspendRequested,
     TransferMachine,
     TransportFailed,
     WriteBody,
@@ -416,3 +418,75 @@ def test_a_machine_rebuilt_from_a_snapshot_draws_jitter_from_the_given_source() 
     default = TransferMachine.from_snapshot(m.spec, snap)
     default.handle(Response(200, {"etag": ETAG}), now=0.0)
     assert default.handle(TransportFailed(ReadError("reset")), now=0.0)[-1] == ScheduleRetry(0.75)
+
+
+# -- what a person reads, and the clock of the resource timeout ----------------------------
+
+
+def test_the_detail_at_each_step_of_a_life() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=0.0)
+    assert m.handle(SuspendRequested(), now=1.0) == [StopTransfer(), Persist()]
+    assert (m.snap.detail, m.in_flight) == ("suspended", False)
+    m.handle(ResumeRequested(), now=2.0)
+    assert m.snap.detail == "queued"
+    m.handle(Start(), now=2.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=2.0)
+    m.handle(DataWritten(100), now=2.1)
+    assert m.handle(BodyEnded(), now=2.2) == [Finalize(100, None)]
+    assert (m.snap.detail, m.in_flight) == ("verifying", False)
+    other = make()
+    other.handle(Start(), now=0.0)
+    other.handle(CancelRequested(), now=0.1)
+    assert (other.snap.detail, other.in_flight) == ("canceling", False)
+    failed = make()
+    failed.handle(Start(), now=0.0)
+    failed.handle(Response(404, {}), now=0.0)
+    assert failed.in_flight is False
+
+
+def test_a_body_longer_than_announced_is_finalized_against_the_announced_length() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "1000"}), now=0.0)
+    m.handle(DataWritten(1001), now=0.1)
+    # The finalizer compares the file with this length, so the extra byte is caught there.
+    assert m.handle(BodyEnded(), now=0.2) == [Finalize(1000, None)]
+
+
+def test_a_truncated_body_says_where_it_stopped() -> None:
+    m = make(max_attempts=1)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "1000"}), now=0.0)
+    m.handle(DataWritten(400), now=0.1)
+    m.handle(BodyEnded(), now=0.2)
+    assert isinstance(m.snap.error, ReadError)
+    assert m.snap.error.message == (
+        "connection closed after byte 400 of 1000 (truncated body) (gave up after 1 attempts)"
+    )
+
+
+def test_resource_time_runs_from_resume_and_through_a_cancel() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(SuspendRequested(), now=1.0)
+    assert m.elapsed(50.0) == 1.0  # suspended time is not counted
+    m.handle(ResumeRequested(), now=10.0)
+    assert m.elapsed(12.0) == 3.0  # queued again: counted from the resume
+    m.handle(SuspendRequested(), now=12.0)
+    m.handle(CancelRequested(), now=20.0)
+    m.handle(CancelCleaned(), now=21.0)
+    assert m.snapshot(30.0).active_seconds == 4.0  # canceling took one more second
+
+
+def test_suspend_and_resume_refusals_say_why() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(CancelRequested(), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(SuspendRequested(), now=0.0)
+    assert exc.value.message == "cannot suspend a task that is canceling"
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(ResumeRequested(), now=0.0)
+    assert exc.value.message == "cannot resume a task that is canceling"
