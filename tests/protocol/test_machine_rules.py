@@ -14,6 +14,7 @@ import pytest
 from bgtransfer._exceptions import (
     ConnectError,
     HTTPStatusError,
+    IntegrityError,
     InvalidTransition,
     ReadError,
     RedirectError,
@@ -28,14 +29,21 @@ from bgtransfer._protocol._machine import (
     CancelRequested,
     DataWritten,
     DiscardResponse,
+    Event,
     Finalize,
+    Finalized,
+    FinalizeFailed,
+    Interrupted,
     Persist,
     RemovePartial,
     Response,
+    RestartRequired,
     ResumeRequested,
     RetryDue,
     ScheduleRetry,
+    SegmentsDeclined,
     SegmentsPlanned,
+    SegmentSplit,
     SegmentWritten,
     SendRequest,
     Spec,
@@ -490,3 +498,188 @@ def test_suspend_and_resume_refusals_say_why() -> None:
     with pytest.raises(InvalidTransition) as exc:
         m.handle(ResumeRequested(), now=0.0)
     assert exc.value.message == "cannot resume a task that is canceling"
+
+
+# -- every event in the wrong phase, and the details of the remaining steps ----------------
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        Response(200, {}),
+        DataWritten(1),
+        SegmentWritten(0, 1),
+        SegmentsPlanned(((0, 0, 1),)),
+        SegmentsDeclined("no ranges"),
+        SegmentSplit(((0, 0, 1),)),
+        RestartRequired("changed"),
+        BodyEnded(),
+        TransportFailed(ReadError("reset")),
+        RetryDue(),
+        Finalized(),
+        FinalizeFailed(IntegrityError("sha256 mismatch")),
+        CancelCleaned(),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_every_event_out_of_its_phase_is_refused_by_name(event: Event) -> None:
+    m = make()
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(event, now=0.0)
+    assert exc.value.message == f"{type(event).__name__} is not allowed while the task is queued"
+    assert m.snap.phase is Phase.QUEUED
+    m.handle(Start(), now=0.0)
+    with pytest.raises(InvalidTransition) as exc:
+        m.handle(Start(), now=0.0)
+    assert exc.value.message == "Start is not allowed while the task is connecting"
+
+
+def test_the_details_of_a_download_with_a_retry() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    assert m.snap.detail == "connecting"
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=0.0)
+    assert m.snap.detail == "downloading"
+    m.handle(DataWritten(1), now=0.1)
+    m.handle(TransportFailed(ReadError("reset")), now=0.2)
+    m.handle(RetryDue(), now=1.0)
+    assert m.snap.detail == "queued (retry due)"
+    m.handle(Start(), now=1.0)
+    assert m.snap.detail == "resuming from byte 1"
+    m.handle(Response(206, {"content-range": "bytes 1-99/100", "etag": ETAG}), now=1.0)
+    m.handle(DataWritten(99), now=1.1)
+    m.handle(BodyEnded(), now=1.2)
+    assert m.handle(Finalized(), now=1.3) == [Persist()]
+    assert (m.snap.detail, m.in_flight) == ("completed", False)
+
+
+def test_a_segmented_download_declined_stays_on_one_connection_and_says_why() -> None:
+    m = make(segments=4)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "100"}), now=0.0)
+    assert m.handle(SegmentsDeclined("the server does not accept ranges"), now=0.0) == []
+    assert m.snap.phase is Phase.TRANSFERRING
+    assert m.snap.detail == "downloading (one connection: the server does not accept ranges)"
+    assert m.snap.segments == ()
+
+
+def test_a_restart_required_by_a_segment_says_why() -> None:
+    m = running_segments(2)
+    actions = m.handle(RestartRequired("segment 1: the resource changed"), now=0.1)
+    assert [type(a) for a in actions] == [Persist, SendRequest]
+    assert m.snap.detail == "restarting from 0: segment 1: the resource changed"
+    assert m.in_flight is True
+
+
+def test_a_416_at_the_end_verifies_without_a_request_in_flight() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG}), now=0.0)
+    interrupted_at(m, 1000)
+    m.handle(Start(), now=1.0)
+    actions = m.handle(Response(416, {"content-range": "bytes */1000"}), now=1.0)
+    assert actions == [DiscardResponse(), Finalize(1000, None)]
+    assert (m.snap.phase, m.snap.detail, m.in_flight) == (Phase.VERIFYING, "verifying", False)
+
+
+def test_a_finalize_failure_ends_with_nothing_in_flight() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "1"}), now=0.0)
+    m.handle(DataWritten(1), now=0.0)
+    m.handle(BodyEnded(), now=0.0)
+    assert m.handle(FinalizeFailed(IntegrityError("sha256 mismatch")), now=0.1) == FAILED_ACTIONS
+    assert m.in_flight is False
+    assert m.snap.error is not None
+    assert m.snap.error.code == "integrity_error"
+
+
+def test_an_interrupted_transfer_is_suspended_with_nothing_in_flight() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "10"}), now=0.0)
+    assert m.handle(Interrupted("the process running it exited"), now=0.1) == [Persist()]
+    assert m.in_flight is False
+    assert m.snap.detail == "the process running it exited"
+
+
+def test_only_written_bytes_reset_the_backoff() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=0.0)
+    m.handle(TransportFailed(ReadError("reset")), now=0.1)
+    m.handle(RetryDue(), now=1.0)
+    m.handle(Start(), now=1.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=1.0)
+    assert m.snap.failures == 1
+    m.handle(DataWritten(0), now=1.1)
+    assert m.snap.failures == 1
+    m.handle(DataWritten(1), now=1.2)
+    assert m.snap.failures == 0
+
+
+def test_a_resume_from_byte_one_asks_for_byte_one() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=0.0)
+    interrupted_at(m, 1)
+    hdrs = headers_of(m.handle(Start(), now=1.0))
+    assert (hdrs["range"], hdrs["if-range"]) == ("bytes=1-", ETAG)
+    # A 200 instead is a new version: that is a restart, counted.
+    m.handle(Response(200, {"etag": '"v2"', "content-length": "100"}), now=1.0)
+    assert m.snap.restarts == 1
+
+
+def test_a_206_of_another_length_is_another_file() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "1000"}), now=0.0)
+    interrupted_at(m, 100)
+    m.handle(Start(), now=1.0)
+    cr = {"content-range": "bytes 100-1999/2000", "etag": ETAG}
+    actions = m.handle(Response(206, cr), now=1.0)
+    assert [type(a) for a in actions] == [DiscardResponse, Persist, SendRequest]
+    assert m.snap.restarts == 1
+
+
+def test_a_200s_length_is_its_content_length_even_with_a_content_range() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "10", "content-range": "bytes 0-9/20"}), now=0.0)
+    assert m.snap.total == 10
+
+
+@pytest.mark.parametrize(("left", "starts"), [(0.0, False), (0.5, True)])
+def test_an_attempt_starts_while_any_resource_time_is_left(left: float, starts: bool) -> None:
+    m = make(resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    m.handle(TransportFailed(ConnectError("refused")), now=5.0)
+    m.handle(RetryDue(), now=10.0 - left)
+    actions = m.handle(Start(), now=10.0 - left)
+    assert (actions == FAILED_ACTIONS) is not starts
+    if starts:
+        (req,) = actions
+        assert isinstance(req, SendRequest)
+        assert req.time_left == pytest.approx(left)
+
+
+def test_a_backoff_past_the_resource_time_names_the_last_error() -> None:
+    m = make(resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    err = HTTPStatusError("server answered 503", status_code=503)
+    m.handle(TransportFailed(err), now=9.5)  # backoff 0.75 s, 0.5 s left; no Retry-After
+    assert isinstance(m.snap.error, TransferTimeout)
+    assert m.snap.error.message == (
+        "resource timeout of 10 s reached; last error: server answered 503"
+    )
+
+
+def test_a_retry_after_beyond_less_than_a_second_left_says_zero() -> None:
+    m = make(resource_timeout=10.0)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(503, {"retry-after": "5"}), now=9.6)
+    assert m.snap.error is not None
+    assert m.snap.error.message == (
+        "server answered 503 with Retry-After 5 s, beyond the 0 s left of "
+        "resource_timeout; not retried"
+    )
