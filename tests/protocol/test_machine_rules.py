@@ -683,3 +683,44 @@ def test_a_retry_after_beyond_less_than_a_second_left_says_zero() -> None:
         "server answered 503 with Retry-After 5 s, beyond the 0 s left of "
         "resource_timeout; not retried"
     )
+
+
+# -- the edges of how an answer is classified ----------------------------------------------
+
+
+def test_a_416_when_only_the_last_byte_was_missing_and_the_file_is_one_byte() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG}), now=0.0)
+    interrupted_at(m, 1)
+    m.handle(Start(), now=1.0)
+    actions = m.handle(Response(416, {"content-range": "bytes */1"}), now=1.0)
+    assert actions == [DiscardResponse(), Finalize(1, None)]
+
+
+def test_a_200_to_a_fresh_request_is_the_whole_file_whatever_its_content_range() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    headers = {"content-length": "10", "content-range": "bytes 5-9/10"}
+    assert m.handle(Response(200, headers), now=0.0) == [Persist(), WriteBody(0, truncate=True)]
+
+
+def test_a_200_with_the_asked_content_range_from_byte_one_is_appended() -> None:
+    # Some servers answer a range request with 200 and a correct Content-Range.
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "100"}), now=0.0)
+    interrupted_at(m, 1)
+    m.handle(Start(), now=1.0)
+    cr = {"content-range": "bytes 1-99/100", "etag": ETAG}
+    assert m.handle(Response(200, cr), now=1.0) == [WriteBody(1, truncate=False)]
+    assert m.snap.restarts == 0
+
+
+@pytest.mark.parametrize("status", [199, 300, 304])
+def test_a_status_outside_2xx_that_is_no_redirect_fails(status: int) -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    assert m.handle(Response(status, {}), now=0.0) == [DiscardResponse(), *FAILED_ACTIONS]
+    assert isinstance(m.snap.error, HTTPStatusError)
+    assert m.snap.error.status_code == status
