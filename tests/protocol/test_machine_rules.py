@@ -724,3 +724,33 @@ def test_a_status_outside_2xx_that_is_no_redirect_fails(status: int) -> None:
     assert m.handle(Response(status, {}), now=0.0) == [DiscardResponse(), *FAILED_ACTIONS]
     assert isinstance(m.snap.error, HTTPStatusError)
     assert m.snap.error.status_code == status
+
+
+# -- a short body (a Content-Length larger than the body) ----------------------------------
+
+
+def test_a_short_body_is_found_even_after_a_single_byte() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "10"}), now=0.0)
+    interrupted_at(m, 1)
+    m.handle(Start(), now=1.0)
+    actions = m.handle(Response(416, {"content-range": "bytes */1"}), now=1.0)
+    assert actions == [DiscardResponse(), *FAILED_ACTIONS]
+    assert isinstance(m.snap.error, IntegrityError)
+    assert m.snap.error.message == (
+        "short body: the server sent 1 bytes, its Content-Length said 10, "
+        "and it answers a request for the rest with 416 (it has only 1)"
+    )
+
+
+def test_only_a_416_proves_a_short_body_a_206_of_a_shorter_file_is_another_version() -> None:
+    m = make()
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"etag": ETAG, "content-length": "10"}), now=0.0)
+    interrupted_at(m, 5)
+    m.handle(Start(), now=1.0)
+    actions = m.handle(Response(206, {"content-range": "bytes 1-4/5"}), now=1.0)
+    assert [type(a) for a in actions] == [DiscardResponse, Persist, SendRequest]
+    assert m.snap.restarts == 1
+    assert m.snap.error is None
