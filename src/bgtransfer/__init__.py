@@ -4,6 +4,7 @@ from bgtransfer._exceptions import (
     Cancelled,
     ConnectError,
     ContentChanged,
+    DaemonStopped,
     DestinationError,
     HTTPStatusError,
     IntegrityError,
@@ -18,6 +19,7 @@ from bgtransfer._exceptions import (
     TaskNotFound,
     TransferError,
     TransferTimeout,
+    UnsafeHome,
 )
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
@@ -30,6 +32,7 @@ __all__ = [
     "Cancelled",
     "ConnectError",
     "ContentChanged",
+    "DaemonStopped",
     "DestinationError",
     "Event",
     "HTTPStatusError",
@@ -48,6 +51,7 @@ __all__ = [
     "TaskState",
     "TransferError",
     "TransferTimeout",
+    "UnsafeHome",
     "resolve_home",
 ]
 

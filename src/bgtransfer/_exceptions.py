@@ -18,7 +18,10 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── DestinationError                   the local file cannot be written or placed
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
-    └── StoreError                         the SQLite store is unusable
+    ├── StoreError                         the SQLite store is unusable
+    ├── UnsafeHome                         the home, a file in it or the daemon socket is not
+    │                                      this user's alone: refused, never used
+    └── DaemonStopped                      the daemon was stopped while this call waited
 
 Each class has a stable ``code`` so an error can be stored and sent as JSON
 (:meth:`TransferError.to_dict`) and rebuilt as the same class (:func:`error_from_dict`).
@@ -32,6 +35,7 @@ __all__ = [
     "Cancelled",
     "ConnectError",
     "ContentChanged",
+    "DaemonStopped",
     "DestinationError",
     "HTTPStatusError",
     "IntegrityError",
@@ -46,6 +50,7 @@ __all__ = [
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
+    "UnsafeHome",
     "error_from_dict",
 ]
 
@@ -147,6 +152,20 @@ class TaskNotFound(TransferError, LookupError):
 
 class StoreError(TransferError):
     code = "store_error"
+
+
+class UnsafeHome(TransferError):
+    """Another user could change the home (or a file in it, or answer on its socket): a store
+    there could name a completion hook that then runs as you, so it is refused, never used."""
+
+    code = "unsafe_home"
+
+
+class DaemonStopped(TransferError):
+    """The daemon was stopped (``daemon stop``) while this call waited on it; the call ends
+    instead of starting the daemon again."""
+
+    code = "daemon_stopped"
 
 
 _BY_CODE: dict[str, type[TransferError]] = {}

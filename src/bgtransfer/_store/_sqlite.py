@@ -25,6 +25,7 @@ from bgtransfer._exceptions import (
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
 from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._trust import check_private_file, open_private
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
@@ -176,8 +177,10 @@ class SQLiteStore:
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            # SQLite opens its files by name and follows links: refuse planted ones first.
+            os.close(open_private(path, os.O_RDWR | os.O_CREAT))
+            for suffix in ("-wal", "-shm", "-journal"):
+                check_private_file(path + suffix)
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import time
@@ -12,7 +11,9 @@ from typing import Any
 import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
-from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._daemon._lock import lock_holder
+from bgtransfer._daemon._paths import socket_path
+from bgtransfer._exceptions import DaemonStopped
 from bgtransfer._session import resolve_home
 
 EXIT_OK = 0
@@ -27,17 +28,7 @@ _home = home_of
 
 
 def _lock_free(home: str) -> bool:
-    try:
-        fd = os.open(daemon_lock(home), os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return lock_holder(home) is None
 
 
 async def _with_client(home: str, fn: Any) -> Any:
@@ -63,7 +54,8 @@ def cli(ctx: click.Context, home: str | None) -> None:
     Transfers run in a per-home daemon (started on demand) and resume from their last
     checkpoint after any interruption. Exit codes: 0 ok, 1 transfer failed, 2 timed out,
     3 daemon not running, 4 unknown or ambiguous id, 5 invalid request, 6 daemon
-    unavailable, 64 usage error, 130 detached with Ctrl-C.
+    unavailable or home refused, 64 usage error, 75 the daemon was stopped while the
+    command waited, 130 detached with Ctrl-C.
 
     \b
     Examples:
@@ -128,8 +120,8 @@ def daemon_stop(ctx: click.Context, timeout: float) -> int:
         asyncio.run(
             _with_client(home, lambda c: c.call("POST", "/v1/shutdown", start=False, timeout=5))
         )
-    except DaemonUnavailable:
-        pass
+    except (DaemonUnavailable, DaemonStopped):
+        pass  # not answering, or already stopping: the lock says when it is gone
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _lock_free(home):

@@ -16,7 +16,13 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
-from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError
+from bgtransfer._exceptions import (
+    DaemonStopped,
+    InvalidRequest,
+    TaskNotFound,
+    TransferError,
+    UnsafeHome,
+)
 from bgtransfer.cli._app import cli, home_of
 
 T = TypeVar("T")
@@ -26,6 +32,7 @@ EXIT_TIMEOUT = 2
 EXIT_NOT_FOUND = 4
 EXIT_INVALID = 5
 EXIT_DAEMON = 6
+EXIT_STOPPED = 75  # EX_TEMPFAIL: the daemon was stopped while the command waited; try later
 EXIT_DETACHED = 130
 DEFAULT_SESSION = "cli"
 POLL = 0.2
@@ -52,8 +59,14 @@ def _run(home: str, fn: Callable[[DaemonClient], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except DaemonUnavailable as exc:
+    except (DaemonUnavailable, UnsafeHome) as exc:
         raise CliError(exc.message, EXIT_DAEMON) from None
+    except DaemonStopped:
+        raise CliError(
+            "the daemon was stopped (the transfer is kept: it goes on when the daemon starts "
+            "again, e.g. with 'bgtransfer daemon start')",
+            EXIT_STOPPED,
+        ) from None
     except TaskNotFound as exc:
         raise CliError(exc.message, EXIT_NOT_FOUND) from None
     except InvalidRequest as exc:
@@ -352,10 +365,12 @@ def follow(home: str, task: dict[str, Any], *, show_bar: bool) -> dict[str, Any]
 
     async def loop(client: DaemonClient) -> dict[str, Any]:
         last_detail = ""
+        followed: int | None = None
         with Progress(*columns, console=console, transient=False) as bar:
             handle = bar.add_task(os.path.basename(task["path"]), total=task["bytes_expected"])
             while True:
-                cur = await client.call("GET", f"/v1/tasks/{task_id}")
+                cur = await client.call("GET", f"/v1/tasks/{task_id}", followed=followed)
+                followed = client.peer_pid
                 done = cur["bytes_sent"] if cur.get("kind") == "upload" else cur["bytes_received"]
                 bar.update(handle, completed=done, total=cur["bytes_expected"])
                 detail = cur["detail"]
@@ -373,11 +388,18 @@ def follow(home: str, task: dict[str, Any], *, show_bar: bool) -> dict[str, Any]
 
 async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> dict[str, Any]:
     deadline = None if timeout is None else time.monotonic() + timeout
+    followed: int | None = None
     while True:
         left = 25.0 if deadline is None else max(0.0, min(25.0, deadline - time.monotonic()))
         cur = await client.call(
-            "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{left:.3f}"}, timeout=left + 15
+            "GET",
+            f"/v1/tasks/{task_id}/wait",
+            params={"timeout": f"{left:.3f}"},
+            timeout=left + 15,
+            waiter=True,
+            followed=followed,
         )
+        followed = client.peer_pid
         if cur["state"] == "completed" or (deadline is not None and time.monotonic() >= deadline):
             return dict(cur)
 
@@ -595,8 +617,10 @@ def watch(ctx: click.Context, task_id: str | None) -> int:
         return finish(follow(home, task, show_bar=fancy()), as_json=False)
 
     async def loop(c: DaemonClient) -> int:
+        followed: int | None = None
         while True:
-            tasks = await c.call("GET", "/v1/tasks")
+            tasks = await c.call("GET", "/v1/tasks", followed=followed)
+            followed = c.peer_pid
             if fancy():
                 click.clear()
             print_table(tasks)
