@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 import h11
 
 from bgtransfer._daemon._lock import lock_holder, process_stopped, stopped_pid
-from bgtransfer._daemon._paths import MAX_BODY, daemon_log, socket_path
+from bgtransfer._daemon._paths import daemon_log, socket_path
 from bgtransfer._exceptions import (
     DaemonStopped,
     InvalidRequest,
@@ -58,6 +58,8 @@ def spawn_daemon(home: str) -> subprocess.Popen[bytes]:
             close_fds=True,
             cwd="/",
         )
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot start the daemon ({sys.executable}): {exc}") from None
     finally:
         os.close(fd)
     # Reap it if it exits while we live; after we exit, init adopts it.
@@ -77,7 +79,8 @@ def last_log_line(home: str) -> str:
     finally:
         os.close(fd)
     lines = [ln for ln in tail.decode(errors="replace").splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else ""
+    # The daemon's own last words (see _server.main) are quoted without their prefix.
+    return lines[-1].strip().removeprefix("bgtransfer: daemon failed: ") if lines else ""
 
 
 def _not_answering(home: str, pid: int) -> DaemonUnavailable:
@@ -115,11 +118,6 @@ class DaemonClient:
     ) -> tuple[h11.Connection, asyncio.StreamReader, asyncio.StreamWriter]:
         target = path + ("?" + urlencode(params) if params else "")
         payload = b"" if body is None else json.dumps(body).encode()
-        if len(payload) > MAX_BODY:
-            # The daemon would answer 413 while we are still sending; say it without trying.
-            raise InvalidRequest(
-                f"request too large: {len(payload)} bytes, the daemon takes at most {MAX_BODY}"
-            )
         reader, writer = await asyncio.open_unix_connection(self.socket)
         try:
             self.peer_pid = check_peer(writer.get_extra_info("socket"), self.socket)
@@ -199,8 +197,11 @@ class DaemonClient:
             raise ConnectionError(f"the daemon's answer is not JSON (HTTP {status})") from exc
         if status >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
-            if status == 413:
-                raise InvalidRequest(f"request too large: {err.get('message', 'HTTP 413')}")
+            if status == 413:  # the caller's fault, not the daemon's: never "unavailable"
+                message = str(err.get("message", ""))
+                if not message.startswith("request too large"):
+                    message = f"request too large ({message or 'HTTP 413'})"
+                raise InvalidRequest(message)
             raise error_from_dict(
                 {"code": err.get("code"), "message": err.get("message", f"HTTP {status}")}
             )

@@ -84,6 +84,7 @@ EVENT_QUEUE = 1000
 # A subscriber that takes no bytes for this long is dropped.
 EVENT_WRITE_TIMEOUT = 30.0
 STOPPED_MESSAGE = "the daemon was stopped"
+FAILED_PREFIX = "bgtransfer: daemon failed: "
 
 _STATUS: list[tuple[type[TransferError], int]] = [
     (InvalidRequest, 400),
@@ -484,40 +485,44 @@ class Daemon:
 
     async def run(self, lock_fd: int) -> None:
         watch = HomeWatch(self.home, lock_fd, daemon_lock(self.home))
-        await self.engine.start()
-        self.engine.recover_background()
-        await self.engine.flush()
-        for row in self.store.pending_hooks():
-            self._on_finished(row)
-        runner = web.AppRunner(
-            self.app(),
-            handle_signals=False,
-            access_log=None,
-            keepalive_timeout=HEADER_TIMEOUT,
-            shutdown_timeout=1.0,
-        )
-        await runner.setup()
         _remove_stale_socket(self.socket)  # we hold the lock, so no daemon owns it
-        old = os.umask(0o177)
-        try:
-            site = web.UnixSite(runner, self.socket)
-            await site.start()
-        finally:
-            os.umask(old)
-        os.chmod(self.socket, 0o600)
-        watch.bound(self.socket)
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        watcher = loop.create_task(self._watch(watch))
-        log.info("daemon %d serving %s for home %s", os.getpid(), self.socket, self.home)
+        runner: web.AppRunner | None = None
+        watcher: asyncio.Task[None] | None = None
+        await self.engine.start()
         try:
+            self.engine.recover_background()
+            await self.engine.flush()
+            for row in self.store.pending_hooks():
+                self._on_finished(row)
+            runner = web.AppRunner(
+                self.app(),
+                handle_signals=False,
+                access_log=None,
+                keepalive_timeout=_env_int("BGTRANSFER_HEADER_TIMEOUT", int(HEADER_TIMEOUT)),
+                shutdown_timeout=1.0,
+            )
+            await runner.setup()
+            old = os.umask(0o177)
+            try:
+                site = web.UnixSite(runner, self.socket)
+                await site.start()
+            finally:
+                os.umask(old)
+            os.chmod(self.socket, 0o600)
+            watch.bound(self.socket)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            watcher = loop.create_task(self._watch(watch))
+            log.info("daemon %d serving %s for home %s", os.getpid(), self.socket, self.home)
             await self.stopping.wait()
         finally:
             t0 = time.monotonic()
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             await self.engine.close()
-            await runner.cleanup()
+            if runner is not None:
+                await runner.cleanup()
             if watch.owns_socket():  # never another daemon's socket on a replaced home
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.socket)
@@ -574,5 +579,6 @@ def main(home: str) -> int:
 def _failed(home: str, exc: BaseException) -> int:
     log.error("the daemon for %s failed", home, exc_info=exc)
     reason = exc.message if isinstance(exc, TransferError) else str(exc)
-    print(f"bgtransfer: the daemon for {home} failed: {reason}", file=sys.stderr, flush=True)
+    # The last line of the log: a client that started this daemon quotes it.
+    print(f"{FAILED_PREFIX}{reason}", file=sys.stderr, flush=True)
     return 1

@@ -29,7 +29,8 @@ __all__ = [
 # BODY_TIMEOUT: a client that trickles bytes cannot hold a handler for ever.
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 30.0
-_MAX_DIGITS = 30
+# Numbers end up in SQLite INTEGER columns: 64 bits, signed.
+_INT_RANGE = range(-(2**63), 2**63)
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -65,9 +66,10 @@ def _float(text: str) -> float:
 
 
 def _int(text: str) -> int:
-    if len(text.lstrip("-")) > _MAX_DIGITS:
-        raise InvalidRequest(f"bad number in the request: {text[:40]}... has too many digits")
-    return int(text)
+    value = int(text) if len(text) <= 25 else None
+    if value is None or value not in _INT_RANGE:
+        raise InvalidRequest(f"bad number in the request: {text[:40]} is out of range")
+    return value
 
 
 async def json_body(request: web.Request) -> Any:
@@ -107,9 +109,10 @@ def query_int(request: web.Request, name: str, default: int) -> int:
     raw = request.query.get(name)
     if raw is None:
         return default
-    if len(raw.strip().lstrip("+-")) > _MAX_DIGITS:
-        raise InvalidRequest(f"{name} has too many digits: {raw[:40]!r}...")
     try:
-        return int(raw)
+        value = int(raw) if len(raw) <= 25 else None
     except ValueError:
         raise InvalidRequest(f"{name} must be an integer: {raw[:40]!r}") from None
+    if value is None or value not in _INT_RANGE:
+        raise InvalidRequest(f"{name} is out of range: {raw[:40]!r}")
+    return value

@@ -18,6 +18,7 @@ from bgtransfer._session import resolve_home
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 3
+EXIT_DAEMON = 6
 
 
 def home_of(ctx: click.Context) -> str:
@@ -101,7 +102,7 @@ def daemon_start(ctx: click.Context) -> int:
         status = asyncio.run(_with_client(home, lambda c: c.ensure_running()))
     except DaemonUnavailable as exc:
         click.echo(f"bgtransfer: {exc.message}", err=True)
-        return 1
+        return EXIT_DAEMON
     word = "already running" if was_running else "started"
     click.echo(f"daemon {word} (pid {status['pid']}, socket {status['socket']})", err=True)
     return EXIT_OK
