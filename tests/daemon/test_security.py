@@ -150,6 +150,16 @@ def test_a_planted_hook_in_another_users_home_never_runs(
     assert daemon_pid(home) is None
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root owns the directory used here")
+def test_a_system_directory_is_not_a_users_home() -> None:
+    """Without root, a directory of another user that exists everywhere: /usr/share."""
+    with pytest.raises(bgtransfer.UnsafeHome, match="belongs to uid 0"):
+        bgtransfer.resolve_home("/usr/share")
+    r = cli("--home", "/usr/share", "ls")
+    assert r.returncode == 6
+    assert "refusing the home /usr/share" in r.stderr
+
+
 def test_writable_homes_are_refused_and_created_homes_are_private(tmp_path: Path) -> None:
     for mode in (0o777, 0o770, 0o720, 0o702):
         home = tmp_path / f"m{mode:o}"

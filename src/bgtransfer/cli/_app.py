@@ -139,12 +139,17 @@ def daemon_stop(ctx: click.Context, timeout: float) -> int:
 def daemon_status(ctx: click.Context, as_json: bool) -> int:
     """Show whether the daemon runs, its pid and socket, and task counts by state.
 
-    Exit status 0 when it runs, 3 when it does not.
+    Exit status 0 when it runs, 3 when it does not, 6 when it holds its lock but does not
+    answer (stopped?).
     """
     home = _home(ctx)
     status = None
     if not _lock_free(home):
-        status = asyncio.run(_with_client(home, lambda c: c.ping()))
+        try:
+            status = asyncio.run(_with_client(home, lambda c: c.ping()))
+        except DaemonUnavailable as exc:  # it holds the lock but is stopped (SIGSTOP)
+            click.echo(f"bgtransfer: {exc.message}", err=True)
+            return EXIT_DAEMON
     if status is None:
         status = {"running": False, "pid": None, "socket": socket_path(home), "home": home}
     if as_json:
