@@ -169,7 +169,6 @@ class Daemon:
         self._hooks: set[asyncio.Task[None]] = set()
         self.hook_timeout = float(_env_int("BGTRANSFER_HOOK_TIMEOUT", int(HOOK_TIMEOUT)))
         self.event_queue = _env_int("BGTRANSFER_EVENT_QUEUE", EVENT_QUEUE)
-        self.home_lost = False
 
     # -- every request ---------------------------------------------------------------------
 
@@ -480,8 +479,7 @@ class Daemon:
             why = None if self.stopping.is_set() else watch.problem()
             if why is not None:
                 log.error("stopping: %s", why)
-                self.home_lost = True
-                self.stopping.set()
+                self.stopping.set()  # not request_stop: followers may start a new daemon
 
     async def run(self, lock_fd: int) -> None:
         watch = HomeWatch(self.home, lock_fd, daemon_lock(self.home))
