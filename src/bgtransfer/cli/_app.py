@@ -112,7 +112,11 @@ def daemon_start(ctx: click.Context) -> int:
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @click.pass_context
 def daemon_stop(ctx: click.Context, timeout: float) -> int:
-    """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start."""
+    """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start.
+
+    Commands waiting on it (wait, get, watch) end with exit status 75 and do not start it
+    again; the next command that needs the daemon does.
+    """
     home = _home(ctx)
     if _lock_free(home):
         click.echo("daemon is not running", err=True)
