@@ -79,8 +79,9 @@ STORE_NAME = "bgtransfer.sqlite3"
 HOOK_TIMEOUT = 60.0
 VERSION = "0.1.0"
 # Live events a subscriber may lag behind before it is dropped; it reconnects from its cursor
-# and the store replays the state events it missed (progress is not replayed).
-EVENT_QUEUE = 1000
+# and the store replays the state events it missed (progress is not replayed). Twice the
+# largest batch submit, whose "queued" events arrive in one burst; at most ~10 MB.
+EVENT_QUEUE = 20_000
 # A subscriber that takes no bytes for this long is dropped.
 EVENT_WRITE_TIMEOUT = 30.0
 STOPPED_MESSAGE = "the daemon was stopped"
