@@ -20,7 +20,6 @@ from bgtransfer._exceptions import (
     DaemonStopped,
     InvalidRequest,
     TransferError,
-    UnsafeHome,
     error_from_dict,
 )
 from bgtransfer._trust import check_peer, open_private
@@ -42,9 +41,7 @@ def spawn_daemon(home: str) -> subprocess.Popen[bytes]:
     log_path = daemon_log(home)
     try:
         fd = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    except UnsafeHome:
-        raise
-    except OSError as exc:
+    except OSError as exc:  # UnsafeHome (a planted link) is not an OSError: it propagates
         raise DaemonUnavailable(
             f"cannot start the daemon: cannot write its log {log_path}: {exc.strerror}"
         ) from None
