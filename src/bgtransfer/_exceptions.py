@@ -19,6 +19,7 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
     ├── StoreError                         the SQLite store is unusable
+    │   └── StoreFull                      its disk is full: tasks wait, nothing is lost
     ├── UnsafeHome                         the home, a file in it or the daemon socket is not
     │                                      this user's alone: refused, never used
     └── DaemonStopped                      the daemon was stopped while this call waited
@@ -47,6 +48,7 @@ __all__ = [
     "ResumeError",
     "SourceChanged",
     "StoreError",
+    "StoreFull",
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
@@ -152,6 +154,13 @@ class TaskNotFound(TransferError, LookupError):
 
 class StoreError(TransferError):
     code = "store_error"
+
+
+class StoreFull(StoreError):
+    """The home's disk is full: SQLite cannot commit. Tasks are suspended (their bytes
+    kept) and go on by themselves once there is space; new tasks are refused until then."""
+
+    code = "store_full"
 
 
 class UnsafeHome(TransferError):
