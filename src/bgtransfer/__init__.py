@@ -4,6 +4,7 @@ from bgtransfer._exceptions import (
     Cancelled,
     ConnectError,
     ContentChanged,
+    DaemonStopped,
     DestinationError,
     HTTPStatusError,
     IntegrityError,
@@ -19,6 +20,7 @@ from bgtransfer._exceptions import (
     TaskNotFound,
     TransferError,
     TransferTimeout,
+    UnsafeHome,
 )
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
@@ -41,6 +43,7 @@ __all__ = [
     "Cancelled",
     "ConnectError",
     "ContentChanged",
+    "DaemonStopped",
     "DestinationError",
     "Event",
     "HTTPStatusError",
@@ -60,6 +63,7 @@ __all__ = [
     "TaskState",
     "TransferError",
     "TransferTimeout",
+    "UnsafeHome",
     "resolve_home",
 ]
 

@@ -14,21 +14,37 @@ from urllib.parse import urlencode
 
 import h11
 
+from bgtransfer._daemon._lock import lock_holder, process_stopped, stopped_pid
 from bgtransfer._daemon._paths import daemon_log, socket_path
-from bgtransfer._exceptions import TransferError, error_from_dict
+from bgtransfer._exceptions import (
+    DaemonStopped,
+    InvalidRequest,
+    TransferError,
+    error_from_dict,
+)
+from bgtransfer._trust import check_peer, open_private
 
 __all__ = ["DaemonClient", "DaemonUnavailable", "spawn_daemon"]
 
 START_TIMEOUT = 20.0
+# While an answer is awaited, how often to look whether the daemon is stopped (SIGSTOP).
+CHECK_EVERY = 1.0
+STOPPED_MESSAGE = "the daemon was stopped"
 
 
 class DaemonUnavailable(TransferError):
     code = "daemon_unavailable"
 
 
-def spawn_daemon(home: str) -> None:
+def spawn_daemon(home: str) -> subprocess.Popen[bytes]:
     """Start ``bgtransfer daemon run`` fully detached: own session, stdio to the log."""
-    fd = os.open(daemon_log(home), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    log_path = daemon_log(home)
+    try:
+        fd = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    except OSError as exc:  # UnsafeHome (a planted link) is not an OSError: it propagates
+        raise DaemonUnavailable(
+            f"cannot start the daemon: cannot write its log {log_path}: {exc.strerror}"
+        ) from None
     try:
         proc = subprocess.Popen(
             [sys.executable, "-m", "bgtransfer", "--home", home, "daemon", "run"],
@@ -39,20 +55,57 @@ def spawn_daemon(home: str) -> None:
             close_fds=True,
             cwd="/",
         )
+    except OSError as exc:
+        raise DaemonUnavailable(f"cannot start the daemon ({sys.executable}): {exc}") from None
     finally:
         os.close(fd)
     # Reap it if it exits while we live; after we exit, init adopts it.
     threading.Thread(target=proc.wait, daemon=True, name="bgtransfer-reaper").start()
+    return proc
+
+
+def last_log_line(home: str) -> str:
+    """The daemon log's last non-empty line (a daemon that cannot start ends with why)."""
+    try:
+        fd = open_private(daemon_log(home), os.O_RDONLY)
+    except (OSError, TransferError):
+        return ""
+    try:
+        size = os.fstat(fd).st_size
+        tail = os.pread(fd, 4096, max(0, size - 4096))
+    finally:
+        os.close(fd)
+    lines = [ln for ln in tail.decode(errors="replace").splitlines() if ln.strip()]
+    # The daemon's own last words (see _server.main) are quoted without their prefix.
+    return lines[-1].strip().removeprefix("bgtransfer: daemon failed: ") if lines else ""
+
+
+def _not_answering(home: str, pid: int) -> DaemonUnavailable:
+    hint = (
+        f"it is: resume it with kill -CONT {pid}"
+        if process_stopped(pid)
+        else f"see {daemon_log(home)}"
+    )
+    return DaemonUnavailable(
+        f"daemon pid {pid} holds the lock of {home} but does not answer: stopped? ({hint})"
+    )
 
 
 class DaemonClient:
     """HTTP/1.1 over the daemon's Unix socket, one connection per call (h11 does the
     framing). Not aiohttp: a client command then starts in ~0.1 s instead of ~0.25 s, and
-    the socket is local, so a connection costs microseconds."""
+    the socket is local, so a connection costs microseconds.
+
+    Before a byte is sent, the peer's credentials are checked: a socket served by another
+    user gets nothing (:class:`UnsafeHome`). ``peer_pid`` is the pid of the daemon that
+    answered last; a caller that follows a task passes it back as ``followed`` so that a
+    daemon stopped on request is not started again behind the user's back.
+    """
 
     def __init__(self, home: str) -> None:
         self.home = home
         self.socket = socket_path(home)
+        self.peer_pid: int | None = None
 
     async def close(self) -> None:
         """Nothing to close: every call has its own connection."""
@@ -61,12 +114,16 @@ class DaemonClient:
         self, method: str, path: str, body: Any, params: dict[str, str] | None
     ) -> tuple[h11.Connection, asyncio.StreamReader, asyncio.StreamWriter]:
         target = path + ("?" + urlencode(params) if params else "")
+        payload = b"" if body is None else json.dumps(body).encode()
         reader, writer = await asyncio.open_unix_connection(self.socket)
+        try:
+            self.peer_pid = check_peer(writer.get_extra_info("socket"), self.socket)
+        except BaseException:
+            writer.close()
+            raise
         conn = h11.Connection(h11.CLIENT)
         headers = [("Host", "bgtransfer"), ("Connection", "close")]
-        payload = b""
         if body is not None:
-            payload = json.dumps(body).encode()
             headers += [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
         out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
         if payload:
@@ -76,9 +133,26 @@ class DaemonClient:
         await writer.drain()
         return conn, reader, writer
 
-    @staticmethod
+    async def _read(self, reader: asyncio.StreamReader, read_timeout: float | None) -> bytes:
+        """The next bytes; a daemon found stopped (SIGSTOP) ends the wait within a second."""
+        loop = asyncio.get_running_loop()
+        deadline = None if read_timeout is None else loop.time() + read_timeout
+        while True:
+            step = CHECK_EVERY if deadline is None else min(CHECK_EVERY, deadline - loop.time())
+            try:
+                async with asyncio.timeout(max(0.0, step)):
+                    return await reader.read(1 << 16)
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+                if self.peer_pid and process_stopped(self.peer_pid):
+                    raise _not_answering(self.home, self.peer_pid) from None
+
     async def _next(
-        conn: h11.Connection, reader: asyncio.StreamReader, read_timeout: float | None = None
+        self,
+        conn: h11.Connection,
+        reader: asyncio.StreamReader,
+        read_timeout: float | None = None,
     ) -> Any:
         while True:
             try:
@@ -89,9 +163,7 @@ class DaemonClient:
                 if isinstance(ev, h11.ConnectionClosed):
                     raise ConnectionError("the daemon closed the connection")
                 return ev
-            async with asyncio.timeout(read_timeout):
-                data = await reader.read(1 << 16)
-            conn.receive_data(data)  # b"" is the end of the stream
+            conn.receive_data(await self._read(reader, read_timeout))  # b"": end of stream
 
     async def _once(
         self,
@@ -122,39 +194,73 @@ class DaemonClient:
             raise ConnectionError(f"the daemon's answer is not JSON (HTTP {status})") from exc
         if status >= 400:
             err = data.get("error", {}) if isinstance(data, dict) else {}
+            if status == 413:  # the caller's fault, not the daemon's: never "unavailable"
+                message = str(err.get("message", ""))
+                if not message.startswith("request too large"):
+                    message = f"request too large ({message or 'HTTP 413'})"
+                raise InvalidRequest(message)
             raise error_from_dict(
                 {"code": err.get("code"), "message": err.get("message", f"HTTP {status}")}
             )
         return data
 
-    async def ping(self) -> dict[str, Any] | None:
+    async def _probe(self) -> dict[str, Any] | BaseException:
+        """The daemon's status, or why there is none."""
         try:
             data = await self._once("GET", "/v1/status", timeout=5)
-        except (OSError, TimeoutError):
-            return None
-        return data if isinstance(data, dict) else None
+        except (OSError, DaemonStopped) as exc:
+            return exc
+        return data if isinstance(data, dict) else ConnectionError("bad status answer")
+
+    async def ping(self) -> dict[str, Any] | None:
+        status = await self._probe()
+        return None if isinstance(status, BaseException) else status
 
     async def ensure_running(self) -> dict[str, Any]:
-        status = await self.ping()
-        if status is not None:
+        """The daemon's status, starting it if no daemon holds the home's lock.
+
+        Never a second daemon while the lock is held: a holder that is stopped or does not
+        answer is reported at once; one that is starting or stopping is waited for. A child
+        that exits without serving is reported with the last line of the log.
+        """
+        status = await self._probe()
+        if not isinstance(status, BaseException):
             return status
-        try:
-            spawn_daemon(self.home)
-        except OSError as exc:  # e.g. the home's log cannot be created: a message, not a trace
-            raise DaemonUnavailable(
-                f"cannot start the bgtransfer daemon for {self.home}: {exc}"
-            ) from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
-        while loop.time() < deadline:
+        proc: subprocess.Popen[bytes] | None = None
+        spawned = 0
+        while True:
+            holder = lock_holder(self.home)
+            if holder is None:
+                if proc is not None and proc.returncode not in (None, 0):
+                    line = last_log_line(self.home)
+                    raise DaemonUnavailable(
+                        f"the daemon could not start: {line or f'exit status {proc.returncode}'}"
+                        f" (see {daemon_log(self.home)})"
+                    )
+                if (proc is None or proc.returncode == 0) and spawned < 3:
+                    # returncode 0: it found another daemon holding the lock, since gone.
+                    proc = spawn_daemon(self.home)
+                    spawned += 1
+            elif holder and process_stopped(holder):
+                raise _not_answering(self.home, holder)
+            elif holder and isinstance(status, TimeoutError):
+                raise _not_answering(self.home, holder)  # it accepted, but did not answer
+            if loop.time() >= deadline:
+                if holder:
+                    raise _not_answering(self.home, holder)
+                raise DaemonUnavailable(
+                    f"the bgtransfer daemon for {self.home} did not start within "
+                    f"{START_TIMEOUT:.0f} s; see {daemon_log(self.home)}"
+                )
             await asyncio.sleep(0.05)
-            status = await self.ping()
-            if status is not None:
+            status = await self._probe()
+            if not isinstance(status, BaseException):
                 return status
-        raise DaemonUnavailable(
-            f"the bgtransfer daemon for {self.home} did not start within {START_TIMEOUT:.0f} s; "
-            f"see {daemon_log(self.home)}"
-        )
+
+    def _stopped_on_request(self, followed: int | None) -> bool:
+        return followed is not None and stopped_pid(self.home) == followed
 
     async def call(
         self,
@@ -165,15 +271,32 @@ class DaemonClient:
         params: dict[str, str] | None = None,
         timeout: float = 60.0,
         start: bool = True,
+        waiter: bool = False,
+        followed: int | None = None,
     ) -> Any:
         """One control call; if the daemon is gone it is started again and the call retried.
 
-        Every call is safe to repeat: submits carry an idempotency key.
+        Every call is safe to repeat: submits carry an idempotency key. ``waiter``: the call
+        waits on the daemon (a long poll), and a stop of the daemon ends it with
+        :class:`DaemonStopped`. ``followed``: the pid of the daemon this caller followed; if
+        that daemon was stopped on request, :class:`DaemonStopped` instead of a new daemon.
         """
         for attempt in range(3):
             try:
                 return await self._once(method, path, body=body, params=params, timeout=timeout)
+            except DaemonStopped:
+                # Answered while the daemon stops: one that waited on it ends; a new call
+                # waits for the stop to finish and starts the daemon again.
+                if waiter or self._stopped_on_request(followed):
+                    raise
+                if not start:
+                    raise DaemonUnavailable("the bgtransfer daemon is stopping") from None
+                if attempt == 2:
+                    raise DaemonUnavailable("the bgtransfer daemon keeps stopping") from None
+                await self.ensure_running()
             except OSError as exc:  # refused, no socket, reset, closed early, timed out
+                if self._stopped_on_request(followed):
+                    raise DaemonStopped(STOPPED_MESSAGE) from None
                 if not start:
                     raise DaemonUnavailable(
                         f"the bgtransfer daemon is not running ({exc})"
@@ -196,8 +319,10 @@ class DaemonClient:
         Yields the daemon's lines, ``replay_end`` markers included. A reconnect resumes after
         the last cursor seen (the replay's end counts), so acknowledged completions are not
         heard again; ``completions`` streams ask for the unacknowledged ones afresh instead.
+        A stop of the daemon on request ends the stream with DaemonStopped.
         """
         cursor = since
+        followed: int | None = None
         while True:
             params = {"session": session}
             if cursor is not None and not completions:
@@ -214,6 +339,8 @@ class DaemonClient:
                     ev = await self._next(conn, reader, read_timeout=60)
                     if isinstance(ev, h11.Response):
                         status = ev.status_code
+                        if status < 400:
+                            followed = self.peer_pid
                     elif isinstance(ev, h11.Data) and status >= 400:
                         failed += bytes(ev.data)
                     elif isinstance(ev, h11.Data):
@@ -223,14 +350,21 @@ class DaemonClient:
                             if not line.strip():
                                 continue
                             item = json.loads(line)
+                            if "task_id" not in item and isinstance(item.get("error"), dict):
+                                raise error_from_dict(item["error"])  # the daemon stopped
                             if item.get("cursor") is not None:
                                 cursor = int(item["cursor"])
                             yield item
                     elif isinstance(ev, h11.EndOfMessage):
                         if status >= 400:
-                            raise error_from_dict(json.loads(failed or b"{}").get("error", {}))
+                            err = error_from_dict(json.loads(failed or b"{}").get("error", {}))
+                            if not isinstance(err, DaemonStopped) or followed is not None:
+                                raise err
+                            raise ConnectionError("the daemon is stopping")
                         raise ConnectionError("the event stream ended")
             except (OSError, TimeoutError):
+                if self._stopped_on_request(followed):
+                    raise DaemonStopped(STOPPED_MESSAGE) from None
                 await asyncio.sleep(0.2)
                 await self.ensure_running()
             finally:

@@ -18,8 +18,11 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── DestinationError                   the local file cannot be written or placed
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
-    └── StoreError                         the SQLite store is unusable
-        └── StoreFull                      its disk is full: tasks wait, nothing is lost
+    ├── StoreError                         the SQLite store is unusable
+    │   └── StoreFull                      its disk is full: tasks wait, nothing is lost
+    ├── UnsafeHome                         the home, a file in it or the daemon socket is not
+    │                                      this user's alone: refused, never used
+    └── DaemonStopped                      the daemon was stopped while this call waited
 
 Each class has a stable ``code`` so an error can be stored and sent as JSON
 (:meth:`TransferError.to_dict`) and rebuilt as the same class (:func:`error_from_dict`).
@@ -33,6 +36,7 @@ __all__ = [
     "Cancelled",
     "ConnectError",
     "ContentChanged",
+    "DaemonStopped",
     "DestinationError",
     "HTTPStatusError",
     "IntegrityError",
@@ -48,6 +52,7 @@ __all__ = [
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
+    "UnsafeHome",
     "error_from_dict",
 ]
 
@@ -156,6 +161,20 @@ class StoreFull(StoreError):
     kept) and go on by themselves once there is space; new tasks are refused until then."""
 
     code = "store_full"
+
+
+class UnsafeHome(TransferError):
+    """Another user could change the home (or a file in it, or answer on its socket): a store
+    there could name a completion hook that then runs as you, so it is refused, never used."""
+
+    code = "unsafe_home"
+
+
+class DaemonStopped(TransferError):
+    """The daemon was stopped (``daemon stop``) while this call waited on it; the call ends
+    instead of starting the daemon again."""
+
+    code = "daemon_stopped"
 
 
 _BY_CODE: dict[str, type[TransferError]] = {}

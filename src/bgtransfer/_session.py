@@ -44,6 +44,7 @@ from bgtransfer._tasks import (
     same_target,
     task_dict,
 )
+from bgtransfer._trust import prepare_home
 
 if TYPE_CHECKING:
     # Imported when a foreground session opens: a client of the daemon never needs the
@@ -60,14 +61,18 @@ DEFAULT_RESOURCE_TIMEOUT = 7 * 86400.0
 
 
 def resolve_home(home: str | os.PathLike[str] | None = None) -> str:
-    """The home directory: argument, else $BGTRANSFER_HOME, else the user state dir."""
+    """The home directory: argument, else $BGTRANSFER_HOME, else the user state dir.
+
+    Created 0700 if missing; raises :class:`UnsafeHome` if another user owns it or it is
+    group- or world-writable (see "Security model" in the README).
+    """
     chosen = (
         os.fspath(home)
         if home is not None
         else os.environ.get("BGTRANSFER_HOME") or platformdirs.user_state_dir("bgtransfer")
     )
     path = os.path.abspath(os.path.expanduser(chosen))
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    prepare_home(path)
     return path
 
 
@@ -482,12 +487,19 @@ class _Remote:
         return row_from_wire(await self.client.call("POST", f"/v1/tasks/{quote(task_id)}/{verb}"))
 
     async def wait(self, task_id: str) -> TaskRow:
+        followed: int | None = None  # a stop of this daemon ends the wait (DaemonStopped)
         while True:
             row = row_from_wire(
                 await self.client.call(
-                    "GET", f"/v1/tasks/{quote(task_id)}/wait", params={"timeout": "25"}, timeout=40
+                    "GET",
+                    f"/v1/tasks/{quote(task_id)}/wait",
+                    params={"timeout": "25"},
+                    timeout=40,
+                    waiter=True,
+                    followed=followed,
                 )
             )
+            followed = self.client.peer_pid
             if row.snap.phase is Phase.DONE:
                 return row
 
@@ -495,10 +507,17 @@ class _Remote:
         done: dict[str, TaskRow] = {}
         for start in range(0, len(ids), WAIT_BATCH):
             pending = ids[start : start + WAIT_BATCH]
+            followed: int | None = None
             while pending:
                 answer = await self.client.call(
-                    "POST", "/v1/wait", body={"ids": pending, "timeout": 25}, timeout=40
+                    "POST",
+                    "/v1/wait",
+                    body={"ids": pending, "timeout": 25},
+                    timeout=40,
+                    waiter=True,
+                    followed=followed,
                 )
+                followed = self.client.peer_pid
                 rows = [row_from_wire(d) for d in answer["tasks"]]
                 done.update((r.id, r) for r in rows if r.snap.phase is Phase.DONE)
                 pending = [r.id for r in rows if r.snap.phase is not Phase.DONE]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 
-from bgtransfer._exceptions import TransferError
+from bgtransfer._trust import private_dir
 
-__all__ = ["daemon_lock", "daemon_log", "socket_path"]
+__all__ = ["MAX_BODY", "daemon_lock", "daemon_log", "socket_path"]
+
+# The largest request body the control socket takes (413 beyond); here, not in the server,
+# because the client checks it too and must not import aiohttp.
+MAX_BODY = 1 << 20
 
 # sun_path holds 108 bytes on Linux; leave room for the terminating NUL.
 _MAX_SOCKET_PATH = 100
@@ -32,9 +35,6 @@ def socket_path(home: str) -> str:
     if len(os.fsencode(inside)) <= _MAX_SOCKET_PATH:
         return inside
     base = os.path.join("/tmp", f"bgtransfer-{os.geteuid()}")
-    os.makedirs(base, mode=0o700, exist_ok=True)
-    st = os.lstat(base)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077:
-        raise TransferError(f"refusing to use {base}: not a private directory of this user")
+    private_dir(base)
     digest = hashlib.sha256(os.fsencode(home)).hexdigest()[:24]
     return os.path.join(base, f"{digest}.sock")

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
 import signal
 import socket
+import sqlite3
+import stat
 import struct
 import sys
 import time
@@ -43,6 +44,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from bgtransfer import __version__
+from bgtransfer._daemon._hooks import run_hook
+from bgtransfer._daemon._lock import clear_stopped, mark_stopped, take_lock
 from bgtransfer._daemon._paths import daemon_lock, socket_path
 from bgtransfer._daemon._stream import (
     REPLAY_LIMIT,
@@ -51,15 +54,27 @@ from bgtransfer._daemon._stream import (
     kinds_of,
     phases_of,
 )
+from bgtransfer._daemon._watch import WATCH_INTERVAL, HomeWatch
+from bgtransfer._daemon._wire import (
+    HEADER_TIMEOUT,
+    MAX_BODY,
+    error_response,
+    http_error_code,
+    json_body,
+    query_int,
+    query_number,
+)
 from bgtransfer._engine import _forget as forget
 from bgtransfer._engine._engine import Engine
 from bgtransfer._exceptions import (
+    DaemonStopped,
     DestinationError,
     InvalidRequest,
     InvalidTransition,
     StoreFull,
     TaskNotFound,
     TransferError,
+    UnsafeHome,
 )
 from bgtransfer._models import PHASE_STATE, TaskState
 from bgtransfer._redact import redact
@@ -81,8 +96,15 @@ __all__ = ["STORE_NAME", "main"]
 log = logging.getLogger("bgtransfer.daemon")
 
 STORE_NAME = "bgtransfer.sqlite3"
-MAX_BODY = 1 << 20
 HOOK_TIMEOUT = 60.0
+# Live events a subscriber may lag behind before it is dropped; it reconnects from its cursor
+# and the store replays the state events it missed (progress is not replayed). Twice the
+# largest batch submit, whose "queued" events arrive in one burst; at most ~10 MB.
+EVENT_QUEUE = 20_000
+# A subscriber that takes no bytes for this long is dropped.
+EVENT_WRITE_TIMEOUT = 30.0
+STOPPED_MESSAGE = "the daemon was stopped"
+FAILED_PREFIX = "bgtransfer: daemon failed: "
 
 _STATUS: list[tuple[type[TransferError], int]] = [
     (StoreFull, 507),  # the home's disk is full: nothing can be committed
@@ -90,6 +112,7 @@ _STATUS: list[tuple[type[TransferError], int]] = [
     (TaskNotFound, 404),
     (InvalidTransition, 409),
     (DestinationError, 409),
+    (DaemonStopped, 503),
 ]
 
 
@@ -114,8 +137,7 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    body = {"error": {"code": code, "message": redact(message)}}
-    return web.json_response(body, status=status)
+    return error_response(status, code, redact(message))
 
 
 def _peer_uid(request: web.Request) -> int | None:
@@ -127,19 +149,14 @@ def _peer_uid(request: web.Request) -> int | None:
     return int(uid)
 
 
-@web.middleware
-async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    # Defence in depth behind the socket's 0600 mode: some systems ignore socket permissions.
-    if _peer_uid(request) != os.geteuid():
-        return _error(403, "forbidden", "only the daemon's own user may use this socket")
-    try:
-        return await handler(request)
-    except web.HTTPException:
-        raise
-    except TransferError as exc:
-        return _error(_http_status(exc), exc.code, exc.message)
-    except (ValueError, KeyError, TypeError) as exc:
-        return _error(400, "bad_request", f"malformed request: {exc}")
+def _http_message(request: web.Request, exc: web.HTTPException) -> str:
+    if exc.status == 404 and exc.text == "404: Not Found":
+        return f"no such endpoint: {request.method} {request.path}"
+    if exc.status == 405:
+        return f"{request.method} is not allowed on {request.path}"
+    if exc.status == 413:
+        return f"request too large: the daemon takes at most {MAX_BODY} bytes"
+    return exc.text or exc.reason
 
 
 class Daemon:
@@ -157,6 +174,37 @@ class Daemon:
         )
         self.stopping = asyncio.Event()
         self._hooks: set[asyncio.Task[None]] = set()
+        self.hook_timeout = float(_env_int("BGTRANSFER_HOOK_TIMEOUT", int(HOOK_TIMEOUT)))
+        self.event_queue = _env_int("BGTRANSFER_EVENT_QUEUE", EVENT_QUEUE)
+
+    # -- every request ---------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Peer check, then the handler, with every error answered as JSON."""
+        # Defence in depth behind the socket's 0600 mode: some systems ignore socket modes.
+        if _peer_uid(request) != os.geteuid():
+            return _error(403, "forbidden", "only the daemon's own user may use this socket")
+        if self.stopping.is_set() and request.path != "/v1/shutdown":
+            return _error(503, DaemonStopped.code, STOPPED_MESSAGE)
+        try:
+            return await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+            return error_response(
+                exc.status, http_error_code(exc.status), _http_message(request, exc), allow
+            )
+        except TransferError as exc:
+            return _error(_http_status(exc), exc.code, exc.message)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "bad_request", f"malformed request: {exc}")
+        except RecursionError:
+            return _error(400, "bad_request", "the request is nested too deeply")
+        except Exception as exc:
+            log.exception("internal error answering %s %s", request.method, request.path)
+            return _error(500, "internal_error", f"internal error: {type(exc).__name__}: {exc}")
 
     # -- hooks -----------------------------------------------------------------------------
 
@@ -167,41 +215,8 @@ class Daemon:
             task.add_done_callback(self._hooks.discard)
 
     async def _run_hook(self, row: TaskRow) -> None:
-        """Run the completion argv (no shell); output goes to the daemon log."""
-        assert row.on_complete is not None
-        err = row.snap.error
-        env = {
-            **os.environ,
-            "BGTRANSFER_TASK_ID": row.id,
-            "BGTRANSFER_SESSION": row.session,
-            "BGTRANSFER_STATE": "succeeded" if err is None else "failed",
-            "BGTRANSFER_PATH": row.path,
-            "BGTRANSFER_ERROR": "" if err is None else err.message,
-        }
-        argv = list(row.on_complete)
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            log.error("task %s: completion hook %s could not start: %s", row.id, argv, exc)
-            self.store.set_hook_state(row.id, "failed")
-            return
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), HOOK_TIMEOUT)
-        except TimeoutError:
-            proc.kill()
-            out, _ = await proc.communicate()
-            log.error("task %s: completion hook killed after %.0f s", row.id, HOOK_TIMEOUT)
-        for line in (out or b"").decode(errors="replace").splitlines():
-            log.info("task %s hook: %s", row.id[:8], line)
-        log.info("task %s: completion hook %s exited %s", row.id, argv, proc.returncode)
-        self.store.set_hook_state(row.id, "done" if proc.returncode == 0 else "failed")
+        """Run the completion argv (no shell); see _hooks for the rules."""
+        self.store.set_hook_state(row.id, await run_hook(row, self.hook_timeout))
 
     # -- handlers --------------------------------------------------------------------------
 
@@ -289,7 +304,7 @@ class Daemon:
         No await between the key lookup and the insert: submits are serialised by the
         event loop, so two clients racing with one key get one task.
         """
-        body = await request.json()
+        body = await json_body(request)
         if isinstance(body, dict) and set(body) == {"tasks"}:
             items = body["tasks"]
             if not isinstance(items, list) or not 1 <= len(items) <= 10_000:
@@ -325,12 +340,12 @@ class Daemon:
             rows = self.store.page(
                 session,
                 phases=phases_of(q.getall("state", [])),
-                since=None if q.get("since") is None else float(q["since"]),
+                since=None if q.get("since") is None else query_number(request, "since", 0.0),
                 after=q.get("after"),
-                limit=int(q.get("limit", "-1")),
+                limit=query_int(request, "limit", -1),
             )
         else:
-            limit, offset = int(q.get("limit", "-1")), int(q.get("offset", "0"))
+            limit, offset = query_int(request, "limit", -1), query_int(request, "offset", 0)
             if limit < -1 or offset < 0:
                 raise InvalidRequest("limit and offset must not be negative")
             rows = self.store.list(session, limit=limit, offset=offset)
@@ -385,7 +400,7 @@ class Daemon:
     async def wait_many(self, request: web.Request) -> web.Response:
         """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
         or S seconds passed, with all their rows: one long poll for a whole batch."""
-        body = await request.json()
+        body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
             raise InvalidRequest('wait needs {"ids": [...], "timeout": seconds}')
         ids = body["ids"]
@@ -403,19 +418,32 @@ class Daemon:
             for task_id in ids:
                 await self.engine.wait(task_id)
 
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(every(), timeout)
+        await self._wait_or_stop(every(), timeout)
         return web.json_response({"tasks": [row_to_wire(self.engine.get(i)) for i in ids]})
 
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
-        timeout = float(request.query.get("timeout", "30"))
+        timeout = query_number(request, "timeout", 30.0)
         if not 0 <= timeout <= 300:
             raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
         self.engine.get(task_id)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.engine.wait(task_id), timeout)
+        await self._wait_or_stop(self.engine.wait(task_id), timeout)
         return web.json_response(row_to_wire(self.engine.get(task_id)))
+
+    async def _wait_or_stop(self, work: Awaitable[object], timeout: float) -> None:
+        """Await ``work`` for at most ``timeout`` s; a stop of the daemon ends every long poll
+        at once with 503 ``daemon_stopped`` (so a stop does not wait for its waiters)."""
+        job = asyncio.ensure_future(work)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({job, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            job.cancel()
+            stop.cancel()
+        if self.stopping.is_set():
+            raise DaemonStopped(STOPPED_MESSAGE)
+        if job.done() and not job.cancelled():
+            job.result()
 
     async def events(self, request: web.Request) -> web.StreamResponse:
         """NDJSON: a replay, a ``replay_end`` line with the cursor where it ended, then live.
@@ -423,19 +451,28 @@ class Daemon:
         ``since`` absent: the completion of every finished, unacknowledged task; ``since=C``:
         every state event after cursor C except acknowledged completions. ``kinds=state,
         progress`` filters; ``completions=1`` streams only completions, each with its task.
+        A stop ends the stream with one last line ``{"error": {"code": "daemon_stopped",
+        ...}}``; a subscriber that falls EVENT_QUEUE events behind, or takes no bytes for
+        EVENT_WRITE_TIMEOUT, gets its stream ended (it reconnects from its cursor) so it
+        cannot grow the daemon's memory.
         """
         session = request.query.get("session")
         if not session:
             raise InvalidRequest("events need a session")
-        since_raw = request.query.get("since")
+        since = None if "since" not in request.query else query_int(request, "since", 0)
         follow = request.query.get("follow", "1") != "0"
         only_done = request.query.get("completions", "0") == "1"
         kinds = kinds_of(request.query.get("kinds"))
-        since = None if since_raw is None else int(since_raw)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
-        queue = self.engine.subscribe()
+
+        async def send(data: bytes) -> None:
+            async with asyncio.timeout(EVENT_WRITE_TIMEOUT):
+                await resp.write(data)
+
+        queue = self.engine.subscribe(self.event_queue)
         lines = EventLines(self.engine, with_task=only_done)
+        stop = asyncio.ensure_future(self.stopping.wait())
         try:
             last = self.store.last_cursor()  # read before the replay: nothing falls between
             if since is None or only_done:
@@ -448,14 +485,24 @@ class Daemon:
             for ev in replay:
                 last = max(last, ev.cursor)
                 if "state" in kinds:
-                    await resp.write(lines.stored(ev))
-            await resp.write(json.dumps({"kind": "replay_end", "cursor": last}).encode() + b"\n")
-            while follow and not self.stopping.is_set():
-                try:
-                    live = await asyncio.wait_for(queue.get(), 15)
-                except TimeoutError:
-                    await resp.write(b"\n")  # keep-alive; also detects a gone client
+                    await send(lines.stored(ev))
+            await send(json.dumps({"kind": "replay_end", "cursor": last}).encode() + b"\n")
+            while follow:
+                if self.stopping.is_set():
+                    stopped = {"error": {"code": DaemonStopped.code, "message": STOPPED_MESSAGE}}
+                    await send(json.dumps(stopped).encode() + b"\n")
+                    break
+                if queue.empty() and not self.engine.subscribed(queue):
+                    log.warning("events: dropped a subscriber of %r that fell behind", session)
+                    break
+                get = asyncio.ensure_future(queue.get())
+                await asyncio.wait({get, stop}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
+                if not get.done():
+                    get.cancel()
+                    if not self.stopping.is_set():
+                        await send(b"\n")  # keep-alive; also detects a gone client
                     continue
+                live = get.result()
                 if live.session != session:
                     continue
                 if live.cursor is not None and live.cursor <= last:
@@ -464,21 +511,31 @@ class Daemon:
                     last = live.cursor
                 if live.kind not in kinds or (only_done and live.state is not TaskState.COMPLETED):
                     continue
-                await resp.write(lines.live(live))
+                await send(lines.live(live))
+        except TimeoutError:
+            log.warning("events: dropped a subscriber of %r that stopped reading", session)
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            stop.cancel()
             self.engine.unsubscribe(queue)
         return resp
 
     async def shutdown(self, request: web.Request) -> web.Response:
-        self.stopping.set()
+        self.request_stop()
         return web.json_response({"stopping": True})
+
+    def request_stop(self) -> None:
+        """A stop asked for (``daemon stop``, SIGTERM, SIGINT). Recorded before anything else:
+        a client that followed this daemon then ends instead of starting another one."""
+        if not self.stopping.is_set():
+            mark_stopped(self.home)
+            self.stopping.set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[_guard])
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
         app.router.add_get("/v1/status", self.status)
         app.router.add_post("/v1/tasks", self.submit)
         app.router.add_get("/v1/tasks", self.list_tasks)
@@ -493,37 +550,62 @@ class Daemon:
         app.router.add_post("/v1/shutdown", self.shutdown)
         return app
 
-    async def run(self) -> None:
-        await self.engine.start()
-        self.engine.recover_background()
-        await self.engine.flush()
-        for row in self.store.pending_hooks():
-            self._on_finished(row)
-        runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
-        await runner.setup()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket)  # stale: we hold the lock, so no daemon owns it
-        old = os.umask(0o177)
-        try:
-            site = web.UnixSite(runner, self.socket)
-            await site.start()
-        finally:
-            os.umask(old)
-        os.chmod(self.socket, 0o600)
+    async def _watch(self, watch: HomeWatch) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), WATCH_INTERVAL)
+            why = None if self.stopping.is_set() else watch.problem()
+            if why is not None:
+                log.error("stopping: %s", why)
+                self.stopping.set()  # not request_stop: followers may start a new daemon
+
+    async def run(self, lock_fd: int) -> None:
+        watch = HomeWatch(self.home, lock_fd, daemon_lock(self.home))
+        _remove_stale_socket(self.socket)  # we hold the lock, so no daemon owns it
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
-        log.info("daemon %d serving %s for home %s", os.getpid(), self.socket, self.home)
+        runner: web.AppRunner | None = None
+        watcher: asyncio.Task[None] | None = None
+        await self.engine.start()
         try:
+            self.engine.recover_background()
+            await self.engine.flush()
+            for row in self.store.pending_hooks():
+                self._on_finished(row)
+            runner = web.AppRunner(
+                self.app(),
+                handle_signals=False,
+                access_log=None,
+                keepalive_timeout=_env_int("BGTRANSFER_HEADER_TIMEOUT", int(HEADER_TIMEOUT)),
+                shutdown_timeout=1.0,
+            )
+            await runner.setup()
+            old = os.umask(0o177)
+            try:
+                site = web.UnixSite(runner, self.socket)
+                await site.start()
+            finally:
+                os.umask(old)
+            os.chmod(self.socket, 0o600)
+            watch.bound(self.socket)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            watcher = loop.create_task(self._watch(watch))
+            log.info("daemon %d serving %s for home %s", os.getpid(), self.socket, self.home)
             await self.stopping.wait()
         finally:
             t0 = time.monotonic()
+            if watcher is not None:
+                watcher.cancel()
             await self.engine.close()
-            await runner.cleanup()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.socket)
-            for hook in list(self._hooks):
+            if runner is not None:
+                await runner.cleanup()
+            if watch.owns_socket():  # never another daemon's socket on a replaced home
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.socket)
+            hooks = list(self._hooks)
+            for hook in hooks:
                 hook.cancel()
+            await asyncio.gather(*hooks, return_exceptions=True)
             self.store.close()
             log.info("daemon stopped in %.2f s", time.monotonic() - t0)
 
@@ -535,32 +617,49 @@ class _RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def _take_lock(home: str) -> int | None:
-    fd = os.open(daemon_lock(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _remove_stale_socket(path: str) -> None:
+    """Unlink a socket left by a daemon that died, refusing to remove anything else."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+        raise UnsafeHome(f"refusing to replace {path}: it is not a socket of this user")
+    os.unlink(path)
 
 
 def main(home: str) -> int:
-    """``bgtransfer daemon run``: serve until SIGTERM; 0 also when one already runs."""
+    """``bgtransfer daemon run``: serve until SIGTERM; 0 also when one already runs.
+
+    A daemon that cannot start (a corrupt store, a read-only home) ends with exit status 1
+    and one line on stderr that says why: the last line of the log a client quotes.
+    """
     from bgtransfer._session import resolve_home
 
     home = resolve_home(home)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
-    lock = _take_lock(home)
+    try:
+        lock = take_lock(home)
+    except (OSError, TransferError) as exc:
+        return _failed(home, exc)
     if lock is None:
         print(f"bgtransfer: the daemon for {home} is already running", file=sys.stderr)
         return 0
     try:
-        asyncio.run(Daemon(home).run())
+        clear_stopped(home)
+        asyncio.run(Daemon(home).run(lock))
+    except (OSError, TransferError, sqlite3.Error) as exc:
+        return _failed(home, exc)
     finally:
         os.close(lock)
     return 0
+
+
+def _failed(home: str, exc: BaseException) -> int:
+    log.error("the daemon for %s failed", home, exc_info=exc)
+    reason = exc.message if isinstance(exc, TransferError) else str(exc)
+    # The last line of the log: a client that started this daemon quotes it.
+    print(f"{FAILED_PREFIX}{redact(reason)}", file=sys.stderr, flush=True)
+    return 1

@@ -372,10 +372,15 @@ class Engine(UploadDriver):
         self.get(task_id)
         return self.store.attempts(task_id)
 
-    def subscribe(self) -> asyncio.Queue[Event]:
-        q: asyncio.Queue[Event] = asyncio.Queue()
+    def subscribe(self, maxsize: int = 0) -> asyncio.Queue[Event]:
+        """A queue of live events; with ``maxsize``, a subscriber that falls that far behind
+        is dropped (see :meth:`subscribed`) instead of buffering without bound."""
+        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
         self._listeners.append(q)
         return q
+
+    def subscribed(self, q: asyncio.Queue[Event]) -> bool:
+        return q in self._listeners
 
     def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
         with contextlib.suppress(ValueError):
@@ -771,8 +776,11 @@ class Engine(UploadDriver):
                 error=snap.error,
                 cursor=cursor,
             )
-            for q in self._listeners:
-                q.put_nowait(ev)
+            for q in list(self._listeners):
+                try:
+                    q.put_nowait(ev)
+                except asyncio.QueueFull:
+                    self._listeners.remove(q)
 
     async def flush(self) -> None:
         """Wait until every snapshot persisted so far is committed."""

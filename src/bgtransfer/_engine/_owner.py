@@ -10,6 +10,8 @@ import fcntl
 import os
 import uuid
 
+from bgtransfer._trust import open_private, private_dir
+
 __all__ = ["OwnerLock", "owner_alive"]
 
 
@@ -19,12 +21,10 @@ def _path(home: str, token: str) -> str:
 
 class OwnerLock:
     def __init__(self, home: str) -> None:
-        os.makedirs(os.path.join(home, "owners"), mode=0o700, exist_ok=True)
+        private_dir(os.path.join(home, "owners"))
         self.home = home
         self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._fd = os.open(
-            _path(home, self.token), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
-        )
+        self._fd = open_private(_path(home, self.token), os.O_RDWR | os.O_CREAT)
         fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
     def release(self) -> None:
@@ -40,7 +40,7 @@ class OwnerLock:
 def owner_alive(home: str, token: str) -> bool:
     path = _path(home, token)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+        fd = open_private(path, os.O_RDWR)
     except FileNotFoundError:
         return False
     try:

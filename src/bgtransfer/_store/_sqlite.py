@@ -30,6 +30,7 @@ from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
 from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._trust import check_private_file, open_private
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
@@ -205,13 +206,17 @@ class SQLiteStore:
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
+            # SQLite opens its files by name and follows links: refuse planted ones first,
+            # by lstat (an existing store is never opened here, see below).
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                check_private_file(path + suffix)
             # Create it private, but never open and close it when it exists: closing any
             # descriptor of a file drops every POSIX lock the process holds on it, SQLite's
             # too (the engine's second connection did that to the first), and another
             # process closing its connection then deletes the WAL under the daemon, taking
             # every later commit with it.
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = open_private(path, os.O_RDWR | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 pass
             else:

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 
 import click
 
+from bgtransfer._exceptions import DaemonStopped, UnsafeHome
 from bgtransfer.cli import _remove, _transfer  # noqa: F401 - registers the commands
 from bgtransfer.cli._app import cli
+from bgtransfer.cli._transfer import EXIT_DAEMON, EXIT_STOPPED
 
 EXIT_USAGE = 64
 
@@ -33,4 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         print("aborted", file=sys.stderr)
         return 130
+    except UnsafeHome as exc:  # from any command: the home (or its socket) is refused
+        print(f"bgtransfer: {exc.message}", file=sys.stderr)
+        return EXIT_DAEMON
+    except DaemonStopped as exc:
+        print(f"bgtransfer: {exc.message}", file=sys.stderr)
+        return EXIT_STOPPED
     return int(result or 0)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import time
@@ -12,11 +11,14 @@ from typing import Any
 import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
-from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._daemon._lock import lock_holder
+from bgtransfer._daemon._paths import socket_path
+from bgtransfer._exceptions import DaemonStopped
 from bgtransfer._session import resolve_home
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 3
+EXIT_DAEMON = 6
 EXIT_HOME = 6
 
 
@@ -47,17 +49,7 @@ _home = home_of
 
 
 def _lock_free(home: str) -> bool:
-    try:
-        fd = os.open(daemon_lock(home), os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+    return lock_holder(home) is None
 
 
 async def _with_client(home: str, fn: Any) -> Any:
@@ -86,9 +78,9 @@ def cli(ctx: click.Context, home: str | None) -> None:
     Transfers run in a per-home daemon (started on demand) and resume from their last
     checkpoint after any interruption. Exit codes: 0 ok, 1 transfer failed, 2 timed out,
     3 daemon not running, 4 unknown or ambiguous id, 5 invalid request, 6 daemon
-    unavailable or home unusable, 8 not possible in the task's state (e.g. resume a
-    completed task), 9 suspended by the daemon (e.g. disk full), 64 usage error,
-    130 detached with Ctrl-C.
+    unavailable, or home unusable or refused, 8 not possible in the task's state (e.g.
+    resume a completed task), 9 suspended by the daemon (e.g. disk full), 64 usage error,
+    75 the daemon was stopped while the command waited, 130 detached with Ctrl-C.
 
     \b
     Examples:
@@ -134,7 +126,7 @@ def daemon_start(ctx: click.Context) -> int:
         status = asyncio.run(_with_client(home, lambda c: c.ensure_running()))
     except DaemonUnavailable as exc:
         click.echo(f"bgtransfer: {exc.message}", err=True)
-        return 1
+        return EXIT_DAEMON
     word = "already running" if was_running else "started"
     click.echo(f"daemon {word} (pid {status['pid']}, socket {status['socket']})", err=True)
     return EXIT_OK
@@ -150,7 +142,11 @@ def daemon_start(ctx: click.Context) -> int:
 )
 @click.pass_context
 def daemon_stop(ctx: click.Context, timeout: float) -> int:
-    """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start."""
+    """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start.
+
+    Commands waiting on it (wait, get, watch) end with exit status 75 and do not start it
+    again; the next command that needs the daemon does.
+    """
     home = _home(ctx)
     if _lock_free(home):
         click.echo("daemon is not running", err=True)
@@ -159,8 +155,8 @@ def daemon_stop(ctx: click.Context, timeout: float) -> int:
         asyncio.run(
             _with_client(home, lambda c: c.call("POST", "/v1/shutdown", start=False, timeout=5))
         )
-    except DaemonUnavailable:
-        pass
+    except (DaemonUnavailable, DaemonStopped):
+        pass  # not answering, or already stopping: the lock says when it is gone
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _lock_free(home):
@@ -177,12 +173,17 @@ def daemon_stop(ctx: click.Context, timeout: float) -> int:
 def daemon_status(ctx: click.Context, as_json: bool) -> int:
     """Show whether the daemon runs, its pid and socket, and task counts by state.
 
-    Exit status 0 when it runs, 3 when it does not.
+    Exit status 0 when it runs, 3 when it does not, 6 when it holds its lock but does not
+    answer (stopped?).
     """
     home = _home(ctx)
     status = None
     if not _lock_free(home):
-        status = asyncio.run(_with_client(home, lambda c: c.ping()))
+        try:
+            status = asyncio.run(_with_client(home, lambda c: c.ping()))
+        except DaemonUnavailable as exc:  # it holds the lock but is stopped (SIGSTOP)
+            click.echo(f"bgtransfer: {exc.message}", err=True)
+            return EXIT_DAEMON
     if status is None:
         status = {"running": False, "pid": None, "socket": socket_path(home), "home": home}
     if as_json:

@@ -18,11 +18,13 @@ import click
 from bgtransfer._client import DaemonClient, DaemonUnavailable
 from bgtransfer._engine._files import current_umask
 from bgtransfer._exceptions import (
+    DaemonStopped,
     DestinationError,
     InvalidRequest,
     InvalidTransition,
     TaskNotFound,
     TransferError,
+    UnsafeHome,
 )
 from bgtransfer._protocol._validate import check_url
 from bgtransfer._redact import redact
@@ -45,6 +47,7 @@ EXIT_DAEMON = 6
 # The task's state does not allow it: suspend/resume/cancel a completed task, rm a running one.
 EXIT_STATE = 8
 EXIT_SUSPENDED = 9  # get/wait: the daemon suspended the task (disk full...); resume it later
+EXIT_STOPPED = 75  # EX_TEMPFAIL: the daemon was stopped while the command waited; try later
 EXIT_DETACHED = 130
 DEFAULT_SESSION = "cli"
 POLL = 0.2
@@ -73,8 +76,14 @@ def _run(home: str, fn: Callable[[DaemonClient], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(go())
-    except DaemonUnavailable as exc:
+    except (DaemonUnavailable, UnsafeHome) as exc:
         raise CliError(exc.message, EXIT_DAEMON) from None
+    except DaemonStopped:
+        raise CliError(
+            "the daemon was stopped (the transfer is kept: it goes on when the daemon starts "
+            "again, e.g. with 'bgtransfer daemon start')",
+            EXIT_STOPPED,
+        ) from None
     except TaskNotFound as exc:
         raise CliError(exc.message, EXIT_NOT_FOUND) from None
     except (InvalidRequest, DestinationError) as exc:
@@ -408,19 +417,28 @@ def follow(
 
     async def poll(client: DaemonClient, update: Callable[[dict[str, Any]], None]) -> Any:
         last_history = 0.0
+        followed: int | None = None  # a stop of this daemon ends the command (exit 75)
         while True:
             # A long poll in slices: the answer comes at once when the task completes (no
             # poll interval added to a download's time), else after POLL with its progress.
             cur = await client.call(
-                "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{POLL}"}, timeout=30
+                "GET",
+                f"/v1/tasks/{task_id}/wait",
+                params={"timeout": f"{POLL}"},
+                timeout=30,
+                waiter=True,
+                followed=followed,
             )
+            followed = client.peer_pid
             update(cur)
             for line in narrator.lines(cur):
                 say(line)
             end = cur["state"] == "completed" or suspended_by_daemon(cur)
             if narrator.missed(cur) and (end or time.monotonic() - last_history >= 1.0):
                 last_history = time.monotonic()
-                history = await client.call("GET", f"/v1/tasks/{task_id}/attempts")
+                history = await client.call(
+                    "GET", f"/v1/tasks/{task_id}/attempts", followed=followed
+                )
                 for line in narrator.from_history(cur, history):
                     say(line)
             if end:
@@ -477,6 +495,7 @@ async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> di
     one note on stderr says so. Short slices, so a suspension by the daemon ends the wait
     within about a second."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    followed: int | None = None
     noted = False
     while True:
         left = (
@@ -485,8 +504,14 @@ async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> di
             else max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
         )
         cur = await client.call(
-            "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{left:.3f}"}, timeout=left + 15
+            "GET",
+            f"/v1/tasks/{task_id}/wait",
+            params={"timeout": f"{left:.3f}"},
+            timeout=left + 15,
+            waiter=True,
+            followed=followed,
         )
+        followed = client.peer_pid
         if cur["state"] == "completed" or suspended_by_daemon(cur):
             return dict(cur)
         if deadline is not None and time.monotonic() >= deadline:
@@ -782,9 +807,11 @@ def watch(ctx: click.Context, task_id: str | None) -> int:
         return finish(final, as_json=False)
 
     async def loop(c: DaemonClient) -> int:
+        followed: int | None = None
         last: list[tuple[str, ...]] = []
         while True:
-            tasks = await c.call("GET", "/v1/tasks")
+            tasks = await c.call("GET", "/v1/tasks", followed=followed)
+            followed = c.peer_pid
             if fancy():
                 click.clear()
                 print_table(tasks)
