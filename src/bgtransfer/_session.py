@@ -17,6 +17,7 @@ import platformdirs
 from bgtransfer._client import DaemonClient
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError, error_from_dict
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
+from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._tasks import build_row, build_upload_row, row_from_wire, task_dict
 
@@ -352,6 +353,7 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "segments": row.spec.segments,
+        "max_bytes": row.spec.max_bytes,
     }
 
 
@@ -513,13 +515,14 @@ class AsyncSession:
         resource_timeout: float = DEFAULT_RESOURCE_TIMEOUT,
         sha256: str | None = None,
         overwrite: bool = False,
-        low_speed_limit: int = 0,
-        low_speed_time: float = 30.0,
+        low_speed_limit: int = DEFAULT_LOW_SPEED_LIMIT,
+        low_speed_time: float = DEFAULT_LOW_SPEED_TIME,
         max_attempts: int | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        max_bytes: int | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
@@ -545,6 +548,7 @@ class AsyncSession:
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
             segments=segments,
+            max_bytes=max_bytes,
             idempotency_key=uuid.uuid4().hex,
         )
         row = await self._backend_or_raise().submit(row)
@@ -793,13 +797,14 @@ class Session:
         resource_timeout: float = DEFAULT_RESOURCE_TIMEOUT,
         sha256: str | None = None,
         overwrite: bool = False,
-        low_speed_limit: int = 0,
-        low_speed_time: float = 30.0,
+        low_speed_limit: int = DEFAULT_LOW_SPEED_LIMIT,
+        low_speed_time: float = DEFAULT_LOW_SPEED_TIME,
         max_attempts: int | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        max_bytes: int | None = None,
     ) -> Task:
         inner = self._call(
             self._async.download(
@@ -817,6 +822,7 @@ class Session:
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
                 segments=segments,
+                max_bytes=max_bytes,
             )
         )
         return Task(self, inner)

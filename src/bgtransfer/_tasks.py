@@ -12,7 +12,12 @@ from typing import Any
 from bgtransfer._engine._files import check_target, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
-from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._machine import (
+    DEFAULT_LOW_SPEED_LIMIT,
+    DEFAULT_LOW_SPEED_TIME,
+    Snapshot,
+    Spec,
+)
 from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._validate import (
     check_headers,
@@ -45,13 +50,14 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "resource_timeout": 7 * 86400.0,
     "sha256": None,
     "overwrite": False,
-    "low_speed_limit": 0,
-    "low_speed_time": 30.0,
+    "low_speed_limit": DEFAULT_LOW_SPEED_LIMIT,
+    "low_speed_time": DEFAULT_LOW_SPEED_TIME,
     "max_attempts": None,
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
     "segments": 1,
+    "max_bytes": None,
 }
 
 
@@ -117,13 +123,14 @@ def build_row(
     resource_timeout: object = 7 * 86400.0,
     sha256: object = None,
     overwrite: object = False,
-    low_speed_limit: object = 0,
-    low_speed_time: object = 30.0,
+    low_speed_limit: object = DEFAULT_LOW_SPEED_LIMIT,
+    low_speed_time: object = DEFAULT_LOW_SPEED_TIME,
     max_attempts: object = None,
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
     segments: object = 1,
+    max_bytes: object = None,
     idempotency_key: str | None = None,
 ) -> TaskRow:
     """Validate everything the caller gave; InvalidRequest names the first bad value."""
@@ -148,6 +155,8 @@ def build_row(
         raise InvalidRequest(
             f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {segments!r}"
         )
+    _positive_int("max_bytes", max_bytes, allow_none=True, zero=True)
+    assert max_bytes is None or isinstance(max_bytes, int)
     target = check_target(path, overwrite=overwrite)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
@@ -158,6 +167,7 @@ def build_row(
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
         segments=segments,
+        max_bytes=max_bytes,
         **common,
     )
     now = time.time()
@@ -198,6 +208,7 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "restarts": r.snap.restarts,
         "attempts": r.snap.attempts,
         "segments": r.spec.segments,
+        "max_bytes": r.spec.max_bytes,
         "background": r.background,
         "acknowledged": r.acknowledged,
         "created_at": r.created_at,

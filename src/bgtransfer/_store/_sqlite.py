@@ -161,6 +161,7 @@ def _response_json(snap: Snapshot) -> str:
             "upload_url": snap.upload_url,
             "boot": snap.boot_id,
             "segments": [list(seg) for seg in snap.segments],
+            "unsafe_sent": snap.unsafe_sent,
         }
     )
 
@@ -610,6 +611,7 @@ class SQLiteStore:
             upload_url=resp.get("upload_url"),
             boot_id=resp.get("boot"),
             segments=tuple((int(a), int(b), int(c)) for a, b, c in resp.get("segments", ())),
+            unsafe_sent=bool(resp.get("unsafe_sent", False)),
         )
         return TaskRow(
             id=id_,

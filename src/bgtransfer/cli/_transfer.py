@@ -10,7 +10,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -176,6 +176,35 @@ def submit_body(
     return body
 
 
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+else:  # generic only in newer click
+    _IntParam = click.ParamType
+
+
+class ByteSize(_IntParam):
+    """A byte count as curl takes it: digits with an optional k, M, G or T (powers of 1024)."""
+
+    name = "size"
+    _UNITS: ClassVar[dict[str, int]] = {
+        "": 1,
+        "k": 1 << 10,
+        "m": 1 << 20,
+        "g": 1 << 30,
+        "t": 1 << 40,
+    }
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        digits = text.rstrip("kKmMgGtT")
+        unit = text[len(digits) :].lower()
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 15 or len(unit) > 1:
+            self.fail(f"{value!r} is not a size (digits, then k, M, G or T)", param, ctx)
+        return int(digits) * self._UNITS[unit]
+
+
 def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
     opts = [
         click.option(
@@ -211,6 +240,13 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
             "server allows ranges.",
         ),
         click.option(
+            "--max-filesize",
+            type=ByteSize(),
+            default=None,
+            help="Fail a download larger than this many bytes (10M, 2G: as curl), whether "
+            "announced or grown to; nothing is kept.",
+        ),
+        click.option(
             "-J",
             "--remote-name",
             is_flag=True,
@@ -242,6 +278,8 @@ def _submit(
     session: str,
     remote_name: bool = False,
     segments: int | None = None,
+    *,
+    max_filesize: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     home = home_of(ctx)
     path = output or (remote_name and name_from_server(url, headers)) or name_from_url(url)
@@ -255,6 +293,7 @@ def _submit(
         resource_timeout=resource_timeout,
         overwrite=overwrite or None,
         segments=segments,
+        max_bytes=max_filesize,
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task
@@ -278,6 +317,7 @@ def get(
     remote_name: bool,
     session: str,
     as_json: bool,
+    max_filesize: int | None = None,
 ) -> int:
     """Download URL through the daemon, showing progress, and wait for it.
 
@@ -302,6 +342,7 @@ def get(
         session,
         remote_name,
         segments,
+        max_filesize=max_filesize,
     )
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
@@ -400,6 +441,7 @@ def add(
     remote_name: bool,
     session: str,
     as_json: bool,
+    max_filesize: int | None = None,
 ) -> int:
     """Queue a download and return at once; prints the task id.
 
@@ -419,6 +461,7 @@ def add(
         session,
         remote_name,
         segments,
+        max_filesize=max_filesize,
     )
     click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
     return 0
