@@ -71,6 +71,10 @@ Always-on knobs:
     Throttle the body to R bytes/second (pieces of min(64 KiB, R/10)).
 ``ignore_range=1``
     Ignore Range/If-Range: always 200 with the full body.
+``ignore_if_range=1``
+    Honour Range whatever If-Range says: a 206 of the *current* version (with its
+    own ETag and Last-Modified) even when the client's validator is an older one's,
+    as S3 does.
 ``wrong_range=K``
     Answer a Range with 206 whose Content-Range *and body* start K bytes after
     the requested start (a lying server).
@@ -398,6 +402,7 @@ class _Knobs:
     interval: float = 0.0
     rate: float | None = None
     ignore_range: bool = False
+    ignore_if_range: bool = False
     wrong_range: int | None = None
     full_as_206: bool = False
     range_as_200: bool = False
@@ -464,6 +469,7 @@ class _Knobs:
             interval=flt("interval") or 0.0,
             rate=rate,
             ignore_range=flag("ignore_range"),
+            ignore_if_range=flag("ignore_if_range"),
             wrong_range=integer("wrong_range"),
             full_as_206=flag("full_as_206"),
             range_as_200=flag("range_as_200"),
@@ -2212,7 +2218,10 @@ class FaultServer:
         elif (
             range_header is not None
             and not knobs.ignore_range
-            and self._if_range_ok(req.headers.get("if-range"), etag, last_modified)
+            and (
+                knobs.ignore_if_range
+                or self._if_range_ok(req.headers.get("if-range"), etag, last_modified)
+            )
         ):
             parsed = _parse_range(range_header, size)
             if parsed == _UNSATISFIABLE:
