@@ -998,6 +998,9 @@ class FaultServer:
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
         self._closing = False
+        # /r and /gen responses being sent right now, by connection
+        self._serving: set[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = set()
+        self._peak_serving = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -1076,6 +1079,19 @@ class FaultServer:
     def clear_log(self) -> None:
         with self._lock:
             self.log.clear()
+
+    def peak_concurrency(self, *, reset: bool = False) -> int:
+        """The most ``/r`` and ``/gen`` responses this server was sending at one time (since
+        the start or the last reset): how many connections a client really used at once.
+
+        A response whose client has closed the connection is not counted, though its
+        handler may not have noticed yet (a rate-limited body notices at its next write).
+        """
+        with self._lock:
+            peak = self._peak_serving
+            if reset:
+                self._peak_serving = 0
+            return peak
 
     def reset_counters(self) -> None:
         """Forget how often each fault key was hit (``times``) and the /gen versions."""
@@ -1545,7 +1561,20 @@ class FaultServer:
         head_only = req.method == "HEAD"
         try:
             if req.path.startswith(("/r/", "/gen/")):
-                return await self._serve_resource(writer, req, keep)
+                pair = (reader, writer)
+                with self._lock:
+                    self._serving.add(pair)
+                    live = sum(
+                        1
+                        for r, w in self._serving
+                        if not r.at_eof() and not w.transport.is_closing()
+                    )
+                    self._peak_serving = max(self._peak_serving, live)
+                try:
+                    return await self._serve_resource(writer, req, keep)
+                finally:
+                    with self._lock:
+                        self._serving.discard(pair)
             if req.path == "/redirect":
                 return await self._serve_redirect(writer, req, keep)
             if req.path.startswith("/loop/"):
