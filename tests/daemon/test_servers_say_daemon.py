@@ -57,3 +57,28 @@ def test_post_with_an_idempotency_key_is_resent_after_a_crash(
     assert server.uploads[name] == data
     posts = [r for r in server.requests(f"/upload/{name}") if r.method == "POST"]
     assert len(posts) == 2
+
+
+def test_tus_checksums_go_on_after_a_daemon_restart(
+    server: FaultServer, home: Path, tmp_path: Path
+) -> None:
+    data = os.urandom(6 << 20)
+    src = tmp_path / f"tus-{os.urandom(4).hex()}.bin"
+    src.write_bytes(data)
+    server.upload_faults(src.name, cut_after=2 << 20)
+    with bgtransfer.Session("tus", home=home) as s:
+        t = s.upload(src, server.url("/tus/"), protocol="tus", chunk_size=1 << 20, retry_wait=30.0)
+        deadline = time.monotonic() + 30
+        while "retrying" not in t.detail:  # parked after the cut, upload URL on record
+            assert time.monotonic() < deadline, t.detail
+            time.sleep(0.01)
+        killed_at = time.monotonic()
+        assert kill_daemon(home, signal.SIGKILL) is not None
+        t.wait(timeout=60)  # a new daemon picks the upload up at once
+        assert t.error is None, t.error
+    assert server.tus_data(src.name) == data
+    after = [r for r in server.requests("/tus") if r.time > killed_at]
+    patches = [r for r in after if r.method == "PATCH"]
+    assert len(patches) >= 4
+    assert all(r.headers.get("upload-checksum", "").startswith("sha") for r in patches)
+    assert any(r.method == "OPTIONS" for r in after)  # asked again, not forgotten
