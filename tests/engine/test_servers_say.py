@@ -421,3 +421,43 @@ def test_max_bytes_fails_a_body_that_grows_past_it(
     ok = session.download(url, tmp_path / "ok.bin", max_bytes=4 * MiB, **FAST).wait(timeout=30)
     assert ok.error is None
     assert (tmp_path / "ok.bin").read_bytes() == gen_bytes(4 * MiB)
+
+
+POST_CHILD = """
+import sys, time, bgtransfer
+home, src, url = sys.argv[1:4]
+with bgtransfer.Session("fg", home=home, background=False) as s:
+    s.upload(src, url, method="POST")
+    print("started", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_post_cut_by_a_killed_foreground_process_is_not_resent(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    src = tmp_path / "form.bin"
+    src.write_bytes(os.urandom(128 << 10))
+    name = f"fg-{key}"
+    url = server.url(f"/upload/{name}?stall=20&times=1")
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, "-c", POST_CHILD, str(home), str(src), url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_until(lambda: server.upload_received(name) >= 128 << 10, 30, "the POST")
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    with bgtransfer.Session("fg", home=home, background=False) as s:
+        (t,) = s.tasks()
+        assert t.state is TaskState.SUSPENDED  # found interrupted
+        t.resume()
+        t.wait(timeout=30)
+        assert isinstance(t.error, bgtransfer.ReadError), t.error
+        assert "POST is not retried" in str(t.error)
+    posts = [r for r in server.requests(f"/upload/{name}") if r.method == "POST"]
+    assert len(posts) == 1
