@@ -115,8 +115,8 @@ STREAM_CHECKPOINT_BYTES = 32 << 20
 # byte every few seconds keeps the idle timer (request_timeout) alive forever; this does not.
 DEFAULT_LOW_SPEED_LIMIT = 100  # bytes per second
 DEFAULT_LOW_SPEED_TIME = 120.0  # seconds
-# Attempts in a row ended by the low-speed rule before the task fails: bytes trickled during
-# a slow attempt do not reset the backoff, and after this many the server holds no slot more.
+# Attempts in a row ended by the low-speed rule before the task fails and frees its slot for
+# good (bytes trickled during a slow attempt do not reset the backoff either).
 MAX_SLOW_ATTEMPTS = 5
 
 
