@@ -354,6 +354,8 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "segments": row.spec.segments,
         "max_bytes": row.spec.max_bytes,
+        # The finished file's mode follows the caller's umask, not the daemon's.
+        "umask": row.spec.umask,
     }
 
 

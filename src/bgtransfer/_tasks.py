@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from bgtransfer._engine._files import check_target, partial_path
+from bgtransfer._engine._files import check_target, current_umask, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
 from bgtransfer._protocol._machine import (
@@ -132,8 +132,13 @@ def build_row(
     segments: object = 1,
     max_bytes: object = None,
     idempotency_key: str | None = None,
+    umask: object = None,
 ) -> TaskRow:
-    """Validate everything the caller gave; InvalidRequest names the first bad value."""
+    """Validate everything the caller gave; InvalidRequest names the first bad value.
+
+    ``umask``: the submitting process's (the finished file gets ``0666 & ~umask``); None
+    takes this process's.
+    """
     check_url(url)
     assert isinstance(url, str)
     hdrs = check_headers(headers)
@@ -157,6 +162,10 @@ def build_row(
         )
     _positive_int("max_bytes", max_bytes, allow_none=True, zero=True)
     assert max_bytes is None or isinstance(max_bytes, int)
+    if umask is None:
+        umask = current_umask()
+    if type(umask) is not int or not 0 <= umask <= 0o777:
+        raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
     target = check_target(path, overwrite=overwrite)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
@@ -168,6 +177,7 @@ def build_row(
         low_speed_time=lst,
         segments=segments,
         max_bytes=max_bytes,
+        umask=umask,
         **common,
     )
     now = time.time()

@@ -74,6 +74,15 @@ class UploadDriver:
     async def flush(self) -> None:
         raise NotImplementedError
 
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _end_attempt(self, live: _Live) -> None:
+        raise NotImplementedError
+
+    def _save_attempts(self, live: _Live) -> None:
+        raise NotImplementedError
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _feed(self, live: _Live, event: Event) -> None:
@@ -115,6 +124,8 @@ class UploadDriver:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
         )
+        if live.attempt is not None:
+            live.attempt["status"] = resp.status  # the history shows the last answer
         try:
             body = await resp.content.read(RESPONSE_BODY_CAP)
         finally:
@@ -160,6 +171,9 @@ class UploadDriver:
             self._execute_sync(live, before)
             await self.flush()
         deadline = asyncio.timeout(max(m.time_left(self.clock()), 0.0))
+        # One history row per attempt (its requests: creation, offset queries, chunks).
+        start = m.snap.offset
+        live.attempt = self.open_attempt(live, m.snap.upload_url or m.spec.url, start)
         event: Event | None
         try:
             async with deadline:
@@ -172,8 +186,15 @@ class UploadDriver:
             event = M.TransportFailed(
                 TransferTimeout(f"resource timeout of {m.spec.resource_timeout:g} s reached")
             )
+        after: list[M.Action] = []
         if event is not None and m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING):
-            self._execute_sync(live, m.handle(event, now=self.clock()))  # type: ignore[arg-type]
+            after = m.handle(event, now=self.clock())  # type: ignore[arg-type]
+        if live.attempt is not None:
+            live.attempt["bytes"] = max(0, m.snap.offset - start)
+            self._end_attempt(live)  # before the actions: their commit carries it
+        self._execute_sync(live, after)
+        if not any(isinstance(a, M.Persist) for a in after):
+            self._save_attempts(live)  # the machine decided earlier: no snapshot carries it
 
     async def _exchange(self, live: _Live) -> Event:
         spec = live.machine.spec

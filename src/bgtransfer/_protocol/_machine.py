@@ -148,6 +148,9 @@ class Spec:
     chunk_size: int = 8 << 20
     segments: int = 1  # connections for one download (aria2c -s); 1 is the plain path
     max_bytes: int | None = None  # curl --max-filesize: a bigger download fails
+    # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
+    # None: the umask of the process that runs the engine.
+    umask: int | None = None
 
 
 @dataclass(slots=True)
@@ -182,6 +185,10 @@ class Snapshot:
     # cleared once its outcome is known. Found set at a start, the request may have reached
     # the server (the process died mid-request), so it is not sent again.
     unsafe_sent: bool = False
+    # Who the partial file is (set by the engine): the directory's (device, inode), then the
+    # file's (device, inode, owner) once created. A reopen that finds anything else discards
+    # it rather than adopt it; empty: nothing recorded yet.
+    partial_id: tuple[int, ...] = ()
 
 
 # -- events ---------------------------------------------------------------------------------

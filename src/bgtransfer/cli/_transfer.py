@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
+from bgtransfer._engine._files import current_umask
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError
 from bgtransfer.cli._app import cli, home_of
 
@@ -294,6 +295,7 @@ def _submit(
         overwrite=overwrite or None,
         segments=segments,
         max_bytes=max_filesize,
+        umask=current_umask(),
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task
