@@ -38,7 +38,10 @@ def run_one(srv: FaultServer, tmp: Path, size: int, rate: int, n: int) -> dict[s
     url = srv.url(f"/gen/{size}?seed={n}&rate={rate}&stall_headers={LATENCY}&key=w5-{n}")
     dest = tmp / f"w5-{n}.bin"
     expected = gen_sha256(size, seed=n)
-    with bgtransfer.Session(f"w5-{n}", home=tmp / f"home-{n}", background=False) as s:
+    # max_per_host counts connections: allow all N to this one server (aria2c -x N -s N).
+    with bgtransfer.Session(
+        f"w5-{n}", home=tmp / f"home-{n}", background=False, max_per_host=max(6, n)
+    ) as s:
         t0 = time.monotonic()
         task = s.download(url, dest, segments=n, sha256=expected)
         task.wait(timeout=size / rate * 2 + 60)

@@ -140,6 +140,12 @@ class SourceChanged(IntegrityError):
     code = "source_changed"
 
 
+class FileTooLarge(TransferError):
+    """The download is (or announced it would be) larger than ``max_bytes``."""
+
+    code = "file_too_large"
+
+
 class DestinationError(TransferError):
     code = "destination_error"
 

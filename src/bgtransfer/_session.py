@@ -35,6 +35,7 @@ from bgtransfer._exceptions import (
     error_from_dict,
 )
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
+from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._tasks import (
     build_row,
@@ -572,6 +573,7 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "segments": row.spec.segments,
+        "max_bytes": row.spec.max_bytes,
         "metadata": row.metadata,
         # The finished file's mode follows the caller's umask, not the daemon's.
         "umask": row.spec.umask,
@@ -819,14 +821,15 @@ class AsyncSession:
         resource_timeout: float = DEFAULT_RESOURCE_TIMEOUT,
         sha256: str | None = None,
         overwrite: bool = False,
-        low_speed_limit: int = 0,
-        low_speed_time: float = 30.0,
+        low_speed_limit: int = DEFAULT_LOW_SPEED_LIMIT,
+        low_speed_time: float = DEFAULT_LOW_SPEED_TIME,
         max_attempts: int | None = None,
         retry_for: float | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        max_bytes: int | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
@@ -863,6 +866,7 @@ class AsyncSession:
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
                 segments=segments,
+                max_bytes=max_bytes,
                 idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
                 metadata=metadata,
                 check_exists=idempotency_key is None,
@@ -1237,14 +1241,15 @@ class Session:
         resource_timeout: float = DEFAULT_RESOURCE_TIMEOUT,
         sha256: str | None = None,
         overwrite: bool = False,
-        low_speed_limit: int = 0,
-        low_speed_time: float = 30.0,
+        low_speed_limit: int = DEFAULT_LOW_SPEED_LIMIT,
+        low_speed_time: float = DEFAULT_LOW_SPEED_TIME,
         max_attempts: int | None = None,
         retry_for: float | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        max_bytes: int | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> Task:
@@ -1266,6 +1271,7 @@ class Session:
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
                 segments=segments,
+                max_bytes=max_bytes,
                 idempotency_key=idempotency_key,
                 metadata=metadata,
             )

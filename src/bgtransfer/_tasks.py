@@ -13,7 +13,12 @@ from typing import Any
 from bgtransfer._engine._files import check_target, current_umask, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
-from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._machine import (
+    DEFAULT_LOW_SPEED_LIMIT,
+    DEFAULT_LOW_SPEED_TIME,
+    Snapshot,
+    Spec,
+)
 from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._validate import (
     check_headers,
@@ -120,14 +125,15 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "resource_timeout": 7 * 86400.0,
     "sha256": None,
     "overwrite": False,
-    "low_speed_limit": 0,
-    "low_speed_time": 30.0,
+    "low_speed_limit": DEFAULT_LOW_SPEED_LIMIT,
+    "low_speed_time": DEFAULT_LOW_SPEED_TIME,
     "max_attempts": None,
     "retry_for": None,
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
     "segments": 1,
+    "max_bytes": None,
     "metadata": None,
 }
 
@@ -197,14 +203,15 @@ def build_row(
     resource_timeout: object = 7 * 86400.0,
     sha256: object = None,
     overwrite: object = False,
-    low_speed_limit: object = 0,
-    low_speed_time: object = 30.0,
+    low_speed_limit: object = DEFAULT_LOW_SPEED_LIMIT,
+    low_speed_time: object = DEFAULT_LOW_SPEED_TIME,
     max_attempts: object = None,
     retry_for: object = None,
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
     segments: object = 1,
+    max_bytes: object = None,
     idempotency_key: object = None,
     metadata: object = None,
     check_exists: bool = True,
@@ -241,6 +248,8 @@ def build_row(
         raise InvalidRequest(
             f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {segments!r}"
         )
+    _positive_int("max_bytes", max_bytes, allow_none=True, zero=True)
+    assert max_bytes is None or isinstance(max_bytes, int)
     if umask is None:
         umask = current_umask()
     if type(umask) is not int or not 0 <= umask <= 0o777:
@@ -255,6 +264,7 @@ def build_row(
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
         segments=segments,
+        max_bytes=max_bytes,
         umask=umask,
         **common,
     )
@@ -297,6 +307,7 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "restarts": r.snap.restarts,
         "attempts": r.snap.attempts,
         "segments": r.spec.segments,
+        "max_bytes": r.spec.max_bytes,
         "background": r.background,
         "acknowledged": r.acknowledged,
         "created_at": r.created_at,

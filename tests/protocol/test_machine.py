@@ -60,6 +60,7 @@ from bgtransfer._protocol._redirects import origin
 URL = "https://example.com/files/big.bin"
 ETAG = '"v1"'
 LAST_MODIFIED = "Sun, 06 Nov 1994 08:49:37 GMT"
+DATE_LATER = "Sun, 06 Nov 1994 08:49:38 GMT"  # one second on: LAST_MODIFIED is strong
 SHA = "ab" * 32
 MIB = 1 << 20
 SIZE = 5 * STREAM_CHECKPOINT_BYTES
@@ -294,15 +295,16 @@ def test_truncated_body_waits_then_resumes_with_range_and_if_range() -> None:
     assert m.snap.error is None
 
 
-def test_resume_with_weak_etag_uses_last_modified() -> None:
+def test_resume_with_weak_etag_sends_no_date_in_if_range() -> None:
+    # RFC 9110 13.1.5: a date only when the client has no entity tag at all (issue 11).
     m = make()
-    resp = ok({"etag": 'W/"weak"', "last-modified": LAST_MODIFIED})
+    resp = ok({"etag": 'W/"weak"', "last-modified": LAST_MODIFIED, "date": DATE_LATER})
     to_transferring(m, resp=resp)
     m.handle(DataWritten(100), now=0.0)
     m.handle(BodyEnded(), now=0.0)
     hdrs = headers_of(resume_request(m))
     assert hdrs["range"] == "bytes=100-"
-    assert hdrs["if-range"] == LAST_MODIFIED
+    assert "if-range" not in hdrs
 
 
 def test_resume_without_validators_sends_no_if_range() -> None:

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 from bgtransfer._protocol._ranges import (
     ContentRange,
     choose_validator,
+    last_modified_is_strong,
     parse_content_range,
     parse_retry_after,
     range_header,
+    validator_changed,
 )
 
 # 1994-11-06 08:49:37 UTC, the RFC 9110 example date, as seconds since the epoch.
@@ -152,6 +154,11 @@ def test_parse_content_range_never_raises_and_is_consistent(value: str) -> None:
 # -- choose_validator ---------------------------------------------------------------------
 
 
+# The Date of the response that carried the validators: one second after IMF_FIXDATE makes
+# that Last-Modified strong (RFC 9110 8.8.2.2); the same second leaves it weak.
+LATER = "Sun, 06 Nov 1994 08:49:38 GMT"
+
+
 @pytest.mark.parametrize(
     ("etag", "last_modified", "expected"),
     [
@@ -159,9 +166,9 @@ def test_parse_content_range_never_raises_and_is_consistent(value: str) -> None:
         ('"abc"', IMF_FIXDATE, '"abc"'),  # a strong ETag wins over Last-Modified
         ('  "abc"  ', None, '"abc"'),
         ('""', None, '""'),  # the empty strong tag is still strong
-        ('W/"abc"', IMF_FIXDATE, IMF_FIXDATE),  # weak: never used, fall back
+        ('W/"abc"', IMF_FIXDATE, None),  # weak ETag: no If-Range at all (RFC 9110 13.1.5)
         ('W/"abc"', None, None),
-        ('w/"abc"', IMF_FIXDATE, IMF_FIXDATE),
+        ('w/"abc"', IMF_FIXDATE, None),
         ("abc", IMF_FIXDATE, IMF_FIXDATE),  # unquoted: not an entity-tag
         ('"', IMF_FIXDATE, IMF_FIXDATE),
         ('"abc', IMF_FIXDATE, IMF_FIXDATE),
@@ -178,13 +185,37 @@ def test_parse_content_range_never_raises_and_is_consistent(value: str) -> None:
 def test_choose_validator(
     etag: str | None, last_modified: str | None, expected: str | None
 ) -> None:
-    assert choose_validator(etag, last_modified) == expected
+    assert choose_validator(etag, last_modified, LATER) == expected
+
+
+@pytest.mark.parametrize(
+    ("date", "strong"),
+    [
+        (LATER, True),  # 1 s after Last-Modified
+        ("Mon, 07 Nov 1994 08:49:37 GMT", True),
+        (IMF_FIXDATE, False),  # modified in the second it was sent: could change again
+        ("Sun, 06 Nov 1994 08:49:37 GMT", False),
+        ("Sun, 06 Nov 1994 08:49:36 GMT", False),  # a Date before Last-Modified: no clock
+        (None, False),  # no Date: nothing proves it strong
+        ("not a date", False),
+    ],
+)
+def test_last_modified_is_strong_only_a_second_before_date(date: str | None, strong: bool) -> None:
+    assert last_modified_is_strong(IMF_FIXDATE, date) is strong
+    assert (choose_validator(None, IMF_FIXDATE, date) == IMF_FIXDATE) is strong
+    assert choose_validator('W/"x"', IMF_FIXDATE, date) is None
 
 
 @settings(max_examples=300, deadline=None)
-@given(etag=st.none() | st.text(), last_modified=st.none() | st.text())
-def test_choose_validator_never_weak(etag: str | None, last_modified: str | None) -> None:
-    chosen = choose_validator(etag, last_modified)
+@given(
+    etag=st.none() | st.text(),
+    last_modified=st.none() | st.text(),
+    date=st.none() | st.text() | st.just(LATER),
+)
+def test_choose_validator_never_weak(
+    etag: str | None, last_modified: str | None, date: str | None
+) -> None:
+    chosen = choose_validator(etag, last_modified, date)
     if chosen is None:
         return
     assert not chosen.startswith("W/")
@@ -196,6 +227,39 @@ def test_choose_validator_never_weak(etag: str | None, last_modified: str | None
         assert last_modified is not None
         assert chosen == last_modified.strip()
         assert email.utils.parsedate_tz(chosen) is not None
+        assert last_modified_is_strong(last_modified, date)
+        assert etag is None or not etag.strip().upper().startswith("W/")
+
+
+# -- validator_changed ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("etag", "last_modified", "headers", "changed"),
+    [
+        ('"v1"', None, {"etag": '"v1"'}, False),
+        ('"v1"', None, {"etag": '"v2"'}, True),  # S3 ignoring If-Range: another version
+        ('"v1"', None, {"etag": 'W/"v1"'}, True),  # not the same strong tag
+        ('"v1"', None, {}, False),  # left out: no evidence
+        ('"v1"', IMF_FIXDATE, {"etag": '"v1"', "last-modified": LATER}, False),  # strong wins
+        (None, IMF_FIXDATE, {"last-modified": IMF_FIXDATE}, False),
+        (None, IMF_FIXDATE, {"last-modified": "Sunday, 06-Nov-94 08:49:37 GMT"}, False),
+        (None, IMF_FIXDATE, {"last-modified": LATER}, True),
+        ('W/"a"', IMF_FIXDATE, {"etag": 'W/"a"', "last-modified": IMF_FIXDATE}, False),
+        ('W/"a"', IMF_FIXDATE, {"etag": 'W/"b"', "last-modified": IMF_FIXDATE}, True),
+        ('W/"a"', IMF_FIXDATE, {"etag": 'W/"a"', "last-modified": LATER}, True),
+        (None, None, {"etag": '"x"', "last-modified": LATER}, False),
+        (None, "junk", {"last-modified": "junk"}, False),
+        (None, "junk", {"last-modified": "other junk"}, True),
+    ],
+)
+def test_validator_changed(
+    etag: str | None, last_modified: str | None, headers: dict[str, str], changed: bool
+) -> None:
+    why = validator_changed(etag, last_modified, headers)
+    assert (why is not None) is changed
+    if why is not None:
+        assert "changed" in why
 
 
 # -- parse_retry_after --------------------------------------------------------------------

@@ -69,8 +69,14 @@ def test_plan_declines_with_a_reason(
 
 
 def test_plan_accepts_last_modified_and_a_206_without_accept_ranges() -> None:
-    lm = {"last-modified": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    lm = {"last-modified": "Wed, 21 Oct 2015 07:28:00 GMT", "date": "Wed, 21 Oct 2015 07:28:01 GMT"}
     assert len(plan_segments(2, 200, {"accept-ranges": "bytes", **lm}, 4 * MiB)[0]) == 2
+    # A Last-Modified in the second the response was sent is weak (RFC 9110 8.8.2.2): no
+    # If-Range could keep the segments to one version.
+    weak = {**lm, "date": lm["last-modified"]}
+    segs, why = plan_segments(2, 200, {"accept-ranges": "bytes", **weak}, 4 * MiB)
+    assert segs == ()
+    assert "no strong ETag" in why
     cr = {"content-range": f"bytes 0-{4 * MiB - 1}/{4 * MiB}", "etag": '"x"'}
     assert len(plan_segments(3, 206, cr, 4 * MiB)[0]) == 3
     assert len(plan_segments(16, 200, OK_HEADERS, 3 * MiB)[0]) == 3  # at least 1 MiB each
@@ -90,6 +96,22 @@ def test_segment_answers() -> None:
     assert check_segment_response(503, {}, seg, 1000) is SegmentAnswer.RETRY
     assert check_segment_response(404, {}, seg, 1000) is SegmentAnswer.FAIL
     assert check_segment_response(302, {}, seg, 1000) is SegmentAnswer.RESTART
+
+
+def test_segment_answer_of_another_version_is_a_change() -> None:
+    # S3 answers 206 whatever If-Range says: the 206's own ETag tells the versions apart.
+    seg = (100, 150, 200)
+    cr = {"content-range": "bytes 150-199/1000"}
+    same = {**cr, "etag": '"v1"'}
+    other = {**cr, "etag": '"v2"'}
+    assert check_segment_response(206, same, seg, 1000, etag='"v1"') is SegmentAnswer.USE
+    assert check_segment_response(206, other, seg, 1000, etag='"v1"') is SegmentAnswer.CHANGED
+    lm_old, lm_new = "Wed, 21 Oct 2015 07:28:00 GMT", "Thu, 22 Oct 2015 07:28:00 GMT"
+    dated = {**cr, "last-modified": lm_new}
+    assert (
+        check_segment_response(206, dated, seg, 1000, last_modified=lm_old) is SegmentAnswer.CHANGED
+    )
+    assert check_segment_response(206, cr, seg, 1000, etag='"v1"') is SegmentAnswer.USE
 
 
 def test_split_largest_busy_segment() -> None:

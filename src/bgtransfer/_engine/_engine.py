@@ -19,7 +19,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 from multidict import CIMultiDict
@@ -27,7 +26,7 @@ from multidict import CIMultiDict
 from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._files import PartialFile, PartialLost, file_mode, size_of
 from bgtransfer._engine._http import connect_reason, lower_headers, why
-from bgtransfer._engine._limiter import Limiter, Slot
+from bgtransfer._engine._limiter import Limiter, Slot, origin_key
 from bgtransfer._engine._owner import OwnerLock, owner_alive
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
@@ -73,7 +72,7 @@ class _Live:
     finished: asyncio.Event = field(default_factory=asyncio.Event)
     attempt: dict[str, Any] | None = None  # the request in flight, for the history
     attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
-    checksums: set[str] = field(default_factory=set)  # tus: algorithms the server offers
+    checksums: set[str] | None = None  # tus: algorithms the server offers (None: not asked)
     checksum_failures: int = 0
     slot: Slot | None = None  # the limiter slot the current attempt holds
     raw: RawBody | None = None  # the body being read straight off the socket
@@ -506,7 +505,7 @@ class Engine(UploadDriver):
 
     async def _run(self, live: _Live) -> None:
         m = live.machine
-        host = urlsplit(m.spec.url).hostname or ""
+        host = origin_key(m.spec.url)
         try:
             upload = m.spec.kind == "upload"
             while _phase(m) is Phase.QUEUED:
@@ -860,6 +859,8 @@ class Engine(UploadDriver):
             actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
             if actions:
                 self._execute_sync(live, actions)
+                if m.terminal:  # max_bytes: the machine failed the task mid-body
+                    raise _Halted
 
         raw = take_over(resp)
         try:
@@ -873,6 +874,9 @@ class Engine(UploadDriver):
                 resp.close()  # the connection is ours now: never back to the pool
             live.resp = None
             return M.BodyEnded()
+        except _Halted:
+            assert m.snap.error is not None
+            return M.Failed(m.snap.error)  # already applied: the machine ignores it
         except DestinationError as exc:
             # Disk full and the like: keep what is committed and wait for a person.
             return M.Interrupted(f"suspended: {exc.message}; resume() once it is fixed")
@@ -884,7 +888,8 @@ class Engine(UploadDriver):
                 return M.TransportFailed(
                     TransferTimeout(
                         f"slower than {spec.low_speed_limit} B/s for {spec.low_speed_time:g} s"
-                    )
+                    ),
+                    slow=True,
                 )
             return M.TransportFailed(
                 ReadError(f"connection lost at byte {m.snap.offset} ({why(exc)})")
@@ -1000,6 +1005,10 @@ def _ignore(fut: asyncio.Future[Any]) -> None:
     """Retrieve a future's outcome nobody waits for (the committer logged a failure)."""
     if not fut.cancelled():
         fut.exception()
+
+
+class _Halted(Exception):
+    """The machine ended the task while its body was being read."""
 
 
 def _boot_id() -> str | None:

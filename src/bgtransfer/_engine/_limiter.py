@@ -1,4 +1,10 @@
-"""Slots for active transfers: a global limit and a per-host limit, granted in FIFO order."""
+"""Slots for active transfers: a global limit and a per-origin limit, granted in FIFO order.
+
+Keys are origins (``scheme://host:port``, :func:`origin_key`): two ports of one host are two
+servers, and so are http and https. The per-origin limit counts connections: a task holds
+one slot, and a segmented download takes one more per extra connection
+(:meth:`Limiter.try_extra`), never ahead of a task that waits for that origin.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,17 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-__all__ = ["Limiter", "Slot"]
+from bgtransfer._protocol._redirects import origin
+
+__all__ = ["Limiter", "Slot", "origin_key"]
+
+
+def origin_key(url: str) -> str:
+    """The origin of ``url`` as the limiter keys it: ``scheme://host:port``, port explicit."""
+    scheme, host, port = origin(url)
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    return f"{scheme}://{host}:{port}"
 
 
 class Limiter:
@@ -18,6 +34,10 @@ class Limiter:
         self._hosts: dict[str, int] = {}
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
 
+    def in_use(self, key: str) -> int:
+        """Connections (task slots plus extra ones) held for one origin."""
+        return self._hosts.get(key, 0)
+
     def _can(self, host: str) -> bool:
         return self._active < self.total and self._hosts.get(host, 0) < self.per_host
 
@@ -25,8 +45,9 @@ class Limiter:
         self._active += 1
         self._hosts[host] = self._hosts.get(host, 0) + 1
 
-    def _release(self, host: str) -> None:
-        self._active -= 1
+    def _release(self, host: str, *, task: bool = True) -> None:
+        if task:
+            self._active -= 1
         left = self._hosts[host] - 1
         if left:
             self._hosts[host] = left
@@ -46,6 +67,16 @@ class Limiter:
                 self._waiters.remove(item)
                 self._take(host)
                 fut.set_result(None)
+
+    def try_extra(self, host: str) -> Slot | None:
+        """One more connection for a task that already holds a slot of ``host``, if the
+        origin has room and no task is waiting for it (queued tasks come first)."""
+        if self._hosts.get(host, 0) >= self.per_host:
+            return None
+        if any(h == host and not fut.done() for h, fut in self._waiters):
+            return None
+        self._hosts[host] = self._hosts.get(host, 0) + 1
+        return Slot(self, host, task=False)
 
     @asynccontextmanager
     async def slot(self, host: str) -> AsyncIterator[Slot]:
@@ -73,13 +104,14 @@ class Limiter:
 class Slot:
     """A granted slot; :meth:`release` gives it back early (once the network part is done)."""
 
-    __slots__ = ("_host", "_limiter")
+    __slots__ = ("_host", "_limiter", "_task")
 
-    def __init__(self, limiter: Limiter, host: str) -> None:
+    def __init__(self, limiter: Limiter, host: str, *, task: bool = True) -> None:
         self._limiter: Limiter | None = limiter
         self._host = host
+        self._task = task
 
     def release(self) -> None:
         if self._limiter is not None:
             limiter, self._limiter = self._limiter, None
-            limiter._release(self._host)
+            limiter._release(self._host, task=self._task)

@@ -18,8 +18,9 @@ only moves bytes:
 * Suspend, cancel and the resource timeout cancel the driver's task; every connection is
   cancelled and closed before it returns, so nothing writes after a checkpoint.
 
-One task holds one limiter slot, however many connections it opens: ``max_per_host``
-counts tasks, not sockets (documented in the README).
+The per-origin limit counts connections: the task's own limiter slot covers one, and each
+further connection takes an extra slot of the origin (:meth:`Limiter.try_extra`) or is not
+opened until one is free; queued tasks of that origin get their slot first.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from multidict import CIMultiDict
 
 from bgtransfer._engine._files import PartialLost
 from bgtransfer._engine._http import connect_reason, lower_headers, why
+from bgtransfer._engine._limiter import Slot, origin_key
 from bgtransfer._exceptions import (
     ConnectError,
     DestinationError,
@@ -46,6 +48,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._ranges import validator_changed
 from bgtransfer._protocol._retry import Backoff
 from bgtransfer._protocol._segments import (
     Segment,
@@ -114,6 +117,10 @@ async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.E
     return await _Driver(engine, live).run(first or 0, resp)
 
 
+# How often a download short of connections asks the limiter again.
+REFILL_SECONDS = 0.5
+
+
 class _Driver:
     def __init__(self, engine: Engine, live: _Live) -> None:
         self.engine = engine
@@ -121,17 +128,40 @@ class _Driver:
         self.m = live.machine
         self.busy: set[int] = set()
         self.tasks: dict[asyncio.Task[M.Event | None], int] = {}
+        # The extra limiter slot each connection holds; None for the one the task's own
+        # slot covers.
+        self.slots: dict[asyncio.Task[M.Event | None], Slot | None] = {}
+        self.origin = origin_key(live.machine.spec.url)
 
-    def _launch(self, index: int, resp: aiohttp.ClientResponse | None) -> None:
+    def _launch(
+        self, index: int, resp: aiohttp.ClientResponse | None, slot: Slot | None = None
+    ) -> None:
         self.busy.add(index)
         task = asyncio.get_running_loop().create_task(
             self._worker(index, resp), name=f"bgtransfer-{self.live.row.id[:8]}-s{index}"
         )
         self.tasks[task] = index
+        self.slots[task] = slot
+
+    def _finished(self, task: asyncio.Task[M.Event | None]) -> None:
+        self.busy.discard(self.tasks.pop(task))
+        slot = self.slots.pop(task, None)
+        if slot is not None:
+            slot.release()
+
+    def _connection(self) -> tuple[bool, Slot | None]:
+        """May one more connection open, and with which extra slot."""
+        if None not in self.slots.values():
+            return True, None  # the task's own slot is free
+        extra = self.engine.limiter.try_extra(self.origin)
+        return extra is not None, extra
 
     def _refill(self) -> None:
         m, width = self.m, self.m.spec.segments
         while len(self.tasks) < width:
+            ok, slot = self._connection()
+            if not ok:
+                return
             nxt = next(
                 (
                     i
@@ -143,10 +173,12 @@ class _Driver:
             if nxt is None:
                 split = split_largest(m.snap.segments, self.busy)
                 if split is None:
+                    if slot is not None:
+                        slot.release()
                     return
                 segments, nxt = split
                 self.engine._apply_now(self.live, M.SegmentSplit(segments))
-            self._launch(nxt, None)
+            self._launch(nxt, None, slot)
 
     async def run(self, first: int, resp: aiohttp.ClientResponse) -> M.Event:
         self._launch(first, resp)
@@ -159,11 +191,13 @@ class _Driver:
                 waiting: set[asyncio.Task[Any]] = set(self.tasks)
                 if watchdog is not None:
                     waiting.add(watchdog)
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    waiting, timeout=REFILL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+                )
                 for task in done:
                     if task is watchdog:
                         return watchdog.result()
-                    self.busy.discard(self.tasks.pop(task))
+                    self._finished(task)
                     event: M.Event | None = task.result()
                     if event is not None:
                         return event
@@ -177,6 +211,10 @@ class _Driver:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending)
+            for slot in self.slots.values():
+                if slot is not None:
+                    slot.release()
+            self.slots.clear()
             self.tasks.clear()
             self.busy.clear()
 
@@ -195,7 +233,7 @@ class _Driver:
             t0, b0 = samples[0]
             if now - t0 >= window and (m.snap.offset - b0) / (now - t0) < limit:
                 return M.TransportFailed(
-                    TransferTimeout(f"slower than {limit} B/s for {window:g} s")
+                    TransferTimeout(f"slower than {limit} B/s for {window:g} s"), slow=True
                 )
 
     async def _worker(self, index: int, resp: aiohttp.ClientResponse | None) -> M.Event | None:
@@ -278,8 +316,14 @@ class _Driver:
         except aiohttp.ClientError as exc:
             return _Retry(NetworkError(f"request failed: {exc!r}"))
         attempt["status"] = resp.status
+        got = lower_headers(resp)
         answer = check_segment_response(
-            resp.status, lower_headers(resp), m.snap.segments[index], m.snap.total
+            resp.status,
+            got,
+            m.snap.segments[index],
+            m.snap.total,
+            etag=m.snap.etag,
+            last_modified=m.snap.last_modified,
         )
         if answer is SegmentAnswer.USE:
             return resp
@@ -287,6 +331,9 @@ class _Driver:
         status = resp.status
         if answer is SegmentAnswer.RETRY:
             return _Retry(HTTPStatusError(f"server answered {status}", status_code=status))
+        if answer is SegmentAnswer.CHANGED:
+            changed = validator_changed(m.snap.etag, m.snap.last_modified, got)
+            return M.RestartRequired(f"segment {index}: the resource changed ({changed})")
         if answer is SegmentAnswer.RESTART:
             if status == 200:
                 return M.RestartRequired(f"segment {index}: the resource changed")

@@ -71,6 +71,9 @@ class UploadDriver:
     def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
         raise NotImplementedError
 
+    async def flush(self) -> None:
+        raise NotImplementedError
+
     def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -161,6 +164,12 @@ class UploadDriver:
         if not any(isinstance(a, M.SendRequest) for a in actions):
             self._execute_sync(live, actions)
             return
+        before: list[M.Action] = [a for a in actions if not isinstance(a, M.SendRequest)]
+        if before:
+            # A POST that must not be sent twice: "it may have been sent" is committed before
+            # its first byte leaves, so a crash mid-request cannot lead to a second one.
+            self._execute_sync(live, before)
+            await self.flush()
         deadline = asyncio.timeout(max(m.time_left(self.clock()), 0.0))
         # One history row per attempt (its requests: creation, offset queries, chunks).
         start = m.snap.offset
@@ -286,12 +295,16 @@ class UploadDriver:
                 self._feed(live, UploadLost())
         return M.Failed(TransferError("the server keeps losing the upload"))
 
-    async def _tus_create(self, live: _Live) -> FinalResponse | M.Failed | None:
+    async def _tus_options(self, live: _Live) -> None:
+        """Ask the server which checksum algorithms it takes (tus checksum extension)."""
         spec = live.machine.spec
         opts, _ = await self._send(live, "OPTIONS", spec.url, {"Tus-Resumable": TUS_VERSION})
-        live.checksums = {
-            a.strip() for a in opts.headers.get("Tus-Checksum-Algorithm", "").split(",")
-        }
+        offered = opts.headers.get("Tus-Checksum-Algorithm", "") if opts.ok else ""
+        live.checksums = {a.strip().lower() for a in offered.split(",") if a.strip()}
+
+    async def _tus_create(self, live: _Live) -> FinalResponse | M.Failed | None:
+        spec = live.machine.spec
+        await self._tus_options(live)
         name = base64.b64encode(os.path.basename(live.row.path).encode()).decode()
         resp, body = await self._send(
             live,
@@ -315,6 +328,10 @@ class UploadDriver:
     async def _tus_head(self, live: _Live) -> int | FinalResponse:
         url = live.machine.snap.upload_url
         assert url is not None
+        if live.checksums is None:
+            # Picked up again (restart, resume): what the server offered was not kept, and
+            # without it every PATCH would go unchecked.
+            await self._tus_options(live)
         resp, body = await self._send(live, "HEAD", url, {"Tus-Resumable": TUS_VERSION})
         if resp.status in (404, 410):
             raise _Lost
@@ -332,7 +349,7 @@ class UploadDriver:
             "Content-Type": "application/offset+octet-stream",
             "Upload-Offset": str(offset),
         }
-        checksums = live.checksums
+        checksums = live.checksums or set()
         for algo in ("sha256", "sha1"):
             if algo in checksums:
                 digest = base64.b64encode(hashlib.new(algo, chunk).digest()).decode()

@@ -38,6 +38,7 @@ from enum import Enum
 from bgtransfer._exceptions import (
     Cancelled,
     ContentChanged,
+    FileTooLarge,
     HTTPStatusError,
     IntegrityError,
     InvalidTransition,
@@ -53,6 +54,7 @@ from bgtransfer._protocol._ranges import (
     parse_content_range,
     parse_retry_after,
     range_header,
+    validator_changed,
 )
 from bgtransfer._protocol._redirects import (
     REDIRECT_STATUS,
@@ -109,6 +111,14 @@ CHECKPOINT_SECONDS = 1.0
 # so this bounds only what a power loss costs, and each checkpoint is an fdatasync that
 # stalls the stream (~1 s per 2 GiB at 2 MiB).
 STREAM_CHECKPOINT_BYTES = 32 << 20
+# The default low-speed rule (curl's --speed-limit / --speed-time, which curl leaves off): an
+# attempt slower than this for that long is aborted and retried. A server that trickles a
+# byte every few seconds keeps the idle timer (request_timeout) alive forever; this does not.
+DEFAULT_LOW_SPEED_LIMIT = 100  # bytes per second
+DEFAULT_LOW_SPEED_TIME = 120.0  # seconds
+# Attempts in a row ended by the low-speed rule before the task fails and frees its slot for
+# good (bytes trickled during a slow attempt do not reset the backoff either).
+MAX_SLOW_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +130,8 @@ class Spec:
     request_timeout: float = 60.0
     resource_timeout: float = 7 * 86400.0
     sha256: str | None = None
-    low_speed_limit: int = 0
-    low_speed_time: float = 30.0
+    low_speed_limit: int = DEFAULT_LOW_SPEED_LIMIT
+    low_speed_time: float = DEFAULT_LOW_SPEED_TIME
     max_redirects: int = 10
     max_restarts: int = 5
     max_attempts: int | None = None
@@ -141,6 +151,7 @@ class Spec:
     retry_unsafe: bool = False
     chunk_size: int = 8 << 20
     segments: int = 1  # connections for one download (aria2c -s); 1 is the plain path
+    max_bytes: int | None = None  # curl --max-filesize: a bigger download fails
     # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
     # None: the umask of the process that runs the engine.
     umask: int | None = None
@@ -174,6 +185,10 @@ class Snapshot:
     # unchanged, bytes written after the snapshot are still in the page cache after a crash
     # of the process, and resume may keep them.
     boot_id: str | None = None
+    # Uploads with a method that is not idempotent: committed before the request leaves,
+    # cleared once its outcome is known. Found set at a start, the request may have reached
+    # the server (the process died mid-request), so it is not sent again.
+    unsafe_sent: bool = False
     # Who the partial file is (set by the engine): the directory's (device, inode), then the
     # file's (device, inode, owner) once created. A reopen that finds anything else discards
     # it rather than adopt it; empty: nothing recorded yet.
@@ -208,6 +223,8 @@ class BodyEnded:
 @dataclass(frozen=True, slots=True)
 class TransportFailed:
     error: TransferError
+    # Aborted by the low-speed rule: the bytes it trickled do not count as progress.
+    slow: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,6 +473,7 @@ class TransferMachine:
     _hops: int = 0
     _active_since: float | None = None
     _last_checkpoint: float = 0.0
+    _failures_at_start: int = 0
     segments_distrusted: bool = False
     _failing_since: float | None = None  # active seconds at the first failure of a run
 
@@ -526,8 +544,8 @@ class TransferMachine:
                 return self._restart(now, why)
             case BodyEnded():
                 return self._body_ended(now)
-            case TransportFailed(error=err):
-                return self._failed(err, None, now)
+            case TransportFailed(error=err, slow=slow):
+                return self._failed(err, None, now, slow=slow)
             case RetryDue():
                 self._expect(Phase.WAITING_RETRY, event)
                 self._set(Phase.QUEUED, "queued (retry due)", now)
@@ -603,10 +621,16 @@ class TransferMachine:
                 out.append(("Range", segment_range(self.snap.segments[i])))
             else:
                 out.append(("Range", range_header(self.resume_at)))
-            validator = choose_validator(self.snap.etag, self.snap.last_modified)
+            validator = self._validator()
             if validator is not None:
                 out.append(("If-Range", validator))
         return tuple(out)
+
+    def _validator(self) -> str | None:
+        """If-Range for a resume; the Date of the response that began the file decides
+        whether its Last-Modified is strong enough (RFC 9110 §13.1.5)."""
+        date = next((v for k, v in self.snap.response_headers if k.lower() == "date"), None)
+        return choose_validator(self.snap.etag, self.snap.last_modified, date)
 
     @property
     def resume_at(self) -> int:
@@ -624,7 +648,7 @@ class TransferMachine:
         url = self.url
         out = [(k, v) for k, v in self._request_headers(url) if k not in ("Range", "If-Range")]
         out.append(("Range", segment_range(self.snap.segments[index])))
-        validator = choose_validator(self.snap.etag, self.snap.last_modified)
+        validator = self._validator()
         if validator is not None:
             out.append(("If-Range", validator))
         return url, tuple(out)
@@ -646,6 +670,7 @@ class TransferMachine:
         if self.time_left(now) <= 0:
             return self._fail(self._resource_timeout_error(None), now)
         self.snap.attempts += 1
+        self._failures_at_start = self.snap.failures
         self._hops = 0
         where = f"resuming from byte {self.resume_at}" if self.snap.offset else "connecting"
         self._set(Phase.CONNECTING, where, now)
@@ -697,6 +722,9 @@ class TransferMachine:
                     return [DiscardResponse(), *over]
             cr = parse_content_range(headers.get("content-range"))
             total = cr.total if cr is not None and status == 206 else _content_length(headers)
+            too_big = self._too_big(total, now)
+            if too_big is not None:
+                return [DiscardResponse(), *too_big]
             self.snap.total = total
             self.snap.response_status = 200 if status == 206 else status
             self.snap.response_headers = tuple(
@@ -713,13 +741,33 @@ class TransferMachine:
             # (WriteBody runs to the end of the body before the next action is looked at).
             return [Persist(), WriteBody(0, truncate=True)]
         # APPEND
+        changed = validator_changed(self.snap.etag, self.snap.last_modified, headers)
+        if changed is not None:
+            # The server ignored If-Range (S3 does) and sent another version's bytes.
+            return [DiscardResponse(), *self._restart(now, changed)]
         cr = parse_content_range(headers.get("content-range"))
         if self.snap.total is None and cr is not None:
+            too_big = self._too_big(cr.total, now)
+            if too_big is not None:
+                return [DiscardResponse(), *too_big]
             self.snap.total = cr.total
         self._last_checkpoint = now
         at = self.resume_at
         self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {at})", now)
         return [WriteBody(at, truncate=False)]
+
+    def _too_big(self, size: int | None, now: float, *, grew: bool = False) -> list[Action] | None:
+        """Fail once a download is known to exceed ``max_bytes`` (curl --max-filesize):
+        announced (before a byte is written) or grown past it (no length announced)."""
+        limit = self.spec.max_bytes
+        if limit is None or size is None or size <= limit:
+            return None
+        err = FileTooLarge(
+            f"the download grew past max_bytes ({limit} bytes); not retried"
+            if grew
+            else f"the server announced {size} bytes, more than max_bytes ({limit}); not retried"
+        )
+        return self._fail(err, now)
 
     def _short_body(self, status: int, headers: Mapping[str, str]) -> IntegrityError | None:
         """A 416 saying the resource ends exactly where our bytes end, though its first
@@ -765,6 +813,9 @@ class TransferMachine:
         if n > 0:
             self.snap.failures = 0
             self._failing_since = None
+        too_big = self._too_big(self.snap.offset, now, grew=True)
+        if too_big is not None:
+            return too_big
         every = CHECKPOINT_BYTES if self.snap.segments else STREAM_CHECKPOINT_BYTES
         if (
             self.snap.offset - self.committed >= every
@@ -802,7 +853,9 @@ class TransferMachine:
         self._set(Phase.VERIFYING, "verifying", now)
         return [Finalize(total if total is not None else self.snap.offset, self.spec.sha256)]
 
-    def _failed(self, err: TransferError, retry_after: float | None, now: float) -> list[Action]:
+    def _failed(
+        self, err: TransferError, retry_after: float | None, now: float, *, slow: bool = False
+    ) -> list[Action]:
         self._expect((Phase.CONNECTING, Phase.TRANSFERRING), TransportFailed(err))
         self.in_flight = False
         self.committed = self.snap.offset
@@ -810,7 +863,17 @@ class TransferMachine:
             return self._fail(err, now)
         if self.time_left(now) <= 0:
             return self._fail(self._resource_timeout_error(err), now)
+        if slow:
+            # What a too-slow attempt trickled is no progress: the backoff keeps growing.
+            self.snap.failures = max(self.snap.failures, self._failures_at_start)
         self.snap.failures += 1
+        if slow and self.snap.failures >= MAX_SLOW_ATTEMPTS:
+            err.message = (
+                f"{err.message}, {self.snap.failures} attempts in a row; not retried "
+                "(low_speed_limit=0 turns the low-speed rule off)"
+            )
+            err.args = (err.message,)
+            return self._fail(err, now)
         if self.spec.max_attempts is not None and self.snap.attempts >= self.spec.max_attempts:
             err.message = f"{err.message} (gave up after {self.snap.attempts} attempts)"
             err.args = (err.message,)
@@ -861,6 +924,7 @@ class TransferMachine:
         # (curl --remove-on-error); bytes_received keeps how far it got.
         self.in_flight = False
         self.snap.error = err
+        self.snap.unsafe_sent = False
         self.committed = self.snap.offset
         self._set(Phase.DONE, f"failed: {err.message}", now)
         return [StopTransfer(), RemovePartial(), Persist()]
@@ -872,6 +936,8 @@ class TransferMachine:
             raise InvalidTransition(f"cannot suspend a task that is {self.state.value}")
         self.in_flight = False
         self.committed = self.snap.offset
+        # Resuming is the caller's own decision to send the request again.
+        self.snap.unsafe_sent = False
         self._set(Phase.SUSPENDED, "suspended", now)
         return [StopTransfer(), Persist()]
 

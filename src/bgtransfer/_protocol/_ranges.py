@@ -6,14 +6,17 @@ import datetime
 import email.utils
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 __all__ = [
     "ContentRange",
     "choose_validator",
+    "last_modified_is_strong",
     "parse_content_range",
     "parse_retry_after",
     "range_header",
+    "validator_changed",
 ]
 
 # ASCII digits only (\d also matches other scripts' digits), at most 20 of them: a server
@@ -63,18 +66,81 @@ def range_header(offset: int) -> str:
     return f"bytes={offset}-"
 
 
-def choose_validator(etag: str | None, last_modified: str | None) -> str | None:
-    """The value to send in If-Range: a strong ETag, else Last-Modified, else None.
+def _strong_etag(etag: str | None) -> str | None:
+    if etag is None:
+        return None
+    tag = etag.strip()
+    if tag.startswith('"') and tag.endswith('"') and len(tag) >= 2:
+        return tag
+    return None
 
-    RFC 9110 §13.1.5 forbids a weak ETag in If-Range; sending one would make a compliant
-    server answer 200 every time and silently defeat resume.
+
+def _is_weak_etag(etag: str | None) -> bool:
+    return etag is not None and etag.strip()[:2].upper() == "W/"
+
+
+def _http_date(value: str | None) -> float | None:
+    if value is None:
+        return None
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    try:
+        return float(email.utils.mktime_tz(parsed))
+    except (OverflowError, ValueError):
+        return None
+
+
+def last_modified_is_strong(last_modified: str | None, date: str | None) -> bool:
+    """RFC 9110 §8.8.2.2: a client may treat Last-Modified as strong only when the response
+    that carried it has a Date at least one second later (so a second change within the
+    same second cannot share the date)."""
+    modified, sent = _http_date(last_modified), _http_date(date)
+    return modified is not None and sent is not None and sent - modified >= 1.0
+
+
+def choose_validator(etag: str | None, last_modified: str | None, date: str | None) -> str | None:
+    """The value to send in If-Range: a strong ETag, else a strong Last-Modified, else None.
+
+    RFC 9110 §13.1.5: never a weak ETag (a compliant server would answer 200 every time),
+    and an HTTP-date only when the resource has no entity tag at all and the date is strong
+    (``date``, the Date of the response that carried it, is at least 1 s later). A weak
+    ETag therefore means no If-Range: the resume is checked by :func:`validator_changed`.
     """
-    if etag is not None:
-        tag = etag.strip()
-        if tag.startswith('"') and tag.endswith('"') and len(tag) >= 2:
-            return tag
-    if last_modified is not None and email.utils.parsedate_tz(last_modified) is not None:
+    tag = _strong_etag(etag)
+    if tag is not None:
+        return tag
+    if _is_weak_etag(etag):
+        return None
+    if last_modified is not None and last_modified_is_strong(last_modified, date):
         return last_modified.strip()
+    return None
+
+
+def validator_changed(
+    etag: str | None, last_modified: str | None, headers: Mapping[str, str]
+) -> str | None:
+    """Why a 206 (or a 200 with Content-Range) answering a resume is another version of the
+    resource, or None when nothing it says contradicts the recorded validators.
+
+    A server may ignore If-Range (S3 answers 206 whatever it says), so the answer's own
+    ETag, else its Last-Modified, must match what the file was begun with. A validator the
+    answer leaves out is no evidence either way; a differing one always is.
+    """
+    new_tag = headers.get("etag")
+    if etag is not None and new_tag is not None:
+        if etag.strip() != new_tag.strip():
+            return f"the ETag changed from {etag.strip()} to {new_tag.strip()}"
+        if _strong_etag(etag) is not None:
+            return None  # the same strong tag: byte-identical by definition
+    new_lm = headers.get("last-modified")
+    if last_modified is not None and new_lm is not None:
+        old_t, new_t = _http_date(last_modified), _http_date(new_lm)
+        same = old_t == new_t if old_t is not None and new_t is not None else None
+        if not (same if same is not None else last_modified.strip() == new_lm.strip()):
+            return (
+                f"the Last-Modified date changed from {last_modified.strip()} to {new_lm.strip()}"
+            )
     return None
 
 

@@ -12,8 +12,9 @@ Rules
   Otherwise it stays on one connection and :func:`plan_segments` says why.
 * Every later request asks for ``bytes=pos-(end-1)`` with ``If-Range``. Its bytes are used
   only when the answer is a 206 whose Content-Range starts exactly at ``pos`` of the same
-  total (:func:`check_segment_response`); a 200 means the resource changed, anything else
-  that lies about the range restarts the whole file: versions are never mixed.
+  total (:func:`check_segment_response`) and validators equal to the recorded ones; a 200
+  or another ETag / Last-Modified means the resource changed, anything else that lies
+  about the range restarts the whole file: versions are never mixed.
 * A finished connection may take over half of the largest remaining segment
   (:func:`split_largest`), as aria2 does, so a slow segment does not hold up the end.
 """
@@ -23,7 +24,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from enum import Enum
 
-from bgtransfer._protocol._ranges import choose_validator, parse_content_range
+from bgtransfer._protocol._ranges import (
+    choose_validator,
+    parse_content_range,
+    validator_changed,
+)
 from bgtransfer._protocol._redirects import REDIRECT_STATUS
 from bgtransfer._protocol._retry import RETRYABLE_STATUS
 
@@ -64,7 +69,10 @@ def plan_segments(
         cr = parse_content_range(headers.get("content-range"))
         if cr is None or cr.first != 0 or cr.total != total:
             return (), "the first answer's Content-Range is not the whole file"
-    if choose_validator(headers.get("etag"), headers.get("last-modified")) is None:
+    validator = choose_validator(
+        headers.get("etag"), headers.get("last-modified"), headers.get("date")
+    )
+    if validator is None:
         return (), "no strong ETag or Last-Modified to keep the segments of one version"
     count = min(n, MAX_SEGMENTS, total // MIN_SEGMENT)
     if count < 2:
@@ -95,14 +103,25 @@ def first_unfinished(segments: tuple[Segment, ...]) -> int | None:
 class SegmentAnswer(Enum):
     USE = "use"  # a 206 for exactly these bytes: write them
     RETRY = "retry"  # a retryable status: back off and ask again
-    RESTART = "restart"  # the resource changed or the server lies: start the file again
+    RESTART = "restart"  # the server lies about the range: start the file again
+    CHANGED = "changed"  # a 206 of another version (If-Range ignored): start the file again
     FAIL = "fail"  # an error status no retry can fix
 
 
 def check_segment_response(
-    status: int, headers: Mapping[str, str], seg: Segment, total: int | None
+    status: int,
+    headers: Mapping[str, str],
+    seg: Segment,
+    total: int | None,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
 ) -> SegmentAnswer:
-    """What to do with the answer to ``Range: bytes=pos-(end-1)`` plus ``If-Range``."""
+    """What to do with the answer to ``Range: bytes=pos-(end-1)`` plus ``If-Range``.
+
+    ``etag`` and ``last_modified`` are the validators recorded when the file was begun: a
+    206 carrying others is of a new version even though the server ignored If-Range.
+    """
     if status in RETRYABLE_STATUS:
         return SegmentAnswer.RETRY
     if status == 200 or status in REDIRECT_STATUS or status == 416:
@@ -116,6 +135,8 @@ def check_segment_response(
         return SegmentAnswer.RESTART
     if total is not None and cr.total is not None and cr.total != total:
         return SegmentAnswer.RESTART
+    if validator_changed(etag, last_modified, headers) is not None:
+        return SegmentAnswer.CHANGED
     return SegmentAnswer.USE
 
 

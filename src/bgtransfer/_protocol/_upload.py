@@ -11,7 +11,11 @@ Rules beyond the base machine's
 * A plain or multipart upload has no server-side offset: each attempt starts from 0.
 * A non-idempotent method (POST) is retried only if the caller said it is safe: an
   ``Idempotency-Key`` header or ``retry_unsafe=True``. Otherwise the first failure is final,
-  because the server may have acted on it.
+  because the server may have acted on it. That holds across a crash too: ``Start`` of such
+  an upload persists ``unsafe_sent`` (the driver commits it before a byte leaves), and a
+  start that finds it already set fails the task instead of sending again.
+* Only bytes the server confirmed (tus, IETF) reset the backoff: a plain upload's sent bytes
+  are lost with the connection, so a PUT answered 500 backs off like a download.
 * A tus or IETF upload whose server lost it (404/410 on the upload URL) starts again from 0 as
   a new upload; that counts as a restart.
 """
@@ -133,18 +137,33 @@ class UploadMachine(TransferMachine):
             self._active_since = now
         if self.time_left(now) <= 0:
             return self._fail(self._resource_timeout_error(None), now)
+        unsafe = self.spec.protocol not in RESUMABLE and not idempotent(
+            self.spec.method, self.spec.headers, self.spec.retry_unsafe
+        )
+        if unsafe and self.snap.unsafe_sent:
+            err = ReadError(
+                "connection lost during the upload: the process sending it stopped "
+                f"({self.spec.method} is not retried: the server may have acted on it; "
+                "send an Idempotency-Key header or pass retry_unsafe=True)"
+            )
+            return self._fail(err, now)
         self.snap.attempts += 1
+        self._failures_at_start = self.snap.failures
         if self.spec.protocol not in RESUMABLE:
             self.snap.offset = self.committed = 0
         self.snap.total = self.spec.source_size
         where = f"resuming from byte {self.snap.offset}" if self.snap.offset else "connecting"
         self._set(Phase.CONNECTING, where, now)
         self.in_flight = True
-        return [SendRequest(self.spec.url, self.spec.headers, self.time_left(now))]
+        send = SendRequest(self.spec.url, self.spec.headers, self.time_left(now))
+        if unsafe:
+            self.snap.unsafe_sent = True
+            return [Persist(), send]  # durable before the request leaves
+        return [send]
 
     def _progress(self, offset: int, now: float) -> list[Action]:
         self._expect((Phase.CONNECTING, Phase.TRANSFERRING), UploadProgress(offset))
-        if offset > self.snap.offset:
+        if offset > self.snap.offset and self.spec.protocol in RESUMABLE:
             self.snap.failures = 0
         # The server's word is the truth, even when it is less than we thought.
         self.snap.offset = offset
@@ -164,6 +183,7 @@ class UploadMachine(TransferMachine):
         self.snap.response_body = event.body[:RESPONSE_BODY_CAP]
         if 200 <= status < 300:
             self.in_flight = False
+            self.snap.unsafe_sent = False
             self.snap.offset = self.committed = self.spec.source_size or self.snap.offset
             self._set(Phase.DONE, "completed", now)
             return [Persist()]

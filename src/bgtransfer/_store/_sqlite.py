@@ -190,6 +190,7 @@ def _response_json(snap: Snapshot) -> str:
             "upload_url": snap.upload_url,
             "boot": snap.boot_id,
             "segments": [list(seg) for seg in snap.segments],
+            "unsafe_sent": snap.unsafe_sent,
             "file": list(snap.partial_id),
         }
     )
@@ -825,6 +826,7 @@ class SQLiteStore:
             upload_url=resp.get("upload_url"),
             boot_id=resp.get("boot"),
             segments=tuple((int(a), int(b), int(c)) for a, b, c in resp.get("segments", ())),
+            unsafe_sent=bool(resp.get("unsafe_sent", False)),
             partial_id=tuple(int(n) for n in resp.get("file", ())),
         )
         return TaskRow(

@@ -10,7 +10,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -215,6 +215,35 @@ def submit_body(
     return body
 
 
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+else:  # generic only in newer click
+    _IntParam = click.ParamType
+
+
+class ByteSize(_IntParam):
+    """A byte count as curl takes it: digits with an optional k, M, G or T (powers of 1024)."""
+
+    name = "size"
+    _UNITS: ClassVar[dict[str, int]] = {
+        "": 1,
+        "k": 1 << 10,
+        "m": 1 << 20,
+        "g": 1 << 30,
+        "t": 1 << 40,
+    }
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        digits = text.rstrip("kKmMgGtT")
+        unit = text[len(digits) :].lower()
+        if not digits.isascii() or not digits.isdigit() or len(digits) > 15 or len(unit) > 1:
+            self.fail(f"{value!r} is not a size (digits, then k, M, G or T)", param, ctx)
+        return int(digits) * self._UNITS[unit]
+
+
 def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
     opts = [
         click.option(
@@ -263,6 +292,13 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
             "server allows ranges.",
         ),
         click.option(
+            "--max-filesize",
+            type=ByteSize(),
+            default=None,
+            help="Fail a download larger than this many bytes (10M, 2G: as curl), whether "
+            "announced or grown to; nothing is kept.",
+        ),
+        click.option(
             "-J",
             "--remote-name",
             is_flag=True,
@@ -296,6 +332,8 @@ def _submit(
     segments: int | None = None,
     max_attempts: int | None = None,
     retry_for: float | None = None,
+    *,
+    max_filesize: int | None = None,
 ) -> tuple[str, dict[str, Any]]:
     home = home_of(ctx)
     try:
@@ -313,6 +351,7 @@ def _submit(
         resource_timeout=resource_timeout,
         overwrite=overwrite or None,
         segments=segments,
+        max_bytes=max_filesize,
         max_attempts=max_attempts,
         retry_for=retry_for,
         umask=current_umask(),
@@ -341,6 +380,7 @@ def get(
     remote_name: bool,
     session: str,
     as_json: bool,
+    max_filesize: int | None = None,
 ) -> int:
     """Download URL through the daemon, showing progress, and wait for it.
 
@@ -367,6 +407,7 @@ def get(
         segments,
         max_attempts,
         retry_for,
+        max_filesize=max_filesize,
     )
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
@@ -545,6 +586,7 @@ def add(
     remote_name: bool,
     session: str,
     as_json: bool,
+    max_filesize: int | None = None,
 ) -> int:
     """Queue a download and return at once; prints the task id.
 
@@ -566,6 +608,7 @@ def add(
         segments,
         max_attempts,
         retry_for,
+        max_filesize=max_filesize,
     )
     click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
     return 0

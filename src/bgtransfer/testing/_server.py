@@ -71,6 +71,10 @@ Always-on knobs:
     Throttle the body to R bytes/second (pieces of min(64 KiB, R/10)).
 ``ignore_range=1``
     Ignore Range/If-Range: always 200 with the full body.
+``ignore_if_range=1``
+    Honour Range whatever If-Range says: a 206 of the *current* version (with its
+    own ETag and Last-Modified) even when the client's validator is an older one's,
+    as S3 does.
 ``wrong_range=K``
     Answer a Range with 206 whose Content-Range *and body* start K bytes after
     the requested start (a lying server).
@@ -401,6 +405,7 @@ class _Knobs:
     interval: float = 0.0
     rate: float | None = None
     ignore_range: bool = False
+    ignore_if_range: bool = False
     wrong_range: int | None = None
     full_as_206: bool = False
     range_as_200: bool = False
@@ -468,6 +473,7 @@ class _Knobs:
             interval=flt("interval") or 0.0,
             rate=rate,
             ignore_range=flag("ignore_range"),
+            ignore_if_range=flag("ignore_if_range"),
             wrong_range=integer("wrong_range"),
             full_as_206=flag("full_as_206"),
             range_as_200=flag("range_as_200"),
@@ -997,6 +1003,9 @@ class FaultServer:
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
         self._closing = False
+        # /r and /gen responses being sent right now, by connection
+        self._serving: set[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = set()
+        self._peak_serving = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -1075,6 +1084,19 @@ class FaultServer:
     def clear_log(self) -> None:
         with self._lock:
             self.log.clear()
+
+    def peak_concurrency(self, *, reset: bool = False) -> int:
+        """The most ``/r`` and ``/gen`` responses this server was sending at one time (since
+        the start or the last reset): how many connections a client really used at once.
+
+        A response whose client has closed the connection is not counted, though its
+        handler may not have noticed yet (a rate-limited body notices at its next write).
+        """
+        with self._lock:
+            peak = self._peak_serving
+            if reset:
+                self._peak_serving = 0
+            return peak
 
     def reset_counters(self) -> None:
         """Forget how often each fault key was hit (``times``) and the /gen versions."""
@@ -1544,7 +1566,20 @@ class FaultServer:
         head_only = req.method == "HEAD"
         try:
             if req.path.startswith(("/r/", "/gen/")):
-                return await self._serve_resource(writer, req, keep)
+                pair = (reader, writer)
+                with self._lock:
+                    self._serving.add(pair)
+                    live = sum(
+                        1
+                        for r, w in self._serving
+                        if not r.at_eof() and not w.transport.is_closing()
+                    )
+                    self._peak_serving = max(self._peak_serving, live)
+                try:
+                    return await self._serve_resource(writer, req, keep)
+                finally:
+                    with self._lock:
+                        self._serving.discard(pair)
             if req.path == "/redirect":
                 return await self._serve_redirect(writer, req, keep)
             if req.path.startswith("/loop/"):
@@ -2217,7 +2252,10 @@ class FaultServer:
         elif (
             range_header is not None
             and not knobs.ignore_range
-            and self._if_range_ok(req.headers.get("if-range"), etag, last_modified)
+            and (
+                knobs.ignore_if_range
+                or self._if_range_ok(req.headers.get("if-range"), etag, last_modified)
+            )
         ):
             parsed = _parse_range(range_header, size)
             if parsed == _UNSATISFIABLE:
