@@ -19,12 +19,14 @@ from bgtransfer._exceptions import (
     TransferError,
     TransferTimeout,
 )
+from bgtransfer._jobs_api import AsyncJob, Job
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncJob",
     "AsyncSession",
     "AsyncTask",
     "Cancelled",
@@ -36,6 +38,7 @@ __all__ = [
     "IntegrityError",
     "InvalidRequest",
     "InvalidTransition",
+    "Job",
     "NetworkError",
     "ReadError",
     "RedirectError",

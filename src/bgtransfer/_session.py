@@ -16,6 +16,7 @@ import platformdirs
 
 from bgtransfer._client import DaemonClient
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError, error_from_dict
+from bgtransfer._jobs_api import AsyncJob, Job, list_jobs, schedule_job
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._tasks import build_row, build_upload_row, row_from_wire, task_dict
@@ -352,6 +353,9 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "segments": row.spec.segments,
+        "start_at": row.spec.start_at,
+        "max_rate": row.spec.max_rate,
+        "priority": row.spec.priority,
     }
 
 
@@ -520,11 +524,17 @@ class AsyncSession:
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
         ``segments=N`` (1-16) downloads over up to N connections at once when the server
         allows ranges of one fixed version (aria2c -s N); otherwise one connection is used.
+        ``start_at`` (seconds since the epoch): no request before then. ``max_rate``: at
+        most that many bytes per second (or curl's "4M"). ``priority``: "high", "normal" or
+        "low"; queued work starts in that order.
 
         Bad input raises InvalidRequest here, before any task exists.
         """
@@ -545,6 +555,9 @@ class AsyncSession:
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
             segments=segments,
+            start_at=start_at,
+            max_rate=max_rate,
+            priority=priority,
             idempotency_key=uuid.uuid4().hex,
         )
         row = await self._backend_or_raise().submit(row)
@@ -665,6 +678,19 @@ class AsyncSession:
         """
         async for ev in self._backend_or_raise().events(self.identifier, since):
             yield ev
+
+    async def schedule(
+        self, url: str, path: str | os.PathLike[str], *, every: float | str,
+        start_at: float | None = None, **options: Any,
+    ) -> AsyncJob:  # fmt: skip
+        """A background fetch job: the daemon fetches ``url`` into ``path`` every ``every``
+        (seconds, or "15m", "1h") with a conditional GET, from ``start_at`` or now. Options
+        are :meth:`download`'s: headers, on_complete, max_rate, priority, timeouts."""
+        return await schedule_job(self, url, path, every=every, start_at=start_at, **options)
+
+    async def jobs(self) -> list[AsyncJob]:
+        """This session's background fetch jobs."""
+        return await list_jobs(self)
 
 
 class _LoopThread:
@@ -800,6 +826,9 @@ class Session:
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> Task:
         inner = self._call(
             self._async.download(
@@ -817,6 +846,9 @@ class Session:
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
                 segments=segments,
+                start_at=start_at,
+                max_rate=max_rate,
+                priority=priority,
             )
         )
         return Task(self, inner)
@@ -883,3 +915,15 @@ class Session:
 
     def task(self, task_id: str) -> Task:
         return Task(self, self._call(self._async.task(task_id)))
+
+    def schedule(
+        self, url: str, path: str | os.PathLike[str], *, every: float | str,
+        start_at: float | None = None, **options: Any,
+    ) -> Job:  # fmt: skip
+        """See :meth:`AsyncSession.schedule`."""
+        job = self._async.schedule(url, path, every=every, start_at=start_at, **options)
+        inner = self._call(job)
+        return Job(self, inner)
+
+    def jobs(self) -> list[Job]:
+        return [Job(self, j) for j in self._call(self._async.jobs())]

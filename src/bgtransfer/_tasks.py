@@ -20,6 +20,7 @@ from bgtransfer._protocol._validate import (
     check_timeout,
     check_url,
 )
+from bgtransfer._scheduling import check_scheduling, queued_detail
 from bgtransfer._store._base import TaskRow
 
 __all__ = [
@@ -52,6 +53,9 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "max_retry_wait": 120.0,
     "on_complete": None,
     "segments": 1,
+    "start_at": None,
+    "max_rate": None,
+    "priority": "normal",
 }
 
 
@@ -124,9 +128,14 @@ def build_row(
     max_retry_wait: object = 120.0,
     on_complete: object = None,
     segments: object = 1,
+    start_at: object = None,
+    max_rate: object = None,
+    priority: object = "normal",
     idempotency_key: str | None = None,
+    job_id: str | None = None,
 ) -> TaskRow:
     """Validate everything the caller gave; InvalidRequest names the first bad value."""
+    sched = check_scheduling(start_at=start_at, max_rate=max_rate, priority=priority)
     check_url(url)
     assert isinstance(url, str)
     hdrs = check_headers(headers)
@@ -158,6 +167,8 @@ def build_row(
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
         segments=segments,
+        job_id=job_id,
+        **sched,
         **common,
     )
     now = time.time()
@@ -168,7 +179,7 @@ def build_row(
         partial=partial_path(target, task_id),
         spec=spec,
         overwrite=overwrite,
-        snap=Snapshot(phase=Phase.QUEUED, detail="queued"),
+        snap=Snapshot(phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now)),
         owner=None,
         background=background,
         created_at=now,
@@ -198,6 +209,10 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "restarts": r.snap.restarts,
         "attempts": r.snap.attempts,
         "segments": r.spec.segments,
+        "priority": r.spec.priority,
+        "start_at": r.spec.start_at,
+        "max_rate": r.spec.max_rate,
+        "job": r.spec.job_id,
         "background": r.background,
         "acknowledged": r.acknowledged,
         "created_at": r.created_at,

@@ -37,7 +37,9 @@ from typing import Any
 from aiohttp import web
 
 from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._daemon._scheduling import add_routes as add_scheduling_routes
 from bgtransfer._engine._engine import Engine
+from bgtransfer._engine._jobs import JobRunner
 from bgtransfer._exceptions import (
     DestinationError,
     InvalidRequest,
@@ -150,10 +152,12 @@ class Daemon:
         )
         self.stopping = asyncio.Event()
         self._hooks: set[asyncio.Task[None]] = set()
+        self.jobs = JobRunner(self.engine)
 
     # -- hooks -----------------------------------------------------------------------------
 
     def _on_finished(self, row: TaskRow) -> None:
+        self.jobs.finished(row)
         if row.on_complete and row.hook_state == "pending":
             task = asyncio.get_running_loop().create_task(self._run_hook(row))
             self._hooks.add(task)
@@ -412,6 +416,7 @@ class Daemon:
         app.router.add_post("/v1/tasks/{id}/{verb}", self.control)
         app.router.add_get("/v1/events", self.events)
         app.router.add_post("/v1/shutdown", self.shutdown)
+        add_scheduling_routes(app, self)
         return app
 
     async def run(self) -> None:
@@ -420,6 +425,7 @@ class Daemon:
         await self.engine.flush()
         for row in self.store.pending_hooks():
             self._on_finished(row)
+        self.jobs.start()
         runner = web.AppRunner(self.app(), handle_signals=False, access_log=None)
         await runner.setup()
         with contextlib.suppress(FileNotFoundError):
@@ -439,6 +445,7 @@ class Daemon:
             await self.stopping.wait()
         finally:
             t0 = time.monotonic()
+            await self.jobs.stop()
             await self.engine.close()
             await runner.cleanup()
             with contextlib.suppress(FileNotFoundError):

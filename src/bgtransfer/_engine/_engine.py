@@ -36,6 +36,7 @@ from bgtransfer._engine._files import (
 from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._engine._ratelimit import Politeness, RateLimits, read_size_for
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
 from bgtransfer._engine._upload import UploadDriver
@@ -52,6 +53,9 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._origin import origin_key
+from bgtransfer._protocol._ranges import parse_retry_after
+from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore, event_record
@@ -86,6 +90,7 @@ class _Live:
     slot: Slot | None = None  # the limiter slot the current attempt holds
     raw: RawBody | None = None  # the body being read straight off the socket
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
+    origin: str = ""  # scheme://host:port of the task's URL (limits, cool-downs)
 
 
 class Engine(UploadDriver):
@@ -116,11 +121,19 @@ class Engine(UploadDriver):
         self._changed = asyncio.Event()
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        self.rates = RateLimits(clock)
+        self.polite = Politeness(clock)
+        self._wake: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._commit = Committer(self.store.path)
+        if self.background:  # the daemon's caps are set with `bgtransfer limit` and kept
+            glob, origins = self.store.limits()
+            self.rates.set_global(glob)
+            for origin, rate in origins.items():
+                self.rates.set_origin(origin, rate)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -139,6 +152,8 @@ class Engine(UploadDriver):
         if self._closed:
             return
         self._closed = True
+        if self._wake is not None:
+            self._wake.cancel()
         for live in list(self._live.values()):
             if not live.machine.terminal:
                 await self._stop(live)
@@ -208,6 +223,52 @@ class Engine(UploadDriver):
                 # Found finished by reconcile; held until that commit lands, so the next
                 # pump does not pick it again from a store that still says queued.
                 self._live[row.id] = live
+        self._arm_wake()
+
+    def _arm_wake(self) -> None:
+        """Pump again when the earliest start_at of a queued task comes."""
+        wall = time.time()
+        at = self.store.next_start(background=self.background, now=wall)
+        if self._wake is not None:
+            self._wake.cancel()
+            self._wake = None
+        if at is not None:
+            # Capped, so a clock step (suspend, NTP) is noticed within a minute.
+            delay = min(at - wall, 60.0) + 0.01
+            self._wake = asyncio.get_running_loop().call_later(delay, self._pump)
+
+    def set_limit(self, origin: str | None, rate: int | None) -> None:
+        """Change the global cap (``origin=None``) or one origin's; durable, effective now."""
+        self.store.set_limit(origin, rate)
+        if origin is None:
+            self.rates.set_global(rate)
+        else:
+            self.rates.set_origin(origin, rate)
+
+    async def _throttle(self, live: _Live, n: int) -> None:
+        spec = live.machine.spec
+        if self.rates.limited(spec.max_rate, live.origin):
+            await self.rates.throttle(live.row.id, spec.max_rate, live.origin, n)
+
+    def _read_size(self, live: _Live) -> int:
+        return read_size_for(self.rates.cap(live.machine.spec.max_rate, live.origin), READ_SIZE)
+
+    def _heard(self, url: str, status: int, headers: dict[str, str]) -> None:
+        """Every answer feeds the origin's cool-down rule (429/503 + Retry-After)."""
+        retry_after = parse_retry_after(headers.get("retry-after"), time.time())
+        self.polite.on_response(origin_key(url), status, retry_after)
+
+    async def _cool_down(self, live: _Live) -> None:
+        """No new request to an origin that asked to wait; ``ls`` says until when."""
+        m = live.machine
+        for _ in range(1000):  # each pass waits; an origin may extend its wait
+            wait = self.polite.wait_needed(live.origin)
+            if wait <= 0 or _phase(m) is not Phase.QUEUED:
+                return
+            detail = self.polite.detail(live.origin, wait)
+            if m.snap.detail != detail:
+                self._apply_now(live, M.Waiting(detail))
+            await asyncio.sleep(wait)
 
     def recover(self, session: str) -> None:
         """Mark tasks whose owner process died as interrupted (SUSPENDED), fix their files."""
@@ -406,10 +467,15 @@ class Engine(UploadDriver):
     async def _run(self, live: _Live) -> None:
         m = live.machine
         host = urlsplit(m.spec.url).hostname or ""
+        live.origin = origin_key(m.spec.url)
+        rank = priority_rank(m.spec.priority)
         try:
             upload = m.spec.kind == "upload"
             while _phase(m) is Phase.QUEUED:
-                async with self.limiter.slot(host) as slot:
+                await self._cool_down(live)
+                if _phase(m) is not Phase.QUEUED:
+                    break
+                async with self.limiter.slot(host, rank) as slot:
                     live.slot = slot
                     await (self._upload(live) if upload else self._attempt(live))
                 live.slot = None
@@ -425,6 +491,7 @@ class Engine(UploadDriver):
             self._execute_sync(live, m.handle(M.Failed(err), now=self.clock()))
         finally:
             self._close_transfer(live)
+            self.rates.forget(live.row.id)
             if _phase(m) is not Phase.QUEUED and not self._closed:
                 asyncio.get_running_loop().call_soon(self._pump)
 
@@ -679,7 +746,9 @@ class Engine(UploadDriver):
         live.resp = resp
         if live.attempt is not None:
             live.attempt["status"] = resp.status
-        return M.Response(resp.status, lower_headers(resp), wall_time=time.time())
+        headers = lower_headers(resp)
+        self._heard(action.url, resp.status, headers)
+        return M.Response(resp.status, headers, wall_time=time.time())
 
     async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
         m, part, resp = live.machine, live.part, live.resp
@@ -723,12 +792,13 @@ class Engine(UploadDriver):
         raw = take_over(resp)
         try:
             if raw is None:
-                async for chunk in resp.content.iter_chunked(READ_SIZE):
+                async for chunk in resp.content.iter_chunked(self._read_size(live)):
                     take(chunk)
+                    await self._throttle(live, len(chunk))
                 resp.release()
             else:
                 live.raw = raw
-                await self._raw_stream(raw, take, rt)
+                await self._raw_stream(raw, take, rt, live)
                 resp.close()  # the connection is ours now: never back to the pool
             live.resp = None
             return M.BodyEnded()
@@ -760,21 +830,28 @@ class Engine(UploadDriver):
                 live.resp = None
 
     async def _raw_stream(
-        self, raw: RawBody, take: Callable[[bytes | memoryview], None], rt: float
+        self,
+        raw: RawBody,
+        take: Callable[[bytes | memoryview], None],
+        rt: float,
+        live: _Live,
     ) -> None:
         if raw.buffered:
             take(raw.buffered)
+            await self._throttle(live, len(raw.buffered))
             raw.buffered = b""
         loop = asyncio.get_running_loop()
-        buf = memoryview(bytearray(READ_SIZE))
+        size = self._read_size(live)
+        buf = memoryview(bytearray(size))
         left = raw.remaining
         while left > 0:
             async with asyncio.timeout(rt):
-                n = await loop.sock_recv_into(raw.sock, buf[: min(READ_SIZE, left)])
+                n = await loop.sock_recv_into(raw.sock, buf[: min(size, left)])
             if n == 0:
                 raise ConnectionError("body cut short")
             take(buf[:n])
             left -= n
+            await self._throttle(live, n)
 
     async def _watchdog(self, live: _Live) -> None:
         """curl's --speed-limit/--speed-time: idle timeouts alone miss a trickling server."""

@@ -1,4 +1,5 @@
-"""Slots for active transfers: a global limit and a per-host limit, granted in FIFO order."""
+"""Slots for active transfers: a global limit and a per-host limit, granted by priority
+(0 high, 1 normal, 2 low), FIFO within one priority."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Limiter:
         self._active = 0
         self._hosts: dict[str, int] = {}
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
+        self._rank: dict[asyncio.Future[None], int] = {}
 
     def _can(self, host: str) -> bool:
         return self._active < self.total and self._hosts.get(host, 0) < self.per_host
@@ -42,19 +44,27 @@ class Limiter:
             host, fut = item
             if fut.done():
                 self._waiters.remove(item)
+                self._rank.pop(fut, None)
             elif self._can(host):
                 self._waiters.remove(item)
+                self._rank.pop(fut, None)
                 self._take(host)
                 fut.set_result(None)
 
     @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[Slot]:
+    async def slot(self, host: str, priority: int = 1) -> AsyncIterator[Slot]:
         if self._can(host) and not self._waiters:
             self._take(host)
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             item = (host, fut)
-            self._waiters.append(item)
+            # A high-priority task goes ahead of every waiter of lower priority.
+            at = next(
+                (i for i, (_, f) in enumerate(self._waiters) if self._rank.get(f, 1) > priority),
+                len(self._waiters),
+            )
+            self._waiters.insert(at, item)
+            self._rank[fut] = priority
             try:
                 await fut
             except asyncio.CancelledError:
@@ -62,6 +72,7 @@ class Limiter:
                     self._release(host)
                 elif item in self._waiters:
                     self._waiters.remove(item)
+                self._rank.pop(fut, None)
                 raise
         held = Slot(self, host)
         try:

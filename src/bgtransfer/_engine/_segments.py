@@ -281,9 +281,9 @@ class _Driver:
         except aiohttp.ClientError as exc:
             return _Retry(NetworkError(f"request failed: {exc!r}"))
         attempt["status"] = resp.status
-        answer = check_segment_response(
-            resp.status, lower_headers(resp), m.snap.segments[index], m.snap.total
-        )
+        heard = lower_headers(resp)
+        self.engine._heard(url, resp.status, heard)
+        answer = check_segment_response(resp.status, heard, m.snap.segments[index], m.snap.total)
         if answer is SegmentAnswer.USE:
             return resp
         resp.close()
@@ -311,7 +311,7 @@ class _Driver:
         m, live, part = self.m, self.live, self.live.part
         rt = m.spec.request_timeout
         try:
-            async for chunk in resp.content.iter_chunked(READ_SIZE):
+            async for chunk in resp.content.iter_chunked(self.engine._read_size(live)):
                 if m.snap.phase is not Phase.TRANSFERRING:
                     return None  # suspended or cancelled: the driver is being stopped
                 _, pos, end = m.snap.segments[index]
@@ -324,6 +324,8 @@ class _Driver:
                 actions = m.handle(M.SegmentWritten(index, len(data)), now=self.engine.clock())
                 if actions:
                     self.engine._execute_sync(live, actions)
+                # Every connection pays into the same buckets: the cap is the task's.
+                await self.engine._throttle(live, len(data))
                 if pos + len(data) >= end:
                     return None
         except DestinationError as exc:

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
@@ -24,11 +25,13 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._store._jobs import JobsMixin, ensure_scheduling_schema
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history.
@@ -119,6 +122,9 @@ _MIGRATIONS: dict[int, list[str]] = {
     # Segmented downloads keep per-segment offsets in the `response` JSON ("segments"); no
     # DDL, but an older bgtransfer must not read "offset" as a contiguous prefix.
     6: [],
+    # Scheduling: priority and start time on tasks; jobs, job_runs, limits (added by
+    # ensure_scheduling_schema, which every version below 8 runs).
+    7: [],
 }
 
 _COLUMNS = (
@@ -172,7 +178,7 @@ def _spec_from_json(text: str) -> Spec:
     return Spec(**data)
 
 
-class SQLiteStore:
+class SQLiteStore(JobsMixin):
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
@@ -206,6 +212,7 @@ class SQLiteStore:
                 for step in range(version, SCHEMA_VERSION):
                     for stmt in _MIGRATIONS[step]:
                         self._db.execute(stmt)
+            ensure_scheduling_schema(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def transaction(self) -> AbstractContextManager[None]:
@@ -259,10 +266,13 @@ class SQLiteStore:
             row.hook_state,
             int(row.acknowledged),
             _response_json(s),
+            priority_rank(row.spec.priority),
+            row.spec.start_at,
         )
         try:
             self._db.execute(
-                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                f"INSERT INTO tasks ({_COLUMNS}, priority, not_before) "
+                f"VALUES ({', '.join('?' * len(values))})",
                 values,
             )
         except sqlite3.IntegrityError as exc:
@@ -414,17 +424,22 @@ class SQLiteStore:
         finding it, and the pump runs each time a task ends.
         """
         want = limit + len(exclude)
+        # Priority first (0 high .. 2 low), then age; tasks whose start time has not come
+        # wait in the store (the engine sets a timer for the earliest).
+        now = time.time()
         if owner is None:
             cur = self._db.execute(
                 "SELECT id FROM tasks WHERE phase='queued' AND background=? "
-                "ORDER BY created_at, id LIMIT ?",
-                (int(background), want),
+                "AND (not_before IS NULL OR not_before <= ?) "
+                "ORDER BY priority, created_at, id LIMIT ?",
+                (int(background), now, want),
             )
         else:
             cur = self._db.execute(
                 "SELECT id FROM tasks WHERE phase='queued' AND background=? "
-                "AND owner=? ORDER BY created_at, id LIMIT ?",
-                (int(background), owner, want),
+                "AND (not_before IS NULL OR not_before <= ?) "
+                "AND owner=? ORDER BY priority, created_at, id LIMIT ?",
+                (int(background), now, owner, want),
             )
         ids = [i for (i,) in cur.fetchall() if i not in exclude][:limit]
         if not ids:

@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import click
 
-from bgtransfer.cli import _transfer  # noqa: F401 - registers the transfer commands
+from bgtransfer.cli import (
+    _schedule,  # noqa: F401 - registers schedule, jobs, limit
+    _transfer,  # noqa: F401 - registers the transfer commands
+)
 from bgtransfer.cli._app import cli
 
 EXIT_USAGE = 64

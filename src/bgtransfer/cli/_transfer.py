@@ -18,6 +18,7 @@ import click
 from bgtransfer._client import DaemonClient, DaemonUnavailable
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError
 from bgtransfer.cli._app import cli, home_of
+from bgtransfer.cli._options import SUBMIT_EXTRA, scheduling_options
 
 T = TypeVar("T")
 
@@ -255,6 +256,7 @@ def _submit(
         resource_timeout=resource_timeout,
         overwrite=overwrite or None,
         segments=segments,
+        **ctx.meta.get(SUBMIT_EXTRA, {}),
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task
@@ -263,6 +265,7 @@ def _submit(
 @cli.command()
 @click.argument("url")
 @transfer_options
+@scheduling_options
 @click.pass_context
 @_handled
 def get(
@@ -385,6 +388,7 @@ async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> di
 @cli.command()
 @click.argument("url")
 @transfer_options
+@scheduling_options
 @click.pass_context
 @_handled
 def add(
