@@ -131,6 +131,8 @@ def next_run(anchor: float, every: float, now: float, jitter: float) -> float:
         raise ValueError("every must be positive")
     periods = 0 if now < anchor else math.floor((now - anchor) / every) + 1
     nominal = anchor + periods * every
+    if nominal <= now:  # float rounding put the grid point on "now": take the next one
+        nominal = anchor + (periods + 1) * every
     return nominal + job_jitter(every, jitter)
 
 
