@@ -380,6 +380,9 @@ def _upload_body(row: TaskRow) -> dict[str, Any]:
         "retry_wait": spec.retry_wait,
         "max_retry_wait": spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
+        "start_at": spec.start_at,
+        "max_rate": spec.max_rate,
+        "priority": spec.priority,
     }
 
 
@@ -610,6 +613,9 @@ class AsyncSession:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
@@ -635,6 +641,9 @@ class AsyncSession:
             retry_wait=retry_wait,
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
+            start_at=start_at,
+            max_rate=max_rate,
+            priority=priority,
             idempotency_key=uuid.uuid4().hex,
         )
         row = await self._backend_or_raise().submit(row)
@@ -875,6 +884,9 @@ class Session:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -893,6 +905,9 @@ class Session:
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
+                start_at=start_at,
+                max_rate=max_rate,
+                priority=priority,
             )
         )
         return Task(self, inner)

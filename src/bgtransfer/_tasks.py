@@ -319,6 +319,9 @@ UPLOAD_OPTIONS: dict[str, Any] = {
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
+    "start_at": None,
+    "max_rate": None,
+    "priority": "normal",
 }
 
 
@@ -341,9 +344,13 @@ def build_upload_row(
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
+    start_at: object = None,
+    max_rate: object = None,
+    priority: object = "normal",
     idempotency_key: str | None = None,
 ) -> TaskRow:
     """Validate an upload request; the source's size and mtime are recorded now."""
+    sched = check_scheduling(start_at=start_at, max_rate=max_rate, priority=priority)
     from bgtransfer._protocol._upload import PROTOCOLS
     from bgtransfer._protocol._validate import check_method
 
@@ -400,6 +407,7 @@ def build_upload_row(
         form_fields=tuple(fields),
         retry_unsafe=retry_unsafe,
         chunk_size=chunk_size,
+        **sched,
     )
     now = time.time()
     return TaskRow(
@@ -409,7 +417,9 @@ def build_upload_row(
         partial="",
         spec=spec,
         overwrite=False,
-        snap=Snapshot(phase=Phase.QUEUED, detail="queued", total=st.st_size),
+        snap=Snapshot(
+            phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now), total=st.st_size
+        ),
         owner=None,
         background=background,
         created_at=now,

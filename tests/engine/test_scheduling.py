@@ -242,3 +242,40 @@ def test_queued_work_starts_in_priority_order(
         if r.query.get("key", "").startswith(key + "-")
     ]
     assert started == ["block", "high1", "high2", "normal1", "low1", "low2"]
+
+
+def test_a_global_cap_changed_while_a_transfer_runs_takes_effect_at_once(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    set_limit(session, None, 1 * MiB)
+    try:
+        size = 8 * MiB
+        dest = tmp_path / "runtime.bin"
+        task = session.download(server.url(f"/gen/{size}?key={key}"), dest, **FAST)
+        time.sleep(1.0)
+        assert 0 < task.bytes_received < 3 * MiB  # held to about 1 MiB/s so far
+        set_limit(session, None, 64 * MiB)
+        task.wait(timeout=60)
+        assert_ok(task, dest, size)
+        # At 1 MiB/s throughout it would take about 8 s.
+        assert took(task) < 4.0, took(task)
+    finally:
+        set_limit(session, None, None)
+
+
+def test_max_rate_caps_an_upload(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    size = 4 * MiB
+    src = tmp_path / "up.bin"
+    src.write_bytes(gen_bytes(size))
+    t0 = time.monotonic()
+    task = session.upload(src, server.url(f"/upload/{key}"), max_rate="2M", **FAST)
+    task.wait(timeout=60)
+    elapsed = time.monotonic() - t0
+    assert task.error is None, task.error
+    assert server.uploads[key] == gen_bytes(size)
+    (req,) = server.requests(f"/upload/{key}")
+    # 4 MiB at 2 MiB/s: about 2 s (1.9 s after the slack), measured from the request.
+    assert 2.0 * 0.85 <= elapsed <= 2.0 * 1.15 + 0.3, elapsed
+    assert req.time - t0 < 0.5

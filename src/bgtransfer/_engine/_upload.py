@@ -71,6 +71,15 @@ class UploadDriver:
     def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
         raise NotImplementedError
 
+    async def _throttle(self, live: _Live, n: int) -> None:
+        raise NotImplementedError
+
+    def _read_size(self, live: _Live) -> int:
+        raise NotImplementedError
+
+    def _heard(self, url: str, status: int, headers: dict[str, str]) -> None:
+        raise NotImplementedError
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _feed(self, live: _Live, event: Event) -> None:
@@ -112,6 +121,7 @@ class UploadDriver:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
         )
+        self._heard(url, resp.status, lower_headers(resp))
         try:
             body = await resp.content.read(RESPONSE_BODY_CAP)
         finally:
@@ -133,9 +143,11 @@ class UploadDriver:
             left, sent = length, start
             while left > 0:
                 self._check_source(live)
-                piece = f.read(min(STREAM_PIECE, left))
+                piece = f.read(min(STREAM_PIECE, self._read_size(live), left))
                 if not piece:
                     raise _Done(M.Failed(SourceChanged("the source file got shorter")))
+                # Paid before it goes: after the last piece nobody waits for the pause.
+                await self._throttle(live, len(piece))
                 yield piece
                 left -= len(piece)
                 sent += len(piece)
@@ -251,6 +263,8 @@ class UploadDriver:
                             f.seek(offset)
                             chunk = f.read(min(m.spec.chunk_size, size - offset))
                         last = offset + len(chunk) >= size
+                        # One PATCH goes out whole; the pause before it keeps the average.
+                        await self._throttle(live, len(chunk))
                         result = await patch(live, offset, chunk, last)
                     if isinstance(result, FinalResponse):
                         return result
