@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 import bgtransfer
-from bgtransfer.testing import FaultServer
+from bgtransfer.testing import FaultServer, gen_bytes
 
 from .conftest import daemon_pid, kill_daemon, run_cli
 
@@ -215,3 +216,39 @@ def test_cli_start_at_limit_rate_and_priority_reach_the_task(
     time.sleep(0.5)
     assert [x for x in server.requests() if x.query.get("key") == key] == []
     assert run_cli(home, "cancel", task["id"]).returncode == 0
+
+
+def test_a_failing_run_retries_within_its_period_and_says_why(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    url = server.url(f"/gen/1K?status=500&key={key}")
+    with bgtransfer.Session("app", home=home) as s:
+        job = s.schedule(url, tmp_path / "never.bin", every=2, retry_wait=0.1, max_retry_wait=0.2)
+        runs = wait_runs(job, 1)
+        job.cancel()
+    first = runs[0]
+    assert first["outcome"].startswith("failed: resource timeout of 2 s"), first
+    assert first["status"] == 500
+    assert first["finished_at"] - first["started_at"] <= 2.0 + 1.0
+    assert len([r for r in server.requests() if r.query.get("key") == key]) >= 3  # it retried
+    assert not (tmp_path / "never.bin").exists()
+
+
+def test_async_sessions_schedule_too(server: FaultServer, home: Path, tmp_path: Path) -> None:
+    async def go() -> tuple[str, list[dict[str, Any]], int]:
+        async with bgtransfer.AsyncSession("async-app", home=home) as s:
+            job = await s.schedule(server.url("/gen/1K"), tmp_path / "a.bin", every="1h")
+            deadline = time.monotonic() + 30
+            runs = await job.runs()
+            while not (runs and runs[0]["finished_at"]) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+                runs = await job.runs()
+            listed = [j.id for j in await s.jobs()]
+            await job.cancel()
+            return job.id, runs, len(await s.jobs()) + (0 if listed == [job.id] else 100)
+
+    job_id, runs, left = asyncio.run(go())
+    assert runs[0]["outcome"] == "updated"
+    assert left == 0
+    assert (tmp_path / "a.bin").read_bytes() == gen_bytes(1024)
+    assert len(job_id) == 32

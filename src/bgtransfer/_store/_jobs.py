@@ -239,12 +239,13 @@ class JobsMixin:
 
     def next_start(self, *, background: bool, now: float) -> float | None:
         """The earliest ``start_at`` of a queued task that is not due yet."""
-        (t,) = self._db.execute(
-            "SELECT MIN(not_before) FROM tasks WHERE not_before > ? AND phase='queued' "
-            "AND background=?",
+        # Runs on every pump: walk the (small) start-time index from now, never the queue.
+        r = self._db.execute(
+            "SELECT not_before FROM tasks INDEXED BY tasks_not_before WHERE not_before > ? "
+            "AND phase='queued' AND background=? ORDER BY not_before LIMIT 1",
             (now, int(background)),
         ).fetchone()
-        return None if t is None else float(t)
+        return None if r is None else float(r[0])
 
     # -- bandwidth limits ------------------------------------------------------------------
 
