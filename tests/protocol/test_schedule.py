@@ -276,3 +276,13 @@ def test_waiting_says_why_a_queued_task_is_held_and_nothing_else() -> None:
     m.handle(Start(), now=0.0)
     with pytest.raises(InvalidTransition):
         m.handle(Waiting("x"), now=0.0)
+
+
+def test_uncapped_reads_keep_the_engines_read_size() -> None:
+    from bgtransfer._engine import _engine, _pacing
+    from bgtransfer._engine._ratelimit import MIN_READ, read_size_for
+
+    assert _pacing.READ_SIZE == _engine.READ_SIZE
+    assert read_size_for(None, _engine.READ_SIZE) == _engine.READ_SIZE
+    assert read_size_for(64 << 10, _engine.READ_SIZE) == MIN_READ  # small reads under a cap
+    assert read_size_for(4 * MiB, _engine.READ_SIZE) == 4 * MiB // 10

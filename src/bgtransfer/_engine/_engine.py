@@ -36,7 +36,8 @@ from bgtransfer._engine._files import (
 from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
-from bgtransfer._engine._ratelimit import Politeness, RateLimits, read_size_for
+from bgtransfer._engine._pacing import Pacing
+from bgtransfer._engine._ratelimit import Politeness, RateLimits
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
 from bgtransfer._engine._upload import UploadDriver
@@ -54,7 +55,6 @@ from bgtransfer._exceptions import (
 from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._origin import origin_key
-from bgtransfer._protocol._ranges import parse_retry_after
 from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
@@ -93,7 +93,7 @@ class _Live:
     origin: str = ""  # scheme://host:port of the task's URL (limits, cool-downs)
 
 
-class Engine(UploadDriver):
+class Engine(UploadDriver, Pacing):
     def __init__(
         self,
         store: SQLiteStore,
@@ -130,10 +130,7 @@ class Engine(UploadDriver):
     async def start(self) -> None:
         self._commit = Committer(self.store.path)
         if self.background:  # the daemon's caps are set with `bgtransfer limit` and kept
-            glob, origins = self.store.limits()
-            self.rates.set_global(glob)
-            for origin, rate in origins.items():
-                self.rates.set_origin(origin, rate)
+            self._load_limits()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -224,51 +221,6 @@ class Engine(UploadDriver):
                 # pump does not pick it again from a store that still says queued.
                 self._live[row.id] = live
         self._arm_wake()
-
-    def _arm_wake(self) -> None:
-        """Pump again when the earliest start_at of a queued task comes."""
-        wall = time.time()
-        at = self.store.next_start(background=self.background, now=wall)
-        if self._wake is not None:
-            self._wake.cancel()
-            self._wake = None
-        if at is not None:
-            # Capped, so a clock step (suspend, NTP) is noticed within a minute.
-            delay = min(at - wall, 60.0) + 0.01
-            self._wake = asyncio.get_running_loop().call_later(delay, self._pump)
-
-    def set_limit(self, origin: str | None, rate: int | None) -> None:
-        """Change the global cap (``origin=None``) or one origin's; durable, effective now."""
-        self.store.set_limit(origin, rate)
-        if origin is None:
-            self.rates.set_global(rate)
-        else:
-            self.rates.set_origin(origin, rate)
-
-    async def _throttle(self, live: _Live, n: int) -> None:
-        spec = live.machine.spec
-        if self.rates.limited(spec.max_rate, live.origin):
-            await self.rates.throttle(live.row.id, spec.max_rate, live.origin, n)
-
-    def _read_size(self, live: _Live) -> int:
-        return read_size_for(self.rates.cap(live.machine.spec.max_rate, live.origin), READ_SIZE)
-
-    def _heard(self, url: str, status: int, headers: dict[str, str]) -> None:
-        """Every answer feeds the origin's cool-down rule (429/503 + Retry-After)."""
-        retry_after = parse_retry_after(headers.get("retry-after"), time.time())
-        self.polite.on_response(origin_key(url), status, retry_after)
-
-    async def _cool_down(self, live: _Live) -> None:
-        """No new request to an origin that asked to wait; ``ls`` says until when."""
-        m = live.machine
-        for _ in range(1000):  # each pass waits; an origin may extend its wait
-            wait = self.polite.wait_needed(live.origin)
-            if wait <= 0 or _phase(m) is not Phase.QUEUED:
-                return
-            detail = self.polite.detail(live.origin, wait)
-            if m.snap.detail != detail:
-                self._apply_now(live, M.Waiting(detail))
-            await asyncio.sleep(wait)
 
     def recover(self, session: str) -> None:
         """Mark tasks whose owner process died as interrupted (SUSPENDED), fix their files."""

@@ -71,14 +71,13 @@ class UploadDriver:
     def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
         raise NotImplementedError
 
-    async def _throttle(self, live: _Live, n: int) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # from the Pacing mixin: declared here, never shadowed at run time
 
-    def _read_size(self, live: _Live) -> int:
-        raise NotImplementedError
+        async def _throttle(self, live: _Live, n: int) -> None: ...
 
-    def _heard(self, url: str, status: int, headers: dict[str, str]) -> None:
-        raise NotImplementedError
+        def _read_size(self, live: _Live) -> int: ...
+
+        def _heard(self, url: str, status: int, headers: dict[str, str]) -> None: ...
 
     # -- plumbing ----------------------------------------------------------------------------
 
