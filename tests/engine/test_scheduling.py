@@ -279,3 +279,28 @@ def test_max_rate_caps_an_upload(
     # 4 MiB at 2 MiB/s: about 2 s (1.9 s after the slack), measured from the request.
     assert 2.0 * 0.85 <= elapsed <= 2.0 * 1.15 + 0.3, elapsed
     assert req.time - t0 < 0.5
+
+
+def test_a_resume_by_a_person_overrides_the_cool_down_for_that_task_only(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    first = session.download(
+        server.url(f"/gen/1K?status=503&retry_after=30&times=1&key={key}a"),
+        tmp_path / "a.bin",
+        **FAST,
+    )
+    deadline = time.monotonic() + 20
+    while "retrying in 30.0 s" not in first.detail and time.monotonic() < deadline:
+        time.sleep(0.02)
+    second = session.download(server.url(f"/gen/1K?key={key}b"), tmp_path / "b.bin", **FAST)
+    while not second.detail.startswith("origin asked") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert second.detail.startswith("origin asked to wait until"), second.detail
+    first.suspend()
+    first.resume()
+    first.wait(timeout=20)
+    assert_ok(first, tmp_path / "a.bin", 1024)
+    assert second.state is TaskState.RUNNING
+    assert second.detail.startswith("origin asked to wait until")
+    assert by_key(server, key + "b") == []
+    second.cancel()

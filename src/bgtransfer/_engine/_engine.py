@@ -276,6 +276,7 @@ class Engine(UploadDriver, Pacing):
         live = self._adopt(task_id)
         if live.machine.snap.phase is Phase.SUSPENDED:
             self._reconcile(live)
+            self.polite.exempt.add(task_id)  # a person's resume overrides a cool-down
         await self._control(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
 
     async def cancel(self, task_id: str) -> None:

@@ -82,6 +82,9 @@ class Pacing:
     async def _cool_down(self, live: _Live) -> None:
         """No new request to an origin that asked to wait; ``ls`` says until when."""
         m = live.machine
+        if live.row.id in self.polite.exempt:
+            self.polite.exempt.discard(live.row.id)
+            return
         for _ in range(1000):  # each pass waits; an origin may extend its wait
             wait = self.polite.wait_needed(live.origin)
             if wait <= 0 or m.snap.phase is not Phase.QUEUED:

@@ -103,6 +103,9 @@ class Politeness:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.rules = CoolDowns()
+        # Tasks a person resumed: their next attempt goes at once (as it did before
+        # cool-downs existed); every other task still waits.
+        self.exempt: set[str] = set()
 
     def on_response(self, origin: str, status: int, retry_after: float | None) -> None:
         self.rules.on_response(origin, status, retry_after, self.clock())
