@@ -246,6 +246,11 @@ def test_async_sessions_schedule_too(server: FaultServer, home: Path, tmp_path: 
                 await asyncio.sleep(0.1)
                 runs = await job.runs()
             listed = [j.id for j in await s.jobs()]
+            # The run's completion is in the session's event log like any task's.
+            async with asyncio.timeout(20):
+                async for ev in s.events():
+                    if ev.task_id == runs[0]["task_id"] and ev.state.value == "completed":
+                        break
             await job.cancel()
             return job.id, runs, len(await s.jobs()) + (0 if listed == [job.id] else 100)
 
