@@ -304,3 +304,30 @@ def test_a_resume_by_a_person_overrides_the_cool_down_for_that_task_only(
     assert second.detail.startswith("origin asked to wait until")
     assert by_key(server, key + "b") == []
     second.cancel()
+
+
+def test_new_segment_connections_wait_out_a_cool_down_that_began_mid_task(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    size = 4 * MiB
+    dest = tmp_path / "segcool.bin"
+    url = server.url(f"/gen/{size}?stall_headers=1&times=1&key={key}")
+    task = session.download(url, dest, segments=4, **FAST)
+    deadline = time.monotonic() + 20
+    while not by_key(server, key) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine = session._async._engine_or_raise()
+
+    async def told_to_wait() -> float:  # as if another task just got "503, Retry-After: 2"
+        engine.polite.on_response(origin_key(url), 503, 2.0)
+        return time.monotonic()
+
+    since = session._call(told_to_wait())
+    task.wait(timeout=60)
+    assert_ok(task, dest, size)
+    first, *others = by_key(server, key)
+    assert first.range is None
+    assert others, "the download never opened a second connection"
+    # The first answer came after 1 s, inside the cool-down; the segments' own requests
+    # waited for its end.
+    assert min(r.time for r in others) - since >= 2.0 - 0.05

@@ -286,3 +286,9 @@ def test_uncapped_reads_keep_the_engines_read_size() -> None:
     assert read_size_for(None, _engine.READ_SIZE) == _engine.READ_SIZE
     assert read_size_for(64 << 10, _engine.READ_SIZE) == MIN_READ  # small reads under a cap
     assert read_size_for(4 * MiB, _engine.READ_SIZE) == 4 * MiB // 10
+
+
+def test_an_endless_retry_after_does_not_shut_the_origin_forever() -> None:
+    c = CoolDowns()
+    assert c.on_response("http://a:80", 503, float("inf"), 10.0) == 10.0 + 3600.0
+    assert c.on_response("http://b:80", 429, 10 * 86400.0, 10.0) == 10.0 + 3600.0

@@ -263,6 +263,12 @@ class _Driver:
     ) -> aiohttp.ClientResponse | M.Event | _Retry:
         http, m = self.engine._http, self.m
         assert http is not None
+        # A new connection is a new request: it waits out the origin's cool-down too.
+        for _ in range(100):
+            wait = self.engine.polite.wait_needed(self.live.origin)
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
         url, headers = m.segment_request(index)
         rt = m.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)

@@ -141,6 +141,9 @@ def next_run(anchor: float, every: float, now: float, jitter: float) -> float:
 # 429 without a Retry-After: the origin's own backoff, doubling per 429 in a row.
 COOL_BASE = 1.0
 COOL_CAP = 300.0
+# The longest an origin is shut for all tasks on its word: a Retry-After of a week (or an
+# unparsably large one, read as infinite) fails the task that got it, not the origin forever.
+MAX_ORIGIN_WAIT = 3600.0
 
 
 @dataclass(slots=True)
@@ -160,6 +163,7 @@ class CoolDowns:
       server that keeps saying "slow down" gets an ever slower client.
     * A 503 without Retry-After is one task's transient failure: the task retries alone.
     * Any other answer from the origin clears its strikes.
+    * No origin is shut for longer than ``MAX_ORIGIN_WAIT`` at a time.
 
     Times are the caller's clock (monotonic); the engine converts for display.
     """
@@ -185,7 +189,7 @@ class CoolDowns:
             wait = backoff if wait is None else max(wait, backoff)
         if wait is None:
             return None
-        until = now + wait
+        until = now + min(wait, MAX_ORIGIN_WAIT)
         if until > o.until:
             o.until = until
             o.reason = f"{status}"
