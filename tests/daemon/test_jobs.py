@@ -219,6 +219,16 @@ def test_cli_start_at_limit_rate_and_priority_reach_the_task(
     assert [x for x in server.requests() if x.query.get("key") == key] == []
     assert run_cli(home, "cancel", task["id"]).returncode == 0
 
+    src = tmp_path / "up.bin"
+    src.write_bytes(b"x" * 1000)
+    r = run_cli(
+        home, "put", str(src), server.url(f"/upload/{key}"), "--limit-rate", "1M",
+        "--priority", "low", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    up = json.loads(r.stdout)
+    assert (up["max_rate"], up["priority"], up["error"]) == (1 << 20, "low", None)
+
 
 def test_a_failing_run_retries_within_its_period_and_says_why(
     server: FaultServer, home: Path, tmp_path: Path, key: str

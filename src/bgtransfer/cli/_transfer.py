@@ -653,6 +653,7 @@ def serve_test(args: tuple[str, ...]) -> int:
 @click.option("--resource-timeout", type=float, default=None)
 @click.option("--session", default=DEFAULT_SESSION, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@scheduling_options
 @click.pass_context
 @_handled
 def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
@@ -691,6 +692,7 @@ def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
     ):
         if seconds is not None:
             body[key] = seconds
+    body.update(ctx.meta.get(SUBMIT_EXTRA, {}))
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
