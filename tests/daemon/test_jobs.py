@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 import bgtransfer
+from bgtransfer._protocol._origin import origin_key
 from bgtransfer.testing import FaultServer, gen_bytes
 
 from .conftest import daemon_pid, kill_daemon, run_cli
@@ -269,3 +270,29 @@ def test_async_sessions_schedule_too(server: FaultServer, home: Path, tmp_path: 
     assert left == 0
     assert (tmp_path / "a.bin").read_bytes() == gen_bytes(1024)
     assert len(job_id) == 32
+
+
+def test_an_origin_cool_down_survives_a_daemon_sigkill(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    with bgtransfer.Session("app", home=home) as s:
+        first = s.download(
+            server.url(f"/gen/1K?status=429&retry_after=6&times=1&key={key}a"),
+            tmp_path / "a.bin",
+        )
+        deadline = time.monotonic() + 20
+        while not [r for r in server.requests() if r.query.get("key") == key + "a"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        (told,) = [r for r in server.requests() if r.query.get("key") == key + "a"]
+        time.sleep(0.3)  # the cool-down is committed right after the answer
+    assert kill_daemon(home) is not None
+    with bgtransfer.Session("app", home=home) as s:
+        second = s.download(server.url(f"/gen/1K?key={key}b"), tmp_path / "b.bin")
+        r = run_cli(home, "limit", "--json")
+        assert origin_key(server.base_url) in json.loads(r.stdout)["cooling"]
+        second.wait(timeout=30)
+        s.task(first.id).wait(timeout=30)
+    assert second.error is None
+    (asked,) = [r for r in server.requests() if r.query.get("key") == key + "b"]
+    assert asked.time - told.time >= 6.0 - 0.05

@@ -292,3 +292,13 @@ def test_an_endless_retry_after_does_not_shut_the_origin_forever() -> None:
     c = CoolDowns()
     assert c.on_response("http://a:80", 503, float("inf"), 10.0) == 10.0 + 3600.0
     assert c.on_response("http://b:80", 429, 10 * 86400.0, 10.0) == 10.0 + 3600.0
+
+
+def test_a_restored_cool_down_holds_and_never_shortens_a_longer_one() -> None:
+    c = CoolDowns()
+    c.restore("http://a:80", 50.0, "429")
+    assert c.not_before("http://a:80", 10.0) == 50.0
+    assert c.reason("http://a:80") == "429"
+    c.on_response("http://b:80", 503, 100.0, 0.0)
+    c.restore("http://b:80", 20.0, "503")
+    assert c.not_before("http://b:80", 10.0) == 100.0

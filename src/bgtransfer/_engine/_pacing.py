@@ -41,10 +41,14 @@ class Pacing:
         def _apply_now(self, live: _Live, event: M.Event) -> None: ...
 
     def _load_limits(self) -> None:
+        """Daemon start: the caps set with ``bgtransfer limit`` and the origins that asked
+        to wait before the restart (a SIGKILL must not let every task hit them at once)."""
         glob, origins = self.store.limits()
         self.rates.set_global(glob)
         for origin, rate in origins.items():
             self.rates.set_origin(origin, rate)
+        for origin, until, reason in self.store.cooldowns(time.time()):
+            self.polite.restore(origin, until, reason)
 
     def _arm_wake(self) -> None:
         """Pump again when the earliest start_at of a queued task comes."""
@@ -77,7 +81,13 @@ class Pacing:
     def _heard(self, url: str, status: int, headers: dict[str, str]) -> None:
         """Every answer feeds the origin's cool-down rule (429/503 + Retry-After)."""
         retry_after = parse_retry_after(headers.get("retry-after"), time.time())
-        self.polite.on_response(origin_key(url), status, retry_after)
+        origin = origin_key(url)
+        until = self.polite.on_response(origin, status, retry_after)
+        if until is not None and self.background:
+            # Rare (a 429/503): a direct commit, so a restarted daemon keeps waiting.
+            self.store.save_cooldown(
+                origin, until, self.polite.rules.reason(origin), now=time.time()
+            )
 
     async def _cool_down(self, live: _Live) -> None:
         """No new request to an origin that asked to wait; ``ls`` says until when."""

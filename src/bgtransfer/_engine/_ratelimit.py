@@ -107,8 +107,16 @@ class Politeness:
         # cool-downs existed); every other task still waits.
         self.exempt: set[str] = set()
 
-    def on_response(self, origin: str, status: int, retry_after: float | None) -> None:
-        self.rules.on_response(origin, status, retry_after, self.clock())
+    def on_response(self, origin: str, status: int, retry_after: float | None) -> float | None:
+        """Record an answer; returns the wall time the origin may be asked again when this
+        answer started or extended a cool-down."""
+        now = self.clock()
+        until = self.rules.on_response(origin, status, retry_after, now)
+        return None if until is None else time.time() + (until - now)
+
+    def restore(self, origin: str, wall_until: float, reason: str) -> None:
+        now = self.clock()
+        self.rules.restore(origin, now + (wall_until - time.time()), reason)
 
     def wait_needed(self, origin: str) -> float:
         """Seconds until the origin may be asked again (0.0: now)."""

@@ -205,3 +205,9 @@ class CoolDowns:
     def reason(self, origin: str) -> str:
         o = self.origins.get(origin)
         return "" if o is None else o.reason
+
+    def restore(self, origin: str, until: float, reason: str) -> None:
+        """A cool-down remembered from before a restart (no strikes: those were in memory)."""
+        o = self.origins.setdefault(origin, _Origin())
+        if until > o.until:
+            o.until, o.reason = until, reason

@@ -53,6 +53,9 @@ SCHEDULING_DDL = [
 )""",
     "CREATE INDEX IF NOT EXISTS job_runs_task ON job_runs(task_id)",
     "CREATE TABLE IF NOT EXISTS limits (origin TEXT PRIMARY KEY, rate INTEGER NOT NULL)",
+    # Origins that asked to wait (wall clock), so a restarted daemon keeps waiting.
+    "CREATE TABLE IF NOT EXISTS cooldowns (origin TEXT PRIMARY KEY, until REAL NOT NULL, "
+    "reason TEXT NOT NULL)",
 ]
 
 
@@ -246,6 +249,23 @@ class JobsMixin:
             (now, int(background)),
         ).fetchone()
         return None if r is None else float(r[0])
+
+    # -- origin cool-downs -----------------------------------------------------------------
+
+    def save_cooldown(self, origin: str, until: float, reason: str, *, now: float) -> None:
+        with self._tx():
+            self._db.execute("DELETE FROM cooldowns WHERE until <= ?", (now,))
+            self._db.execute(
+                "INSERT INTO cooldowns (origin, until, reason) VALUES (?, ?, ?) "
+                "ON CONFLICT(origin) DO UPDATE SET until=excluded.until, reason=excluded.reason",
+                (origin, until, reason),
+            )
+
+    def cooldowns(self, now: float) -> list[tuple[str, float, str]]:
+        cur = self._db.execute(
+            "SELECT origin, until, reason FROM cooldowns WHERE until > ?", (now,)
+        )
+        return [(str(o), float(u), str(r)) for o, u, r in cur.fetchall()]
 
     # -- bandwidth limits ------------------------------------------------------------------
 
