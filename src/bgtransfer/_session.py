@@ -356,6 +356,8 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "start_at": row.spec.start_at,
         "max_rate": row.spec.max_rate,
         "priority": row.spec.priority,
+        # The finished file's mode follows the caller's umask, not the daemon's.
+        "umask": row.spec.umask,
     }
 
 

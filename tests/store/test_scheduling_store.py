@@ -1,4 +1,4 @@
-"""Store v8: queue order by priority, start times, jobs and runs, limits, migration from v7."""
+"""Store v9: queue order by priority, start times, jobs and runs, limits, migration from v8."""
 
 from __future__ import annotations
 
@@ -78,8 +78,8 @@ def test_limits_round_trip(tmp_path: Path) -> None:
         store.close()
 
 
-def test_a_version_7_store_is_migrated(tmp_path: Path) -> None:
-    path = tmp_path / "v7.db"
+def test_a_version_8_store_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "v8.db"
     store = SQLiteStore(str(path))
     row = build_row("s", "http://h/f", tmp_path / "f", background=True)
     store.insert(row)
@@ -93,14 +93,14 @@ def test_a_version_7_store_is_migrated(tmp_path: Path) -> None:
         "DROP TABLE jobs",
         "DROP TABLE job_runs",
         "DROP TABLE limits",
-        "PRAGMA user_version=7",
+        "PRAGMA user_version=8",
     ):
         con.execute(stmt)
     con.commit()
     con.close()
     store = SQLiteStore(str(path))
     try:
-        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 8
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 9
         cols = {r[1] for r in store._db.execute("PRAGMA table_info(tasks)")}
         assert {"priority", "not_before"} <= cols
         # The old task is normal priority and due now.

@@ -71,6 +71,15 @@ class UploadDriver:
     def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
         raise NotImplementedError
 
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _end_attempt(self, live: _Live) -> None:
+        raise NotImplementedError
+
+    def _save_attempts(self, live: _Live) -> None:
+        raise NotImplementedError
+
     if TYPE_CHECKING:  # from the Pacing mixin: declared here, never shadowed at run time
 
         async def _throttle(self, live: _Live, n: int) -> None: ...
@@ -120,6 +129,8 @@ class UploadDriver:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
         )
+        if live.attempt is not None:
+            live.attempt["status"] = resp.status  # the history shows the last answer
         self._heard(url, resp.status, lower_headers(resp))
         try:
             body = await resp.content.read(RESPONSE_BODY_CAP)
@@ -162,6 +173,9 @@ class UploadDriver:
             self._execute_sync(live, actions)
             return
         deadline = asyncio.timeout(max(m.time_left(self.clock()), 0.0))
+        # One history row per attempt (its requests: creation, offset queries, chunks).
+        start = m.snap.offset
+        live.attempt = self.open_attempt(live, m.snap.upload_url or m.spec.url, start)
         event: Event | None
         try:
             async with deadline:
@@ -174,8 +188,15 @@ class UploadDriver:
             event = M.TransportFailed(
                 TransferTimeout(f"resource timeout of {m.spec.resource_timeout:g} s reached")
             )
+        after: list[M.Action] = []
         if event is not None and m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING):
-            self._execute_sync(live, m.handle(event, now=self.clock()))  # type: ignore[arg-type]
+            after = m.handle(event, now=self.clock())  # type: ignore[arg-type]
+        if live.attempt is not None:
+            live.attempt["bytes"] = max(0, m.snap.offset - start)
+            self._end_attempt(live)  # before the actions: their commit carries it
+        self._execute_sync(live, after)
+        if not any(isinstance(a, M.Persist) for a in after):
+            self._save_attempts(live)  # the machine decided earlier: no snapshot carries it
 
     async def _exchange(self, live: _Live) -> Event:
         spec = live.machine.spec

@@ -145,6 +145,9 @@ class Spec:
     priority: str = "normal"
     # A run of a background fetch job: its 304 is a success ("not modified"), file untouched.
     job_id: str | None = None
+    # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
+    # None: the umask of the process that runs the engine.
+    umask: int | None = None
 
 
 @dataclass(slots=True)
@@ -175,6 +178,10 @@ class Snapshot:
     # unchanged, bytes written after the snapshot are still in the page cache after a crash
     # of the process, and resume may keep them.
     boot_id: str | None = None
+    # Who the partial file is (set by the engine): the directory's (device, inode), then the
+    # file's (device, inode, owner) once created. A reopen that finds anything else discards
+    # it rather than adopt it; empty: nothing recorded yet.
+    partial_id: tuple[int, ...] = ()
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from bgtransfer._store._base import TaskRow
 
 __all__ = ["SCHEDULING_DDL", "JobRow", "JobsMixin", "ensure_scheduling_schema"]
 
-# Schema version 8: queue order and start times on tasks, plus three tables.
+# Schema version 9: queue order and start times on tasks, plus three tables.
 _TASK_COLUMNS = {
     "priority": "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 1",
     "not_before": "ALTER TABLE tasks ADD COLUMN not_before REAL",
@@ -60,7 +60,7 @@ SCHEDULING_DDL = [
 
 
 def ensure_scheduling_schema(db: sqlite3.Connection) -> None:
-    """Add what schema 8 has (idempotent: a store may have part of it already)."""
+    """Add what schema 9 has (idempotent: a store may have part of it already)."""
     have = {r[1] for r in db.execute("PRAGMA table_info(tasks)")}
     for column, stmt in _TASK_COLUMNS.items():
         if column not in have:
