@@ -93,6 +93,7 @@ def test_a_version_8_store_is_migrated(tmp_path: Path) -> None:
         "DROP TABLE jobs",
         "DROP TABLE job_runs",
         "DROP TABLE limits",
+        "DROP TABLE cooldowns",
         "PRAGMA user_version=8",
     ):
         con.execute(stmt)
