@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 import click
 
-from bgtransfer.cli import (
-    _schedule,  # noqa: F401 - registers schedule, jobs, limit
-    _transfer,  # noqa: F401 - registers the transfer commands
+from bgtransfer.cli import (  # noqa: F401 - registers the commands
+    _remove,
+    _schedule,
+    _transfer,
 )
 from bgtransfer.cli._app import cli
 
@@ -20,7 +21,11 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="bgtransfer",  # also under `python -m bgtransfer`
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:

@@ -459,7 +459,7 @@ class HttpRequest:
                         and self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED
                     ):
                         self._status = status
-                        self._response_headers = task.response_headers
+                        self._response_headers = list(task.response_headers.items())
                         self._advance(constants.HTTP_READY_STATE_HEADERS_RECEIVED)
                     if task.bytes_received > 0 and status is not None:
                         self._advance(constants.HTTP_READY_STATE_LOADING)
@@ -475,7 +475,7 @@ class HttpRequest:
         err = task.error
         if task.response_status and (err is None or isinstance(err, bgtransfer.HTTPStatusError)):
             self._status = task.response_status
-            self._response_headers = task.response_headers
+            self._response_headers = list(task.response_headers.items())
             self._advance(constants.HTTP_READY_STATE_DONE)
         else:
             # XHR's "request error steps": a network error, a timeout or a cancel goes
