@@ -28,13 +28,30 @@ def _every(text: str) -> float:
 
 @cli.command()
 @click.argument("url")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), required=True)
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="The file each run keeps up to date.",
+)
 @click.option("--every", required=True, help="Period: 90s, 15m, 1h, 1d (at least 1 s).")
 @click.option("--start-at", "start_at", type=WHEN, default=None, help="First run (default now).")
 @click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeat).")
 @click.option("--limit-rate", "limit_rate", type=RATE, default=None, help="Cap each run.")
-@click.option("--priority", type=click.Choice(list(PRIORITIES)), default=None)
-@click.option("--session", default=DEFAULT_SESSION, show_default=True)
+@click.option(
+    "--priority",
+    type=click.Choice(list(PRIORITIES)),
+    default=None,
+    help="Queue order of each run: high, normal (default) or low.",
+)
+@click.option(
+    "--session",
+    default=DEFAULT_SESSION,
+    show_default=True,
+    help="Session identifier the job and its runs belong to.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The job as JSON on stdout.")
 @click.pass_context
 @_handled
