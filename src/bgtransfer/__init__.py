@@ -23,6 +23,7 @@ from bgtransfer._exceptions import (
     TransferTimeout,
     UnsafeHome,
 )
+from bgtransfer._jobs_api import AsyncJob, Job
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
 
@@ -39,6 +40,7 @@ def _version() -> str:
 __version__ = _version()
 
 __all__ = [
+    "AsyncJob",
     "AsyncSession",
     "AsyncTask",
     "Cancelled",
@@ -52,6 +54,7 @@ __all__ = [
     "IntegrityError",
     "InvalidRequest",
     "InvalidTransition",
+    "Job",
     "NetworkError",
     "ReadError",
     "RedirectError",

@@ -34,6 +34,7 @@ from bgtransfer._exceptions import (
     TransferError,
     error_from_dict,
 )
+from bgtransfer._jobs_api import AsyncJob, Job, list_jobs, schedule_job
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._store._base import StoredEvent, TaskRow
@@ -575,6 +576,9 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "segments": row.spec.segments,
         "max_bytes": row.spec.max_bytes,
         "metadata": row.metadata,
+        "start_at": row.spec.start_at,
+        "max_rate": row.spec.max_rate,
+        "priority": row.spec.priority,
         # The finished file's mode follows the caller's umask, not the daemon's.
         "umask": row.spec.umask,
     }
@@ -603,6 +607,9 @@ def _upload_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "metadata": row.metadata,
+        "start_at": spec.start_at,
+        "max_rate": spec.max_rate,
+        "priority": spec.priority,
     }
 
 
@@ -832,11 +839,17 @@ class AsyncSession:
         max_bytes: int | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
         ``segments=N`` (1-16) downloads over up to N connections at once when the server
         allows ranges of one fixed version (aria2c -s N); otherwise one connection is used.
+        ``start_at`` (seconds since the epoch): no request before then. ``max_rate``: at
+        most that many bytes per second (or curl's "4M"). ``priority``: "high", "normal" or
+        "low"; queued work starts in that order.
 
         ``idempotency_key``: a second submit with the same key in this session returns the
         task of the first, whatever its state (even finished, with its file in place); the
@@ -867,6 +880,9 @@ class AsyncSession:
                 on_complete=on_complete,
                 segments=segments,
                 max_bytes=max_bytes,
+                start_at=start_at,
+                max_rate=max_rate,
+                priority=priority,
                 idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
                 metadata=metadata,
                 check_exists=idempotency_key is None,
@@ -951,6 +967,9 @@ class AsyncSession:
         on_complete: Sequence[str] | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
@@ -980,6 +999,9 @@ class AsyncSession:
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
+                start_at=start_at,
+                max_rate=max_rate,
+                priority=priority,
                 idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
                 metadata=metadata,
             )
@@ -1109,6 +1131,19 @@ class AsyncSession:
                 yield AsyncTask(self, row)
         finally:
             await source.aclose()  # type: ignore[attr-defined]
+
+    async def schedule(
+        self, url: str, path: str | os.PathLike[str], *, every: float | str,
+        start_at: float | None = None, **options: Any,
+    ) -> AsyncJob:  # fmt: skip
+        """A background fetch job: the daemon fetches ``url`` into ``path`` every ``every``
+        (seconds, or "15m", "1h") with a conditional GET, from ``start_at`` or now. Options
+        are :meth:`download`'s: headers, on_complete, max_rate, priority, timeouts."""
+        return await schedule_job(self, url, path, every=every, start_at=start_at, **options)
+
+    async def jobs(self) -> list[AsyncJob]:
+        """This session's background fetch jobs."""
+        return await list_jobs(self)
 
 
 class _LoopThread:
@@ -1252,6 +1287,9 @@ class Session:
         max_bytes: int | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -1274,6 +1312,9 @@ class Session:
                 max_bytes=max_bytes,
                 idempotency_key=idempotency_key,
                 metadata=metadata,
+                start_at=start_at,
+                max_rate=max_rate,
+                priority=priority,
             )
         )
         return Task(self, inner)
@@ -1303,6 +1344,9 @@ class Session:
         on_complete: Sequence[str] | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
+        start_at: float | None = None,
+        max_rate: int | str | None = None,
+        priority: str = "normal",
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -1324,6 +1368,9 @@ class Session:
                 on_complete=on_complete,
                 idempotency_key=idempotency_key,
                 metadata=metadata,
+                start_at=start_at,
+                max_rate=max_rate,
+                priority=priority,
             )
         )
         return Task(self, inner)
@@ -1374,6 +1421,18 @@ class Session:
 
     def task(self, task_id: str) -> Task:
         return Task(self, self._call(self._async.task(task_id)))
+
+    def schedule(
+        self, url: str, path: str | os.PathLike[str], *, every: float | str,
+        start_at: float | None = None, **options: Any,
+    ) -> Job:  # fmt: skip
+        """See :meth:`AsyncSession.schedule`."""
+        job = self._async.schedule(url, path, every=every, start_at=start_at, **options)
+        inner = self._call(job)
+        return Job(self, inner)
+
+    def jobs(self) -> list[Job]:
+        return [Job(self, j) for j in self._call(self._async.jobs())]
 
     def remove(self, *tasks: Task | str) -> None:
         """Forget finished tasks (objects or ids) of this session; their files stay.

@@ -27,6 +27,7 @@ from bgtransfer._protocol._validate import (
     check_url,
 )
 from bgtransfer._redact import redact
+from bgtransfer._scheduling import check_scheduling, queued_detail
 from bgtransfer._store._base import TaskRow
 
 __all__ = [
@@ -135,6 +136,9 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "segments": 1,
     "max_bytes": None,
     "metadata": None,
+    "start_at": None,
+    "max_rate": None,
+    "priority": "normal",
 }
 
 
@@ -215,6 +219,10 @@ def build_row(
     idempotency_key: object = None,
     metadata: object = None,
     check_exists: bool = True,
+    start_at: object = None,
+    max_rate: object = None,
+    priority: object = "normal",
+    job_id: str | None = None,
     umask: object = None,
 ) -> TaskRow:
     """Validate everything the caller gave; InvalidRequest names the first bad value.
@@ -224,6 +232,7 @@ def build_row(
     submitting process's (the finished file gets ``0666 & ~umask``); None takes this
     process's.
     """
+    sched = check_scheduling(start_at=start_at, max_rate=max_rate, priority=priority)
     check_url(url)
     key = check_key(idempotency_key)
     meta = check_metadata(metadata)
@@ -265,6 +274,8 @@ def build_row(
         low_speed_time=lst,
         segments=segments,
         max_bytes=max_bytes,
+        job_id=job_id,
+        **sched,
         umask=umask,
         **common,
     )
@@ -276,7 +287,7 @@ def build_row(
         partial=partial_path(target, task_id),
         spec=spec,
         overwrite=overwrite,
-        snap=Snapshot(phase=Phase.QUEUED, detail="queued"),
+        snap=Snapshot(phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now)),
         owner=None,
         background=background,
         created_at=now,
@@ -308,6 +319,10 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "attempts": r.snap.attempts,
         "segments": r.spec.segments,
         "max_bytes": r.spec.max_bytes,
+        "priority": r.spec.priority,
+        "start_at": r.spec.start_at,
+        "max_rate": r.spec.max_rate,
+        "job": r.spec.job_id,
         "background": r.background,
         "acknowledged": r.acknowledged,
         "created_at": r.created_at,
@@ -420,6 +435,9 @@ UPLOAD_OPTIONS: dict[str, Any] = {
     "max_retry_wait": 120.0,
     "on_complete": None,
     "metadata": None,
+    "start_at": None,
+    "max_rate": None,
+    "priority": "normal",
 }
 
 
@@ -445,10 +463,14 @@ def build_upload_row(
     on_complete: object = None,
     idempotency_key: object = None,
     metadata: object = None,
+    start_at: object = None,
+    max_rate: object = None,
+    priority: object = "normal",
 ) -> TaskRow:
     """Validate an upload request; the source's size and mtime are recorded now."""
     key = check_key(idempotency_key)
     meta = check_metadata(metadata)
+    sched = check_scheduling(start_at=start_at, max_rate=max_rate, priority=priority)
     from bgtransfer._protocol._upload import PROTOCOLS
     from bgtransfer._protocol._validate import check_method
 
@@ -506,6 +528,7 @@ def build_upload_row(
         form_fields=tuple(fields),
         retry_unsafe=retry_unsafe,
         chunk_size=chunk_size,
+        **sched,
     )
     now = time.time()
     return TaskRow(
@@ -515,7 +538,9 @@ def build_upload_row(
         partial="",
         spec=spec,
         overwrite=False,
-        snap=Snapshot(phase=Phase.QUEUED, detail="queued", total=st.st_size),
+        snap=Snapshot(
+            phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now), total=st.st_size
+        ),
         owner=None,
         background=background,
         created_at=now,

@@ -47,6 +47,7 @@ from bgtransfer import __version__
 from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._daemon._lock import clear_stopped, mark_stopped, take_lock
 from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._daemon._scheduling import add_routes as add_scheduling_routes
 from bgtransfer._daemon._stream import (
     REPLAY_LIMIT,
     EventLines,
@@ -66,6 +67,7 @@ from bgtransfer._daemon._wire import (
 )
 from bgtransfer._engine import _forget as forget
 from bgtransfer._engine._engine import Engine
+from bgtransfer._engine._jobs import JobRunner
 from bgtransfer._exceptions import (
     DaemonStopped,
     DestinationError,
@@ -176,6 +178,7 @@ class Daemon:
         self._hooks: set[asyncio.Task[None]] = set()
         self.hook_timeout = float(_env_int("BGTRANSFER_HOOK_TIMEOUT", int(HOOK_TIMEOUT)))
         self.event_queue = _env_int("BGTRANSFER_EVENT_QUEUE", EVENT_QUEUE)
+        self.jobs = JobRunner(self.engine)
 
     # -- every request ---------------------------------------------------------------------
 
@@ -209,6 +212,7 @@ class Daemon:
     # -- hooks -----------------------------------------------------------------------------
 
     def _on_finished(self, row: TaskRow) -> None:
+        self.jobs.finished(row)
         if row.on_complete and row.hook_state == "pending":
             task = asyncio.get_running_loop().create_task(self._run_hook(row))
             self._hooks.add(task)
@@ -548,6 +552,7 @@ class Daemon:
         app.router.add_post("/v1/tasks/{id}/{verb}", self.control)
         app.router.add_get("/v1/events", self.events)
         app.router.add_post("/v1/shutdown", self.shutdown)
+        add_scheduling_routes(app, self)
         return app
 
     async def _watch(self, watch: HomeWatch) -> None:
@@ -571,6 +576,7 @@ class Daemon:
             await self.engine.flush()
             for row in self.store.pending_hooks():
                 self._on_finished(row)
+            self.jobs.start()
             runner = web.AppRunner(
                 self.app(),
                 handle_signals=False,
@@ -596,6 +602,7 @@ class Daemon:
             t0 = time.monotonic()
             if watcher is not None:
                 watcher.cancel()
+            await self.jobs.stop()
             await self.engine.close()
             if runner is not None:
                 await runner.cleanup()

@@ -26,8 +26,10 @@ from multidict import CIMultiDict
 from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._files import PartialFile, PartialLost, file_mode, size_of
 from bgtransfer._engine._http import connect_reason, lower_headers, why
-from bgtransfer._engine._limiter import Limiter, Slot, origin_key
+from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._engine._pacing import Pacing
+from bgtransfer._engine._ratelimit import Politeness, RateLimits
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._segments import reconcile_segments, run_segmented
 from bgtransfer._engine._upload import UploadDriver
@@ -45,6 +47,8 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._origin import origin_key
+from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import OPEN_ATTEMPT, SQLiteStore, event_record
@@ -77,9 +81,10 @@ class _Live:
     slot: Slot | None = None  # the limiter slot the current attempt holds
     raw: RawBody | None = None  # the body being read straight off the socket
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
+    origin: str = ""  # scheme://host:port of the task's URL (limits, cool-downs)
 
 
-class Engine(UploadDriver):
+class Engine(UploadDriver, Pacing):
     def __init__(
         self,
         store: SQLiteStore,
@@ -111,6 +116,9 @@ class Engine(UploadDriver):
         self.store_full: str | None = None
         self._full_suspended: set[str] = set()
         self._space_watch: asyncio.Task[None] | None = None
+        self.rates = RateLimits(clock)
+        self.polite = Politeness(clock)
+        self._wake: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,6 +130,8 @@ class Engine(UploadDriver):
                 loop.call_soon_threadsafe(self._store_state, reason)
 
         self._commit = Committer(self.store.path, on_full=on_full)
+        if self.background:  # the daemon's caps are set with `bgtransfer limit` and kept
+            self._load_limits()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -140,6 +150,8 @@ class Engine(UploadDriver):
         if self._closed:
             return
         self._closed = True
+        if self._wake is not None:
+            self._wake.cancel()
         for live in list(self._live.values()):
             if not live.machine.terminal:
                 await self._stop(live)
@@ -284,6 +296,7 @@ class Engine(UploadDriver):
                 # Found finished by reconcile; held until that commit lands, so the next
                 # pump does not pick it again from a store that still says queued.
                 self._live[row.id] = live
+        self._arm_wake()
 
     def recover(self, session: str) -> None:
         """Mark tasks whose owner process died as interrupted (SUSPENDED), fix their files."""
@@ -346,6 +359,7 @@ class Engine(UploadDriver):
         live = self._adopt(task_id)
         if live.machine.snap.phase is Phase.SUSPENDED:
             self._reconcile(live)
+            self.polite.exempt.add(task_id)  # a person's resume overrides a cool-down
         await self._control(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
 
     async def cancel(self, task_id: str) -> None:
@@ -505,11 +519,15 @@ class Engine(UploadDriver):
 
     async def _run(self, live: _Live) -> None:
         m = live.machine
-        host = origin_key(m.spec.url)
+        host = live.origin = origin_key(m.spec.url)
+        rank = priority_rank(m.spec.priority)
         try:
             upload = m.spec.kind == "upload"
             while _phase(m) is Phase.QUEUED:
-                async with self.limiter.slot(host) as slot:
+                await self._cool_down(live)
+                if _phase(m) is not Phase.QUEUED:
+                    break
+                async with self.limiter.slot(host, rank) as slot:
                     live.slot = slot
                     await (self._upload(live) if upload else self._attempt(live))
                 live.slot = None
@@ -533,6 +551,7 @@ class Engine(UploadDriver):
             self._execute_sync(live, m.handle(M.Failed(err), now=self.clock()))
         finally:
             self._close_transfer(live)
+            self.rates.forget(live.row.id)
             if _phase(m) is not Phase.QUEUED and not self._closed:
                 asyncio.get_running_loop().call_soon(self._pump)
 
@@ -827,7 +846,9 @@ class Engine(UploadDriver):
         live.resp = resp
         if live.attempt is not None:
             live.attempt["status"] = resp.status
-        return M.Response(resp.status, lower_headers(resp), wall_time=time.time())
+        headers = lower_headers(resp)
+        self._heard(action.url, resp.status, headers)
+        return M.Response(resp.status, headers, wall_time=time.time())
 
     async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
         m, part, resp = live.machine, live.part, live.resp
@@ -865,12 +886,13 @@ class Engine(UploadDriver):
         raw = take_over(resp)
         try:
             if raw is None:
-                async for chunk in resp.content.iter_chunked(READ_SIZE):
+                async for chunk in resp.content.iter_chunked(self._read_size(live)):
                     take(chunk)
+                    await self._throttle(live, len(chunk))
                 resp.release()
             else:
                 live.raw = raw
-                await self._raw_stream(raw, take, rt)
+                await self._raw_stream(raw, take, rt, live)
                 resp.close()  # the connection is ours now: never back to the pool
             live.resp = None
             return M.BodyEnded()
@@ -906,21 +928,28 @@ class Engine(UploadDriver):
                 live.resp = None
 
     async def _raw_stream(
-        self, raw: RawBody, take: Callable[[bytes | memoryview], None], rt: float
+        self,
+        raw: RawBody,
+        take: Callable[[bytes | memoryview], None],
+        rt: float,
+        live: _Live,
     ) -> None:
         if raw.buffered:
             take(raw.buffered)
+            await self._throttle(live, len(raw.buffered))
             raw.buffered = b""
         loop = asyncio.get_running_loop()
-        buf = memoryview(bytearray(READ_SIZE))
+        size = self._read_size(live)
+        buf = memoryview(bytearray(size))
         left = raw.remaining
         while left > 0:
             async with asyncio.timeout(rt):
-                n = await loop.sock_recv_into(raw.sock, buf[: min(READ_SIZE, left)])
+                n = await loop.sock_recv_into(raw.sock, buf[: min(size, left)])
             if n == 0:
                 raise ConnectionError("body cut short")
             take(buf[:n])
             left -= n
+            await self._throttle(live, n)
 
     async def _watchdog(self, live: _Live) -> None:
         """curl's --speed-limit/--speed-time: idle timeouts alone miss a trickling server."""

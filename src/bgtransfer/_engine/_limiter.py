@@ -1,4 +1,5 @@
-"""Slots for active transfers: a global limit and a per-origin limit, granted in FIFO order.
+"""Slots for active transfers: a global limit and a per-origin limit, granted by priority
+(0 high, 1 normal, 2 low), FIFO within one priority.
 
 Keys are origins (``scheme://host:port``, :func:`origin_key`): two ports of one host are two
 servers, and so are http and https. The per-origin limit counts connections: a task holds
@@ -13,17 +14,9 @@ from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from bgtransfer._protocol._redirects import origin
+from bgtransfer._protocol._origin import origin_key
 
 __all__ = ["Limiter", "Slot", "origin_key"]
-
-
-def origin_key(url: str) -> str:
-    """The origin of ``url`` as the limiter keys it: ``scheme://host:port``, port explicit."""
-    scheme, host, port = origin(url)
-    if ":" in host:  # IPv6 literal
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
 
 
 class Limiter:
@@ -33,6 +26,7 @@ class Limiter:
         self._active = 0
         self._hosts: dict[str, int] = {}
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
+        self._rank: dict[asyncio.Future[None], int] = {}
 
     def in_use(self, key: str) -> int:
         """Connections (task slots plus extra ones) held for one origin."""
@@ -63,8 +57,10 @@ class Limiter:
             host, fut = item
             if fut.done():
                 self._waiters.remove(item)
+                self._rank.pop(fut, None)
             elif self._can(host):
                 self._waiters.remove(item)
+                self._rank.pop(fut, None)
                 self._take(host)
                 fut.set_result(None)
 
@@ -79,13 +75,19 @@ class Limiter:
         return Slot(self, host, task=False)
 
     @asynccontextmanager
-    async def slot(self, host: str) -> AsyncIterator[Slot]:
+    async def slot(self, host: str, priority: int = 1) -> AsyncIterator[Slot]:
         if self._can(host) and not self._waiters:
             self._take(host)
         else:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             item = (host, fut)
-            self._waiters.append(item)
+            # A high-priority task goes ahead of every waiter of lower priority.
+            at = next(
+                (i for i, (_, f) in enumerate(self._waiters) if self._rank.get(f, 1) > priority),
+                len(self._waiters),
+            )
+            self._waiters.insert(at, item)
+            self._rank[fut] = priority
             try:
                 await fut
             except asyncio.CancelledError:
@@ -93,6 +95,7 @@ class Limiter:
                     self._release(host)
                 elif item in self._waiters:
                     self._waiters.remove(item)
+                self._rank.pop(fut, None)
                 raise
         held = Slot(self, host)
         try:

@@ -298,6 +298,12 @@ class _Driver:
     ) -> aiohttp.ClientResponse | M.Event | _Retry:
         http, m = self.engine._http, self.m
         assert http is not None
+        # A new connection is a new request: it waits out the origin's cool-down too.
+        for _ in range(100):
+            wait = self.engine.polite.wait_needed(self.live.origin)
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
         url, headers = m.segment_request(index)
         rt = m.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
@@ -317,6 +323,7 @@ class _Driver:
             return _Retry(NetworkError(f"request failed: {exc!r}"))
         attempt["status"] = resp.status
         got = lower_headers(resp)
+        self.engine._heard(url, resp.status, got)
         answer = check_segment_response(
             resp.status,
             got,
@@ -355,7 +362,7 @@ class _Driver:
         m, live, part = self.m, self.live, self.live.part
         rt = m.spec.request_timeout
         try:
-            async for chunk in resp.content.iter_chunked(READ_SIZE):
+            async for chunk in resp.content.iter_chunked(self.engine._read_size(live)):
                 if m.snap.phase is not Phase.TRANSFERRING:
                     return None  # suspended or cancelled: the driver is being stopped
                 _, pos, end = m.snap.segments[index]
@@ -368,6 +375,8 @@ class _Driver:
                 actions = m.handle(M.SegmentWritten(index, len(data)), now=self.engine.clock())
                 if actions:
                     self.engine._execute_sync(live, actions)
+                # Every connection pays into the same buckets: the cap is the task's.
+                await self.engine._throttle(live, len(data))
                 if pos + len(data) >= end:
                     return None
         except DestinationError as exc:

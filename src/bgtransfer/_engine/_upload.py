@@ -83,6 +83,14 @@ class UploadDriver:
     def _save_attempts(self, live: _Live) -> None:
         raise NotImplementedError
 
+    if TYPE_CHECKING:  # from the Pacing mixin: declared here, never shadowed at run time
+
+        async def _throttle(self, live: _Live, n: int) -> None: ...
+
+        def _read_size(self, live: _Live) -> int: ...
+
+        def _heard(self, url: str, status: int, headers: dict[str, str]) -> None: ...
+
     # -- plumbing ----------------------------------------------------------------------------
 
     def _feed(self, live: _Live, event: Event) -> None:
@@ -126,6 +134,7 @@ class UploadDriver:
         )
         if live.attempt is not None:
             live.attempt["status"] = resp.status  # the history shows the last answer
+        self._heard(url, resp.status, lower_headers(resp))
         try:
             body = await resp.content.read(RESPONSE_BODY_CAP)
         finally:
@@ -147,9 +156,11 @@ class UploadDriver:
             left, sent = length, start
             while left > 0:
                 self._check_source(live)
-                piece = f.read(min(STREAM_PIECE, left))
+                piece = f.read(min(STREAM_PIECE, self._read_size(live), left))
                 if not piece:
                     raise _Done(M.Failed(SourceChanged("the source file got shorter")))
+                # Paid before it goes: after the last piece nobody waits for the pause.
+                await self._throttle(live, len(piece))
                 yield piece
                 left -= len(piece)
                 sent += len(piece)
@@ -281,6 +292,8 @@ class UploadDriver:
                             f.seek(offset)
                             chunk = f.read(min(m.spec.chunk_size, size - offset))
                         last = offset + len(chunk) >= size
+                        # One PATCH goes out whole; the pause before it keeps the average.
+                        await self._throttle(live, len(chunk))
                         result = await patch(live, offset, chunk, last)
                     if isinstance(result, FinalResponse):
                         return result

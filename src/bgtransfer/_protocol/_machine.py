@@ -99,6 +99,7 @@ __all__ = [
     "SuspendRequested",
     "TransferMachine",
     "TransportFailed",
+    "Waiting",
     "WriteBody",
 ]
 
@@ -152,6 +153,13 @@ class Spec:
     chunk_size: int = 8 << 20
     segments: int = 1  # connections for one download (aria2c -s); 1 is the plain path
     max_bytes: int | None = None  # curl --max-filesize: a bigger download fails
+    # Scheduling (see _schedule.py): no request before ``start_at`` (wall clock, seconds
+    # since the epoch), at most ``max_rate`` body bytes per second, queue order.
+    start_at: float | None = None
+    max_rate: int | None = None
+    priority: str = "normal"
+    # A run of a background fetch job: its 304 is a success ("not modified"), file untouched.
+    job_id: str | None = None
     # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
     # None: the umask of the process that runs the engine.
     umask: int | None = None
@@ -277,6 +285,13 @@ class Interrupted:
 
 
 @dataclass(frozen=True, slots=True)
+class Waiting:
+    """A queued task is held back before its attempt (an origin cool-down): say why."""
+
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class SegmentsPlanned:
     """The first response allows ranges: download these segments in parallel."""
 
@@ -337,6 +352,7 @@ Event = (
     | SegmentWritten
     | SegmentSplit
     | RestartRequired
+    | Waiting
 )
 
 # -- actions --------------------------------------------------------------------------------
@@ -571,6 +587,10 @@ class TransferMachine:
                 self.snap.error = Cancelled("the task was cancelled")
                 self._set(Phase.DONE, "cancelled", now)
                 return [Persist()]
+            case Waiting(detail=detail):
+                self._expect(Phase.QUEUED, event)
+                self.snap.detail = detail
+                return [Persist()]
             case Failed(error=err):
                 if self.terminal:
                     return []
@@ -680,6 +700,13 @@ class TransferMachine:
         self._expect(Phase.CONNECTING, event)
         status, headers = event.status, event.headers
         self.snap.status_code = status
+        if status == 304 and self.spec.job_id is not None:
+            # A job's conditional GET: the copy on disk is current; leave it (and its mtime).
+            self.in_flight = False
+            self.committed = self.snap.offset = 0
+            self.snap.segments = ()
+            self._set(Phase.DONE, "not modified", now)
+            return [DiscardResponse(), RemovePartial(), Persist()]
         decision = classify_response(status, headers, self.resume_at, self.snap.total)
         if decision is _Decision.REDIRECT:
             target, why = resolve_redirect(self._url, headers.get("location"))

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict
@@ -28,13 +29,15 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._store._jobs import JobsMixin, ensure_scheduling_schema
 from bgtransfer._trust import check_private_file, open_private
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history. A row
@@ -148,6 +151,9 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS tasks_session_phase ON tasks(session, phase, created_at, id)",
         "UPDATE tasks SET acknowledged=0 WHERE phase != 'done'",
     ],
+    # Scheduling: priority and start time on tasks; jobs, job_runs, limits, cooldowns (added
+    # by ensure_scheduling_schema, which every version below 10 runs).
+    9: [],
 }
 
 _COLUMNS = (
@@ -203,7 +209,7 @@ def _spec_from_json(text: str) -> Spec:
     return Spec(**data)
 
 
-class SQLiteStore:
+class SQLiteStore(JobsMixin):
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
@@ -251,6 +257,7 @@ class SQLiteStore:
                     for stmt in _MIGRATIONS[step]:
                         if not self._column_exists(stmt):
                             self._db.execute(stmt)
+            ensure_scheduling_schema(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _column_exists(self, stmt: str) -> bool:
@@ -345,10 +352,13 @@ class SQLiteStore:
             int(row.acknowledged),
             _response_json(s),
             None if row.metadata is None else json.dumps(row.metadata),
+            priority_rank(row.spec.priority),
+            row.spec.start_at,
         )
         try:
             self._db.execute(
-                f"INSERT INTO tasks ({_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
+                f"INSERT INTO tasks ({_COLUMNS}, priority, not_before) "
+                f"VALUES ({', '.join('?' * len(values))})",
                 values,
             )
         except sqlite3.IntegrityError as exc:
@@ -515,17 +525,22 @@ class SQLiteStore:
         finding it, and the pump runs each time a task ends.
         """
         want = limit + len(exclude)
+        # Priority first (0 high .. 2 low), then age; tasks whose start time has not come
+        # wait in the store (the engine sets a timer for the earliest).
+        now = time.time()
         if owner is None:
             cur = self._db.execute(
                 "SELECT id FROM tasks WHERE phase='queued' AND background=? "
-                "ORDER BY created_at, id LIMIT ?",
-                (int(background), want),
+                "AND (not_before IS NULL OR not_before <= ?) "
+                "ORDER BY priority, created_at, id LIMIT ?",
+                (int(background), now, want),
             )
         else:
             cur = self._db.execute(
                 "SELECT id FROM tasks WHERE phase='queued' AND background=? "
-                "AND owner=? ORDER BY created_at, id LIMIT ?",
-                (int(background), owner, want),
+                "AND (not_before IS NULL OR not_before <= ?) "
+                "AND owner=? ORDER BY priority, created_at, id LIMIT ?",
+                (int(background), now, owner, want),
             )
         ids = [i for (i,) in cur.fetchall() if i not in exclude][:limit]
         if not ids:

@@ -8,7 +8,11 @@ from collections.abc import Sequence
 import click
 
 from bgtransfer._exceptions import DaemonStopped, UnsafeHome
-from bgtransfer.cli import _remove, _transfer  # noqa: F401 - registers the commands
+from bgtransfer.cli import (  # noqa: F401 - registers the commands
+    _remove,
+    _schedule,
+    _transfer,
+)
 from bgtransfer.cli._app import cli
 from bgtransfer.cli._transfer import EXIT_DAEMON, EXIT_STOPPED
 

@@ -36,6 +36,7 @@ from bgtransfer.cli._narrate import (
     local_time,
     suspended_by_daemon,
 )
+from bgtransfer.cli._options import SUBMIT_EXTRA, scheduling_options
 
 T = TypeVar("T")
 
@@ -355,6 +356,7 @@ def _submit(
         max_attempts=max_attempts,
         retry_for=retry_for,
         umask=current_umask(),
+        **ctx.meta.get(SUBMIT_EXTRA, {}),
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task
@@ -363,6 +365,7 @@ def _submit(
 @cli.command()
 @click.argument("url")
 @transfer_options
+@scheduling_options
 @click.pass_context
 @_handled
 def get(
@@ -569,6 +572,7 @@ async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> di
 @cli.command()
 @click.argument("url")
 @transfer_options
+@scheduling_options
 @click.pass_context
 @_handled
 def add(
@@ -932,6 +936,7 @@ def serve_test(host: str, port: int, other_host: bool) -> int:
     help="Session identifier the task belongs to.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@scheduling_options
 @click.pass_context
 @_handled
 def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
@@ -970,6 +975,7 @@ def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
     ):
         if seconds is not None:
             body[key] = seconds
+    body.update(ctx.meta.get(SUBMIT_EXTRA, {}))
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)

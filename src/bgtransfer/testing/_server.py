@@ -105,6 +105,13 @@ Always-on knobs:
     Add N headers ``X-Filler-<i>: xxx...`` (100 x's).
 ``disposition=VALUE``
     Send ``Content-Disposition: VALUE`` verbatim (for file-naming tests).
+``changes_every=S``
+    ``/gen`` only: a new version (ETag, Last-Modified, bytes) every S seconds of the
+    server's life, for polling clients (background fetch jobs).
+
+Conditional GET (always on, RFC 9110 section 13): ``If-None-Match`` matching the current
+ETag (weak comparison, or ``*``) gives ``304 Not Modified`` with the ETag and no body;
+without it, ``If-Modified-Since`` not older than Last-Modified does the same.
 
 Malformed request heads get 400, heads over 64 KiB get 431; both then close.
 Invalid knob values get 400 with a text body naming the knob.
@@ -420,6 +427,7 @@ class _Knobs:
     gzip: bool = False
     huge_headers: int = 0
     disposition: str | None = None
+    changes_every: float | None = None
 
     @classmethod
     def parse(cls, q: Mapping[str, str]) -> _Knobs:
@@ -488,10 +496,36 @@ class _Knobs:
             gzip=flag("gzip"),
             huge_headers=integer("huge_headers") or 0,
             disposition=q.get("disposition"),
+            changes_every=_positive(flt("changes_every"), "changes_every"),
         )
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _positive(value: float | None, name: str) -> float | None:
+    if value is not None and value <= 0:
+        raise _HttpError(400, f"knob {name} must be positive")
+    return value
+
+
+def _not_modified(headers: Mapping[str, str], etag: str | None, last_modified: str | None) -> bool:
+    """RFC 9110 13.1.2 / 13.1.3: If-None-Match wins; If-Modified-Since only without it."""
+    inm = headers.get("if-none-match")
+    if inm is not None:
+        if etag is None:
+            return False
+        tags = [t.strip() for t in inm.split(",")]
+        bare = etag.removeprefix("W/")
+        return "*" in tags or any(t.removeprefix("W/") == bare for t in tags)
+    ims = headers.get("if-modified-since")
+    if ims is None or last_modified is None:
+        return False
+    try:
+        old = email.utils.parsedate_to_datetime(last_modified)
+        return bool(old <= email.utils.parsedate_to_datetime(ims))
+    except (TypeError, ValueError):
+        return False
 
 
 def _auto_etag(data: bytes) -> str:
@@ -986,6 +1020,7 @@ class FaultServer:
         self._resources: dict[str, _Resource] = {}
         self._counters: dict[str, int] = {}
         self._gen_versions: dict[str, int] = {}
+        self._born = time.monotonic()
         # Uploads; mutated on the server loop under _lock, read by tests from other threads.
         self.uploads: dict[str, bytes] = {}
         self.upload_fields: dict[str, dict[str, str]] = {}
@@ -1652,6 +1687,8 @@ class FaultServer:
             except ValueError:
                 raise _HttpError(400, f"bad seed {seed_text!r}") from None
             version = 0
+            if knobs.changes_every is not None:
+                version = int((time.monotonic() - self._born) / knobs.changes_every)
             if knobs.etag_change:
                 with self._lock:
                     version = self._gen_versions.get(req.fault_key, 0) + 1
@@ -2242,6 +2279,10 @@ class FaultServer:
             etag = "W/" + etag
         last_modified = None if knobs.no_last_modified else rep.last_modified
         size = body.size
+        if _not_modified(req.headers, etag, last_modified):
+            hdrs = [(k, v) for k, v in (("ETag", etag), ("Last-Modified", last_modified)) if v]
+            await self._send_simple(writer, 304, b"", [*hdrs, *extra], keep=keep)
+            return keep
 
         status, start, end = 200, 0, size
         content_range: str | None = None
