@@ -131,6 +131,11 @@ class _TaskView:
         return list(self._fresh().snap.response_headers)
 
     @property
+    def response_reason(self) -> str | None:
+        """The reason phrase the server sent with that response (None if none yet)."""
+        return self._fresh().snap.response_reason
+
+    @property
     def acknowledged(self) -> bool:
         return self._fresh().acknowledged
 
@@ -376,6 +381,7 @@ def _upload_body(row: TaskRow) -> dict[str, Any]:
         "retry_wait": spec.retry_wait,
         "max_retry_wait": spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
+        "response_path": spec.response_path,
     }
 
 
@@ -597,12 +603,15 @@ class AsyncSession:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        response_path: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
         ``protocol``: "plain" (one streamed request), "multipart" (a form POST), "tus"
         (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
-        from the server's offset after any interruption.
+        from the server's offset after any interruption. ``response_path``: where the whole
+        body of the server's final answer is written (in place before the task completes);
+        ``Task.response_body`` keeps its first 64 KiB either way.
         """
         row = build_upload_row(
             self.identifier,
@@ -623,6 +632,7 @@ class AsyncSession:
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
             idempotency_key=uuid.uuid4().hex,
+            response_path=response_path,
         )
         row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
@@ -843,6 +853,7 @@ class Session:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        response_path: str | os.PathLike[str] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -861,6 +872,7 @@ class Session:
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
+                response_path=response_path,
             )
         )
         return Task(self, inner)

@@ -86,6 +86,7 @@ class _Live:
     slot: Slot | None = None  # the limiter slot the current attempt holds
     raw: RawBody | None = None  # the body being read straight off the socket
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
+    response_spool: str | None = None  # uploads: the last answer's whole body, if kept
 
 
 class Engine(UploadDriver):
@@ -679,7 +680,9 @@ class Engine(UploadDriver):
         live.resp = resp
         if live.attempt is not None:
             live.attempt["status"] = resp.status
-        return M.Response(resp.status, lower_headers(resp), wall_time=time.time())
+        return M.Response(
+            resp.status, lower_headers(resp), wall_time=time.time(), reason=resp.reason
+        )
 
     async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
         m, part, resp = live.machine, live.part, live.resp

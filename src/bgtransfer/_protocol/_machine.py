@@ -137,6 +137,8 @@ class Spec:
     retry_unsafe: bool = False
     chunk_size: int = 8 << 20
     segments: int = 1  # connections for one download (aria2c -s); 1 is the plain path
+    # Uploads: where the whole body of the final answer goes (response_body keeps 64 KiB).
+    response_path: str | None = None
 
 
 @dataclass(slots=True)
@@ -159,6 +161,7 @@ class Snapshot:
     # caller sees as status and headers, not the 206s of later resumes.
     response_status: int | None = None
     response_headers: tuple[tuple[str, str], ...] = ()
+    response_reason: str | None = None  # the reason phrase the server sent with it
     response_body: bytes | None = None  # uploads: the server's answer, size-capped
     upload_url: str | None = None  # tus / IETF: where the upload lives on the server
     # Segmented downloads: (start, pos, end) per segment, committed with ``offset``.
@@ -182,6 +185,7 @@ class Response:
     status: int
     headers: Mapping[str, str]  # lower-case names
     wall_time: float = 0.0
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -675,6 +679,7 @@ class TransferMachine:
         if decision is _Decision.FAIL:
             self.snap.response_status = status
             self.snap.response_headers = tuple(headers.items())
+            self.snap.response_reason = event.reason
             final = HTTPStatusError(
                 f"server answered {status} for {self._url}; not retried", status_code=status
             )
@@ -694,6 +699,7 @@ class TransferMachine:
             total = cr.total if cr is not None and status == 206 else _content_length(headers)
             self.snap.total = total
             self.snap.response_status = 200 if status == 206 else status
+            self.snap.response_reason = "OK" if status == 206 else event.reason
             self.snap.response_headers = tuple(
                 (k, v) for k, v in headers.items() if k != "content-range"
             )
