@@ -90,13 +90,16 @@ def get(home: str, url: object, fmt: object = constants.COOKIES_IN_STRING) -> An
     valid = _valid(url)
     if valid is None:
         return None
-    req = urllib.request.Request(valid)
-    policy = http.cookiejar.DefaultCookiePolicy()
+    parts = urlsplit(valid)
+    host, path = (parts.hostname or "").lower(), parts.path or "/"
     with _jar(home, write=False) as jar:
         cookies = [
             c
             for c in jar
-            if not c.is_expired() and policy.return_ok(c, req) and _domain_ok(c, req.host)
+            if not c.is_expired()
+            and _domain_ok(c, host)
+            and path.startswith(c.path)
+            and (parts.scheme == "https" or not c.secure)
         ]
     if not cookies:
         return None
@@ -134,7 +137,6 @@ def clear(home: str, url: object = None, names: object = None) -> None:
 
 
 def _domain_ok(c: http.cookiejar.Cookie, host: str) -> bool:
-    host = host.split(":", 1)[0].lower()
     domain = c.domain.lstrip(".").lower()
     return host == domain or (c.domain.startswith(".") and host.endswith("." + domain))
 

@@ -8,10 +8,9 @@ a download into a file; any other request is an upload of its body, spooled to a
 
 from __future__ import annotations
 
-import atexit
 import base64
-import logging
 import os
+import re
 import sys
 import threading
 import traceback
@@ -23,6 +22,7 @@ from urllib.parse import urlsplit
 import bgtransfer
 from bgtransfer import InvalidTransition, TaskState
 from bgtransfer.voltmx import _cookies, _integrity, _response, constants
+from bgtransfer.voltmx._background import BackgroundSession
 from bgtransfer.voltmx._errors import (
     InvalidStateError,
     VoltMXError,
@@ -32,7 +32,16 @@ from bgtransfer.voltmx._errors import (
 )
 from bgtransfer.voltmx._exchange import Exchange, files_of
 from bgtransfer.voltmx._formdata import FormData, spool_body
-from bgtransfer.voltmx._network import is_network_available
+from bgtransfer.voltmx._functions import (
+    clearCookies,
+    disableIntegrityCheck,
+    getCookies,
+    isNetworkAvailable,
+    removeIntegrityCheck,
+    setIntegrityCheck,
+)
+from bgtransfer.voltmx._sessions import DEFAULT_SESSION, NO_LIMIT, OPTIONS, seconds, warn_option
+from bgtransfer.voltmx._sessions import session as _session
 from bgtransfer.voltmx._upload_events import HttpRequestUpload, ProgressEvent
 
 __all__ = [
@@ -53,86 +62,12 @@ __all__ = [
     "setIntegrityCheck",
 ]
 
-DEFAULT_SESSION = "com.bgtransfer.voltmx"
-NO_LIMIT = 100 * 365 * 86400.0  # "0 means no limit" (Android): a century stands in for it
 _POLL = 0.05
-_OPTIONS = frozenset(
-    {"timeoutIntervalForRequest", "timeoutIntervalForResource", "sessionIdentifier"}
-)
-log = logging.getLogger("bgtransfer.voltmx")
-_warned: set[str] = set()
-
-_sessions: dict[tuple[str, str, bool], bgtransfer.Session] = {}
-_sessions_lock = threading.Lock()
-
-
-def _session(identifier: str, home: str | None, background: bool) -> bgtransfer.Session:
-    resolved = bgtransfer.resolve_home(home)
-    key = (identifier, resolved, background)
-    with _sessions_lock:
-        s = _sessions.get(key)
-        if s is None:
-            s = bgtransfer.Session(identifier, home=resolved, background=background)
-            _sessions[key] = s
-        return s
-
-
-@atexit.register
-def _close_sessions() -> None:
-    # Foreground requests stop with the process (resumable later); background ones go on.
-    with _sessions_lock:
-        for s in _sessions.values():
-            try:
-                s.close()
-            except Exception:  # noqa: BLE001 - best effort at interpreter exit
-                pass
-        _sessions.clear()
-
-
-def _seconds(name: str, value: object) -> float:
-    """A timeout in seconds; 0 means no limit (as on Android)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_type(f"{name} must be a number of seconds", value)
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
-        raise VoltMXError(100, f"{name} must be a finite number of seconds >= 0, not {value!r}")
-    return float(value) if value > 0 else NO_LIMIT
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 
 
 def _state_code(state: TaskState) -> constants.SessionTaskState:
     return constants.SessionTaskState[state.name]
-
-
-class BackgroundSession:
-    """Extension: the background session a ``getSession()`` identifier names.
-
-    Re-creating it in a later process (same identifier and home) reconnects to its tasks,
-    as an iOS app relaunched for its background session does.
-    """
-
-    def __init__(self, identifier: str = DEFAULT_SESSION, *, home: str | None = None) -> None:
-        self.identifier = identifier
-        self.home = home
-
-    def __str__(self) -> str:
-        return self.identifier
-
-    def __repr__(self) -> str:
-        return f"BackgroundSession({self.identifier!r})"
-
-    def getTasks(self) -> list[HttpRequest]:
-        """Every request of this session, finished or not, as HttpRequest objects."""
-        tasks = _session(self.identifier, self.home, True).tasks()
-        return [HttpRequest._attach(self, t) for t in tasks]
-
-    def getCompletedRequests(self) -> list[HttpRequest]:
-        """Requests that completed and were not acknowledged (``request.acknowledge()``):
-        what finished while the app was away."""
-        done = [
-            t
-            for t in _session(self.identifier, self.home, True).tasks()
-            if t.state is TaskState.COMPLETED and not t.acknowledged
-        ]
-        return [HttpRequest._attach(self, t) for t in done]
 
 
 class HttpRequest:
@@ -154,14 +89,12 @@ class HttpRequest:
             options = requestOptions
         elif requestOptions is not None:
             raise bad_type("requestOptions must be an object or a session id", requestOptions)
-        for key in sorted(set(map(str, options)) - _OPTIONS):
-            if key not in _warned:  # real apps pass more (kony_sdk.js: enableBackgroundTransfer)
-                _warned.add(key)
-                log.warning("voltmx.net.HttpRequest: ignoring unknown option %r", key)
-        self._request_timeout = _seconds(
+        for key in sorted(set(map(str, options)) - OPTIONS):
+            warn_option(key)
+        self._request_timeout = seconds(
             "timeoutIntervalForRequest", options.get("timeoutIntervalForRequest", 60)
         )
-        self._resource_timeout = _seconds(
+        self._resource_timeout = seconds(
             "timeoutIntervalForResource", options.get("timeoutIntervalForResource", 7 * 86400)
         )
         ident = ident or options.get("sessionIdentifier") or DEFAULT_SESSION
@@ -211,7 +144,7 @@ class HttpRequest:
     @timeoutIntervalForRequest.setter
     def timeoutIntervalForRequest(self, value: float) -> None:
         self._before_send("timeoutIntervalForRequest")
-        self._request_timeout = _seconds("timeoutIntervalForRequest", value)
+        self._request_timeout = seconds("timeoutIntervalForRequest", value)
 
     @property
     def timeoutIntervalForResource(self) -> float:
@@ -220,7 +153,7 @@ class HttpRequest:
     @timeoutIntervalForResource.setter
     def timeoutIntervalForResource(self, value: float) -> None:
         self._before_send("timeoutIntervalForResource")
-        self._resource_timeout = _seconds("timeoutIntervalForResource", value)
+        self._resource_timeout = seconds("timeoutIntervalForResource", value)
 
     @property
     def readyState(self) -> int:
@@ -463,7 +396,11 @@ class HttpRequest:
         """name (lower case) -> value, without Set-Cookie and Set-Cookie2; None before the
         headers arrive and when the request failed."""
         pairs = self._response_headers
-        if pairs is None or self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED:
+        if (
+            pairs is None
+            or self._failed
+            or self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED
+        ):
             return None
         return _response.header_map(pairs)
 
@@ -617,7 +554,7 @@ class HttpRequest:
             self._failed = True
             self._status = 408 if timeout else 410
             self._status_text = err.message if err is not None else "request failed"
-            self._response_headers = []
+            self._response_headers = None
             self._set_ready(constants.HTTP_READY_STATE_HEADERS_RECEIVED)
             self._upload_end(ex, "timeout" if timeout else "error")
             self._set_ready(constants.HTTP_READY_STATE_DONE)
@@ -629,12 +566,6 @@ class HttpRequest:
             self.upload._dispatch("loadend", ex.sent, ex.total)
 
 
-def _TOKEN(name: str) -> bool:
-    return (
-        bool(name) and all(c.isalnum() or c in "!#$%&'*+-.^_`|~" for c in name) and name.isascii()
-    )
-
-
 # -- namespace functions ---------------------------------------------------------------------
 
 
@@ -642,35 +573,3 @@ def cancel(connHandle: object = None) -> None:
     """``voltmx.net.cancel(connHandle)``: aborts an HttpRequest; other values are ignored."""
     if isinstance(connHandle, HttpRequest):
         connHandle.abort()
-
-
-def isNetworkAvailable(networkType: str | None = None, optionsConfig: object = None) -> bool:
-    if networkType is None:
-        raise missing("isNetworkAvailable()", "a network type")
-    if networkType not in constants.NETWORK_TYPES:
-        raise bad_type("networkType must be one of the constants.NETWORK_TYPE_*", networkType)
-    return is_network_available(networkType)
-
-
-def getCookies(URL: object = None, cookieFormat: object = constants.COOKIES_IN_STRING,
-               *, home: str | None = None) -> Any:  # fmt: skip
-    if URL is None:
-        raise missing("getCookies()", "a URL")
-    return _cookies.get(bgtransfer.resolve_home(home), URL, cookieFormat)
-
-
-def clearCookies(url: object = None, cookieName: object = None, *, home: str | None = None) -> None:
-    _cookies.clear(bgtransfer.resolve_home(home), url, cookieName)
-
-
-def setIntegrityCheck(propertiesTable: object = None) -> None:
-    if propertiesTable is None:
-        raise VoltMXError(102, "invalid number of arguments: setIntegrityCheck(propertiesTable)")
-    _integrity.set_params(propertiesTable)
-
-
-def removeIntegrityCheck() -> None:
-    _integrity.remove()
-
-
-disableIntegrityCheck = removeIntegrityCheck  # the name some callers use for it
