@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -152,8 +152,10 @@ def test_set_cookie_is_never_exposed(server: FaultServer, background: bool, key:
     r.send()
     r.wait(timeout=30)
     headers = r.getAllResponseHeaders()
-    assert headers is not None and "content-type" in headers
-    assert "set-cookie" not in headers and "set-cookie2" not in headers
+    assert headers is not None
+    assert "content-type" in headers
+    assert "set-cookie" not in headers
+    assert "set-cookie2" not in headers
     assert r.getResponseHeader("Set-Cookie") is None
     assert r.getResponseHeader("set-cookie2") is None
     assert r.task is not None
@@ -211,12 +213,13 @@ def test_error_row_background_network_error_retries_until_the_resource_timeout(
     assert states == [(1, 0), (2, 408), (4, 408)]
     assert r.task is not None
     assert r.task.attempts > 1  # it kept retrying, as a background session does
-    assert "resource timeout" in r.statusText and "cannot connect" in r.statusText
+    assert "resource timeout" in r.statusText
+    assert "cannot connect" in r.statusText
 
 
 def test_error_row_100_invalid_parameter_type(home: Path) -> None:
     r = vx.net.HttpRequest()
-    bad_calls = [
+    bad_calls: list[Callable[[], object]] = [
         lambda: vx.net.HttpRequest(5),  # type: ignore[arg-type]
         lambda: vx.net.HttpRequest({"timeoutIntervalForRequest": "60"}),
         lambda: r.open(5, "http://127.0.0.1/"),  # type: ignore[arg-type]
@@ -311,7 +314,8 @@ def test_timeout_properties_are_used_and_fixed_at_send(server: FaultServer, home
     with pytest.raises(InvalidStateError, match="before send"):
         r.timeoutIntervalForRequest = 5
     r.wait(timeout=30)
-    assert r.task is not None and r.task.status_code == 200
+    assert r.task is not None
+    assert r.task.status_code == 200
 
 
 def test_idle_timeout_from_config_retries_a_stall_in_the_background(
@@ -364,7 +368,8 @@ def test_open_after_send_ends_the_request_and_starts_over(
     states: list[int] = []
     r.onReadyStateChange = lambda req: states.append(req.readyState)
     r.open(constants.HTTP_METHOD_GET, echo(server, type="text/plain", body="second"))
-    assert r.readyState == constants.HTTP_READY_STATE_OPENED and r.status == 0
+    assert r.readyState == constants.HTTP_READY_STATE_OPENED
+    assert r.status == 0
     r.send()
     r.wait(timeout=30)
     assert r.response == "second"
@@ -416,7 +421,8 @@ def test_http_request_with_a_session_id_joins_that_background_session(
     joined.open(constants.HTTP_METHOD_GET, server.url(f"/gen/5000?key={key}"))
     joined.send()
     joined.wait(timeout=30)
-    assert joined.task is not None and joined.task.session == sid
+    assert joined.task is not None
+    assert joined.task.session == sid
     ids = [t.task.id for t in vx.net.BackgroundSession(sid).getTasks() if t.task]
     assert joined.task.id in ids
 
