@@ -301,3 +301,37 @@ def test_a_background_post_survives_the_callers_exit_and_a_daemon_kill(
     assert len(server.requests(f"/upload/report-{key}")) == 2  # sent again after the kill
     assert server.uploads[f"report-{key}/report"] == payload.encode()
     assert spooled(home) == []
+
+
+@pytest.mark.parametrize(
+    ("example", "expected"),
+    [
+        (
+            "post_json_string.py",
+            ['payload : {"ksid":4711,', "status : 200 OK", "responseType : json", "stored bytes"],
+        ),
+        (
+            "post_formdata.py",
+            ["in status 200", "bot got ", "uploaded SampleImage.png : 1008 bytes"],
+        ),
+        (
+            "background_get_responsetext.py",
+            ["session : com.bgtransfer.voltmx", "screenshot 0 : iVBORyBzY3JlZW5zaG90"],
+        ),
+    ],
+)
+def test_examples_ported_from_app_code(
+    server: FaultServer, home: Path, example: str, expected: list[str]
+) -> None:
+    examples = Path(__file__).resolve().parents[2] / "examples" / "voltmx"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "BGTRANSFER_HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, str(examples / example), server.base_url],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    pos = 0
+    for needle in expected:
+        found = out.stdout.find(needle, pos)
+        assert found >= 0, f"{needle!r} not printed in order:\n{out.stdout}"
+        pos = found
