@@ -543,8 +543,9 @@ class HttpRequest:
                 self._integrity = _integrity.check_response(
                     check, self._response_headers or (), ex.response_path()
                 )
-            if ex.has_body:
-                self.upload._dispatch("progress", ex.total or 0, ex.total)
+            if ex.has_body and ex.total is not None and ex.sent < ex.total:
+                ex.sent = ex.total  # the last piece went out between two polls
+                self.upload._dispatch("progress", ex.sent, ex.total)
             self._upload_end(ex, "load")
             self._advance(constants.HTTP_READY_STATE_DONE)
         else:
