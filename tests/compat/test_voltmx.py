@@ -446,6 +446,19 @@ def test_synchronous_open(server: FaultServer, home: Path) -> None:
     assert r.responseType == constants.HTTP_RESPONSE_TYPE_RAWDATA  # no Content-Type
 
 
+def test_download_path_extension(server: FaultServer, home: Path, tmp_path: Path) -> None:
+    r = vx.net.HttpRequest()
+    r.downloadPath = tmp_path / "guide.bin"
+    r.open(constants.HTTP_METHOD_GET, server.url("/gen/5000"))
+    r.send()
+    with pytest.raises(InvalidStateError, match="before send"):
+        r.downloadPath = tmp_path / "other.bin"
+    r.wait(timeout=30)
+    assert r.responseFile == str(tmp_path / "guide.bin")
+    assert (tmp_path / "guide.bin").stat().st_size == 5000
+    assert r.response == (tmp_path / "guide.bin").read_bytes()
+
+
 def test_print(capsys: pytest.CaptureFixture[str]) -> None:
     vx.print("hello " + str(1))
     assert capsys.readouterr().out == "hello 1\n"

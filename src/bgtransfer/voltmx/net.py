@@ -275,6 +275,7 @@ class HttpRequest:
                     old.task.cancel()
                 except InvalidTransition:
                     pass
+                old.drop_body()
             self._method, self._url, self._async = method.upper(), url, bool(async_)
             self._headers = []
             self._aborted = self._failed = False
@@ -374,6 +375,7 @@ class HttpRequest:
                     ex.task.cancel()
                 except InvalidTransition:
                     pass
+                ex.drop_body()
                 self._status, self._status_text, self._response_headers = 0, "", None
                 self._set_ready(constants.HTTP_READY_STATE_DONE)
                 if ex.has_body:
