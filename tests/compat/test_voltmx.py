@@ -241,6 +241,8 @@ def test_error_row_100_invalid_parameter_type(home: Path) -> None:
         post.send(object())
     assert info.value.errorCode == 100
     assert post.readyState == constants.HTTP_READY_STATE_OPENED  # nothing was sent
+    spool = list((home / "voltmx").rglob("*.req"))
+    assert spool == []  # and no half-written body stays in the home
 
 
 def test_error_row_101_invalid_number_of_arguments(home: Path) -> None:

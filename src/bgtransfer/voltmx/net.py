@@ -9,6 +9,7 @@ a download into a file; any other request is an upload of its body, spooled to a
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import sys
@@ -345,15 +346,20 @@ class HttpRequest:
         else:
             body_file = base + ".req"
             given = None if self._method == constants.HTTP_METHOD_HEAD else data
-            ctype = spool_body(given, body_file)
-            if ctype and not any(k.lower() == "content-type" for k, _ in headers):
-                headers.append(("Content-Type", ctype))
-            if check is not None:
-                headers.append(_integrity.request_header(check, body_file))
-            task = session.upload(
-                body_file, self._url, method=self._method, headers=headers,
-                response_path=base + ".body", **common,
-            )  # fmt: skip
+            try:
+                ctype = spool_body(given, body_file)
+                if ctype and not any(k.lower() == "content-type" for k, _ in headers):
+                    headers.append(("Content-Type", ctype))
+                if check is not None:
+                    headers.append(_integrity.request_header(check, body_file))
+                task = session.upload(
+                    body_file, self._url, method=self._method, headers=headers,
+                    response_path=base + ".body", **common,
+                )  # fmt: skip
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(body_file)  # nothing was sent: no spooled body stays behind
+                raise
             size = os.path.getsize(body_file)
             ex = Exchange(task, session.home, body_file, base + ".body", given is not None, size)
         ex.check = check
