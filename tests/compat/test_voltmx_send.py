@@ -13,7 +13,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from bgtransfer import Session
+from bgtransfer import InvalidRequest, Session
 from bgtransfer import voltmx as vx
 from bgtransfer.testing import FaultServer, gen_bytes
 from bgtransfer.voltmx import _sessions
@@ -170,6 +170,9 @@ def test_session_upload_keeps_the_whole_answer_in_response_path(
     src.write_bytes(b"hello")
     answer = tmp_path / "answer.bin"
     with Session("answers", home=str(home), background=False) as s:
+        for bad in (tmp_path / "no-such-dir" / "a.bin", 42):
+            with pytest.raises(InvalidRequest, match="response_path"):
+                s.upload(src, server.url("/echo"), response_path=bad)  # type: ignore[arg-type]
         t = s.upload(src, server.url("/echo?gen=1M"), method="POST", response_path=answer).wait(
             timeout=30
         )
