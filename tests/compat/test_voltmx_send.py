@@ -130,6 +130,7 @@ def test_post_formdata_with_a_file_and_raw_bytes_is_multipart(
     form.append("album", "2026")
     form.append("picture", image)  # a path: streamed from the file
     form.append("notes.txt", b"raw bytes\r\n--not a boundary")  # RawBytes: name is the filename
+    form.append('caf\u00e9 "q"', b"named", "r\u00e9sum\u00e9.pdf")  # UTF-8 names, escaped quotes
     with open(image, "rb") as f:
         form.append("again", f, "copy.png")
         r = post(background, server.url(f"/upload/mp-{key}"), form)
@@ -140,12 +141,14 @@ def test_post_formdata_with_a_file_and_raw_bytes_is_multipart(
     assert server.uploads[f"mp-{key}/picture"] == image.read_bytes()
     assert server.uploads[f"mp-{key}/again"] == image.read_bytes()
     assert server.uploads[f"mp-{key}/notes.txt"] == b"raw bytes\r\n--not a boundary"
+    assert server.uploads[f"mp-{key}/caf\u00e9 %22q%22"] == b"named"
     names = {p["field"]: p.get("filename") for p in r.response["parts"]}
     assert names == {
         "album": None,
         "picture": "SampleImage.png",
         "notes.txt": "notes.txt",
         "again": "copy.png",
+        "caf\u00e9 %22q%22": "r\u00e9sum\u00e9.pdf",
     }
 
 

@@ -6,13 +6,14 @@ file first; a file part is copied in pieces, never read into memory whole.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import IO, Any, BinaryIO
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 from bgtransfer.voltmx._errors import bad_type, missing
 
@@ -25,8 +26,11 @@ _PIECE = 1 << 20
 class _File:
     """A file part: a path (opened when the body is written) or an open binary file."""
 
-    def __init__(self, source: os.PathLike[str] | BinaryIO, filename: str | None) -> None:
+    def __init__(
+        self, source: os.PathLike[str] | BinaryIO, filename: str | None, public: Any = None
+    ) -> None:
         self.source = source
+        self.public = source if public is None else public  # what getAll() and co. return
         if filename is None:
             raw = (
                 os.fspath(source)
@@ -65,7 +69,11 @@ class FormData:
         if isinstance(value, str):
             self._entries.append((name, value))
         elif isinstance(value, bytes | bytearray | memoryview):
-            self._entries.append((name, bytes(value)))
+            if filename is None:
+                self._entries.append((name, bytes(value)))
+            else:
+                raw = bytes(value)
+                self._entries.append((name, _File(io.BytesIO(raw), filename, raw)))
         elif isinstance(value, os.PathLike) or (
             hasattr(value, "read") and not isinstance(value, str)
         ):
@@ -143,12 +151,13 @@ class FormData:
 
 
 def _public(value: str | bytes | _File) -> Any:
-    return value.source if isinstance(value, _File) else value
+    return value.public if isinstance(value, _File) else value
 
 
 def _quote(text: str) -> str:
-    # RFC 7578 4.2: percent-encode what would end the quoted string or the header line.
-    return quote(text, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
+    # The WHATWG form encoding: escape only what would end the quoted string or the header
+    # line; everything else goes as UTF-8 (RFC 7578 4.2).
+    return text.replace("\r", "%0D").replace("\n", "%0A").replace('"', "%22")
 
 
 def spool_body(data: object, path: str) -> str | None:
