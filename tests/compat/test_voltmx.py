@@ -221,6 +221,7 @@ def test_error_row_100_invalid_parameter_type(home: Path) -> None:
     r = vx.net.HttpRequest()
     bad_calls: list[Callable[[], object]] = [
         lambda: vx.net.HttpRequest(5),  # type: ignore[arg-type]
+        lambda: vx.net.HttpRequest(""),  # an empty session id
         lambda: vx.net.HttpRequest({"timeoutIntervalForRequest": "60"}),
         lambda: r.open(5, "http://127.0.0.1/"),  # type: ignore[arg-type]
         lambda: r.open("GET", 5),  # type: ignore[arg-type]

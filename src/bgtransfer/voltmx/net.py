@@ -85,6 +85,8 @@ class HttpRequest:
         options: Mapping[str, Any] = {}
         if isinstance(requestOptions, str):
             # HttpRequest(sessionId): join that background session (session_configuration_api).
+            if not requestOptions:
+                raise bad_type("a session id must be a non-empty string", requestOptions)
             ident, background = requestOptions, True
         elif isinstance(requestOptions, Mapping):
             options = requestOptions
