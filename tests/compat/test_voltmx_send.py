@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import pytest
 
@@ -341,3 +341,41 @@ def test_examples_ported_from_app_code(
         found = out.stdout.find(needle, pos)
         assert found >= 0, f"{needle!r} not printed in order:\n{out.stdout}"
         pos = found
+
+
+def test_redirects_of_requests_with_a_body_are_followed(
+    server: FaultServer, background: bool, key: str
+) -> None:
+    events: list[str] = []
+    states: list[int] = []
+    r = vx.net.HttpRequest()
+    r.backgroundTransfer = background
+    r.onReadyStateChange = lambda req: states.append(req.readyState)
+    for kind in ("loadstart", "load", "loadend"):
+        r.upload.addEventListener(kind, lambda e: events.append(e.type))
+    target = quote(server.url(f"/echo?k={key}"), safe="")
+    r.open(constants.HTTP_METHOD_POST, server.url(f"/redirect?to={target}&code=303"))
+    r.send({"a": 1})
+    r.wait(timeout=30)
+    assert (r.status, r.response["method"], r.response["body_length"]) == (200, "GET", 0)
+    assert states == [1, 2, 3, 4]  # the redirect itself fires nothing
+    assert events == ["loadstart", "load", "loadend"]
+    # 307: the same method and body go to the new place.
+    target = quote(server.url(f"/upload/moved-{key}"), safe="")
+    r2 = post(background, server.url(f"/redirect?to={target}&code=307"), b"the body")
+    assert r2.status == 200
+    assert server.uploads[f"moved-{key}"] == b"the body"
+    assert server.requests(f"/upload/moved-{key}")[-1].method == "POST"
+
+
+def test_credentials_do_not_follow_a_redirect_to_another_origin(
+    server: FaultServer, home: Path, key: str
+) -> None:
+    assert server.other_base_url is not None
+    same = quote(server.url(f"/echo?k={key}"), safe="")
+    r = post(False, server.url(f"/redirect?to={same}&code=307"), "x", Authorization="Bearer t")
+    assert r.response["headers"].get("authorization") == "Bearer t"
+    other = quote(server.other_base_url + f"/echo?k={key}", safe="")
+    r = post(False, server.url(f"/redirect?to={other}&code=307"), "x", Authorization="Bearer t")
+    assert r.status == 200
+    assert "authorization" not in r.response["headers"]

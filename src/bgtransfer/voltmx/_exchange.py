@@ -10,6 +10,7 @@ import contextlib
 import os
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import bgtransfer
 from bgtransfer.voltmx._integrity import IntegrityParams
@@ -28,6 +29,11 @@ class Exchange:
     sent: int = 0
     check: IntegrityParams | None = None  # integrity checking applied to this exchange
     done: threading.Event = field(default_factory=threading.Event)
+    # What a followed redirect needs to send the request again (see _redirects).
+    method: str = "GET"
+    headers: list[tuple[str, str]] = field(default_factory=list)  # as the app set them
+    options: dict[str, Any] = field(default_factory=dict)  # timeouts, attempts
+    hops: int = 0
 
     def response_path(self) -> str | None:
         """The file holding the response body, once the exchange completed with one."""

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
@@ -34,6 +35,7 @@ from bgtransfer.voltmx._errors import (
 from bgtransfer.voltmx._exchange import Exchange, files_of
 from bgtransfer.voltmx._formdata import FormData, spool_body
 from bgtransfer.voltmx._functions import (
+    cancel,
     clearCookies,
     disableIntegrityCheck,
     getCookies,
@@ -41,6 +43,7 @@ from bgtransfer.voltmx._functions import (
     removeIntegrityCheck,
     setIntegrityCheck,
 )
+from bgtransfer.voltmx._redirects import follow
 from bgtransfer.voltmx._sessions import DEFAULT_SESSION, NO_LIMIT, OPTIONS, seconds, warn_option
 from bgtransfer.voltmx._sessions import session as _session
 from bgtransfer.voltmx._upload_events import HttpRequestUpload, ProgressEvent
@@ -65,10 +68,6 @@ __all__ = [
 
 _POLL = 0.05
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
-
-
-def _state_code(state: TaskState) -> constants.SessionTaskState:
-    return constants.SessionTaskState[state.name]
 
 
 class HttpRequest:
@@ -364,7 +363,7 @@ class HttpRequest:
                 raise
             size = os.path.getsize(body_file)
             ex = Exchange(task, session.home, body_file, base + ".body", given is not None, size)
-        ex.check = check
+        ex.check, ex.method, ex.headers, ex.options = check, self._method, self._headers, common
         with self._lock:
             self._ex = ex
             if ex.has_body:
@@ -444,7 +443,7 @@ class HttpRequest:
             pass  # already completed: nothing to resume, as on iOS
 
     def getTaskState(self) -> constants.SessionTaskState:
-        return _state_code(self._background_task("getTaskState").state)
+        return constants.SessionTaskState[self._background_task("getTaskState").state.name]
 
     # -- extensions --------------------------------------------------------------------------
 
@@ -453,8 +452,12 @@ class HttpRequest:
         ex = self._ex
         if ex is None:
             raise InvalidStateError("wait() needs a sent request: call send() first")
-        if not ex.done.wait(timeout):
-            raise TimeoutError(f"the request was not DONE within {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while ex is not None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not ex.done.wait(left):
+                raise TimeoutError(f"the request was not DONE within {timeout} s")
+            ex = None if self._ex is ex else self._ex  # a followed redirect goes on
         return self
 
     def acknowledge(self) -> None:
@@ -540,6 +543,8 @@ class HttpRequest:
     def _finish(self, ex: Exchange) -> None:
         task = ex.task
         err, status = task.error, task.response_status
+        if status and isinstance(err, bgtransfer.HTTPStatusError | None) and self._follow(ex):
+            return
         ex.drop_body()
         if isinstance(err, bgtransfer.Cancelled):
             self._status, self._status_text, self._response_headers = 0, "", None
@@ -571,16 +576,23 @@ class HttpRequest:
             self._set_ready(constants.HTTP_READY_STATE_DONE)
         ex.done.set()
 
+    def _follow(self, ex: Exchange) -> bool:
+        session = _session(self._identifier, self._home, self._background)
+        nxt = follow(ex, session, self._spool_base(session.home))
+        if nxt is None:
+            return False
+        if nxt.body_file != ex.body_file:
+            ex.drop_body()
+        if ex.has_body and not nxt.has_body:
+            self._upload_end(ex, "load")  # the body went out; the rest is a GET
+        self._ex = nxt
+        ex.done.set()  # wait() moves on to the next exchange
+        threading.Thread(
+            target=self._watch, args=(nxt,), name="voltmx-request", daemon=True
+        ).start()
+        return True
+
     def _upload_end(self, ex: Exchange, kind: str) -> None:
         if ex.has_body:
             self.upload._dispatch(kind, ex.sent, ex.total)
             self.upload._dispatch("loadend", ex.sent, ex.total)
-
-
-# -- namespace functions ---------------------------------------------------------------------
-
-
-def cancel(connHandle: object = None) -> None:
-    """``voltmx.net.cancel(connHandle)``: aborts an HttpRequest; other values are ignored."""
-    if isinstance(connHandle, HttpRequest):
-        connHandle.abort()
