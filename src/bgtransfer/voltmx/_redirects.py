@@ -34,6 +34,8 @@ def follow(ex: Exchange, session: bgtransfer.Session, base: str) -> Exchange | N
     status = task.response_status
     if task.kind != "upload" or status not in _REDIRECTS or ex.hops >= MAX_HOPS:
         return None
+    if not ex.options:
+        return None  # re-attached by a later process: the request as sent is not known
     headers = dict(task.response_headers)
     location = headers.get("location")
     if not location:
