@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
+import bgtransfer
 from bgtransfer import Cancelled, InvalidRequest, TaskState
 from bgtransfer import voltmx as vx
 from bgtransfer.testing import FaultServer
@@ -518,6 +519,33 @@ def test_script_exits_after_send_and_a_later_script_learns_the_outcome(
         time.sleep(0.3)
     assert json.loads(lines[0]) == [[task_id, 4, 200, 300000, "COMPLETED"]]
     assert lines[1] == "0"  # acknowledged: not reported again
+
+
+SCRIPT_FOREGROUND_EXIT = """
+import sys
+from bgtransfer import voltmx
+done = voltmx.net.HttpRequest()
+done.open("GET", sys.argv[1])
+done.send()
+done.wait(30)
+slow = voltmx.net.HttpRequest({"sessionIdentifier": "com.example.fg"})
+slow.open("GET", sys.argv[2])
+slow.send()
+print(slow.task.id)
+"""
+
+
+def test_a_script_with_foreground_requests_closes_them_at_exit(
+    server: FaultServer, home: Path, key: str
+) -> None:
+    fast, slow = server.url("/gen/100"), server.url(f"/gen/5000000?rate=100000&key={key}")
+    out = run(SCRIPT_FOREGROUND_EXIT, fast, slow, home=home)
+    assert out.returncode == 0, out.stderr
+    assert "Unclosed" not in out.stderr  # the engine closed its HTTP client
+    with bgtransfer.Session("com.example.fg", home=str(home), background=False) as s:
+        task = s.task(out.stdout.strip())
+        assert task.state is TaskState.SUSPENDED  # stopped at a checkpoint, resumable
+        assert "interrupted" in task.detail
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import concurrent.futures.thread  # noqa: F401 - see close_sessions' registration
 import logging
 import threading
 
@@ -42,7 +43,6 @@ def session(identifier: str, home: str | None, background: bool) -> bgtransfer.S
         return s
 
 
-@atexit.register
 def close_sessions() -> None:
     # Foreground requests stop with the process (resumable later); background ones go on.
     with _sessions_lock:
@@ -52,6 +52,12 @@ def close_sessions() -> None:
             except Exception:  # noqa: BLE001 - best effort at interpreter exit
                 pass
         _sessions.clear()
+
+
+# Closing an engine hands work to an executor, which plain atexit handlers can no longer
+# create: run with threading's exit hooks instead, ahead of concurrent.futures' own (hooks
+# run last-registered first, hence the early import), when the interpreter has them.
+getattr(threading, "_register_atexit", atexit.register)(close_sessions)
 
 
 def seconds(name: str, value: object) -> float:
