@@ -441,6 +441,26 @@ def test_foreground_request_refuses_background_members(server: FaultServer, home
     r.wait(timeout=30)
 
 
+def test_handlers_without_a_parameter_and_handlers_that_raise(
+    server: FaultServer, home: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[int] = []
+    httpclient = vx.net.HttpRequest()
+
+    def downloadCallback() -> None:  # the docs' shape: the request comes from a variable
+        seen.append(httpclient.readyState)
+        if httpclient.readyState == 2:
+            raise RuntimeError("a bug in the app's handler")
+
+    httpclient.onReadyStateChange = downloadCallback
+    httpclient.open(constants.HTTP_METHOD_GET, server.url("/gen/100"))
+    httpclient.send()
+    httpclient.wait(timeout=30)
+    assert seen == [1, 2, 3, 4]  # the exception did not stop the request
+    assert httpclient.status == 200
+    assert "a bug in the app's handler" in capfd.readouterr().err
+
+
 def test_synchronous_open(server: FaultServer, home: Path) -> None:
     r = vx.net.HttpRequest()
     r.open(constants.HTTP_METHOD_GET, server.url("/gen/1000"), False)

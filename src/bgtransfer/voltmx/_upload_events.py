@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bgtransfer.voltmx._callbacks import call_handler
 from bgtransfer.voltmx._errors import bad_type
 
 __all__ = ["EVENT_TYPES", "HttpRequestUpload", "ProgressEvent"]
@@ -50,7 +49,4 @@ class HttpRequestUpload:
     def _dispatch(self, type: str, loaded: int, total: int | None) -> None:
         event = ProgressEvent(type, total is not None, loaded, total or 0, self)
         for listener in list(self._listeners.get(type, ())):
-            try:
-                listener(event)
-            except Exception:  # noqa: BLE001 - like a browser console: report, go on
-                traceback.print_exc(file=sys.stderr)
+            call_handler(listener, event)

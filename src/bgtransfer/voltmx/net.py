@@ -25,6 +25,7 @@ import bgtransfer
 from bgtransfer import InvalidTransition, TaskState
 from bgtransfer.voltmx import _cookies, _integrity, _response, constants
 from bgtransfer.voltmx._background import BackgroundSession
+from bgtransfer.voltmx._callbacks import call_handler
 from bgtransfer.voltmx._errors import (
     InvalidStateError,
     VoltMXError,
@@ -120,7 +121,7 @@ class HttpRequest:
         self._lock = threading.RLock()
         self.disableIntegrityCheck = False
         self.upload = HttpRequestUpload()
-        self.onReadyStateChange: Callable[[HttpRequest], object] | None = None
+        self.onReadyStateChange: Callable[..., object] | None = None
 
     # -- properties ------------------------------------------------------------------------
 
@@ -495,12 +496,8 @@ class HttpRequest:
 
     def _set_ready(self, state: int) -> None:
         self._ready = state
-        callback = self.onReadyStateChange
-        if callback is not None:
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - like a browser console: report, go on
-                traceback.print_exc(file=sys.stderr)
+        if self.onReadyStateChange is not None:
+            call_handler(self.onReadyStateChange, self)
 
     def _advance(self, target: int) -> None:
         # Never skip a state: 2, 3 and 4 each fire once, in order.
