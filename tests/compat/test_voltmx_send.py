@@ -280,8 +280,8 @@ def test_a_background_post_survives_the_callers_exit_and_a_daemon_kill(
 ) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "BGTRANSFER_HOME": str(home)}
     payload = "quarterly figures " * 1000
-    # The server waits 1.5 s before answering: the daemon is killed while the POST is open.
-    url = server.url(f"/upload/report-{key}?stall=1.5&times=1")
+    # The server waits 4 s before answering: the daemon is killed while the POST is open.
+    url = server.url(f"/upload/report-{key}?stall=4&times=1")
     first = subprocess.run(
         [sys.executable, "-c", SCRIPT_POST_AND_EXIT, url, payload],
         capture_output=True, text=True, timeout=60, env=env,
