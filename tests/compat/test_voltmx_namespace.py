@@ -103,6 +103,28 @@ def test_cookies_are_stored_sent_listed_and_cleared(server: FaultServer, home: P
     assert "cookie" not in get(server.url("/echo")).response["headers"]
 
 
+def test_set_cookies_adds_to_the_store(server: FaultServer, home: Path) -> None:
+    vx.net.setCookies(
+        server.url("/"),
+        [{"Name": "appName", "Value": "App01", "Domain": "127.0.0.1", "Path": "/"}],
+    )
+    assert vx.net.getCookies(server.url("/x")) == ["appName=App01; Domain=127.0.0.1; Path=/"]
+    vx.net.setCookies(
+        server.url("/"),
+        [{"Name": "appName", "Value": "App02", "Domain": "127.0.0.1", "Path": "/"}],
+    )  # same name, domain and path: replaced
+    assert [c["Value"] for c in vx.net.getCookies(server.url("/"), "json")] == ["App02"]
+    assert get(server.url("/echo")).response["headers"]["cookie"] == "appName=App02"
+    for bad in (
+        [{"Name": "n"}],
+        "not a list",
+        [{"Name": "n", "Value": "v", "Domain": "d", "Path": "/", "ExpiresDate": "soon"}],
+    ):
+        with pytest.raises(VoltMXError) as info:
+            vx.net.setCookies(server.url("/"), bad)
+        assert info.value.errorCode == 100
+
+
 def test_cookie_functions_bad_input(home: Path) -> None:
     assert vx.net.getCookies("not a url") is None
     with pytest.raises(VoltMXError) as info:

@@ -23,7 +23,7 @@ from bgtransfer.voltmx import constants
 from bgtransfer.voltmx._errors import VoltMXError, bad_type
 from bgtransfer.voltmx._response import split_set_cookie
 
-__all__ = ["clear", "cookie_header", "get", "store"]
+__all__ = ["clear", "cookie_header", "get", "put", "store"]
 
 
 def _path(home: str) -> str:
@@ -106,6 +106,50 @@ def get(home: str, url: object, fmt: object = constants.COOKIES_IN_STRING) -> An
     if fmt == constants.COOKIES_IN_JSON:
         return [_as_dict(c) for c in cookies]
     return [_as_string(c) for c in cookies]
+
+
+def put(home: str, url: object, cookies: object) -> None:
+    """``voltmx.net.setCookies(url, cookiesList)``: dicts with at least Name, Value, Domain
+    and Path (docs); a cookie with the same name, domain and path is replaced."""
+    if _valid(url) is None and url not in (None, ""):
+        raise VoltMXError(1005, "invalid input url")
+    if not isinstance(cookies, list | tuple):
+        raise bad_type("cookiesList must be an array of cookie objects", cookies)
+    made = []
+    for c in cookies:
+        if not isinstance(c, dict) or not all(
+            isinstance(c.get(k), str) for k in ("Name", "Value", "Domain", "Path")
+        ):
+            raise bad_type("a cookie needs string Name, Value, Domain and Path", c)
+        expires = c.get("ExpiresDate")
+        if expires is not None and (
+            isinstance(expires, bool) or not isinstance(expires, int | float)
+        ):
+            raise bad_type("ExpiresDate must be milliseconds since the epoch", expires)
+        domain = c["Domain"]
+        made.append(
+            http.cookiejar.Cookie(
+                int(c.get("Version", 0)),
+                c["Name"],
+                c["Value"],
+                None,
+                False,
+                domain,
+                True,
+                domain.startswith("."),
+                c["Path"],
+                True,
+                bool(c.get("Secure", False)),
+                None if expires is None else int(expires / 1000),
+                expires is None,
+                None,
+                None,
+                {},
+            )
+        )
+    with _jar(home, write=True) as jar:
+        for cookie in made:
+            jar.set_cookie(cookie)
 
 
 def clear(home: str, url: object = None, names: object = None) -> None:

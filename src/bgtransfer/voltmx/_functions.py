@@ -16,6 +16,7 @@ __all__ = [
     "getCookies",
     "isNetworkAvailable",
     "removeIntegrityCheck",
+    "setCookies",
     "setIntegrityCheck",
 ]
 
@@ -45,6 +46,12 @@ def getCookies(URL: object = None, cookieFormat: object = constants.COOKIES_IN_S
 
 def clearCookies(url: object = None, cookieName: object = None, *, home: str | None = None) -> None:
     _cookies.clear(bgtransfer.resolve_home(home), url, cookieName)
+
+
+def setCookies(url: object = None, cookiesList: object = None, *, home: str | None = None) -> None:
+    if cookiesList is None:
+        raise missing("setCookies()", "a URL and a list of cookies")
+    _cookies.put(bgtransfer.resolve_home(home), url, cookiesList)
 
 
 def setIntegrityCheck(propertiesTable: object = None) -> None:

@@ -42,6 +42,7 @@ from bgtransfer.voltmx._functions import (
     getCookies,
     isNetworkAvailable,
     removeIntegrityCheck,
+    setCookies,
     setIntegrityCheck,
 )
 from bgtransfer.voltmx._redirects import follow
@@ -64,6 +65,7 @@ __all__ = [
     "getCookies",
     "isNetworkAvailable",
     "removeIntegrityCheck",
+    "setCookies",
     "setIntegrityCheck",
 ]
 
