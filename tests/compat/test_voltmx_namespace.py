@@ -59,6 +59,7 @@ def test_formdata_members(tmp_path: Path) -> None:
     assert f.entries() == [("a", "1"), ("b", b"\x00\x01"), ("a", "2"), ("photo", photo),
                            ("s", stream)]  # fmt: skip
     assert f.getAll("a") == ["1", "2"]
+    assert f.toString() == "a=1&a=2"
     assert f.get("a") == "1"
     assert f.get("none") is None
     assert f.has("b")

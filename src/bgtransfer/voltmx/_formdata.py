@@ -114,6 +114,10 @@ class FormData:
     def entries(self) -> list[tuple[str, Any]]:
         return [(k, _public(v)) for k, v in self._entries]
 
+    def toString(self) -> str:
+        """iOS's ``toString`` (real apps log it): the string entries, URL-encoded."""
+        return urlencode([(k, v) for k, v in self._entries if isinstance(v, str)])
+
     def __len__(self) -> int:
         return len(self._entries)
 
