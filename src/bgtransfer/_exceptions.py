@@ -19,6 +19,7 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
     └── StoreError                         the SQLite store is unusable
+        └── StoreFull                      its disk is full: tasks wait, nothing is lost
 
 Each class has a stable ``code`` so an error can be stored and sent as JSON
 (:meth:`TransferError.to_dict`) and rebuilt as the same class (:func:`error_from_dict`).
@@ -43,6 +44,7 @@ __all__ = [
     "ResumeError",
     "SourceChanged",
     "StoreError",
+    "StoreFull",
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
@@ -147,6 +149,13 @@ class TaskNotFound(TransferError, LookupError):
 
 class StoreError(TransferError):
     code = "store_error"
+
+
+class StoreFull(StoreError):
+    """The home's disk is full: SQLite cannot commit. Tasks are suspended (their bytes
+    kept) and go on by themselves once there is space; new tasks are refused until then."""
+
+    code = "store_full"
 
 
 _BY_CODE: dict[str, type[TransferError]] = {}

@@ -357,6 +357,8 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "segments": row.spec.segments,
+        # The finished file's mode follows the caller's umask, not the daemon's.
+        "umask": row.spec.umask,
     }
 
 

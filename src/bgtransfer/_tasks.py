@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from bgtransfer._engine._files import check_target, partial_path
+from bgtransfer._engine._files import check_target, current_umask, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
@@ -125,8 +125,13 @@ def build_row(
     on_complete: object = None,
     segments: object = 1,
     idempotency_key: str | None = None,
+    umask: object = None,
 ) -> TaskRow:
-    """Validate everything the caller gave; InvalidRequest names the first bad value."""
+    """Validate everything the caller gave; InvalidRequest names the first bad value.
+
+    ``umask``: the submitting process's (the finished file gets ``0666 & ~umask``); None
+    takes this process's.
+    """
     check_url(url)
     assert isinstance(url, str)
     hdrs = check_headers(headers)
@@ -148,6 +153,10 @@ def build_row(
         raise InvalidRequest(
             f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {segments!r}"
         )
+    if umask is None:
+        umask = current_umask()
+    if type(umask) is not int or not 0 <= umask <= 0o777:
+        raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
     target = check_target(path, overwrite=overwrite)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
@@ -158,6 +167,7 @@ def build_row(
         low_speed_limit=low_speed_limit,
         low_speed_time=lst,
         segments=segments,
+        umask=umask,
         **common,
     )
     now = time.time()

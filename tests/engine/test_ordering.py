@@ -24,8 +24,11 @@ SYSCALLS = (
     "openat,write,pwrite64,fsync,fdatasync,link,linkat,rename,renameat,renameat2,unlink,unlinkat"
 )
 FD_CALL = re.compile(r"^(?:\d+ +)?(\w+)\((\d+)<([^>]*)>")
+# link/rename by name, or relative to a directory descriptor (strace -y prints its path).
 PATH_CALL = re.compile(
-    r'^(?:\d+ +)?(linkat|renameat2?|link|rename)\((?:[^,]+, )?"([^"]+)", (?:[^,]+, )?"([^"]+)"'
+    r"^(?:\d+ +)?(linkat|renameat2?|link|rename)\("
+    r'(?:(?:AT_FDCWD|\d+)(?:<([^>]*)>)?, )?"([^"]+)", '
+    r'(?:(?:AT_FDCWD|\d+)(?:<([^>]*)>)?, )?"([^"]+)"'
 )
 UNLINK = re.compile(r'^(?:\d+ +)?(unlinkat|unlink)\((?:[^,]+, )?"([^"]+)"')
 
@@ -49,7 +52,7 @@ def audit(lines: list[str], dest: Path) -> dict[str, int]:
     counts = {"part_writes": 0, "part_syncs": 0, "commits": 0, "places": 0, "dir_syncs": 0}
     directory = str(dest.parent)
     for line in lines:
-        m = FD_CALL.match(line)
+        m = None if PATH_CALL.match(line) else FD_CALL.match(line)
         if m is not None:
             call, path = m.group(1), m.group(3)
             if path.endswith(".bgtransfer-part") and call in ("write", "pwrite64"):
@@ -69,7 +72,11 @@ def audit(lines: list[str], dest: Path) -> dict[str, int]:
                 counts["dir_syncs"] += 1
             continue
         p = PATH_CALL.match(line)
-        if p is not None and p.group(2).endswith(".bgtransfer-part") and p.group(3) == str(dest):
+        src = dst = ""
+        if p is not None:
+            src = os.path.join(p.group(2) or "", p.group(3))
+            dst = os.path.join(p.group(4) or "", p.group(5))
+        if p is not None and src.endswith(".bgtransfer-part") and dst == str(dest):
             assert synced_since_write, f"R2: placed before fsync: {line}"
             assert not dirty, f"R2: placed with unsynced data: {line}"
             placed, dir_synced = True, False
@@ -108,6 +115,18 @@ def test_audit_catches_a_commit_before_fsync(tmp_path: Path) -> None:
     ]
     with pytest.raises(AssertionError, match="R2"):
         audit(unsynced_place, dest)
+    by_directory = [
+        f"1 write(5<{part}>, ...) = 10",
+        f'1 linkat(7<{tmp_path}>, ".x.1.bgtransfer-part", 7<{tmp_path}>, "x", 0) = 0',
+    ]
+    with pytest.raises(AssertionError, match="R2"):
+        audit(by_directory, dest)
+    from_cwd = [
+        f"1 write(5<{part}>, ...) = 10",
+        f'1 linkat(AT_FDCWD</x>, "{part}", AT_FDCWD</x>, "{dest}", 0) = 0',
+    ]
+    with pytest.raises(AssertionError, match="R2"):
+        audit(from_cwd, dest)
 
 
 def test_cancel_unlinks_and_syncs_directory(server: FaultServer, tmp_path: Path, key: str) -> None:

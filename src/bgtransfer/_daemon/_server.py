@@ -42,6 +42,7 @@ from bgtransfer._exceptions import (
     DestinationError,
     InvalidRequest,
     InvalidTransition,
+    StoreFull,
     TaskNotFound,
     TransferError,
 )
@@ -66,6 +67,7 @@ HOOK_TIMEOUT = 60.0
 VERSION = "0.1.0"
 
 _STATUS: list[tuple[type[TransferError], int]] = [
+    (StoreFull, 507),  # the home's disk is full: nothing can be committed
     (InvalidRequest, 400),
     (TaskNotFound, 404),
     (InvalidTransition, 409),
@@ -225,7 +227,10 @@ class Daemon:
             raise InvalidRequest("a task must be a JSON object")
         upload = body.get("kind", "download") == "upload"
         allowed = UPLOAD_OPTIONS if upload else DOWNLOAD_OPTIONS
-        unknown = set(body) - {"kind", "session", "url", "path", "idempotency_key", *allowed}
+        known = {"kind", "session", "url", "path", "idempotency_key", *allowed}
+        if not upload:
+            known.add("umask")  # the submitting process's: the finished file's mode
+        unknown = set(body) - known
         if unknown:
             raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
         session, key = body.get("session"), body.get("idempotency_key")
@@ -237,6 +242,13 @@ class Daemon:
             existing = self.store.find_key(key)
             if existing is not None:
                 return existing.id
+        path = body.get("path")
+        if isinstance(path, str) and not os.path.isabs(path):
+            # Resolved here it would name a file under the daemon's working directory.
+            raise InvalidRequest(
+                f"path must be absolute (the daemon does not know the caller's working "
+                f"directory): {path!r}"
+            )
         options = {k: body[k] for k in allowed if k in body}
         for pairs in ("headers", "form_fields"):
             if isinstance(options.get(pairs), list):
@@ -247,8 +259,8 @@ class Daemon:
                 idempotency_key=key, **options,
             )  # fmt: skip
         return build_row(
-            session, body.get("url"), body.get("path"), background=True,
-            idempotency_key=key, **options,
+            session, body.get("url"), path, background=True,
+            idempotency_key=key, umask=body.get("umask"), **options,
         )  # fmt: skip
 
     async def submit(self, request: web.Request) -> web.Response:

@@ -11,6 +11,12 @@ Ordering: a save's files are fsynced, then its directories, then the transaction
 then its futures resolve on the loop in submission order. The engine fsyncs a partial
 file itself (or lists it in ``sync_files``) before the snapshot that covers it, so "data
 durable before the offset that names it" holds as before.
+
+Disk full: a save SQLite cannot commit for want of space (StoreFull) is not failed and not
+dropped. It goes back to the front of the queue (merged with newer saves of its task) and
+is tried again every RETRY_FULL seconds; its future resolves when it lands. ``on_full``
+hears "full" (with the reason) and "commits land again" (None); the engine suspends its
+tasks on the first and resumes them once commits land and the disk has room.
 """
 
 from __future__ import annotations
@@ -18,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from bgtransfer._engine._files import fsync_dir, fsync_file
-from bgtransfer._exceptions import DestinationError, StoreError
+from bgtransfer._exceptions import DestinationError, StoreError, StoreFull
 from bgtransfer._protocol._machine import Snapshot
 from bgtransfer._store._sqlite import EventRecord, SQLiteStore
 
@@ -30,13 +38,15 @@ __all__ = ["Committer", "Save"]
 
 log = logging.getLogger("bgtransfer")
 
+RETRY_FULL = 1.0  # seconds between tries while the store's disk is full
+
 
 @dataclass(slots=True)
 class Save:
     """One task's snapshot and what goes with it."""
 
     task_id: str
-    snap: Snapshot
+    snap: Snapshot | None  # None: only attempts (a request that starts moves no offset)
     wall: float
     event: EventRecord | None = None
     hook_state: str | None = None
@@ -61,7 +71,8 @@ class _Pending:
     )
 
     def add(self, save: Save, fut: asyncio.Future[Any], loop: asyncio.AbstractEventLoop) -> None:
-        self.last = save
+        if save.snap is not None or self.last.snap is None:
+            self.last = save
         index = None
         if save.event is not None:
             index = len(self.events)
@@ -74,6 +85,21 @@ class _Pending:
         if save.sync_dir is not None:
             self.sync_dirs.append(save.sync_dir)
         self.waiters.append((fut, index, loop))
+
+    def merge(self, newer: _Pending) -> None:
+        """Append a newer pending of the same task (a save kept back by a full disk)."""
+        base = len(self.events)
+        if newer.last.snap is not None or self.last.snap is None:
+            self.last = newer.last
+        self.events.extend(newer.events)
+        self.attempts.extend(newer.attempts)
+        if newer.hook_state is not None:
+            self.hook_state = newer.hook_state
+        self.sync_files.extend(newer.sync_files)
+        self.sync_dirs.extend(newer.sync_dirs)
+        self.waiters.extend(
+            (fut, None if i is None else base + i, loop) for fut, i, loop in newer.waiters
+        )
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
@@ -88,13 +114,15 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 class Committer:
     """The writer thread, with its own connection to the store (WAL: readers never wait)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, on_full: Callable[[str | None], None] | None = None) -> None:
         # A long busy timeout: the loop's connection may hold the write lock for a while
         # (a batch insert of 100 000 tasks); waiting here blocks no transfer.
         self._store = SQLiteStore(path, busy_timeout=120.0)
         self._queue: dict[str, _Pending] = {}
         self._cv = threading.Condition()
         self._closing = False
+        self._on_full = on_full  # called from the writer thread
+        self._full = False
         self._last: asyncio.Future[Any] | None = None
         self._thread = threading.Thread(target=self._work, name="bgtransfer-commit", daemon=True)
         self._thread.start()
@@ -120,11 +148,24 @@ class Committer:
         if last is not None and not last.done():
             await asyncio.wait([last])
 
+    @property
+    def full(self) -> bool:
+        """Saves are kept back: none has landed since the disk was found full."""
+        with self._cv:
+            return self._full and bool(self._queue)
+
+    def mark_full(self) -> None:
+        """The loop's own connection found the disk full: report the next commit that
+        lands as "space again"."""
+        with self._cv:
+            self._full = True
+
     async def close(self) -> None:
-        await self.flush()
+        # Closing first: saves a full disk keeps back are failed now, not waited for.
         with self._cv:
             self._closing = True
             self._cv.notify()
+        await self.flush()
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._store.close()
 
@@ -136,17 +177,53 @@ class Committer:
                 if not self._queue:
                     return
                 batch, self._queue = list(self._queue.values()), {}
-            for pending, result in zip(batch, self._run(batch), strict=True):
-                for fut, index, loop in pending.waiters:
-                    value: Any
-                    if isinstance(result, BaseException):
-                        ok, value = False, result
-                    else:  # each waiter gets the cursor of its own event
-                        ok, value = True, None if index is None else result[index]
-                    try:
-                        loop.call_soon_threadsafe(_settle, fut, ok, value)
-                    except RuntimeError:  # the loop is gone (interpreter exit)
-                        return
+            results = self._run(batch)
+            kept: list[_Pending] = []
+            full: StoreFull | None = None
+            for pending, result in zip(batch, results, strict=True):
+                if isinstance(result, StoreFull) and not self._closing:
+                    kept.append(pending)
+                    full = result
+                elif not self._resolve(pending, result):
+                    return
+            if full is not None:
+                self._keep_back(kept, full)
+            elif self._full:
+                self._full = False
+                log.warning("the task store can commit again")
+                if self._on_full is not None:
+                    self._on_full(None)
+
+    def _resolve(self, pending: _Pending, result: list[int | None] | BaseException) -> bool:
+        for fut, index, loop in pending.waiters:
+            value: Any
+            if isinstance(result, BaseException):
+                ok, value = False, result
+            else:  # each waiter gets the cursor of its own event
+                ok, value = True, None if index is None else result[index]
+            try:
+                loop.call_soon_threadsafe(_settle, fut, ok, value)
+            except RuntimeError:  # the loop is gone (interpreter exit)
+                return False
+        return True
+
+    def _keep_back(self, kept: list[_Pending], full: StoreFull) -> None:
+        """Put saves the full disk refused back in front of the queue; wait a while."""
+        if not self._full:
+            self._full = True
+            log.error("%s", full.message)
+            if self._on_full is not None:
+                self._on_full(full.message)
+        with self._cv:
+            newer, self._queue = self._queue, {p.last.task_id: p for p in kept}
+            for task_id, pending in newer.items():
+                if task_id in self._queue:
+                    self._queue[task_id].merge(pending)
+                else:
+                    self._queue[task_id] = pending
+            deadline = time.monotonic() + RETRY_FULL
+            while not self._closing and (left := deadline - time.monotonic()) > 0:
+                self._cv.wait(left)
 
     def _run(self, batch: list[_Pending]) -> list[list[int | None] | BaseException]:
         failed: dict[int, BaseException] = {}
@@ -195,5 +272,6 @@ class Committer:
             with self._store.transaction():
                 return self._write(p)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting futures, not lost
-            log.error("task store commit failed for %s: %r", p.last.task_id, exc)
+            if not isinstance(exc, StoreFull):  # kept back and retried: logged once
+                log.error("task store commit failed for %s: %r", p.last.task_id, exc)
             return exc

@@ -25,14 +25,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bgtransfer._engine._commit import Committer, Save
-from bgtransfer._engine._files import (
-    PartialFile,
-    hash_prefix,
-    link_into_place,
-    remove_partial,
-    size_of,
-    verify,
-)
+from bgtransfer._engine._files import PartialFile, PartialLost, file_mode, size_of
 from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
@@ -46,6 +39,7 @@ from bgtransfer._exceptions import (
     InvalidTransition,
     NetworkError,
     ReadError,
+    StoreFull,
     TaskNotFound,
     TransferError,
     TransferTimeout,
@@ -54,7 +48,7 @@ from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import SQLiteStore, event_record
+from bgtransfer._store._sqlite import OPEN_ATTEMPT, SQLiteStore, event_record
 
 __all__ = ["Engine"]
 
@@ -73,8 +67,6 @@ class _Live:
     part: PartialFile
     runner: asyncio.Task[None] | None = None
     resp: aiohttp.ClientResponse | None = None
-    hasher: Any = None
-    hashed: int = 0
     retry_delay: float = 0.0
     slow: bool = False
     last_phase: Phase | None = None
@@ -117,11 +109,21 @@ class Engine(UploadDriver):
         self._changed = asyncio.Event()
         self._closed = False
         self._background: set[asyncio.Task[None]] = set()
+        # The home's disk is full (SQLite cannot commit): why, and the tasks suspended for it.
+        self.store_full: str | None = None
+        self._full_suspended: set[str] = set()
+        self._space_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._commit = Committer(self.store.path)
+        loop = asyncio.get_running_loop()
+
+        def on_full(reason: str | None) -> None:  # the writer thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(self._store_state, reason)
+
+        self._commit = Committer(self.store.path, on_full=on_full)
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
         self._http = aiohttp.ClientSession(
             connector=connector,
@@ -167,14 +169,89 @@ class Engine(UploadDriver):
         retry) have a coroutine, so a queue of 100 000 costs rows, not megabytes.
         """
         row.owner = self.owner.token
-        self.store.insert(row)
+        self._check_room()
+        try:
+            self.store.insert(row)
+        except StoreFull as exc:
+            self._on_store_full(exc.message)
+            raise
         self._pump()
 
     def submit_many(self, rows: list[TaskRow]) -> None:
         """Store several new tasks in one transaction, then start what there is room for."""
         for row in rows:
             row.owner = self.owner.token
-        self.store.insert_many(rows)
+        self._check_room()
+        try:
+            self.store.insert_many(rows)
+        except StoreFull as exc:
+            self._on_store_full(exc.message)
+            raise
+        self._pump()
+
+    # -- the home's disk is full -----------------------------------------------------------
+
+    def _check_room(self) -> None:
+        if self.store_full is not None:
+            raise StoreFull(self.store_full)
+
+    def _store_state(self, reason: str | None) -> None:
+        if reason is not None:
+            self._on_store_full(reason)
+
+    def _on_store_full(self, reason: str) -> None:
+        """Nothing can be committed: stop every transfer at its bytes, keep every file.
+
+        The tasks say SUSPENDED with the reason (in memory; the store learns it once it
+        can commit again) and go on by themselves when there is space. A task that is
+        placing its finished file just waits for its commit.
+        """
+        if self.store_full is not None or self._closed:
+            return
+        self.store_full = reason
+        assert self._commit is not None
+        self._commit.mark_full()
+        log.error("suspending every transfer: %s", reason)
+        active = (Phase.QUEUED, Phase.CONNECTING, Phase.TRANSFERRING, Phase.WAITING_RETRY)
+        for live in list(self._live.values()):
+            if live.machine.snap.phase in active:
+                self._full_suspended.add(live.row.id)
+                task = asyncio.get_running_loop().create_task(self._suspend_for_space(live))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        if self._space_watch is None:
+            self._space_watch = asyncio.get_running_loop().create_task(self._watch_space())
+        self._changed.set()
+
+    async def _watch_space(self) -> None:
+        """Resume once nothing waits to be committed and the disk has room: a commit that
+        squeezes into the WAL's old pages is not yet space (resuming then would flap)."""
+        try:
+            while self.store_full is not None and not self._closed:
+                await asyncio.sleep(FULL_POLL)
+                assert self._commit is not None
+                if not self._commit.full and _has_room(self.store.path):
+                    self._on_store_back()
+        finally:
+            self._space_watch = None
+
+    async def _suspend_for_space(self, live: _Live) -> None:
+        await self._stop(live)
+        reason = self.store_full or "the home's disk is full"
+        self._apply_now(live, M.Interrupted(f"suspended: {reason}"))
+
+    def _on_store_back(self) -> None:
+        if self.store_full is None or self._closed:
+            return
+        log.warning("the task store commits again: resuming the suspended transfers")
+        self.store_full = None
+        ids, self._full_suspended = self._full_suspended, set()
+        for task_id in ids:
+            live = self._live.get(task_id)
+            if live is None or live.machine.snap.phase is not Phase.SUSPENDED:
+                continue
+            self._reconcile(live)
+            self._execute_sync(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
         self._pump()
 
     def _runner_cap(self) -> int:
@@ -184,7 +261,7 @@ class Engine(UploadDriver):
 
     def _pump(self) -> None:
         """Start queued tasks from the store while there is room for runners."""
-        if self._closed:
+        if self._closed or self.store_full is not None:
             return
         # Finished tasks count until their completion commits (then they are forgotten and
         # the pump runs again), so memory stays bounded by the cap.
@@ -219,6 +296,10 @@ class Engine(UploadDriver):
                 continue
             if row.owner is not None and owner_alive(self.home, row.owner):
                 continue
+            self.store.close_open_attempts(
+                "interrupted: the process running it exited before this request ended",
+                task_id=row.id,
+            )
             live = self._make_live(row)
             self._reconcile(live)
             m = live.machine
@@ -237,6 +318,9 @@ class Engine(UploadDriver):
         commits); files are reconciled when each task is picked up. Suspended tasks stay
         suspended; cancellations interrupted by the crash are finished now.
         """
+        self.store.close_open_attempts(
+            "interrupted: the daemon stopped before this request ended", background=True
+        )
         self.store.requeue_running(background=True)
         for row in self.store.in_phase(Phase.CANCELING, background=True):
             live = self._make_live(row)
@@ -303,11 +387,14 @@ class Engine(UploadDriver):
     def _make_live(self, row: TaskRow) -> _Live:
         cls = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
         machine = cls.from_snapshot(row.spec, row.snap, rng=self.rng)
-        live = _Live(row=row, machine=machine, part=PartialFile(row.partial))
+        live = _Live(row=row, machine=machine, part=PartialFile(row.partial, machine.snap))
         live.last_phase = row.snap.phase
         return live
 
     def _adopt(self, task_id: str) -> _Live:
+        """The task to suspend, resume or cancel (refused while nothing can be committed:
+        the caller would wait for a change that cannot land)."""
+        self._check_room()
         live = self._live.get(task_id)
         if live is not None:
             return live
@@ -346,7 +433,12 @@ class Engine(UploadDriver):
             return
         if m.snap.phase is Phase.CANCELING:
             return
-        size = size_of(row.partial)
+        try:
+            size = live.part.size()
+        except DestinationError as exc:
+            # The directory is not the task's any more: the next open fails the task.
+            log.warning("task %s: %s", row.id, exc.message)
+            return
         if m.snap.segments and reconcile_segments(m, size):
             log.warning("task %s: partial file does not fit its segments, restarting", row.id)
         if size is None:
@@ -419,6 +511,14 @@ class Engine(UploadDriver):
                     self._execute_sync(live, m.handle(M.RetryDue(), now=self.clock()))
         except asyncio.CancelledError:
             raise
+        except StoreFull as exc:
+            # A commit the loop made itself found the disk full: keep every byte, wait.
+            self._close_transfer(live)
+            self._on_store_full(exc.message)
+            self._apply_now(live, M.Interrupted(f"suspended: {exc.message}"))
+        except DestinationError as exc:  # the directory went away under a checkpoint
+            self._close_transfer(live)
+            self._apply_now(live, M.Failed(DestinationError(exc.message, task_id=live.row.id)))
         except Exception as exc:
             log.exception("task %s: internal error", live.row.id)
             err = TransferError(f"internal error: {exc!r}", task_id=live.row.id)
@@ -478,11 +578,10 @@ class Engine(UploadDriver):
                     self._close_transfer(live)
                 case M.RemovePartial():
                     self._close_transfer(live)
-                    live.hasher = None
                     if m.spec.kind == "upload":
                         self._terminate_upload(live)
                     else:
-                        remove_partial(live.row.partial)
+                        live.part.remove()
                     if m.snap.phase is Phase.CANCELING:
                         self._execute_sync(live, m.handle(M.CancelCleaned(), now=self.clock()))
                 case M.ScheduleRetry(delay=delay):
@@ -557,11 +656,47 @@ class Engine(UploadDriver):
             outcome = "body complete" if status and status < 300 else detail
         else:
             outcome = detail
+        if self._closed:
+            outcome = "interrupted: " + (
+                "the daemon stopped" if self.background else "the session was closed"
+            )
         attempt["ended_at"] = time.time()
         attempt["outcome"] = outcome
         # Written with the task's next snapshot, in the same transaction: every path that
         # ends an attempt persists soon after (retry, finish, suspend, fail).
         live.attempts_done.append(attempt)
+
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+        """A request that starts: on record (outcome "in progress") with the next commit,
+        whatever becomes of the process; the row is updated when it ends."""
+        attempt: dict[str, Any] = {
+            "key": os.urandom(8).hex(),
+            "started_at": time.time(),
+            "ended_at": None,
+            "url": url,
+            "range_start": range_start,
+            "status": None,
+            "bytes": 0,
+            "outcome": OPEN_ATTEMPT,
+        }
+        if self._commit is not None and not self._closed:
+            # No await: the request is not held up for it (a crash in the next few
+            # milliseconds may leave it unlisted); the writer merges it with the task's
+            # other saves. Synced first like any commit of the task (segments still write),
+            # so no commit ever lands while its file has unsynced bytes.
+            live.part.sync()
+            fut = self._commit.submit(
+                Save(live.row.id, None, time.time(), attempts=[dict(attempt)])
+            )
+            fut.add_done_callback(_ignore)
+        return attempt
+
+    def _save_attempts(self, live: _Live) -> None:
+        """Ended attempts that no snapshot is about to carry: on record by themselves."""
+        attempts, live.attempts_done = live.attempts_done, []
+        if attempts and self._commit is not None and not self._closed:
+            fut = self._commit.submit(Save(live.row.id, None, time.time(), attempts=attempts))
+            fut.add_done_callback(_ignore)
 
     def _persist(self, live: _Live) -> None:
         """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
@@ -578,6 +713,8 @@ class Engine(UploadDriver):
         if hook is not None:
             row.hook_state = hook
         attempts, live.attempts_done = live.attempts_done, []
+        if live.attempt is not None:  # the request in flight, its bytes so far
+            attempts.append(dict(live.attempt))
         snap = _stored(m, now)
         wall = time.time()
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
@@ -648,13 +785,9 @@ class Engine(UploadDriver):
             live.resp = None
         self._end_attempt(live)
         range_value = dict(action.headers).get("Range")
-        live.attempt = {
-            "started_at": time.time(),
-            "url": action.url,
-            "range_start": int(range_value[6:].split("-")[0]) if range_value else None,
-            "status": None,
-            "bytes": 0,
-        }
+        live.attempt = self.open_attempt(
+            live, action.url, int(range_value[6:].split("-")[0]) if range_value else None
+        )
         rt = live.machine.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
@@ -696,16 +829,11 @@ class Engine(UploadDriver):
             self.store.save(live.row.id, _stored(m, self.clock()), wall_time=time.time())
         try:
             part.open(action.start)
+        except PartialLost as exc:
+            return M.RestartRequired(exc.message)
         except (DestinationError, OSError) as exc:
             msg = exc.message if isinstance(exc, DestinationError) else str(exc)
             return M.Failed(DestinationError(msg))
-        hasher = None
-        if m.spec.sha256 is not None:
-            if action.start == 0:
-                live.hasher, live.hashed = hash_prefix(part.path, 0), 0
-            elif live.hasher is None or live.hashed != action.start:
-                live.hasher, live.hashed = hash_prefix(part.path, action.start), action.start
-            hasher = live.hasher
         watchdog = None
         if m.spec.low_speed_limit > 0:
             watchdog = asyncio.get_running_loop().create_task(self._watchdog(live))
@@ -715,9 +843,6 @@ class Engine(UploadDriver):
             part.write(chunk)
             if live.attempt is not None:
                 live.attempt["bytes"] += len(chunk)
-            if hasher is not None:
-                hasher.update(chunk)
-                live.hashed += len(chunk)
             # No await between write and handle: the offset always matches the file.
             actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
             if actions:
@@ -807,21 +932,17 @@ class Engine(UploadDriver):
         # Not fsynced here: the group commit fsyncs it just before the offset that covers
         # it, so files finishing together share one trip to the writer thread.
         live.part.close(sync=False)
-        digest = None
-        if live.hasher is not None and live.hashed == action.expected_length:
-            digest = live.hasher.hexdigest()
         m, row = live.machine, live.row
         check = functools.partial(
-            verify,
-            row.partial,
+            live.part.seal,
             expected_length=action.expected_length,
             sha256=action.sha256,
-            digest=digest,
+            mode=file_mode(m.spec.umask),
         )
         try:
-            if action.sha256 is not None and digest is None:
-                # Hashing a whole file (segments, or a resume without the hash state) takes
-                # seconds for big files: not on the loop.
+            if action.sha256 is not None:
+                # Hashing the file read back from disk takes seconds for big files: not on
+                # the loop.
                 await asyncio.get_running_loop().run_in_executor(None, check)
             else:
                 check()
@@ -843,11 +964,29 @@ class Engine(UploadDriver):
         # From here on no await: the name appears and the machine hears of it in one step,
         # so nobody sees the file while the task still says running.
         try:
-            link_into_place(row.partial, row.path, overwrite=row.overwrite)
+            live.part.place(row.path, overwrite=row.overwrite)
         except TransferError as exc:
             return M.FinalizeFailed(exc)
         live.dir_unsynced = os.path.dirname(row.path)
         return M.Finalized()
+
+
+FULL_POLL = 1.0  # seconds between looks at a full disk
+
+
+def _has_room(path: str) -> bool:
+    """Free space on the store's disk to go on with: 5% of it, 64 MiB at most."""
+    try:
+        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return True  # cannot tell: the next commit will say
+    return st.f_bavail * st.f_frsize >= min(64 << 20, st.f_blocks * st.f_frsize // 20)
+
+
+def _ignore(fut: asyncio.Future[Any]) -> None:
+    """Retrieve a future's outcome nobody waits for (the committer logged a failure)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _boot_id() -> str | None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from multidict import CIMultiDict
 
+from bgtransfer._engine._files import PartialLost
 from bgtransfer._engine._http import lower_headers, why
 from bgtransfer._exceptions import (
     ConnectError,
@@ -100,13 +101,14 @@ async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.E
     live.part.close()
     try:
         live.part.open_sized(total if total is not None else 0, fresh=fresh)
+    except PartialLost as exc:
+        return M.RestartRequired(exc.message)
     except (DestinationError, OSError) as exc:
         msg = exc.message if isinstance(exc, DestinationError) else str(exc)
         return M.Failed(DestinationError(msg))
     if fresh:
         engine._apply_now(live, M.SegmentsPlanned(plan))
         log.info("task %s: %s", live.row.id, why)
-    live.hasher = None  # the streaming hash needs order: place() hashes the file instead
     live.resp = None  # connection 0 owns it now
     return await _Driver(engine, live).run(first or 0, resp)
 
@@ -239,13 +241,7 @@ class _Driver:
                 resp.close()
 
     def _new_attempt(self, index: int) -> dict[str, Any]:
-        return {
-            "started_at": time.time(),
-            "url": self.m.url,
-            "range_start": self.m.snap.segments[index][1],
-            "status": None,
-            "bytes": 0,
-        }
+        return self.engine.open_attempt(self.live, self.m.url, self.m.snap.segments[index][1])
 
     def _end(
         self, attempt: dict[str, Any] | None, first: dict[str, Any] | None, outcome: str

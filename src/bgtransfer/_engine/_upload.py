@@ -18,7 +18,7 @@ from urllib.parse import urljoin
 import aiohttp
 from multidict import CIMultiDict
 
-from bgtransfer._engine._files import fsync_dir, partial_path, remove_partial
+from bgtransfer._engine._files import fsync_dir, partial_path
 from bgtransfer._engine._http import lower_headers
 from bgtransfer._exceptions import (
     ConnectError,
@@ -50,6 +50,14 @@ STREAM_PIECE = 1 << 20
 Event = M.Event | FinalResponse | UploadCreated | UploadProgress | UploadLost
 
 
+def _remove_spool(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(path))
+
+
 class _Lost(Exception):
     """The server answered 404/410 for the upload URL."""
 
@@ -71,6 +79,15 @@ class UploadDriver:
     clock: Callable[[], float]
 
     def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
+        raise NotImplementedError
+
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _end_attempt(self, live: _Live) -> None:
+        raise NotImplementedError
+
+    def _save_attempts(self, live: _Live) -> None:
         raise NotImplementedError
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -114,6 +131,8 @@ class UploadDriver:
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
         )
+        if live.attempt is not None:
+            live.attempt["status"] = resp.status  # the history shows the last answer
         try:
             body = await self._read_answer(live, resp)
         finally:
@@ -150,7 +169,7 @@ class UploadDriver:
 
     def _drop_spool(self, live: _Live) -> None:
         if live.response_spool is not None:
-            remove_partial(live.response_spool)
+            _remove_spool(live.response_spool)
             live.response_spool = None
 
     def _commit_answer(self, live: _Live, event: Event | None) -> Event | None:
@@ -172,7 +191,7 @@ class UploadDriver:
             fsync_dir(os.path.dirname(target))
         except OSError as exc:
             if spool is not None:
-                remove_partial(spool)
+                _remove_spool(spool)
             return M.Failed(DestinationError(f"cannot store the answer at {target}: {exc}"))
         return event
 
@@ -211,6 +230,9 @@ class UploadDriver:
             self._execute_sync(live, actions)
             return
         deadline = asyncio.timeout(max(m.time_left(self.clock()), 0.0))
+        # One history row per attempt (its requests: creation, offset queries, chunks).
+        start = m.snap.offset
+        live.attempt = self.open_attempt(live, m.snap.upload_url or m.spec.url, start)
         event: Event | None
         try:
             async with deadline:
@@ -223,12 +245,19 @@ class UploadDriver:
             event = M.TransportFailed(
                 TransferTimeout(f"resource timeout of {m.spec.resource_timeout:g} s reached")
             )
+        after: list[M.Action] = []
         if event is not None and m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING):
             event = self._commit_answer(live, event)
             assert event is not None
-            self._execute_sync(live, m.handle(event, now=self.clock()))  # type: ignore[arg-type]
+            after = m.handle(event, now=self.clock())  # type: ignore[arg-type]
         else:
             self._drop_spool(live)
+        if live.attempt is not None:
+            live.attempt["bytes"] = max(0, m.snap.offset - start)
+            self._end_attempt(live)  # before the actions: their commit carries it
+        self._execute_sync(live, after)
+        if not any(isinstance(a, M.Persist) for a in after):
+            self._save_attempts(live)  # the machine decided earlier: no snapshot carries it
 
     async def _exchange(self, live: _Live) -> Event:
         spec = live.machine.spec

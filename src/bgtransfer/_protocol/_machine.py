@@ -139,6 +139,9 @@ class Spec:
     segments: int = 1  # connections for one download (aria2c -s); 1 is the plain path
     # Uploads: where the whole body of the final answer goes (response_body keeps 64 KiB).
     response_path: str | None = None
+    # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
+    # None: the umask of the process that runs the engine.
+    umask: int | None = None
 
 
 @dataclass(slots=True)
@@ -170,6 +173,10 @@ class Snapshot:
     # unchanged, bytes written after the snapshot are still in the page cache after a crash
     # of the process, and resume may keep them.
     boot_id: str | None = None
+    # Who the partial file is (set by the engine): the directory's (device, inode), then the
+    # file's (device, inode, owner) once created. A reopen that finds anything else discards
+    # it rather than adopt it; empty: nothing recorded yet.
+    partial_id: tuple[int, ...] = ()
 
 
 # -- events ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ FULL is paid once per checkpoint, not per chunk.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from typing import Any
 from bgtransfer._exceptions import (
     DestinationError,
     StoreError,
+    StoreFull,
     TransferError,
     error_from_dict,
 )
@@ -28,24 +30,30 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
-# One row per request the engine made: what `bgtransfer show` prints as the history.
-_ATTEMPTS = """
-CREATE TABLE attempts (
+# One row per request the engine made: what `bgtransfer show` prints as the history. A row
+# is written when the request starts (ended_at NULL, outcome "in progress"), updated at
+# checkpoints and when it ends (found by ``key``); one still open when a process died is
+# marked interrupted when the task is recovered.
+_ATTEMPTS_COLUMNS = """(
     task_id TEXT NOT NULL,
     n INTEGER NOT NULL,
     started_at REAL NOT NULL,
-    ended_at REAL NOT NULL,
+    ended_at REAL,
     url TEXT NOT NULL,
     range_start INTEGER,
     status INTEGER,
     bytes INTEGER NOT NULL,
     outcome TEXT NOT NULL,
+    key TEXT,
     PRIMARY KEY (task_id, n)
 )
 """
+_ATTEMPTS = "CREATE TABLE attempts " + _ATTEMPTS_COLUMNS
+_ATTEMPT_FIELDS = "task_id, n, started_at, ended_at, url, range_start, status, bytes, outcome"
+OPEN_ATTEMPT = "in progress"
 
 _SCHEMA = (
     """
@@ -119,6 +127,13 @@ _MIGRATIONS: dict[int, list[str]] = {
     # Segmented downloads keep per-segment offsets in the `response` JSON ("segments"); no
     # DDL, but an older bgtransfer must not read "offset" as a contiguous prefix.
     6: [],
+    # Attempts are recorded when they start: ended_at may be NULL, rows found by key.
+    7: [
+        "CREATE TABLE attempts_v8 " + _ATTEMPTS_COLUMNS,
+        f"INSERT INTO attempts_v8 ({_ATTEMPT_FIELDS}) SELECT {_ATTEMPT_FIELDS} FROM attempts",
+        "DROP TABLE attempts",
+        "ALTER TABLE attempts_v8 RENAME TO attempts",
+    ],
 }
 
 _COLUMNS = (
@@ -162,6 +177,7 @@ def _response_json(snap: Snapshot) -> str:
             "upload_url": snap.upload_url,
             "boot": snap.boot_id,
             "segments": [list(seg) for seg in snap.segments],
+            "file": list(snap.partial_id),
         }
     )
 
@@ -177,8 +193,17 @@ class SQLiteStore:
     def __init__(self, path: str, *, busy_timeout: float = 10.0) -> None:
         self.path = path
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            os.close(fd)
+            # Create it private, but never open and close it when it exists: closing any
+            # descriptor of a file drops every POSIX lock the process holds on it, SQLite's
+            # too (the engine's second connection did that to the first), and another
+            # process closing its connection then deletes the WAL under the daemon, taking
+            # every later commit with it.
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                pass
+            else:
+                os.close(fd)
             self._db = sqlite3.connect(
                 path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
             )
@@ -217,13 +242,44 @@ class SQLiteStore:
     def _tx(self) -> Iterator[None]:
         # BEGIN IMMEDIATE takes the write lock up front: a deferred BEGIN can fail with
         # SQLITE_BUSY when it upgrades, after work has been done.
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            full = self._full(exc)
+            if full is None:
+                raise
+            raise full from exc
         try:
             yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("COMMIT")
+        except BaseException as exc:
+            # A COMMIT that failed (disk full) can leave the transaction open: the next
+            # BEGIN would fail for good.
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError):
+                full = self._full(exc)
+                if full is not None:
+                    raise full from exc
             raise
-        self._db.execute("COMMIT")
+
+    def _full(self, exc: sqlite3.OperationalError) -> StoreFull | None:
+        """StoreFull when ``exc`` means the store's disk has no room."""
+        code = getattr(exc, "sqlite_errorcode", 0)
+        if code != sqlite3.SQLITE_FULL:
+            if code & 0xFF != sqlite3.SQLITE_IOERR:
+                return None
+            try:  # a write error of some other name: full only if the disk is
+                st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+            except OSError:
+                return None
+            if st.f_bavail * st.f_frsize >= 1 << 20:
+                return None
+        return StoreFull(
+            f"the disk of the task store {self.path} is full ({exc}): tasks are suspended "
+            "until space is freed"
+        )
 
     def insert(self, row: TaskRow) -> None:
         with self._tx():
@@ -304,7 +360,7 @@ class SQLiteStore:
     def save_in_tx(
         self,
         task_id: str,
-        snap: Snapshot,
+        snap: Snapshot | None,
         *,
         wall_time: float,
         events: Sequence[EventRecord] = (),
@@ -312,10 +368,14 @@ class SQLiteStore:
         attempts: Sequence[dict[str, Any]] = (),
     ) -> list[int | None]:
         """:meth:`save` inside a transaction the caller holds (group commit), with any
-        number of state events (saves merged in the queue). Returns their cursors."""
-        finished = wall_time if snap.phase is Phase.DONE else None
+        number of state events (saves merged in the queue). Returns their cursors.
+
+        ``snap=None``: only the attempts (a request that starts changes no offset)."""
         for attempt in attempts:
             self._add_attempt_in_tx(task_id, attempt)
+        if snap is None:
+            return []
+        finished = wall_time if snap.phase is Phase.DONE else None
         if hook_state is not None:
             self._db.execute("UPDATE tasks SET hook_state=? WHERE id=?", (hook_state, task_id))
         cursors: list[int | None] = []
@@ -480,12 +540,29 @@ class SQLiteStore:
             self._add_attempt_in_tx(task_id, attempt)
 
     def _add_attempt_in_tx(self, task_id: str, attempt: dict[str, Any]) -> None:
+        key = attempt.get("key")
+        if key is not None:
+            cur = self._db.execute(
+                "UPDATE attempts SET ended_at=?, url=?, status=?, bytes=?, outcome=? "
+                "WHERE task_id=? AND key=?",
+                (
+                    attempt["ended_at"],
+                    attempt["url"],
+                    attempt["status"],
+                    attempt["bytes"],
+                    attempt["outcome"],
+                    task_id,
+                    key,
+                ),
+            )
+            if cur.rowcount:
+                return
         (n,) = self._db.execute(
             "SELECT COALESCE(MAX(n), 0) + 1 FROM attempts WHERE task_id=?", (task_id,)
         ).fetchone()
         self._db.execute(
             "INSERT INTO attempts (task_id, n, started_at, ended_at, url, range_start, "
-            "status, bytes, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "status, bytes, outcome, key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 task_id,
                 n,
@@ -496,8 +573,31 @@ class SQLiteStore:
                 attempt["status"],
                 attempt["bytes"],
                 attempt["outcome"],
+                key,
             ),
         )
+
+    def close_open_attempts(
+        self, outcome: str, *, background: bool | None = None, task_id: str | None = None
+    ) -> int:
+        """Mark the requests a dead process left open (recovery): of one task, or of every
+        background (or foreground) task. They ended at the task's last commit, at the latest."""
+        where = "ended_at IS NULL"
+        args: list[object] = [outcome]
+        if task_id is not None:
+            where += " AND task_id=?"
+            args.append(task_id)
+        if background is not None:
+            where += " AND task_id IN (SELECT id FROM tasks WHERE background=?)"
+            args.append(int(background))
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE attempts SET outcome=?, ended_at=MAX(started_at, COALESCE("
+                "(SELECT updated_at FROM tasks WHERE tasks.id=attempts.task_id), started_at)) "
+                f"WHERE {where}",
+                args,
+            )
+        return int(cur.rowcount)
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         cur = self._db.execute(
@@ -612,6 +712,7 @@ class SQLiteStore:
             upload_url=resp.get("upload_url"),
             boot_id=resp.get("boot"),
             segments=tuple((int(a), int(b), int(c)) for a, b, c in resp.get("segments", ())),
+            partial_id=tuple(int(n) for n in resp.get("file", ())),
         )
         return TaskRow(
             id=id_,

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
+from bgtransfer._engine._files import current_umask
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError
 from bgtransfer.cli._app import cli, home_of
 
@@ -255,6 +256,7 @@ def _submit(
         resource_timeout=resource_timeout,
         overwrite=overwrite or None,
         segments=segments,
+        umask=current_umask(),
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
     return home, task

@@ -1,0 +1,352 @@
+"""Issue 11, "Files": the partial file is known by identity, its directory by descriptor,
+sha256 decided on the bytes on disk, the finished file's mode, relative paths, the history.
+
+Real parts only: the fault server, real files, a real foreground engine.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import bgtransfer
+from bgtransfer._models import Phase
+from bgtransfer.testing import FaultServer, gen_bytes, gen_sha256
+
+SIZE = 1 << 20
+CUT = 300_000
+# A retry wait long enough to swap things in (the delay is 0.5-1x of it).
+SLOW_RETRY: dict[str, Any] = {"retry_wait": 3.0, "max_retry_wait": 3.0}
+
+
+def engine_row(session: bgtransfer.Session, task: bgtransfer.Task) -> Any:
+    return session._async._engine_or_raise().get(task.id)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def in_retry_wait(session: bgtransfer.Session, task: bgtransfer.Task) -> None:
+    wait_for(lambda: engine_row(session, task).snap.phase is Phase.WAITING_RETRY, "the retry wait")
+
+
+@pytest.fixture
+def umask() -> Iterator[Callable[[int], None]]:
+    old = os.umask(0o022)
+    os.umask(old)
+
+    def set_umask(value: int) -> None:
+        os.umask(value)
+
+    yield set_umask
+    os.umask(old)
+
+
+# -- item 7: the partial file is this task's file or it is not used -------------------------
+
+
+def _swap_hardlink(partial: Path, victim: Path) -> None:
+    os.unlink(partial)
+    os.link(victim, partial)
+
+
+def _swap_symlink(partial: Path, victim: Path) -> None:
+    os.unlink(partial)
+    os.symlink(victim, partial)
+
+
+def _swap_file(partial: Path, victim: Path) -> None:
+    # Another regular file of the same size, moved over the name (a new inode).
+    other = partial.with_name("other")
+    other.write_bytes(victim.read_bytes())
+    os.replace(other, partial)
+
+
+def _swap_foreign_owner(partial: Path, victim: Path) -> None:
+    _swap_file(partial, victim)
+    os.chown(partial, 65534, 65534)
+
+
+SWAPS = {
+    "hardlink": _swap_hardlink,
+    "symlink": _swap_symlink,
+    "other-file": _swap_file,
+    "other-owner": _swap_foreign_owner,
+}
+
+
+@pytest.mark.parametrize("swap", sorted(SWAPS))
+def test_partial_swapped_during_retry_wait_is_discarded_not_adopted(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str, swap: str
+) -> None:
+    if swap == "other-owner" and os.geteuid() != 0:
+        pytest.skip("chown to another user needs root")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"v" * CUT)  # as long as the committed offset: resume would fit
+    dest = tmp_path / "swap.bin"
+    url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
+    task = session.download(url, dest, **SLOW_RETRY)
+    in_retry_wait(session, task)
+    partial = Path(engine_row(session, task).partial)
+    assert partial.stat().st_size == CUT
+    # What a foreign file must keep: its bytes, and (through its fd) its inode's bytes.
+    keep = os.open(victim, os.O_RDONLY)
+    SWAPS[swap](partial, victim)
+    if swap in ("other-file", "other-owner"):
+        os.close(keep)
+        keep = os.open(partial, os.O_RDONLY)  # the planted inode itself
+    try:
+        task.wait(timeout=60)
+        assert task.error is None, task.error
+        assert dest.read_bytes() == gen_bytes(SIZE)
+        assert os.pread(keep, CUT + 1, 0) == b"v" * CUT  # never written into
+    finally:
+        os.close(keep)
+    assert victim.read_bytes() == b"v" * CUT
+    assert not dest.is_symlink()
+    st = dest.stat()
+    assert st.st_uid == os.geteuid()
+    assert st.st_nlink == 1
+    assert not partial.exists()
+    assert not os.path.lexists(partial)
+    # Started over from 0: the resumed request would have fetched only the tail.
+    assert task.restarts == 1
+    ranges = [a["range_start"] for a in task.history()]
+    assert ranges[0] is None, ranges
+    assert ranges[-1] is None, ranges
+
+
+def test_directory_swapped_for_symlink_during_retry_wait_cannot_redirect(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    real = tmp_path / "dl"
+    real.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dest = real / "d.bin"
+    url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
+    task = session.download(url, dest, **SLOW_RETRY)
+    in_retry_wait(session, task)
+    moved = tmp_path / "dl.moved"
+    os.rename(real, moved)
+    os.symlink(elsewhere, real)
+    task.wait(timeout=60)
+    assert isinstance(task.error, bgtransfer.DestinationError), task.error
+    assert "directory" in task.error.message
+    assert os.listdir(elsewhere) == []  # nothing written, placed or removed there
+    # The task's own directory still holds its bytes, untouched by the failure's cleanup.
+    [left] = os.listdir(moved)
+    assert left.endswith(".bgtransfer-part")
+    assert (moved / left).stat().st_size == CUT
+
+
+def test_directory_replaced_by_another_directory_is_refused(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    real = tmp_path / "dl"
+    real.mkdir()
+    dest = real / "d.bin"
+    url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
+    task = session.download(url, dest, **SLOW_RETRY)
+    in_retry_wait(session, task)
+    os.rename(real, tmp_path / "dl.moved")
+    real.mkdir()  # same name, another inode
+    task.wait(timeout=60)
+    assert isinstance(task.error, bgtransfer.DestinationError), task.error
+    assert os.listdir(real) == []
+
+
+def test_target_directory_symlink_is_resolved_at_submit(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """Symlinks in the path are followed once, when the task is made; the task records
+    (and later insists on) the real directory."""
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(real)
+    task = session.download(server.url(f"/gen/{SIZE}?key={key}"), link / "f.bin")
+    assert task.path == str(real / "f.bin")
+    task.wait(timeout=60)
+    assert task.error is None
+    assert (real / "f.bin").read_bytes() == gen_bytes(SIZE)
+
+
+def test_sha256_is_decided_on_the_bytes_on_disk(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """Bytes changed in the partial file behind the engine's back (same inode, so the
+    identity holds) are caught: the digest is of the file, not of what was received."""
+    dest = tmp_path / "h.bin"
+    url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
+    task = session.download(url, dest, sha256=gen_sha256(SIZE), **SLOW_RETRY)
+    in_retry_wait(session, task)
+    partial = engine_row(session, task).partial
+    fd = os.open(partial, os.O_WRONLY)
+    try:
+        os.pwrite(fd, b"\0" * 4096, 1000)
+    finally:
+        os.close(fd)
+    task.wait(timeout=60)
+    assert isinstance(task.error, bgtransfer.IntegrityError), task.error
+    assert "sha256" in task.error.message
+    assert not dest.exists()
+
+
+def test_sha256_of_a_good_segmented_download_passes(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    dest = tmp_path / "s.bin"
+    size = 4 << 20
+    task = session.download(
+        server.url(f"/gen/{size}?key={key}"), dest, sha256=gen_sha256(size), segments=4
+    )
+    task.wait(timeout=60)
+    assert task.error is None
+    assert dest.read_bytes() == gen_bytes(size)
+
+
+# -- item 8: the finished file's mode ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_finished_file_mode_follows_the_umask(
+    server: FaultServer,
+    tmp_path: Path,
+    key: str,
+    umask: Callable[[int], None],
+    mask: int,
+    mode: int,
+) -> None:
+    umask(mask)
+    dest = tmp_path / "m.bin"
+    with bgtransfer.Session("m", home=tmp_path / "home", background=False) as s:
+        task = s.download(server.url(f"/gen/{SIZE}?rate=2000000&key={key}"), dest)
+        partial = Path(s._async._engine_or_raise().get(task.id).partial)
+        wait_for(partial.exists, "the partial file")
+        assert stat.S_IMODE(partial.stat().st_mode) == 0o600  # private until placed
+        task.wait(timeout=60)
+    assert task.error is None
+    assert stat.S_IMODE(dest.stat().st_mode) == mode
+
+
+def test_mode_is_the_submitters_umask_not_the_engines(
+    server: FaultServer, tmp_path: Path, key: str, umask: Callable[[int], None]
+) -> None:
+    """The umask travels with the task: what the engine's process has later does not count."""
+    umask(0o022)
+    dest = tmp_path / "u.bin"
+    with bgtransfer.Session("u", home=tmp_path / "home", background=False) as s:
+        task = s.download(server.url(f"/gen/{SIZE}?rate=2000000&key={key}"), dest)
+        umask(0o077)
+        task.wait(timeout=60)
+    assert task.error is None
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o644
+
+
+def test_overwrite_gets_the_new_mode(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    dest = tmp_path / "o.bin"
+    dest.write_bytes(b"old")
+    dest.chmod(0o600)
+    old = os.umask(0o022)
+    try:
+        task = session.download(server.url(f"/gen/{SIZE}?key={key}"), dest, overwrite=True)
+    finally:
+        os.umask(old)
+    task.wait(timeout=60)
+    assert task.error is None
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o644
+
+
+def test_bad_umask_is_refused(session: bgtransfer.Session, tmp_path: Path) -> None:
+    from bgtransfer._tasks import build_row
+
+    with pytest.raises(bgtransfer.InvalidRequest, match="umask"):
+        build_row("s", "http://127.0.0.1:1/x", tmp_path / "x", background=False, umask=0o1000)
+    with pytest.raises(bgtransfer.InvalidRequest, match="umask"):
+        build_row("s", "http://127.0.0.1:1/x", tmp_path / "x", background=False, umask="022")
+
+
+# -- item 9: relative paths -------------------------------------------------------------------
+
+
+def test_relative_path_is_resolved_against_the_callers_cwd(
+    session: bgtransfer.Session,
+    server: FaultServer,
+    tmp_path: Path,
+    key: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    task = session.download(server.url(f"/gen/{SIZE}?key={key}"), "rel.bin")
+    monkeypatch.chdir(tmp_path)  # where the caller is later does not matter
+    task.wait(timeout=60)
+    assert task.error is None
+    assert task.path == str(work / "rel.bin")
+    assert (work / "rel.bin").read_bytes() == gen_bytes(SIZE)
+
+
+# -- item 16: the history ---------------------------------------------------------------------
+
+
+def test_history_shows_the_request_in_flight(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    dest = tmp_path / "hf.bin"
+    task = session.download(server.url(f"/gen/{4 << 20}?rate=1000000&key={key}"), dest)
+    wait_for(lambda: task.bytes_received > 0, "bytes")
+    store = session._async._engine_or_raise().store
+    wait_for(lambda: bool(store.attempts(task.id)), "the open attempt on record")
+    [row] = store.attempts(task.id)
+    assert row["outcome"] == "in progress"
+    assert row["ended_at"] is None
+    task.cancel()
+    [row] = task.history()
+    assert row["ended_at"] is not None
+    assert row["outcome"] != "in progress"
+
+
+def test_upload_attempts_are_in_the_history(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path
+) -> None:
+    src = tmp_path / "up.bin"
+    src.write_bytes(gen_bytes(SIZE))
+    task = session.upload(src, server.url("/upload/h1"))
+    task.wait(timeout=60)
+    assert task.error is None
+    [row] = task.history()
+    assert row["status"] in (200, 201, 204)
+    assert row["bytes"] == SIZE
+    assert row["outcome"] == "completed"
+    assert row["ended_at"] is not None
+
+
+def test_every_upload_attempt_is_in_the_history(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path
+) -> None:
+    src = tmp_path / "up.bin"
+    src.write_bytes(gen_bytes(SIZE))
+    # Two answers of 503, then success: three attempts.
+    task = session.upload(
+        src, server.url("/upload/h2?status=503&times=2"), retry_wait=0.05, max_retry_wait=0.1
+    )
+    task.wait(timeout=60)
+    assert task.error is None, task.error
+    rows = task.history()
+    assert [r["status"] for r in rows] == [503, 503, rows[-1]["status"]], rows
+    assert rows[-1]["outcome"] == "completed"
+    assert all(r["ended_at"] is not None for r in rows)
