@@ -23,7 +23,17 @@ from bgtransfer._exceptions import (
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bgtransfer")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "AsyncSession",

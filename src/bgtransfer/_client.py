@@ -138,7 +138,12 @@ class DaemonClient:
         status = await self.ping()
         if status is not None:
             return status
-        spawn_daemon(self.home)
+        try:
+            spawn_daemon(self.home)
+        except OSError as exc:  # e.g. the home's log cannot be created: a message, not a trace
+            raise DaemonUnavailable(
+                f"cannot start the bgtransfer daemon for {self.home}: {exc}"
+            ) from None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while loop.time() < deadline:

@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import platformdirs
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from bgtransfer._client import DaemonClient
-from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError, error_from_dict
+from bgtransfer._exceptions import (
+    InvalidRequest,
+    InvalidTransition,
+    TaskNotFound,
+    TransferError,
+    error_from_dict,
+)
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._tasks import build_row, build_upload_row, row_from_wire, task_dict
@@ -126,9 +133,11 @@ class _TaskView:
         return self._fresh().snap.response_status
 
     @property
-    def response_headers(self) -> list[tuple[str, str]]:
-        """Headers of that response, names in lower case."""
-        return list(self._fresh().snap.response_headers)
+    def response_headers(self) -> CIMultiDictProxy[str]:
+        """Headers of that response: a case-insensitive mapping (``["Content-Type"]`` and
+        ``["content-type"]`` are the same; ``getall(name)`` gives every value of a
+        repeated header), read-only, like httpx's ``Response.headers``."""
+        return CIMultiDictProxy(CIMultiDict(self._fresh().snap.response_headers))
 
     @property
     def response_reason(self) -> str | None:
@@ -164,6 +173,7 @@ class _Backend(Protocol):
     async def wait(self, task_id: str) -> TaskRow: ...
     async def wait_many(self, ids: builtins.list[str]) -> builtins.list[TaskRow]: ...
     async def history(self, task_id: str) -> builtins.list[dict[str, Any]]: ...
+    async def remove(self, task_id: str) -> None: ...
     def events(self, session: str, since: int | None) -> AsyncIterator[Event]: ...
 
 
@@ -237,6 +247,11 @@ class _Local:
     async def history(self, task_id: str) -> builtins.list[dict[str, Any]]:
         return self._engine().attempts(task_id)
 
+    async def remove(self, task_id: str) -> None:
+        from bgtransfer._engine import _forget
+
+        await _forget.remove(self._engine(), task_id)
+
     async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
         engine = self._engine()
         q = engine.subscribe()
@@ -292,6 +307,9 @@ class _Remote:
     async def history(self, task_id: str) -> list[dict[str, Any]]:
         data = await self.client.call("GET", f"/v1/tasks/{quote(task_id)}/attempts")
         return list(data)
+
+    async def remove(self, task_id: str) -> None:
+        await self.client.call("DELETE", f"/v1/tasks/{quote(task_id)}")
 
     async def list(self, session: str) -> list[TaskRow]:
         data = await self.client.call("GET", "/v1/tasks", params={"session": session})
@@ -353,6 +371,7 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "low_speed_limit": row.spec.low_speed_limit,
         "low_speed_time": row.spec.low_speed_time,
         "max_attempts": row.spec.max_attempts,
+        "retry_for": row.spec.retry_for,
         "retry_wait": row.spec.retry_wait,
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
@@ -380,6 +399,7 @@ def _upload_body(row: TaskRow) -> dict[str, Any]:
         "retry_unsafe": spec.retry_unsafe,
         "chunk_size": spec.chunk_size,
         "max_attempts": spec.max_attempts,
+        "retry_for": spec.retry_for,
         "retry_wait": spec.retry_wait,
         "max_retry_wait": spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
@@ -440,6 +460,11 @@ class AsyncTask(_TaskView):
     async def history(self) -> list[dict[str, Any]]:
         """Every request made for this task: url, range_start, status, bytes, outcome."""
         return await self._session._backend_or_raise().history(self.id)
+
+    async def remove(self) -> None:
+        """Forget this finished task: it leaves the store, ``tasks()`` and ``ls``; its file
+        stays. Raises InvalidTransition while it has not finished (cancel it first)."""
+        await self._session._backend_or_raise().remove(self.id)
 
     async def wait(self, timeout: float | None = None) -> AsyncTask:
         """Wait until COMPLETED; raises TimeoutError only if this wait timed out."""
@@ -524,6 +549,7 @@ class AsyncSession:
         low_speed_limit: int = 0,
         low_speed_time: float = 30.0,
         max_attempts: int | None = None,
+        retry_for: float | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
@@ -549,6 +575,7 @@ class AsyncSession:
             low_speed_limit=low_speed_limit,
             low_speed_time=low_speed_time,
             max_attempts=max_attempts,
+            retry_for=retry_for,
             retry_wait=retry_wait,
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
@@ -602,6 +629,7 @@ class AsyncSession:
         retry_unsafe: bool = False,
         chunk_size: int = 8 << 20,
         max_attempts: int | None = None,
+        retry_for: float | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
@@ -630,6 +658,7 @@ class AsyncSession:
             retry_unsafe=retry_unsafe,
             chunk_size=chunk_size,
             max_attempts=max_attempts,
+            retry_for=retry_for,
             retry_wait=retry_wait,
             max_retry_wait=max_retry_wait,
             on_complete=on_complete,
@@ -667,6 +696,26 @@ class AsyncSession:
         if row.session != self.identifier:
             raise TaskNotFound(f"no task {task_id!r} in session {self.identifier!r}")
         return AsyncTask(self, row)
+
+    async def remove(self, *tasks: AsyncTask | str) -> None:
+        """Forget finished tasks (objects or ids) of this session; their files stay.
+
+        Every one is checked first: an unknown id raises TaskNotFound and an unfinished task
+        InvalidTransition, and then none is removed."""
+        backend = self._backend_or_raise()
+        rows = [await backend.get(t if isinstance(t, str) else t.id) for t in tasks]
+        for row in rows:
+            if row.session != self.identifier:
+                raise TaskNotFound(f"no task {row.id!r} in session {self.identifier!r}")
+            if row.snap.phase is not Phase.DONE:
+                raise InvalidTransition(
+                    f"cannot remove task {row.id} while it is "
+                    f"{PHASE_STATE[row.snap.phase].value}: cancel it first, or wait until it "
+                    "completes",
+                    task_id=row.id,
+                )
+        for row in rows:
+            await backend.remove(row.id)
 
     async def events(self, since: int | None = None) -> AsyncIterator[Event]:
         """This session's events: a replay, then new ones as they happen.
@@ -720,6 +769,10 @@ class Task(_TaskView):
     def history(self) -> list[dict[str, Any]]:
         """Every request made for this task: url, range_start, status, bytes, outcome."""
         return self._session._call(self._inner.history())
+
+    def remove(self) -> None:
+        """Forget this finished task (see :meth:`AsyncTask.remove`); its file stays."""
+        self._session._call(self._inner.remove())
 
     def suspend(self) -> None:
         self._session._call(self._inner.suspend())
@@ -808,6 +861,7 @@ class Session:
         low_speed_limit: int = 0,
         low_speed_time: float = 30.0,
         max_attempts: int | None = None,
+        retry_for: float | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
@@ -825,6 +879,7 @@ class Session:
                 low_speed_limit=low_speed_limit,
                 low_speed_time=low_speed_time,
                 max_attempts=max_attempts,
+                retry_for=retry_for,
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
@@ -852,6 +907,7 @@ class Session:
         retry_unsafe: bool = False,
         chunk_size: int = 8 << 20,
         max_attempts: int | None = None,
+        retry_for: float | None = None,
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
@@ -871,6 +927,7 @@ class Session:
                 retry_unsafe=retry_unsafe,
                 chunk_size=chunk_size,
                 max_attempts=max_attempts,
+                retry_for=retry_for,
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
@@ -897,3 +954,9 @@ class Session:
 
     def task(self, task_id: str) -> Task:
         return Task(self, self._call(self._async.task(task_id)))
+
+    def remove(self, *tasks: Task | str) -> None:
+        """Forget finished tasks (objects or ids) of this session; their files stay.
+
+        All are checked first (TaskNotFound, InvalidTransition for an unfinished one)."""
+        self._call(self._async.remove(*(t if isinstance(t, str) else t._inner for t in tasks)))

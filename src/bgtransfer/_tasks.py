@@ -20,6 +20,7 @@ from bgtransfer._protocol._validate import (
     check_timeout,
     check_url,
 )
+from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 
 __all__ = [
@@ -48,6 +49,7 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "low_speed_limit": 0,
     "low_speed_time": 30.0,
     "max_attempts": None,
+    "retry_for": None,
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
@@ -83,6 +85,7 @@ def _lifecycle(
     request_timeout: object,
     resource_timeout: object,
     max_attempts: object,
+    retry_for: object,
     retry_wait: object,
     max_retry_wait: object,
     on_complete: object,
@@ -91,6 +94,7 @@ def _lifecycle(
     rt = check_timeout("request_timeout", request_timeout)
     rst = check_timeout("resource_timeout", resource_timeout)
     _positive_int("max_attempts", max_attempts, allow_none=True)
+    rfor = None if retry_for is None else check_timeout("retry_for", retry_for)
     rw = check_timeout("retry_wait", retry_wait)
     mrw = check_timeout("max_retry_wait", max_retry_wait)
     hook = _argv(on_complete)
@@ -100,6 +104,7 @@ def _lifecycle(
         "request_timeout": rt,
         "resource_timeout": rst,
         "max_attempts": max_attempts,
+        "retry_for": rfor,
         "retry_wait": rw,
         "max_retry_wait": max(mrw, rw),
     }
@@ -120,6 +125,7 @@ def build_row(
     low_speed_limit: object = 0,
     low_speed_time: object = 30.0,
     max_attempts: object = None,
+    retry_for: object = None,
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
@@ -140,6 +146,7 @@ def build_row(
         request_timeout=request_timeout,
         resource_timeout=resource_timeout,
         max_attempts=max_attempts,
+        retry_for=retry_for,
         retry_wait=retry_wait,
         max_retry_wait=max_retry_wait,
         on_complete=on_complete,
@@ -194,16 +201,16 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
     return {
         "id": r.id,
         "session": r.session,
-        "url": r.spec.url,
+        "url": redact(r.spec.url),
         "path": r.path,
         "state": PHASE_STATE[r.snap.phase].value,
-        "detail": r.snap.detail,
+        "detail": redact(r.snap.detail),
         "kind": r.spec.kind,
         "bytes_received": r.snap.offset if r.spec.kind == "download" else 0,
         "bytes_sent": r.snap.offset if r.spec.kind == "upload" else 0,
         "bytes_expected": r.snap.total,
         "status_code": r.snap.status_code,
-        "error": None if err is None else err.message,
+        "error": None if err is None else redact(err.message),
         "error_code": None if err is None else err.code,
         "restarts": r.snap.restarts,
         "attempts": r.snap.attempts,
@@ -313,6 +320,7 @@ UPLOAD_OPTIONS: dict[str, Any] = {
     "retry_unsafe": False,
     "chunk_size": 8 << 20,
     "max_attempts": None,
+    "retry_for": None,
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
@@ -347,6 +355,7 @@ def build_upload_row(
     retry_unsafe: object = False,
     chunk_size: object = 8 << 20,
     max_attempts: object = None,
+    retry_for: object = None,
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
@@ -380,6 +389,7 @@ def build_upload_row(
         request_timeout=request_timeout,
         resource_timeout=resource_timeout,
         max_attempts=max_attempts,
+        retry_for=retry_for,
         retry_wait=retry_wait,
         max_retry_wait=max_retry_wait,
         on_complete=on_complete,

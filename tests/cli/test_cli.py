@@ -258,6 +258,7 @@ def test_get_in_a_terminal_draws_a_bar_and_ctrl_c_detaches(
             time.sleep(0.2)
         assert "detached" in screen, screen
         assert "bgtransfer watch" in screen, screen
+        assert "bgtransfer cancel" in screen, screen  # how to follow it *and* how to stop it
         assert "EXIT=130" in screen
     finally:
         tmux("kill-server")

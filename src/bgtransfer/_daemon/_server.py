@@ -10,6 +10,8 @@ POST     /v1/tasks                        submit a download or upload (body: ses
 GET      /v1/tasks?session=S              list tasks (all sessions without ``session``);
                                           ``limit``/``offset`` page, ``prefix`` finds ids
 GET      /v1/tasks/{id}                   one task
+DELETE   /v1/tasks/{id}                   forget a finished task (its file stays)
+POST     /v1/prune                        forget finished tasks (``older_than`` seconds)
 POST     /v1/tasks/{id}/suspend|resume|cancel|ack
 GET      /v1/tasks/{id}/wait?timeout=S    long poll until COMPLETED or S seconds
 GET      /v1/tasks/{id}/attempts          the history: every request and what came of it
@@ -36,7 +38,9 @@ from typing import Any
 
 from aiohttp import web
 
+from bgtransfer import __version__
 from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._engine import _forget as forget
 from bgtransfer._engine._engine import Engine
 from bgtransfer._exceptions import (
     DestinationError,
@@ -47,6 +51,7 @@ from bgtransfer._exceptions import (
     TransferError,
 )
 from bgtransfer._models import PHASE_STATE, TaskState
+from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._tasks import (
@@ -64,7 +69,6 @@ log = logging.getLogger("bgtransfer.daemon")
 STORE_NAME = "bgtransfer.sqlite3"
 MAX_BODY = 1 << 20
 HOOK_TIMEOUT = 60.0
-VERSION = "0.1.0"
 
 _STATUS: list[tuple[type[TransferError], int]] = [
     (StoreFull, 507),  # the home's disk is full: nothing can be committed
@@ -96,7 +100,14 @@ def _env_int(name: str, default: int) -> int:
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+    body = {"error": {"code": code, "message": redact(message)}}
+    return web.json_response(body, status=status)
+
+
+def _error_json(err: TransferError | None) -> dict[str, Any] | None:
+    if err is None:
+        return None
+    return {**err.to_dict(), "message": redact(err.message)}
 
 
 def _peer_uid(request: web.Request) -> int | None:
@@ -130,10 +141,10 @@ def _state_event_json(ev: StoredEvent) -> dict[str, Any]:
         "task_id": ev.task_id,
         "kind": "state",
         "state": ev.state,
-        "detail": ev.detail,
+        "detail": redact(ev.detail),
         "bytes_received": ev.bytes_received,
         "bytes_expected": ev.bytes_expected,
-        "error": None if ev.error is None else ev.error.to_dict(),
+        "error": _error_json(ev.error),
     }
 
 
@@ -212,7 +223,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "socket": self.socket,
                 "home": self.home,
-                "version": VERSION,
+                "version": __version__,
                 "tasks": counts,
                 "limits": {
                     "max_active": self.engine.limiter.total,
@@ -318,8 +329,34 @@ class Daemon:
             raise web.HTTPNotFound(text=f"unknown action {verb!r}")
         return web.json_response(row_to_wire(self.engine.get(task_id)))
 
+    async def remove(self, request: web.Request) -> web.Response:
+        """Forget a finished task (409 invalid_transition while it runs); its file stays."""
+        task_id = request.match_info["id"]
+        await forget.remove(self.engine, task_id)
+        return web.json_response({"removed": [task_id]})
+
+    async def prune(self, request: web.Request) -> web.Response:
+        """``{"older_than": S | null, "session": S | null}``: forget every finished task
+        that finished at least S seconds ago (of that session)."""
+        body = await request.json()
+        if not isinstance(body, dict) or set(body) - {"older_than", "session"}:
+            raise InvalidRequest('prune takes {"older_than": seconds, "session": name}')
+        older, session = body.get("older_than"), body.get("session")
+        if older is not None and (
+            not isinstance(older, int | float) or isinstance(older, bool) or older < 0
+        ):
+            raise InvalidRequest(f"older_than must be a number of seconds >= 0: {older!r}")
+        if session is not None and not isinstance(session, str):
+            raise InvalidRequest(f"session must be a string: {session!r}")
+        before = None if older is None else time.time() - older
+        removed = forget.prune(self.engine, before=before, session=session)
+        return web.json_response({"removed": removed})
+
     async def attempts(self, request: web.Request) -> web.Response:
-        return web.json_response(self.engine.attempts(request.match_info["id"]))
+        history = self.engine.attempts(request.match_info["id"])
+        for a in history:
+            a["url"], a["outcome"] = redact(a["url"] or ""), redact(a["outcome"] or "")
+        return web.json_response(history)
 
     async def wait_many(self, request: web.Request) -> web.Response:
         """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
@@ -394,10 +431,10 @@ class Daemon:
                     "task_id": live.task_id,
                     "kind": live.kind,
                     "state": live.state.value,
-                    "detail": live.detail,
+                    "detail": redact(live.detail),
                     "bytes_received": live.bytes_received,
                     "bytes_expected": live.bytes_expected,
-                    "error": None if live.error is None else live.error.to_dict(),
+                    "error": _error_json(live.error),
                 }
                 await resp.write(json.dumps(payload).encode() + b"\n")
         except (ConnectionResetError, asyncio.CancelledError):
@@ -418,6 +455,8 @@ class Daemon:
         app.router.add_post("/v1/tasks", self.submit)
         app.router.add_get("/v1/tasks", self.list_tasks)
         app.router.add_get("/v1/tasks/{id}", self.get_task)
+        app.router.add_delete("/v1/tasks/{id}", self.remove)
+        app.router.add_post("/v1/prune", self.prune)
         app.router.add_get("/v1/tasks/{id}/wait", self.wait)
         app.router.add_post("/v1/wait", self.wait_many)
         app.router.add_get("/v1/tasks/{id}/attempts", self.attempts)
@@ -461,6 +500,13 @@ class Daemon:
             log.info("daemon stopped in %.2f s", time.monotonic() - t0)
 
 
+class _RedactingFormatter(logging.Formatter):
+    """The daemon log never shows a password of a URL (tracebacks included)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def _take_lock(home: str) -> int | None:
     fd = os.open(daemon_lock(home), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
@@ -478,11 +524,9 @@ def main(home: str) -> int:
     from bgtransfer._session import resolve_home
 
     home = resolve_home(home)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     lock = _take_lock(home)
     if lock is None:
         print(f"bgtransfer: the daemon for {home} is already running", file=sys.stderr)

@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 
 from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._files import PartialFile, PartialLost, file_mode, size_of
-from bgtransfer._engine._http import lower_headers, why
+from bgtransfer._engine._http import connect_reason, lower_headers, why
 from bgtransfer._engine._limiter import Limiter, Slot
 from bgtransfer._engine._owner import OwnerLock, owner_alive
 from bgtransfer._engine._rawbody import RawBody, take_over
@@ -420,9 +420,13 @@ class Engine(UploadDriver):
                 f"task {task_id} is being run by another process ({row.owner.split('-')[0]})",
                 task_id=task_id,
             )
+        live = self._make_live(row)
+        if live.machine.terminal:
+            # Finished: its machine refuses the control call. Not held as live, where no
+            # runner would ever end it and wait() on it would hang.
+            return live
         row.owner = self.owner.token
         self.store.set_owner(task_id, row.owner)
-        live = self._make_live(row)
         self._live[task_id] = live
         return live
 
@@ -798,7 +802,7 @@ class Engine(UploadDriver):
                 timeout=timeout,
             )
         except aiohttp.ClientConnectorError as exc:
-            return M.TransportFailed(ConnectError(f"cannot connect: {exc}"))
+            return M.TransportFailed(ConnectError(connect_reason(exc)))
         except TimeoutError:
             return M.TransportFailed(
                 TransferTimeout(f"no response within {rt:g} s (request_timeout)")
@@ -806,8 +810,12 @@ class Engine(UploadDriver):
         except aiohttp.ClientResponseError as exc:
             # A response aiohttp cannot parse (huge or malformed headers): retrying cannot help.
             return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            return M.TransportFailed(ReadError(f"connection lost before the response: {exc}"))
+        except (
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientPayloadError,
+            aiohttp.ClientOSError,  # a reset before the response
+        ) as exc:
+            return M.TransportFailed(ReadError(f"connection lost before the response: {why(exc)}"))
         except aiohttp.ClientError as exc:
             return M.TransportFailed(NetworkError(f"request failed: {exc!r}"))
         live.resp = resp

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 
 import aiohttp
 
-__all__ = ["lower_headers", "why"]
+__all__ = ["connect_reason", "lower_headers", "why"]
 
 log = logging.getLogger("bgtransfer")
 
@@ -27,7 +29,21 @@ def why(exc: BaseException) -> str:
         return "body cut short"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "server closed the connection"
-    if isinstance(exc, ConnectionResetError):
+    if isinstance(exc, ConnectionResetError) or getattr(exc, "errno", None) == errno.ECONNRESET:
         return "connection reset"
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return text[:80]
+
+
+def connect_reason(exc: aiohttp.ClientConnectorError) -> str:
+    """ "cannot connect to host:port: connection refused", not aiohttp's full repr."""
+    log.debug("connect failed", exc_info=exc)
+    where = f"{exc.host}:{exc.port}"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return f"cannot resolve {exc.host}: the name does not resolve"
+    os_error = exc.os_error
+    if os_error.errno:
+        reason = os.strerror(os_error.errno)  # "Connection refused", not asyncio's wording
+    else:
+        reason = os_error.strerror or str(os_error) or type(os_error).__name__
+    return f"cannot connect to {where}: {reason[:1].lower()}{reason[1:]}"

@@ -34,7 +34,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bgtransfer._engine._files import PartialLost
-from bgtransfer._engine._http import lower_headers, why
+from bgtransfer._engine._http import connect_reason, lower_headers, why
 from bgtransfer._exceptions import (
     ConnectError,
     DestinationError,
@@ -55,6 +55,7 @@ from bgtransfer._protocol._segments import (
     plan_segments,
     split_largest,
 )
+from bgtransfer._redact import redact
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine, _Live
@@ -267,7 +268,7 @@ class _Driver:
                 url, headers=CIMultiDict(headers), allow_redirects=False, timeout=timeout
             )
         except aiohttp.ClientConnectorError as exc:
-            return _Retry(ConnectError(f"cannot connect: {exc}"))
+            return _Retry(ConnectError(connect_reason(exc)))
         except TimeoutError:
             return _Retry(TransferTimeout(f"no response within {rt:g} s (request_timeout)"))
         except aiohttp.ClientResponseError as exc:
@@ -296,7 +297,7 @@ class _Driver:
             )
         return M.TransportFailed(
             HTTPStatusError(
-                f"server answered {status} for a segment of {url}; not retried",
+                f"server answered {status} for a segment of {redact(url)}; not retried",
                 status_code=status,
             )
         )

@@ -19,7 +19,7 @@ import aiohttp
 from multidict import CIMultiDict
 
 from bgtransfer._engine._files import fsync_dir, partial_path
-from bgtransfer._engine._http import lower_headers
+from bgtransfer._engine._http import connect_reason, lower_headers
 from bgtransfer._exceptions import (
     ConnectError,
     DestinationError,
@@ -275,7 +275,7 @@ class UploadDriver:
         except (_Done, asyncio.CancelledError):
             raise
         except aiohttp.ClientConnectorError as exc:
-            return M.TransportFailed(ConnectError(f"cannot connect: {exc}"))
+            return M.TransportFailed(ConnectError(connect_reason(exc)))
         except TimeoutError:
             rt = spec.request_timeout
             return M.TransportFailed(TransferTimeout(f"no progress for {rt:g} s (request_timeout)"))

@@ -39,6 +39,7 @@ from bgtransfer._exceptions import (
     Cancelled,
     ContentChanged,
     HTTPStatusError,
+    IntegrityError,
     InvalidTransition,
     NetworkError,
     ReadError,
@@ -61,6 +62,7 @@ from bgtransfer._protocol._redirects import (
 )
 from bgtransfer._protocol._retry import RETRYABLE_STATUS, Backoff
 from bgtransfer._protocol._segments import Segment, first_unfinished, segment_range
+from bgtransfer._redact import redact
 
 __all__ = [
     "Action",
@@ -124,6 +126,9 @@ class Spec:
     max_redirects: int = 10
     max_restarts: int = 5
     max_attempts: int | None = None
+    # Give up once attempts have failed for this long (active seconds) with no byte between
+    # them: fail fast when a transfer cannot even start. None: retry until resource_timeout.
+    retry_for: float | None = None
     retry_wait: float = 1.0
     max_retry_wait: float = 120.0
     # Uploads (kind == "upload"): the source is the task's path.
@@ -463,6 +468,7 @@ class TransferMachine:
     _active_since: float | None = None
     _last_checkpoint: float = 0.0
     segments_distrusted: bool = False
+    _failing_since: float | None = None  # active seconds at the first failure of a run
 
     @classmethod
     def from_snapshot(
@@ -674,7 +680,8 @@ class TransferMachine:
             self._hops += 1
             if self._hops > self.spec.max_redirects:
                 loop = RedirectError(
-                    f"too many redirects (more than {self.spec.max_redirects}); last to {target}",
+                    f"too many redirects (more than {self.spec.max_redirects}); last to "
+                    f"{redact(target)}",
                     status_code=status,
                 )
                 return [DiscardResponse(), *self._fail(loop, now)]
@@ -688,7 +695,8 @@ class TransferMachine:
             self.snap.response_headers = tuple(headers.items())
             self.snap.response_reason = event.reason
             final = HTTPStatusError(
-                f"server answered {status} for {self._url}; not retried", status_code=status
+                f"server answered {status} for {redact(self._url)}; not retried",
+                status_code=status,
             )
             return [DiscardResponse(), *self._fail(final, now)]
         if decision is _Decision.DONE:
@@ -696,6 +704,9 @@ class TransferMachine:
             self._set(Phase.VERIFYING, "verifying", now)
             return [DiscardResponse(), Finalize(self.snap.offset, self.spec.sha256)]
         if decision is _Decision.RESTART:
+            short = self._short_body(status, headers)
+            if short is not None:
+                return [DiscardResponse(), *self._fail(short, now)]
             return [DiscardResponse(), *self._restart(now, "the server's answer did not match")]
         if decision is _Decision.FRESH:
             if self.snap.offset > 0:
@@ -729,6 +740,21 @@ class TransferMachine:
         self._set(Phase.TRANSFERRING, f"downloading (resumed at byte {at})", now)
         return [WriteBody(at, truncate=False)]
 
+    def _short_body(self, status: int, headers: Mapping[str, str]) -> IntegrityError | None:
+        """A 416 saying the resource ends exactly where our bytes end, though its first
+        answer promised more: the server's Content-Length was larger than its body. That is
+        a short body (the server's fault, the same each time), not a changing resource."""
+        cr = parse_content_range(headers.get("content-range"))
+        have, promised = self.resume_at, self.snap.total
+        if status != 416 or cr is None or cr.total != have or promised is None:
+            return None
+        if not 0 < have < promised:
+            return None
+        return IntegrityError(
+            f"short body: the server sent {have} bytes, its Content-Length said {promised}, "
+            f"and it answers a request for the rest with 416 (it has only {have})"
+        )
+
     def _count_restart(self, now: float) -> list[Action] | None:
         self.snap.restarts += 1
         if self.snap.restarts > self.spec.max_restarts:
@@ -757,6 +783,7 @@ class TransferMachine:
         self.snap.offset += n
         if n > 0:
             self.snap.failures = 0
+            self._failing_since = None
         every = CHECKPOINT_BYTES if self.snap.segments else STREAM_CHECKPOINT_BYTES
         if (
             self.snap.offset - self.committed >= every
@@ -811,6 +838,18 @@ class TransferMachine:
         delay = backoff.delay(self.snap.failures, self.rng())
         if retry_after is not None:
             delay = retry_after
+        if self.spec.retry_for is not None:
+            if self._failing_since is None:
+                self._failing_since = self.elapsed(now)
+            failing = self.elapsed(now) - self._failing_since
+            if failing >= self.spec.retry_for:
+                err.message = (
+                    f"{err.message} (gave up after {self.snap.attempts} attempts in "
+                    f"{failing:.0f} s without a byte: retry_for is {self.spec.retry_for:g} s)"
+                )
+                err.args = (err.message,)
+                return self._fail(err, now)
+            delay = min(delay, self.spec.retry_for - failing)  # the last try at the deadline
         left = self.time_left(now)
         if delay >= left:
             if retry_after is not None and isinstance(err, HTTPStatusError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urljoin, urlsplit
 
+from bgtransfer._redact import redact
+
 __all__ = ["REDIRECT_STATUS", "SENSITIVE_HEADERS", "origin", "resolve_redirect"]
 
 REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -26,12 +28,12 @@ def resolve_redirect(current: str, location: str | None) -> tuple[str | None, st
         parts = urlsplit(target)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError:
-        return None, f"redirect to an unparsable Location {location!r}"
+        return None, f"redirect to an unparsable Location {redact(location)!r}"
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
-        return None, f"redirect to a non-http(s) URL refused: {target!r}"
+        return None, f"redirect to a non-http(s) URL refused: {redact(target)!r}"
     if not parts.hostname:
-        return None, f"redirect to a URL without a host refused: {target!r}"
+        return None, f"redirect to a URL without a host refused: {redact(target)!r}"
     if urlsplit(current).scheme.lower() == "https" and scheme == "http":
-        return None, f"redirect from https to http refused (downgrade): {target!r}"
+        return None, f"redirect from https to http refused (downgrade): {redact(target)!r}"
     return target, ""

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._redact import redact
 
 __all__ = [
     "check_headers",
@@ -31,21 +32,22 @@ HeaderInput = Mapping[str, str] | Iterable[tuple[str, str]] | None
 def check_url(url: object) -> str:
     if not isinstance(url, str):
         raise InvalidRequest(f"URL must be a string, not {type(url).__name__}: {url!r}")
+    shown = repr(redact(url))  # a password in the URL is never echoed
     if not url or any(ord(c) <= 0x20 or 0x7F <= ord(c) <= 0x9F for c in url):
-        raise InvalidRequest(f"URL contains whitespace or control characters: {url!r}")
+        raise InvalidRequest(f"URL contains whitespace or control characters: {shown}")
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        raise InvalidRequest(f"URL cannot be parsed ({exc}): {url!r}") from None
+        raise InvalidRequest(f"URL cannot be parsed ({exc}): {shown}") from None
     if parts.scheme.lower() not in ("http", "https"):
         raise InvalidRequest(
-            f"URL scheme must be http or https, not {parts.scheme or 'missing'!r}: {url!r}"
+            f"URL scheme must be http or https, not {parts.scheme or 'missing'!r}: {shown}"
         )
     if not parts.hostname:
-        raise InvalidRequest(f"URL has no host: {url!r}")
+        raise InvalidRequest(f"URL has no host: {shown}")
     if parts.port == 0:
-        raise InvalidRequest(f"URL port 0 cannot be connected to: {url!r}")
+        raise InvalidRequest(f"URL port 0 cannot be connected to: {shown}")
     return url
 
 

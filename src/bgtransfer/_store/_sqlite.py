@@ -8,6 +8,7 @@ FULL is paid once per checkpoint, not per chunk.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import json
 import os
@@ -26,6 +27,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
@@ -547,10 +549,10 @@ class SQLiteStore:
                 "WHERE task_id=? AND key=?",
                 (
                     attempt["ended_at"],
-                    attempt["url"],
+                    redact(attempt["url"]),  # the history never keeps a password
                     attempt["status"],
                     attempt["bytes"],
-                    attempt["outcome"],
+                    redact(attempt["outcome"]),
                     task_id,
                     key,
                 ),
@@ -568,11 +570,11 @@ class SQLiteStore:
                 n,
                 attempt["started_at"],
                 attempt["ended_at"],
-                attempt["url"],
+                redact(attempt["url"]),  # the history never keeps a password
                 attempt["range_start"],
                 attempt["status"],
                 attempt["bytes"],
-                attempt["outcome"],
+                redact(attempt["outcome"]),
                 key,
             ),
         )
@@ -651,6 +653,41 @@ class SQLiteStore:
         with self._tx():
             for row in rows:
                 self._insert_in_tx(row)
+
+    def finished_ids(
+        self, *, before: float | None = None, session: str | None = None
+    ) -> builtins.list[str]:
+        """Ids of finished tasks (that finished before ``before``, of ``session``)."""
+        sql, args = "SELECT id FROM tasks WHERE phase='done'", builtins.list[object]()
+        if before is not None:
+            sql, args = sql + " AND finished_at <= ?", [*args, before]
+        if session is not None:
+            sql, args = sql + " AND session = ?", [*args, session]
+        return [r[0] for r in self._db.execute(sql + " ORDER BY finished_at, id", args)]
+
+    def remove(self, task_ids: Sequence[str]) -> builtins.list[str]:
+        """Forget finished tasks: their rows, history and events, in one transaction.
+
+        Unfinished ones among ``task_ids`` are left alone; returns the ids removed."""
+        removed: builtins.list[str] = []
+        with self._tx():
+            for start in range(0, len(task_ids), 500):
+                chunk = list(task_ids[start : start + 500])
+                marks = ",".join("?" * len(chunk))
+                done = [
+                    r[0]
+                    for r in self._db.execute(
+                        f"SELECT id FROM tasks WHERE phase='done' AND id IN ({marks})", chunk
+                    )
+                ]
+                if not done:
+                    continue
+                marks = ",".join("?" * len(done))
+                for table, column in (("attempts", "task_id"), ("events", "task_id")):
+                    self._db.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", done)
+                self._db.execute(f"DELETE FROM tasks WHERE id IN ({marks})", done)
+                removed += done
+        return removed
 
     def integrity_ok(self) -> bool:
         (result,) = self._db.execute("PRAGMA integrity_check").fetchone()

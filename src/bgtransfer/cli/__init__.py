@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import click
 
-from bgtransfer.cli import _transfer  # noqa: F401 - registers the transfer commands
+from bgtransfer.cli import _remove, _transfer  # noqa: F401 - registers the commands
 from bgtransfer.cli._app import cli
 
 EXIT_USAGE = 64
@@ -17,7 +17,11 @@ __all__ = ["main"]
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        result = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        result = cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="bgtransfer",  # also under `python -m bgtransfer`
+            standalone_mode=False,
+        )
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.UsageError as exc:

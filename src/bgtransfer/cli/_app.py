@@ -17,10 +17,30 @@ from bgtransfer._session import resolve_home
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 3
+EXIT_HOME = 6
+
+
+class HomeError(click.ClickException):
+    """The home cannot be used (a file, not writable): one line and exit 6, no traceback."""
+
+    exit_code = EXIT_HOME
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"bgtransfer: {self.message}", err=True)
 
 
 def home_of(ctx: click.Context) -> str:
-    return resolve_home(ctx.find_root().obj.get("home"))
+    wanted = ctx.find_root().obj.get("home")
+    try:
+        home = resolve_home(wanted)
+    except OSError as exc:
+        where = exc.filename or wanted or os.environ.get("BGTRANSFER_HOME") or "the home"
+        raise HomeError(
+            f"cannot use {where} as the bgtransfer home: {exc.strerror or exc}"
+        ) from None
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise HomeError(f"cannot use {home} as the bgtransfer home: it is not writable")
+    return home
 
 
 _home = home_of
@@ -49,9 +69,12 @@ async def _with_client(home: str, fn: Any) -> Any:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    package_name="bgtransfer", prog_name="bgtransfer", message="%(prog)s %(version)s"
+)
 @click.option(
     "--home",
-    type=click.Path(file_okay=False),
+    metavar="DIR",
     default=None,
     help="Home directory (store, daemon socket and log). Default: $BGTRANSFER_HOME, "
     "else the user state directory.",
@@ -63,7 +86,9 @@ def cli(ctx: click.Context, home: str | None) -> None:
     Transfers run in a per-home daemon (started on demand) and resume from their last
     checkpoint after any interruption. Exit codes: 0 ok, 1 transfer failed, 2 timed out,
     3 daemon not running, 4 unknown or ambiguous id, 5 invalid request, 6 daemon
-    unavailable, 64 usage error, 130 detached with Ctrl-C.
+    unavailable or home unusable, 8 not possible in the task's state (e.g. resume a
+    completed task), 9 suspended by the daemon (e.g. disk full), 64 usage error,
+    130 detached with Ctrl-C.
 
     \b
     Examples:
@@ -116,7 +141,13 @@ def daemon_start(ctx: click.Context) -> int:
 
 
 @daemon.command("stop")
-@click.option("--timeout", type=float, default=10.0, show_default=True)
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for it to exit.",
+)
 @click.pass_context
 def daemon_stop(ctx: click.Context, timeout: float) -> int:
     """Stop the daemon gracefully: every transfer is checkpointed and resumes on next start."""
@@ -191,7 +222,9 @@ WantedBy=default.target
     default=None,
     help="Where to write the unit. Default: ~/.config/systemd/user.",
 )
-@click.option("--name", default="bgtransfer.service", show_default=True)
+@click.option(
+    "--name", default="bgtransfer.service", show_default=True, help="The unit's file name."
+)
 @click.pass_context
 def daemon_install(ctx: click.Context, unit_dir: str | None, name: str) -> int:
     """Write a systemd user unit that runs this home's daemon at login.

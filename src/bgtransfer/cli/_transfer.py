@@ -17,8 +17,23 @@ import click
 
 from bgtransfer._client import DaemonClient, DaemonUnavailable
 from bgtransfer._engine._files import current_umask
-from bgtransfer._exceptions import InvalidRequest, TaskNotFound, TransferError
+from bgtransfer._exceptions import (
+    DestinationError,
+    InvalidRequest,
+    InvalidTransition,
+    TaskNotFound,
+    TransferError,
+)
+from bgtransfer._protocol._validate import check_url
+from bgtransfer._redact import redact
 from bgtransfer.cli._app import cli, home_of
+from bgtransfer.cli._narrate import (
+    Narrator,
+    duration,
+    iso_time,
+    local_time,
+    suspended_by_daemon,
+)
 
 T = TypeVar("T")
 
@@ -27,9 +42,14 @@ EXIT_TIMEOUT = 2
 EXIT_NOT_FOUND = 4
 EXIT_INVALID = 5
 EXIT_DAEMON = 6
+# The task's state does not allow it: suspend/resume/cancel a completed task, rm a running one.
+EXIT_STATE = 8
+EXIT_SUSPENDED = 9  # get/wait: the daemon suspended the task (disk full...); resume it later
 EXIT_DETACHED = 130
 DEFAULT_SESSION = "cli"
 POLL = 0.2
+PROGRESS_EVERY = 5.0  # seconds between progress lines when there is no bar
+WAIT_SLICE = 1.0  # seconds per long poll of `wait` (a suspension by the daemon ends it)
 
 
 class CliError(Exception):
@@ -39,7 +59,7 @@ class CliError(Exception):
 
 
 def _fail(message: str, code: int) -> int:
-    click.echo(f"bgtransfer: {message}", err=True)
+    click.echo(f"bgtransfer: {redact(message)}", err=True)
     return code
 
 
@@ -57,8 +77,11 @@ def _run(home: str, fn: Callable[[DaemonClient], Awaitable[T]]) -> T:
         raise CliError(exc.message, EXIT_DAEMON) from None
     except TaskNotFound as exc:
         raise CliError(exc.message, EXIT_NOT_FOUND) from None
-    except InvalidRequest as exc:
+    except (InvalidRequest, DestinationError) as exc:
+        # DestinationError at call time: the target belongs to another unfinished task.
         raise CliError(exc.message, EXIT_INVALID) from None
+    except InvalidTransition as exc:
+        raise CliError(exc.message, EXIT_STATE) from None
     except TransferError as exc:
         raise CliError(exc.message, EXIT_FAILED) from None
 
@@ -78,7 +101,12 @@ def _handled(fn: Callable[..., int]) -> Callable[..., int]:
 
 
 def public(task: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in task.items() if k != "internal"}
+    """The task as ``--json`` prints it: no internals, dates in ISO 8601."""
+    out = {k: v for k, v in task.items() if k != "internal"}
+    for key in ("created_at", "finished_at"):
+        if key in out:
+            out[key] = iso_time(out[key])
+    return out
 
 
 def fancy() -> bool:
@@ -169,7 +197,8 @@ def submit_body(
     body = {
         "session": session,
         "url": url,
-        "path": os.path.abspath(path),
+        # A trailing "/" says "a directory": kept, so the daemon refuses it as one.
+        "path": os.path.abspath(path) + (os.sep if path.endswith(os.sep) else ""),
         "headers": pairs,
         "idempotency_key": uuid.uuid4().hex,
     }
@@ -183,7 +212,6 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
             "-o",
             "--output",
             "output",
-            type=click.Path(dir_okay=False),
             default=None,
             help="Target file (default: the name in the URL's path, here).",
         ),
@@ -204,6 +232,20 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
             help="Whole-transfer timeout in seconds, suspended time excluded (default 7 days).",
         ),
         click.option("--overwrite", is_flag=True, help="Replace an existing target."),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Give up after N attempts (default: retry until the resource timeout).",
+        ),
+        click.option(
+            "--retry-for",
+            callback=duration,
+            metavar="DURATION",
+            default=None,
+            help="Give up once attempts have kept failing for this long with no byte "
+            "arriving, e.g. 30s, 5m (default: retry until the resource timeout).",
+        ),
         click.option(
             "--segments",
             type=click.IntRange(1, 16),
@@ -243,8 +285,14 @@ def _submit(
     session: str,
     remote_name: bool = False,
     segments: int | None = None,
+    max_attempts: int | None = None,
+    retry_for: float | None = None,
 ) -> tuple[str, dict[str, Any]]:
     home = home_of(ctx)
+    try:
+        check_url(url)  # before a file name is made from it
+    except InvalidRequest as exc:
+        raise CliError(exc.message, EXIT_INVALID) from None
     path = output or (remote_name and name_from_server(url, headers)) or name_from_url(url)
     body = submit_body(
         url,
@@ -256,6 +304,8 @@ def _submit(
         resource_timeout=resource_timeout,
         overwrite=overwrite or None,
         segments=segments,
+        max_attempts=max_attempts,
+        retry_for=retry_for,
         umask=current_umask(),
     )
     task = _run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
@@ -276,6 +326,8 @@ def get(
     request_timeout: float | None,
     resource_timeout: float | None,
     overwrite: bool,
+    max_attempts: int | None,
+    retry_for: float | None,
     segments: int | None,
     remote_name: bool,
     session: str,
@@ -304,23 +356,38 @@ def get(
         session,
         remote_name,
         segments,
+        max_attempts,
+        retry_for,
     )
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
     except KeyboardInterrupt:
-        click.echo(
-            f"\ndetached: the transfer goes on in the background.\n"
-            f"  follow it:  bgtransfer watch {task['id'][:12]}\n"
-            f"  wait for it: bgtransfer wait {task['id'][:12]}",
-            err=True,
-        )
-        return EXIT_DETACHED
+        return detached(task)
     return finish(final, as_json)
+
+
+def detached(task: dict[str, Any]) -> int:
+    short = task["id"][:12]
+    click.echo(
+        f"\ndetached: the transfer goes on in the background.\n"
+        f"  follow it:   bgtransfer watch {short}\n"
+        f"  wait for it: bgtransfer wait {short}\n"
+        f"  cancel it:   bgtransfer cancel {short}",
+        err=True,
+    )
+    return EXIT_DETACHED
 
 
 def finish(task: dict[str, Any], as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps(public(task), sort_keys=True))
+    if task["state"] != "completed" and suspended_by_daemon(task):
+        short = task["id"][:12]
+        return _fail(
+            f"{short} was suspended by the daemon: {task['detail']}. "
+            f"Once that is fixed: bgtransfer resume {short}",
+            EXIT_SUSPENDED,
+        )
     if task["error"] is None:
         if not as_json:
             click.echo(f"saved {task['path']} ({human(task['bytes_received'])})", err=True)
@@ -328,11 +395,47 @@ def finish(task: dict[str, Any], as_json: bool) -> int:
     return _fail(f"failed: {task['error']}", EXIT_FAILED)
 
 
-def follow(home: str, task: dict[str, Any], *, show_bar: bool) -> dict[str, Any]:
-    """Poll the task until it completes, drawing a bar and a line per retry or resume."""
+def follow(
+    home: str, task: dict[str, Any], *, show_bar: bool, progress_lines: bool = False
+) -> dict[str, Any]:
+    """Follow the task until it completes or the daemon suspends it (a task that a person
+    suspended is waited for). Every retry, resume, restart and suspension is a line on
+    stderr, terminal or not; on a terminal a bar too; ``progress_lines``: without a bar,
+    a progress line every few seconds."""
     task_id = task["id"]
+    narrator = Narrator()
+    say: Callable[[str], None] = lambda line: click.echo(redact(line), err=True)  # noqa: E731
+
+    async def poll(client: DaemonClient, update: Callable[[dict[str, Any]], None]) -> Any:
+        last_history = 0.0
+        while True:
+            # A long poll in slices: the answer comes at once when the task completes (no
+            # poll interval added to a download's time), else after POLL with its progress.
+            cur = await client.call(
+                "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{POLL}"}, timeout=30
+            )
+            update(cur)
+            for line in narrator.lines(cur):
+                say(line)
+            end = cur["state"] == "completed" or suspended_by_daemon(cur)
+            if narrator.missed(cur) and (end or time.monotonic() - last_history >= 1.0):
+                last_history = time.monotonic()
+                history = await client.call("GET", f"/v1/tasks/{task_id}/attempts")
+                for line in narrator.from_history(cur, history):
+                    say(line)
+            if end:
+                return dict(cur)
+
     if not show_bar:
-        return _run(home, lambda c: _wait(c, task_id, None))
+        last = {"at": time.monotonic()}
+
+        def plain(cur: dict[str, Any]) -> None:
+            if progress_lines and time.monotonic() - last["at"] >= PROGRESS_EVERY:
+                last["at"] = time.monotonic()
+                say(f"{os.path.basename(cur['path'])}: {percent(cur)} ({cur['detail']})")
+
+        return _run(home, lambda c: poll(c, plain))
+
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -353,35 +456,48 @@ def follow(home: str, task: dict[str, Any], *, show_bar: bool) -> dict[str, Any]
     )
 
     async def loop(client: DaemonClient) -> dict[str, Any]:
-        last_detail = ""
+        nonlocal say
         with Progress(*columns, console=console, transient=False) as bar:
             handle = bar.add_task(os.path.basename(task["path"]), total=task["bytes_expected"])
-            while True:
-                cur = await client.call("GET", f"/v1/tasks/{task_id}")
+            say = lambda line: bar.console.print(redact(line), style="yellow", markup=False)  # noqa: E731
+
+            def draw(cur: dict[str, Any]) -> None:
                 done = cur["bytes_sent"] if cur.get("kind") == "upload" else cur["bytes_received"]
                 bar.update(handle, completed=done, total=cur["bytes_expected"])
-                detail = cur["detail"]
-                if detail != last_detail and any(
-                    w in detail for w in ("retrying", "resum", "restart", "suspended")
-                ):
-                    bar.console.print(f"[yellow]{detail}[/] at {percent(cur)}")
-                last_detail = detail
-                if cur["state"] == "completed":
-                    return dict(cur)
-                await asyncio.sleep(POLL)
+
+            return dict(await poll(client, draw))
 
     return _run(home, loop)
 
 
 async def _wait(client: DaemonClient, task_id: str, timeout: float | None) -> dict[str, Any]:
+    """Long polls until the task completes, the daemon suspends it, or ``timeout`` passes.
+
+    A task that a person suspended is waited for (it completes once someone resumes it);
+    one note on stderr says so. Short slices, so a suspension by the daemon ends the wait
+    within about a second."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    noted = False
     while True:
-        left = 25.0 if deadline is None else max(0.0, min(25.0, deadline - time.monotonic()))
+        left = (
+            WAIT_SLICE
+            if deadline is None
+            else max(0.0, min(WAIT_SLICE, deadline - time.monotonic()))
+        )
         cur = await client.call(
             "GET", f"/v1/tasks/{task_id}/wait", params={"timeout": f"{left:.3f}"}, timeout=left + 15
         )
-        if cur["state"] == "completed" or (deadline is not None and time.monotonic() >= deadline):
+        if cur["state"] == "completed" or suspended_by_daemon(cur):
             return dict(cur)
+        if deadline is not None and time.monotonic() >= deadline:
+            return dict(cur)
+        if cur["state"] == "suspended" and not noted:
+            noted = True
+            click.echo(
+                f"{task_id[:12]} is suspended; waiting until it is resumed "
+                f"(bgtransfer resume {task_id[:12]})",
+                err=True,
+            )
 
 
 @cli.command()
@@ -398,6 +514,8 @@ def add(
     request_timeout: float | None,
     resource_timeout: float | None,
     overwrite: bool,
+    max_attempts: int | None,
+    retry_for: float | None,
     segments: int | None,
     remote_name: bool,
     session: str,
@@ -421,6 +539,8 @@ def add(
         session,
         remote_name,
         segments,
+        max_attempts,
+        retry_for,
     )
     click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
     return 0
@@ -455,11 +575,15 @@ def ls(
     return 0
 
 
-def print_table(tasks: list[dict[str, Any]]) -> None:
-    rows = [
+def table_rows(tasks: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    return [
         (t["id"][:8], t["state"], percent(t), os.path.basename(t["path"]), t["detail"])
         for t in tasks
     ]
+
+
+def print_table(tasks: list[dict[str, Any]]) -> None:
+    rows = table_rows(tasks)
     if fancy():
         from rich.console import Console
         from rich.table import Table
@@ -499,7 +623,8 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
         return 0
     internal = task.get("internal", {})
     spec = internal.get("spec", {})
-    lines = [(k, task[k]) for k in public(task)]
+    dates = ("created_at", "finished_at")
+    lines = [(k, local_time(task[k]) if k in dates else task[k]) for k in public(task)]
     lines += [
         ("request_timeout", spec.get("request_timeout")),
         ("resource_timeout", spec.get("resource_timeout")),
@@ -508,11 +633,22 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
         ("etag", internal.get("etag")),
         ("last_modified", internal.get("last_modified")),
         ("resource time used", f"{internal.get('active_seconds', 0):.1f} s"),
-        ("partial file", internal.get("partial")),
     ]
-    if internal.get("segments"):
-        done = sum(1 for _, pos, end in internal["segments"] if pos >= end)
-        lines.append(("segment progress", f"{done} of {len(internal['segments'])} complete"))
+    if task["state"] != "completed" and internal.get("partial"):
+        lines.append(("partial file", internal["partial"]))  # gone once the task finished
+    used = internal.get("segments") or []
+    if task.get("kind", "download") == "download" and task["state"] == "completed":
+        # What it really used: the server may have refused ranges (then one connection).
+        asked = task["segments"]
+        note = (
+            f" (asked for {asked}: the server did not allow ranges)"
+            if asked > 1 and not used
+            else ""
+        )
+        lines = [(k, f"{len(used) or 1}{note}" if k == "segments" else v) for k, v in lines]
+    elif used:
+        done = sum(1 for _, pos, end in used if pos >= end)
+        lines.append(("segment progress", f"{done} of {len(used)} complete"))
     for k, v in lines:
         click.echo(f"{k:>20}: {v}")
     click.echo("history:")
@@ -559,6 +695,10 @@ for _verb, _past in (("suspend", "suspended"), ("resume", "resumed"), ("cancel",
 def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool) -> int:
     """Wait for a transfer: exit 0 if it succeeded, 1 if it failed, 2 on timeout.
 
+    Exit 9 at once when the daemon suspends the transfer (disk full, the file cannot be
+    written): the reason is on stderr; fix it and `bgtransfer resume ID`. A transfer that
+    someone suspended is waited for until it is resumed and completes (or --timeout passes).
+
     \b
     Examples:
       bgtransfer wait 3f2a
@@ -572,7 +712,7 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool)
         return await _wait(c, task["id"], timeout)
 
     task = _run(home_of(ctx), go)
-    if task["state"] != "completed":
+    if task["state"] != "completed" and not suspended_by_daemon(task):
         if as_json:
             click.echo(json.dumps(public(task), sort_keys=True))
         return _fail(f"timed out; {task['id'][:12]} is {task['state']}", EXIT_TIMEOUT)
@@ -586,6 +726,11 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool)
 def watch(ctx: click.Context, task_id: str | None) -> int:
     """Live view of one transfer until it completes, or of all until none is running.
 
+    On a terminal: a bar (one transfer) or a table redrawn every second. Otherwise plain
+    lines: every retry, resume and suspension plus a progress line every 5 s (one
+    transfer), or each task's row whenever it changes (all). Ctrl-C stops watching, not
+    the transfer.
+
     \b
     Examples:
       bgtransfer watch 3f2a
@@ -594,19 +739,29 @@ def watch(ctx: click.Context, task_id: str | None) -> int:
     home = home_of(ctx)
     if task_id is not None:
         task = _run(home, lambda c: resolve(c, task_id))
-        return finish(follow(home, task, show_bar=fancy()), as_json=False)
+        try:
+            final = follow(home, task, show_bar=fancy(), progress_lines=True)
+        except KeyboardInterrupt:
+            return 0  # watching stops; the transfer does not
+        return finish(final, as_json=False)
 
     async def loop(c: DaemonClient) -> int:
+        last: list[tuple[str, ...]] = []
         while True:
             tasks = await c.call("GET", "/v1/tasks")
             if fancy():
                 click.clear()
-            print_table(tasks)
+                print_table(tasks)
+            else:
+                # Plain lines: only the rows that changed since the last look.
+                rows = table_rows(tasks)
+                for row in rows:
+                    if row not in last:
+                        click.echo("\t".join(row))
+                last = rows
             if not any(t["state"] in ("running", "canceling") for t in tasks):
                 return 0
             await asyncio.sleep(1.0)
-            if not fancy():
-                click.echo("")
 
     try:
         return _run(home, loop)
@@ -614,10 +769,18 @@ def watch(ctx: click.Context, task_id: str | None) -> int:
         return 0
 
 
-@cli.command("serve-test", context_settings={"ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def serve_test(args: tuple[str, ...]) -> int:
-    """Run the project's fault-injecting HTTP server on 127.0.0.1 (for trying things out).
+@cli.command("serve-test", epilog="See the endpoints and fault knobs it prints at start.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=0, help="Port (default: any free port)."
+)
+@click.option("--other-host", is_flag=True, help="Also listen on 127.0.0.2 (another origin).")
+def serve_test(host: str, port: int, other_host: bool) -> int:
+    """Run the project's fault-injecting HTTP server (for trying things out and tests).
+
+    It prints "serving on URL", then its endpoints (/gen/SIZE, /r/NAME, /upload/NAME,
+    /tus/, /ietf/NAME, /redirect, /echo) and the query parameters that make a request
+    fail (cut=N, rst=N, status=CODE, rate=B/s, times=K...). Runs until Ctrl-C or SIGTERM.
 
     \b
     Example:
@@ -626,7 +789,7 @@ def serve_test(args: tuple[str, ...]) -> int:
     """
     from bgtransfer.testing.__main__ import main as serve
 
-    return serve(list(args))
+    return serve(["--host", host, "--port", str(port), *(["--other-host"] if other_host else [])])
 
 
 @cli.command()
@@ -647,9 +810,21 @@ def serve_test(args: tuple[str, ...]) -> int:
 )
 @click.option("-F", "--form", "form", multiple=True, help="multipart: extra field 'name=value'.")
 @click.option("--retry-unsafe", is_flag=True, help="Retry a POST even without an Idempotency-Key.")
-@click.option("--request-timeout", type=float, default=None)
-@click.option("--resource-timeout", type=float, default=None)
-@click.option("--session", default=DEFAULT_SESSION, show_default=True)
+@click.option(
+    "--request-timeout", type=float, default=None, help="Idle timeout in seconds (default 60)."
+)
+@click.option(
+    "--resource-timeout",
+    type=float,
+    default=None,
+    help="Whole-transfer timeout in seconds, suspended time excluded (default 7 days).",
+)
+@click.option(
+    "--session",
+    default=DEFAULT_SESSION,
+    show_default=True,
+    help="Session identifier the task belongs to.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.pass_context
 @_handled
@@ -693,8 +868,9 @@ def put(ctx: click.Context, file: str, url: str, method: str, protocol: str,
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
     except KeyboardInterrupt:
-        click.echo(f"\ndetached: follow it with: bgtransfer watch {task['id'][:12]}", err=True)
-        return EXIT_DETACHED
+        return detached(task)
+    if final["state"] != "completed":
+        return finish(final, as_json)  # suspended by the daemon
     if as_json:
         click.echo(json.dumps(public(final), sort_keys=True))
     if final["error"] is None:

@@ -26,7 +26,7 @@ fault knobs (query parameters on /gen and /r, combinable):
   status=CODE                 error page; retry_after=V or retry_after_in=S adds Retry-After
   chunked_cut=N               chunked body closed after N bytes without the last chunk
   trickle=B&interval=S rate=R slow bodies (B bytes every S s / R bytes per second)
-  ignore_range=1 wrong_range=K full_as_206=1 range_as_200=1 bad_total=1
+  ignore_range=1 wrong_range=K full_as_206=1 range_as_200=1 bad_total=1 long_length=K
   etag_change=1 no_etag=1 weak_etag=1 no_last_modified=1 no_accept_ranges=1
   chunked=1 gzip=1 huge_headers=N
 example: curl -r 100-199 -o /dev/null -v '{base}/gen/1M?seed=3&times=1&rst=50'

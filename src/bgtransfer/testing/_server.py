@@ -85,6 +85,9 @@ Always-on knobs:
     Honour the Range but answer 200 (with a correct Content-Range header).
 ``bad_total=1``
     Correct 206 except that the Content-Range total is size + 1000.
+``long_length=K``
+    Every answer's Content-Length claims K more bytes than the body has (Content-Range
+    is true); the connection closes after the body (a server with a wrong length).
 ``etag_change=1``
     Each request bumps the version first: new ETag, new Last-Modified and
     different bytes (``/gen``: content of seed + version; ``/r``: data XORed
@@ -407,6 +410,7 @@ class _Knobs:
     full_as_206: bool = False
     range_as_200: bool = False
     bad_total: bool = False
+    long_length: int = 0
     etag_change: bool = False
     no_etag: bool = False
     weak_etag: bool = False
@@ -473,6 +477,7 @@ class _Knobs:
             full_as_206=flag("full_as_206"),
             range_as_200=flag("range_as_200"),
             bad_total=flag("bad_total"),
+            long_length=integer("long_length") or 0,
             etag_change=flag("etag_change"),
             no_etag=flag("no_etag"),
             weak_etag=flag("weak_etag"),
@@ -2271,6 +2276,8 @@ class FaultServer:
                 content_range = f"bytes {start}-{end - 1}/{total}"
 
         length = end - start
+        if knobs.long_length > 0:
+            keep = False  # the promised bytes never come: the close ends the body
         chunked = knobs.chunked or knobs.chunked_cut is not None
         hdrs = [("Content-Type", "application/octet-stream")]
         if knobs.gzip:
@@ -2284,7 +2291,9 @@ class FaultServer:
         if content_range is not None:
             hdrs.append(("Content-Range", content_range))
         hdrs.append(
-            ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(length))
+            ("Transfer-Encoding", "chunked")
+            if chunked
+            else ("Content-Length", str(length + knobs.long_length))
         )
         hdrs.append(("Date", _http_date()))
         hdrs.extend(extra)

@@ -36,14 +36,13 @@ def follow(ex: Exchange, session: bgtransfer.Session, base: str) -> Exchange | N
         return None
     if not ex.options:
         return None  # re-attached by a later process: the request as sent is not known
-    headers = dict(task.response_headers)
-    location = headers.get("location")
+    location = task.response_headers.get("Location")
     if not location:
         return None
     url = urljoin(task.url, location)
     if urlsplit(url).scheme.lower() not in ("http", "https") or not urlsplit(url).hostname:
         return None
-    _cookies.store(ex.home, task.url, task.response_headers)
+    _cookies.store(ex.home, task.url, list(task.response_headers.items()))
     keep_body = status in (307, 308) or (status in (301, 302) and ex.method != "POST")
     method = ex.method if keep_body or ex.method == "HEAD" else "GET"
     dropped = {"cookie"}

@@ -509,7 +509,7 @@ class HttpRequest:
     def _headers_in(self, task: bgtransfer.Task, status: int) -> None:
         self._status = status
         self._status_text = task.response_reason or ""
-        self._response_headers = task.response_headers
+        self._response_headers = list(task.response_headers.items())
         self._response_type = _response.detect_type(self._ctype())
 
     def _watch(self, ex: Exchange) -> None:
