@@ -79,7 +79,6 @@ __all__ = [
     "Finalized",
     "Interrupted",
     "Persist",
-    "Recovered",
     "RemovePartial",
     "Response",
     "RestartRequired",
@@ -258,11 +257,6 @@ class Failed:
 
 
 @dataclass(frozen=True, slots=True)
-class Recovered:
-    """Picked up again by the daemon after a restart: go back to the queue."""
-
-
-@dataclass(frozen=True, slots=True)
 class Interrupted:
     """Found unfinished after the process that ran it died (foreground sessions)."""
 
@@ -325,7 +319,6 @@ Event = (
     | CancelCleaned
     | Failed
     | Interrupted
-    | Recovered
     | SegmentsPlanned
     | SegmentsDeclined
     | SegmentWritten
@@ -568,12 +561,6 @@ class TransferMachine:
                 if self.terminal:
                     return []
                 return self._fail(err, now)
-            case Recovered():
-                if self.terminal or self.snap.phase in (Phase.SUSPENDED, Phase.CANCELING):
-                    return []
-                self.in_flight = False
-                self._set(Phase.QUEUED, "queued (recovered after a restart)", now)
-                return [Persist(), Enqueue()]
             case Interrupted(reason=reason):
                 if self.terminal or self.snap.phase is Phase.SUSPENDED:
                     return []

@@ -24,6 +24,7 @@ _CONTENT_RANGE = re.compile(
 _DELTA_SECONDS = re.compile(r"[0-9]+\Z")
 # Longer than any wait worth honouring (about 31 years); treated as "wait forever".
 _MAX_DELTA_DIGITS = 9
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +100,8 @@ def parse_retry_after(value: str | None, wall_now: float) -> float | None:
         if "-0000" in v:
             return None
         when = when.replace(tzinfo=datetime.UTC)
-    delta = when.timestamp() - wall_now
+    # Aware arithmetic only: datetime.timestamp() reads the machine's zone for a naive value.
+    delta = (when - _EPOCH).total_seconds() - wall_now
     if not math.isfinite(delta):
         return None
     return max(0.0, delta)
