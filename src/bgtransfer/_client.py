@@ -183,13 +183,29 @@ class DaemonClient:
                 await self.ensure_running()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def events(self, session: str, since: int | None) -> AsyncIterator[dict[str, Any]]:
-        """Replay then follow the session's events, reconnecting (and restarting the daemon)."""
+    async def events(
+        self,
+        session: str,
+        since: int | None,
+        *,
+        kinds: str | None = None,
+        completions: bool = False,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Replay then follow the session's events, reconnecting (and restarting the daemon).
+
+        Yields the daemon's lines, ``replay_end`` markers included. A reconnect resumes after
+        the last cursor seen (the replay's end counts), so acknowledged completions are not
+        heard again; ``completions`` streams ask for the unacknowledged ones afresh instead.
+        """
         cursor = since
         while True:
             params = {"session": session}
-            if cursor is not None:
+            if cursor is not None and not completions:
                 params["since"] = str(cursor)
+            if kinds is not None:
+                params["kinds"] = kinds
+            if completions:
+                params["completions"] = "1"
             writer: asyncio.StreamWriter | None = None
             try:
                 conn, reader, writer = await self._open("GET", "/v1/events", None, params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from bgtransfer._exceptions import TransferError
 
@@ -51,8 +52,9 @@ class Event:
     """One observation of a task, as delivered by ``AsyncSession.events()``.
 
     ``kind`` is ``"state"`` for a change of state or phase and ``"progress"`` for bytes.
-    ``cursor`` orders the durable log of state events (background sessions); pass the last
-    one seen to ``events(since=...)`` to continue after it. Progress events have none.
+    ``cursor`` orders the durable log of state events; pass the last one seen (or the
+    stream's ``cursor``) to ``events(since=...)`` to continue after it. Progress events have
+    none. ``metadata`` is the task's, as given to ``download(metadata=...)``.
     """
 
     task_id: str
@@ -64,3 +66,4 @@ class Event:
     bytes_expected: int | None
     error: TransferError | None
     cursor: int | None = None
+    metadata: dict[str, Any] | None = None

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
+import datetime
 import os
+import sqlite3
 import threading
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import quote
@@ -25,7 +36,14 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
 from bgtransfer._store._base import StoredEvent, TaskRow
-from bgtransfer._tasks import build_row, build_upload_row, row_from_wire, task_dict
+from bgtransfer._tasks import (
+    build_row,
+    build_upload_row,
+    row_from_wire,
+    same_request,
+    same_target,
+    task_dict,
+)
 
 if TYPE_CHECKING:
     # Imported when a foreground session opens: a client of the daemon never needs the
@@ -33,7 +51,7 @@ if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine
     from bgtransfer._store._sqlite import SQLiteStore
 
-__all__ = ["AsyncSession", "AsyncTask", "Session", "Task", "resolve_home"]
+__all__ = ["AsyncSession", "AsyncTask", "EventStream", "Session", "Task", "resolve_home"]
 
 T = TypeVar("T")
 STORE_NAME = "bgtransfer.sqlite3"
@@ -149,6 +167,33 @@ class _TaskView:
         return self._fresh().acknowledged
 
     @property
+    def metadata(self) -> dict[str, Any] | None:
+        """The JSON object given as ``metadata=`` when the task was submitted (a copy)."""
+        meta = self._row.metadata
+        return None if meta is None else dict(meta)
+
+    @property
+    def idempotency_key(self) -> str | None:
+        """The key given as ``idempotency_key=``, else the one the library generated."""
+        return self._row.idempotency_key
+
+    @property
+    def sha256(self) -> str | None:
+        """The digest the download was submitted with (verified before the file appears)."""
+        return self._row.spec.sha256
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The submitted options, as stored: timeouts, retry policy, sha256, segments...
+        (header values are not repeated here; ``headers`` names what was sent)."""
+        spec = dataclasses.asdict(self._row.spec)
+        spec["headers"] = [name for name, _ in self._row.spec.headers]
+        spec["form_fields"] = [list(f) for f in self._row.spec.form_fields]
+        spec["overwrite"] = self._row.overwrite
+        spec["on_complete"] = None if self._row.on_complete is None else list(self._row.on_complete)
+        return spec
+
+    @property
     def restarts(self) -> int:
         return self._fresh().snap.restarts
 
@@ -167,14 +212,33 @@ class _Backend(Protocol):
     async def submit(self, row: TaskRow) -> TaskRow: ...
     async def submit_many(self, rows: builtins.list[TaskRow]) -> builtins.list[TaskRow]: ...
     async def get(self, task_id: str) -> TaskRow: ...
+    async def find_key(self, session: str, key: str) -> TaskRow | None: ...
     def peek(self, row: TaskRow) -> TaskRow: ...
-    async def list(self, session: str) -> list[TaskRow]: ...
+    async def list(self, session: str, query: _Query | None = None) -> list[TaskRow]: ...
     async def control(self, task_id: str, verb: str) -> TaskRow: ...
     async def wait(self, task_id: str) -> TaskRow: ...
     async def wait_many(self, ids: builtins.list[str]) -> builtins.list[TaskRow]: ...
     async def history(self, task_id: str) -> builtins.list[dict[str, Any]]: ...
     async def remove(self, task_id: str) -> None: ...
-    def events(self, session: str, since: int | None) -> AsyncIterator[Event]: ...
+    def events(
+        self, session: str, since: int | None, kinds: frozenset[str]
+    ) -> AsyncIterator[Event | int]: ...
+    def completions(self, session: str) -> AsyncIterator[TaskRow | None]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Query:
+    """``tasks()`` filters: public state names, created at or after ``since``, a page of
+    ``limit`` after the task ``after``."""
+
+    states: tuple[str, ...] = ()
+    since: float | None = None
+    after: str | None = None
+    limit: int = -1
+
+
+KINDS = frozenset({"state", "progress"})
+REPLAY_LIMIT = 100_000
 
 
 class _Local:
@@ -210,29 +274,75 @@ class _Local:
             self.store.close()
             self.store = None
 
+    def _twin(self, row: TaskRow) -> TaskRow | None:
+        """The task submitted earlier with ``row``'s idempotency key, if any; otherwise the
+        target check the client skipped for a keyed submit is made now."""
+        engine = self._engine()
+        if row.idempotency_key is not None:
+            existing = engine.store.find_key(row.session, row.idempotency_key)
+            if existing is not None:
+                same_request(existing, row)
+                return engine.get(existing.id)
+        if row.spec.kind == "download":
+            from bgtransfer._engine._files import check_target
+
+            check_target(row.path, overwrite=row.overwrite)
+        return None
+
     async def submit(self, row: TaskRow) -> TaskRow:
-        self._engine().submit(row)
+        twin = self._twin(row)
+        if twin is not None:
+            return twin
+        try:
+            self._engine().submit(row)
+        except sqlite3.IntegrityError:  # another process won the race for this key
+            twin = self._twin(row)
+            if twin is None:
+                raise
+            return twin
         return row
 
     async def submit_many(self, rows: builtins.list[TaskRow]) -> builtins.list[TaskRow]:
+        if any(r.idempotency_key is not None for r in rows):
+            return [await self.submit(r) for r in rows]
         self._engine().submit_many(rows)
         return rows
 
     async def get(self, task_id: str) -> TaskRow:
         return self._engine().get(task_id)
 
+    async def find_key(self, session: str, key: str) -> TaskRow | None:
+        found = self._engine().store.find_key(session, key)
+        return None if found is None else self._engine().get(found.id)
+
     def peek(self, row: TaskRow) -> TaskRow:
         return self._engine().get(row.id)
 
-    async def list(self, session: str) -> list[TaskRow]:
+    async def list(self, session: str, query: _Query | None = None) -> list[TaskRow]:
         engine = self._engine()
-        return [engine.get(r.id) for r in engine.store.list(session)]
+        if query is None:
+            rows = engine.store.list(session)
+        else:
+            from bgtransfer._daemon._stream import phases_of
+
+            rows = engine.store.page(
+                session,
+                phases=phases_of(list(query.states)),
+                since=query.since,
+                after=query.after,
+                limit=query.limit,
+            )
+        return [engine.get(r.id) for r in rows]
 
     async def control(self, task_id: str, verb: str) -> TaskRow:
         engine = self._engine()
         if verb == "ack":
-            engine.get(task_id)
-            engine.store.acknowledge(task_id)
+            if engine.get(task_id).snap.phase is not Phase.DONE or not engine.store.acknowledge(
+                task_id
+            ):
+                raise InvalidTransition(
+                    f"task {task_id} has not finished: only a completion can be acknowledged"
+                )
         else:
             await getattr(engine, verb)(task_id)
         return engine.get(task_id)
@@ -252,17 +362,63 @@ class _Local:
 
         await _forget.remove(self._engine(), task_id)
 
-    async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
+    def _with_meta(self, ev: Event, cache: dict[str, dict[str, Any] | None]) -> Event:
+        if len(cache) >= 10_000:  # bounded, as the daemon's streams are
+            cache.clear()
+        if ev.task_id not in cache:
+            try:
+                cache[ev.task_id] = self._engine().get(ev.task_id).metadata
+            except TaskNotFound:
+                cache[ev.task_id] = None
+        return dataclasses.replace(ev, metadata=cache[ev.task_id])
+
+    async def events(
+        self, session: str, since: int | None, kinds: frozenset[str]
+    ) -> AsyncIterator[Event | int]:
+        """The same stream as the daemon's: replay, the cursor where it ended, then live."""
+        engine = self._engine()
+        q = engine.subscribe()
+        meta: dict[str, dict[str, Any] | None] = {}
+        try:
+            last = engine.store.last_cursor()
+            if since is None:
+                replay = engine.store.unacknowledged_completions(session)
+            else:
+                replay = engine.store.events_since(session, since, limit=REPLAY_LIMIT)
+                if len(replay) == REPLAY_LIMIT:
+                    last = replay[-1].cursor
+            for ev in replay:
+                last = max(last, ev.cursor)
+                if "state" in kinds:
+                    yield self._with_meta(_from_stored(ev), meta)
+            yield last
+            while True:
+                ev2 = await q.get()
+                if ev2.session != session or (ev2.cursor is not None and ev2.cursor <= last):
+                    continue
+                if ev2.cursor is not None:
+                    last = ev2.cursor
+                if ev2.kind in kinds:
+                    yield self._with_meta(ev2, meta)
+        finally:
+            engine.unsubscribe(q)
+
+    async def completions(self, session: str) -> AsyncIterator[TaskRow | None]:
         engine = self._engine()
         q = engine.subscribe()
         try:
-            if since is not None:
-                for ev in engine.store.events_since(session, since):
-                    yield _from_stored(ev)
+            last = engine.store.last_cursor()
+            for ev in engine.store.unacknowledged_completions(session):
+                last = max(last, ev.cursor)
+                yield engine.get(ev.task_id)
+            yield None
             while True:
                 ev2 = await q.get()
-                if ev2.session == session:
-                    yield ev2
+                if ev2.session != session or ev2.cursor is None or ev2.cursor <= last:
+                    continue
+                last = ev2.cursor
+                if ev2.kind == "state" and ev2.state is TaskState.COMPLETED:
+                    yield engine.get(ev2.task_id)
         finally:
             engine.unsubscribe(q)
 
@@ -301,6 +457,10 @@ class _Remote:
     async def get(self, task_id: str) -> TaskRow:
         return row_from_wire(await self.client.call("GET", f"/v1/tasks/{quote(task_id)}"))
 
+    async def find_key(self, session: str, key: str) -> TaskRow | None:
+        data = await self.client.call("GET", "/v1/tasks", params={"session": session, "key": key})
+        return row_from_wire(data[0]) if data else None
+
     def peek(self, row: TaskRow) -> TaskRow:
         return row
 
@@ -311,8 +471,16 @@ class _Remote:
     async def remove(self, task_id: str) -> None:
         await self.client.call("DELETE", f"/v1/tasks/{quote(task_id)}")
 
-    async def list(self, session: str) -> list[TaskRow]:
-        data = await self.client.call("GET", "/v1/tasks", params={"session": session})
+    async def list(self, session: str, query: _Query | None = None) -> list[TaskRow]:
+        params = {"session": session}
+        if query is not None:
+            params["state"] = ",".join(query.states)
+            params["limit"] = str(query.limit)
+            if query.since is not None:
+                params["since"] = repr(query.since)
+            if query.after is not None:
+                params["after"] = query.after
+        data = await self.client.call("GET", "/v1/tasks", params=params)
         return [row_from_wire(d) for d in data]
 
     async def control(self, task_id: str, verb: str) -> TaskRow:
@@ -341,8 +509,21 @@ class _Remote:
                 pending = [r.id for r in rows if r.snap.phase is not Phase.DONE]
         return [done[i] for i in ids]
 
-    async def events(self, session: str, since: int | None) -> AsyncIterator[Event]:
-        async for d in self.client.events(session, since):
+    async def completions(self, session: str) -> AsyncIterator[TaskRow | None]:
+        async for d in self.client.events(session, None, completions=True):
+            if d.get("kind") == "replay_end":
+                yield None
+            elif "task" in d:
+                yield row_from_wire(d["task"])
+
+    async def events(
+        self, session: str, since: int | None, kinds: frozenset[str]
+    ) -> AsyncIterator[Event | int]:
+        wanted = None if kinds == KINDS else ",".join(sorted(kinds))
+        async for d in self.client.events(session, since, kinds=wanted):
+            if d.get("kind") == "replay_end":
+                yield int(d["cursor"])
+                continue
             err = d.get("error")
             yield Event(
                 task_id=d["task_id"],
@@ -354,6 +535,7 @@ class _Remote:
                 bytes_expected=d["bytes_expected"],
                 error=None if err is None else error_from_dict(err),
                 cursor=d.get("cursor"),
+                metadata=d.get("metadata"),
             )
 
 
@@ -376,6 +558,7 @@ def _download_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": row.spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "segments": row.spec.segments,
+        "metadata": row.metadata,
         # The finished file's mode follows the caller's umask, not the daemon's.
         "umask": row.spec.umask,
     }
@@ -404,6 +587,7 @@ def _upload_body(row: TaskRow) -> dict[str, Any]:
         "max_retry_wait": spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
         "response_path": spec.response_path,
+        "metadata": row.metadata,
     }
 
 
@@ -419,6 +603,68 @@ def _from_stored(ev: StoredEvent) -> Event:
         error=ev.error,
         cursor=ev.cursor,
     )
+
+
+class EventStream:
+    """What :meth:`AsyncSession.events` returns: an async iterator of :class:`Event`,
+    which also knows where it is in the durable log of state events."""
+
+    def __init__(self, source: AsyncIterator[Event | int], since: int | None) -> None:
+        self._source = source
+        self.cursor: int | None = since
+        """Where a later ``events(since=...)`` continues this stream without a gap."""
+        self.replay_cursor: int | None = None
+        """The cursor at which the replay ended; None until it has."""
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        while True:
+            item = await anext(self._source)
+            if isinstance(item, int):
+                if self.replay_cursor is None:
+                    self.replay_cursor = item
+                self.cursor = item if self.cursor is None else max(self.cursor, item)
+                continue
+            if item.cursor is not None:
+                self.cursor = item.cursor if self.cursor is None else max(self.cursor, item.cursor)
+            return item
+
+    async def aclose(self) -> None:
+        await self._source.aclose()  # type: ignore[attr-defined]
+
+
+def _query(state: object, since: object, limit: object, cursor: object) -> _Query | None:
+    """Validated ``tasks()`` filters (typed ``object``: callers pass anything at runtime)."""
+    if state is None and since is None and limit is None and cursor is None:
+        return None
+    states: builtins.list[str] = []
+    if state is not None:
+        if isinstance(state, TaskState | str) or not isinstance(state, Iterable):
+            many: builtins.list[object] = [state]
+        else:
+            many = builtins.list(state)
+        for one in many:
+            name = one.value if isinstance(one, TaskState) else one
+            if not isinstance(name, str) or name.lower() not in {s.value for s in TaskState}:
+                names = ", ".join(s.value for s in TaskState)
+                raise InvalidRequest(f"state must be a TaskState or one of {names}, not {one!r}")
+            states.append(name.lower())
+    when: float | None = None
+    if isinstance(since, datetime.datetime):
+        if since.tzinfo is None:
+            raise InvalidRequest("since must be an aware datetime (with a tzinfo) or epoch seconds")
+        when = since.timestamp()
+    elif since is not None:
+        if isinstance(since, bool) or not isinstance(since, int | float):
+            raise InvalidRequest(f"since must be epoch seconds or a datetime, not {since!r}")
+        when = float(since)
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise InvalidRequest(f"limit must be a positive integer, not {limit!r}")
+    if cursor is not None and (not isinstance(cursor, str) or not cursor):
+        raise InvalidRequest(f"cursor must be a task id (the last of the page before): {cursor!r}")
+    return _Query(tuple(states), when, cursor, -1 if limit is None else limit)
 
 
 class AsyncTask(_TaskView):
@@ -454,7 +700,10 @@ class AsyncTask(_TaskView):
         await self._control("cancel")
 
     async def acknowledge(self) -> None:
-        """Tell the session its completion was handled: it is no longer replayed."""
+        """Tell the session its completion was handled: it is never delivered again.
+
+        Only a finished task can be acknowledged (InvalidTransition otherwise): an early
+        acknowledgement would swallow the completion the app has yet to handle."""
         await self._control("ack")
 
     async def history(self) -> list[dict[str, Any]]:
@@ -488,19 +737,30 @@ class AsyncSession:
         *,
         home: str | os.PathLike[str] | None = None,
         background: bool = True,
-        max_active: int = 16,
-        max_per_host: int = 6,
+        max_active: int | None = None,
+        max_per_host: int | None = None,
     ) -> None:
         if not isinstance(identifier, str) or not identifier.strip():  # type: ignore[redundant-expr]
             raise InvalidRequest(f"session identifier must be a non-empty string: {identifier!r}")
         for name, value in (("max_active", max_active), ("max_per_host", max_per_host)):
+            if value is None:
+                continue
             if type(value) is not int or value < 1:
                 raise InvalidRequest(f"{name} must be a positive integer, not {value!r}")
+            if background:
+                # Background tasks of every session share one daemon and its limits; a
+                # per-session number it would not honour is refused, not silently ignored.
+                env = "BGTRANSFER_" + name.upper()
+                raise InvalidRequest(
+                    f"{name} limits a foreground session (background=False); background "
+                    f"sessions share the daemon's limits: start the daemon with {env}={value} "
+                    "in its environment (see `bgtransfer daemon status --json`)"
+                )
         self.identifier = identifier
         self.background = background
         self.home = resolve_home(home)
         self._backend: _Backend | None = None
-        self._max = (max_active, max_per_host)
+        self._max = (max_active or 16, max_per_host or 6)
 
     async def open(self) -> AsyncSession:
         if self._backend is None:
@@ -554,48 +814,80 @@ class AsyncSession:
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
         ``segments=N`` (1-16) downloads over up to N connections at once when the server
         allows ranges of one fixed version (aria2c -s N); otherwise one connection is used.
 
-        Bad input raises InvalidRequest here, before any task exists.
+        ``idempotency_key``: a second submit with the same key in this session returns the
+        task of the first, whatever its state (even finished, with its file in place); the
+        same key with a different url, path, sha256 or metadata is an InvalidRequest.
+        ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
+        ``ls --json``, events).
+
+        Bad input raises InvalidRequest here, before any task exists. When this returns,
+        the task is committed to the store: it runs even if this process dies at once.
         """
-        row = build_row(
-            self.identifier,
-            url,
-            path,
-            background=self.background,
-            headers=headers,
-            request_timeout=request_timeout,
-            resource_timeout=resource_timeout,
-            sha256=sha256,
-            overwrite=overwrite,
-            low_speed_limit=low_speed_limit,
-            low_speed_time=low_speed_time,
-            max_attempts=max_attempts,
-            retry_for=retry_for,
-            retry_wait=retry_wait,
-            max_retry_wait=max_retry_wait,
-            on_complete=on_complete,
-            segments=segments,
-            idempotency_key=uuid.uuid4().hex,
-        )
+        try:
+            row = build_row(
+                self.identifier,
+                url,
+                path,
+                background=self.background,
+                headers=headers,
+                request_timeout=request_timeout,
+                resource_timeout=resource_timeout,
+                sha256=sha256,
+                overwrite=overwrite,
+                low_speed_limit=low_speed_limit,
+                low_speed_time=low_speed_time,
+                max_attempts=max_attempts,
+                retry_for=retry_for,
+                retry_wait=retry_wait,
+                max_retry_wait=max_retry_wait,
+                on_complete=on_complete,
+                segments=segments,
+                idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+                metadata=metadata,
+                check_exists=idempotency_key is None,
+            )
+        except InvalidRequest:
+            twin = await self._twin(idempotency_key, "download", url, path)
+            if twin is None:
+                raise
+            return twin
         row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
 
+    async def _twin(
+        self, key: str | None, kind: str, url: object, path: object
+    ) -> AsyncTask | None:
+        """The task of ``key`` when a repeated submit no longer validates only because its
+        upload source or target directory is gone since: it asked for that task."""
+        if not isinstance(key, str) or not key:
+            return None
+        found = await self._backend_or_raise().find_key(self.identifier, key)
+        if found is None or not same_target(found, kind, url, path):
+            return None
+        return AsyncTask(self, found)
+
     async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
         """Submit many downloads at once: each item has ``url``, ``path`` and any option of
-        :meth:`download`. All are validated first (InvalidRequest names the first bad one,
-        and then none is created); they are stored in one transaction."""
+        :meth:`download` (``idempotency_key`` and ``metadata`` included). All are validated
+        first (InvalidRequest names the first bad one, and then none is created); they are
+        stored in one transaction."""
         rows = []
+        twins: dict[int, AsyncTask] = {}
         for n, item in enumerate(items):
             opts = dict(item)
             try:
                 url, path = opts.pop("url"), opts.pop("path")
             except KeyError as exc:
                 raise InvalidRequest(f"item {n} has no {exc.args[0]!r}") from None
+            key = opts.pop("idempotency_key", None)
             try:
                 rows.append(
                     build_row(
@@ -603,16 +895,23 @@ class AsyncSession:
                         url,
                         path,
                         background=self.background,
-                        idempotency_key=uuid.uuid4().hex,
+                        idempotency_key=uuid.uuid4().hex if key is None else key,
+                        check_exists=key is None,
                         **opts,
                     )
                 )
             except TypeError as exc:
                 raise InvalidRequest(f"item {n}: {exc}") from None
-        if not rows:
+            except InvalidRequest:
+                twin = await self._twin(key, "download", url, path)
+                if twin is None:
+                    raise
+                twins[n] = twin
+        total = len(rows) + len(twins)
+        if not total:
             return []
-        done = await self._backend_or_raise().submit_many(rows)
-        return [AsyncTask(self, r) for r in done]
+        done = iter(await self._backend_or_raise().submit_many(rows) if rows else [])
+        return [twins[n] if n in twins else AsyncTask(self, next(done)) for n in range(total)]
 
     async def upload(
         self,
@@ -634,8 +933,12 @@ class AsyncSession:
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         response_path: str | os.PathLike[str] | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
+
+        ``idempotency_key`` and ``metadata`` as for :meth:`download`.
 
         ``protocol``: "plain" (one streamed request), "multipart" (a form POST), "tus"
         (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
@@ -643,33 +946,56 @@ class AsyncSession:
         body of the server's final answer is written (in place before the task completes);
         ``Task.response_body`` keeps its first 64 KiB either way.
         """
-        row = build_upload_row(
-            self.identifier,
-            path,
-            url,
-            background=self.background,
-            method=method,
-            headers=headers,
-            protocol=protocol,
-            request_timeout=request_timeout,
-            resource_timeout=resource_timeout,
-            field_name=field_name,
-            form_fields=form_fields,
-            retry_unsafe=retry_unsafe,
-            chunk_size=chunk_size,
-            max_attempts=max_attempts,
-            retry_for=retry_for,
-            retry_wait=retry_wait,
-            max_retry_wait=max_retry_wait,
-            on_complete=on_complete,
-            idempotency_key=uuid.uuid4().hex,
-            response_path=response_path,
-        )
+        try:
+            row = build_upload_row(
+                self.identifier,
+                path,
+                url,
+                background=self.background,
+                method=method,
+                headers=headers,
+                protocol=protocol,
+                request_timeout=request_timeout,
+                resource_timeout=resource_timeout,
+                field_name=field_name,
+                form_fields=form_fields,
+                retry_unsafe=retry_unsafe,
+                chunk_size=chunk_size,
+                max_attempts=max_attempts,
+                retry_for=retry_for,
+                retry_wait=retry_wait,
+                max_retry_wait=max_retry_wait,
+                on_complete=on_complete,
+                idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+                metadata=metadata,
+                response_path=response_path,
+            )
+        except InvalidRequest:
+            twin = await self._twin(idempotency_key, "upload", url, path)
+            if twin is None:
+                raise
+            return twin
         row = await self._backend_or_raise().submit(row)
         return AsyncTask(self, row)
 
-    async def tasks(self) -> list[AsyncTask]:
-        rows = await self._backend_or_raise().list(self.identifier)
+    async def tasks(
+        self,
+        *,
+        state: TaskState | str | Iterable[TaskState | str] | None = None,
+        since: float | datetime.datetime | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> list[AsyncTask]:
+        """This session's tasks in creation order, every one or a page of them.
+
+        ``state``: one state or several (``TaskState.COMPLETED``, ``"running"``);
+        ``since``: created at or after this time (epoch seconds or an aware datetime);
+        ``limit``: at most this many; ``cursor``: the id of the last task of the page
+        before (``cursor=page[-1].id``). Served by the store's indexes, so a page costs
+        the same with ten tasks or a million.
+        """
+        query = _query(state, since, limit, cursor)
+        rows = await self._backend_or_raise().list(self.identifier, query)
         return [AsyncTask(self, r) for r in rows]
 
     async def wait_all(
@@ -717,15 +1043,59 @@ class AsyncSession:
         for row in rows:
             await backend.remove(row.id)
 
-    async def events(self, since: int | None = None) -> AsyncIterator[Event]:
-        """This session's events: a replay, then new ones as they happen.
+    def events(
+        self, since: int | None = None, *, kinds: Iterable[str] | None = None
+    ) -> EventStream:
+        """This session's events for a UI: a replay, then new ones as they happen.
 
-        Background sessions replay, with ``since=None``, the completion of every task that
-        finished and was not acknowledged (``task.acknowledge()``), so a process that was
-        away misses nothing; with ``since=cursor``, every state event after that cursor.
+        ``since=None``: the replay is the completion of every finished task not yet
+        acknowledged. ``since=C``: every state event with a cursor after C (a cursor from
+        an earlier stream), except completions already acknowledged, which never come back.
+        ``kinds``: ``{"state"}``, ``{"progress"}`` or both (the default).
+
+        The stream's ``replay_cursor`` is the cursor at which the replay ended (set once
+        it has), and ``cursor`` the position to pass as ``since=`` to continue later
+        without a gap. The stream reconnects by itself (restarting the daemon) from there.
+        To handle each outcome once, use :meth:`completions`.
         """
-        async for ev in self._backend_or_raise().events(self.identifier, since):
-            yield ev
+        wanted = KINDS if kinds is None else frozenset(kinds)
+        if not wanted or not wanted <= KINDS:
+            raise InvalidRequest(f"kinds must be some of {sorted(KINDS)}, not {kinds!r}")
+        source = self._backend_or_raise().events(self.identifier, since, wanted)
+        return EventStream(source, since)
+
+    async def completions(self, *, timeout: float | None = None) -> AsyncGenerator[AsyncTask]:
+        """Each finished task of this session not yet acknowledged: first those that finished
+        while nobody listened, then each as it finishes (NSURLSession's relaunch contract).
+
+        Delivery is at least once until ``await task.acknowledge()``, and never after: handle
+        the outcome (idempotently), then acknowledge. One stream yields a task once, also
+        across daemon restarts; a new stream yields every unacknowledged one again.
+        ``timeout``: end when nothing arrives for that many seconds (None: never).
+        """
+        source = self._backend_or_raise().completions(self.identifier)
+        yielded: set[str] = set()
+        seen: set[str] = set()  # since the last replay ended
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(timeout):
+                        row = await anext(source)
+                except (TimeoutError, StopAsyncIteration):
+                    return
+                if row is None:
+                    # A replay ended: what it did not bring again was acknowledged, and
+                    # cannot come back, so it need not be remembered.
+                    yielded &= seen
+                    seen = set()
+                    continue
+                seen.add(row.id)
+                if row.id in yielded:
+                    continue
+                yielded.add(row.id)
+                yield AsyncTask(self, row)
+        finally:
+            await source.aclose()  # type: ignore[attr-defined]
 
 
 class _LoopThread:
@@ -804,8 +1174,8 @@ class Session:
         *,
         home: str | os.PathLike[str] | None = None,
         background: bool = True,
-        max_active: int = 16,
-        max_per_host: int = 6,
+        max_active: int | None = None,
+        max_per_host: int | None = None,
     ) -> None:
         self._async = AsyncSession(
             identifier,
@@ -866,7 +1236,10 @@ class Session:
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         segments: int = 1,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Task:
+        """See :meth:`AsyncSession.download`."""
         inner = self._call(
             self._async.download(
                 url,
@@ -884,6 +1257,8 @@ class Session:
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
                 segments=segments,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
             )
         )
         return Task(self, inner)
@@ -912,6 +1287,8 @@ class Session:
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
         response_path: str | os.PathLike[str] | None = None,
+        idempotency_key: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -932,12 +1309,42 @@ class Session:
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
                 response_path=response_path,
+                idempotency_key=idempotency_key,
+                metadata=metadata,
             )
         )
         return Task(self, inner)
 
-    def tasks(self) -> list[Task]:
-        return [Task(self, t) for t in self._call(self._async.tasks())]
+    def tasks(
+        self,
+        *,
+        state: TaskState | str | Iterable[TaskState | str] | None = None,
+        since: float | datetime.datetime | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> list[Task]:
+        """See :meth:`AsyncSession.tasks`: all tasks, or a filtered page of them."""
+        found = self._call(self._async.tasks(state=state, since=since, limit=limit, cursor=cursor))
+        return [Task(self, t) for t in found]
+
+    def completions(self, *, timeout: float | None = None) -> Iterator[Task]:
+        """Each finished task not yet acknowledged, replay first then live (see
+        :meth:`AsyncSession.completions`): ``for t in s.completions(): handle(t);
+        t.acknowledge()``. ``timeout``: stop when nothing arrives for that many seconds."""
+        stream = self._async.completions(timeout=timeout)
+
+        async def step() -> AsyncTask | None:
+            try:
+                return await anext(stream)
+            except StopAsyncIteration:
+                return None
+
+        try:
+            while (inner := self._call(step())) is not None:
+                yield Task(self, inner)
+        finally:
+            if not self.closed:
+                self._call(stream.aclose())
 
     def wait_all(self, tasks: Iterable[Task], timeout: float | None = None) -> list[Task]:
         """Wait until every one of ``tasks`` is COMPLETED: one long poll for all of them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +35,79 @@ __all__ = [
 ]
 
 
+METADATA_LIMIT = 16 * 1024  # bytes of compact JSON: labels and ids, not payloads
+KEY_LIMIT = 200
+
+
+def check_metadata(value: object) -> dict[str, Any] | None:
+    """A small JSON object stored with the task, or InvalidRequest saying why not."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise InvalidRequest(f"metadata must be a JSON object (a dict), not {type(value).__name__}")
+    try:
+        text = json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"metadata must be JSON-serialisable: {exc}") from None
+    if len(text.encode()) > METADATA_LIMIT:
+        raise InvalidRequest(
+            f"metadata is {len(text.encode())} bytes as JSON; the limit is {METADATA_LIMIT} "
+            "(store large data elsewhere and put its key in the metadata)"
+        )
+    out: dict[str, Any] = json.loads(text)  # a copy: the caller's later changes stay out
+    return out
+
+
+def check_key(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not 1 <= len(value) <= KEY_LIMIT or "\0" in value:
+        raise InvalidRequest(
+            f"idempotency_key must be a string of 1 to {KEY_LIMIT} characters: {value!r}"
+        )
+    return value
+
+
+def identity(r: TaskRow) -> dict[str, Any]:
+    """What a submit asked for, for comparing a repeated idempotency key: what the task
+    produces. Headers, timeouts and retry options may differ (a refreshed token, say);
+    the first submit's are kept."""
+    s = r.spec
+    out: dict[str, Any] = {
+        "kind": s.kind,
+        "url": s.url,
+        "path": r.path,
+        "sha256": s.sha256,
+        "metadata": r.metadata,
+    }
+    if s.kind == "upload":
+        out.update(method=s.method, protocol=s.protocol)
+    return out
+
+
+def same_request(existing: TaskRow, new: TaskRow) -> None:
+    """InvalidRequest when an idempotency key is reused for a different request."""
+    a, b = identity(existing), identity(new)
+    diff = [k for k in a if a[k] != b[k]]
+    if diff:
+        raise InvalidRequest(
+            f"idempotency_key {new.idempotency_key!r} was used for another request "
+            f"(task {existing.id}; different {', '.join(diff)})"
+        )
+
+
+def same_target(existing: TaskRow, kind: str, url: object, path: object) -> bool:
+    """Whether a keyed submit that no longer validates (its upload source or target directory
+    is gone since) still names the task its key found: then that task is the answer."""
+    if not isinstance(path, str | os.PathLike):
+        return False
+    return (
+        existing.spec.kind == kind
+        and existing.spec.url == url
+        and existing.path == os.path.abspath(os.fspath(path))
+    )
+
+
 def new_task_id() -> str:
     return os.urandom(16).hex()
 
@@ -54,6 +128,7 @@ DOWNLOAD_OPTIONS: dict[str, Any] = {
     "max_retry_wait": 120.0,
     "on_complete": None,
     "segments": 1,
+    "metadata": None,
 }
 
 
@@ -130,15 +205,21 @@ def build_row(
     max_retry_wait: object = 120.0,
     on_complete: object = None,
     segments: object = 1,
-    idempotency_key: str | None = None,
+    idempotency_key: object = None,
+    metadata: object = None,
+    check_exists: bool = True,
     umask: object = None,
 ) -> TaskRow:
     """Validate everything the caller gave; InvalidRequest names the first bad value.
 
-    ``umask``: the submitting process's (the finished file gets ``0666 & ~umask``); None
-    takes this process's.
+    ``check_exists=False`` skips only the "target already exists" check: a repeated submit
+    with an idempotency key may find its own finished file there. ``umask``: the
+    submitting process's (the finished file gets ``0666 & ~umask``); None takes this
+    process's.
     """
     check_url(url)
+    key = check_key(idempotency_key)
+    meta = check_metadata(metadata)
     assert isinstance(url, str)
     hdrs = check_headers(headers)
     common, hook = _lifecycle(
@@ -164,7 +245,7 @@ def build_row(
         umask = current_umask()
     if type(umask) is not int or not 0 <= umask <= 0o777:
         raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
-    target = check_target(path, overwrite=overwrite)
+    target = check_target(path, overwrite=overwrite or not check_exists)
     task_id = new_task_id()
     assert isinstance(low_speed_limit, int)
     spec = Spec(
@@ -190,8 +271,9 @@ def build_row(
         background=background,
         created_at=now,
         updated_at=now,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         on_complete=hook,
+        metadata=meta,
     )
 
 
@@ -219,6 +301,9 @@ def task_dict(r: TaskRow) -> dict[str, Any]:
         "acknowledged": r.acknowledged,
         "created_at": r.created_at,
         "finished_at": r.finished_at,
+        "metadata": r.metadata,
+        "sha256": r.spec.sha256,
+        "idempotency_key": r.idempotency_key,
     }
 
 
@@ -302,6 +387,7 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         on_complete=None if i["on_complete"] is None else tuple(i["on_complete"]),
         hook_state=i["hook_state"],
         acknowledged=d["acknowledged"],
+        metadata=d.get("metadata"),
     )
 
 
@@ -325,6 +411,7 @@ UPLOAD_OPTIONS: dict[str, Any] = {
     "max_retry_wait": 120.0,
     "on_complete": None,
     "response_path": None,
+    "metadata": None,
 }
 
 
@@ -359,10 +446,13 @@ def build_upload_row(
     retry_wait: object = 1.0,
     max_retry_wait: object = 120.0,
     on_complete: object = None,
-    idempotency_key: str | None = None,
+    idempotency_key: object = None,
+    metadata: object = None,
     response_path: object = None,
 ) -> TaskRow:
     """Validate an upload request; the source's size and mtime are recorded now."""
+    key = check_key(idempotency_key)
+    meta = check_metadata(metadata)
     from bgtransfer._protocol._upload import PROTOCOLS
     from bgtransfer._protocol._validate import check_method
 
@@ -436,6 +526,7 @@ def build_upload_row(
         background=background,
         created_at=now,
         updated_at=now,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         on_complete=hook,
+        metadata=meta,
     )

@@ -8,14 +8,19 @@ POST     /v1/tasks                        submit a download or upload (body: ses
                                           options…, idempotency_key); 201, or 200 with the
                                           existing task when the key was seen before
 GET      /v1/tasks?session=S              list tasks (all sessions without ``session``);
-                                          ``limit``/``offset`` page, ``prefix`` finds ids
+                                          ``limit``/``offset`` page, ``prefix`` finds ids;
+                                          ``state`` (repeatable), ``since`` (created at or
+                                          after, epoch s), ``after`` (last id of the page
+                                          before) page by index; ``key`` finds the
+                                          session's task of an idempotency key
 GET      /v1/tasks/{id}                   one task
 DELETE   /v1/tasks/{id}                   forget a finished task (its file stays)
 POST     /v1/prune                        forget finished tasks (``older_than`` seconds)
 POST     /v1/tasks/{id}/suspend|resume|cancel|ack
 GET      /v1/tasks/{id}/wait?timeout=S    long poll until COMPLETED or S seconds
 GET      /v1/tasks/{id}/attempts          the history: every request and what came of it
-GET      /v1/events?session=S[&since=C]   NDJSON: replay, then follow
+GET      /v1/events?session=S[&since=C]   NDJSON: replay, ``replay_end`` with its cursor,
+                                          then follow; ``kinds``, ``completions=1``
 POST     /v1/shutdown                     graceful stop (tasks checkpointed, resumed on start)
 =======  ===============================  ==================================================
 """
@@ -34,12 +39,18 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from aiohttp import web
 
 from bgtransfer import __version__
 from bgtransfer._daemon._paths import daemon_lock, socket_path
+from bgtransfer._daemon._stream import (
+    REPLAY_LIMIT,
+    EventLines,
+    acknowledge,
+    kinds_of,
+    phases_of,
+)
 from bgtransfer._engine import _forget as forget
 from bgtransfer._engine._engine import Engine
 from bgtransfer._exceptions import (
@@ -52,14 +63,17 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import PHASE_STATE, TaskState
 from bgtransfer._redact import redact
-from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._tasks import (
     DOWNLOAD_OPTIONS,
     UPLOAD_OPTIONS,
     build_row,
     build_upload_row,
+    check_key,
     row_to_wire,
+    same_request,
+    same_target,
 )
 
 __all__ = ["STORE_NAME", "main"]
@@ -104,12 +118,6 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response(body, status=status)
 
 
-def _error_json(err: TransferError | None) -> dict[str, Any] | None:
-    if err is None:
-        return None
-    return {**err.to_dict(), "message": redact(err.message)}
-
-
 def _peer_uid(request: web.Request) -> int | None:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None:
@@ -132,20 +140,6 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(_http_status(exc), exc.code, exc.message)
     except (ValueError, KeyError, TypeError) as exc:
         return _error(400, "bad_request", f"malformed request: {exc}")
-
-
-def _state_event_json(ev: StoredEvent) -> dict[str, Any]:
-    return {
-        "cursor": ev.cursor,
-        "session": ev.session,
-        "task_id": ev.task_id,
-        "kind": "state",
-        "state": ev.state,
-        "detail": redact(ev.detail),
-        "bytes_received": ev.bytes_received,
-        "bytes_expected": ev.bytes_expected,
-        "error": _error_json(ev.error),
-    }
 
 
 class Daemon:
@@ -232,8 +226,9 @@ class Daemon:
             }
         )
 
-    def _build(self, body: object) -> TaskRow | str:
-        """A validated new row for one submit item, or the id of its earlier twin (same key)."""
+    def _build(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
+        """A validated new row for one submit item, or the id of its earlier twin (same
+        idempotency key in the same session, submitted before or earlier in ``batch``)."""
         if not isinstance(body, dict):
             raise InvalidRequest("a task must be a JSON object")
         upload = body.get("kind", "download") == "upload"
@@ -244,15 +239,9 @@ class Daemon:
         unknown = set(body) - known
         if unknown:
             raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        session, key = body.get("session"), body.get("idempotency_key")
+        session, key = body.get("session"), check_key(body.get("idempotency_key"))
         if not isinstance(session, str) or not session:
             raise InvalidRequest(f"session must be a non-empty string: {session!r}")
-        if key is not None:
-            if not isinstance(key, str) or not 1 <= len(key) <= 200:
-                raise InvalidRequest(f"idempotency_key must be a short string: {key!r}")
-            existing = self.store.find_key(key)
-            if existing is not None:
-                return existing.id
         path = body.get("path")
         if isinstance(path, str) and not os.path.isabs(path):
             # Resolved here it would name a file under the daemon's working directory.
@@ -264,25 +253,50 @@ class Daemon:
         for pairs in ("headers", "form_fields"):
             if isinstance(options.get(pairs), list):
                 options[pairs] = [tuple(h) for h in options[pairs]]
-        if upload:
-            return build_upload_row(
-                session, body.get("path"), body.get("url"), background=True,
-                idempotency_key=key, **options,
-            )  # fmt: skip
-        return build_row(
-            session, body.get("url"), path, background=True,
-            idempotency_key=key, umask=body.get("umask"), **options,
-        )  # fmt: skip
+        # The earlier twin is looked up before the target is checked: a repeated submit
+        # finds its own finished file there, and gets its task back.
+        existing = None
+        if key is not None:
+            existing = (batch or {}).get(key) or self.store.find_key(session, key)
+        try:
+            if upload:
+                row = build_upload_row(
+                    session, body.get("path"), body.get("url"), background=True,
+                    idempotency_key=key, **options,
+                )  # fmt: skip
+            else:
+                row = build_row(
+                    session, body.get("url"), path, background=True, idempotency_key=key,
+                    check_exists=existing is None, umask=body.get("umask"), **options,
+                )  # fmt: skip
+        except InvalidRequest:
+            kind = "upload" if upload else "download"
+            if existing is not None and same_target(
+                existing, kind, body.get("url"), body.get("path")
+            ):
+                return existing.id
+            raise
+        if existing is not None:
+            same_request(existing, row)
+            return existing.id
+        if key is not None and batch is not None:
+            batch[key] = row
+        return row
 
     async def submit(self, request: web.Request) -> web.Response:
-        """One task (an object), or many at once (``{"tasks": [...]}``, one transaction)."""
+        """One task (an object), or many at once (``{"tasks": [...]}``, one transaction).
+
+        No await between the key lookup and the insert: submits are serialised by the
+        event loop, so two clients racing with one key get one task.
+        """
         body = await request.json()
         if isinstance(body, dict) and set(body) == {"tasks"}:
             items = body["tasks"]
             if not isinstance(items, list) or not 1 <= len(items) <= 10_000:
                 raise InvalidRequest("tasks must be a list of 1 to 10000 task objects")
-            built = [self._build(item) for item in items]  # all validated before any insert
-            new = [b for b in built if isinstance(b, TaskRow)]
+            batch: dict[str, TaskRow] = {}
+            built = [self._build(item, batch) for item in items]  # all validated first
+            new = list({b.id: b for b in built if isinstance(b, TaskRow)}.values())
             if new:
                 self.engine.submit_many(new)
             ids = [b if isinstance(b, str) else b.id for b in built]
@@ -300,10 +314,21 @@ class Daemon:
         q = request.query
         session = q.get("session")
         prefix = q.get("prefix")
-        if prefix is not None:
+        if q.get("key") is not None and session is not None:
+            twin = self.store.find_key(session, q["key"])
+            rows = [] if twin is None else [twin]
+        elif prefix is not None:
             rows = [
                 r for r in self.store.find_prefix(prefix.lower()) if session in (None, r.session)
             ]
+        elif {"state", "since", "after"} & set(q):
+            rows = self.store.page(
+                session,
+                phases=phases_of(q.getall("state", [])),
+                since=None if q.get("since") is None else float(q["since"]),
+                after=q.get("after"),
+                limit=int(q.get("limit", "-1")),
+            )
         else:
             limit, offset = int(q.get("limit", "-1")), int(q.get("offset", "0"))
             if limit < -1 or offset < 0:
@@ -323,8 +348,7 @@ class Daemon:
         elif verb == "cancel":
             await self.engine.cancel(task_id)
         elif verb == "ack":
-            self.engine.get(task_id)
-            self.store.acknowledge(task_id)
+            acknowledge(self.engine, task_id)
         else:
             raise web.HTTPNotFound(text=f"unknown action {verb!r}")
         return web.json_response(row_to_wire(self.engine.get(task_id)))
@@ -394,25 +418,38 @@ class Daemon:
         return web.json_response(row_to_wire(self.engine.get(task_id)))
 
     async def events(self, request: web.Request) -> web.StreamResponse:
+        """NDJSON: a replay, a ``replay_end`` line with the cursor where it ended, then live.
+
+        ``since`` absent: the completion of every finished, unacknowledged task; ``since=C``:
+        every state event after cursor C except acknowledged completions. ``kinds=state,
+        progress`` filters; ``completions=1`` streams only completions, each with its task.
+        """
         session = request.query.get("session")
         if not session:
             raise InvalidRequest("events need a session")
         since_raw = request.query.get("since")
         follow = request.query.get("follow", "1") != "0"
+        only_done = request.query.get("completions", "0") == "1"
+        kinds = kinds_of(request.query.get("kinds"))
+        since = None if since_raw is None else int(since_raw)
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         queue = self.engine.subscribe()
+        lines = EventLines(self.engine, with_task=only_done)
         try:
-            if since_raw is None:
+            last = self.store.last_cursor()  # read before the replay: nothing falls between
+            if since is None or only_done:
                 # Replay what an app that was away must learn: unacknowledged completions.
                 replay = self.store.unacknowledged_completions(session)
-                last = self.store.last_cursor()
             else:
-                replay = self.store.events_since(session, int(since_raw), limit=100_000)
-                last = replay[-1].cursor if replay else int(since_raw)
+                replay = self.store.events_since(session, since, limit=REPLAY_LIMIT)
+                if len(replay) == REPLAY_LIMIT:  # the rest comes after a reconnect
+                    last = replay[-1].cursor
             for ev in replay:
-                await resp.write(json.dumps(_state_event_json(ev)).encode() + b"\n")
                 last = max(last, ev.cursor)
+                if "state" in kinds:
+                    await resp.write(lines.stored(ev))
+            await resp.write(json.dumps({"kind": "replay_end", "cursor": last}).encode() + b"\n")
             while follow and not self.stopping.is_set():
                 try:
                     live = await asyncio.wait_for(queue.get(), 15)
@@ -425,18 +462,9 @@ class Daemon:
                     continue
                 if live.cursor is not None:
                     last = live.cursor
-                payload = {
-                    "cursor": live.cursor,
-                    "session": live.session,
-                    "task_id": live.task_id,
-                    "kind": live.kind,
-                    "state": live.state.value,
-                    "detail": redact(live.detail),
-                    "bytes_received": live.bytes_received,
-                    "bytes_expected": live.bytes_expected,
-                    "error": _error_json(live.error),
-                }
-                await resp.write(json.dumps(payload).encode() + b"\n")
+                if live.kind not in kinds or (only_done and live.state is not TaskState.COMPLETED):
+                    continue
+                await resp.write(lines.live(live))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -30,6 +30,7 @@ class TaskRow:
     on_complete: tuple[str, ...] | None = None
     hook_state: str | None = None
     acknowledged: bool = False
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,6 @@ class Store(Protocol):
 
     def list(self, session: str | None = None) -> list[TaskRow]: ...
 
-    def find_key(self, key: str) -> TaskRow | None: ...
+    def find_key(self, session: str, key: str) -> TaskRow | None: ...
 
     def close(self) -> None: ...

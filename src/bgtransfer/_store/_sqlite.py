@@ -22,6 +22,7 @@ from bgtransfer._exceptions import (
     DestinationError,
     StoreError,
     StoreFull,
+    TaskNotFound,
     TransferError,
     error_from_dict,
 )
@@ -32,7 +33,7 @@ from bgtransfer._store._base import StoredEvent, TaskRow
 
 __all__ = ["EventRecord", "SQLiteStore", "event_record"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 # One row per request the engine made: what `bgtransfer show` prints as the history. A row
@@ -87,7 +88,8 @@ CREATE TABLE tasks (
     on_complete TEXT,
     hook_state TEXT,
     acknowledged INTEGER NOT NULL DEFAULT 0,
-    response TEXT
+    response TEXT,
+    metadata TEXT
 );
 -- State changes, kept so a process that was away learns what happened (NSURLSession relaunch).
 CREATE TABLE events (
@@ -106,6 +108,7 @@ CREATE INDEX events_session ON events(session, cursor);
 CREATE INDEX tasks_session ON tasks(session, created_at);
 CREATE INDEX tasks_phase ON tasks(phase, created_at);
 CREATE INDEX tasks_created ON tasks(created_at, id);
+CREATE INDEX tasks_session_phase ON tasks(session, phase, created_at, id);
 -- One live task per destination: two tasks writing one file is how files get corrupted.
 CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done' AND partial != '';
 """
@@ -136,13 +139,21 @@ _MIGRATIONS: dict[int, list[str]] = {
         "DROP TABLE attempts",
         "ALTER TABLE attempts_v8 RENAME TO attempts",
     ],
+    # The app contract: metadata on tasks, `tasks(state=...)` pages by index, and an
+    # acknowledgement only ever covers a finished task (older versions also stored it for an
+    # unfinished one, which then swallowed the completion: give those back).
+    8: [
+        "ALTER TABLE tasks ADD COLUMN metadata TEXT",
+        "CREATE INDEX IF NOT EXISTS tasks_session_phase ON tasks(session, phase, created_at, id)",
+        "UPDATE tasks SET acknowledged=0 WHERE phase != 'done'",
+    ],
 }
 
 _COLUMNS = (
     'id, session, path, partial, spec, overwrite, phase, detail, "offset", total, etag, '
     "last_modified, restarts, attempts, failures, status_code, error, active_seconds, owner, "
     "background, idempotency_key, created_at, updated_at, finished_at, on_complete, hook_state, "
-    "acknowledged, response"
+    "acknowledged, response, metadata"
 )
 
 
@@ -233,8 +244,18 @@ class SQLiteStore:
             else:
                 for step in range(version, SCHEMA_VERSION):
                     for stmt in _MIGRATIONS[step]:
-                        self._db.execute(stmt)
+                        if not self._column_exists(stmt):
+                            self._db.execute(stmt)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _column_exists(self, stmt: str) -> bool:
+        """Whether ``stmt`` adds a column that is already there (ADD COLUMN has no IF NOT
+        EXISTS; a store rebuilt by hand or half-migrated may have it)."""
+        words = stmt.split()
+        if words[:5] != ["ALTER", "TABLE", "tasks", "ADD", "COLUMN"]:
+            return False
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(tasks)")}
+        return words[5] in cols
 
     def transaction(self) -> AbstractContextManager[None]:
         """One write transaction for several ``*_in_tx`` calls (the engine's group commit)."""
@@ -310,7 +331,7 @@ class SQLiteStore:
             s.active_seconds,
             row.owner,
             int(row.background),
-            row.idempotency_key,
+            _stored_key(row.session, row.idempotency_key),
             row.created_at,
             row.updated_at,
             row.finished_at,
@@ -318,6 +339,7 @@ class SQLiteStore:
             row.hook_state,
             int(row.acknowledged),
             _response_json(s),
+            None if row.metadata is None else json.dumps(row.metadata),
         )
         try:
             self._db.execute(
@@ -415,10 +437,16 @@ class SQLiteStore:
         return cursors
 
     def events_since(self, session: str, cursor: int, limit: int = 1000) -> list[StoredEvent]:
+        """The session's state events after ``cursor``, except completions that were
+        acknowledged (or whose task was forgotten): an acknowledged completion never comes
+        back, whatever cursor a client resumes from."""
         cur = self._db.execute(
-            "SELECT cursor, session, task_id, state, phase, detail, bytes_received, "
-            "bytes_expected, error, at FROM events WHERE session=? AND cursor>? "
-            "ORDER BY cursor LIMIT ?",
+            "SELECT e.cursor, e.session, e.task_id, e.state, e.phase, e.detail, "
+            "e.bytes_received, e.bytes_expected, e.error, e.at FROM events e "
+            "LEFT JOIN tasks t ON t.id = e.task_id "
+            "WHERE e.session=? AND e.cursor>? "
+            "AND NOT (e.phase='done' AND COALESCE(t.acknowledged, 1)=1) "
+            "ORDER BY e.cursor LIMIT ?",
             (session, cursor, limit),
         )
         return [_event(r) for r in cur.fetchall()]
@@ -440,9 +468,14 @@ class SQLiteStore:
         (value,) = self._db.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()
         return int(value)
 
-    def acknowledge(self, task_id: str) -> None:
+    def acknowledge(self, task_id: str) -> bool:
+        """Mark a finished task's completion handled; False (nothing stored) when the task
+        has not finished, so an early acknowledgement cannot swallow its completion."""
         with self._tx():
-            self._db.execute("UPDATE tasks SET acknowledged=1 WHERE id=?", (task_id,))
+            cur = self._db.execute(
+                "UPDATE tasks SET acknowledged=1 WHERE id=? AND phase='done'", (task_id,)
+            )
+        return cur.rowcount > 0
 
     def set_hook_state(self, task_id: str, state: str) -> None:
         with self._tx():
@@ -626,10 +659,49 @@ class SQLiteStore:
         )
         return [self._row(r) for r in cur.fetchall()]
 
-    def find_key(self, key: str) -> TaskRow | None:
-        cur = self._db.execute(f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key=?", (key,))
+    def find_key(self, session: str, key: str) -> TaskRow | None:
+        """The session's task submitted with this idempotency key (keys are per session)."""
+        cur = self._db.execute(
+            f"SELECT {_COLUMNS} FROM tasks WHERE idempotency_key=?", (_stored_key(session, key),)
+        )
         r = cur.fetchone()
         return None if r is None else self._row(r)
+
+    def page(
+        self,
+        session: str | None,
+        *,
+        phases: Sequence[str] = (),
+        since: float | None = None,
+        after: str | None = None,
+        limit: int = -1,
+    ) -> list[TaskRow]:
+        """Tasks in creation order: only those in ``phases`` (all when empty), created at or
+        after ``since``, and after the task ``after`` (a page cursor: the last id of the page
+        before). Each filter is served by an index (tasks_session_phase, tasks_session)."""
+        where: list[str] = []
+        args: list[Any] = []
+        if session is not None:
+            where.append("session=?")
+            args.append(session)
+        if phases:
+            where.append(f"phase IN ({', '.join('?' * len(phases))})")
+            args.extend(phases)
+        if since is not None:
+            where.append("created_at>=?")
+            args.append(since)
+        if after is not None:
+            found = self._db.execute("SELECT created_at FROM tasks WHERE id=?", (after,))
+            mark = found.fetchone()
+            if mark is None:
+                raise TaskNotFound(f"the page cursor {after!r} is not a task id")
+            where.append("(created_at, id) > (?, ?)")
+            args.extend((mark[0], after))
+        sql = f"SELECT {_COLUMNS} FROM tasks"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        cur = self._db.execute(sql + " ORDER BY created_at, id LIMIT ?", (*args, limit))
+        return [self._row(r) for r in cur.fetchall()]
 
     def list(
         self, session: str | None = None, *, limit: int = -1, offset: int = 0
@@ -727,6 +799,7 @@ class SQLiteStore:
             hook_state,
             acknowledged,
             response,
+            metadata,
         ) = r
         resp = json.loads(response) if response else {"status": None, "headers": []}
         snap = Snapshot(
@@ -764,11 +837,28 @@ class SQLiteStore:
             created_at=created_at,
             updated_at=updated_at,
             finished_at=finished_at,
-            idempotency_key=key,
+            idempotency_key=_caller_key(session, key),
             on_complete=None if on_complete is None else tuple(json.loads(on_complete)),
             hook_state=hook_state,
             acknowledged=bool(acknowledged),
+            metadata=None if metadata is None else json.loads(metadata),
         )
+
+
+# Idempotency keys are stored prefixed with their session: one key may name a task in
+# each session, and the column's UNIQUE constraint then makes a submit race-safe per session.
+_KEY_SEP = "\x1f"
+
+
+def _stored_key(session: str, key: str | None) -> str | None:
+    return None if key is None else f"{session}{_KEY_SEP}{key}"
+
+
+def _caller_key(session: str, stored: str | None) -> str | None:
+    prefix = f"{session}{_KEY_SEP}"
+    if stored is not None and stored.startswith(prefix):
+        return stored[len(prefix) :]
+    return stored  # stored before keys were per session
 
 
 def _event(r: tuple[Any, ...]) -> StoredEvent:

@@ -548,25 +548,61 @@ def add(
 
 @cli.command("ls")
 @click.option("--session", default=None, help="Only this session's tasks.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(["running", "suspended", "canceling", "completed"]),
+    help="Only tasks in this state (repeatable).",
+)
+@click.option(
+    "--since",
+    type=float,
+    default=None,
+    help="Only tasks created at or after this time (epoch seconds).",
+)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="At most N tasks.")
 @click.option("--offset", type=click.IntRange(min=0), default=0, help="Skip the first N.")
+@click.option(
+    "--after",
+    default=None,
+    metavar="ID",
+    help="Continue after this task id (the last one of the page before).",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout.")
 @click.pass_context
 @_handled
 def ls(
-    ctx: click.Context, session: str | None, limit: int | None, offset: int, as_json: bool
+    ctx: click.Context,
+    session: str | None,
+    states: tuple[str, ...],
+    since: float | None,
+    limit: int | None,
+    offset: int,
+    after: str | None,
+    as_json: bool,
 ) -> int:
     """List transfers: id prefix, state, progress, name, detail.
 
     \b
     Examples:
       bgtransfer ls
-      bgtransfer ls --limit 50 --offset 100
+      bgtransfer ls --state completed --limit 50
+      bgtransfer ls --state completed --limit 50 --after 3f2a...   (the next page)
       bgtransfer ls --json | jq '.[] | select(.state == "running") | .id'
     """
     params = {"offset": str(offset), "limit": str(limit or -1)}
     if session:
         params["session"] = session
+    if states or since is not None or after is not None:
+        if offset:
+            return _fail("--offset does not combine with --state, --since, --after", EXIT_INVALID)
+        del params["offset"]
+        params["state"] = ",".join(states)
+        if since is not None:
+            params["since"] = repr(since)
+        if after is not None:
+            params["after"] = after
     tasks = _run(home_of(ctx), lambda c: c.call("GET", "/v1/tasks", params=params))
     if as_json:
         click.echo(json.dumps([public(t) for t in tasks], sort_keys=True))

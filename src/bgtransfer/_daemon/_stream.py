@@ -1,0 +1,115 @@
+"""Pieces of the daemon's event stream and task queries: parsing filters, shaping lines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bgtransfer._engine._engine import Engine
+from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
+from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
+from bgtransfer._redact import redact
+from bgtransfer._store._base import StoredEvent
+from bgtransfer._tasks import row_to_wire
+
+__all__ = ["KINDS", "REPLAY_LIMIT", "EventLines", "acknowledge", "kinds_of", "phases_of"]
+
+KINDS = frozenset({"state", "progress"})
+REPLAY_LIMIT = 100_000  # state events per connection; a reconnect continues from the cursor
+META_CACHE = 10_000  # tasks whose metadata a stream remembers
+
+
+def kinds_of(raw: str | None) -> frozenset[str]:
+    if raw is None:
+        return KINDS
+    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
+    if not kinds or kinds - KINDS:
+        raise InvalidRequest(f"kinds must be some of {sorted(KINDS)}, not {raw!r}")
+    return kinds
+
+
+def phases_of(states: list[str]) -> list[str]:
+    """The stored phases behind public state names ("completed", "running,suspended")."""
+    wanted: set[TaskState] = set()
+    for raw in states:
+        for name in filter(None, raw.split(",")):
+            try:
+                wanted.add(TaskState(name.strip().lower()))
+            except ValueError:
+                names = ", ".join(s.value for s in TaskState)
+                raise InvalidRequest(f"unknown state {name!r}; one of: {names}") from None
+    return sorted(p.value for p, s in PHASE_STATE.items() if s in wanted)
+
+
+def acknowledge(engine: Engine, task_id: str) -> None:
+    """Acknowledge a completion; refused for a task that has not finished, whose
+    completion would otherwise never be delivered."""
+    row = engine.get(task_id)
+    if row.snap.phase is not Phase.DONE or not engine.store.acknowledge(task_id):
+        raise InvalidTransition(
+            f"task {task_id} has not finished: only a completion can be acknowledged "
+            "(acknowledge it when completions() or events() delivers it)"
+        )
+
+
+def error_json(err: TransferError | None) -> dict[str, Any] | None:
+    """An error as events carry it, any password in a URL of its message masked."""
+    if err is None:
+        return None
+    return {**err.to_dict(), "message": redact(err.message)}
+
+
+class EventLines:
+    """NDJSON lines for one subscriber; each carries its task's metadata (read once per
+    task), and with ``with_task`` the whole task (completions)."""
+
+    def __init__(self, engine: Engine, *, with_task: bool) -> None:
+        self.engine = engine
+        self.with_task = with_task
+        self._meta: dict[str, dict[str, Any] | None] = {}
+
+    def _extra(self, task_id: str, out: dict[str, Any]) -> bytes:
+        if len(self._meta) >= META_CACHE:  # a stream may live for months: stay bounded
+            self._meta.clear()
+        if self.with_task or task_id not in self._meta:
+            try:
+                row = self.engine.get(task_id)
+            except TaskNotFound:  # forgotten meanwhile
+                row = None
+            self._meta[task_id] = None if row is None else row.metadata
+            if self.with_task and row is not None:
+                out["task"] = row_to_wire(row)
+        out["metadata"] = self._meta[task_id]
+        return json.dumps(out).encode() + b"\n"
+
+    def stored(self, ev: StoredEvent) -> bytes:
+        return self._extra(
+            ev.task_id,
+            {
+                "cursor": ev.cursor,
+                "session": ev.session,
+                "task_id": ev.task_id,
+                "kind": "state",
+                "state": ev.state,
+                "detail": redact(ev.detail),
+                "bytes_received": ev.bytes_received,
+                "bytes_expected": ev.bytes_expected,
+                "error": error_json(ev.error),
+            },
+        )
+
+    def live(self, ev: Event) -> bytes:
+        return self._extra(
+            ev.task_id,
+            {
+                "cursor": ev.cursor,
+                "session": ev.session,
+                "task_id": ev.task_id,
+                "kind": ev.kind,
+                "state": ev.state.value,
+                "detail": redact(ev.detail),
+                "bytes_received": ev.bytes_received,
+                "bytes_expected": ev.bytes_expected,
+                "error": error_json(ev.error),
+            },
+        )
