@@ -23,7 +23,7 @@ def send_request():
 
     # session
     req_session = request.getSession()
-    voltmx.print(logPrefix + " request.getSession() : " + str(req_session))
+    voltmx.print(logPrefix + " request.getSession() : " + req_session)
     # url
     url = URL
     voltmx.print(logPrefix + "URL : " + url)

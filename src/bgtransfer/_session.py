@@ -165,6 +165,11 @@ class _TaskView:
         return CIMultiDictProxy(CIMultiDict(self._fresh().snap.response_headers))
 
     @property
+    def response_reason(self) -> str | None:
+        """The reason phrase the server sent with that response (None if none yet)."""
+        return self._fresh().snap.response_reason
+
+    @property
     def acknowledged(self) -> bool:
         return self._fresh().acknowledged
 
@@ -606,6 +611,7 @@ def _upload_body(row: TaskRow) -> dict[str, Any]:
         "retry_wait": spec.retry_wait,
         "max_retry_wait": spec.max_retry_wait,
         "on_complete": None if row.on_complete is None else list(row.on_complete),
+        "response_path": spec.response_path,
         "metadata": row.metadata,
         "start_at": spec.start_at,
         "max_rate": spec.max_rate,
@@ -965,6 +971,7 @@ class AsyncSession:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        response_path: str | os.PathLike[str] | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         start_at: float | None = None,
@@ -977,7 +984,9 @@ class AsyncSession:
 
         ``protocol``: "plain" (one streamed request), "multipart" (a form POST), "tus"
         (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
-        from the server's offset after any interruption.
+        from the server's offset after any interruption. ``response_path``: where the whole
+        body of the server's final answer is written (in place before the task completes);
+        ``Task.response_body`` keeps its first 64 KiB either way.
         """
         try:
             row = build_upload_row(
@@ -1004,6 +1013,7 @@ class AsyncSession:
                 priority=priority,
                 idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
                 metadata=metadata,
+                response_path=response_path,
             )
         except InvalidRequest:
             twin = await self._twin(idempotency_key, "upload", url, path)
@@ -1342,6 +1352,7 @@ class Session:
         retry_wait: float = 1.0,
         max_retry_wait: float = 120.0,
         on_complete: Sequence[str] | None = None,
+        response_path: str | os.PathLike[str] | None = None,
         idempotency_key: str | None = None,
         metadata: Mapping[str, Any] | None = None,
         start_at: float | None = None,
@@ -1366,6 +1377,7 @@ class Session:
                 retry_wait=retry_wait,
                 max_retry_wait=max_retry_wait,
                 on_complete=on_complete,
+                response_path=response_path,
                 idempotency_key=idempotency_key,
                 metadata=metadata,
                 start_at=start_at,

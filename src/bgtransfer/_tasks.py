@@ -359,6 +359,7 @@ def row_to_wire(r: TaskRow) -> dict[str, Any]:
         "idempotency_key": r.idempotency_key,
         "response_status": s.response_status,
         "response_headers": [list(h) for h in s.response_headers],
+        "response_reason": s.response_reason,
         "response_body": None
         if s.response_body is None
         else base64.b64encode(s.response_body).decode(),
@@ -388,6 +389,7 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         active_seconds=i["active_seconds"],
         response_status=i["response_status"],
         response_headers=tuple((str(k), str(v)) for k, v in i["response_headers"]),
+        response_reason=i.get("response_reason"),
         response_body=None
         if i.get("response_body") is None
         else base64.b64decode(i["response_body"]),
@@ -434,11 +436,23 @@ UPLOAD_OPTIONS: dict[str, Any] = {
     "retry_wait": 1.0,
     "max_retry_wait": 120.0,
     "on_complete": None,
+    "response_path": None,
     "metadata": None,
     "start_at": None,
     "max_rate": None,
     "priority": "normal",
 }
+
+
+def _response_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise InvalidRequest(f"response_path must be a path, not {value!r}")
+    target = os.path.abspath(os.fspath(value))
+    if not os.path.isdir(os.path.dirname(target)):
+        raise InvalidRequest(f"response_path's directory does not exist: {target!r}")
+    return target
 
 
 def build_upload_row(
@@ -466,6 +480,7 @@ def build_upload_row(
     start_at: object = None,
     max_rate: object = None,
     priority: object = "normal",
+    response_path: object = None,
 ) -> TaskRow:
     """Validate an upload request; the source's size and mtime are recorded now."""
     key = check_key(idempotency_key)
@@ -504,6 +519,7 @@ def build_upload_row(
     )
     if not isinstance(path, str | os.PathLike):
         raise InvalidRequest(f"source path must be a string or path, not {path!r}")
+    answer = _response_path(response_path)
     source = os.path.abspath(os.fspath(path))
     try:
         st = os.stat(source)
@@ -529,6 +545,7 @@ def build_upload_row(
         retry_unsafe=retry_unsafe,
         chunk_size=chunk_size,
         **sched,
+        response_path=answer,
     )
     now = time.time()
     return TaskRow(

@@ -93,3 +93,32 @@ def test_segments_round_trip_and_a_version_6_store_reads_without_them(tmp_path: 
         assert again.snap.segments == ()
     finally:
         store.close()
+
+
+def test_reason_phrase_and_response_path_round_trip(tmp_path: Path) -> None:
+    from bgtransfer._tasks import build_upload_row, row_from_wire, row_to_wire
+
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    store = SQLiteStore(str(tmp_path / "r.db"))
+    try:
+        row = build_upload_row(
+            "s", src, "http://h/up", background=False, response_path=tmp_path / "answer"
+        )
+        store.insert(row)
+        row.snap.response_status, row.snap.response_reason = 201, "Made It"
+        store.save(row.id, row.snap, wall_time=1.0)
+        got = store.get(row.id)
+        assert got is not None
+        assert got.snap.response_reason == "Made It"
+        assert got.spec.response_path == str(tmp_path / "answer")
+        wired = row_from_wire(row_to_wire(got))
+        assert wired.snap.response_reason == "Made It"
+        assert wired.spec.response_path == str(tmp_path / "answer")
+        # Rows written before reasons were kept read as None.
+        store._db.execute('UPDATE tasks SET response=\'{"status": 201, "headers": []}\'')
+        again = store.get(row.id)
+        assert again is not None
+        assert again.snap.response_reason is None
+    finally:
+        store.close()

@@ -7,6 +7,7 @@ resets, missing last chunks and duplicated or lying headers.
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import functools
 import gzip
@@ -500,6 +501,26 @@ def test_echo(srv: FaultServer) -> None:
     assert payload["method"] == "GET"
     assert payload["target"] == "/echo?a=1"
     assert payload["headers"]["x-test"] == "yes"
+
+
+def test_echo_knobs(srv: FaultServer) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=15)
+    conn.request("GET", "/echo?status=418&reason=Short+And+Stout&type=text/plain&body=tea"
+                 "&set_cookie=a%3D1&set_cookie2=b%3D2&digest=1")  # fmt: skip
+    resp = conn.getresponse()
+    body = resp.read()
+    assert (resp.status, resp.reason, body) == (418, "Short And Stout", b"tea")
+    assert resp.getheader("Content-Type") == "text/plain"
+    assert resp.getheader("Set-Cookie") == "a=1"
+    assert resp.getheader("Set-Cookie2") == "b=2"
+    digest = hashlib.sha256(b"tea").digest()
+    assert resp.getheader("Repr-Digest") == f"sha-256=:{base64.b64encode(digest).decode()}:"
+    conn.close()
+    assert request(srv, "/echo?gen=1K").body == gen_bytes(1024)
+    wrong = request(srv, "/echo?body=x&digest=wrong").headers["repr-digest"]
+    assert wrong != f"sha-256=:{base64.b64encode(hashlib.sha256(b'x').digest()).decode()}:"
+    for bad in ("status=99", "status=abc", "reason=%0D%0AX:1", "gen=65M", "gen=lots"):
+        assert request(srv, f"/echo?{bad}").status == 400, bad
 
 
 def test_head(srv: FaultServer) -> None:

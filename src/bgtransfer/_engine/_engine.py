@@ -82,6 +82,7 @@ class _Live:
     raw: RawBody | None = None  # the body being read straight off the socket
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
     origin: str = ""  # scheme://host:port of the task's URL (limits, cool-downs)
+    response_spool: str | None = None  # uploads: the last answer's whole body, if kept
 
 
 class Engine(UploadDriver, Pacing):
@@ -848,7 +849,7 @@ class Engine(UploadDriver, Pacing):
             live.attempt["status"] = resp.status
         headers = lower_headers(resp)
         self._heard(action.url, resp.status, headers)
-        return M.Response(resp.status, headers, wall_time=time.time())
+        return M.Response(resp.status, headers, wall_time=time.time(), reason=resp.reason)
 
     async def _stream(self, live: _Live, action: M.WriteBody) -> M.Event:
         m, part, resp = live.machine, live.part, live.resp

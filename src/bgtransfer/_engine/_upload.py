@@ -18,9 +18,11 @@ from urllib.parse import urljoin
 import aiohttp
 from multidict import CIMultiDict
 
+from bgtransfer._engine._files import fsync_dir, partial_path
 from bgtransfer._engine._http import connect_reason, lower_headers
 from bgtransfer._exceptions import (
     ConnectError,
+    DestinationError,
     IntegrityError,
     ReadError,
     SourceChanged,
@@ -46,6 +48,14 @@ TUS_VERSION = "1.0.0"
 IETF_INTEROP_VERSION = "6"  # draft-ietf-httpbis-resumable-upload-05
 STREAM_PIECE = 1 << 20
 Event = M.Event | FinalResponse | UploadCreated | UploadProgress | UploadLost
+
+
+def _remove_spool(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(path))
 
 
 class _Lost(Exception):
@@ -136,15 +146,73 @@ class UploadDriver:
             live.attempt["status"] = resp.status  # the history shows the last answer
         self._heard(url, resp.status, lower_headers(resp))
         try:
-            body = await resp.content.read(RESPONSE_BODY_CAP)
+            body = await self._read_answer(live, resp)
         finally:
             resp.release()
         return resp, body
 
+    async def _read_answer(self, live: _Live, resp: aiohttp.ClientResponse) -> bytes:
+        """The body's first RESPONSE_BODY_CAP bytes; all of it into a spool file when the
+        spec asks for the whole answer (only the last exchange's spool is ever committed)."""
+        head = bytearray()
+        while len(head) < RESPONSE_BODY_CAP:
+            piece = await resp.content.read(RESPONSE_BODY_CAP - len(head))
+            if not piece:
+                break
+            head += piece
+        self._drop_spool(live)
+        target = live.machine.spec.response_path
+        if target is None:
+            return bytes(head)
+        spool = partial_path(target, live.row.id)
+        # Plain blocking writes, as in _stream_file: answers are small next to the source.
+        live.response_spool = spool
+        try:
+            with open(spool, "wb") as f:  # noqa: ASYNC230
+                f.write(head)
+                while piece := await resp.content.read(STREAM_PIECE):
+                    f.write(piece)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            self._drop_spool(live)
+            raise
+        return bytes(head)
+
+    def _drop_spool(self, live: _Live) -> None:
+        if live.response_spool is not None:
+            _remove_spool(live.response_spool)
+            live.response_spool = None
+
+    def _commit_answer(self, live: _Live, event: Event | None) -> Event | None:
+        """Put the final answer's body in place (fsynced, renamed, directory fsynced) before
+        the machine records the outcome, so a completed task always has its answer file."""
+        target = live.machine.spec.response_path
+        if not isinstance(event, FinalResponse) or target is None:
+            self._drop_spool(live)
+            return event
+        spool, live.response_spool = live.response_spool, None
+        try:
+            if spool is None:  # the answer came from a path that kept no spool: write it now
+                spool = partial_path(target, live.row.id)
+                with open(spool, "wb") as f:
+                    f.write(event.body)
+                    f.flush()
+                    os.fsync(f.fileno())
+            os.replace(spool, target)
+            fsync_dir(os.path.dirname(target))
+        except OSError as exc:
+            if spool is not None:
+                _remove_spool(spool)
+            return M.Failed(DestinationError(f"cannot store the answer at {target}: {exc}"))
+        return event
+
     def _final(self, resp: aiohttp.ClientResponse, body: bytes) -> FinalResponse:
         import time
 
-        return FinalResponse(resp.status, lower_headers(resp), body, wall_time=time.time())
+        return FinalResponse(
+            resp.status, lower_headers(resp), body, wall_time=time.time(), reason=resp.reason
+        )
 
     async def _stream_file(self, live: _Live, start: int, length: int) -> AsyncIterator[bytes]:
         """The file's bytes from ``start``, reporting progress for plain uploads."""
@@ -199,7 +267,11 @@ class UploadDriver:
             )
         after: list[M.Action] = []
         if event is not None and m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING):
+            event = self._commit_answer(live, event)
+            assert event is not None
             after = m.handle(event, now=self.clock())  # type: ignore[arg-type]
+        else:
+            self._drop_spool(live)
         if live.attempt is not None:
             live.attempt["bytes"] = max(0, m.snap.offset - start)
             self._end_attempt(live)  # before the actions: their commit carries it

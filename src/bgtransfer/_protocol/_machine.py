@@ -160,6 +160,8 @@ class Spec:
     priority: str = "normal"
     # A run of a background fetch job: its 304 is a success ("not modified"), file untouched.
     job_id: str | None = None
+    # Uploads: where the whole body of the final answer goes (response_body keeps 64 KiB).
+    response_path: str | None = None
     # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
     # None: the umask of the process that runs the engine.
     umask: int | None = None
@@ -185,6 +187,7 @@ class Snapshot:
     # caller sees as status and headers, not the 206s of later resumes.
     response_status: int | None = None
     response_headers: tuple[tuple[str, str], ...] = ()
+    response_reason: str | None = None  # the reason phrase the server sent with it
     response_body: bytes | None = None  # uploads: the server's answer, size-capped
     upload_url: str | None = None  # tus / IETF: where the upload lives on the server
     # Segmented downloads: (start, pos, end) per segment, committed with ``offset``.
@@ -216,6 +219,7 @@ class Response:
     status: int
     headers: Mapping[str, str]  # lower-case names
     wall_time: float = 0.0
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -728,6 +732,7 @@ class TransferMachine:
         if decision is _Decision.FAIL:
             self.snap.response_status = status
             self.snap.response_headers = tuple(headers.items())
+            self.snap.response_reason = event.reason
             final = HTTPStatusError(
                 f"server answered {status} for {redact(self._url)}; not retried",
                 status_code=status,
@@ -754,6 +759,7 @@ class TransferMachine:
                 return [DiscardResponse(), *too_big]
             self.snap.total = total
             self.snap.response_status = 200 if status == 206 else status
+            self.snap.response_reason = "OK" if status == 206 else event.reason
             self.snap.response_headers = tuple(
                 (k, v) for k, v in headers.items() if k != "content-range"
             )

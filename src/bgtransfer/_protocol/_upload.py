@@ -98,6 +98,7 @@ class FinalResponse:
     headers: Mapping[str, str]
     body: bytes
     wall_time: float = 0.0
+    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -180,6 +181,7 @@ class UploadMachine(TransferMachine):
         self.snap.status_code = status
         self.snap.response_status = status
         self.snap.response_headers = tuple(event.headers.items())
+        self.snap.response_reason = event.reason
         self.snap.response_body = event.body[:RESPONSE_BODY_CAP]
         if 200 <= status < 300:
             self.in_flight = False

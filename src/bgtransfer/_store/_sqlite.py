@@ -192,6 +192,7 @@ def _response_json(snap: Snapshot) -> str:
         {
             "status": snap.response_status,
             "headers": [list(h) for h in snap.response_headers],
+            "reason": snap.response_reason,
             "body": None if body is None else base64.b64encode(body).decode(),
             "upload_url": snap.upload_url,
             "boot": snap.boot_id,
@@ -837,6 +838,7 @@ class SQLiteStore(JobsMixin):
             active_seconds=active_seconds,
             response_status=resp["status"],
             response_headers=tuple((str(k), str(v)) for k, v in resp["headers"]),
+            response_reason=resp.get("reason"),
             response_body=None if resp.get("body") is None else base64.b64decode(resp["body"]),
             upload_url=resp.get("upload_url"),
             boot_id=resp.get("boot"),

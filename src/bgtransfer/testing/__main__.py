@@ -16,7 +16,8 @@ endpoints:
   /r/<name>                   registered resources (none from the command line)
   /redirect?to=<url>&code=302 redirect, Location copied verbatim
   /loop/<n>                   302 to /loop/<n+1> forever
-  /echo                       JSON description of the request
+  /echo                       JSON description of the request; status= reason= type= body=
+                              gen=SIZE digest=1|wrong set_cookie= set_cookie2= shape the answer
 fault knobs (query parameters on /gen and /r, combinable):
   times=K                     apply failure knobs only to the first K requests per URL
   cut=N rst=N                 N body bytes then FIN / TCP RST

@@ -19,7 +19,12 @@ Endpoints
     302 to ``/loop/<n+1>`` forever (the query string is carried along).
 ``/echo``
     200 with a JSON body describing the request (method, target, path, query,
-    headers, host, body_length).
+    headers, host, body_length). Knobs: ``status=CODE`` (200-599), ``reason=TEXT``
+    (the reason phrase), ``type=CONTENT_TYPE``, ``body=TEXT`` (instead of the JSON),
+    ``gen=SIZE`` (the ``/gen/<SIZE>`` bytes instead, at most 64M), ``digest=1``
+    (a ``Repr-Digest: sha-256`` of the body; ``digest=wrong``: of other bytes),
+    ``set_cookie=VALUE`` / ``set_cookie2=VALUE`` (a ``Set-Cookie`` / ``Set-Cookie2``
+    header, verbatim); values must be printable ASCII.
 
 ``/upload/<name>``, ``/tus/``, ``/ietf/<name>``
     Upload endpoints; see *Uploads* below.
@@ -568,6 +573,40 @@ def _reason(status: int) -> str:
         return "Status"
 
 
+_TEXT_SAFE = re.compile(r"^[\t\x20-\x7e]*$")
+
+
+def _echo_answer(
+    q: Mapping[str, str], payload: dict[str, object]
+) -> tuple[int, str | None, bytes, list[tuple[str, str]]]:
+    """What ``/echo`` answers: the request as JSON, or what its knobs ask for."""
+    status_text = q.get("status", "200")
+    if not _DIGITS.match(status_text) or not 200 <= int(status_text) <= 599:
+        raise _HttpError(400, "status must be 200..599")
+    headers = [("Content-Type", q.get("type", "application/json"))]
+    for knob, name in (("set_cookie", "Set-Cookie"), ("set_cookie2", "Set-Cookie2")):
+        if knob in q:
+            headers.append((name, q[knob]))
+    for value in (q.get("reason"), *(v for _, v in headers)):
+        if value is not None and not _TEXT_SAFE.match(value):
+            raise _HttpError(400, "echo knobs must be printable ASCII")
+    if "gen" in q:
+        try:
+            size = parse_size(q["gen"])
+        except ValueError as exc:
+            raise _HttpError(400, str(exc)) from None
+        if size > 64 << 20:
+            raise _HttpError(400, "gen is at most 64M")
+        body = gen_bytes(size, 0)
+    else:
+        body = q["body"].encode() if "body" in q else json.dumps(payload, indent=1).encode()
+    if "digest" in q:
+        of = body if q["digest"] == "1" else body + b"tampered"
+        digest = base64.b64encode(hashlib.sha256(of).digest()).decode()
+        headers.append(("Repr-Digest", f"sha-256=:{digest}:"))
+    return int(status_text), q.get("reason"), body, headers
+
+
 def _http_date(offset_seconds: float = 0.0) -> str:
     when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_seconds)
     return email.utils.format_datetime(when, usegmt=True)
@@ -605,8 +644,8 @@ def _parse_range(value: str, size: int) -> tuple[int, int] | str | None:
     return (start, end)
 
 
-def _head_bytes(status: int, headers: list[tuple[str, str]]) -> bytes:
-    lines = [f"HTTP/1.1 {status} {_reason(status)}"]
+def _head_bytes(status: int, headers: list[tuple[str, str]], reason: str | None = None) -> bytes:
+    lines = [f"HTTP/1.1 {status} {_reason(status) if reason is None else reason}"]
     lines.extend(f"{k}: {v}" for k, v in headers)
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
@@ -1637,13 +1676,9 @@ class FaultServer:
                     "host": host,
                     "body_length": body_length,
                 }
+                status, reason, body, hdrs = _echo_answer(req.query, payload)
                 await self._send_simple(
-                    writer,
-                    200,
-                    json.dumps(payload, indent=1).encode(),
-                    [("Content-Type", "application/json")],
-                    keep=keep,
-                    head_only=head_only,
+                    writer, status, body, hdrs, keep=keep, head_only=head_only, reason=reason
                 )
                 return keep
             await self._send_text(
@@ -2480,6 +2515,7 @@ class FaultServer:
         *,
         keep: bool,
         head_only: bool = False,
+        reason: str | None = None,
     ) -> None:
         hdrs = list(headers)
         if status not in (204, 304):
@@ -2487,7 +2523,7 @@ class FaultServer:
         hdrs.append(("Date", _http_date()))
         if not keep:
             hdrs.append(("Connection", "close"))
-        writer.write(_head_bytes(status, hdrs) + (b"" if head_only else body))
+        writer.write(_head_bytes(status, hdrs, reason) + (b"" if head_only else body))
         await writer.drain()
 
     async def _send_text(

@@ -1,4 +1,4 @@
-"""A faithful port of Volt MX ``voltmx.net.HttpRequest`` with background transfers.
+"""A port of Volt MX ``voltmx.net.HttpRequest`` with background transfers.
 
 from bgtransfer import voltmx
 constants = voltmx.constants

@@ -1,19 +1,20 @@
-"""``voltmx.net.HttpRequest``: the Volt MX / XMLHttpRequest API over bgtransfer sessions.
+"""``voltmx.net``: HttpRequest, FormData and the namespace functions, over bgtransfer sessions.
 
-Built only on bgtransfer's public API. A request with ``backgroundTransfer = True`` becomes a
-task of a background session (it runs in the daemon and outlives the script); without it the
-request runs in this process through a foreground session, with the same engine underneath.
+Built on bgtransfer's public API. A request with ``backgroundTransfer = True`` is a task of a
+background session (it runs in the daemon and outlives the script); without it the request
+runs in this process through a foreground session, with the same engine underneath. A GET is
+a download into a file; any other request is an upload of its body, spooled to a file first.
 """
 
 from __future__ import annotations
 
-import atexit
-import http
-import json
+import base64
+import contextlib
 import os
 import re
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
@@ -21,137 +22,108 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import bgtransfer
-from bgtransfer import InvalidRequest, InvalidTransition, TaskState
-from bgtransfer.voltmx import constants
+from bgtransfer import InvalidTransition, TaskState
+from bgtransfer.voltmx import _cookies, _integrity, _response, constants
+from bgtransfer.voltmx._background import BackgroundSession
+from bgtransfer.voltmx._callbacks import call_handler
+from bgtransfer.voltmx._errors import (
+    InvalidStateError,
+    VoltMXError,
+    VoltMXSyntaxError,
+    bad_type,
+    missing,
+)
+from bgtransfer.voltmx._exchange import Exchange, files_of
+from bgtransfer.voltmx._formdata import FormData, spool_body
+from bgtransfer.voltmx._functions import (
+    cancel,
+    clearCookies,
+    disableIntegrityCheck,
+    getCookies,
+    isNetworkAvailable,
+    removeIntegrityCheck,
+    setCookies,
+    setIntegrityCheck,
+)
+from bgtransfer.voltmx._redirects import follow
+from bgtransfer.voltmx._sessions import DEFAULT_SESSION, NO_LIMIT, OPTIONS, seconds, warn_option
+from bgtransfer.voltmx._sessions import session as _session
+from bgtransfer.voltmx._upload_events import HttpRequestUpload, ProgressEvent
 
-__all__ = ["BackgroundSession", "HttpRequest", "InvalidStateError"]
+__all__ = [
+    "BackgroundSession",
+    "FormData",
+    "HttpRequest",
+    "HttpRequestUpload",
+    "InvalidStateError",
+    "ProgressEvent",
+    "VoltMXError",
+    "VoltMXSyntaxError",
+    "cancel",
+    "clearCookies",
+    "disableIntegrityCheck",
+    "getCookies",
+    "isNetworkAvailable",
+    "removeIntegrityCheck",
+    "setCookies",
+    "setIntegrityCheck",
+]
 
-DEFAULT_SESSION = "com.bgtransfer.voltmx"
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _POLL = 0.05
-
-
-class InvalidStateError(InvalidTransition):
-    """A member was used at a point of the request's life where XHR forbids it."""
-
-    code = "invalid_state"
-
-
-_sessions: dict[tuple[str, str, bool], bgtransfer.Session] = {}
-_sessions_lock = threading.Lock()
-
-
-def _session(identifier: str, home: str | None, background: bool) -> bgtransfer.Session:
-    resolved = bgtransfer.resolve_home(home)
-    key = (identifier, resolved, background)
-    with _sessions_lock:
-        s = _sessions.get(key)
-        if s is None:
-            s = bgtransfer.Session(identifier, home=resolved, background=background)
-            _sessions[key] = s
-        return s
-
-
-@atexit.register
-def _close_sessions() -> None:
-    # Foreground requests stop with the process (resumable later); background ones go on.
-    with _sessions_lock:
-        for s in _sessions.values():
-            try:
-                s.close()
-            except Exception:  # noqa: BLE001 - best effort at interpreter exit
-                pass
-        _sessions.clear()
-
-
-def _seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise InvalidRequest(f"{name} must be a positive number of seconds, not {value!r}")
-    if value != value or value == float("inf"):
-        raise InvalidRequest(f"{name} must be a finite number of seconds, not {value!r}")
-    return float(value)
-
-
-class BackgroundSession:
-    """What ``getSession()`` returns: the session a request's task belongs to.
-
-    Re-creating it in a later process (same identifier and home) reconnects to its tasks,
-    as an iOS app relaunched for its background session does.
-    """
-
-    def __init__(self, identifier: str = DEFAULT_SESSION, *, home: str | None = None) -> None:
-        self.identifier = identifier
-        self.home = home
-
-    def __str__(self) -> str:
-        return f"BackgroundSession({self.identifier})"
-
-    __repr__ = __str__
-
-    def _session(self) -> bgtransfer.Session:
-        return _session(self.identifier, self.home, True)
-
-    def getTasks(self) -> list[HttpRequest]:
-        """Every request of this session, finished or not, as HttpRequest objects."""
-        return [HttpRequest._attach(self, t) for t in self._session().tasks()]
-
-    def getCompletedRequests(self) -> list[HttpRequest]:
-        """Requests that completed and were not acknowledged (``request.acknowledge()``):
-        what finished while the app was away."""
-        done = [
-            t
-            for t in self._session().tasks()
-            if t.state is TaskState.COMPLETED and not t.acknowledged
-        ]
-        return [HttpRequest._attach(self, t) for t in done]
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z").match
 
 
 class HttpRequest:
-    """``new voltmx.net.HttpRequest(config)``, with XMLHttpRequest's members."""
+    """``new voltmx.net.HttpRequest(requestOptions)`` or ``HttpRequest(sessionId)``."""
 
     def __init__(
         self,
-        config: Mapping[str, Any] | None = None,
+        requestOptions: Mapping[str, Any] | str | None = None,
         *,
         sessionIdentifier: str | None = None,
         home: str | None = None,
     ) -> None:
-        if config is None:
-            config = {}
-        if not isinstance(config, Mapping):
-            raise InvalidRequest(f"config must be a dict, not {type(config).__name__}")
-        known = {"timeoutIntervalForRequest", "timeoutIntervalForResource", "sessionIdentifier"}
-        unknown = set(config) - known
-        if unknown:
-            raise InvalidRequest(f"unknown config keys: {', '.join(sorted(map(str, unknown)))}")
-        self._request_timeout = _seconds(
-            "timeoutIntervalForRequest", config.get("timeoutIntervalForRequest", 60)
+        ident, background = sessionIdentifier, False
+        options: Mapping[str, Any] = {}
+        if isinstance(requestOptions, str):
+            # HttpRequest(sessionId): join that background session (session_configuration_api).
+            if not requestOptions:
+                raise bad_type("a session id must be a non-empty string", requestOptions)
+            ident, background = requestOptions, True
+        elif isinstance(requestOptions, Mapping):
+            options = requestOptions
+        elif requestOptions is not None:
+            raise bad_type("requestOptions must be an object or a session id", requestOptions)
+        for key in sorted(set(map(str, options)) - OPTIONS):
+            warn_option(key)
+        self._request_timeout = seconds(
+            "timeoutIntervalForRequest", options.get("timeoutIntervalForRequest", 60)
         )
-        self._resource_timeout = _seconds(
-            "timeoutIntervalForResource", config.get("timeoutIntervalForResource", 7 * 86400)
+        self._resource_timeout = seconds(
+            "timeoutIntervalForResource", options.get("timeoutIntervalForResource", 7 * 86400)
         )
-        ident = sessionIdentifier or config.get("sessionIdentifier") or DEFAULT_SESSION
+        ident = ident or options.get("sessionIdentifier") or DEFAULT_SESSION
         if not isinstance(ident, str):
-            raise InvalidRequest(f"sessionIdentifier must be a string, not {ident!r}")
-        self._identifier = ident
-        self._home = home
-        self._background = False
+            raise bad_type("sessionIdentifier must be a string", ident)
+        self._identifier, self._home, self._background = ident, home, background
         self._ready = constants.HTTP_READY_STATE_UNSENT
-        self._method = ""
-        self._url = ""
+        self._method = self._url = ""
         self._async = True
         self._headers: list[tuple[str, str]] = []
-        self._task: bgtransfer.Task | None = None
-        self._sent = False
+        self._ex: Exchange | None = None
         self._aborted = False
         self._status = 0
-        self._response_headers: list[tuple[str, str]] = []
-        self._response_type = constants.HTTP_RESPONSE_TYPE_TEXT
+        self._status_text = ""
+        self._response_headers: list[tuple[str, str]] | None = None
+        self._response_type = ""
+        self._integrity = constants.HTTP_INTEGRITY_CHECK_NOT_DONE
+        self._failed = False
         self._download_path: str | None = None
         self._timeout_ms = 0
-        self._done = threading.Event()
         self._lock = threading.RLock()
-        self.onReadyStateChange: Callable[[HttpRequest], object] | None = None
+        self.disableIntegrityCheck = False
+        self.upload = HttpRequestUpload()
+        self.onReadyStateChange: Callable[..., object] | None = None
 
     # -- properties ------------------------------------------------------------------------
 
@@ -162,13 +134,31 @@ class HttpRequest:
     @backgroundTransfer.setter
     def backgroundTransfer(self, value: bool) -> None:
         if not isinstance(value, bool):
-            raise InvalidRequest(f"backgroundTransfer must be True or False, not {value!r}")
-        if self._ready != constants.HTTP_READY_STATE_UNSENT or self._sent:
+            raise bad_type("backgroundTransfer must be true or false", value)
+        if self._ready != constants.HTTP_READY_STATE_UNSENT or self._ex is not None:
             raise InvalidStateError(
                 "backgroundTransfer has to be set before open() is invoked "
                 "(set it right after creating the HttpRequest)"
             )
         self._background = value
+
+    @property
+    def timeoutIntervalForRequest(self) -> float:
+        return 0 if self._request_timeout == NO_LIMIT else self._request_timeout
+
+    @timeoutIntervalForRequest.setter
+    def timeoutIntervalForRequest(self, value: float) -> None:
+        self._before_send("timeoutIntervalForRequest")
+        self._request_timeout = seconds("timeoutIntervalForRequest", value)
+
+    @property
+    def timeoutIntervalForResource(self) -> float:
+        return 0 if self._resource_timeout == NO_LIMIT else self._resource_timeout
+
+    @timeoutIntervalForResource.setter
+    def timeoutIntervalForResource(self, value: float) -> None:
+        self._before_send("timeoutIntervalForResource")
+        self._resource_timeout = seconds("timeoutIntervalForResource", value)
 
     @property
     def readyState(self) -> int:
@@ -180,226 +170,304 @@ class HttpRequest:
 
     @property
     def statusText(self) -> str:
-        if not self._status:
-            return ""
-        try:
-            return http.HTTPStatus(self._status).phrase
-        except ValueError:
-            return ""
+        """The reason phrase the server sent; "" before send() and without a response."""
+        return self._status_text
 
     @property
     def responseType(self) -> str:
+        """Read-only: "" until the response arrives, then from its Content-Type."""
         return self._response_type
 
-    @responseType.setter
-    def responseType(self, value: str) -> None:
-        if value not in constants.RESPONSE_TYPES:
-            raise InvalidRequest(
-                f"responseType must be one of {sorted(constants.RESPONSE_TYPES)}, not {value!r}"
-            )
-        if self._ready in (constants.HTTP_READY_STATE_LOADING, constants.HTTP_READY_STATE_DONE):
-            raise InvalidStateError("responseType cannot change once the response is loading")
-        self._response_type = value
+    @property
+    def integrityStatus(self) -> int:
+        return self._integrity
 
     @property
     def timeout(self) -> int:
-        """XHR's timeout in milliseconds (0: none) for foreground requests."""
+        """Milliseconds (0: none); foreground requests only, as on iOS."""
         return self._timeout_ms
 
     @timeout.setter
     def timeout(self, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise InvalidRequest(f"timeout must be a non-negative number of ms, not {value!r}")
+            raise bad_type("timeout must be a number of milliseconds >= 0", value)
         self._timeout_ms = int(value)
 
     @property
     def downloadPath(self) -> str | None:
-        """Extension: where the body is stored (default: a file in the bgtransfer home)."""
+        """Extension: where a GET's body is stored (default: a file in the bgtransfer home)."""
         return self._download_path
 
     @downloadPath.setter
     def downloadPath(self, value: str | os.PathLike[str]) -> None:
-        if self._sent:
-            raise InvalidStateError("downloadPath must be set before send()")
+        self._before_send("downloadPath")
         self._download_path = os.path.abspath(os.fspath(value))
 
     @property
     def responseFile(self) -> str | None:
-        """Extension: the path of the downloaded body once DONE (None on failure)."""
-        t = self._task
-        if self._ready != constants.HTTP_READY_STATE_DONE or t is None or self._aborted:
+        """Extension: the file holding the response body once DONE (None without one)."""
+        ex = self._ex
+        if self._ready != constants.HTTP_READY_STATE_DONE or ex is None or self._aborted:
             return None
-        return t.path if t.error is None else None
+        return ex.response_path()
+
+    def _body(self) -> bytes | None:
+        path = self.responseFile
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
 
     @property
     def response(self) -> Any:
-        """The body per ``responseType``, read from the file only when asked for."""
-        path = self.responseFile
-        if path is None:
-            return None if self._response_type != constants.HTTP_RESPONSE_TYPE_TEXT else ""
-        with open(path, "rb") as f:
-            raw = f.read()
-        if self._response_type == constants.HTTP_RESPONSE_TYPE_RAWDATA:
-            return raw
-        text = raw.decode(self._charset(), errors="replace")
-        if self._response_type == constants.HTTP_RESPONSE_TYPE_JSON:
-            try:
-                return json.loads(text)
-            except ValueError:
-                return None  # XHR: a JSON response that does not parse is null
-        return text
+        """The body typed by ``responseType``: parsed JSON (None if it does not parse), str
+        (TEXT, DOCUMENT) or bytes (RAWDATA). None before DONE; "" after a failure."""
+        if self._ready != constants.HTTP_READY_STATE_DONE:
+            return None
+        raw = self._body()
+        if raw is None:
+            return (
+                ""
+                if self._failed or not self._response_type
+                else (_response.decode(b"", self._response_type, self._ctype()))
+            )
+        return _response.decode(raw, self._response_type, self._ctype())
+
+    @property
+    def responseText(self) -> str:
+        """The body as text (charset from Content-Type, else UTF-8); "" before DONE."""
+        raw = self._body() if self._ready == constants.HTTP_READY_STATE_DONE else None
+        return "" if raw is None else raw.decode(_response.charset(self._ctype()), "replace")
 
     @property
     def task(self) -> bgtransfer.Task | None:
         """Extension: the bgtransfer Task behind the request, once sent."""
-        return self._task
+        return None if self._ex is None else self._ex.task
 
-    # -- XHR methods -----------------------------------------------------------------------
+    # -- methods ---------------------------------------------------------------------------
 
     def open(
         self,
-        method: str,
-        url: str,
+        method: str | None = None,
+        url: str | None = None,
         async_: bool = True,
         username: str | None = None,
         password: str | None = None,
     ) -> None:
-        if self._sent:
-            raise InvalidStateError(
-                "open() after send(): a sent request cannot be reused; create a new HttpRequest"
-            )
-        if not isinstance(method, str) or method.upper() not in constants.HTTP_METHODS:
-            raise InvalidRequest(
-                f"unknown HTTP method {method!r}; use one of the constants.HTTP_METHOD_* values"
-            )
+        """Errors 101 (fewer than two arguments), 100 (not strings), SyntaxError (a method
+        other than the HTTP_METHOD_* ones, or a URL that is not absolute http(s))."""
+        if method is None or url is None:
+            raise missing("open()", "a method and a URL")
+        if not isinstance(method, str):
+            raise bad_type("the request method must be a string", method)
         if not isinstance(url, str):
-            raise InvalidRequest(f"URL must be a string, not {url!r}")
+            raise bad_type("the URL must be a string", url)
+        for name, val in (("username", username), ("password", password)):
+            if val is not None and not isinstance(val, str):
+                raise bad_type(f"{name} must be a string", val)
+        if method.upper() not in constants.HTTP_METHODS:
+            raise VoltMXSyntaxError(
+                None, f"unknown HTTP method {method!r}; use one of the constants.HTTP_METHOD_*"
+            )
         parts = urlsplit(url)
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise InvalidRequest(f"URL must be an absolute http(s) URL: {url!r}")
-        self._method, self._url, self._async = method.upper(), url, bool(async_)
-        self._headers = []
-        if username is not None:
-            import base64
+            raise VoltMXSyntaxError(None, f"URL must be an absolute http(s) URL: {url!r}")
+        with self._lock:
+            old, self._ex = self._ex, None
+            if old is not None:  # open() after send(): terminate it and start over (docs)
+                old.done.set()
+                try:
+                    old.task.cancel()
+                except InvalidTransition:
+                    pass
+                old.drop_body()
+            self._method, self._url, self._async = method.upper(), url, bool(async_)
+            self._headers = []
+            self._aborted = self._failed = False
+            self._status, self._status_text, self._response_type = 0, "", ""
+            self._response_headers = None
+            self._integrity = constants.HTTP_INTEGRITY_CHECK_NOT_DONE
+            if username is not None:
+                token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+                self._headers.append(("Authorization", f"Basic {token}"))
+            self._set_ready(constants.HTTP_READY_STATE_OPENED)
 
-            token = base64.b64encode(f"{username}:{password or ''}".encode()).decode()
-            self._headers.append(("Authorization", f"Basic {token}"))
-        self._set_ready(constants.HTTP_READY_STATE_OPENED)
-
-    def setRequestHeader(self, name: str, value: str) -> None:
-        if self._ready != constants.HTTP_READY_STATE_OPENED or self._sent:
+    def setRequestHeader(self, header: str | None = None, value: str | None = None) -> None:
+        if header is None or value is None:
+            raise missing("setRequestHeader()", "a header name and a value")
+        if not isinstance(header, str) or not isinstance(value, str):
+            raise bad_type("header name and value must be strings", (header, value))
+        if self._ready != constants.HTTP_READY_STATE_OPENED or self._ex is not None:
             raise InvalidStateError(
                 "setRequestHeader() must be called after open() and before send()"
             )
-        if not isinstance(name, str) or not _TOKEN.match(name):
-            raise InvalidRequest(f"header name is not a valid HTTP token: {name!r}")
-        if not isinstance(value, str) or any(c in value for c in "\r\n\0"):
-            raise InvalidRequest(f"header {name!r} value must be a string without CR/LF/NUL")
-        self._headers.append((name, value))
+        if not _TOKEN(header):
+            raise VoltMXError(100, f"header name is not a valid HTTP token: {header!r}")
+        if any(c in value for c in "\r\n\0"):
+            raise VoltMXError(100, f"header {header!r} value must not contain CR, LF or NUL")
+        for i, (k, v) in enumerate(self._headers):
+            if k.lower() == header.lower():  # repeated: joined with ", " (docs)
+                self._headers[i] = (k, f"{v}, {value}")
+                return
+        self._headers.append((header, value))
 
     def send(self, data: object = None) -> None:
-        if self._ready != constants.HTTP_READY_STATE_OPENED:
-            raise InvalidStateError("send() must be called after open()")
-        if self._sent:
-            raise InvalidStateError("send() was already called for this request")
-        if self._method != constants.HTTP_METHOD_GET:
-            raise InvalidRequest(
-                f"{self._method} requests are not supported yet: bgtransfer transfers "
-                "downloads (GET); uploads come with a later version"
+        """Start the request. ``data`` (ignored for GET and HEAD): a string, bytes, a JSON
+        object (dict or list), or a FormData."""
+        if self._ready != constants.HTTP_READY_STATE_OPENED or self._ex is not None:
+            raise InvalidStateError(
+                "send() must be called once, after open()"
+                if self._ex is None
+                else "send() was already called for this request"
             )
         session = _session(self._identifier, self._home, self._background)
-        path = self._download_path or self._default_path(session.home)
+        headers = list(self._headers)
+        if not any(k.lower() == "cookie" for k, _ in headers):
+            cookie = _cookies.cookie_header(session.home, self._url)
+            if cookie:
+                headers.append(("Cookie", cookie))
         resource = self._resource_timeout
         if not self._background and self._timeout_ms:
             resource = min(resource, self._timeout_ms / 1000)
-        task = session.download(
-            self._url,
-            path,
-            headers=self._headers,
-            request_timeout=self._request_timeout,
-            resource_timeout=resource,
-        )
-        self._task, self._sent = task, True
-        threading.Thread(target=self._watch, name="voltmx-request", daemon=True).start()
+        # Foreground requests are tried once, as the platforms' foreground calls are; a
+        # background session retries (NSURLSession does) under the engine's rules.
+        common: dict[str, Any] = {
+            "request_timeout": self._request_timeout,
+            "resource_timeout": resource,
+            "max_attempts": None if self._background else 1,
+        }
+        base = self._spool_base(session.home)
+        params = _integrity.current()
+        check = params if params and not self.disableIntegrityCheck else None
+        if check is not None and not check.applies_to(self._url):
+            check = None
+        if self._method == constants.HTTP_METHOD_GET:
+            if check is not None:
+                headers.append(_integrity.request_header(check, None))
+            path = self._download_path or base + ".body"
+            task = session.download(self._url, path, headers=headers, **common)
+            ex = Exchange(task, session.home)
+        else:
+            body_file = base + ".req"
+            given = None if self._method == constants.HTTP_METHOD_HEAD else data
+            try:
+                ctype = spool_body(given, body_file)
+                if ctype and not any(k.lower() == "content-type" for k, _ in headers):
+                    headers.append(("Content-Type", ctype))
+                if check is not None:
+                    headers.append(_integrity.request_header(check, body_file))
+                task = session.upload(
+                    body_file, self._url, method=self._method, headers=headers,
+                    response_path=base + ".body", **common,
+                )  # fmt: skip
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(body_file)  # nothing was sent: no spooled body stays behind
+                raise
+            size = os.path.getsize(body_file)
+            ex = Exchange(task, session.home, body_file, base + ".body", given is not None, size)
+        ex.check, ex.method, ex.headers, ex.options = check, self._method, self._headers, common
+        with self._lock:
+            self._ex = ex
+            if ex.has_body:
+                self.upload._dispatch("loadstart", 0, ex.total)
+        threading.Thread(target=self._watch, args=(ex,), name="voltmx-request", daemon=True).start()
         if not self._async:
             self.wait()
 
     def abort(self) -> None:
+        """Cancel the request: DONE fires (if it was in flight), then the state is UNSENT."""
         with self._lock:
-            if self._sent and self._ready != constants.HTTP_READY_STATE_DONE:
+            ex = self._ex
+            if ex is not None and self._ready != constants.HTTP_READY_STATE_DONE:
                 self._aborted = True
-                assert self._task is not None
                 try:
-                    self._task.cancel()
+                    ex.task.cancel()
                 except InvalidTransition:
                     pass
-                self._status = 0
-                self._response_headers = []
+                ex.drop_body()
+                self._status, self._status_text, self._response_headers = 0, "", None
                 self._set_ready(constants.HTTP_READY_STATE_DONE)
-                self._done.set()
+                if ex.has_body:
+                    self.upload._dispatch("abort", ex.sent, ex.total)
+                    self.upload._dispatch("loadend", ex.sent, ex.total)
+                ex.done.set()
             self._ready = constants.HTTP_READY_STATE_UNSENT
             self._status = 0
 
-    def getResponseHeader(self, name: str) -> str | None:
-        if self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED:
-            return None
-        values = [v for k, v in self._response_headers if k.lower() == name.lower()]
-        return ", ".join(values) if values else None
+    def getResponseHeader(self, headerfield: str | None = None) -> str | None:
+        """The header's value; None before headers, on failure, and for Set-Cookie(2)."""
+        if headerfield is None:
+            raise missing("getResponseHeader()", "a header name")
+        if not isinstance(headerfield, str):
+            raise bad_type("the header name must be a string", headerfield)
+        headers = self.getAllResponseHeaders()
+        return None if headers is None else headers.get(headerfield.lower())
 
-    def getAllResponseHeaders(self) -> str:
-        if self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED:
-            return ""
-        lines = sorted((k.lower(), v) for k, v in self._response_headers)
-        return "".join(f"{k}: {v}\r\n" for k, v in lines)
+    def getAllResponseHeaders(self) -> dict[str, str] | None:
+        """name (lower case) -> value, without Set-Cookie and Set-Cookie2; None before the
+        headers arrive and when the request failed."""
+        pairs = self._response_headers
+        if (
+            pairs is None
+            or self._failed
+            or self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED
+        ):
+            return None
+        return _response.header_map(pairs)
 
     # -- background transfer members (seed) ------------------------------------------------
 
-    def getSession(self) -> BackgroundSession:
-        return BackgroundSession(self._identifier, home=self._home)
+    def getSession(self) -> str:
+        """The identifier of the background session the request belongs to."""
+        return self._identifier
 
     def _background_task(self, member: str) -> bgtransfer.Task:
         if not self._background:
             raise InvalidStateError(
                 f"{member}() is applicable only if backgroundTransfer = true for the request"
             )
-        if self._task is None:
+        if self._ex is None:
             raise InvalidStateError(f"{member}() needs a sent request: call send() first")
-        return self._task
+        return self._ex.task
 
     def suspend(self) -> None:
+        task = self._background_task("suspend")
         try:
-            self._background_task("suspend").suspend()
-        except InvalidStateError:
-            raise
+            task.suspend()
         except InvalidTransition:
             pass  # already completed: nothing to suspend, as on iOS
 
     def resume(self) -> None:
+        task = self._background_task("resume")
         try:
-            self._background_task("resume").resume()
-        except InvalidStateError:
-            raise
+            task.resume()
         except InvalidTransition:
             pass  # already completed: nothing to resume, as on iOS
 
-    def getTaskState(self) -> TaskState:
-        return self._background_task("getTaskState").state
+    def getTaskState(self) -> constants.SessionTaskState:
+        return constants.SessionTaskState[self._background_task("getTaskState").state.name]
 
     # -- extensions --------------------------------------------------------------------------
 
     def wait(self, timeout: float | None = None) -> HttpRequest:
         """Extension: block until readyState is DONE (and its callback has run)."""
-        if not self._sent:
+        ex = self._ex
+        if ex is None:
             raise InvalidStateError("wait() needs a sent request: call send() first")
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"the request was not DONE within {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while ex is not None:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not ex.done.wait(left):
+                raise TimeoutError(f"the request was not DONE within {timeout} s")
+            ex = None if self._ex is ex else self._ex  # a followed redirect goes on
         return self
 
     def acknowledge(self) -> None:
         """Extension: the app has handled this completion; it is no longer reported."""
-        if self._task is None:
+        if self._ex is None:
             raise InvalidStateError("acknowledge() needs a sent request")
-        self._task.acknowledge()
+        self._ex.task.acknowledge()
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -407,80 +475,123 @@ class HttpRequest:
     def _attach(cls, session: BackgroundSession, task: bgtransfer.Task) -> HttpRequest:
         req = cls(sessionIdentifier=session.identifier, home=session.home)
         req._background = True
-        req._method, req._url = constants.HTTP_METHOD_GET, task.url
-        req._task, req._sent = task, True
-        req._ready = constants.HTTP_READY_STATE_OPENED
-        threading.Thread(target=req._watch, name="voltmx-request", daemon=True).start()
+        req._method = constants.HTTP_METHOD_GET if task.kind == "download" else "POST"
+        req._url = task.url
+        body_file, answer = files_of(task)
+        home = bgtransfer.resolve_home(session.home)
+        ex = Exchange(task, home, body_file, answer)
+        req._ex, req._ready = ex, constants.HTTP_READY_STATE_OPENED
+        threading.Thread(target=req._watch, args=(ex,), name="voltmx-request", daemon=True).start()
         return req
 
-    def _default_path(self, home: str) -> str:
+    def _before_send(self, member: str) -> None:
+        if self._ex is not None:
+            raise InvalidStateError(f"{member} must be set before send()")
+
+    def _spool_base(self, home: str) -> str:
         directory = os.path.join(home, "voltmx", self._identifier)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        return os.path.join(directory, f"{uuid.uuid4().hex}.body")
+        return os.path.join(directory, uuid.uuid4().hex)
 
-    def _charset(self) -> str:
-        ctype = self.getResponseHeader("content-type") or ""
-        m = re.search(r"charset=\"?([\w.-]+)", ctype, re.IGNORECASE)
-        if m:
-            import codecs
-
-            try:
-                return codecs.lookup(m.group(1)).name
-            except LookupError:
-                pass
-        return "utf-8"
+    def _ctype(self) -> str | None:
+        return _response.header_map(self._response_headers or ()).get("content-type")
 
     def _set_ready(self, state: int) -> None:
         self._ready = state
-        callback = self.onReadyStateChange
-        if callback is not None:
-            try:
-                callback(self)
-            except Exception:  # noqa: BLE001 - like a browser console: report, go on
-                traceback.print_exc(file=sys.stderr)
+        if self.onReadyStateChange is not None:
+            call_handler(self.onReadyStateChange, self)
 
     def _advance(self, target: int) -> None:
-        # XHR never skips a state: 2, 3 and 4 each fire once, in order.
+        # Never skip a state: 2, 3 and 4 each fire once, in order.
         while self._ready < target and not self._aborted:
             self._set_ready(self._ready + 1)
 
-    def _watch(self) -> None:
-        task = self._task
-        assert task is not None
+    def _headers_in(self, task: bgtransfer.Task, status: int) -> None:
+        self._status = status
+        self._status_text = task.response_reason or ""
+        self._response_headers = list(task.response_headers.items())
+        self._response_type = _response.detect_type(self._ctype())
+
+    def _watch(self, ex: Exchange) -> None:
+        task = ex.task
         try:
-            while not self._aborted:
-                state = task.state
-                status = task.response_status
+            while self._ex is ex and not self._aborted:
+                state, status = task.state, task.response_status
                 with self._lock:
-                    if self._aborted:
+                    if self._ex is not ex or self._aborted:
+                        return
+                    if ex.has_body and task.bytes_sent > ex.sent:
+                        ex.sent = task.bytes_sent
+                        self.upload._dispatch("progress", ex.sent, ex.total)
+                    if state is TaskState.COMPLETED:
+                        self._finish(ex)
                         return
                     if (
                         status is not None
                         and self._ready < constants.HTTP_READY_STATE_HEADERS_RECEIVED
                     ):
-                        self._status = status
-                        self._response_headers = list(task.response_headers.items())
+                        self._headers_in(task, status)
                         self._advance(constants.HTTP_READY_STATE_HEADERS_RECEIVED)
                     if task.bytes_received > 0 and status is not None:
                         self._advance(constants.HTTP_READY_STATE_LOADING)
-                    if state is TaskState.COMPLETED:
-                        self._finish(task)
-                        return
-                self._done.wait(_POLL)
+                ex.done.wait(_POLL)
         except bgtransfer.TransferError:
             traceback.print_exc(file=sys.stderr)
-            self._done.set()
+            ex.done.set()
 
-    def _finish(self, task: bgtransfer.Task) -> None:
-        err = task.error
-        if task.response_status and (err is None or isinstance(err, bgtransfer.HTTPStatusError)):
-            self._status = task.response_status
-            self._response_headers = list(task.response_headers.items())
+    def _finish(self, ex: Exchange) -> None:
+        task = ex.task
+        err, status = task.error, task.response_status
+        if status and isinstance(err, bgtransfer.HTTPStatusError | None) and self._follow(ex):
+            return
+        ex.drop_body()
+        if isinstance(err, bgtransfer.Cancelled):
+            self._status, self._status_text, self._response_headers = 0, "", None
+            self._set_ready(constants.HTTP_READY_STATE_DONE)
+            self._upload_end(ex, "abort")
+        elif status and (err is None or isinstance(err, bgtransfer.HTTPStatusError)):
+            self._headers_in(task, status)
+            _cookies.store(ex.home, task.url, self._response_headers or ())
+            check = ex.check
+            if check is not None and check.validate:
+                self._integrity = _integrity.check_response(
+                    check, self._response_headers or (), ex.response_path()
+                )
+            if ex.has_body and ex.total is not None and ex.sent < ex.total:
+                ex.sent = ex.total  # the last piece went out between two polls
+                self.upload._dispatch("progress", ex.sent, ex.total)
+            self._upload_end(ex, "load")
             self._advance(constants.HTTP_READY_STATE_DONE)
         else:
-            # XHR's "request error steps": a network error, a timeout or a cancel goes
-            # straight to DONE with status 0 and no headers.
-            self._status = 0
-            self._response_headers = []
+            # Network or DNS failure (docs, send): a status such as 410 and a HEADERS_RECEIVED
+            # event, then DONE. A timeout gets 408, which kony_sdk.js reads as "timed out".
+            timeout = isinstance(err, bgtransfer.TransferTimeout)
+            self._failed = True
+            self._status = 408 if timeout else 410
+            self._status_text = err.message if err is not None else "request failed"
+            self._response_headers = None
+            self._set_ready(constants.HTTP_READY_STATE_HEADERS_RECEIVED)
+            self._upload_end(ex, "timeout" if timeout else "error")
             self._set_ready(constants.HTTP_READY_STATE_DONE)
-        self._done.set()
+        ex.done.set()
+
+    def _follow(self, ex: Exchange) -> bool:
+        session = _session(self._identifier, self._home, self._background)
+        nxt = follow(ex, session, self._spool_base(session.home))
+        if nxt is None:
+            return False
+        if nxt.body_file != ex.body_file:
+            ex.drop_body()
+        if ex.has_body and not nxt.has_body:
+            self._upload_end(ex, "load")  # the body went out; the rest is a GET
+        self._ex = nxt
+        ex.done.set()  # wait() moves on to the next exchange
+        threading.Thread(
+            target=self._watch, args=(nxt,), name="voltmx-request", daemon=True
+        ).start()
+        return True
+
+    def _upload_end(self, ex: Exchange, kind: str) -> None:
+        if ex.has_body:
+            self.upload._dispatch(kind, ex.sent, ex.total)
+            self.upload._dispatch("loadend", ex.sent, ex.total)
