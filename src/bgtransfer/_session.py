@@ -14,8 +14,8 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
     Coroutine,
+    Generator,
     Iterable,
-    Iterator,
     Mapping,
     Sequence,
 )
@@ -1399,7 +1399,7 @@ class Session:
         found = self._call(self._async.tasks(state=state, since=since, limit=limit, cursor=cursor))
         return [Task(self, t) for t in found]
 
-    def completions(self, *, timeout: float | None = None) -> Iterator[Task]:
+    def completions(self, *, timeout: float | None = None) -> Generator[Task, None, None]:
         """Each finished task not yet acknowledged, replay first then live (see
         :meth:`AsyncSession.completions`): ``for t in s.completions(): handle(t);
         t.acknowledge()``. ``timeout``: stop when nothing arrives for that many seconds."""
