@@ -32,6 +32,7 @@ from bgtransfer._protocol._schedule import (
     next_run,
     parse_duration,
     parse_rate,
+    parse_size,
     priority_rank,
 )
 
@@ -302,3 +303,13 @@ def test_a_restored_cool_down_holds_and_never_shortens_a_longer_one() -> None:
     c.on_response("http://b:80", 503, 100.0, 0.0)
     c.restore("http://b:80", 20.0, "503")
     assert c.not_before("http://b:80", 10.0) == 100.0
+
+
+def test_sizes_are_whole_bytes_with_curls_suffixes() -> None:
+    assert parse_size("7") == 7
+    assert parse_size("10k") == 10 << 10
+    assert parse_size(" 2G ") == 2 << 30
+    assert parse_size("1T") == 1 << 40
+    for bad in ("ten", "1.5M", "-3", "5X", "", "k", "1MM", "4M/s", "1" * 16):
+        with pytest.raises(ValueError, match="is not a size"):
+            parse_size(bad)

@@ -19,6 +19,7 @@ __all__ = [
     "next_run",
     "parse_duration",
     "parse_rate",
+    "parse_size",
     "priority_rank",
 ]
 
@@ -36,6 +37,17 @@ def priority_rank(name: str) -> int:
         return PRIORITIES[name]
     except (KeyError, TypeError):
         raise ValueError(f"priority must be one of 'high', 'normal', 'low', not {name!r}") from None
+
+
+def parse_size(text: str) -> int:
+    """curl's ``--max-filesize`` syntax: whole bytes, suffixes k/M/G/T are powers of 1024
+    ("10M"); no fractions (a size is counted, not measured). Raises ValueError."""
+    t = text.strip()
+    digits = t.rstrip("kKmMgGtT")
+    unit = t[len(digits) :].lower()
+    if not digits.isascii() or not digits.isdigit() or len(digits) > 15 or len(unit) > 1:
+        raise ValueError(f"{text!r} is not a size (digits, then k, M, G or T)")
+    return int(digits) * _UNITS[unit]
 
 
 def parse_rate(text: str) -> int:

@@ -10,7 +10,7 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import click
@@ -26,6 +26,7 @@ from bgtransfer._exceptions import (
     TransferError,
     UnsafeHome,
 )
+from bgtransfer._protocol._schedule import parse_size
 from bgtransfer._protocol._validate import check_url
 from bgtransfer._redact import redact
 from bgtransfer.cli._app import cli, home_of
@@ -226,23 +227,14 @@ class ByteSize(_IntParam):
     """A byte count as curl takes it: digits with an optional k, M, G or T (powers of 1024)."""
 
     name = "size"
-    _UNITS: ClassVar[dict[str, int]] = {
-        "": 1,
-        "k": 1 << 10,
-        "m": 1 << 20,
-        "g": 1 << 30,
-        "t": 1 << 40,
-    }
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
         if isinstance(value, int):
             return value
-        text = str(value).strip()
-        digits = text.rstrip("kKmMgGtT")
-        unit = text[len(digits) :].lower()
-        if not digits.isascii() or not digits.isdigit() or len(digits) > 15 or len(unit) > 1:
-            self.fail(f"{value!r} is not a size (digits, then k, M, G or T)", param, ctx)
-        return int(digits) * self._UNITS[unit]
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
