@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import calendar
-import time
 import json
+import time
 
 import pytest
 from hypothesis import given
@@ -106,10 +106,23 @@ def test_refresh_due():
 
 
 def test_refresh_on_status():
-    def act(status, **kw):
-        base = {"has_hook": True, "had_response": True}
-        base.update(kw)
-        return refresh_on_status(status, **base)
+    def act(
+        status: int,
+        *,
+        has_hook: bool = True,
+        had_response: bool = True,
+        url_expired: bool = False,
+        refreshes: int = 0,
+        refreshes_in_a_row: int = 0,
+    ) -> RefreshAction:
+        return refresh_on_status(
+            status,
+            has_hook=has_hook,
+            had_response=had_response,
+            url_expired=url_expired,
+            refreshes=refreshes,
+            refreshes_in_a_row=refreshes_in_a_row,
+        )
 
     for status in (401, 403, 410):
         assert act(status) is RefreshAction.REFRESH
