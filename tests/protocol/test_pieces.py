@@ -12,7 +12,9 @@ from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._protocol._pieces import (
     PieceHasher,
     PiecePlan,
+    PieceSpec,
     complete_pieces,
+    parse_piece_spec,
     refetch_ranges,
 )
 
@@ -166,3 +168,39 @@ def test_one_flipped_byte_is_found_in_its_piece_only(data, size, draw):
     ((start, end),) = refetch_ranges(plan, bad)
     assert start <= where < end
     assert end - start <= size
+
+
+def test_piece_spec_from_the_caller_binds_to_the_length():
+    plan = plan_for(DATA, 1024)
+    spec = parse_piece_spec(
+        {"algorithm": "sha-256", "piece_size": 1024, "hashes": [h.hex() for h in plan.hashes]}
+    )
+    assert spec == PieceSpec("sha256", 1024, plan.hashes)
+    assert spec.plan(len(DATA)) == plan
+    assert spec.plan(10241).count == 11  # any length with 11 pieces fits
+    with pytest.raises(InvalidRequest, match="expected 12"):
+        spec.plan(11 * 1024 + 1)
+    with pytest.raises(InvalidRequest, match="expected 10"):
+        spec.plan(10 * 1024)
+
+
+@pytest.mark.parametrize(
+    ("obj", "words"),
+    [
+        ([], "must be a mapping"),
+        ({"algorithm": "sha256", "piece_size": 4, "hashes": ["00" * 32], "x": 1}, "unknown keys"),
+        ({"piece_size": 4, "hashes": ["00" * 32]}, "algorithm name"),
+        ({"algorithm": "sha256", "piece_size": 0, "hashes": ["00" * 32]}, "positive integer"),
+        ({"algorithm": "sha256", "piece_size": True, "hashes": ["00" * 32]}, "positive integer"),
+        ({"algorithm": "sha256", "piece_size": "4", "hashes": ["00" * 32]}, "positive integer"),
+        ({"algorithm": "sha256", "piece_size": 4, "hashes": "00" * 32}, "list of hex"),
+        ({"algorithm": "sha256", "piece_size": 4, "hashes": [b"\0" * 32]}, "list of hex"),
+        ({"algorithm": "sha256", "piece_size": 4, "hashes": []}, "at least one"),
+        ({"algorithm": "sha256", "piece_size": 4, "hashes": ["00" * 31]}, "not a sha256 digest"),
+        ({"algorithm": "sha256", "piece_size": 4, "hashes": ["xx" * 32]}, "not hexadecimal"),
+        ({"algorithm": "blake3", "piece_size": 4, "hashes": ["00" * 32]}, "unsupported"),
+    ],
+)
+def test_piece_spec_refuses_bad_input(obj, words):
+    with pytest.raises(InvalidRequest, match=words):
+        parse_piece_spec(obj)

@@ -11,7 +11,7 @@ and check after the fact (pieces split across two segments are checked that way)
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bgtransfer._exceptions import InvalidRequest
@@ -21,7 +21,9 @@ __all__ = [
     "MAX_PIECES",
     "PieceHasher",
     "PiecePlan",
+    "PieceSpec",
     "complete_pieces",
+    "parse_piece_spec",
     "refetch_ranges",
 ]
 
@@ -104,6 +106,46 @@ class PiecePlan:
         if len(data) != end - start:
             return False
         return self.verify(index, _digest(self.algorithm, data))
+
+
+@dataclass(frozen=True, slots=True)
+class PieceSpec:
+    """A caller's piece list before the file's length is known (``checksums=`` takes it
+    with the whole-file ones); :meth:`plan` binds it once the server says the length."""
+
+    algorithm: str
+    piece_size: int
+    hashes: tuple[bytes, ...]
+
+    def plan(self, length: int) -> PiecePlan:
+        """The plan for ``length`` bytes; :class:`InvalidRequest` when the list does not fit
+        (then the file is not the one the caller described)."""
+        return PiecePlan(self.algorithm, self.piece_size, self.hashes, length)
+
+
+def parse_piece_spec(obj: object) -> PieceSpec:
+    """``{"algorithm": "sha256", "piece_size": 1048576, "hashes": ["hex", ...]}``."""
+    if not isinstance(obj, Mapping):
+        raise InvalidRequest(f"a piece list must be a mapping, not {type(obj).__name__}")
+    unknown = sorted(str(k) for k in obj if k not in ("algorithm", "piece_size", "hashes"))
+    if unknown:
+        raise InvalidRequest(f"a piece list has unknown keys {unknown}")
+    algorithm, size, hashes = obj.get("algorithm"), obj.get("piece_size"), obj.get("hashes")
+    if not isinstance(algorithm, str):
+        raise InvalidRequest(f"a piece list needs an algorithm name, not {algorithm!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise InvalidRequest(f"a piece list needs a positive integer piece_size, not {size!r}")
+    if not isinstance(hashes, Sequence) or isinstance(hashes, str | bytes):
+        raise InvalidRequest("a piece list needs its hashes as a list of hex strings")
+    if len(hashes) > MAX_PIECES:
+        raise InvalidRequest(f"more than {MAX_PIECES} piece hashes")
+    if not all(isinstance(h, str) for h in hashes):
+        raise InvalidRequest("a piece list needs its hashes as a list of hex strings")
+    if not hashes:
+        raise InvalidRequest("a piece list needs at least one hash")
+    # a plan for whole pieces checks the algorithm and each hash's form
+    plan = PiecePlan.from_hex(algorithm, size, hashes, len(hashes) * size)
+    return PieceSpec(plan.algorithm, size, plan.hashes)
 
 
 def _digest(algorithm: str, data: bytes) -> bytes:
