@@ -44,7 +44,10 @@ def test_a_failed_source_is_set_aside_then_comes_back():
     m.failed(B, 101.0, "HTTP 503")
     assert m.pick(102.0) is None
     assert m.next_ready(102.0) == 105.0
+    assert m.next_ready(104.0) == 105.0
     assert m.pick(105.0) == A
+    assert m.next_ready(105.0) == 106.0  # B
+    assert m.next_ready(106.0) is None  # nothing set aside any more
     # backoff doubles per failure in a row, capped, and a success resets it
     m.release(A)
     assert m.failed(A, 200.0, "again") == 210.0
@@ -188,7 +191,7 @@ def test_invariants_under_any_sequence(ops, per_source):
             got = m.pick(now)
             if got is None:
                 ready = m.next_ready(now)
-                assert ready is None or ready >= now
+                assert ready is None or ready > now
                 continue
             assert got in m.live
             assert got not in m.dropped

@@ -125,11 +125,11 @@ class MirrorSet:
         source.active = max(0, source.active - 1)
 
     def next_ready(self, now: float) -> float | None:
-        """When a set-aside source comes back, if none is usable now; None if all dropped."""
-        live = [s for s in self._sources.values() if s.dropped is None]
-        if not live:
-            return None
-        return max(now, min(s.until for s in live))
+        """When the first set-aside source comes back, or None when none is set aside (then
+        :meth:`pick` waits for a :meth:`release`, or every source is dropped: see
+        :attr:`live`)."""
+        later = [s.until for s in self._sources.values() if s.dropped is None and s.until > now]
+        return min(later, default=None)
 
     @property
     def live(self) -> list[str]:
