@@ -258,3 +258,90 @@ def test_parse_refresh_result_raises_only_invalid_request(obj):
     except InvalidRequest:
         return
     assert r.url.startswith(("http://", "https://"))
+
+
+def test_date_field_bounds():
+    def at(stamp: str) -> float | None:
+        return signed_url_expiry(f"https://h/k?X-Amz-Date={stamp}&X-Amz-Expires=0")
+
+    assert at("20130731T235959Z") == calendar.timegm((2013, 7, 31, 23, 59, 59))
+    assert at("20131201T000000Z") == calendar.timegm((2013, 12, 1, 0, 0, 0))
+    for bad in ("20130732T000000Z", "20130700T000000Z", "20130701T240000Z", "20130701T006000Z"):
+        assert at(bad) is None, bad
+    assert at("20130701T000061Z") is None
+    assert at("20130701T000060Z") == calendar.timegm((2013, 7, 1, 0, 1, 0))  # a leap second
+
+
+def test_expires_digit_bound():
+    twelve = "https://h/x?Expires=999999999999&Signature=s"
+    assert signed_url_expiry(twelve) == 999999999999.0
+    assert signed_url_expiry("https://h/x?Expires=1000000000000&Signature=s") is None
+
+
+def test_url_expired_defaults_to_false():
+    assert refresh_on_status(403, has_hook=True, had_response=False) is RefreshAction.NONE
+
+
+def test_refresh_result_names_the_unknown_key():
+    with pytest.raises(InvalidRequest, match=r"\['header'\]"):
+        parse_refresh_result({"url": "https://h/x", "header": {}})
+
+
+def test_refresh_output_size_bound_is_inclusive():
+    url = "https://h/" + "a" * (64 * 1024 - len("https://h/"))
+    assert parse_refresh_output(url.encode()).url == url
+    with pytest.raises(InvalidRequest, match="more than 65536 bytes"):
+        parse_refresh_output((url + "a").encode())
+
+
+def test_redact_signature_exact_output():
+    url = "https://h/x?a=1&Signature=abc==&X-Custom-Signature=zz&se=2024-01-01&flag"
+    assert redact_signature(url) == (
+        "https://h/x?a=1&Signature=***&X-Custom-Signature=***&se=2024-01-01&flag"
+    )
+
+
+def test_keep_bytes_reasons_are_exact():
+    same_len = Representation(100)
+    assert keep_bytes(same_len, same_len, caller_sha256=True) == (
+        Keep.KEEP_VERIFY,
+        "the same length; the caller's sha256 will check the file",
+    )
+    assert keep_bytes(same_len, same_len, caller_sha256=False) == (
+        Keep.RESTART,
+        "nothing shows the new URL serves the same bytes",
+    )
+    tagged = Representation(100, '"a"')
+    assert keep_bytes(tagged, tagged, caller_sha256=False) == (
+        Keep.KEEP,
+        'the same strong ETag "a"',
+    )
+    assert keep_bytes(tagged, Representation(100, '"b"'), caller_sha256=False) == (
+        Keep.RESTART,
+        'the ETag changed from "a" to "b"',
+    )
+    # one tag missing: nothing to compare, and no checksum
+    assert keep_bytes(tagged, same_len, caller_sha256=False)[1] == (
+        "nothing shows the new URL serves the same bytes"
+    )
+    # lengths: one unknown is no proof of sameness
+    assert (
+        keep_bytes(Representation(None, '"a"'), Representation(5, '"a"'), caller_sha256=True)[0]
+        is Keep.KEEP
+    )
+    assert keep_bytes(Representation(None), Representation(5), caller_sha256=True)[0] is (
+        Keep.RESTART
+    )
+    d1, d2 = {"sha256": b"1" * 32}, {"sha256": b"2" * 32, "sha512": b"3" * 64}
+    assert keep_bytes(
+        Representation(5, None, d1), Representation(5, None, d2), caller_sha256=True
+    ) == (
+        Keep.RESTART,
+        "the sha256 Repr-Digest changed",
+    )
+    assert keep_bytes(
+        Representation(5, None, d2), Representation(5, None, d2), caller_sha256=False
+    ) == (
+        Keep.KEEP,
+        "the same sha256 Repr-Digest",
+    )
