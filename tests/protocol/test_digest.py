@@ -148,8 +148,10 @@ def test_digest_field_lines_are_joined():
 
 def test_format_digest_field_round_trips():
     value = format_digest_field([Checksum("sha256", SHA256), Checksum("sha1", b"\0" * 20)])
-    assert value == f"sha-256=:{b64(SHA256)}:"  # sha1 has no RFC 9530 name
-    assert parse_digest_field(value) == {"sha256": SHA256}
+    assert value == f"sha-256=:{b64(SHA256)}:, sha=:{b64(bytes(20))}:"  # RFC 9530 names SHA-1 "sha"
+    assert parse_digest_field(value) == {"sha256": SHA256, "sha1": bytes(20)}
+    assert format_digest_field([Checksum("sha384", bytes(48))]) == ""  # not registered
+    assert format_digest_field([]) == ""
 
 
 def test_want_digest_headers():
@@ -317,4 +319,4 @@ def test_parse_checksum_never_raises_anything_but_invalid_request(text):
 @given(st.text(max_size=120))
 def test_parse_digest_field_never_raises(text):
     result = parse_digest_field(text)
-    assert all(len(v) in (32, 64, 16, 4) for v in result.values())
+    assert all(len(v) in (32, 64, 20, 16, 4) for v in result.values())

@@ -61,7 +61,7 @@ ALGORITHMS: Mapping[str, _Algo] = {
     "sha256": _Algo(32, "sha-256", False),
     "sha512": _Algo(64, "sha-512", False),
     "sha384": _Algo(48, None, False),
-    "sha1": _Algo(20, None, True),
+    "sha1": _Algo(20, "sha", True),  # RFC 9530 registers SHA-1 as "sha" (deprecated)
     "md5": _Algo(16, "md5", True),
     "crc32c": _Algo(4, "crc32c", True),
 }
