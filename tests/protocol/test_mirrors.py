@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._protocol._digest import Checksum
 from bgtransfer._protocol._metalink import MetalinkUrl
-from bgtransfer._protocol._mirrors import MirrorSet, Observed
+from bgtransfer._protocol._mirrors import MirrorEvent, MirrorSet, Observed
 
 A, B, C = "https://a.example/f", "https://b.example/f", "http://c.example/f"
 SHA = b"s" * 32
@@ -215,3 +215,67 @@ def test_invariants_under_any_sequence(ops, per_source):
             m.observe(url, Observed(100 + (i == 3), '"v"'))
     assert set(m.live) | set(m.dropped) == set(urls)
     assert not set(m.live) & set(m.dropped)
+
+
+def test_history_records_every_switch_exactly():
+    m = MirrorSet([A, B], backoff=2.0)
+    m.observe(A, Observed(10, '"v"'), now=1.0)
+    m.observe(B, Observed(11, '"v"'), now=2.0)
+    m.failed(A, 3.0, "HTTP 503")
+    assert m.history == [
+        MirrorEvent("accepted", A, "serves the same representation", 1.0),
+        MirrorEvent("dropped", B, "it serves 11 bytes, not 10", 2.0),
+        MirrorEvent("set-aside", A, "HTTP 503 (for 2 s)", 3.0),
+    ]
+    m.observe(A, Observed(10, '"v"'), now=4.0)  # accepted once only
+    assert len(m.history) == 3
+
+
+def test_disagreement_reasons_are_exact():
+    m = MirrorSet([A, B, C])
+    m.observe(A, Observed(10))
+    assert m.observe(B, Observed(10, '"x"')) == (
+        'its validator ("x") does not prove it serves the same bytes as the first source '
+        "(none), and no checksum will check them"
+    )
+    m2 = MirrorSet([A, B])
+    m2.observe(A, Observed(10, '"v"'))
+    assert m2.observe(B, Observed(10)) == (
+        'its validator (none) does not prove it serves the same bytes as the first source ("v"), '
+        "and no checksum will check them"
+    )
+
+
+def test_defaults_and_limits():
+    m = MirrorSet([A])
+    assert [m.pick(0.0) for _ in range(5)] == [A, A, A, A, None]  # four at a time by default
+    assert m.failed(A, 0.0, "x") == 5.0  # five seconds first
+    for _ in range(10):
+        m.failed(A, 0.0, "x")
+    assert m.failed(A, 0.0, "x") == 300.0  # five minutes at most
+    assert MirrorSet([A], max_bad_pieces=1).bad_piece(A)
+    MirrorSet([A], backoff=1.0, max_backoff=1.0)  # equal bounds are fine
+    MirrorSet([A], backoff=0.5)
+    for kwargs in (
+        {"max_bad_pieces": 0},
+        {"backoff": 0.0},
+        {"backoff": 10.0, "max_backoff": 9.0},
+    ):
+        with pytest.raises(InvalidRequest, match=r"^mirror limits must be positive$"):
+            MirrorSet([A], **kwargs)
+    with pytest.raises(InvalidRequest, match=r"^at least one URL is needed$"):
+        MirrorSet([])
+
+
+def test_release_frees_exactly_one_slot():
+    m = MirrorSet([A], max_per_source=2)
+    assert m.pick(0.0) == A
+    assert m.pick(0.0) == A
+    m.release(A)
+    assert m.pick(0.0) == A
+    assert m.pick(0.0) is None
+
+
+def test_order_breaks_ties_between_equal_sources():
+    m = MirrorSet([C, A, B], max_per_source=1)
+    assert [m.pick(0.0) for _ in range(3)] == [C, A, B]
