@@ -253,3 +253,114 @@ def test_parse_metalink_raises_only_invalid_request(data):
         parse_metalink(data)
     except InvalidRequest:
         pass
+
+
+def test_a_bare_doctype_is_refused_too():
+    data = b'<!DOCTYPE metalink><metalink xmlns="urn:ietf:params:xml:ns:metalink"/>'
+    with pytest.raises(InvalidRequest, match=r"refused unsafe XML \(DTDForbidden\)"):
+        parse_metalink(data)
+
+
+def test_unknown_types_before_known_ones_do_not_hide_them():
+    sha = hashlib.sha256(b"abcd").hexdigest()
+    body = (
+        f'<size>4</size><hash type="ed2k">00</hash><hash type="sha-256">{sha}</hash>'
+        f'<pieces length="4" type="tiger"><hash>00</hash></pieces>'
+        f'<pieces length="4" type="crc32c"><hash>00</hash></pieces>'
+        f'<pieces length="4" type="sha-256"><hash>{sha}</hash></pieces>'
+    )
+    (f,) = parse_metalink(doc(body)).files
+    assert [c.algorithm for c in f.checksums] == ["sha256"]
+    assert f.pieces is not None
+    assert f.pieces.algorithm == "sha256"
+    assert f.notes == ()
+
+
+def test_crc32c_pieces_are_ignored_without_a_note():
+    (f,) = parse_metalink(
+        doc('<size>4</size><pieces length="4" type="crc32c"><hash>00000000</hash></pieces>')
+    ).files
+    assert f.pieces is None
+    assert f.notes == ()
+
+
+def test_boundaries_accepted():
+    (f,) = parse_metalink(
+        doc(
+            '<url priority="999999" location="US">https://h/a</url>'
+            + "".join(f"<url>https://h/{i}</url>" for i in range(999)),
+            name="dir/a b.iso",
+        )
+    ).files
+    assert f.name == "dir/a b.iso"
+    assert len(f.urls) == 1000
+    assert f.urls[0] == MetalinkUrl("https://h/a", 999999, "us")
+    assert parse_metalink(doc("<size>99999999999999999999</size>")).files[0].size == 10**20 - 1
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (doc("", name="   "), "Metalink document: a <file> has no name"),
+        (
+            doc("", name="a&#10;b"),
+            "Metalink document: file name 'a..nb' is not a safe relative path",
+        ),
+        (
+            doc("<size>123456789012345678901</size>"),
+            "non-negative integer, not '123456789012345678901'",
+        ),
+        (doc('<url location="éé">https://h/f</url>'), "two-letter country code, not 'éé'"),
+        (
+            doc('<url priority="x">https://h/f</url>'),
+            "a url priority must be a non-negative integer",
+        ),
+        (doc("<size>x</size>"), "the size of 'f.bin' must be a non-negative integer"),
+        (doc('<size>4</size><pieces length="x" type="sha-1"/>'), "a <pieces> length must be a non"),
+        (
+            doc('<size>4</size><pieces length="0" type="sha-1"/>'),
+            "document: a <pieces> length must be positive$",
+        ),
+        (
+            doc('<size>4</size><pieces length="4" type="sha-1"><hash>zz</hash></pieces>'),
+            "piece hash 0 of 'f.bin' is not a sha1 digest in hexadecimal: 'zz'",
+        ),
+        (
+            doc(f'<hash type="sha-1">{"ab " * 20}</hash>'),
+            "the sha1 hash of 'f.bin' is not a sha1 digest",
+        ),
+        (
+            b'<metalink xmlns="urn:ietf:params:xml:ns:metalink"/>',
+            "document: it describes no <file>$",
+        ),
+        (
+            b'<metalink xmlns="http://www.metalinker.org/"/>',
+            r"Metalink 3 \(metalinker.org\) is not supported: use Metalink 4 \(RFC 5854\)$",
+        ),
+        (
+            b'<metalink xmlns="urn:ietf:params:xml:ns:metalink">'
+            b'<file name="a"/><file name="b"/><file name="b"/></metalink>',
+            "two files are named 'b'",
+        ),
+    ],
+)
+def test_exact_messages(data, message):
+    with pytest.raises(InvalidRequest, match=message):
+        parse_metalink(data)
+
+
+def test_document_size_bound_is_inclusive():
+    body = doc("<url>https://h/f</url>")
+    padded = body + b" " * (16 * 1024 * 1024 - len(body))
+    assert parse_metalink(padded).files[0].name == "f.bin"
+
+
+def test_file_count_bound():
+    many = b"".join(b'<file name="f%d"/>' % i for i in range(10_001))
+    with pytest.raises(InvalidRequest, match="more than 10000 files"):
+        parse_metalink(
+            b'<metalink xmlns="urn:ietf:params:xml:ns:metalink">' + many + b"</metalink>"
+        )
+    ok = b"".join(b'<file name="f%d"/>' % i for i in range(10_000))
+    data = b'<metalink xmlns="urn:ietf:params:xml:ns:metalink">' + ok + b"</metalink>"
+    assert len(parse_metalink(data).files) == 10_000
