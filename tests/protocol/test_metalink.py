@@ -304,7 +304,7 @@ def test_boundaries_accepted():
         (doc("", name="   "), "Metalink document: a <file> has no name"),
         (
             doc("", name="a&#10;b"),
-            "Metalink document: file name 'a..nb' is not a safe relative path",
+            "Metalink document: file name 'a.nb' is not a safe relative path",
         ),
         (
             doc("<size>123456789012345678901</size>"),
