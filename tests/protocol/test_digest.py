@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._protocol._digest import (
     Checksum,
+    Decision,
     Expected,
     Hashers,
     Verdict,
@@ -320,3 +321,69 @@ def test_parse_checksum_never_raises_anything_but_invalid_request(text):
 def test_parse_digest_field_never_raises(text):
     result = parse_digest_field(text)
     assert all(len(v) in (32, 64, 20, 16, 4) for v in result.values())
+
+
+def test_one_bad_caller_checksum_is_not_outvoted_by_a_good_one():
+    good = caller(Checksum("sha256", SHA256))
+    bad = caller(Checksum("sha512", bytes(64)))
+    d = decide([good, bad], {"sha256": SHA256, "sha512": SHA512}, retries_done=0)
+    assert d.verdict is Verdict.RETRY
+    assert d.reason == (
+        f"checksum mismatch (sha512 from caller expected {bytes(64).hex()}, got {SHA512.hex()})"
+        ": fetching again"
+    )
+
+
+def test_decision_texts_are_exact():
+    computed = {"sha256": SHA256, "md5": MD5}
+    ok = decide(
+        [caller(Checksum("sha256", SHA256)), Expected(Checksum("md5", MD5), "x-goog-hash")],
+        computed,
+        retries_done=0,
+    )
+    assert ok == Decision(Verdict.OK, "verified: md5 (x-goog-hash), sha256 (caller)", False, ())
+    assert decide([], computed, retries_done=0) == Decision(
+        Verdict.UNVERIFIED, "no checksum to verify the bytes against"
+    )
+    two_bad = [
+        Expected(Checksum("sha256", bytes(32)), "Repr-Digest"),
+        Expected(Checksum("md5", bytes(16)), "x-goog-hash"),
+    ]
+    fail = decide(two_bad, computed, retries_done=1)
+    assert fail.reason == (
+        f"checksum mismatch after 2 tries: sha256 from Repr-Digest expected {bytes(32).hex()}, "
+        f"got {SHA256.hex()}; md5 from x-goog-hash expected {bytes(16).hex()}, got {MD5.hex()}"
+    )
+
+
+def test_byte_sequence_colons_must_be_paired_and_base64_strict():
+    with pytest.raises(InvalidRequest):
+        parse_checksum(f"sha256=:{b64(SHA256)}")  # no closing colon
+    with pytest.raises(InvalidRequest):
+        parse_checksum(f"sha256={b64(SHA256)[:10]}!{b64(SHA256)[10:]}")
+    assert parse_checksum(f"sha256::{b64(SHA256)}:").digest == SHA256
+
+
+def test_unsupported_algorithm_message_lists_the_supported_ones():
+    with pytest.raises(
+        InvalidRequest,
+        match=r"^checksum algorithm 'sha3' is not one of crc32c, md5, sha1, sha256, sha384, "
+        r"sha512$",
+    ):
+        parse_checksum(f"sha3={SHA256.hex()}")
+    with pytest.raises(InvalidRequest, match=r"^unsupported checksum algorithm 'whirlpool'$"):
+        Hashers(["whirlpool"])
+
+
+def test_crc32c_availability_follows_the_package():
+    import importlib.util
+
+    assert crc32c_available() is (importlib.util.find_spec("google_crc32c") is not None)
+
+
+def test_s3_checksum_with_padding_only_is_not_composite():
+    # "=" padding is stripped before looking for the "-N" part-count suffix
+    value = b64(SHA256)
+    assert value.endswith("=")
+    assert len(server_checksums({"x-amz-checksum-sha256": value})) == 1
+    assert server_checksums({"x-amz-checksum-sha256": value + "-12"}) == ()
