@@ -9,7 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._protocol._digest import crc32c_available
 from bgtransfer._protocol._pieces import (
+    MAX_PIECES,
     PieceHasher,
     PiecePlan,
     PieceSpec,
@@ -204,3 +206,41 @@ def test_piece_spec_from_the_caller_binds_to_the_length():
 def test_piece_spec_refuses_bad_input(obj, words):
     with pytest.raises(InvalidRequest, match=words):
         parse_piece_spec(obj)
+
+
+@pytest.mark.skipif(not crc32c_available(), reason="google-crc32c not installed")
+def test_crc32c_pieces_work_when_the_library_is_there():
+    plan = PiecePlan("crc32c", 9, (bytes.fromhex("e3069283"),), 9)
+    assert PieceHasher(plan, 0).feed(b"123456789") == [(0, True)]
+
+
+def test_piece_count_bound_is_inclusive():
+    hashes = (bytes(16),) * MAX_PIECES
+    assert PiecePlan("md5", 1, hashes, MAX_PIECES).count == MAX_PIECES
+    with pytest.raises(
+        InvalidRequest, match=f"^{MAX_PIECES + 1} pieces is more than {MAX_PIECES}$"
+    ):
+        PiecePlan("md5", 1, (*hashes, bytes(16)), MAX_PIECES + 1)
+    with pytest.raises(InvalidRequest, match=f"^more than {MAX_PIECES} piece hashes$"):
+        parse_piece_spec({"algorithm": "md5", "piece_size": 1, "hashes": ["00"] * (MAX_PIECES + 1)})
+
+
+def test_messages_name_what_is_wrong():
+    plan = plan_for(DATA, 1024)
+    with pytest.raises(IndexError, match=r"^piece 11 of 11$"):
+        plan.piece_range(11)
+    with pytest.raises(IndexError, match=r"^offset 10244 outside 10244 bytes$"):
+        plan.piece_at(10244)
+    with pytest.raises(IndexError, match=r"^piece 12 of 11$"):
+        refetch_ranges(plan, [12])
+    with pytest.raises(ValueError, match=r"^10245 bytes is past the 10244 planned$"):
+        PieceHasher(plan, 10000).feed(bytes(245))
+    with pytest.raises(InvalidRequest, match=r"^a piece list must be a mapping, not list$"):
+        parse_piece_spec([])
+    with pytest.raises(InvalidRequest, match=r"^a piece list has unknown keys \['size'\]$"):
+        parse_piece_spec({"algorithm": "md5", "size": 1, "hashes": ["00" * 16]})
+
+
+def test_a_one_byte_piece_size_is_allowed():
+    spec = parse_piece_spec({"algorithm": "md5", "piece_size": 1, "hashes": ["00" * 16]})
+    assert spec.piece_size == 1

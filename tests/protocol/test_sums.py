@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 from hypothesis import given
@@ -115,3 +116,49 @@ def test_raises_only_invalid_request(text):
         checksum_from_sums(text, "f")
     except InvalidRequest:
         pass
+
+
+def test_algorithm_from_a_sums_name_with_an_extension():
+    sha1 = hashlib.sha1(b"x").hexdigest()
+    md5_len_hex = "0" * 32
+    assert checksum_from_sums(md5_len_hex, "f", sums_name="f.md5.txt").algorithm == "md5"
+    assert checksum_from_sums(md5_len_hex, "f", sums_name="MD5SUMS").algorithm == "md5"
+    assert checksum_from_sums(sha1, "f", sums_name="https://h/SHA1SUMS.asc").algorithm == "sha1"
+    assert checksum_from_sums(sha1, "f", sums_name="notes.txt").algorithm == "sha1"  # by length
+    # the name wins over the length: a sha256-long digest in a .sha512.txt file is refused
+    with pytest.raises(InvalidRequest, match="64 hex digits"):
+        checksum_from_sums(ISO, "f", sums_name="f.sha512.txt")
+
+
+def test_comments_and_blank_lines_before_entries_are_skipped():
+    text = f"# generated\n\n{TXT}  a.txt\n# more\n{ISO}  b.iso\n"
+    assert checksum_from_sums(text, "b.iso").hex() == ISO
+
+
+def test_escaped_names_in_both_formats():
+    assert checksum_from_sums(f"\\{ISO}  a\\nb", "a\nb").hex() == ISO
+    assert checksum_from_sums(f"\\SHA256 (a\\nb) = {ISO}", "a\nb").hex() == ISO
+    # without the leading backslash the name is taken as written
+    assert checksum_from_sums(f"{ISO}  a\\nb", "a\\nb").hex() == ISO
+    assert checksum_from_sums(f"SHA256 (a\\nb) = {ISO}", "a\\nb").hex() == ISO
+
+
+def test_size_bound_is_inclusive():
+    line = f"{ISO}  f\n"
+    text = line + "#" * (4 * 1024 * 1024 - len(line))
+    assert checksum_from_sums(text, "f").hex() == ISO
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (b"\xff", "checksum file: not UTF-8 text"),
+        ("", "checksum file: it lists no checksum"),
+        (f"{ISO}\n{TXT}  f", "checksum file: a lone digest among named ones is ambiguous"),
+        (f"WHIRLPOOL (f) = {ISO}", "checksum file: the algorithm it names is not supported"),
+        ("?" * 200, "checksum file: cannot read the line '" + "?" * 120 + "'"),
+    ],
+)
+def test_exact_messages(text, message):
+    with pytest.raises(InvalidRequest, match="^" + re.escape(message) + "$"):
+        checksum_from_sums(text, "f")
