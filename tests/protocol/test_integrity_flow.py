@@ -73,16 +73,16 @@ def test_a_lying_mirror_is_dropped_and_only_its_pieces_are_fetched_again():
     for _round in range(5):  # bounded: each round re-fetches only what failed
         bad: list[int] = []
         for start, end in todo:
-            url = mirrors.pick(now=0.0)
-            assert url is not None
-            body = serve(url, start, end)
+            source = mirrors.pick(now=0.0)
+            assert source is not None
+            body = serve(source, start, end)
             fetched_bytes += len(body)
             disk[start:end] = body
             for index, ok in PieceHasher(f.pieces, start).feed(body):
                 if not ok:
                     bad.append(index)
-                    mirrors.bad_piece(url)
-            mirrors.release(url)
+                    mirrors.bad_piece(source)
+            mirrors.release(source)
         if not bad:
             break
         todo = refetch_ranges(f.pieces, bad)
