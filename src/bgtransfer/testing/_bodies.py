@@ -72,6 +72,32 @@ class GenBody(Body):
         return gen_bytes(self.size, self.seed)
 
 
+class LyingBody(Body):
+    """``inner`` with the bytes in ``[start, end)`` changed: same length, other content."""
+
+    _TABLE: Final = bytes(i ^ 0xA5 for i in range(256))
+
+    def __init__(self, inner: Body, start: int, end: int) -> None:
+        self.inner = inner
+        self.size = inner.size
+        self.start = start
+        self.end = min(end, inner.size)
+
+    def read(self, offset: int, length: int) -> bytes | memoryview:
+        data = self.inner.read(offset, length)
+        lo, hi = max(offset, self.start), min(offset + len(data), self.end)
+        if lo >= hi:
+            return data
+        out = bytearray(data)
+        out[lo - offset : hi - offset] = bytes(out[lo - offset : hi - offset]).translate(
+            self._TABLE
+        )
+        return bytes(out)
+
+    def contiguous(self, offset: int) -> int:
+        return self.inner.contiguous(offset)
+
+
 @functools.lru_cache(maxsize=8)
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data, mtime=0)
@@ -99,6 +125,15 @@ class Representation:
 
 def auto_etag(data: bytes) -> str:
     return '"' + hashlib.sha256(data).hexdigest() + '"'
+
+
+def tagged_etag(etag: str | None, tag: str) -> str | None:
+    """``"abc"`` -> ``"abc-<tag>"`` (weak or strong alike)."""
+    if etag is None:
+        return None
+    if etag.endswith('"'):
+        return etag[:-1] + f'-{tag}"'
+    return f"{etag}-{tag}"
 
 
 def versioned_etag(etag: str | None, version: int) -> str | None:

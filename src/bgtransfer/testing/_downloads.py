@@ -38,9 +38,11 @@ from bgtransfer.testing._bodies import (
     Body,
     BytesBody,
     GenBody,
+    LyingBody,
     Representation,
     gzip_body,
     shift_date,
+    tagged_etag,
     versioned_etag,
     xor_table,
 )
@@ -57,6 +59,14 @@ from bgtransfer.testing._http import (
     send_simple,
     send_text,
     wait_delivered,
+)
+from bgtransfer.testing._integrity import (
+    DIGEST_ALGORITHMS,
+    amz_checksum,
+    body_digests,
+    digest_field,
+    goog_hash,
+    wanted,
 )
 from bgtransfer.testing._knobs import Knobs, error_page
 from bgtransfer.testing._state import State
@@ -207,6 +217,36 @@ def response_headers(
     return hdrs
 
 
+async def integrity_headers(
+    req: Request, knobs: Knobs, view: View, plan: Plan, *, failing: bool
+) -> list[tuple[str, str]]:
+    """Repr-Digest, Content-Digest, x-goog-hash, x-amz-checksum-sha256 as asked."""
+    bad = knobs.bad_digest if failing else frozenset()
+    repr_algs = wanted(req.headers.get("want-repr-digest"))
+    if not repr_algs and (knobs.digest or "repr" in bad):
+        repr_algs = DIGEST_ALGORITHMS
+    goog = knobs.goog_hash or "goog" in bad
+    amz = knobs.amz_checksum or "amz" in bad
+    whole = {*repr_algs, *(("crc32c", "md5") if goog else ()), *(("sha-256",) if amz else ())}
+    hdrs: list[tuple[str, str]] = []
+    if whole:
+        digests = await body_digests(view.body, 0, view.size, tuple(sorted(whole)))
+        if repr_algs:
+            hdrs.append(("Repr-Digest", digest_field(digests, repr_algs, bad="repr" in bad)))
+        if goog:
+            hdrs.append(("x-goog-hash", goog_hash(digests, bad="goog" in bad)))
+        if amz:
+            hdrs.append(("x-amz-checksum-sha256", amz_checksum(digests, bad="amz" in bad)))
+            hdrs.append(("x-amz-checksum-type", "FULL_OBJECT"))
+    content_algs = wanted(req.headers.get("want-content-digest"))
+    if not content_algs and (knobs.digest or "content" in bad):
+        content_algs = DIGEST_ALGORITHMS
+    if content_algs:
+        part = await body_digests(view.body, plan.start, plan.end, content_algs)
+        hdrs.append(("Content-Digest", digest_field(part, content_algs, bad="content" in bad)))
+    return hdrs
+
+
 @dataclass
 class Pacing:
     """How a body is sliced and timed: piece size, throttling, the one stall."""
@@ -351,8 +391,15 @@ class Downloads:
 
     @staticmethod
     async def view(rep: Representation, knobs: Knobs) -> View:
-        body = BytesBody(await gzip_body(rep.body)) if knobs.gzip else rep.body
-        etag = None if knobs.no_etag else rep.etag
+        body, etag = rep.body, rep.etag
+        if knobs.lie is not None:
+            start, end = knobs.lie_range or (0, body.size)
+            body = LyingBody(body, start, end)
+            if knobs.lie == "1":
+                etag = tagged_etag(etag, "lie")
+        if knobs.gzip:
+            body = BytesBody(await gzip_body(body))
+        etag = None if knobs.no_etag else etag
         if etag is not None and knobs.weak_etag and not etag.startswith("W/"):
             etag = "W/" + etag
         last_modified = None if knobs.no_last_modified else rep.last_modified
@@ -408,7 +455,9 @@ class Downloads:
         if knobs.long_length > 0:
             keep = False  # the promised bytes never come: the close ends the body
         chunked = knobs.chunked or knobs.chunked_cut is not None
-        hdrs = [*response_headers(knobs, view, plan, chunked=chunked), *extra]
+        hdrs = response_headers(knobs, view, plan, chunked=chunked)
+        hdrs += await integrity_headers(req, knobs, view, plan, failing=failing)
+        hdrs += extra
         if not keep:
             hdrs.append(("Connection", "close"))
         writer.write(head_bytes(plan.status, hdrs))

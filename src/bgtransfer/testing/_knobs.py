@@ -117,6 +117,12 @@ class Knobs:
     huge_headers: int = 0
     disposition: str | None = None
     changes_every: float | None = None
+    digest: bool = False
+    bad_digest: frozenset[str] = frozenset()
+    goog_hash: bool = False
+    amz_checksum: bool = False
+    lie: str | None = None
+    lie_range: tuple[int, int] | None = None
 
     @classmethod
     def parse(cls, q: Mapping[str, str]) -> Knobs:
@@ -186,6 +192,12 @@ class Knobs:
             huge_headers=integer("huge_headers") or 0,
             disposition=q.get("disposition"),
             changes_every=positive(flt("changes_every"), "changes_every"),
+            digest=flag("digest"),
+            goog_hash=flag("goog_hash"),
+            amz_checksum=flag("amz_checksum"),
+            bad_digest=_bad_digest(q),
+            lie=_lie(q),
+            lie_range=_lie_range(q),
         )
 
 
@@ -222,3 +234,37 @@ def error_page(knobs: Knobs) -> tuple[bytes, list[tuple[str, str]]]:
         hdrs.append(("Retry-After", http_date(knobs.retry_after_in)))
     page = b"" if knobs.status in (204, 304) else f"error page {knobs.status}".encode()
     return page, hdrs
+
+
+BAD_DIGESTS = frozenset({"repr", "content", "goog", "amz"})
+
+
+def _bad_digest(q: Mapping[str, str]) -> frozenset[str]:
+    raw = q.get("bad_digest")
+    if raw is None:
+        return frozenset()
+    bad = {p.strip() for p in raw.split(",") if p.strip()}
+    if "all" in bad:
+        bad = set(BAD_DIGESTS)
+    if not bad or not bad <= BAD_DIGESTS:
+        raise HttpError(400, "knob bad_digest takes repr, content, goog, amz or all")
+    return frozenset(bad)
+
+
+def _lie(q: Mapping[str, str]) -> str | None:
+    lie = q.get("lie")
+    if lie is None or lie in ("0", ""):
+        return "1" if "lie_range" in q else None
+    if lie not in ("1", "etag"):
+        raise HttpError(400, "knob lie must be 1 or etag")
+    return lie
+
+
+def _lie_range(q: Mapping[str, str]) -> tuple[int, int] | None:
+    raw = q.get("lie_range")
+    if raw is None:
+        return None
+    first, _, last = raw.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) < int(last)):
+        raise HttpError(400, "knob lie_range must be START-END with START < END")
+    return int(first), int(last)
