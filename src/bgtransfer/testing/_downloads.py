@@ -28,7 +28,7 @@ import email.utils
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -248,6 +248,21 @@ async def integrity_headers(
 
 
 @dataclass
+class Budget:
+    """Body bytes a signed URL may still serve; spent as they are written."""
+
+    limit: int
+    spent: int = 0
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.spent)
+
+    def spend(self, n: int) -> None:
+        self.spent += n
+
+
+@dataclass
 class Pacing:
     """How a body is sliced and timed: piece size, throttling, the one stall."""
 
@@ -293,8 +308,12 @@ async def send_body(
     *,
     chunked: bool,
     stop: tuple[int, str] | None,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> None:
-    """Write the planned slice of ``body``, paced, and end it as ``stop`` says."""
+    """Write the planned slice of ``body``, paced, and end it as ``stop`` says.
+
+    ``on_bytes`` hears of every piece once the transport has taken it.
+    """
     loop = asyncio.get_running_loop()
     limit = stop[0] if stop is not None else plan.length
     t0 = loop.time()
@@ -318,6 +337,8 @@ async def send_body(
             writer.write(data)
         await writer.drain()
         pos += n
+        if on_bytes is not None:
+            on_bytes(n)
         if pacing.trickle_interval and pos < limit:
             await asyncio.sleep(pacing.trickle_interval)
     if stop is None:
@@ -405,8 +426,17 @@ class Downloads:
         last_modified = None if knobs.no_last_modified else rep.last_modified
         return View(body, etag, last_modified)
 
-    async def serve(self, writer: asyncio.StreamWriter, req: Request, keep: bool) -> bool:
-        """Answer one request; False when the connection must be closed afterwards."""
+    async def serve(
+        self,
+        writer: asyncio.StreamWriter,
+        req: Request,
+        keep: bool,
+        budget: Budget | None = None,
+    ) -> bool:
+        """Answer one request; False when the connection must be closed afterwards.
+
+        With a ``budget``, the body stops (clean close) once the budget is spent.
+        """
         if req.method not in ("GET", "HEAD"):
             hdrs = [("Allow", "GET, HEAD"), ("Content-Type", "text/plain")]
             await send_simple(writer, 405, b"method not allowed\n", hdrs, keep=keep)
@@ -425,7 +455,9 @@ class Downloads:
             await send_simple(writer, knobs.status, page, hdrs, keep=keep, head_only=head_only)
             return keep
         view = await self.view(self.representation(req, knobs), knobs)
-        return await self.answer(writer, req, knobs, view, extra, keep=keep, failing=failing)
+        return await self.answer(
+            writer, req, knobs, view, extra, keep=keep, failing=failing, budget=budget
+        )
 
     async def answer(
         self,
@@ -437,6 +469,7 @@ class Downloads:
         *,
         keep: bool,
         failing: bool,
+        budget: Budget | None = None,
     ) -> bool:
         """Send ``view`` as the request's conditionals and Range (and the knobs) say."""
         head_only = req.method == "HEAD"
@@ -465,6 +498,9 @@ class Downloads:
             await writer.drain()
             return keep
         stop = stop_point(knobs, plan.length) if failing else None
+        if budget is not None and budget.remaining < plan.length:
+            stop = min(stop or (plan.length, "cut"), (budget.remaining, "cut"))
         pacing = Pacing.of(knobs, chunked=chunked, failing=failing)
-        await send_body(writer, view.body, plan, pacing, chunked=chunked, stop=stop)
+        spend = None if budget is None else budget.spend
+        await send_body(writer, view.body, plan, pacing, chunked=chunked, stop=stop, on_bytes=spend)
         return keep and stop is None

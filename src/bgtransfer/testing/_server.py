@@ -85,6 +85,7 @@ from bgtransfer.testing._http import (
 )
 from bgtransfer.testing._ietf import Ietf
 from bgtransfer.testing._knobs import UploadFaults
+from bgtransfer.testing._signed import Signer
 from bgtransfer.testing._state import IetfUpload, State, TusUpload
 from bgtransfer.testing._tus import TUS_VERSION, Tus
 from bgtransfer.testing._uploads import Uploads
@@ -122,6 +123,7 @@ class FaultServer:
         self._uploads = uploads
         self._tus = Tus(uploads, self._base_for)
         self._ietf = Ietf(uploads, self._base_for)
+        self._signer = Signer(self._state, self._downloads, self._base_for)
         self._servers: list[asyncio.Server] = []
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
@@ -189,6 +191,28 @@ class FaultServer:
             if last_modified == "auto":
                 last_modified = shift_date(old.last_modified, dt.timedelta(hours=1))
             self._state.resources[name] = Resource(bytes(data), resolved, last_modified)
+
+    def sign_url(
+        self,
+        path: str,
+        *,
+        expires_in: float = 300.0,
+        max_bytes: int | None = None,
+        style: str = "amz",
+    ) -> str:
+        """A signed URL serving ``path`` (``/r/<name>`` or ``/gen/<size>``, knobs allowed)
+        until ``expires_in`` seconds from now (negative: already expired) and, with
+        ``max_bytes``, for that many body bytes; ``style`` is ``"amz"`` or ``"token"``.
+        See :mod:`bgtransfer.testing._signed`."""
+        return self._signer.mint(
+            self.base_url, path, expires_in=expires_in, max_bytes=max_bytes, style=style
+        )[0]
+
+    def signed_served(self, url: str) -> int:
+        """Body bytes served so far under the token of a URL from :meth:`sign_url` (counted
+        only for tokens with ``max_bytes``; KeyError for an unknown token)."""
+        with self._state.lock:
+            return self._signer.served(url)
 
     # ------------------------------------------------------------------ log and counters
 
@@ -545,6 +569,11 @@ class FaultServer:
         if req.path.startswith(("/r/", "/gen/")):
             with self._state.serving_one(reader, writer):
                 return await self._downloads.serve(writer, req, keep)
+        if req.path.startswith("/s/"):
+            with self._state.serving_one(reader, writer):
+                return await self._signer.serve(writer, req, keep)
+        if req.path == "/sign":
+            return await self._signer.serve_mint(writer, req, keep)
         if req.path == "/redirect":
             return await serve_redirect(writer, req, keep)
         if req.path.startswith("/loop/"):
