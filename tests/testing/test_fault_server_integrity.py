@@ -224,3 +224,23 @@ def test_bad_lie_knobs(srv: FaultServer, query: str) -> None:
     status, _, body = get(unique(srv, b"abc") + "?" + query)
     assert status == 400
     assert b"lie" in body
+
+
+def test_help_lists_every_knob() -> None:
+    import dataclasses
+    import subprocess
+    import sys
+
+    from bgtransfer.testing._knobs import Knobs
+
+    out = subprocess.run(
+        [sys.executable, "-m", "bgtransfer.testing", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    missing = [f.name for f in dataclasses.fields(Knobs) if f"{f.name}=" not in out]
+    assert missing == []
+    for endpoint in ("/s/r/", "/sign?", "/metalink/", "SHA256SUMS", ".sha256"):
+        assert endpoint in out

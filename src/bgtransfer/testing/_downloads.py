@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import email.utils
 import socket
@@ -40,6 +41,7 @@ from bgtransfer.testing._bodies import (
     GenBody,
     LyingBody,
     Representation,
+    auto_etag,
     gzip_body,
     shift_date,
     tagged_etag,
@@ -66,6 +68,7 @@ from bgtransfer.testing._integrity import (
     body_digests,
     digest_field,
     goog_hash,
+    sha256_hex,
     wanted,
 )
 from bgtransfer.testing._knobs import Knobs, error_page
@@ -362,6 +365,14 @@ async def reset(writer: asyncio.StreamWriter) -> None:
     raise Reset
 
 
+SUM_SUFFIX: Final = ".sha256"
+SUMS_FILE: Final = "SHA256SUMS"
+
+
+def _is_sidecar(name: str) -> bool:
+    return name.endswith(SUM_SUFFIX) or name.rsplit("/", 1)[-1] == SUMS_FILE
+
+
 class Downloads:
     """Serves ``/r/<name>`` and ``/gen/<size>`` (GET and HEAD)."""
 
@@ -369,6 +380,10 @@ class Downloads:
         self.state = state
 
     def representation(self, req: Request, knobs: Knobs) -> Representation:
+        if req.path.endswith((SUM_SUFFIX, "/" + SUMS_FILE)):
+            sidecar = self._sidecar(req, knobs)
+            if sidecar is not None:
+                return sidecar
         if req.path.startswith("/gen/"):
             return self._generated(req, knobs)
         name = req.path[len("/r/") :]
@@ -386,6 +401,35 @@ class Downloads:
             versioned_etag(etag, bumps),
             shift_date(lm, dt.timedelta(seconds=bumps)),
         )
+
+    def _sidecar(self, req: Request, knobs: Knobs) -> Representation | None:
+        """``<path>.sha256`` or ``<dir>/SHA256SUMS``; None when a real resource has the name."""
+        with self.state.lock:
+            if req.path.startswith("/r/") and req.path[len("/r/") :] in self.state.resources:
+                return None
+            names = sorted(self.state.resources)
+        # The sums are of what the files serve now, without bumping any version.
+        plain = Knobs(changes_every=knobs.changes_every)
+        if req.path.endswith(SUM_SUFFIX):
+            base = req.path.removesuffix(SUM_SUFFIX)
+            targets = [base]
+        elif req.path.startswith("/r/"):
+            folder = req.path.removesuffix(SUMS_FILE)[len("/r/") :]
+            targets = [
+                "/r/" + n
+                for n in names
+                if n.startswith(folder) and "/" not in n[len(folder) :] and not _is_sidecar(n)
+            ]
+        else:
+            raise HttpError(404, f"no {SUMS_FILE} under /gen")
+        lines: list[str] = []
+        last_modified: str | None = None
+        for path in targets:
+            rep = self.representation(dataclasses.replace(req, path=path), plain)
+            lines.append(f"{sha256_hex(rep.body)}  {path.rsplit('/', 1)[1]}\n")
+            last_modified = last_modified or rep.last_modified
+        text = "".join(lines).encode()
+        return Representation(BytesBody(text), auto_etag(text), last_modified)
 
     def _generated(self, req: Request, knobs: Knobs) -> Representation:
         try:

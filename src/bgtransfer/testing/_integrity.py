@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Final
 
 from bgtransfer.testing._bodies import Body, GenBody
+from bgtransfer.testing._data import gen_sha256
 
 DIGEST_ALGORITHMS: Final = ("sha-256", "sha-512")
 _HASHLIB_NAMES: Final = {"sha-256": "sha256", "sha-512": "sha512", "md5": "md5"}
@@ -89,6 +90,27 @@ def _gen_digests(
     size: int, seed: int, start: int, end: int, algorithms: tuple[str, ...]
 ) -> dict[str, bytes]:
     return _digests(_chunks(GenBody(size, seed), start, end), algorithms)
+
+
+def sha256_hex(body: Body) -> str:
+    """Hex SHA-256 of a whole body (on the caller's thread: for test-sized bodies)."""
+    if isinstance(body, GenBody):
+        return gen_sha256(body.size, body.seed)
+    h = hashlib.sha256()
+    for chunk in _chunks(body, 0, body.size):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def piece_digests(body: Body, piece: int, algorithm: str = "sha-256") -> list[bytes]:
+    """Digests of ``body`` cut into ``piece``-byte pieces (the last may be shorter)."""
+    out = []
+    for start in range(0, body.size, piece):
+        h = hashlib.new(_HASHLIB_NAMES[algorithm])
+        for chunk in _chunks(body, start, min(start + piece, body.size)):
+            h.update(chunk)
+        out.append(h.digest())
+    return out
 
 
 async def body_digests(

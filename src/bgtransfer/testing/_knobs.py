@@ -73,6 +73,28 @@ Always-on knobs:
     ``/gen`` only: a new version (ETag, Last-Modified, bytes) every S seconds of the
     server's life, for polling clients (background fetch jobs).
 
+Integrity knobs (see :mod:`bgtransfer.testing._integrity` for the headers):
+
+``digest=1``
+    Send ``Repr-Digest`` and ``Content-Digest`` (sha-256 and sha-512) even when the
+    request has no ``Want-Repr-Digest`` / ``Want-Content-Digest``.
+``goog_hash=1`` / ``amz_checksum=1``
+    Send ``x-goog-hash: crc32c=..,md5=..`` / ``x-amz-checksum-sha256`` of the object.
+``bad_digest=repr|content|goog|amz|all``
+    A failure knob (limited by ``times``): those headers are sent, and wrong (one bit
+    off), while the bytes are right. Comma-separated values combine.
+
+Lying mirrors (always on):
+
+``lie=1``
+    Other bytes of the same length (every byte XORed with 0xA5) under another ETag
+    (``"<etag>-lie"``), Last-Modified unchanged: a mirror with a different file.
+``lie=etag``
+    The same, but with the true ETag and Last-Modified: a mirror that lies.
+``lie_range=START-END``
+    Only bytes ``[START, END)`` differ (a bad piece); implies ``lie=1`` unless ``lie``
+    is given.
+
 
 Invalid knob values get 400 with a text body naming the knob.
 """

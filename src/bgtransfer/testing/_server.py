@@ -26,8 +26,18 @@ Endpoints
     ``set_cookie=VALUE`` / ``set_cookie2=VALUE`` (a ``Set-Cookie`` / ``Set-Cookie2``
     header, verbatim); values must be printable ASCII.
 
+``/r/<name>.sha256``, ``/r/<dir>/SHA256SUMS``, ``/gen/<size>.sha256``
+    Checksum files of what those URLs serve now (``<hex>  <file name>`` lines, as
+    ``sha256sum`` writes them; SHA256SUMS lists the resources directly in ``<dir>``).
+    A resource registered under such a name is served instead.
+``/s/r/<name>?<token>``, ``/s/gen/<size>?<token>``, ``/sign?path=...``
+    Expiring signed URLs and the endpoint that mints them; see
+    :mod:`bgtransfer.testing._signed`.
+``/metalink/r/<name>``, ``/metalink/gen/<size>``
+    Metalink 4 (RFC 5854) documents listing mirrors with size, sha-256 and piece
+    hashes; see :mod:`bgtransfer.testing._metalink`.
 ``/upload/<name>``, ``/tus/``, ``/ietf/<name>``
-    Upload endpoints; see *Uploads* below.
+    Upload endpoints; see :mod:`bgtransfer.testing._uploads`.
 
 Anything else is 404. ``/r`` and ``/gen`` answer GET and HEAD (405 otherwise).
 
@@ -37,7 +47,9 @@ The rest is documented where it is implemented:
 
 - :mod:`bgtransfer.testing._downloads`: correct behaviour of ``/r`` and ``/gen``
   (ranges, If-Range, conditional GET);
-- :mod:`bgtransfer.testing._knobs`: the fault knobs;
+- :mod:`bgtransfer.testing._knobs`: the fault knobs (lying mirrors included);
+- :mod:`bgtransfer.testing._integrity`: RFC 9530 digests, ``x-goog-hash``,
+  ``x-amz-checksum-sha256`` and their knobs;
 - :mod:`bgtransfer.testing._uploads`: uploads in general and ``/upload/<name>``;
 - :mod:`bgtransfer.testing._tus` and :mod:`bgtransfer.testing._ietf`: resumable uploads;
 - :mod:`bgtransfer.testing._http`: request parsing and HTTP/1.1 framing.
@@ -85,6 +97,7 @@ from bgtransfer.testing._http import (
 )
 from bgtransfer.testing._ietf import Ietf
 from bgtransfer.testing._knobs import UploadFaults
+from bgtransfer.testing._metalink import Metalinks
 from bgtransfer.testing._signed import Signer
 from bgtransfer.testing._state import IetfUpload, State, TusUpload
 from bgtransfer.testing._tus import TUS_VERSION, Tus
@@ -124,6 +137,7 @@ class FaultServer:
         self._tus = Tus(uploads, self._base_for)
         self._ietf = Ietf(uploads, self._base_for)
         self._signer = Signer(self._state, self._downloads, self._base_for)
+        self._metalinks = Metalinks(self._downloads, self._base_for, lambda: self.other_base_url)
         self._servers: list[asyncio.Server] = []
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
@@ -572,6 +586,8 @@ class FaultServer:
         if req.path.startswith("/s/"):
             with self._state.serving_one(reader, writer):
                 return await self._signer.serve(writer, req, keep)
+        if req.path.startswith("/metalink/"):
+            return await self._metalinks.serve(writer, req, keep)
         if req.path == "/sign":
             return await self._signer.serve_mint(writer, req, keep)
         if req.path == "/redirect":
