@@ -148,3 +148,30 @@ def test_metalink_liar_mirror_serves_other_bytes(srv: FaultServer) -> None:
 )
 def test_metalink_bad_requests(srv: FaultServer, path: str, status: int) -> None:
     assert get(srv.url(path))[0] == status
+
+
+def test_other_host_lies_on_the_same_path(srv: FaultServer) -> None:
+    data = gen_bytes(2500, 11)
+    name = f"o-{uuid.uuid4().hex[:8]}"
+    srv.add(name, data)
+    assert srv.other_base_url is not None
+    other = f"{srv.other_base_url}/r/{name}"
+    srv.other_host_lies("etag")
+    try:
+        _, true_headers, truth = get(srv.url(f"/r/{name}"))
+        _, lie_headers, lie = get(other)
+    finally:
+        srv.other_host_lies(None)
+    assert truth == data
+    assert len(lie) == len(data)
+    assert lie != data
+    assert lie_headers["ETag"] == true_headers["ETag"]
+    assert get(other)[2] == data
+    with pytest.raises(ValueError, match="mode"):
+        srv.other_host_lies("sometimes")
+
+
+def test_sign_url_refuses_an_infinite_lifetime(srv: FaultServer) -> None:
+    with pytest.raises(ValueError, match="finite"):
+        srv.sign_url("/gen/1K", expires_in=float("inf"))
+    assert get(srv.url("/sign?path=/gen/1K&expires_in=nan"))[0] == 400

@@ -486,6 +486,10 @@ class Downloads:
             await send_simple(writer, 405, b"method not allowed\n", hdrs, keep=keep)
             return keep
         knobs = Knobs.parse(req.query)
+        with self.state.lock:
+            host_lie = self.state.host_lies.get(req.host)
+        if host_lie is not None and knobs.lie is None:
+            knobs = dataclasses.replace(knobs, lie=host_lie)
         failing = knobs.times is None or self.state.hit(req.fault_key) <= knobs.times
         extra = [(f"X-Filler-{i}", "x" * 100) for i in range(knobs.huge_headers)]
         if knobs.disposition is not None:

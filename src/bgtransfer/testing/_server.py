@@ -206,6 +206,19 @@ class FaultServer:
                 last_modified = shift_date(old.last_modified, dt.timedelta(hours=1))
             self._state.resources[name] = Resource(bytes(data), resolved, last_modified)
 
+    def other_host_lies(self, mode: str | None = "etag") -> None:
+        """Make the other origin (``other_host=True``) a lying mirror: every ``/r`` and
+        ``/gen`` answer it gives is as with ``lie=<mode>`` (``"1"``: other bytes and ETag;
+        ``"etag"``: other bytes, true validators), so the very same path and query serve
+        different bytes of the same length on the two origins. ``None`` stops it."""
+        if mode not in (None, "1", "etag"):
+            raise ValueError('mode must be "1", "etag" or None')
+        with self._state.lock:
+            if mode is None:
+                self._state.host_lies.pop("127.0.0.2", None)
+            else:
+                self._state.host_lies["127.0.0.2"] = mode
+
     def sign_url(
         self,
         path: str,

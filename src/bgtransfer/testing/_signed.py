@@ -113,6 +113,8 @@ class Signer:
         """A signed URL for ``path`` and its expiry (unix seconds)."""
         if style not in STYLES:
             raise ValueError(f"style must be one of {STYLES}")
+        if not math.isfinite(expires_in):
+            raise ValueError("expires_in must be a finite number of seconds")
         if max_bytes is not None and max_bytes < 0:
             raise ValueError("max_bytes must not be negative")
         split = urlsplit(path)

@@ -86,6 +86,8 @@ class State:
         # /r and /gen responses being sent right now, by connection
         self.serving: set[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = set()
         self.peak_serving = 0
+        # listener address -> lie mode for every /r and /gen answer it gives
+        self.host_lies: dict[str, str] = {}
 
     def record(self, rec: RequestRecord) -> None:
         with self.lock:
