@@ -345,3 +345,19 @@ def test_keep_bytes_reasons_are_exact():
         Keep.KEEP,
         "the same sha256 Repr-Digest",
     )
+
+
+def test_token_and_expires_style():
+    assert signed_url_expiry("https://h/s/r/x?token=ab12&expires=1700000000") == 1700000000.0
+    assert signed_url_expiry("https://h/s/r/x?expires=1700000000") is None
+
+
+def test_a_refresh_may_say_when_its_url_expires():
+    r = parse_refresh_output(b'{"url": "http://h/x?token=1&expires=5", "expires": 1700000000}')
+    assert r == Refresh("http://h/x?token=1&expires=5", (), 1700000000.0)
+    assert parse_refresh_result({"url": "http://h/x", "expires": 1.5}).expires == 1.5
+    for bad in (True, "soon", -1, float("nan"), float("inf")):
+        with pytest.raises(InvalidRequest, match='"expires" must be epoch seconds'):
+            parse_refresh_result({"url": "http://h/x", "expires": bad})
+    with pytest.raises(InvalidRequest, match=r"\(allowed: url, headers, expires\)$"):
+        parse_refresh_result({"url": "http://h/x", "expiry": 1})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -93,7 +94,8 @@ def signed_url_expiry(url: str) -> float | None:
 
     AWS SigV4 and GCS V4: ``X-Amz-Date``/``X-Goog-Date`` (``20130721T201207Z``) plus
     ``X-Amz-Expires``/``X-Goog-Expires`` seconds; S3 SigV2, GCS V2 and CloudFront canned
-    policies: ``Expires=<epoch>`` beside a ``Signature``; Azure SAS: ``se=<ISO 8601 UTC>``
+    policies: ``Expires=<epoch>`` beside a ``Signature`` (or a ``token``, as BunnyCDN and
+    the project's test server sign); Azure SAS: ``se=<ISO 8601 UTC>``
     beside a ``sig``. With several, the earliest wins."""
     try:
         query = urlsplit(url).query
@@ -107,7 +109,7 @@ def signed_url_expiry(url: str) -> float | None:
         if start is not None and lifetime is not None:
             found.append(start + lifetime)
     legacy = _seconds(params.get("expires"))
-    if legacy is not None and "signature" in params:
+    if legacy is not None and ("signature" in params or "token" in params):
         found.append(float(legacy))
     azure = _ISO_TIME.match(params.get("se", ""))
     if azure is not None and "sig" in params:
@@ -158,28 +160,42 @@ def refresh_on_status(
 class Refresh:
     url: str
     headers: tuple[tuple[str, str], ...] = ()
+    expires: float | None = None  # when the hook says the new URL dies (epoch seconds)
 
 
-_KEYS = frozenset({"url", "headers"})
+_KEYS = frozenset({"url", "headers", "expires"})
 
 
 def parse_refresh_result(obj: object) -> Refresh:
-    """A refresh hook's answer: ``{"url": str, "headers": {str: str}}`` (``headers`` optional).
-    Unknown keys are refused, so that a typo (``"header"``) is not silently ignored."""
+    """A refresh hook's answer: ``{"url": str, "headers": {str: str}, "expires": epoch}``
+    (``headers`` and ``expires`` optional; ``expires`` is for URLs that do not say it
+    themselves). Unknown keys are refused, so that a typo (``"header"``) is not silently
+    ignored."""
     if not isinstance(obj, Mapping):
         raise InvalidRequest(
             f'a refresh must return {{"url": ..., "headers": {{...}}}}, not {type(obj).__name__}'
         )
     unknown = sorted(str(k) for k in obj if k not in _KEYS)
     if unknown:
-        raise InvalidRequest(f"a refresh result has unknown keys {unknown} (allowed: url, headers)")
+        raise InvalidRequest(
+            f"a refresh result has unknown keys {unknown} (allowed: url, headers, expires)"
+        )
     if "url" not in obj:
         raise InvalidRequest('a refresh result must have a "url"')
     url = check_url(obj["url"])
     headers = obj.get("headers") or {}
     if not isinstance(headers, Mapping):
         raise InvalidRequest(f'a refresh result\'s "headers" must be an object, not {headers!r}')
-    return Refresh(url, tuple(check_headers(headers)))
+    expires = obj.get("expires")
+    if expires is not None and (
+        isinstance(expires, bool)
+        or not isinstance(expires, int | float)
+        or not (math.isfinite(expires) and expires >= 0)
+    ):
+        raise InvalidRequest(
+            f'a refresh result\'s "expires" must be epoch seconds, not {expires!r}'
+        )
+    return Refresh(url, tuple(check_headers(headers)), None if expires is None else float(expires))
 
 
 def parse_refresh_output(stdout: bytes | str) -> Refresh:
