@@ -26,6 +26,7 @@ ALLOWED = {
     "hashlib",
     "hmac",
     "json",
+    "math",
     "posixpath",  # string functions on paths; no file access
     "re",
     "typing",
