@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 MiB = 1 << 20
-KNOWN_WORKLOADS = (1, 2, 4)
+KNOWN_WORKLOADS = (1, 2, 4, 6, 7)
 
 
 def median(xs: Sequence[float]) -> float:
@@ -210,8 +210,22 @@ def render_nginx_conf(
     limited_rate: str,
     limited_log: str,
     workers: int = 2,
+    tls_port: int | None = None,
+    tls_cert: str = "",
+    tls_key: str = "",
 ) -> str:
-    """nginx serving ``data_dir`` on 127.0.0.1:port; /limited/ is rate-limited and logged."""
+    """nginx serving ``data_dir`` on 127.0.0.1:port; /limited/ is rate-limited and logged.
+    With ``tls_port`` the same files also over TLS 1.3 only on 127.0.0.1:tls_port."""
+    tls = ""
+    if tls_port is not None:
+        tls = (
+            f"        listen 127.0.0.1:{tls_port} ssl;\n"
+            f"        ssl_certificate {tls_cert};\n"
+            f"        ssl_certificate_key {tls_key};\n"
+            "        ssl_protocols TLSv1.3;\n"
+            # Resumption for the many-small-files runs that open several connections.
+            "        ssl_session_cache shared:BENCHTLS:10m;\n"
+        )
     return f"""\
 daemon off;
 master_process on;
@@ -235,7 +249,7 @@ http {{
     log_format sent '$request_uri $status $bytes_sent $body_bytes_sent "$http_range"';
     server {{
         listen 127.0.0.1:{port};
-        server_name localhost;
+{tls}        server_name localhost;
         root {data_dir};
         # pypdl 1.5.7 asks again with GET Range: bytes=0-0 when a HEAD lacks this header, and
         # nginx's 206 has no Accept-Ranges, so it would silently drop to one segment.

@@ -113,6 +113,26 @@ def test_nginx_conf_binds_loopback_only() -> None:
     assert conf.count("{") == conf.count("}")
 
 
+def test_nginx_conf_tls_listener_is_loopback_tls13_only() -> None:
+    conf = bs.render_nginx_conf(
+        prefix="/tmp/p",
+        data_dir="/tmp/d",
+        port=8123,
+        limited_rate="100m",
+        limited_log="/l",
+        tls_port=8124,
+        tls_cert="/c.pem",
+        tls_key="/k.pem",
+    )
+    assert "listen 127.0.0.1:8123;" in conf
+    assert "listen 127.0.0.1:8124 ssl;" in conf
+    assert conf.count("listen") == 2
+    assert "ssl_protocols TLSv1.3;" in conf
+    assert "ssl_certificate /c.pem;" in conf
+    assert "ssl_certificate_key /k.pem;" in conf
+    assert conf.count("{") == conf.count("}")
+
+
 def test_log_lines() -> None:
     lines = [
         '/limited/f?rep=0 200 419430700 419430400 "-"',
@@ -202,6 +222,52 @@ def test_render_from_synthetic_results() -> None:
     assert "goal ≤ 4 MiB: met" in md
     assert "did not complete" in md
     assert js["workloads"]["1"]["summary"][0]["tool"] == "curl"
+
+
+def test_render_https_rows_and_the_durable_comparison() -> None:
+    cfg = run.parse_args(["--quick"])
+    size = 256 * bs.MiB
+    # curl: 1.0 s + 0.5 s sync; bgtransfer: 1.25 s + 0 s. Alone 0.80x, durable 1.20x.
+    w6 = {
+        "workload": 6,
+        "tls": True,
+        "size_bytes": size,
+        "tools": ["curl", "bgtransfer get (daemon)"],
+        "notes": {},
+        "runs": [
+            {**_rec("curl", True, size / 1.0 / 1e6, durable_s=1.5), "wall": 1.0},
+            {
+                **_rec("bgtransfer get (daemon)", True, size / 1.25 / 1e6, durable_s=1.25),
+                "wall": 1.25,
+            },
+        ],
+    }
+    w7 = {
+        "workload": 7,
+        "tls": True,
+        "count": 1000,
+        "size_bytes": 16384,
+        "concurrency": 16,
+        "tools": ["curl --parallel"],
+        "runs": [{**_rec("curl --parallel", True, 0.0), "files_per_s": 100.0}],
+    }
+    meta = {
+        "nproc": 2,
+        "mem_gib": 24,
+        "kernel": "6",
+        "loadavg_start": (0.1, 0.2, 0.3),
+        "date": "today",
+        **dict.fromkeys(["curl", "aria2c", "wget", "nginx", "pypdl", "python"], "1"),
+        "aiohttp": "3",
+        "bgtransfer": "0.1.0",
+        "git": "abc",
+        "src_uncommitted_files": 0,
+    }
+    md, _ = run.render(meta, cfg, {6: w6, 7: w7})
+    assert "## W6: one 256 MiB file over HTTPS" in md
+    assert "## W7: 1000 files of 16 KiB over HTTPS" in md
+    assert "x (curl + sync)" in md
+    assert "| 0.80 | 1.20 |" in md
 
 
 def test_limits_text_reads_daemon_status() -> None:
