@@ -258,19 +258,92 @@ def test_the_watchdog_cut_ends_a_tls_read(pki: Pki, plain: FaultServer) -> None:
     assert asyncio.run(go()) == 0
 
 
+@contextlib.asynccontextmanager
+async def tamper(port: int, at: int) -> AsyncIterator[int]:
+    """A TCP relay to 127.0.0.1:port that flips one bit of the server's stream at byte ``at``
+    (past the handshake): ciphertext an attacker on the path changed."""
+    pumps: set[asyncio.Task[None]] = set()
+
+    async def pump(r: asyncio.StreamReader, w: asyncio.StreamWriter, flip: bool) -> None:
+        seen = 0
+        try:
+            while data := await r.read(1 << 16):
+                if flip and seen <= at < seen + len(data):
+                    b = bytearray(data)
+                    b[at - seen] ^= 0x01
+                    data = bytes(b)
+                seen += len(data)
+                w.write(data)
+                await w.drain()
+        except ConnectionError:
+            pass
+        finally:
+            w.close()
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", port)
+        for t in (pump(r, uw, False), pump(ur, w, True)):
+            task = asyncio.ensure_future(t)
+            pumps.add(task)
+            task.add_done_callback(pumps.discard)
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield srv.sockets[0].getsockname()[1]
+    finally:
+        srv.close()
+        for t in list(pumps):
+            t.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
+
+
+def test_a_tampered_record_fails_the_read_and_nothing_after_it_is_returned(
+    pki: Pki, plain: FaultServer
+) -> None:
+    at = MIN_RAW_BYTES + (1 << 20)  # well inside the taken-over part of the body
+
+    async def go() -> tuple[bytes, BaseException | None]:
+        async with (
+            tls_relay(pki, plain) as port,
+            tamper(port, at) as bad_port,
+            aiohttp.ClientSession() as http,
+        ):
+            url = f"https://127.0.0.1:{bad_port}/gen/{BIG}?seed=38"
+            async with http.get(url, ssl=client_ctx(pki.ca)) as resp:
+                raw = take_over(resp, tls=True)
+                assert raw is not None
+                loop = asyncio.get_running_loop()
+                got = bytearray(raw.buffered)
+                buf = memoryview(bytearray(1 << 20))
+                try:
+                    for _ in range(10_000):  # bounded
+                        async with asyncio.timeout(20):
+                            n = await loop.sock_recv_into(raw.sock, buf)
+                        if n == 0:
+                            return bytes(got), None
+                        got += buf[:n]
+                except OSError as exc:
+                    return bytes(got), exc
+                finally:
+                    raw.close()
+                raise AssertionError("unbounded read")
+
+    got, err = asyncio.run(go())
+    assert isinstance(err, ssl.SSLError), err
+    # Every byte handed out was authentic and in order; the bad record's bytes were not.
+    assert len(got) < BIG
+    assert got == gen_bytes(BIG, seed=38)[: len(got)]
+
+
 @pytest.mark.parametrize("case", ["unknown CA", "wrong host name"])
 def test_an_unverifiable_certificate_fails_before_any_body(
     pki: Pki, plain: FaultServer, case: str
 ) -> None:
-    cafile, host = (pki.rogue_ca, "127.0.0.1") if case == "unknown CA" else (pki.ca, "localhost")
-    if case == "wrong host name":
-        # The certificate names localhost and 127.0.0.1; ask for it under another name.
-        host = "127.0.0.2"
+    # The certificate names localhost and 127.0.0.1; "wrong host name" checks it for another.
+    cafile, host = (pki.rogue_ca, "127.0.0.1") if case == "unknown CA" else (pki.ca, "127.0.0.2")
 
     async def go() -> None:
         async with tls_relay(pki, plain) as port, aiohttp.ClientSession() as http:
-            # 127.0.0.2 reaches the 127.0.0.1 listener only if bound to it; connect by IP
-            # but check another name through server_hostname.
             ctx = client_ctx(cafile)
             url = f"https://127.0.0.1:{port}/gen/{BIG}?seed=37"
             async with http.get(url, ssl=ctx, server_hostname=host) as resp:
