@@ -282,3 +282,52 @@ def test_limits_text_reads_daemon_status() -> None:
     assert "max_active=16, max_per_host=6" in text
     assert "max_active=16, max_per_host=16" in text
     assert "?" in run.limits_text({"concurrency": 16})
+
+
+def test_compare_ratios_are_per_round_after_over_before() -> None:
+    import compare
+
+    def rec(side: str, rnd: int, rate: float, ok: bool = True) -> dict[str, Any]:
+        tool = "curl" if side == "control" else "bgtransfer get (daemon)"
+        return {"side": side, "tool": tool, "workload": 1, "round": rnd, "ok": ok,
+                "rate": rate, "cpu": 1.0, "wall": 1.0}  # fmt: skip
+
+    runs = [
+        rec("control", 0, 900.0),
+        rec("before", 0, 100.0),
+        rec("after", 0, 150.0),
+        rec("control", 1, 300.0),
+        rec("after", 1, 60.0),
+        rec("before", 1, 50.0),
+        rec("before", 2, 10.0),
+        rec("after", 2, 999.0, ok=False),  # a failed run pairs with nothing
+    ]
+    rows = compare.summarise(runs, rounds=3)
+    (main, control) = rows
+    assert main["ratio"] == pytest.approx(1.35)  # median of 1.5 and 1.2
+    assert main["ratio_range"] == pytest.approx([1.2, 1.5])
+    assert main["n_before"] == 3
+    assert main["n_after"] == 2
+    assert main["before"] == 50.0
+    assert main["after"] == 105.0
+    assert control["tool"].startswith("curl")
+    assert control["before"] == 600.0
+    meta = {
+        "before": "main", "after": "HEAD", "before_commit": "a" * 40, "after_commit": "b" * 40,
+        "patch": "", "rounds": 3, "tls": True, "w1_mib": 1024, "w2_files": 1000,
+        "loadavg_start": 1.0, "loadavg_end": 2.0, "date": "today",
+    }  # fmt: skip
+    md = compare.render(meta, rows)
+    assert "| 1.350 (1.200-1.500) |" in md
+    assert "HTTPS (TLS 1.3)" in md
+
+
+def test_compare_refuses_bad_arguments() -> None:
+    import compare
+
+    for argv in (["--before", "a"], ["--before", "a", "--after", "b", "--workloads", "3"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(argv)
+    a = compare.parse_args(["--before", "a", "--after", "b"])
+    assert a.workloads == [1, 2]
+    assert a.rounds == 5
