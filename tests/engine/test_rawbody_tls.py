@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import shutil
 import ssl
 import subprocess
+import sys
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,3 +361,47 @@ def test_an_unverifiable_certificate_fails_before_any_body(
     with pytest.raises(aiohttp.ClientConnectorCertificateError) as info:
         asyncio.run(go())
     assert isinstance(info.value.certificate_error, ssl.SSLCertVerificationError)
+
+
+_CLIENT = """
+import json, sys
+import bgtransfer
+url, dest, home = sys.argv[1:4]
+with bgtransfer.Session("tls-test", home=home, background=False) as s:
+    t = s.download(url, dest, retry_wait=0.05, max_retry_wait=0.2).wait(timeout=120)
+    print(json.dumps({"state": t.state.name, "error": None if t.error is None else str(t.error)}))
+"""
+
+
+def test_an_https_download_cut_mid_body_resumes_byte_exact_through_the_engine(
+    pki: Pki, plain: FaultServer, tmp_path: Path
+) -> None:
+    """End to end through a Session in a child process that trusts the test CA through
+    SSL_CERT_FILE (aiohttp builds its default context at import). Holds on aiohttp's TLS path
+    and on the fast path once the engine calls ``take_over(resp, tls=True)``."""
+    key = uuid.uuid4().hex[:10]
+    dest = tmp_path / "big"
+
+    async def go() -> tuple[int, bytes]:
+        async with tls_relay(pki, plain) as port:
+            url = f"https://127.0.0.1:{port}/gen/{BIG}?seed=39&cut={CUT}&times=1&key={key}"
+            env = {**os.environ, "SSL_CERT_FILE": str(pki.ca)}
+            env.pop("SSL_CERT_DIR", None)
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CLIENT, url, str(dest), str(tmp_path / "home"),
+                env=env, stdout=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            async with asyncio.timeout(180):
+                out, _ = await proc.communicate()
+            return proc.returncode or 0, out
+
+    rc, out = asyncio.run(go())
+    assert rc == 0, out
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {
+        "state": "COMPLETED",
+        "error": None,
+    }
+    assert dest.read_bytes() == gen_bytes(BIG, seed=39)
+    first, second = [r for r in plain.requests("/gen/") if r.query.get("key") == key]
+    assert first.range is None
+    assert second.range == f"bytes={CUT}-"  # every byte before the cut was kept
