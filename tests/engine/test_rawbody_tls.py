@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -183,6 +184,34 @@ def test_small_reads_still_come_out_in_order(pki: Pki, plain: FaultServer) -> No
                     raw.close()
 
     assert asyncio.run(go()) == gen_bytes(BIG, seed=32)
+
+
+def test_the_reader_keeps_socket_semantics_for_other_callers(pki: Pki, plain: FaultServer) -> None:
+    async def go() -> bytes:
+        async with tls_relay(pki, plain) as port, aiohttp.ClientSession() as http:
+            url = f"https://127.0.0.1:{port}/gen/{BIG}?seed=40"
+            async with http.get(url, ssl=client_ctx(pki.ca)) as resp:
+                raw = take_over(resp, tls=True)
+                assert raw is not None
+                try:
+                    with pytest.raises(ValueError, match="too small"):
+                        raw.sock.recv_into(bytearray(10), 11)
+                    with pytest.raises(ValueError, match="flags"):
+                        raw.sock.recv_into(bytearray(10), 0, socket.MSG_PEEK)
+                    got = b""
+                    for _ in range(1000):  # bounded: the bytes arrive within a few rounds
+                        with contextlib.suppress(BlockingIOError):
+                            got = raw.sock.recv(1000)
+                        if got:
+                            break
+                        await asyncio.sleep(0.01)
+                    return raw.buffered + got
+                finally:
+                    raw.close()
+
+    got = asyncio.run(go())
+    assert len(got) > 0
+    assert got == gen_bytes(BIG, seed=40)[: len(got)]
 
 
 def test_without_tls_true_a_tls_body_stays_on_aiohttps_path(pki: Pki, plain: FaultServer) -> None:

@@ -89,12 +89,19 @@ class TLSReader(socket.socket):
             raise ValueError("flags are not supported on a TLS body")
         view = memoryview(buffer)
         want = nbytes or len(view)
+        if want > len(view):
+            raise ValueError("buffer too small for requested bytes")  # as socket.recv_into
         got = 0
         while got < want and not self._eof:
             try:
                 n = self._read_into(want - got, view[got:want])
             except ssl.SSLWantReadError:
-                if self._incoming.eof or not self._feed():
+                if self._incoming.eof:
+                    # Not expected once the BIO has its EOF (OpenSSL then reports one), but
+                    # a socket at EOF is always readable: never answer "try again" there.
+                    self._eof = True
+                    break
+                if not self._feed():
                     break
                 continue
             except _SSL_EOF:
