@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 where = run_quiet(
                     [py, "-c", "import bgtransfer; print(bgtransfer.__file__)"], timeout=60
                 )
-                if not where.strip().startswith(str(tree)):
+                if not where.strip().startswith((str(tree), str(tmp / f"venv-{label}"))):
                     raise RuntimeError(f"{label} imports bgtransfer from {where.strip()}")
                 daemon = Daemon(cli, tmp / f"home-{label}", {})
                 sides.append(Side(label, rev, commit, tree, py, cli, daemon))
