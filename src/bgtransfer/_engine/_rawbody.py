@@ -17,9 +17,9 @@ the parser, which copies again into its stream. :class:`TLSReader` keeps using *
 session changes) but feeds its incoming BIO from a dup of the socket itself and decrypts
 straight into the caller's buffer with ``SSLObject.read(n, buffer)``. It is a socket
 subclass, so the caller's ``loop.sock_recv_into(raw.sock, buf)`` reads plaintext
-unchanged. It relies on two attributes of CPython's ``asyncio.sslproto.SSLProtocol``
-(``_incoming``, ``_transport``); when they are missing or look different it returns None and
-aiohttp's path is used.
+unchanged. It relies on private attributes of CPython's ``asyncio.sslproto.SSLProtocol``
+(the 3.11+ design: ``_sslobj``, ``_incoming``, ``_transport``, ``_incoming_low_water``);
+when they are missing or look different it returns None and aiohttp's path is used.
 
 Chunked bodies, unknown lengths and short bodies keep aiohttp's path.
 """
