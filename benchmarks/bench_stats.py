@@ -6,6 +6,7 @@ in milliseconds.
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ __all__ = [
     "rotate",
     "spread_pct",
     "summarise",
+    "timestamp",
 ]
 
 MiB = 1 << 20
@@ -45,6 +47,22 @@ def spread_pct(xs: Sequence[float]) -> float:
     """(max - min) / median, in percent: how far apart the repetitions were."""
     m = median(xs)
     return 0.0 if m == 0 else 100.0 * (max(xs) - min(xs)) / m
+
+
+def timestamp(value: object) -> float:
+    """Seconds since the epoch from the CLI's JSON: a number (older revisions) or an ISO 8601
+    string with an offset (``2026-11-29T18:51:58.824+00:00``)."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            when = dt.datetime.fromisoformat(value)
+            if when.tzinfo is None:
+                raise ValueError(f"timestamp without a UTC offset: {value!r}") from None
+            return when.timestamp()
+    raise ValueError(f"not a timestamp: {value!r}")
 
 
 def ratio(a: float | None, b: float | None) -> float | None:

@@ -57,6 +57,7 @@ from bench_stats import (
     ratio,
     rotate,
     summarise,
+    timestamp,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -490,7 +491,7 @@ def w1_tools(ctx: Ctx, fg_home: Path, home: Path, *, tls: bool = False) -> list[
     def bgt_get_parse(d: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if d.get("created_at") and d.get("finished_at"):
-            out["task_s"] = float(d["finished_at"]) - float(d["created_at"])
+            out["task_s"] = timestamp(d["finished_at"]) - timestamp(d["created_at"])
         out["attempts"] = d.get("attempts")
         return out
 
@@ -856,7 +857,7 @@ def run_w4(ctx: Ctx) -> dict[str, Any]:
                 f"W4 rep {rep}: killed at {rec['killed_at_bytes'] / MiB:.1f} MiB, resumed from "
                 f"{rec['resumed_from'] / MiB if rec['resumed_from'] is not None else -1:.1f} MiB,"
                 f" re-downloaded {rec['redownloaded_mib']:.2f} MiB, finished "
-                f"{rec['kill_to_done_s']:.1f} s after the kill"
+                f"{rec.get('kill_to_done_s', float('nan')):.1f} s after the kill"
             )
         else:
             log(f"W4 rep {rep}: FAILED: {rec['error']}")
@@ -961,7 +962,7 @@ def w4_once(
         rec["error"] = f"wait: {waited.describe()}"
         return rec
     if task.get("finished_at"):
-        rec["kill_to_done_s"] = float(task["finished_at"]) - rec["kill_wall"]
+        rec["kill_to_done_s"] = timestamp(task["finished_at"]) - rec["kill_wall"]
     shown = run_measured(
         [ctx.cli, "--home", str(daemon.home), "show", task_prefix, "--json"], timeout=60
     )
@@ -976,7 +977,7 @@ def w4_once(
     rec["lost_after_checkpoint_bytes"] = rec["killed_at_bytes"] - resumed
     later = [a for a in history if a.get("range_start") is not None]
     if later and later[0].get("started_at"):
-        rec["kill_to_resume_request_s"] = float(later[0]["started_at"]) - rec["kill_wall"]
+        rec["kill_to_resume_request_s"] = timestamp(later[0]["started_at"]) - rec["kill_wall"]
     # nginx logs a request when it ends; give the last line a moment.
     mine: list[Any] = []
     for _ in range(50):

@@ -331,3 +331,12 @@ def test_compare_refuses_bad_arguments() -> None:
     a = compare.parse_args(["--before", "a", "--after", "b"])
     assert a.workloads == [1, 2]
     assert a.rounds == 5
+
+
+def test_timestamps_from_either_cli_json_shape() -> None:
+    assert bs.timestamp(1764442318.824) == pytest.approx(1764442318.824)
+    assert bs.timestamp("1764442318.5") == pytest.approx(1764442318.5)
+    assert bs.timestamp("2026-11-29T18:51:58.824+00:00") == pytest.approx(1795978318.824)
+    for bad, why in (("2026-11-29T18:51:58", "offset"), ("soon", "Invalid iso"), (None, "not a")):
+        with pytest.raises(ValueError, match=why):
+            bs.timestamp(bad)
