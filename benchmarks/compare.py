@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # the sibling runner: its measured children, data and checks
-from bench_proc import Daemon, Nginx, make_pki, run_quiet
+from bench_proc import Daemon, Nginx, Pki, make_pki, run_quiet
 from bench_stats import curl_config, md_table, median
 
 HERE = Path(__file__).resolve().parent
@@ -171,61 +171,72 @@ def one_run(
     }
 
 
+def _med(xs: list[float]) -> float | None:
+    return median(xs) if xs else None
+
+
+def _span(xs: list[float]) -> list[float] | None:
+    return [min(xs), max(xs)] if xs else None
+
+
+def _unit(w: int) -> str:
+    return "MB/s" if w == 1 else "files/s"
+
+
+def _pair_ratios(mine: list[dict[str, Any]], rounds: int) -> list[float]:
+    """after/before of the rate, for each round where both sides succeeded."""
+    by = {(r["side"], r["round"]): r["rate"] for r in mine}
+    return [
+        by[("after", n)] / by[("before", n)]
+        for n in range(rounds)
+        if ("after", n) in by and ("before", n) in by
+    ]
+
+
+def _tool_row(w: int, tool: str, mine: list[dict[str, Any]], rounds: int) -> dict[str, Any]:
+    b = [r for r in mine if r["side"] == "before"]
+    a = [r for r in mine if r["side"] == "after"]
+    ratios = _pair_ratios(mine, rounds)
+    rb, ra = [r["rate"] for r in b], [r["rate"] for r in a]
+    mb, ma = _med(rb), _med(ra)
+    return {
+        "workload": w,
+        "tool": tool,
+        "unit": _unit(w),
+        "n_before": len(b),
+        "n_after": len(a),
+        "before": mb,
+        "after": ma,
+        "before_range": _span(rb),
+        "after_range": _span(ra),
+        "cpu_before": _med([r["cpu"] for r in b]),
+        "cpu_after": _med([r["cpu"] for r in a]),
+        "ratio": _med(ratios),
+        "ratio_range": _span(ratios),
+        "ratio_of_medians": ma / mb if ma is not None and mb else None,
+    }
+
+
 def summarise(runs: list[dict[str, Any]], rounds: int) -> list[dict[str, Any]]:
+    """One row per (workload, tool) of A and B, then one per workload for the curl control;
+    failed runs count nowhere."""
+    ok = [r for r in runs if r["ok"]]
     rows = []
-    keys = sorted({(r["workload"], r["tool"]) for r in runs if r["side"] != "control"})
-    for w, tool in keys:
-
-        def of(
-            side: str, rnd: int | None = None, w: int = w, tool: str = tool
-        ) -> list[dict[str, Any]]:
-            return [
-                r
-                for r in runs
-                if r["workload"] == w
-                and r["tool"] == tool
-                and r["side"] == side
-                and r["ok"]
-                and (rnd is None or r["round"] == rnd)
-            ]
-
-        b, a = of("before"), of("after")
-        pair_ratios = []
-        for rnd in range(rounds):
-            rb, ra = of("before", rnd), of("after", rnd)
-            if rb and ra:
-                pair_ratios.append(ra[0]["rate"] / rb[0]["rate"])
-        row: dict[str, Any] = {
-            "workload": w,
-            "tool": tool,
-            "unit": "MB/s" if w == 1 else "files/s",
-            "n_before": len(b),
-            "n_after": len(a),
-            "before": median([r["rate"] for r in b]) if b else None,
-            "after": median([r["rate"] for r in a]) if a else None,
-            "before_range": [min(r["rate"] for r in b), max(r["rate"] for r in b)] if b else None,
-            "after_range": [min(r["rate"] for r in a), max(r["rate"] for r in a)] if a else None,
-            "cpu_before": median([r["cpu"] for r in b]) if b else None,
-            "cpu_after": median([r["cpu"] for r in a]) if a else None,
-            "ratio": median(pair_ratios) if pair_ratios else None,
-            "ratio_range": [min(pair_ratios), max(pair_ratios)] if pair_ratios else None,
-            "ratio_of_medians": (
-                median([r["rate"] for r in a]) / median([r["rate"] for r in b]) if a and b else None
-            ),
-        }
-        rows.append(row)
+    for w, tool in sorted({(r["workload"], r["tool"]) for r in runs if r["side"] != "control"}):
+        mine = [r for r in ok if r["workload"] == w and r["tool"] == tool]
+        rows.append(_tool_row(w, tool, [r for r in mine if r["side"] != "control"], rounds))
     for w in sorted({r["workload"] for r in runs}):
-        c = [r for r in runs if r["side"] == "control" and r["workload"] == w and r["ok"]]
+        c = [r for r in ok if r["side"] == "control" and r["workload"] == w]
         if c:
             rates = [r["rate"] for r in c]
             rows.append(
                 {
                     "workload": w,
                     "tool": "curl (control, same in both)",
-                    "unit": "MB/s" if w == 1 else "files/s",
+                    "unit": _unit(w),
                     "n_before": len(c),
                     "before": median(rates),
-                    "before_range": [min(rates), max(rates)],
+                    "before_range": _span(rates),
                     "cpu_before": median([r["cpu"] for r in c]),
                 }
             )
@@ -302,6 +313,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def make_side(a: argparse.Namespace, label: str, rev: str, tmp: Path) -> Side:
+    """Export ``rev``, give it a venv, check what it imports; its daemon is not started."""
+    tree = tmp / label
+    venv = tmp / f"venv-{label}"
+    commit = export(rev, tree, a.patch_after if label == "after" else None)
+    py, cli = make_venv(tree, venv, a.fresh_venv)
+    where = run_quiet([py, "-c", "import bgtransfer; print(bgtransfer.__file__)"], timeout=60)
+    if not where.strip().startswith((str(tree), str(venv))):
+        raise RuntimeError(f"{label} imports bgtransfer from {where.strip()}")
+    return Side(label, rev, commit, tree, py, cli, Daemon(cli, tmp / f"home-{label}", {}))
+
+
+def make_ctx(a: argparse.Namespace, tmp: Path, nginx: Nginx, pki: Pki | None) -> dict[str, Any]:
+    """The source files (made or reused) and what every run needs to know about them."""
+    cfg = run.parse_args(
+        [
+            *("--workloads", ",".join(map(str, a.workloads))),
+            *("--w1-mib", str(a.w1_mib), "--w2-files", str(a.w2_files), "--reps", "1"),
+        ]
+    )
+    manifest = run.prepare_data(cfg, nginx.data_dir)
+    dname = run.small_dir_name(cfg.w2_count, cfg.w2_size)
+    names = sorted(manifest["small"][dname]["sha256"]) if 2 in a.workloads else []
+    return {
+        "out": tmp / "out",
+        "curl": shutil.which("curl") or "curl",
+        "curl_ca": ["--cacert", str(pki.ca)] if pki else [],
+        "url": nginx.url(run.big_name(cfg.w1_bytes), tls=a.tls),
+        "size": cfg.w1_bytes,
+        "names": names,
+        "urls": [nginx.url(f"{dname}/{n}", tls=a.tls) for n in names],
+        "file_size": cfg.w2_size,
+    }
+
+
+def run_rounds(a: argparse.Namespace, sides: list[Side], ctx: dict[str, Any]) -> list[Any]:
+    runs: list[dict[str, Any]] = []
+    for rnd in range(a.rounds):
+        order = sides if rnd % 2 == 0 else sides[::-1]
+        for w in a.workloads:
+            tools = W1_TOOLS if w == 1 else W2_TOOLS
+            plan = [(None, "curl")] + [(s, t) for t in tools for s in order]
+            for i, (side, tool) in enumerate(plan):
+                rec = one_run(side, tool, w, ctx, f"r{rnd}-w{w}-{i}")
+                rec["round"] = rnd
+                runs.append(rec)
+                log(
+                    f"round {rnd} W{w} {rec['side']:<7} {tool:<48} "
+                    f"{rec['rate']:8.1f} {_unit(w)}  cpu {rec['cpu']:5.2f} s"
+                    + (f"  FAILED: {rec['error']}" if rec["error"] else "")
+                )
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="bgtcmp-"))
@@ -310,48 +375,19 @@ def main(argv: list[str] | None = None) -> int:
     sides: list[Side] = []
     try:
         with run.terminate_as_interrupt():
-            for label, rev in (("before", a.before), ("after", a.after)):
-                tree = tmp / label
-                patch = a.patch_after if label == "after" else None
-                commit = export(rev, tree, patch)
-                py, cli = make_venv(tree, tmp / f"venv-{label}", a.fresh_venv)
-                where = run_quiet(
-                    [py, "-c", "import bgtransfer; print(bgtransfer.__file__)"], timeout=60
-                )
-                if not where.strip().startswith((str(tree), str(tmp / f"venv-{label}"))):
-                    raise RuntimeError(f"{label} imports bgtransfer from {where.strip()}")
-                daemon = Daemon(cli, tmp / f"home-{label}", {})
-                sides.append(Side(label, rev, commit, tree, py, cli, daemon))
+            sides = [make_side(a, "before", a.before, tmp), make_side(a, "after", a.after, tmp)]
             pki = make_pki(tmp / "pki") if a.tls else None
             if pki is not None:
                 os.environ["SSL_CERT_FILE"] = str(pki.ca)  # before any daemon starts
             for s in sides:
                 s.daemon.start()
-            cfg = run.parse_args(
-                [
-                    *("--workloads", ",".join(map(str, a.workloads))),
-                    *("--w1-mib", str(a.w1_mib), "--w2-files", str(a.w2_files), "--reps", "1"),
-                ]
-            )
             data_dir = a.data_dir.resolve() if a.data_dir else tmp / "data"
-            manifest = run.prepare_data(cfg, data_dir)
             nginx = Nginx(
                 shutil.which("nginx") or "/usr/sbin/nginx", tmp / "nginx", data_dir, pki=pki
             )
-            nginx.start()
-            dname = run.small_dir_name(cfg.w2_count, cfg.w2_size)
-            names = sorted(manifest["small"][dname]["sha256"]) if 2 in a.workloads else []
-            ctx: dict[str, Any] = {
-                "out": tmp / "out",
-                "curl": shutil.which("curl") or "curl",
-                "curl_ca": ["--cacert", str(pki.ca)] if pki else [],
-                "url": nginx.url(run.big_name(cfg.w1_bytes), tls=a.tls),
-                "size": cfg.w1_bytes,
-                "names": names,
-                "urls": [nginx.url(f"{dname}/{n}", tls=a.tls) for n in names],
-                "file_size": cfg.w2_size,
-            }
-            runs: list[dict[str, Any]] = []
+            data_dir.mkdir(parents=True, exist_ok=True)
+            nginx.start()  # first: the URLs carry its ports
+            ctx = make_ctx(a, tmp, nginx, pki)
             meta: dict[str, Any] = {
                 "before": a.before,
                 "after": a.after,
@@ -365,21 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loadavg_start": os.getloadavg()[0],
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             }
-            for rnd in range(a.rounds):
-                order = sides if rnd % 2 == 0 else sides[::-1]
-                for w in a.workloads:
-                    tools = W1_TOOLS if w == 1 else W2_TOOLS
-                    plan = [(None, "curl")] + [(s, t) for t in tools for s in order]
-                    for i, (side, tool) in enumerate(plan):
-                        rec = one_run(side, tool, w, ctx, f"r{rnd}-w{w}-{i}")
-                        rec["round"] = rnd
-                        runs.append(rec)
-                        log(
-                            f"round {rnd} W{w} {rec['side']:<7} {tool:<48} "
-                            f"{rec['rate']:8.1f} {'MB/s' if w == 1 else 'files/s'}  "
-                            f"cpu {rec['cpu']:5.2f} s"
-                            + (f"  FAILED: {rec['error']}" if rec["error"] else "")
-                        )
+            runs = run_rounds(a, sides, ctx)
             meta["loadavg_end"] = os.getloadavg()[0]
             rows = summarise(runs, a.rounds)
             if a.json:
