@@ -272,7 +272,13 @@ def test_a_cut_tls_body_ends_early_and_keeps_every_byte_before_the_cut(
     assert got == gen_bytes(BIG, seed=35)[:CUT]
 
 
-def test_the_watchdog_cut_ends_a_tls_read(pki: Pki, plain: FaultServer) -> None:
+def test_the_watchdog_cut_ends_a_tls_read(
+    pki: Pki, plain: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    def watchdog(raw: RawBody, resp: aiohttp.ClientResponse) -> None:
+        raw.cut()  # what Engine._watchdog does: cut the body, then close the response
+        resp.close()
+
     async def go() -> int:
         async with tls_relay(pki, plain) as port, aiohttp.ClientSession() as http:
             # Stalls after CUT bytes for longer than this test waits.
@@ -287,13 +293,15 @@ def test_the_watchdog_cut_ends_a_tls_read(pki: Pki, plain: FaultServer) -> None:
                     while total < CUT:
                         async with asyncio.timeout(20):
                             total += await loop.sock_recv_into(raw.sock, buf)
-                    loop.call_later(0.2, raw.cut)
+                    loop.call_later(0.2, watchdog, raw, resp)
                     async with asyncio.timeout(10):
                         return await loop.sock_recv_into(raw.sock, buf)
                 finally:
                     raw.close()
 
-    assert asyncio.run(go()) == 0
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        assert asyncio.run(go()) == 0
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 @contextlib.asynccontextmanager
