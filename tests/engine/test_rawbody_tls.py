@@ -22,11 +22,12 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import aiohttp
 import pytest
 
-from bgtransfer._engine._rawbody import MIN_RAW_BYTES, RawBody, TLSReader, take_over
+from bgtransfer._engine._rawbody import MIN_RAW_BYTES, RawBody, TLSReader, _tls_parts, take_over
 from bgtransfer.testing import FaultServer, gen_bytes
 
 BIG = MIN_RAW_BYTES + (3 << 20) + 4321  # not a multiple of any read size
@@ -442,3 +443,29 @@ def test_an_https_download_cut_mid_body_resumes_byte_exact_through_the_engine(
     first, second = [r for r in plain.requests("/gen/") if r.query.get("key") == key]
     assert first.range is None
     assert second.range == f"bytes={CUT}-"  # every byte before the cut was kept
+
+
+def test_the_ssl_protocol_shape_is_checked_before_any_take_over(
+    pki: Pki, plain: FaultServer
+) -> None:
+    """The guard behind "returns None on another Python": this Python's SSL transport has the
+    shape the fast path was written against; one whose protocol lacks the incoming BIO (as a
+    future asyncio might) is refused."""
+
+    async def go() -> tuple[bool, bool]:
+        async with tls_relay(pki, plain) as port, aiohttp.ClientSession() as http:
+            url = f"https://127.0.0.1:{port}/gen/5000?seed=41"
+            async with http.get(url, ssl=client_ctx(pki.ca)) as resp:
+                assert resp.connection is not None
+                transport = resp.connection.transport
+                assert transport is not None
+                sslobj = transport.get_extra_info("ssl_object")
+                odd = SimpleNamespace(
+                    _ssl_protocol=SimpleNamespace(_sslobj=sslobj, _incoming=None, _transport=None)
+                )
+                real_ok = _tls_parts(transport, sslobj) is not None
+                odd_ok = _tls_parts(odd, sslobj) is not None  # type: ignore[arg-type]
+                assert await resp.read() == gen_bytes(5000, seed=41)
+                return real_ok, odd_ok
+
+    assert asyncio.run(go()) == (True, False)
