@@ -18,22 +18,20 @@ from bgtransfer._daemon._lock import lock_holder, process_stopped, stopped_pid
 from bgtransfer._daemon._paths import daemon_log, socket_path
 from bgtransfer._exceptions import (
     DaemonStopped,
+    DaemonUnavailable,
     InvalidRequest,
     TransferError,
     error_from_dict,
 )
 from bgtransfer._trust import check_peer, open_private
 
+# DaemonUnavailable lives in _exceptions; it is re-exported here for older imports.
 __all__ = ["DaemonClient", "DaemonUnavailable", "spawn_daemon"]
 
 START_TIMEOUT = 20.0
 # While an answer is awaited, how often to look whether the daemon is stopped (SIGSTOP).
 CHECK_EVERY = 1.0
 STOPPED_MESSAGE = "the daemon was stopped"
-
-
-class DaemonUnavailable(TransferError):
-    code = "daemon_unavailable"
 
 
 def spawn_daemon(home: str) -> subprocess.Popen[bytes]:

@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
+from bgtransfer._client import DaemonClient
 from bgtransfer._exceptions import InvalidRequest, TransferError
 
-if TYPE_CHECKING:
-    from bgtransfer._client import DaemonClient
-    from bgtransfer._session import AsyncSession, Session
-
 __all__ = ["AsyncJob", "Job", "list_jobs", "schedule_job"]
+
+T = TypeVar("T")
+
+
+# What a job needs of the session that made it: the faces import this module, so it names
+# them by these shapes, not by import (no cycle, not even under TYPE_CHECKING).
+class AsyncSession(Protocol):
+    @property
+    def identifier(self) -> str: ...
+    def _backend_or_raise(self) -> object: ...
+
+
+class Session(Protocol):
+    @property
+    def closed(self) -> bool: ...
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
 def _client(session: AsyncSession) -> DaemonClient:
     backend = session._backend_or_raise()
     client = getattr(backend, "client", None)
-    if client is None:
+    if not isinstance(client, DaemonClient):
         raise InvalidRequest(
             "background fetch jobs run in the daemon: use a background session "
             "(Session(..., background=True))"
         )
-    return client  # type: ignore[no-any-return]
+    return client
 
 
 async def schedule_job(
