@@ -18,19 +18,19 @@ T = TypeVar("T")
 
 # What a job needs of the session that made it: the faces import this module, so it names
 # them by these shapes, not by import (no cycle, not even under TYPE_CHECKING).
-class AsyncSession(Protocol):
+class AsyncOwner(Protocol):
     @property
     def identifier(self) -> str: ...
     def _backend_or_raise(self) -> object: ...
 
 
-class Session(Protocol):
+class SyncOwner(Protocol):
     @property
     def closed(self) -> bool: ...
     def _call(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
-def _client(session: AsyncSession) -> DaemonClient:
+def _client(session: AsyncOwner) -> DaemonClient:
     backend = session._backend_or_raise()
     client = getattr(backend, "client", None)
     if not isinstance(client, DaemonClient):
@@ -42,7 +42,7 @@ def _client(session: AsyncSession) -> DaemonClient:
 
 
 async def schedule_job(
-    session: AsyncSession,
+    session: AsyncOwner,
     url: str,
     path: str | os.PathLike[str],
     *,
@@ -75,7 +75,7 @@ async def schedule_job(
     return AsyncJob(session, data)
 
 
-async def list_jobs(session: AsyncSession) -> list[AsyncJob]:
+async def list_jobs(session: AsyncOwner) -> list[AsyncJob]:
     client = _client(session)
     data = await client.call("GET", "/v1/jobs", params={"session": session.identifier})
     return [AsyncJob(session, d) for d in data]
@@ -85,7 +85,7 @@ class AsyncJob:
     """A background fetch job: ``id``, ``url``, ``path``, ``every`` (seconds), ``next_run``
     (seconds since the epoch, as of the last refresh), ``runs()``, ``cancel()``."""
 
-    def __init__(self, session: AsyncSession, data: dict[str, Any]) -> None:
+    def __init__(self, session: AsyncOwner, data: dict[str, Any]) -> None:
         self._session = session
         self._data = data
 
@@ -134,7 +134,7 @@ class AsyncJob:
 class Job:
     """The sync face of :class:`AsyncJob`; ``next_run`` is a fresh read."""
 
-    def __init__(self, session: Session, inner: AsyncJob) -> None:
+    def __init__(self, session: SyncOwner, inner: AsyncJob) -> None:
         self._session = session
         self._inner = inner
 
