@@ -319,7 +319,8 @@ class TaskBody:
             raise InvalidRequest(f"session must be a non-empty string: {session!r}")
         path = data.get("path")
         if not isinstance(path, str):
-            raise InvalidRequest(f"path must be a string, not {path!r}")
+            which = "source" if kind == "upload" else "target"
+            raise InvalidRequest(f"{which} path must be a string or path, not {path!r}")
         if not os.path.isabs(path):
             # Resolved here it would name a file under the daemon's working directory.
             raise InvalidRequest(

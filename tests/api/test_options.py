@@ -170,6 +170,7 @@ def test_body_round_trips_through_json(tmp_path: Path) -> None:
     [
         ({"evil": 1}, "unknown fields: evil"),
         ({"path": "rel/a.bin"}, "must be absolute"),
+        ({"path": 5}, "target path must be a string"),
         ({"session": ""}, "session"),
         ({"kind": "sideways"}, "kind"),
         ({"url": 5}, "URL must be a string"),
@@ -259,3 +260,18 @@ def test_any_valid_options_round_trip(values: dict[str, Any]) -> None:
     wire = json.loads(json.dumps(options.to_json()))
     assert DownloadOptions.from_json(wire) == options
     assert set(wire) == set(DOWNLOAD_OPTIONS)
+
+
+@pytest.mark.parametrize(
+    "states",
+    [(), ("running",), ("completed",), ("running", "suspended"), ("canceling", "completed")],
+)
+def test_query_phases_match_the_daemons(states: tuple[str, ...]) -> None:
+    # Two readers of one rule until the daemon uses Query: they must agree.
+    from bgtransfer._daemon._stream import phases_of
+    from bgtransfer._views import parse_query
+
+    query = parse_query(list(states) or None, None, 5, None)
+    assert query is not None
+    assert query.phases() == phases_of(list(states))
+    assert len(query.phases()) >= len(states)
