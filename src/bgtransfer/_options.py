@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._protocol._segments import MAX_SEGMENTS
+from bgtransfer._protocol._upload import PROTOCOLS
 from bgtransfer._protocol._validate import check_headers, check_method, check_sha256, check_timeout
 from bgtransfer._scheduling import check_scheduling
 
@@ -225,9 +226,6 @@ class DownloadOptions(_Common):
         positive_int("max_bytes", self.max_bytes, allow_none=True, zero=True)
 
 
-UPLOAD_PROTOCOLS = ("plain", "multipart", "tus", "ietf")
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UploadOptions(_Common):
     """Every option of ``upload()`` with its default. ``method`` is the one the protocol
@@ -243,9 +241,10 @@ class UploadOptions(_Common):
 
     def __post_init__(self) -> None:
         self._check_common()
-        if self.protocol not in UPLOAD_PROTOCOLS:
+        protocol: object = self.protocol  # runtime input: a list would not even hash
+        if not isinstance(protocol, str) or protocol not in PROTOCOLS:
             raise InvalidRequest(
-                f"protocol must be one of {sorted(UPLOAD_PROTOCOLS)}, not {self.protocol!r}"
+                f"protocol must be one of {sorted(PROTOCOLS)}, not {self.protocol!r}"
             )
         verb = check_method(self.method)
         if self.protocol in ("multipart", "ietf") and self.method == "PUT":

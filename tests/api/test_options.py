@@ -111,6 +111,7 @@ def test_metadata_is_a_copy() -> None:
         (DownloadOptions, {"metadata": [1]}, "metadata"),
         (DownloadOptions, {"headers": [("Range", "bytes=0-")]}, "Range"),
         (UploadOptions, {"protocol": "ftp"}, "protocol"),
+        (UploadOptions, {"protocol": ["tus"]}, "protocol"),
         (UploadOptions, {"method": "GE T"}, "method"),
         (UploadOptions, {"field_name": ""}, "field_name"),
         (UploadOptions, {"retry_unsafe": "yes"}, "retry_unsafe"),
