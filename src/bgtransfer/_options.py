@@ -35,6 +35,7 @@ __all__ = [
     "check_argv",
     "check_key",
     "check_metadata",
+    "check_umask",
     "positive_int",
 ]
 
@@ -97,6 +98,12 @@ def check_argv(value: object) -> tuple[str, ...] | None:
     if not all(isinstance(a, str) and "\0" not in a for a in value):
         raise InvalidRequest(f"on_complete arguments must be strings without NUL: {value!r}")
     return tuple(value)
+
+
+def check_umask(value: object) -> int:
+    if type(value) is not int or not 0 <= value <= 0o777:
+        raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {value!r}")
+    return value
 
 
 def _bool(name: str, value: object) -> bool:
@@ -330,7 +337,7 @@ class TaskBody:
         if not isinstance(url, str):
             raise InvalidRequest(f"URL must be a string, not {type(url).__name__}: {url!r}")
         umask = data.get("umask")
-        if umask is not None and (type(umask) is not int or not 0 <= umask <= 0o777):
-            raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
+        if umask is not None:
+            check_umask(umask)
         options = options_cls.from_json({k: data[k] for k in options_cls.names() & set(data)})
         return cls(session, url, path, options, key, umask)

@@ -21,6 +21,7 @@ from bgtransfer._options import (
     UploadOptions,
     check_key,
     check_metadata,
+    check_umask,
 )
 from bgtransfer._protocol._machine import Snapshot, Spec
 from bgtransfer._protocol._validate import check_url
@@ -156,10 +157,7 @@ def download_row(
     url = check_url(url)
     key = check_key(idempotency_key)
     _check_hook(options, background)
-    if umask is None:
-        umask = current_umask()
-    if type(umask) is not int or not 0 <= umask <= 0o777:
-        raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
+    umask = current_umask() if umask is None else check_umask(umask)
     target = check_target(path, overwrite=options.overwrite or not check_exists)
     task_id = new_task_id()
     spec = Spec(url=url, job_id=job_id, umask=umask, **options.spec_fields())
