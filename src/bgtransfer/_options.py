@@ -14,7 +14,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
@@ -171,10 +171,11 @@ class _Common:
                 out[name] = [list(p) for p in out[name]]
         if out["on_complete"] is not None:
             out["on_complete"] = list(out["on_complete"])
+        out["metadata"] = check_metadata(out["metadata"])  # a copy: the options stay frozen
         return out
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Any:
+    def from_json(cls, data: Mapping[str, Any]) -> Self:
         """Options from their JSON form (absent ones take their defaults); an unknown name is
         an InvalidRequest."""
         unknown = set(data) - cls.names()
@@ -313,31 +314,40 @@ class TaskBody:
         kind = data.get("kind", "download")
         if kind not in ("download", "upload"):
             raise InvalidRequest(f"kind must be 'download' or 'upload', not {kind!r}")
-        options_cls: type[_Common] = UploadOptions if kind == "upload" else DownloadOptions
+        options_cls: type[DownloadOptions | UploadOptions] = (
+            UploadOptions if kind == "upload" else DownloadOptions
+        )
         known = {"kind", "session", "url", "path", "idempotency_key", *options_cls.names()}
         if kind == "download":
             known.add("umask")
         unknown = set(data) - known
         if unknown:
             raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        session, key = data.get("session"), check_key(data.get("idempotency_key"))
-        if not isinstance(session, str) or not session:
-            raise InvalidRequest(f"session must be a non-empty string: {session!r}")
-        path = data.get("path")
-        if not isinstance(path, str):
-            which = "source" if kind == "upload" else "target"
-            raise InvalidRequest(f"{which} path must be a string or path, not {path!r}")
-        if not os.path.isabs(path):
-            # Resolved here it would name a file under the daemon's working directory.
-            raise InvalidRequest(
-                f"path must be absolute (the daemon does not know the caller's working "
-                f"directory): {path!r}"
-            )
-        url = data.get("url")
-        if not isinstance(url, str):
-            raise InvalidRequest(f"URL must be a string, not {type(url).__name__}: {url!r}")
+        session, url, path = _where(data, kind)
+        key = check_key(data.get("idempotency_key"))
         umask = data.get("umask")
         if umask is not None:
             check_umask(umask)
         options = options_cls.from_json({k: data[k] for k in options_cls.names() & set(data)})
         return cls(session, url, path, options, key, umask)
+
+
+def _where(data: Mapping[str, object], kind: str) -> tuple[str, str, str]:
+    """A body's session, url and path, checked as far as the daemon can alone."""
+    session = data.get("session")
+    if not isinstance(session, str) or not session:
+        raise InvalidRequest(f"session must be a non-empty string: {session!r}")
+    path = data.get("path")
+    if not isinstance(path, str):
+        which = "source" if kind == "upload" else "target"
+        raise InvalidRequest(f"{which} path must be a string or path, not {path!r}")
+    if not os.path.isabs(path):
+        # Resolved here it would name a file under the daemon's working directory.
+        raise InvalidRequest(
+            f"path must be absolute (the daemon does not know the caller's working "
+            f"directory): {path!r}"
+        )
+    url = data.get("url")
+    if not isinstance(url, str):
+        raise InvalidRequest(f"URL must be a string, not {type(url).__name__}: {url!r}")
+    return session, url, path

@@ -90,6 +90,8 @@ def test_metadata_is_a_copy() -> None:
     d = DownloadOptions(metadata=meta)
     meta["k"].append(2)
     assert d.metadata == {"k": [1]}
+    d.to_json()["metadata"]["k"].append(3)
+    assert d.metadata == {"k": [1]}
 
 
 @pytest.mark.parametrize(
