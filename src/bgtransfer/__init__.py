@@ -24,9 +24,10 @@ from bgtransfer._exceptions import (
     TransferTimeout,
     UnsafeHome,
 )
+from bgtransfer._home import resolve_home
 from bgtransfer._jobs_api import AsyncJob, Job
 from bgtransfer._models import Event, TaskState
-from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
+from bgtransfer._session import AsyncSession, AsyncTask, Session, Task
 from bgtransfer._version import __version__ as __version__
 
 __all__ = [

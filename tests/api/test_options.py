@@ -272,7 +272,7 @@ def test_any_valid_options_round_trip(values: dict[str, Any]) -> None:
 def test_query_phases_match_the_daemons(states: tuple[str, ...]) -> None:
     # Two readers of one rule until the daemon uses Query: they must agree.
     from bgtransfer._daemon._stream import phases_of
-    from bgtransfer._views import parse_query
+    from bgtransfer._session._views import parse_query
 
     query = parse_query(list(states) or None, None, 5, None)
     assert query is not None

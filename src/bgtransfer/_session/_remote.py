@@ -11,9 +11,9 @@ from urllib.parse import quote
 from bgtransfer._client import DaemonClient
 from bgtransfer._exceptions import error_from_dict
 from bgtransfer._models import Event, Phase, TaskState
+from bgtransfer._session._views import KINDS, Query
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import body_of, row_from_wire
-from bgtransfer._views import KINDS, Query
 
 __all__ = ["Remote"]
 

@@ -10,7 +10,6 @@ from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from bgtransfer._async_session import AsyncSession, AsyncTask
 from bgtransfer._exceptions import InvalidRequest, TransferError
 from bgtransfer._jobs_api import Job
 from bgtransfer._models import Phase, TaskState
@@ -22,8 +21,9 @@ from bgtransfer._options import (
     DEFAULT_RETRY_WAIT,
 )
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
+from bgtransfer._session._async import AsyncSession, AsyncTask
+from bgtransfer._session._views import TaskView
 from bgtransfer._store._base import TaskRow
-from bgtransfer._views import TaskView
 
 __all__ = ["Session", "Task"]
 

@@ -10,8 +10,8 @@ from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
+from bgtransfer._home import resolve_home
 from bgtransfer._jobs_api import AsyncJob, list_jobs, schedule_job
-from bgtransfer._local import Local
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._options import (
     DEFAULT_CHUNK_SIZE,
@@ -23,10 +23,11 @@ from bgtransfer._options import (
     UploadOptions,
 )
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
-from bgtransfer._remote import Remote
+from bgtransfer._session._local import Local
+from bgtransfer._session._remote import Remote
+from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import download_row, same_target, upload_row
-from bgtransfer._views import KINDS, Backend, EventStream, TaskView, parse_query, resolve_home
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine

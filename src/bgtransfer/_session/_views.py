@@ -1,4 +1,4 @@
-"""What both faces share: the home, the read-only view of a task, tasks() queries, the
+"""What both faces share: the read-only view of a task, tasks() queries, the
 event stream, and the interface of the two backends (``_local`` runs the engine in this
 process, ``_remote`` talks to the home's daemon)."""
 
@@ -7,39 +7,20 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import datetime
-import os
 from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
-import platformdirs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from bgtransfer._exceptions import InvalidRequest, TransferError
 from bgtransfer._models import PHASE_STATE, Event, TaskState
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import task_dict
-from bgtransfer._trust import prepare_home
 
-__all__ = ["KINDS", "Backend", "EventStream", "Query", "TaskView", "parse_query", "resolve_home"]
+__all__ = ["KINDS", "Backend", "EventStream", "Query", "TaskView", "parse_query"]
 
 # The kinds of events a stream may ask for.
 KINDS = frozenset({"state", "progress"})
-
-
-def resolve_home(home: str | os.PathLike[str] | None = None) -> str:
-    """The home directory: argument, else $BGTRANSFER_HOME, else the user state dir.
-
-    Created 0700 if missing; raises :class:`UnsafeHome` if another user owns it or it is
-    group- or world-writable (see "Security model" in the README).
-    """
-    chosen = (
-        os.fspath(home)
-        if home is not None
-        else os.environ.get("BGTRANSFER_HOME") or platformdirs.user_state_dir("bgtransfer")
-    )
-    path = os.path.abspath(os.path.expanduser(chosen))
-    prepare_home(path)
-    return path
 
 
 class TaskView:

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
 from bgtransfer._models import Event, Phase, TaskState
+from bgtransfer._session._views import Query
 from bgtransfer._store._base import StoredEvent, TaskRow
 from bgtransfer._tasks import same_request
-from bgtransfer._views import Query
 
 if TYPE_CHECKING:
     # Imported when a foreground session opens: a client of the daemon never needs the
