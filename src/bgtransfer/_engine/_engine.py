@@ -11,30 +11,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import aiohttp
 
 from bgtransfer._engine._commit import Committer, Save
-from bgtransfer._engine._context import Context
+from bgtransfer._engine._context import Context, Sleep
 from bgtransfer._engine._download import Downloader
+from bgtransfer._engine._events import Listeners
 from bgtransfer._engine._files import PartialFile
 from bgtransfer._engine._finalize import finalize
 from bgtransfer._engine._history import History
 from bgtransfer._engine._limiter import Limiter
 from bgtransfer._engine._live import Live, phase
-from bgtransfer._engine._owner import OwnerLock, owner_alive
+from bgtransfer._engine._owner import OwnerLock, check_control, owner_alive
 from bgtransfer._engine._pacing import READ_SIZE, Pacing
 from bgtransfer._engine._ratelimit import Politeness, RateLimits
 from bgtransfer._engine._recovery import keep_offset, reconcile, stored
 from bgtransfer._engine._scheduler import Scheduler
 from bgtransfer._engine._segments import run_segmented
+from bgtransfer._engine._space import DiskFull
 from bgtransfer._engine._upload import Uploader
 from bgtransfer._exceptions import (
     DestinationError,
@@ -57,9 +58,6 @@ __all__ = ["Engine"]
 log = logging.getLogger("bgtransfer")
 
 USER_AGENT = "bgtransfer/0.1"
-Sleep = Callable[[float], Awaitable[None]]
-# Kept importable from here: READ_SIZE is the engine's read size when nothing caps.
-_ = READ_SIZE
 
 
 class Engine:
@@ -86,13 +84,9 @@ class Engine:
         self.owner = OwnerLock(home)
         self._live: dict[str, Live] = {}
         self._commit: Committer | None = None
-        self._listeners: list[asyncio.Queue[Event]] = []
+        self._listeners = Listeners()
         self._changed = asyncio.Event()
         self._closed = False
-        # The home's disk is full (SQLite cannot commit): why, and the tasks suspended for it.
-        self.store_full: str | None = None
-        self._full_suspended: set[str] = set()
-        self._space_watch: asyncio.Task[None] | None = None
         self.pacing = Pacing(store, background=background, clock=clock, sleep=sleep)
         self.history = History(background=background)
         self._ctx = Context(
@@ -107,6 +101,14 @@ class Engine:
         )
         self._download = Downloader(self._ctx)
         self._uploads = Uploader(self._ctx)
+        self.space = DiskFull(
+            store.path,
+            self._live,
+            suspend=self._suspend_for_space,
+            resume=self._resume_after_space,
+            pump=self._pump,
+            spawn=self._ctx.spawn,
+        )
         self.scheduler = Scheduler(
             store,
             self.limiter,
@@ -139,7 +141,7 @@ class Engine:
                 loop.call_soon_threadsafe(self._store_state, reason)
 
         self._commit = Committer(self.store.path, on_full=on_full)
-        self._ctx.committer = self.history.commit = self._commit
+        self._ctx.committer = self.history.commit = self.space.committer = self._commit
         if self.background:  # the daemon's caps are set with `bgtransfer limit` and kept
             self.pacing.load_limits()
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, enable_cleanup_closed=True)
@@ -159,7 +161,7 @@ class Engine:
         """
         if self._closed:
             return
-        self._closed = self.history.closed = True
+        self._closed = self.history.closed = self.space.closed = True
         self.scheduler.stop()
         for live in list(self._live.values()):
             if not live.machine.terminal:
@@ -188,7 +190,7 @@ class Engine:
         retry) have a coroutine, so a queue of 100 000 costs rows, not megabytes.
         """
         row.owner = self.owner.token
-        self._check_room()
+        self.space.check()
         try:
             self.store.insert(row)
         except StoreFull as exc:
@@ -200,7 +202,7 @@ class Engine:
         """Store several new tasks in one transaction, then start what there is room for."""
         for row in rows:
             row.owner = self.owner.token
-        self._check_room()
+        self.space.check()
         try:
             self.store.insert_many(rows)
         except StoreFull as exc:
@@ -210,66 +212,27 @@ class Engine:
 
     # -- the home's disk is full -----------------------------------------------------------
 
-    def _check_room(self) -> None:
-        if self.store_full is not None:
-            raise StoreFull(self.store_full)
+    @property
+    def store_full(self) -> str | None:
+        """Why nothing can be committed now (None: commits land)."""
+        return self.space.reason
 
     def _store_state(self, reason: str | None) -> None:
         if reason is not None:
             self._on_store_full(reason)
 
     def _on_store_full(self, reason: str) -> None:
-        """Nothing can be committed: stop every transfer at its bytes, keep every file.
-
-        The tasks say SUSPENDED with the reason (in memory; the store learns it once it
-        can commit again) and go on by themselves when there is space. A task that is
-        placing its finished file just waits for its commit.
-        """
-        if self.store_full is not None or self._closed:
-            return
-        self.store_full = reason
-        assert self._commit is not None
-        self._commit.mark_full()
-        log.error("suspending every transfer: %s", reason)
-        active = (Phase.QUEUED, Phase.CONNECTING, Phase.TRANSFERRING, Phase.WAITING_RETRY)
-        for live in list(self._live.values()):
-            if live.machine.snap.phase in active:
-                self._full_suspended.add(live.row.id)
-                self._ctx.spawn(self._suspend_for_space(live))
-        if self._space_watch is None:
-            self._space_watch = asyncio.get_running_loop().create_task(self._watch_space())
+        self.space.full(reason)
         self._changed.set()
-
-    async def _watch_space(self) -> None:
-        """Resume once nothing waits to be committed and the disk has room: a commit that
-        squeezes into the WAL's old pages is not yet space (resuming then would flap)."""
-        try:
-            while self.store_full is not None and not self._closed:
-                await asyncio.sleep(FULL_POLL)
-                assert self._commit is not None
-                if not self._commit.full and _has_room(self.store.path):
-                    self._on_store_back()
-        finally:
-            self._space_watch = None
 
     async def _suspend_for_space(self, live: Live) -> None:
         await self._stop(live)
         reason = self.store_full or "the home's disk is full"
         self._apply_now(live, M.Interrupted(f"suspended: {reason}"))
 
-    def _on_store_back(self) -> None:
-        if self.store_full is None or self._closed:
-            return
-        log.warning("the task store commits again: resuming the suspended transfers")
-        self.store_full = None
-        ids, self._full_suspended = self._full_suspended, set()
-        for task_id in ids:
-            live = self._live.get(task_id)
-            if live is None or live.machine.snap.phase is not Phase.SUSPENDED:
-                continue
-            reconcile(live, self._persist)
-            self._execute_sync(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
-        self._pump()
+    def _resume_after_space(self, live: Live) -> None:
+        reconcile(live, self._persist)
+        self._execute_sync(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
 
     def _runner_cap(self) -> int:
         return self.scheduler.runner_cap()
@@ -380,16 +343,13 @@ class Engine:
     def subscribe(self, maxsize: int = 0) -> asyncio.Queue[Event]:
         """A queue of live events; with ``maxsize``, a subscriber that falls that far behind
         is dropped (see :meth:`subscribed`) instead of buffering without bound."""
-        q: asyncio.Queue[Event] = asyncio.Queue(maxsize)
-        self._listeners.append(q)
-        return q
+        return self._listeners.subscribe(maxsize)
 
     def subscribed(self, q: asyncio.Queue[Event]) -> bool:
-        return q in self._listeners
+        return self._listeners.subscribed(q)
 
     def unsubscribe(self, q: asyncio.Queue[Event]) -> None:
-        with contextlib.suppress(ValueError):
-            self._listeners.remove(q)
+        self._listeners.unsubscribe(q)
 
     # -- adoption and reconciliation -------------------------------------------------------
 
@@ -403,32 +363,14 @@ class Engine:
     def _adopt(self, task_id: str) -> Live:
         """The task to suspend, resume or cancel (refused while nothing can be committed:
         the caller would wait for a change that cannot land)."""
-        self._check_room()
+        self.space.check()
         live = self._live.get(task_id)
         if live is not None:
             return live
         row = self.store.get(task_id)
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
-        if row.background != self.background:
-            raise InvalidTransition(
-                f"task {task_id} belongs to a "
-                + (
-                    "background session; control it through the daemon"
-                    if row.background
-                    else "foreground session; control it from a foreground Session"
-                ),
-                task_id=task_id,
-            )
-        if (
-            not self.background
-            and row.owner not in (None, self.owner.token)
-            and owner_alive(self.home, row.owner)
-        ):
-            raise InvalidTransition(
-                f"task {task_id} is being run by another process ({row.owner.split('-')[0]})",
-                task_id=task_id,
-            )
+        check_control(row, self.owner, background=self.background)
         live = self._make_live(row)
         if live.machine.terminal:
             # Finished: its machine refuses the control call. Not held as live, where no
@@ -637,36 +579,21 @@ class Engine:
             self._pump()  # resumed: the store says queued only from now on
         self._changed.set()
         if self._listeners:
-            ev = Event(
-                task_id=row.id,
-                session=row.session,
-                kind=kind,
-                state=state,
-                detail=snap.detail,
-                bytes_received=received,
-                bytes_expected=snap.total,
-                error=snap.error,
-                cursor=cursor,
+            self._listeners.publish(
+                Event(
+                    task_id=row.id,
+                    session=row.session,
+                    kind=kind,
+                    state=state,
+                    detail=snap.detail,
+                    bytes_received=received,
+                    bytes_expected=snap.total,
+                    error=snap.error,
+                    cursor=cursor,
+                )
             )
-            for q in list(self._listeners):
-                try:
-                    q.put_nowait(ev)
-                except asyncio.QueueFull:
-                    self._listeners.remove(q)
 
     async def flush(self) -> None:
         """Wait until every snapshot persisted so far is committed."""
         if self._commit is not None:
             await self._commit.flush()
-
-
-FULL_POLL = 1.0  # seconds between looks at a full disk
-
-
-def _has_room(path: str) -> bool:
-    """Free space on the store's disk to go on with: 5% of it, 64 MiB at most."""
-    try:
-        st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-    except OSError:
-        return True  # cannot tell: the next commit will say
-    return st.f_bavail * st.f_frsize >= min(64 << 20, st.f_blocks * st.f_frsize // 20)

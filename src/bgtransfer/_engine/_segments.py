@@ -36,7 +36,7 @@ from bgtransfer._engine._context import Context
 from bgtransfer._engine._download import Downloader
 from bgtransfer._engine._files import PartialLost
 from bgtransfer._engine._http import body_failure, lower_headers, request_failure
-from bgtransfer._engine._limiter import Slot, origin_key
+from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._recovery import reconcile_segments
 from bgtransfer._engine._watchdog import too_slow
@@ -48,6 +48,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._ranges import validator_changed
 from bgtransfer._protocol._retry import Backoff
 from bgtransfer._protocol._segments import (
