@@ -1,9 +1,12 @@
-"""The engine: runs every active task of one owner (a foreground session, later the daemon).
+"""The engine: runs every active task of one owner (a foreground session, or the daemon).
 
-Each task's decisions come from its :class:`TransferMachine`; this module only carries out the
-actions it returns: HTTP through aiohttp, bytes into the partial file, snapshots into the
-store. Control calls (suspend, resume, cancel) go through the same machine, so there is one
-place where state changes.
+Each task's decisions come from its :class:`TransferMachine`; the engine only carries out the
+actions it returns. Control calls (suspend, resume, cancel) go through the same machine, so
+there is one place where state changes. This module holds the lifecycle, the control calls
+and the checkpoints; the rest has a module each: admission (``_scheduler``), one-connection
+downloads (``_download``), segments, uploads, placing a file (``_finalize``), the request
+history (``_history``), stored state against the disk (``_recovery``), caps and cool-downs
+(``_pacing``), a full disk (``_space``). Drivers see a :class:`Context`, not the engine.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._context import Context, Sleep
 from bgtransfer._engine._download import Downloader
 from bgtransfer._engine._events import Listeners
-from bgtransfer._engine._files import PartialFile
 from bgtransfer._engine._finalize import finalize
 from bgtransfer._engine._history import History
 from bgtransfer._engine._limiter import Limiter
@@ -49,7 +51,6 @@ from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._schedule import priority_rank
-from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore, event_record
 
@@ -61,6 +62,8 @@ USER_AGENT = "bgtransfer/0.1"
 
 
 class Engine:
+    """``clock`` and ``sleep`` are injectable (backoffs and cool-downs wait on them)."""
+
     def __init__(
         self,
         store: SQLiteStore,
@@ -137,8 +140,9 @@ class Engine:
         loop = asyncio.get_running_loop()
 
         def on_full(reason: str | None) -> None:  # the writer thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone
-                loop.call_soon_threadsafe(self._store_state, reason)
+            if reason is not None:  # "commits land again" is noticed by the space watch
+                with contextlib.suppress(RuntimeError):  # the loop is gone
+                    loop.call_soon_threadsafe(self._on_store_full, reason)
 
         self._commit = Committer(self.store.path, on_full=on_full)
         self._ctx.committer = self.history.commit = self.space.committer = self._commit
@@ -216,10 +220,6 @@ class Engine:
     def store_full(self) -> str | None:
         """Why nothing can be committed now (None: commits land)."""
         return self.space.reason
-
-    def _store_state(self, reason: str | None) -> None:
-        if reason is not None:
-            self._on_store_full(reason)
 
     def _on_store_full(self, reason: str) -> None:
         self.space.full(reason)
@@ -354,11 +354,7 @@ class Engine:
     # -- adoption and reconciliation -------------------------------------------------------
 
     def _make_live(self, row: TaskRow) -> Live:
-        cls = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
-        machine = cls.from_snapshot(row.spec, row.snap, rng=self.rng)
-        live = Live(row=row, machine=machine, part=PartialFile(row.partial, machine.snap))
-        live.last_phase = row.snap.phase
-        return live
+        return Live.of(row, self.rng)
 
     def _adopt(self, task_id: str) -> Live:
         """The task to suspend, resume or cancel (refused while nothing can be committed:

@@ -4,6 +4,7 @@ finished until its completion commits)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,7 @@ from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._rawbody import RawBody
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import TaskRow
 
 __all__ = ["Live", "phase"]
@@ -39,6 +41,15 @@ class Live:
     dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
     origin: str = ""  # scheme://host:port of the task's URL (limits, cool-downs)
     response_spool: str | None = None  # uploads: the last answer's whole body, if kept
+
+    @classmethod
+    def of(cls, row: TaskRow, rng: Callable[[], float]) -> Live:
+        """The live record of a stored task: its machine restored from the snapshot."""
+        kind = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
+        machine = kind.from_snapshot(row.spec, row.snap, rng=rng)
+        live = cls(row=row, machine=machine, part=PartialFile(row.partial, machine.snap))
+        live.last_phase = row.snap.phase
+        return live
 
 
 def phase(m: M.TransferMachine) -> Phase:
