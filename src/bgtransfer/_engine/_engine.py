@@ -54,7 +54,7 @@ from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore, event_record
 
-__all__ = ["Engine"]
+__all__ = ["READ_SIZE", "Engine"]  # READ_SIZE: the read size when nothing caps (_pacing)
 
 log = logging.getLogger("bgtransfer")
 
