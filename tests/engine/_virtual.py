@@ -12,7 +12,9 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bgtransfer._engine._engine import Engine
 from bgtransfer._store._base import TaskRow
@@ -39,13 +41,19 @@ class VirtualTime:
         await asyncio.sleep(0)
 
 
+@dataclass
+class Finished:
+    row: TaskRow
+    history: list[dict[str, Any]]  # the task's requests, as ``Task.history()`` gives them
+
+
 async def run_engine(
     home: Path,
     vt: VirtualTime,
     build: Callable[[], TaskRow],
     *,
     timeout: float = 30.0,
-) -> TaskRow:
+) -> Finished:
     """Submit one task to a fresh engine and return it once it has finished (bounded)."""
     prepare_home(str(home))
     store = SQLiteStore(os.path.join(home, STORE_NAME))
@@ -54,7 +62,8 @@ async def run_engine(
     try:
         row = build()
         engine.submit(row)
-        return await asyncio.wait_for(engine.wait(row.id), timeout)
+        done = await asyncio.wait_for(engine.wait(row.id), timeout)
+        return Finished(done, engine.attempts(row.id))
     finally:
         await engine.close()
         store.close()

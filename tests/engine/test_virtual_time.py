@@ -33,7 +33,7 @@ def test_a_backoff_of_minutes_takes_no_wall_time(
     def build() -> TaskRow:
         return build_row("vt", url, dest, background=False, retry_wait=60.0, max_retry_wait=600.0)
 
-    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=30))
+    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=30)).row
     assert row.snap.error is None, row.snap.error
     assert row.snap.phase is Phase.DONE
     assert dest.read_bytes() == gen_bytes(SIZE)
@@ -62,7 +62,7 @@ def test_put_answered_500_backs_off(server: FaultServer, tmp_path: Path, key: st
             resource_timeout=6.0,
         )
 
-    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=30))
+    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=30)).row
     assert isinstance(row.snap.error, TransferTimeout), row.snap.error
     puts = [r for r in server.requests(f"/upload/{name}") if r.method == "PUT"]
     # 0.1 s doubling (equal jitter) fits 6-8 tries in 6 s; with the backoff reset by the
@@ -104,7 +104,7 @@ def test_a_206_of_a_new_version_restarts_segments(
             max_retry_wait=2.0,
         )
 
-    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=60))
+    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=60)).row
     assert row.snap.error is None, row.snap.error
     assert swapped, "no retry slept"
     assert dest.read_bytes() == v2
@@ -122,7 +122,7 @@ def test_cool_down_of_a_429_waits_on_the_injected_sleep(
     def build() -> TaskRow:
         return build_row("cd", url, dest, background=False, retry_wait=0.05)
 
-    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=30))
+    row = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=30)).row
     assert row.snap.error is None, row.snap.error
     assert dest.read_bytes() == gen_bytes(SIZE)
     assert max(vt.slept) >= 100.0, vt.slept
