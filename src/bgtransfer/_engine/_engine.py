@@ -53,12 +53,11 @@ from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore, event_record
+from bgtransfer._version import USER_AGENT
 
 __all__ = ["READ_SIZE", "Engine"]  # READ_SIZE: the read size when nothing caps (_pacing)
 
 log = logging.getLogger("bgtransfer")
-
-USER_AGENT = "bgtransfer/0.1"
 
 
 class Engine:
