@@ -126,7 +126,7 @@ def client_ctx(cafile: Path) -> ssl.SSLContext:
 
 
 async def drain(raw: RawBody, size: int = 1 << 20) -> bytes:
-    """What ``Engine._raw_stream`` does with a taken-over body, collecting the bytes."""
+    """What ``Downloader._raw_stream`` does with a taken-over body, keeping the bytes."""
     loop = asyncio.get_running_loop()
     out = bytearray(raw.buffered)
     buf = memoryview(bytearray(size))
@@ -277,7 +277,7 @@ def test_the_watchdog_cut_ends_a_tls_read(
     pki: Pki, plain: FaultServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     def watchdog(raw: RawBody, resp: aiohttp.ClientResponse) -> None:
-        raw.cut()  # what Engine._watchdog does: cut the body, then close the response
+        raw.cut()  # what Downloader._watch does: cut the body, then close the response
         resp.close()
 
     async def go() -> int:
