@@ -40,11 +40,13 @@ from bgtransfer._protocol._machine import (
     FinalizeFailed,
     Interrupted,
     Persist,
+    Recovered,
     RemovePartial,
     Response,
     ResumeRequested,
     RetryDue,
     ScheduleRetry,
+    SegmentWritten,
     SendRequest,
     Snapshot,
     Spec,
@@ -56,6 +58,7 @@ from bgtransfer._protocol._machine import (
     WriteBody,
 )
 from bgtransfer._protocol._redirects import origin
+from bgtransfer._protocol._transitions import TRANSITIONS
 
 URL = "https://example.com/files/big.bin"
 ETAG = '"v1"'
@@ -1070,8 +1073,18 @@ class MachineWorld(RuleBasedStateMachine):
         except InvalidTransition:
             assert m.snap == before, f"{event!r} raised but changed the snapshot"
             assert m.committed == committed
+            # Refused where the table does not accept it (or for a bad payload).
+            accepted = before.phase in TRANSITIONS[type(event)].accepts
+            assert not accepted or isinstance(event, SegmentWritten | Recovered), event
             return []
         # Any other exception propagates and fails the test.
+
+        # Every step is one the transition table allows, to a phase it names.
+        rule = TRANSITIONS[type(event)]
+        if before.phase in rule.ignores:
+            assert (actions, m.snap, m.committed) == ([], before, committed), event
+        else:
+            assert m.snap.phase in rule.moves[before.phase], (event, before.phase, m.snap.phase)
 
         if terminal:
             assert m.terminal, "COMPLETED must stay COMPLETED"

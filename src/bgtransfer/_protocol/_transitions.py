@@ -47,14 +47,6 @@ from bgtransfer._protocol._events import (
 
 __all__ = ["RUNNING", "TRANSITIONS", "UPLOAD_TRANSITIONS", "Rule"]
 
-Q, C, T, W, V = (
-    Phase.QUEUED,
-    Phase.CONNECTING,
-    Phase.TRANSFERRING,
-    Phase.WAITING_RETRY,
-    Phase.VERIFYING,
-)
-
 _REFUSED = "{event} is not allowed while the task is {phase}"
 
 
@@ -62,60 +54,85 @@ _REFUSED = "{event} is not allowed while the task is {phase}"
 class Rule:
     """Where one event type may act.
 
-    ``accepts``: the phases whose handler runs. ``ignores``: phases where the event is a
-    no-op (a repeated or late control call). Anywhere else it is refused with ``refusal``
-    (``{event}``, ``{phase}`` and ``{state}`` are filled in). ``leads_to``: every phase the
-    handler can leave the task in (staying put included), for the diagram and the tests.
+    ``moves``: each phase that accepts the event, with every phase its handler can leave the
+    task in (the phase itself when the task may stay). ``ignores``: phases where the event
+    is a no-op (a repeated or late control call). Anywhere else it is refused with
+    ``refusal`` (``{event}``, ``{phase}`` and ``{state}`` are filled in).
     """
 
-    accepts: frozenset[Phase]
-    leads_to: frozenset[Phase]
+    moves: Mapping[Phase, frozenset[Phase]]
     ignores: frozenset[Phase] = frozenset()
     refusal: str = _REFUSED
 
+    @property
+    def accepts(self) -> frozenset[Phase]:
+        return frozenset(self.moves)
+
 
 def _rule(
-    accepts: set[Phase],
-    leads_to: set[Phase],
-    ignores: set[Phase] | None = None,
+    moves: Mapping[Phase, set[Phase]],
+    *,
+    ignores: frozenset[Phase] | set[Phase] = frozenset(),
     refusal: str = _REFUSED,
 ) -> Rule:
-    return Rule(frozenset(accepts), frozenset(leads_to), frozenset(ignores or ()), refusal)
+    return Rule({k: frozenset(v) for k, v in moves.items()}, frozenset(ignores), refusal)
 
 
+def _each(sources: frozenset[Phase] | set[Phase], targets: set[Phase]) -> dict[Phase, set[Phase]]:
+    return {src: set(targets) for src in sources}
+
+
+def _stay(sources: frozenset[Phase] | set[Phase], *also: Phase) -> dict[Phase, set[Phase]]:
+    return {src: {src, *also} for src in sources}
+
+
+Q, C, T, W, V = (
+    Phase.QUEUED,
+    Phase.CONNECTING,
+    Phase.TRANSFERRING,
+    Phase.WAITING_RETRY,
+    Phase.VERIFYING,
+)
 S, X, D = Phase.SUSPENDED, Phase.CANCELING, Phase.DONE
-RUNNING = {Q, C, T, W, V}
+RUNNING = frozenset({Q, C, T, W, V})
 
 TRANSITIONS: Mapping[type[Any], Rule] = {
-    Start: _rule({Q}, {C, D}),
-    Waiting: _rule({Q}, {Q}),
-    Response: _rule({C}, {C, T, W, V, D}),
-    DataWritten: _rule({T}, {T, D}),
-    SegmentWritten: _rule({T}, {T, D}),
-    SegmentsPlanned: _rule({T}, {T}),
-    SegmentsDeclined: _rule({T}, {T}),
-    SegmentSplit: _rule({T}, {T}),
-    RestartRequired: _rule({T}, {C, D}),
-    BodyEnded: _rule({T}, {V, W, D}),
-    TransportFailed: _rule({C, T}, {W, D}),
-    RetryDue: _rule({W}, {Q}),
-    Finalized: _rule({V}, {D}),
-    FinalizeFailed: _rule({V}, {D}),
-    SuspendRequested: _rule(RUNNING, {S}, {S}, "cannot suspend a task that is {state}"),
-    ResumeRequested: _rule({S}, {Q}, RUNNING, "cannot resume a task that is {state}"),
-    CancelRequested: _rule(RUNNING | {S}, {X}, {X}, "cannot cancel a task that is {state}"),
-    CancelCleaned: _rule({X}, {D}),
-    Failed: _rule(RUNNING | {S, X}, {D}, {D}),
-    Interrupted: _rule(RUNNING | {X}, {S, X}, {D, S}),
-    Recovered: _rule(RUNNING | {S}, RUNNING | {S, D}),
-    Detached: _rule(RUNNING | {S, X}, RUNNING | {S, X}),
+    Start: _rule({Q: {C, D}}),
+    Waiting: _rule({Q: {Q}}),
+    Response: _rule({C: {C, T, W, V, D}}),
+    DataWritten: _rule({T: {T, D}}),
+    SegmentWritten: _rule({T: {T, D}}),
+    SegmentsPlanned: _rule({T: {T}}),
+    SegmentsDeclined: _rule({T: {T}}),
+    SegmentSplit: _rule({T: {T}}),
+    RestartRequired: _rule({T: {C, D}}),
+    BodyEnded: _rule({T: {V, W, D}}),
+    TransportFailed: _rule(_each({C, T}, {W, D})),
+    RetryDue: _rule({W: {Q}}),
+    Finalized: _rule({V: {D}}),
+    FinalizeFailed: _rule({V: {D}}),
+    SuspendRequested: _rule(
+        _each(RUNNING, {S}), ignores={S}, refusal="cannot suspend a task that is {state}"
+    ),
+    ResumeRequested: _rule(
+        {S: {Q}}, ignores=RUNNING, refusal="cannot resume a task that is {state}"
+    ),
+    CancelRequested: _rule(
+        _each(RUNNING | {S}, {X}), ignores={X}, refusal="cannot cancel a task that is {state}"
+    ),
+    CancelCleaned: _rule({X: {D}}),
+    Failed: _rule(_each(RUNNING | {S, X}, {D}), ignores={D}),
+    # Found canceling, the driver only finishes the cleanup (RemovePartial).
+    Interrupted: _rule(_each(RUNNING, {S}) | {X: {X}}, ignores={D, S}),
+    Recovered: _rule(_stay(RUNNING | {S}, D)),
+    Detached: _rule(_stay(RUNNING | {S, X})),
 }
 
-# Uploads: Response is not theirs (the upload machine refuses it with TypeError, a driver bug).
+# Uploads end with FinalResponse: their machine refuses Response (TypeError: a driver bug).
 UPLOAD_TRANSITIONS: Mapping[type[Any], Rule] = {
-    **TRANSITIONS,
-    UploadCreated: _rule({C, T}, {T}),
-    UploadProgress: _rule({C, T}, {T}),
-    UploadLost: _rule({C, T}, {C, D}),
-    FinalResponse: _rule({C, T}, {W, D}),
+    **{kind: rule for kind, rule in TRANSITIONS.items() if kind is not Response},
+    UploadCreated: _rule(_each({C, T}, {T})),
+    UploadProgress: _rule(_each({C, T}, {T})),
+    UploadLost: _rule(_each({C, T}, {C, D})),
+    FinalResponse: _rule(_each({C, T}, {W, D})),
 }
