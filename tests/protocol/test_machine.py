@@ -55,8 +55,10 @@ from bgtransfer._protocol._machine import (
     SuspendRequested,
     TransferMachine,
     TransportFailed,
+    TruncatePartial,
     WriteBody,
 )
+from bgtransfer._protocol._recovery import DiskFacts, needs_disk, recover
 from bgtransfer._protocol._redirects import origin
 from bgtransfer._protocol._transitions import TRANSITIONS
 
@@ -67,6 +69,7 @@ DATE_LATER = "Sun, 06 Nov 1994 08:49:38 GMT"  # one second on: LAST_MODIFIED is 
 SHA = "ab" * 32
 MIB = 1 << 20
 SIZE = 5 * STREAM_CHECKPOINT_BYTES
+BOOT = "boot-1"
 
 
 def in_flight(m: TransferMachine) -> bool:
@@ -1055,6 +1058,11 @@ class MachineWorld(RuleBasedStateMachine):
         self.now = 0.0
         self.elapsed = 0.0
         self.open_attempt = False  # a SendRequest whose answer has not been closed yet
+        # The disk as the driver leaves it: the partial file's size (None: no file), how
+        # much of it is synced, and the size of the file placed at the destination.
+        self.disk: int | None = None
+        self.durable = 0
+        self.target: int | None = None
         self.last_event: Event = Start()
 
     @initialize(spec=specs(), jitter=st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
@@ -1093,7 +1101,7 @@ class MachineWorld(RuleBasedStateMachine):
 
         # offset only shrinks on a restart, a cancel or a failure that removes the partial.
         shrank = m.snap.offset < before.offset or m.committed < committed
-        if shrank:
+        if shrank and not isinstance(event, Recovered):  # recovery: the disk decides
             assert m.snap.restarts > before.restarts or RemovePartial() in actions, (
                 event,
                 actions,
@@ -1134,7 +1142,32 @@ class MachineWorld(RuleBasedStateMachine):
             isinstance(a, StopTransfer | Finalize | DiscardResponse) for a in actions
         ):
             self.open_attempt = False
+        self.track_disk(event, before.phase, actions)
         return actions
+
+    def track_disk(self, event: Event, phase: Phase, actions: list[Action]) -> None:
+        """What the driver's work did to the files (the machine asked for all of it)."""
+        if isinstance(event, DataWritten):  # written before the driver said so
+            self.disk = (self.disk or 0) + event.nbytes
+        if isinstance(event, Finalized):
+            self.target, self.disk, self.durable = self.m.snap.offset, None, 0
+        for a in actions:
+            match a:
+                case WriteBody(start=start):
+                    # Never an append past the bytes the file has.
+                    assert start == 0 or (self.disk is not None and self.disk >= start), (
+                        start,
+                        self.disk,
+                    )
+                    self.disk, self.durable = start, min(self.durable, start)
+                case Persist():
+                    self.durable = self.disk or 0
+                case RemovePartial():
+                    self.disk, self.durable = None, 0
+                case TruncatePartial(size=size):
+                    assert self.disk is not None
+                    assert size <= self.disk
+                    self.disk, self.durable = size, min(self.durable, size)
 
     def check_request(self, req: SendRequest) -> None:
         hdrs = {k.lower(): v for k, v in req.headers}
@@ -1151,7 +1184,8 @@ class MachineWorld(RuleBasedStateMachine):
     # -- protocol events in plausible phases --------------------------------------------
 
     @precondition(lambda self: not self.m.terminal)
-    @rule(dt=st.floats(min_value=0.0, max_value=5.0), data=st.data())
+    # Short steps too: bytes written within a second of a checkpoint are not yet committed.
+    @rule(dt=st.sampled_from([0.0, 0.2]) | st.floats(min_value=0.0, max_value=5.0), data=st.data())
     def advance(self, dt: float, data: st.DataObject) -> None:
         """Time passes, then the next plausible protocol event for the current phase."""
         self.now += dt
@@ -1190,8 +1224,11 @@ class MachineWorld(RuleBasedStateMachine):
             ["suspend", "suspend", "resume", "resume", "cancel", "crash"] + ["any", "repeat"] * 2
         ),
         event=st.sampled_from(ALL_EVENTS),
+        power_loss=st.booleans(),
+        kept=st.floats(min_value=0.0, max_value=1.0),
+        placed=st.booleans(),
     )
-    def disturb(self, kind: str, event: Event) -> None:
+    def disturb(self, kind: str, event: Event, power_loss: bool, kept: float, placed: bool) -> None:
         # One rule with weighted kinds: cancel and crashes end or reset the interesting paths,
         # so they come less often than suspend/resume.
         if kind == "suspend":
@@ -1201,19 +1238,62 @@ class MachineWorld(RuleBasedStateMachine):
         elif kind == "cancel":
             self.step(CancelRequested())
         elif kind == "crash":
-            self.crash_and_restore()
+            self.crash_and_restore(power_loss=power_loss, kept=kept, placed=placed)
         elif kind == "repeat":
             self.step(self.last_event)  # a late or duplicated delivery by the driver
         else:
             self.step(event)  # any event in any phase: only InvalidTransition may escape
 
-    def crash_and_restore(self) -> None:
-        """The process dies: only the persisted snapshot survives; recovery interrupts it."""
-        snap = self.m.snapshot(self.now)
+    @precondition(lambda self: not self.m.terminal and self.disk is not None)
+    @rule(
+        power_loss=st.booleans(),
+        kept=st.floats(min_value=0.0, max_value=1.0),
+        placed=st.booleans(),
+        damage=st.sampled_from(["none", "none", "gone", "short"]),
+    )
+    def crash(self, power_loss: bool, kept: float, placed: bool, damage: str) -> None:
+        """A crash while the task is unfinished, where recovery has something to decide;
+        ``damage``: meanwhile someone deleted the partial file, or cut it short."""
+        if damage == "gone":
+            self.disk, self.durable = None, 0
+        elif damage == "short" and self.disk is not None:
+            self.disk = self.durable = int(kept * min(self.disk, self.durable))
+        self.crash_and_restore(power_loss=power_loss, kept=kept, placed=placed)
+
+    def crash_and_restore(self, *, power_loss: bool, kept: float, placed: bool) -> None:
+        """The process dies (or the machine: ``power_loss``): only the persisted snapshot and
+        the disk survive; recover() reconciles them, then interrupts the task.
+
+        A power loss keeps the synced bytes and ``kept`` of the others. ``placed``: a task
+        that was verifying died after the engine placed its file (the engine saves the full
+        offset just before it places), before its completion was committed.
+        """
+        snap = replace(self.m.snapshot(self.now), boot_id=BOOT)
+        if placed and self.m.snap.phase is Phase.VERIFYING:
+            snap.offset = self.m.snap.offset
+            self.target, self.disk, self.durable = snap.offset, None, 0
+        durable = self.durable
+        if power_loss and self.disk is not None:
+            self.disk = durable + int(kept * (self.disk - durable))
         self.m = TransferMachine.from_snapshot(self.m.spec, snap, rng=self.m.rng)
         self.open_attempt = False
         assert self.m.snapshot(self.now) == snap
-        self.step(Interrupted("interrupted: the process running it exited"))
+        disk = DiskFacts(self.disk, self.target) if needs_disk(self.m.spec, snap) else None
+        events = recover(self.m.spec, snap, disk, same_boot=not power_loss, owner_died=True)
+        for event in events:
+            self.step(event)
+        m = self.m
+        if not m.terminal:
+            # The task never claims bytes the file lacks, nor, after a power loss, bytes
+            # that were never synced.
+            assert m.snap.offset <= (self.disk or 0), (m.snap.offset, self.disk)
+            if power_loss:
+                assert m.snap.offset <= durable
+            assert m.snap.phase in (Phase.SUSPENDED, Phase.CANCELING)
+        elif m.snap.error is None and events:
+            # Completed by recovery: the placed file is the whole resource.
+            assert events[0] == Recovered(snap.offset, placed=True, note=events[0].note)  # type: ignore[union-attr]
+            assert self.target == m.snap.total == m.snap.offset
 
     # -- invariants after every step ----------------------------------------------------
 
