@@ -369,3 +369,17 @@ def test_detached_keeps_the_phase_and_commits_the_bytes_reached() -> None:
     m.handle(Failed(ReadError("x")), now=0.3)
     with pytest.raises(InvalidTransition):
         m.handle(Detached(), now=0.4)
+
+
+def test_a_checkpoint_is_stamped_with_the_boot_that_wrote_its_bytes() -> None:
+    m = TransferMachine(SPEC)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "10", "etag": ETAG}), now=0.0)
+    m.handle(DataWritten(4), now=2.0)  # a second on: checkpointed
+    saved = m.checkpoint(3.0, BOOT)
+    assert (saved.boot_id, saved.offset, saved.active_seconds) == (BOOT, 4, 3.0)
+    assert m.snap.boot_id == BOOT  # later snapshots carry it too
+    assert m.checkpoint(3.0, None).boot_id is None  # a boot that cannot be told
+    # What a crash of this process finds: the tail written after it is kept.
+    [ev] = recover(SPEC, saved, DiskFacts(9), same_boot=same_boot(saved, BOOT))
+    assert ev.offset == 9  # type: ignore[union-attr]

@@ -165,9 +165,8 @@ __all__ = [
     "classify_response",
 ]
 
-# The names this module had before the split, for code that still reaches for them.
+# The name this module had for it before the split (the classification tests use it).
 _Decision = Decision
-_content_length = content_length
 
 
 @dataclass(slots=True)
@@ -211,9 +210,6 @@ class TransferMachine(Lifecycle):
             self.snap.segments = ()
         return [TruncatePartial(event.offset)] if event.trim else []
 
-    def _request_headers(self, url: str) -> tuple[tuple[str, str], ...]:
-        return request_headers(self.spec, self.snap, url)
-
     @property
     def resume_at(self) -> int:
         """The first byte the next request asks for (see :func:`._request.resume_at`)."""
@@ -230,7 +226,7 @@ class TransferMachine(Lifecycle):
 
     def _send(self, url: str, now: float) -> list[Action]:
         self._url = url
-        return [SendRequest(url, self._request_headers(url), self.time_left(now))]
+        return [SendRequest(url, request_headers(self.spec, self.snap, url), self.time_left(now))]
 
     def _start(self, event: Start, now: float) -> list[Action]:
         if self._active_since is None:
