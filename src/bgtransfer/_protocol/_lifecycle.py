@@ -130,7 +130,7 @@ class Lifecycle:
         phase = self.snap.phase
         if phase in rule.ignores:
             return []
-        if phase not in rule.accepts:
+        if phase not in rule.moves:
             raise InvalidTransition(
                 rule.refusal.format(event=kind.__name__, phase=phase, state=self.state.value)
             )

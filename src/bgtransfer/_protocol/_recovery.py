@@ -102,16 +102,14 @@ def _reconcile(snap: Snapshot, disk: DiskFacts, *, same_boot: bool) -> Recovered
     if disk.refused is not None:
         return None
     size, offset, total = disk.partial_size, snap.offset, snap.total
-    segments = bool(snap.segments)
     forget = drop = False
     notes: list[str] = []
-    if segments:
-        if size is None:
-            drop = total is None or offset < total
-        elif total is None or size != total:
+    if snap.segments:
+        drop, forget = _segments_lost(snap, size)
+        if forget:
             notes.append("partial file does not fit its segments, restarting")
-            offset, total, forget, drop = 0, None, True, True
-        segments = not drop
+            offset, total = 0, None
+    segments = bool(snap.segments) and not drop
     validated = not forget and (snap.etag is not None or snap.last_modified is not None)
     trim = False
     if size is None:
@@ -135,3 +133,12 @@ def _reconcile(snap: Snapshot, disk: DiskFacts, *, same_boot: bool) -> Recovered
     if (offset, forget, drop, trim) == (snap.offset, False, False, False):
         return None
     return Recovered(offset, forget, drop, trim, note="; ".join(notes) or None)
+
+
+def _segments_lost(snap: Snapshot, size: int | None) -> tuple[bool, bool]:
+    """(drop the segment table, forget the representation too) for a segmented file."""
+    if size is None:  # gone: the table goes, unless every byte was done (maybe placed)
+        return snap.total is None or snap.offset < snap.total, False
+    if snap.total is not None and size == snap.total:
+        return False, False
+    return True, True
