@@ -31,6 +31,7 @@ from bgtransfer._protocol._machine import (
     CancelCleaned,
     CancelRequested,
     DataWritten,
+    Detached,
     DiscardResponse,
     Enqueue,
     Event,
@@ -46,6 +47,7 @@ from bgtransfer._protocol._machine import (
     ResumeRequested,
     RetryDue,
     ScheduleRetry,
+    Sealed,
     SegmentWritten,
     SendRequest,
     Snapshot,
@@ -982,6 +984,8 @@ ALL_EVENTS: list[Event] = [
     CancelRequested(),
     CancelCleaned(),
     Interrupted("interrupted"),
+    Sealed(),
+    Detached(),
 ]
 
 
@@ -1268,10 +1272,12 @@ class MachineWorld(RuleBasedStateMachine):
         that was verifying died after the engine placed its file (the engine saves the full
         offset just before it places), before its completion was committed.
         """
-        snap = replace(self.m.snapshot(self.now), boot_id=BOOT)
         if placed and self.m.snap.phase is Phase.VERIFYING:
-            snap.offset = self.m.snap.offset
-            self.target, self.disk, self.durable = snap.offset, None, 0
+            # The engine's finalize: seal (sync), save, place; the crash loses Finalized.
+            self.step(Sealed())
+            self.durable = self.disk or 0
+            self.target, self.disk, self.durable = self.m.snap.offset, None, 0
+        snap = replace(self.m.snapshot(self.now), boot_id=BOOT)
         durable = self.durable
         if power_loss and self.disk is not None:
             self.disk = durable + int(kept * (self.disk - durable))

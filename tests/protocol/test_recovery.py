@@ -19,6 +19,7 @@ from bgtransfer._exceptions import InvalidTransition, ReadError
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import (
     Action,
+    BodyEnded,
     DataWritten,
     Detached,
     Failed,
@@ -27,6 +28,7 @@ from bgtransfer._protocol._machine import (
     Recovered,
     RemovePartial,
     Response,
+    Sealed,
     Snapshot,
     Spec,
     Start,
@@ -383,3 +385,20 @@ def test_a_checkpoint_is_stamped_with_the_boot_that_wrote_its_bytes() -> None:
     # What a crash of this process finds: the tail written after it is kept.
     [ev] = recover(SPEC, saved, DiskFacts(9), same_boot=same_boot(saved, BOOT))
     assert ev.offset == 9  # type: ignore[union-attr]
+
+
+def test_sealed_commits_the_whole_file_before_it_is_placed() -> None:
+    m = TransferMachine(SPEC)
+    m.handle(Start(), now=0.0)
+    m.handle(Response(200, {"content-length": "10", "etag": ETAG}), now=0.0)
+    m.handle(DataWritten(10), now=0.1)
+    assert m.committed == 0
+    with pytest.raises(InvalidTransition):
+        m.handle(Sealed(), now=0.1)  # not before the body ended
+    m.handle(BodyEnded(), now=0.2)
+    assert m.handle(Sealed(), now=0.3) == []
+    assert (m.snap.phase, m.committed, m.snapshot(0.3).offset) == (Phase.VERIFYING, 10, 10)
+    # Saved, placed, then the process died before Finalized: recovery completes it.
+    saved = m.snapshot(0.3)
+    [ev] = recover(SPEC, saved, DiskFacts(None, target_size=10), same_boot=False)
+    assert ev == Recovered(10, placed=True, note="found placed: its completion was lost")

@@ -55,3 +55,19 @@ def test_the_upload_diagram_has_the_upload_events_and_no_response() -> None:
         assert name in out
     assert "Response," not in out.replace("FinalResponse", "")
     assert "UploadCreated" not in run()
+
+
+def test_the_machine_module_still_offers_every_name_it_had() -> None:
+    # The engine reads M.<name> from bgtransfer._protocol._machine: every event, action,
+    # Spec and Snapshot stays importable there (uploads' own events live in _upload).
+    from bgtransfer._protocol import _actions, _events, _machine, _task, _upload
+
+    uploads = {"UploadCreated", "UploadProgress", "UploadLost", "FinalResponse", "UploadEvent"}
+    for name in {*_actions.__all__, *_events.__all__, *_task.__all__} - uploads:
+        assert name in _machine.__all__, name
+        assert getattr(_machine, name) is getattr(
+            _actions if name in _actions.__all__ else _events if name in _events.__all__ else _task,
+            name,
+        )
+    for name in uploads - {"UploadEvent"}:
+        assert name in _upload.__all__, name

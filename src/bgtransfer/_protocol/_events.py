@@ -28,6 +28,7 @@ __all__ = [
     "RestartRequired",
     "ResumeRequested",
     "RetryDue",
+    "Sealed",
     "SegmentSplit",
     "SegmentWritten",
     "SegmentsDeclined",
@@ -192,6 +193,13 @@ class Recovered:
 
 
 @dataclass(frozen=True, slots=True)
+class Sealed:
+    """The finished partial file passed its checks and is synced (``Finalize``'s first
+    half): its whole length is durable, so the snapshot saved before placement carries it.
+    A crash after that save and the placement finds the file placed (see recovery)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Detached:
     """The engine stops and leaves the task running for the next one (the daemon's shutdown).
 
@@ -256,6 +264,7 @@ Event = (
     | Waiting
     | Recovered
     | Detached
+    | Sealed
 )
 
 UploadEvent = UploadCreated | UploadProgress | UploadLost | FinalResponse

@@ -41,6 +41,7 @@ from bgtransfer._protocol._events import (
     Interrupted,
     ResumeRequested,
     RetryDue,
+    Sealed,
     SuspendRequested,
     TransportFailed,
     Waiting,
@@ -142,6 +143,11 @@ class Lifecycle:
     def _retry_due(self, event: RetryDue, now: float) -> list[Action]:
         self._set(Phase.QUEUED, "queued (retry due)", now)
         return [Enqueue()]
+
+    def _sealed(self, event: Sealed, now: float) -> list[Action]:
+        # The driver synced the file before it said so: the whole offset may be stored.
+        self.committed = self.snap.offset
+        return []
 
     def _finalized(self, event: Finalized, now: float) -> list[Action]:
         self.committed = self.snap.offset
@@ -274,6 +280,7 @@ class Lifecycle:
 Lifecycle.HANDLERS = {
     TransportFailed: Lifecycle._transport_failed,
     RetryDue: Lifecycle._retry_due,
+    Sealed: Lifecycle._sealed,
     Finalized: Lifecycle._finalized,
     FinalizeFailed: Lifecycle._finalize_failed,
     SuspendRequested: Lifecycle._suspend,

@@ -32,6 +32,7 @@ from bgtransfer._protocol._events import (
     RestartRequired,
     ResumeRequested,
     RetryDue,
+    Sealed,
     SegmentsDeclined,
     SegmentsPlanned,
     SegmentSplit,
@@ -109,6 +110,7 @@ TRANSITIONS: Mapping[type[Any], Rule] = {
     BodyEnded: _rule({T: {V, W, D}}),
     TransportFailed: _rule(_each({C, T}, {W, D})),
     RetryDue: _rule({W: {Q}}),
+    Sealed: _rule({V: {V}}),
     Finalized: _rule({V: {D}}),
     FinalizeFailed: _rule({V: {D}}),
     SuspendRequested: _rule(
