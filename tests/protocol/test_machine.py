@@ -1205,7 +1205,11 @@ class MachineWorld(RuleBasedStateMachine):
                 event = TransportFailed(data.draw(transport_errors()))
         elif phase is Phase.TRANSFERRING:
             if roll < 6:
-                event = DataWritten(data.draw(st.integers(min_value=0, max_value=6 * MIB)))
+                sizes = st.integers(min_value=0, max_value=6 * MIB)
+                total, offset = self.m.snap.total, self.m.snap.offset
+                if total is not None and total > offset:
+                    sizes |= st.just(total - offset)  # the rest, exactly: a whole file
+                event = DataWritten(data.draw(sizes))
             elif roll < 8:
                 event = BodyEnded()
             else:
