@@ -173,7 +173,7 @@ def replay(
     return m, actions
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(
     data=st.data(),
     snap=snapshots(),

@@ -6,8 +6,9 @@ Rules
   actions the driver must carry out, in order. It reads no clock (``now`` is the caller's
   monotonic time; a ``Response`` event carries the wall time for Retry-After dates), touches
   no file or socket, and draws jitter only from the ``rng`` it was given.
-* Which events a phase accepts is data: :data:`TRANSITIONS` maps each event type to the
-  phases that accept it, the phases where it is a no-op, and the phases it can lead to.
+* Which events a phase accepts is data: :data:`TRANSITIONS` (:mod:`._transitions`) maps
+  each event type to the phases that accept it (with the phases it can lead each of them
+  to) and the phases where it is a no-op.
   ``handle()`` consults it before anything else, so an event refused there raises
   :class:`InvalidTransition` and changes nothing; ``tools/state_diagram.py`` draws the same
   table, and the stateful test checks every transition against it.
@@ -22,7 +23,8 @@ Rules
 
 Theory of operation
 -------------------
-QUEUED --Start--> CONNECTING --Response--> TRANSFERRING --BodyEnded--> VERIFYING --Finalized--> DONE
+QUEUED --Start--> CONNECTING --Response--> TRANSFERRING --BodyEnded--> VERIFYING
+VERIFYING --Sealed (synced, saved)--> VERIFYING --Finalized (placed)--> DONE
 CONNECTING/TRANSFERRING --TransportFailed or retryable status--> WAITING_RETRY --RetryDue--> QUEUED
 any running phase --SuspendRequested--> SUSPENDED --ResumeRequested--> QUEUED
 any non-terminal phase --CancelRequested--> CANCELING --CancelCleaned--> DONE (error Cancelled)
@@ -36,8 +38,10 @@ the driver reports ``SegmentsPlanned`` or ``SegmentsDeclined`` after the first r
 shows that the resource changed. ``offset`` is then the sum of the segments' progress, and a
 resume asks for the first unfinished segment's bytes; the driver resumes the others.
 
-Spec and Snapshot live in :mod:`._task`, events in :mod:`._events`, actions in
-:mod:`._actions`, response classification in :mod:`._classify`, the defaults in
+What every task shares (time, control calls, retries) is :class:`._lifecycle.Lifecycle`;
+this module adds the download exchange. Spec and Snapshot live in :mod:`._task`, events in
+:mod:`._events`, actions in :mod:`._actions`, response classification in :mod:`._classify`,
+the give-up rules in :mod:`._giveup`, request headers in :mod:`._request`, the defaults in
 :mod:`._defaults`; every name is re-exported here, where the engine has always found it.
 """
 
