@@ -173,6 +173,21 @@ def replay(
     return m, actions
 
 
+def stored(**fields: object) -> Snapshot:
+    base = Snapshot(phase=Phase.QUEUED, offset=400, total=1000, etag=ETAG, boot_id=BOOT)
+    return replace(base, **fields)  # type: ignore[arg-type]
+
+
+SPEC = Spec(URL)
+
+
+# Edges a search rarely draws: every segment done, a one-byte file, a tail up to the end.
+_DONE_SEGMENTS = replace(
+    Snapshot(phase=Phase.TRANSFERRING, offset=10, total=10, etag=ETAG, boot_id=BOOT),
+    segments=((0, 5, 5), (5, 10, 10)),
+)
+
+
 @settings(max_examples=600, deadline=None)
 @given(
     data=st.data(),
@@ -186,6 +201,31 @@ def test_recover_decides_exactly_what_the_engine_did(
 ) -> None:
     spec = Spec(URL, kind=kind)
     disk = data.draw(disks(snap))
+    check(spec, snap, disk, boot_id, owner_died)
+
+
+@pytest.mark.parametrize(
+    ("snap", "disk"),
+    [
+        (_DONE_SEGMENTS, DiskFacts(None, 10)),  # placed
+        (_DONE_SEGMENTS, DiskFacts(None, 9)),  # not placed: start over
+        (_DONE_SEGMENTS, DiskFacts(None, None)),
+        (stored(phase=Phase.VERIFYING, offset=1, total=1), DiskFacts(None, 1)),  # one byte
+        (stored(phase=Phase.VERIFYING, offset=0, total=0), DiskFacts(None, 0)),  # empty
+        (stored(), DiskFacts(1000)),  # a tail up to the very end
+        (stored(), DiskFacts(400)),  # exactly the committed bytes
+    ],
+)
+@pytest.mark.parametrize("owner_died", [False, True])
+def test_recover_decides_what_the_engine_did_at_the_edges(
+    snap: Snapshot, disk: DiskFacts, owner_died: bool
+) -> None:
+    check(SPEC, snap, disk, BOOT, owner_died)
+
+
+def check(
+    spec: Spec, snap: Snapshot, disk: DiskFacts, boot_id: str | None, owner_died: bool
+) -> None:
     want = oracle(spec, snap, disk, boot_id, owner_died)
     m, actions = replay(spec, snap, disk, boot_id, owner_died)
     assert m.snap == want.machine.snap
@@ -197,14 +237,6 @@ def test_recover_decides_exactly_what_the_engine_did(
 
 
 # -- the rules, one example each -----------------------------------------------------------
-
-
-def stored(**fields: object) -> Snapshot:
-    base = Snapshot(phase=Phase.QUEUED, offset=400, total=1000, etag=ETAG, boot_id=BOOT)
-    return replace(base, **fields)  # type: ignore[arg-type]
-
-
-SPEC = Spec(URL)
 
 
 def test_a_longer_file_of_this_boot_keeps_its_tail() -> None:
@@ -321,7 +353,7 @@ def test_an_upload_needs_no_disk_and_a_download_does() -> None:
     assert not needs_disk(upload, stored())
     assert recover(upload, stored(), None, same_boot=True) == []
     assert needs_disk(SPEC, stored())
-    with pytest.raises(InvalidTransition, match="needs what is on disk"):
+    with pytest.raises(InvalidTransition, match=r"^recovering a download needs what is on disk$"):
         recover(SPEC, stored(), None, same_boot=True)
 
 

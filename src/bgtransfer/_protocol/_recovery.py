@@ -103,11 +103,11 @@ def _reconcile(snap: Snapshot, disk: DiskFacts, *, same_boot: bool) -> Recovered
         return None
     size, offset, total = disk.partial_size, snap.offset, snap.total
     forget = drop = False
-    notes: list[str] = []
+    note = None
     if snap.segments:
         drop, forget = _segments_lost(snap, size)
         if forget:
-            notes.append("partial file does not fit its segments, restarting")
+            note = "partial file does not fit its segments, restarting"
             offset, total = 0, None
     segments = bool(snap.segments) and not drop
     validated = not forget and (snap.etag is not None or snap.last_modified is not None)
@@ -117,14 +117,14 @@ def _reconcile(snap: Snapshot, disk: DiskFacts, *, same_boot: bool) -> Recovered
             # Placed, but the COMPLETED commit was lost in the crash.
             return Recovered(offset, placed=True, note="found placed: its completion was lost")
         if offset:
-            notes.append("partial file missing, restarting from 0")
+            note = "partial file missing, restarting from 0"
         offset, forget = 0, True
     elif size < offset:
-        notes.append(f"partial file has {size} bytes, fewer than committed {offset}")
+        note = f"partial file has {size} bytes, fewer than committed {offset}"
         offset = size
     elif size > offset and not segments:  # a segmented file has holes
         if same_boot and validated and total is not None and size <= total:
-            notes.append(f"keeping {size - offset} bytes written after the last checkpoint")
+            note = f"keeping {size - offset} bytes written after the last checkpoint"
             offset = size
         else:
             trim = True
@@ -132,7 +132,7 @@ def _reconcile(snap: Snapshot, disk: DiskFacts, *, same_boot: bool) -> Recovered
     forget = forget and (snap.total, snap.etag, snap.last_modified) != (None, None, None)
     if (offset, forget, drop, trim) == (snap.offset, False, False, False):
         return None
-    return Recovered(offset, forget, drop, trim, note="; ".join(notes) or None)
+    return Recovered(offset, forget, drop, trim, note=note)
 
 
 def _segments_lost(snap: Snapshot, size: int | None) -> tuple[bool, bool]:
