@@ -7,9 +7,12 @@ import contextlib
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -31,6 +34,12 @@ from bgtransfer._trust import check_peer, open_private
 __all__ = ["DaemonClient", "DaemonUnavailable", "spawn_daemon"]
 
 START_TIMEOUT = 20.0
+# A kept connection idle longer than this is dropped rather than reused: the daemon closes
+# idle connections after its header timeout (10 s by default), and a request must not race
+# that close. A few seconds covers the loop a user writes (one call after another).
+IDLE_MAX = 2.0
+# Idle connections kept per client: one per thread that calls at once is plenty.
+POOL_MAX = 8
 # While an answer is awaited, how often to look whether the daemon is stopped (SIGSTOP).
 CHECK_EVERY = 1.0
 STOPPED_MESSAGE = "the daemon was stopped"
@@ -80,6 +89,34 @@ def last_log_line(home: str) -> str:
     return lines[-1].strip().removeprefix("bgtransfer: daemon failed: ") if lines else ""
 
 
+def _request(method: str, path: str, body: Any, params: dict[str, str] | None) -> bytes:
+    """One keep-alive request, framed by hand: h11 checks the answer, and a request this
+    simple (ASCII target, JSON body with its length) needs no state machine to write."""
+    target = path + ("?" + urlencode(params) if params else "")
+    if not (target.isascii() and target.isprintable()) or " " in target:
+        return _h11_request(method, target, body)  # h11 refuses it as it always did
+    if body is None:
+        return f"{method} {target} HTTP/1.1\r\nHost: bgtransfer\r\n\r\n".encode()
+    payload = json.dumps(body).encode()
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: bgtransfer\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    return head.encode() + payload
+
+
+def _h11_request(method: str, target: str, body: Any) -> bytes:
+    conn = h11.Connection(h11.CLIENT)
+    headers = [("Host", "bgtransfer")]
+    payload = b"" if body is None else json.dumps(body).encode()
+    if body is not None:
+        headers += [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))]
+    out = conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+    if payload:
+        out += conn.send(h11.Data(data=payload)) or b""
+    return out + (conn.send(h11.EndOfMessage()) or b"")
+
+
 def _not_answering(home: str, pid: int) -> DaemonUnavailable:
     hint = (
         f"it is: resume it with kill -CONT {pid}"
@@ -91,6 +128,20 @@ def _not_answering(home: str, pid: int) -> DaemonUnavailable:
     )
 
 
+@dataclasses.dataclass(eq=False)
+class _Kept:
+    """A connection to the daemon that may carry more than one request."""
+
+    sock: socket.socket
+    pid: int
+    idle_since: float = 0.0
+
+
+def _close_all(pool: list[_Kept]) -> None:
+    while pool:
+        pool.pop().sock.close()
+
+
 @dataclasses.dataclass
 class _Followed:
     """The daemon an event stream followed (across its reconnects)."""
@@ -99,9 +150,14 @@ class _Followed:
 
 
 class DaemonClient:
-    """HTTP/1.1 over the daemon's Unix socket, one connection per call (h11 does the
-    framing). Not aiohttp: a client command then starts in ~0.1 s instead of ~0.25 s, and
-    the socket is local, so a connection costs microseconds.
+    """HTTP/1.1 over the daemon's Unix socket (h11 does the framing). Not aiohttp: a client
+    command then starts in ~0.1 s instead of ~0.25 s.
+
+    ``keep_alive=False`` (the CLI): one connection per call. ``keep_alive=True`` (a
+    Session): consecutive calls reuse idle connections (a connect, its peer check and the
+    daemon's accept cost about as much CPU as the call itself); a kept connection the daemon
+    closed meanwhile (restart, idle timeout) is replaced by a fresh one and the request sent
+    again, which every call allows (see :meth:`call`). Event streams always have their own.
 
     Before a byte is sent, the peer's credentials are checked: a socket served by another
     user gets nothing (:class:`UnsafeHome`). ``peer_pid`` is the pid of the daemon that
@@ -109,13 +165,128 @@ class DaemonClient:
     daemon stopped on request is not started again behind the user's back.
     """
 
-    def __init__(self, home: str) -> None:
+    def __init__(self, home: str, *, keep_alive: bool = False) -> None:
         self.home = home
         self.socket = socket_path(home)
         self.peer_pid: int | None = None
+        self.keep_alive = keep_alive
+        # Plain non-blocking sockets driven by loop.sock_*: usable from any event loop, and
+        # closed without a loop (the finalizer closes what a client never closed).
+        self._pool: list[_Kept] = []
+        self._closer = weakref.finalize(self, _close_all, self._pool)
 
     async def close(self) -> None:
-        """Nothing to close: every call has its own connection."""
+        """Close the kept connections (a later call opens new ones)."""
+        _close_all(self._pool)
+
+    async def _connect(self) -> _Kept:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, self.socket)
+            pid = check_peer(sock, self.socket)
+        except BaseException:
+            sock.close()
+            raise
+        return _Kept(sock, pid)
+
+    def _take(self) -> _Kept | None:
+        """An idle kept connection young enough to reuse, if any."""
+        now = time.monotonic()
+        while self._pool:
+            kept = self._pool.pop()
+            if now - kept.idle_since < IDLE_MAX:
+                return kept
+            kept.sock.close()
+        return None
+
+    def _give_back(self, kept: _Kept) -> None:
+        if len(self._pool) >= POOL_MAX:
+            kept.sock.close()
+            return
+        kept.idle_since = time.monotonic()
+        self._pool.append(kept)
+
+    async def _exchange(
+        self, kept: _Kept, method: str, request: bytes, read_timeout: float | None = None
+    ) -> tuple[int, bytes, bool]:
+        """Send one request on ``kept``; (status, body, whether the connection may carry
+        another). Nothing received before the connection closed: ConnectionResetError."""
+        loop = asyncio.get_running_loop()
+        self.peer_pid = kept.pid
+        await loop.sock_sendall(kept.sock, request)
+        # h11 reads the answer; it is told of the request (already framed) by a stand-in.
+        conn = h11.Connection(h11.CLIENT)
+        conn.send(h11.Request(method=method, target="/", headers=[("Host", "bgtransfer")]))
+        conn.send(h11.EndOfMessage())
+        status, chunks, got_any = 0, [], False
+        while True:
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                raise ConnectionError(f"bad answer from the daemon: {exc}") from exc
+            if ev is h11.NEED_DATA:
+                data = await self._recv(kept, read_timeout)
+                if not data and not got_any:
+                    raise ConnectionResetError("the daemon closed the kept connection")
+                got_any = True
+                conn.receive_data(data)
+            elif isinstance(ev, h11.Response):
+                status = ev.status_code
+            elif isinstance(ev, h11.Data):
+                chunks.append(bytes(ev.data))
+            elif isinstance(ev, h11.EndOfMessage):
+                reusable = conn.their_state is h11.DONE and conn.trailing_data == (b"", False)
+                return status, b"".join(chunks), reusable
+            elif isinstance(ev, h11.ConnectionClosed):
+                raise ConnectionError("the daemon closed the connection")
+
+    async def _recv(self, kept: _Kept, read_timeout: float | None) -> bytes:
+        """The next bytes; a daemon found stopped (SIGSTOP) ends the wait within a second."""
+        loop = asyncio.get_running_loop()
+        deadline = None if read_timeout is None else loop.time() + read_timeout
+        while True:
+            step = CHECK_EVERY if deadline is None else min(CHECK_EVERY, deadline - loop.time())
+            try:
+                async with asyncio.timeout(max(0.0, step)):
+                    return await loop.sock_recv(kept.sock, 1 << 16)
+            except TimeoutError:
+                if deadline is not None and loop.time() >= deadline:
+                    raise
+                if process_stopped(kept.pid):
+                    raise _not_answering(self.home, kept.pid) from None
+
+    async def _kept_once(self, method: str, request: bytes) -> tuple[int, bytes]:
+        """One request on a kept connection (a fresh one if the kept one was closed)."""
+        kept = self._take()
+        if kept is not None:
+            try:
+                status, body, reusable = await self._exchange(kept, method, request)
+            except (ConnectionResetError, BrokenPipeError):
+                # Closed by the daemon before it answered (restart, idle timeout): try once
+                # more on a new connection, so a stale one never looks like a dead daemon.
+                kept.sock.close()
+            except BaseException:
+                kept.sock.close()
+                raise
+            else:
+                self._keep_or_close(kept, reusable)
+                return status, body
+        kept = await self._connect()
+        try:
+            status, body, reusable = await self._exchange(kept, method, request)
+        except BaseException:
+            kept.sock.close()
+            raise
+        self._keep_or_close(kept, reusable)
+        return status, body
+
+    def _keep_or_close(self, kept: _Kept, reusable: bool) -> None:
+        if reusable:
+            self._give_back(kept)
+        else:
+            kept.sock.close()
 
     async def _open(
         self, method: str, path: str, body: Any, params: dict[str, str] | None
@@ -182,21 +353,12 @@ class DaemonClient:
         timeout: float = 60.0,
     ) -> Any:
         async with asyncio.timeout(timeout):
-            conn, reader, writer = await self._open(method, path, body, params)
-            try:
-                status, chunks = 0, []
-                while True:
-                    ev = await self._next(conn, reader)
-                    if isinstance(ev, h11.Response):
-                        status = ev.status_code
-                    elif isinstance(ev, h11.Data):
-                        chunks.append(bytes(ev.data))
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-            finally:
-                writer.close()
+            if self.keep_alive:
+                status, raw = await self._kept_once(method, _request(method, path, body, params))
+            else:
+                status, raw = await self._closed_once(method, path, body, params)
         try:
-            data = json.loads(b"".join(chunks) or b"null")
+            data = json.loads(raw or b"null")
         except ValueError as exc:
             raise ConnectionError(f"the daemon's answer is not JSON (HTTP {status})") from exc
         if status >= 400:
@@ -210,6 +372,23 @@ class DaemonClient:
                 {"code": err.get("code"), "message": err.get("message", f"HTTP {status}")}
             )
         return data
+
+    async def _closed_once(
+        self, method: str, path: str, body: Any, params: dict[str, str] | None
+    ) -> tuple[int, bytes]:
+        conn, reader, writer = await self._open(method, path, body, params)
+        try:
+            status, chunks = 0, []
+            while True:
+                ev = await self._next(conn, reader)
+                if isinstance(ev, h11.Response):
+                    status = ev.status_code
+                elif isinstance(ev, h11.Data):
+                    chunks.append(bytes(ev.data))
+                elif isinstance(ev, h11.EndOfMessage):
+                    return status, b"".join(chunks)
+        finally:
+            writer.close()
 
     async def _probe(self) -> dict[str, Any] | BaseException:
         """The daemon's status, or why there is none."""

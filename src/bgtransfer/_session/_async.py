@@ -89,8 +89,13 @@ class AsyncTask(TaskView):
         await self._session._backend_or_raise().remove(self.id)
 
     async def wait(self, timeout: float | None = None) -> AsyncTask:
-        """Wait until COMPLETED; raises TimeoutError only if this wait timed out."""
+        """Wait until COMPLETED; raises TimeoutError only if this wait timed out.
+
+        A task already seen finished (its submit answer, a refresh, an earlier wait) never
+        changes again: it is answered from memory, without asking the daemon."""
         backend = self._session._backend_or_raise()
+        if self._row.snap.phase is Phase.DONE:
+            return self
         async with asyncio.timeout(timeout):
             self._row = await backend.wait(self.id)
         return self

@@ -24,7 +24,7 @@ class Remote:
     """Background: the home's daemon runs the tasks; this talks to it (starting it)."""
 
     def __init__(self, home: str) -> None:
-        self.client = DaemonClient(home)
+        self.client = DaemonClient(home, keep_alive=True)
 
     async def open(self) -> None:
         await self.client.ensure_running()
