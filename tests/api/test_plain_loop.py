@@ -71,13 +71,15 @@ def test_a_kept_connection_outlives_a_sigkilled_daemon(
     with Session("restart", home=home) as s:
         s.download(server.url(f"/gen/16K?key={key}"), tmp_path / "a", **FAST).wait(30)
         old_pid, old = daemon_pid(home), _kept_inodes(_client(s))
-        assert old_pid is not None and len(old) == 1
+        assert old_pid is not None
+        assert len(old) == 1
         kill_daemon(home, signal.SIGKILL)
         # The kept connection is dead: the next call starts a daemon and goes on.
         t = s.download(server.url(f"/gen/16K?key={key}&n=2"), tmp_path / "b", **FAST)
         assert t.wait(30).state is TaskState.COMPLETED
         new_pid = daemon_pid(home)
-        assert new_pid is not None and new_pid != old_pid
+        assert new_pid is not None
+        assert new_pid != old_pid
         assert _kept_inodes(_client(s)) != old
     assert (tmp_path / "b").stat().st_size == SIZE
 
@@ -160,7 +162,7 @@ def test_threads_share_one_session(
                     url = server.url(f"/gen/16K?key={key}&t={n}&i={i}")
                     t = s.download(url, tmp_path / f"t{n}-{i}", **FAST)
                     assert t.wait(30).state is TaskState.COMPLETED
-            except BaseException as exc:  # reported below, with its class
+            except BaseException as exc:  # noqa: BLE001 - reported below, with its class
                 errors.append(exc)
 
         threads = [threading.Thread(target=loop, args=(n,)) for n in range(4)]
