@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +25,7 @@ from bgtransfer.testing import FaultServer
 from tests.daemon.conftest import daemon_pid, kill_daemon
 
 SIZE = 16 * 1024
-FAST = {"retry_wait": 0.05, "max_retry_wait": 0.2}
+FAST: dict[str, Any] = {"retry_wait": 0.05, "max_retry_wait": 0.2}
 
 
 @pytest.fixture
