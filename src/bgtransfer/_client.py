@@ -135,6 +135,8 @@ class _Kept:
     sock: socket.socket
     pid: int
     idle_since: float = 0.0
+    # A forked child must not talk on its parent's connection (their bytes would mix).
+    owner: int = dataclasses.field(default_factory=os.getpid)
 
 
 def _close_all(pool: list[_Kept]) -> None:
@@ -196,7 +198,7 @@ class DaemonClient:
         now = time.monotonic()
         while self._pool:
             kept = self._pool.pop()
-            if now - kept.idle_since < IDLE_MAX:
+            if now - kept.idle_since < IDLE_MAX and kept.owner == os.getpid():
                 return kept
             kept.sock.close()
         return None

@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,47 @@ def test_errors_keep_their_class_on_a_kept_connection(
             s.download("ftp://example.invalid/x", tmp_path / "x")
         t = s.download(server.url(f"/gen/16K?key={key}"), tmp_path / "a", **FAST)
         assert t.wait(30).state is TaskState.COMPLETED
+
+
+def test_a_repeated_submit_of_a_finished_task_is_waited_on_from_its_answer(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    url = server.url(f"/gen/16K?key={key}")
+    with Session("again", home=home) as s:
+        s.download(url, tmp_path / "a", idempotency_key="k1", **FAST).wait(30)
+        again = s.download(url, tmp_path / "a", idempotency_key="k1", **FAST)
+        kill_daemon(home, signal.SIGKILL)
+        # The submit's answer already said COMPLETED: the wait needs no daemon.
+        assert again.wait(5).state is TaskState.COMPLETED
+        assert daemon_pid(home) is None
+
+
+def test_a_forked_child_does_not_share_the_parents_connection(
+    server: FaultServer, home: Path, tmp_path: Path, key: str
+) -> None:
+    async def main() -> None:
+        client = DaemonClient(str(home), keep_alive=True)
+        try:
+            pid = (await client.call("GET", "/v1/status"))["pid"]
+            parent_kept = _kept_inodes(client)
+            assert len(parent_kept) == 1
+            with warnings.catch_warnings():  # 3.12+ warns of fork with threads: none run here
+                warnings.simplefilter("ignore", DeprecationWarning)
+                child = os.fork()
+            if child == 0:  # pragma: no cover - runs in the child
+                code = 1
+                try:
+                    answer = asyncio.run(client.call("GET", "/v1/status", start=False))
+                    fresh = _kept_inodes(client)
+                    code = 0 if answer["pid"] == pid and fresh != parent_kept else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(child, 0)
+            assert os.waitstatus_to_exitcode(status) == 0
+            # The parent's connection is untouched and still answers.
+            assert (await client.call("GET", "/v1/status", start=False))["pid"] == pid
+            assert _kept_inodes(client) == parent_kept
+        finally:
+            await client.close()
+
+    asyncio.run(main())
