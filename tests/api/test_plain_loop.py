@@ -226,7 +226,7 @@ def test_a_forked_child_does_not_share_the_parents_connection(
                     code = 0 if answer["pid"] == pid and fresh != parent_kept else 2
                 finally:
                     os._exit(code)
-            _, status = os.waitpid(child, 0)
+            _, status = await asyncio.to_thread(os.waitpid, child, 0)
             assert os.waitstatus_to_exitcode(status) == 0
             # The parent's connection is untouched and still answers.
             assert (await client.call("GET", "/v1/status", start=False))["pid"] == pid
