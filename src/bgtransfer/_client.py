@@ -256,7 +256,7 @@ class DaemonClient:
             except TimeoutError:
                 if deadline is not None and loop.time() >= deadline:
                     raise
-                if process_stopped(kept.pid):
+                if kept.pid and process_stopped(kept.pid):
                     raise _not_answering(self.home, kept.pid) from None
 
     async def _kept_once(self, method: str, request: bytes) -> tuple[int, bytes]:
