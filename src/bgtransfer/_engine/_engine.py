@@ -50,8 +50,8 @@ from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._schedule import priority_rank
 from bgtransfer._protocol._upload import UploadMachine
-from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import OPEN_ATTEMPT, SQLiteStore, event_record
+from bgtransfer._store._base import Attempt, TaskRow
+from bgtransfer._store._sqlite import SQLiteStore, event_record
 
 __all__ = ["Engine"]
 
@@ -74,8 +74,8 @@ class _Live:
     slow: bool = False
     last_phase: Phase | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-    attempt: dict[str, Any] | None = None  # the request in flight, for the history
-    attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
+    attempt: Attempt | None = None  # the request in flight, for the history
+    attempts_done: list[Attempt] = field(default_factory=list)  # for the next commit
     checksums: set[str] | None = None  # tus: algorithms the server offers (None: not asked)
     checksum_failures: int = 0
     slot: Slot | None = None  # the limiter slot the current attempt holds
@@ -384,7 +384,7 @@ class Engine(UploadDriver, Pacing):
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         self.get(task_id)
-        return self.store.attempts(task_id)
+        return [a.to_json() for a in self.store.attempts(task_id)]
 
     def subscribe(self, maxsize: int = 0) -> asyncio.Queue[Event]:
         """A queue of live events; with ``maxsize``, a subscriber that falls that far behind
@@ -673,7 +673,7 @@ class Engine(UploadDriver, Pacing):
         attempt, live.attempt = live.attempt, None
         if attempt is None:
             return
-        status = attempt["status"]
+        status = attempt.status
         detail = live.machine.snap.detail
         if status in (301, 302, 303, 307, 308) and not detail.startswith("failed"):
             outcome = "redirected"
@@ -687,25 +687,16 @@ class Engine(UploadDriver, Pacing):
             outcome = "interrupted: " + (
                 "the daemon stopped" if self.background else "the session was closed"
             )
-        attempt["ended_at"] = time.time()
-        attempt["outcome"] = outcome
+        attempt.ended_at = time.time()
+        attempt.outcome = outcome
         # Written with the task's next snapshot, in the same transaction: every path that
         # ends an attempt persists soon after (retry, finish, suspend, fail).
         live.attempts_done.append(attempt)
 
-    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> Attempt:
         """A request that starts: on record (outcome "in progress") with the next commit,
         whatever becomes of the process; the row is updated when it ends."""
-        attempt: dict[str, Any] = {
-            "key": os.urandom(8).hex(),
-            "started_at": time.time(),
-            "ended_at": None,
-            "url": url,
-            "range_start": range_start,
-            "status": None,
-            "bytes": 0,
-            "outcome": OPEN_ATTEMPT,
-        }
+        attempt = Attempt(time.time(), url, range_start, key=os.urandom(8).hex())
         if self._commit is not None and not self._closed:
             # No await: the request is not held up for it (a crash in the next few
             # milliseconds may leave it unlisted); the writer merges it with the task's
@@ -713,7 +704,7 @@ class Engine(UploadDriver, Pacing):
             # so no commit ever lands while its file has unsynced bytes.
             live.part.sync()
             fut = self._commit.submit(
-                Save(live.row.id, None, time.time(), attempts=[dict(attempt)])
+                Save(live.row.id, None, time.time(), attempts=[attempt.copy()])
             )
             fut.add_done_callback(_ignore)
         return attempt
@@ -741,7 +732,7 @@ class Engine(UploadDriver, Pacing):
             row.hook_state = hook
         attempts, live.attempts_done = live.attempts_done, []
         if live.attempt is not None:  # the request in flight, its bytes so far
-            attempts.append(dict(live.attempt))
+            attempts.append(live.attempt.copy())
         snap = _stored(m, now)
         wall = time.time()
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
@@ -846,7 +837,7 @@ class Engine(UploadDriver, Pacing):
             return M.TransportFailed(NetworkError(f"request failed: {exc!r}"))
         live.resp = resp
         if live.attempt is not None:
-            live.attempt["status"] = resp.status
+            live.attempt.status = resp.status
         headers = lower_headers(resp)
         self._heard(action.url, resp.status, headers)
         return M.Response(resp.status, headers, wall_time=time.time(), reason=resp.reason)
@@ -876,7 +867,7 @@ class Engine(UploadDriver, Pacing):
         def take(chunk: bytes | memoryview) -> None:
             part.write(chunk)
             if live.attempt is not None:
-                live.attempt["bytes"] += len(chunk)
+                live.attempt.bytes += len(chunk)
             # No await between write and handle: the offset always matches the file.
             actions = m.handle(M.DataWritten(len(chunk)), now=self.clock())
             if actions:

@@ -59,6 +59,7 @@ from bgtransfer._protocol._segments import (
     split_largest,
 )
 from bgtransfer._redact import redact
+from bgtransfer._store._base import Attempt
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine, _Live
@@ -263,7 +264,7 @@ class _Driver:
                     self._end(attempt, live.attempt, f"segment {index}: {_describe(outcome)}")
                     return outcome
                 self._end(attempt, live.attempt, f"segment {index}: {outcome.error.message}")
-                if attempt is not None and attempt["bytes"] > 0:
+                if attempt is not None and attempt.bytes > 0:
                     failures = 0
                 failures += 1
                 if failures > SEGMENT_RETRIES:
@@ -279,22 +280,20 @@ class _Driver:
             if resp is not None:
                 resp.close()
 
-    def _new_attempt(self, index: int) -> dict[str, Any]:
+    def _new_attempt(self, index: int) -> Attempt:
         return self.engine.open_attempt(self.live, self.m.url, self.m.snap.segments[index][1])
 
-    def _end(
-        self, attempt: dict[str, Any] | None, first: dict[str, Any] | None, outcome: str
-    ) -> None:
+    def _end(self, attempt: Attempt | None, first: Attempt | None, outcome: str) -> None:
         # The first request's record belongs to the engine, which closes it with the task's
         # next event; the others go into the history with the next snapshot.
         if attempt is None or attempt is first:
             return
-        attempt["ended_at"] = time.time()
-        attempt["outcome"] = outcome
+        attempt.ended_at = time.time()
+        attempt.outcome = outcome
         self.live.attempts_done.append(attempt)
 
     async def _request(
-        self, index: int, attempt: dict[str, Any]
+        self, index: int, attempt: Attempt
     ) -> aiohttp.ClientResponse | M.Event | _Retry:
         http, m = self.engine._http, self.m
         assert http is not None
@@ -321,7 +320,7 @@ class _Driver:
             return _Retry(ReadError(f"connection lost before the response: {exc}"))
         except aiohttp.ClientError as exc:
             return _Retry(NetworkError(f"request failed: {exc!r}"))
-        attempt["status"] = resp.status
+        attempt.status = resp.status
         got = lower_headers(resp)
         self.engine._heard(url, resp.status, got)
         answer = check_segment_response(
@@ -357,7 +356,7 @@ class _Driver:
         )
 
     async def _read(
-        self, index: int, resp: aiohttp.ClientResponse, attempt: dict[str, Any] | None
+        self, index: int, resp: aiohttp.ClientResponse, attempt: Attempt | None
     ) -> M.Event | _Retry | None:
         m, live, part = self.m, self.live, self.live.part
         rt = m.spec.request_timeout
@@ -370,7 +369,7 @@ class _Driver:
                 data = memoryview(chunk)[:room] if len(chunk) > room else chunk
                 part.pwrite(data, pos)
                 if attempt is not None:
-                    attempt["bytes"] += len(data)
+                    attempt.bytes += len(data)
                 # No await between pwrite and handle: the segments always match the file.
                 actions = m.handle(M.SegmentWritten(index, len(data)), now=self.engine.clock())
                 if actions:

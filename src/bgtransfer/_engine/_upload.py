@@ -38,6 +38,7 @@ from bgtransfer._protocol._upload import (
     UploadLost,
     UploadProgress,
 )
+from bgtransfer._store._base import Attempt
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import _Live
@@ -84,7 +85,7 @@ class UploadDriver:
     async def flush(self) -> None:
         raise NotImplementedError
 
-    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
+    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> Attempt:
         raise NotImplementedError
 
     def _end_attempt(self, live: _Live) -> None:
@@ -143,7 +144,7 @@ class UploadDriver:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
         )
         if live.attempt is not None:
-            live.attempt["status"] = resp.status  # the history shows the last answer
+            live.attempt.status = resp.status  # the history shows the last answer
         self._heard(url, resp.status, lower_headers(resp))
         try:
             body = await self._read_answer(live, resp)
@@ -273,7 +274,7 @@ class UploadDriver:
         else:
             self._drop_spool(live)
         if live.attempt is not None:
-            live.attempt["bytes"] = max(0, m.snap.offset - start)
+            live.attempt.bytes = max(0, m.snap.offset - start)
             self._end_attempt(live)  # before the actions: their commit carries it
         self._execute_sync(live, after)
         if not any(isinstance(a, M.Persist) for a in after):

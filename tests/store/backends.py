@@ -1,0 +1,69 @@
+"""The store backends the conformance suite runs against, each behind one small interface:
+open a store (again: a second connection, or after a restart), and make one at an older
+schema version so that opening it migrates."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Protocol
+
+from bgtransfer._store._base import Store, TaskRow
+from bgtransfer._store._sqlite import SQLiteStore
+
+
+class Backend(Protocol):
+    name: str
+
+    def open(self) -> Store:
+        """A store on the backend's database (the same one every call)."""
+        ...
+
+    def make_old(self, row: TaskRow) -> None:
+        """Turn the database into one an older bgtransfer left, holding ``row``."""
+        ...
+
+    def schema_version(self) -> tuple[int, int]:
+        """(the database's schema version, the version this bgtransfer writes)."""
+        ...
+
+
+class SQLiteBackend:
+    name = "sqlite"
+
+    def __init__(self, tmp: Path) -> None:
+        self.path = str(tmp / "store.sqlite3")
+
+    def open(self) -> SQLiteStore:
+        return SQLiteStore(self.path)
+
+    def make_old(self, row: TaskRow) -> None:
+        store = self.open()
+        store.insert(row)
+        store.close()
+        # What version 8 had: no queue order, no start times, no scheduling tables.
+        con = sqlite3.connect(self.path)
+        for stmt in (
+            "DROP INDEX tasks_queue",
+            "DROP INDEX tasks_not_before",
+            "ALTER TABLE tasks DROP COLUMN priority",
+            "ALTER TABLE tasks DROP COLUMN not_before",
+            "DROP TABLE jobs",
+            "DROP TABLE job_runs",
+            "DROP TABLE limits",
+            "DROP TABLE cooldowns",
+            "PRAGMA user_version=8",
+        ):
+            con.execute(stmt)
+        con.commit()
+        con.close()
+
+    def schema_version(self) -> tuple[int, int]:
+        from bgtransfer._store._schema import SCHEMA_VERSION
+
+        con = sqlite3.connect(self.path)
+        try:
+            (version,) = con.execute("PRAGMA user_version").fetchone()
+        finally:
+            con.close()
+        return int(version), SCHEMA_VERSION
