@@ -67,3 +67,38 @@ class SQLiteBackend:
         finally:
             con.close()
         return int(version), SCHEMA_VERSION
+
+
+class PostgresBackend:
+    name = "postgresql"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def open(self) -> Store:
+        from bgtransfer._store._postgres import PostgresStore
+
+        return PostgresStore(self.url)
+
+    def make_old(self, row: TaskRow) -> None:
+        import psycopg
+
+        store = self.open()
+        store.insert(row)
+        store.close()
+        # What version 1 had: no leases, no fencing tokens.
+        with psycopg.connect(self.url, autocommit=True) as con:
+            con.execute("DROP INDEX tasks_lease")
+            for column in ("lease_owner", "lease_expires", "generation"):
+                con.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
+            con.execute("UPDATE bgtransfer_schema SET version=1")
+
+    def schema_version(self) -> tuple[int, int]:
+        import psycopg
+
+        from bgtransfer._store._pgschema import SCHEMA_VERSION
+
+        with psycopg.connect(self.url, autocommit=True) as con:
+            row = con.execute("SELECT version FROM bgtransfer_schema").fetchone()
+        assert row is not None
+        return int(row[0]), SCHEMA_VERSION

@@ -1,4 +1,5 @@
-"""Store fixtures: ``backend`` and ``store`` run a test once per backend."""
+"""Store fixtures: ``backend`` and ``store`` run a test once per backend (SQLite on a
+temporary file; PostgreSQL on the session's server, a fresh database per test)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from bgtransfer._store._base import Store
-from tests.store.backends import Backend, SQLiteBackend
+from tests.store.backends import Backend, PostgresBackend, SQLiteBackend
+from tests.store.pg import pg_url, postgres  # noqa: F401  (fixtures)
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     if request.param == "sqlite":
         return SQLiteBackend(tmp_path)
-    raise AssertionError(request.param)
+    return PostgresBackend(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -33,6 +33,8 @@ class SQLBase:
     _db: Conn
     # ``LIMIT`` meaning "no limit" (SQLite: -1; PostgreSQL: NULL).
     _no_limit: int | None = -1
+    # Whether tasks carry a claim generation (fleet mode's fencing token).
+    _fencing = False
 
     def _tx(self) -> AbstractContextManager[None]:
         raise NotImplementedError

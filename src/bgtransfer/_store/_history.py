@@ -5,9 +5,10 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
+from bgtransfer._exceptions import StoreError
 from bgtransfer._protocol._machine import Snapshot
 from bgtransfer._redact import redact
-from bgtransfer._store._base import Attempt, EventRecord, StoredEvent
+from bgtransfer._store._base import Attempt, EventRecord, LeaseLost, StoredEvent
 from bgtransfer._store._codec import (
     ATTEMPT_SELECT,
     EVENT_SELECT,
@@ -32,6 +33,7 @@ class HistoryMixin(SQLBase):
         event: tuple[str, str] | None = None,
         hook_state: str | None = None,
         attempts: Sequence[Attempt] = (),
+        fence: int | None = None,
     ) -> int | None:
         """Persist a snapshot; with ``event=(session, state)`` also log a state event, and
         add the ``attempts`` to the history.
@@ -48,6 +50,7 @@ class HistoryMixin(SQLBase):
                 events=events,
                 hook_state=hook_state,
                 attempts=attempts,
+                fence=fence,
             )
         return cursors[0] if cursors else None
 
@@ -60,11 +63,16 @@ class HistoryMixin(SQLBase):
         events: Sequence[EventRecord] = (),
         hook_state: str | None = None,
         attempts: Sequence[Attempt] = (),
+        fence: int | None = None,
     ) -> builtins.list[int | None]:
         """:meth:`save` inside a transaction the caller holds (group commit), with any
         number of state events (saves merged in the queue). Returns their cursors.
 
-        ``snap=None``: only the attempts (a request that starts changes no offset)."""
+        ``snap=None``: only the attempts (a request that starts changes no offset).
+        ``fence``: the generation of this worker's claim (fleet mode); LeaseLost, and the
+        caller's transaction must roll back, if the task was claimed again since."""
+        if fence is not None:  # first: a refused commit does no other work
+            self._check_fence(task_id, fence, snap, wall_time)
         for attempt in attempts:
             self._add_attempt_in_tx(task_id, attempt)
         if snap is None:
@@ -79,11 +87,32 @@ class HistoryMixin(SQLBase):
                 (ev[0], task_id, *ev[1:]),
             ).fetchone()
             cursors.append(int(cursor))
-        self._db.execute(
-            f"UPDATE tasks SET {SNAPSHOT_SET} WHERE id=?",
-            (*snapshot_values(snap, wall_time), task_id),
-        )
+        if fence is None:  # else written by the check
+            self._db.execute(
+                f"UPDATE tasks SET {SNAPSHOT_SET} WHERE id=?",
+                (*snapshot_values(snap, wall_time), task_id),
+            )
         return cursors
+
+    def _check_fence(
+        self, task_id: str, fence: int, snap: Snapshot | None, wall_time: float
+    ) -> None:
+        # The token is checked by the statement that writes (or, with no snapshot, by one
+        # that locks the row): a claim in between cannot slip past the check.
+        if not self._fencing:
+            raise StoreError("this store has no claims to fence (fleet mode needs PostgreSQL)")
+        if snap is None:
+            cur = self._db.execute(
+                "UPDATE tasks SET generation=generation WHERE id=? AND generation=?",
+                (task_id, fence),
+            )
+        else:
+            cur = self._db.execute(
+                f"UPDATE tasks SET {SNAPSHOT_SET} WHERE id=? AND generation=?",
+                (*snapshot_values(snap, wall_time), task_id, fence),
+            )
+        if cur.rowcount == 0:
+            raise LeaseLost(f"the claim on task {task_id} (generation {fence}) was lost")
 
     def _add_attempt_in_tx(self, task_id: str, attempt: Attempt) -> None:
         url, outcome = redact(attempt.url), redact(attempt.outcome)  # never keep a password

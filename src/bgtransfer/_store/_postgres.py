@@ -1,0 +1,195 @@
+"""PostgreSQL store (fleet mode): the same tables and the same SQL as SQLite's, on psycopg 3,
+plus claims: workers on many hosts share one queue.
+
+A worker claims runnable tasks with ``FOR UPDATE SKIP LOCKED`` (two workers never wait for
+each other, nor take the same task), holds each by a lease it renews, and commits under the
+claim's generation (a fencing token): once the lease ran out and another worker claimed the
+task, the old holder's commits are refused (:class:`LeaseLost`), whatever it still believes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import psycopg
+import psycopg.errors
+
+from bgtransfer._exceptions import StoreError, StoreFull
+from bgtransfer._store._base import TaskRow
+from bgtransfer._store._codec import COLUMNS
+from bgtransfer._store._pgschema import MIGRATIONS, SCHEMA_VERSION
+from bgtransfer._store._sql import SQLStore
+
+__all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore"]
+
+# pg_advisory_xact_lock key: workers that start together migrate one after the other.
+_MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
+
+# Claimable besides due queued tasks: those a worker was running when its lease ran out.
+_TAKEOVER = ("connecting", "transferring", "waiting to retry", "verifying", "finishing",
+             "canceling")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    row: TaskRow
+    token: int  # the generation: pass it as ``fence`` to every commit of the task
+
+
+class _Conn:
+    """psycopg with the ``?`` placeholders the shared SQL is written with."""
+
+    def __init__(self, con: psycopg.Connection[Any]) -> None:
+        self.con = con
+
+    def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
+        # The shared SQL has no literal "?" or "%".
+        return self.con.execute(sql.replace("?", "%s"), parameters)
+
+
+class PostgresStore(SQLStore):
+    _db: _Conn
+    _integrity_error: ClassVar[type[Exception]] = psycopg.errors.UniqueViolation
+    _no_limit = None
+    _fencing = True
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        self._url = url
+        try:
+            con = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the task store: {_safe(exc)}") from exc
+        self._db = _Conn(con)
+        try:
+            self._migrate()
+        except BaseException:
+            con.close()
+            raise
+
+    @property
+    def path(self) -> str:
+        return self._url
+
+    def close(self) -> None:
+        self._db.con.close()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return self._tx()
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        try:
+            with self._db.con.transaction():
+                yield
+        except psycopg.errors.DiskFull as exc:
+            raise StoreFull(
+                f"the task store's disk is full ({_safe(exc)}): tasks are suspended until "
+                "space is freed"
+            ) from exc
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"the task store failed: {_safe(exc)}") from exc
+
+    def _version(self) -> int:
+        found = self._db.execute("SELECT to_regclass('bgtransfer_schema')").fetchone()
+        if found is None or found[0] is None:
+            return 0
+        row = self._db.execute("SELECT version FROM bgtransfer_schema").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def _migrate(self) -> None:
+        if self._version() == SCHEMA_VERSION:
+            return
+        with self._tx():
+            self._db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+            version = self._version()  # again, under the lock: another worker may have done it
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the task store has schema version {version}, newer than this "
+                    f"bgtransfer understands ({SCHEMA_VERSION}); upgrade bgtransfer"
+                )
+            if version == 0:
+                self._db.execute("CREATE TABLE bgtransfer_schema (version INTEGER NOT NULL)")
+                self._db.execute("INSERT INTO bgtransfer_schema VALUES (0)")
+            for step in range(version, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[step]:
+                    self._db.execute(stmt)
+            self._db.execute("UPDATE bgtransfer_schema SET version=?", (SCHEMA_VERSION,))
+
+    # -- fleet mode: claims, leases, fencing -------------------------------------------------
+
+    def claim(
+        self, worker: str, lease_s: float, *, limit: int = 1, now: float | None = None
+    ) -> builtins.list[Claim]:
+        """Take up to ``limit`` runnable background tasks for ``worker`` until ``now +
+        lease_s``: due queued tasks, and tasks whose holder's lease ran out. Each claim
+        raises the task's generation, which fences off any earlier holder."""
+        now = time.time() if now is None else now
+        marks = ", ".join("?" * len(_TAKEOVER))
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1 "
+                "WHERE id IN (SELECT id FROM tasks WHERE background=1 "
+                "AND (lease_owner IS NULL OR lease_expires < ?) "
+                "AND ((phase='queued' AND (not_before IS NULL OR not_before <= ?)) "
+                f"OR phase IN ({marks})) "
+                "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+                "RETURNING id, generation",
+                (worker, now + lease_s, now, now, *_TAKEOVER, limit),
+            )
+            tokens = {str(i): int(g) for i, g in cur.fetchall()}
+            if not tokens:
+                return []
+            rows = self._rows(
+                f"SELECT {COLUMNS} FROM tasks WHERE id IN ({', '.join('?' * len(tokens))}) "
+                "ORDER BY priority, created_at, id",
+                builtins.list(tokens),
+            )
+        return [Claim(r, tokens[r.id]) for r in rows]
+
+    def renew(
+        self, worker: str, tokens: Mapping[str, int], lease_s: float, *, now: float | None = None
+    ) -> set[str]:
+        """Extend the leases ``worker`` still holds; returns their ids. A task missing from
+        the answer was claimed by another worker: stop touching it."""
+        now = time.time() if now is None else now
+        held: set[str] = set()
+        with self._tx():
+            for task_id, token in tokens.items():
+                cur = self._db.execute(
+                    "UPDATE tasks SET lease_expires=? WHERE id=? AND generation=? "
+                    "AND lease_owner=?",
+                    (now + lease_s, task_id, token, worker),
+                )
+                if cur.rowcount:
+                    held.add(task_id)
+        return held
+
+    def release(self, task_id: str, token: int) -> bool:
+        """Give a task back (finished, suspended, or the worker stops): any worker may claim
+        it from now on if it is runnable. False if the claim was already lost."""
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL "
+                "WHERE id=? AND generation=?",
+                (task_id, token),
+            )
+        return cur.rowcount > 0
+
+    def lease(self, task_id: str) -> tuple[str | None, float | None, int] | None:
+        """(holder, lease expiry, generation) of a task; None if there is no such task."""
+        row = self._db.execute(
+            "SELECT lease_owner, lease_expires, generation FROM tasks WHERE id=?", (task_id,)
+        ).fetchone()
+        return None if row is None else (row[0], row[1], int(row[2]))
+
+
+def _safe(exc: BaseException) -> str:
+    """An error's text without the connection string's password (libpq may quote it)."""
+    from bgtransfer._redact import redact
+
+    return redact(str(exc).strip())
