@@ -95,8 +95,13 @@ class PostgresStore(SQLStore):
             raise StoreError(f"the task store failed: {_safe(exc)}") from exc
 
     def _version(self) -> int:
-        found = self._db.execute("SELECT to_regclass('bgtransfer_schema')").fetchone()
-        if found is None or found[0] is None:
+        # The catalog read as a table (a fresh snapshot), not through to_regclass: that one
+        # may answer from this connection's cache of a lookup made before the lock.
+        found = self._db.execute(
+            "SELECT 1 FROM pg_tables WHERE schemaname=current_schema() "
+            "AND tablename='bgtransfer_schema'"
+        ).fetchone()
+        if found is None:
             return 0
         row = self._db.execute("SELECT version FROM bgtransfer_schema").fetchone()
         return 0 if row is None else int(row[0])
