@@ -179,8 +179,7 @@ class PostgresStore(SQLStore):
         it from now on if it is runnable. False if the claim was already lost."""
         with self._tx():
             cur = self._db.execute(
-                "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL "
-                "WHERE id=? AND generation=?",
+                "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL WHERE id=? AND generation=?",
                 (task_id, token),
             )
         return cur.rowcount > 0
