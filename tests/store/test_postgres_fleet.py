@@ -17,6 +17,7 @@ import pytest
 from bgtransfer._exceptions import StoreError
 from bgtransfer._models import Phase
 from bgtransfer._store._base import Attempt, LeaseLost
+from bgtransfer._store._codec import event_record
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._tasks import build_row
@@ -230,3 +231,31 @@ def test_an_unreachable_server_is_a_store_error(postgres: PostgresServer) -> Non
         port = s.getsockname()[1]  # nothing listens on it once closed
     with pytest.raises(StoreError, match="cannot connect to the task store"):
         PostgresStore(f"postgresql://postgres:hunter2@127.0.0.1:{port}/x", connect_timeout=5)
+
+
+def test_committed_events_wake_a_listener_elsewhere(
+    pg: PostgresStore, pg_url: str, tmp_path: Path
+) -> None:
+    from bgtransfer._store._postgres import EventListener
+
+    a, b = _rows(tmp_path, 2)
+    pg.insert_many([a, b])
+    listener = EventListener(pg_url)
+    try:
+        assert listener.wait(0.05) == set()  # nothing happened: nothing to wake for
+        running = dataclasses.replace(a.snap, phase=Phase.TRANSFERRING)
+        pg.save(a.id, running, wall_time=T0)  # progress: no event, no wake-up
+        assert listener.wait(0.05) == set()
+        with pg.transaction():  # a group commit of two events: one wake-up
+            for r in (a, b):
+                pg.save_in_tx(
+                    r.id, running, wall_time=T0,
+                    events=[event_record("s", "running", running, T0)],
+                )  # fmt: skip
+            assert listener.wait(0.05) == set()  # not before the commit
+        assert listener.wait(10.0) == {"s"}
+        assert listener.wait(0.05) == set()
+        cursor = pg.last_cursor()
+        assert [e.task_id for e in pg.events_since("s", cursor - 2)] == [a.id, b.id]
+    finally:
+        listener.close()

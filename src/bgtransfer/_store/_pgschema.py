@@ -8,9 +8,10 @@ the database's locale (prefix lookups and page cursors depend on it).
 
 from __future__ import annotations
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["EVENTS_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 2
+EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -120,6 +121,12 @@ _V2 = [
     "ALTER TABLE tasks ADD COLUMN lease_expires DOUBLE PRECISION",
     "ALTER TABLE tasks ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
     "CREATE INDEX tasks_lease ON tasks(lease_expires) WHERE lease_owner IS NOT NULL",
+    # State events wake listeners on other hosts (no polling loop): one notification per
+    # session per transaction (PostgreSQL folds equal ones), sent when the commit lands.
+    "CREATE FUNCTION bgtransfer_event_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{EVENTS_CHANNEL}', NEW.session); RETURN NULL; END $$",
+    "CREATE TRIGGER events_notify AFTER INSERT ON events FOR EACH ROW "
+    "EXECUTE FUNCTION bgtransfer_event_notify()",
 ]
 
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).

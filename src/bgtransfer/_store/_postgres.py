@@ -22,10 +22,10 @@ import psycopg.errors
 from bgtransfer._exceptions import StoreError, StoreFull
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS
-from bgtransfer._store._pgschema import MIGRATIONS, SCHEMA_VERSION
+from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
 from bgtransfer._store._sql import SQLStore
 
-__all__ = ["SCHEMA_VERSION", "Claim", "PostgresStore"]
+__all__ = ["SCHEMA_VERSION", "Claim", "EventListener", "PostgresStore"]
 
 # pg_advisory_xact_lock key: workers that start together migrate one after the other.
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
@@ -190,6 +190,35 @@ class PostgresStore(SQLStore):
             "SELECT lease_owner, lease_expires, generation FROM tasks WHERE id=?", (task_id,)
         ).fetchone()
         return None if row is None else (row[0], row[1], int(row[2]))
+
+
+class EventListener:
+    """Wakes when state events are committed, by any worker on any host (LISTEN/NOTIFY on
+    a connection of its own): the event stream waits on this, then reads the events table
+    from its cursor. A notification says only which session; the table says what."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._con = psycopg.connect(url, autocommit=True)
+            self._con.execute(f"LISTEN {EVENTS_CHANNEL}")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot listen for task events: {_safe(exc)}") from exc
+
+    def wait(self, timeout: float) -> set[str]:
+        """The sessions with new events: those notified within ``timeout`` seconds (empty
+        if none), and any that arrived meanwhile (they are not lost between calls)."""
+        sessions: set[str] = set()
+        try:
+            for note in self._con.notifies(timeout=timeout, stop_after=1):
+                sessions.add(note.payload)
+            for note in self._con.notifies(timeout=0):
+                sessions.add(note.payload)
+        except psycopg.Error as exc:
+            raise StoreError(f"lost the task event listener: {_safe(exc)}") from exc
+        return sessions
+
+    def close(self) -> None:
+        self._con.close()
 
 
 def _safe(exc: BaseException) -> str:
