@@ -141,7 +141,8 @@ def _missing() -> str | None:
         import psycopg  # noqa: F401
     except ImportError:
         return "psycopg is not installed (pip install -e '.[dev]')"
-    if find_bindir() is None:
+    bindir = find_bindir()
+    if bindir is None or not os.access(os.path.join(bindir, "pg_ctl"), os.X_OK):
         return "PostgreSQL is not installed (apt-get install postgresql)"
     return None
 
