@@ -86,11 +86,12 @@ class PostgresBackend:
         store = self.open()
         store.insert(row)
         store.close()
-        # What version 1 had: no leases, no fencing tokens, no event notifications.
+        # What version 1 had: no leases, fencing tokens, event notifications or workers.
         with psycopg.connect(self.url, autocommit=True) as con:
             con.execute("DROP INDEX tasks_lease")
             con.execute("DROP TRIGGER events_notify ON events")
             con.execute("DROP FUNCTION bgtransfer_event_notify()")
+            con.execute("DROP TABLE workers")
             for column in ("lease_owner", "lease_expires", "generation"):
                 con.execute(f"ALTER TABLE tasks DROP COLUMN {column}")
             con.execute("UPDATE bgtransfer_schema SET version=1")

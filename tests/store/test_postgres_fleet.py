@@ -259,3 +259,27 @@ def test_committed_events_wake_a_listener_elsewhere(
         assert [e.task_id for e in pg.events_since("s", cursor - 2)] == [a.id, b.id]
     finally:
         listener.close()
+
+
+def test_workers_and_queue_depth_for_status(pg: PostgresStore, tmp_path: Path) -> None:
+    rows = _rows(tmp_path, 3)
+    pg.insert_many(rows)
+    assert pg.workers(now=T0) == []
+    assert pg.queue_depth(now=T0) == 3
+    pg.heartbeat("w1", "host-a", 100, now=T0)
+    pg.heartbeat("w2", "host-b", 200, now=T0)
+    pg.claim("w1", 10.0, limit=2, now=T0)
+    assert pg.queue_depth(now=T0) == 1
+    pg.heartbeat("w1", "host-a", 100, now=T0 + 5)
+    w1, w2 = pg.workers(now=T0 + 5)
+    assert (w1.name, w1.host, w1.pid, w1.started_at, w1.last_seen, w1.held) == (
+        "w1", "host-a", 100, T0, T0 + 5, 2,
+    )  # fmt: skip
+    assert (w2.name, w2.held, w2.last_seen) == ("w2", 0, T0)
+    # The leases ran out: nothing held, the tasks count as waiting again.
+    assert [w.held for w in pg.workers(now=T0 + 11)] == [0, 0]
+    assert pg.queue_depth(now=T0 + 11) == 3
+    pg.heartbeat("w1", "host-a", 101, now=T0 + 20)  # restarted: a new start time
+    assert pg.workers(now=T0 + 20)[0].started_at == T0 + 20
+    pg.forget_worker("w2")
+    assert [w.name for w in pg.workers(now=T0 + 20)] == ["w1"]

@@ -127,6 +127,14 @@ _V2 = [
     f"$$ BEGIN PERFORM pg_notify('{EVENTS_CHANNEL}', NEW.session); RETURN NULL; END $$",
     "CREATE TRIGGER events_notify AFTER INSERT ON events FOR EACH ROW "
     "EXECUTE FUNCTION bgtransfer_event_notify()",
+    # The workers, for `status`: who is there, where, and when it was last heard of.
+    """CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL
+)""",
 ]
 
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).

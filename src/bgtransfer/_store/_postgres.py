@@ -25,7 +25,7 @@ from bgtransfer._store._codec import COLUMNS
 from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
 from bgtransfer._store._sql import SQLStore
 
-__all__ = ["SCHEMA_VERSION", "Claim", "EventListener", "PostgresStore"]
+__all__ = ["SCHEMA_VERSION", "Claim", "EventListener", "PostgresStore", "WorkerRow"]
 
 # pg_advisory_xact_lock key: workers that start together migrate one after the other.
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
@@ -33,6 +33,16 @@ _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
 # Claimable besides due queued tasks: those a worker was running when its lease ran out.
 _TAKEOVER = ("connecting", "transferring", "waiting to retry", "verifying", "finishing",
              "canceling")  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRow:
+    name: str
+    host: str
+    pid: int
+    started_at: float
+    last_seen: float
+    held: int  # tasks it holds an unexpired lease on
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +193,48 @@ class PostgresStore(SQLStore):
                 (task_id, token),
             )
         return cur.rowcount > 0
+
+    def heartbeat(self, name: str, host: str, pid: int, *, now: float | None = None) -> None:
+        """The worker is alive (it renews its leases at the same pace)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO workers (name, host, pid, started_at, last_seen) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET host=excluded.host, "
+                "pid=excluded.pid, last_seen=excluded.last_seen, started_at=CASE WHEN "
+                "workers.pid = excluded.pid THEN workers.started_at ELSE excluded.started_at END",
+                (name, host, pid, now, now),
+            )
+
+    def forget_worker(self, name: str) -> None:
+        """A worker that stops cleanly leaves the list (its leases were released)."""
+        with self._tx():
+            self._db.execute("DELETE FROM workers WHERE name=?", (name,))
+
+    def workers(self, *, now: float | None = None) -> builtins.list[WorkerRow]:
+        """Every worker heard of, with the number of tasks it holds a live lease on."""
+        now = time.time() if now is None else now
+        cur = self._db.execute(
+            "SELECT w.name, w.host, w.pid, w.started_at, w.last_seen, COUNT(t.id) "
+            "FROM workers w LEFT JOIN tasks t ON t.lease_owner = w.name AND t.lease_expires >= ? "
+            "GROUP BY w.name, w.host, w.pid, w.started_at, w.last_seen ORDER BY w.name",
+            (now,),
+        )
+        return [
+            WorkerRow(str(n), str(h), int(p), float(s), float(seen), int(held))
+            for n, h, p, s, seen, held in cur.fetchall()
+        ]
+
+    def queue_depth(self, *, now: float | None = None) -> int:
+        """Background tasks due and waiting for a worker."""
+        now = time.time() if now is None else now
+        row = self._db.execute(
+            "SELECT COUNT(*) FROM tasks WHERE phase='queued' AND background=1 "
+            "AND (not_before IS NULL OR not_before <= ?) "
+            "AND (lease_owner IS NULL OR lease_expires < ?)",
+            (now, now),
+        ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def lease(self, task_id: str) -> tuple[str | None, float | None, int] | None:
         """(holder, lease expiry, generation) of a task; None if there is no such task."""
