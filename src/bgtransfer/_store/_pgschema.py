@@ -120,7 +120,8 @@ _V2 = [
     "ALTER TABLE tasks ADD COLUMN lease_owner TEXT",
     "ALTER TABLE tasks ADD COLUMN lease_expires DOUBLE PRECISION",
     "ALTER TABLE tasks ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
-    "CREATE INDEX tasks_lease ON tasks(lease_expires) WHERE lease_owner IS NOT NULL",
+    "CREATE INDEX tasks_lease ON tasks(lease_expires) "
+    "WHERE lease_owner IS NOT NULL AND phase != 'done'",
     # State events wake listeners on other hosts (no polling loop): one notification per
     # session per transaction (PostgreSQL folds equal ones), sent when the commit lands.
     "CREATE FUNCTION bgtransfer_event_notify() RETURNS trigger LANGUAGE plpgsql AS "

@@ -142,21 +142,36 @@ class PostgresStore(SQLStore):
     ) -> builtins.list[Claim]:
         """Take up to ``limit`` runnable background tasks for ``worker`` until ``now +
         lease_s``: due queued tasks, and tasks whose holder's lease ran out. Each claim
-        raises the task's generation, which fences off any earlier holder."""
+        raises the task's generation, which fences off any earlier holder.
+
+        A task a worker runs always holds its lease (released when it stops running), so
+        an unleased task that is not queued belongs to nobody's queue and is not taken."""
         now = time.time() if now is None else now
-        marks = ", ".join("?" * len(_TAKEOVER))
+        take = "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1 "
+        tokens: dict[str, int] = {}
         with self._tx():
+            # Two walks of an index each, never a scan of the queue: first the tasks whose
+            # holder's lease ran out (begun work: resume it), then the queue's head.
+            marks = ", ".join("?" * len(_TAKEOVER))
             cur = self._db.execute(
-                "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1 "
-                "WHERE id IN (SELECT id FROM tasks WHERE background=1 "
-                "AND (lease_owner IS NULL OR lease_expires < ?) "
-                "AND ((phase='queued' AND (not_before IS NULL OR not_before <= ?)) "
-                f"OR phase IN ({marks})) "
+                f"{take} WHERE id IN (SELECT id FROM tasks WHERE lease_owner IS NOT NULL "
+                f"AND phase != 'done' AND lease_expires < ? AND background=1 "
+                f"AND phase IN ('queued', {marks}) "
                 "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
                 "RETURNING id, generation",
-                (worker, now + lease_s, now, now, *_TAKEOVER, limit),
+                (worker, now + lease_s, now, *_TAKEOVER, limit),
             )
-            tokens = {str(i): int(g) for i, g in cur.fetchall()}
+            tokens.update((str(i), int(g)) for i, g in cur.fetchall())
+            if len(tokens) < limit:
+                cur = self._db.execute(
+                    f"{take} WHERE id IN (SELECT id FROM tasks WHERE phase='queued' "
+                    "AND background=1 AND (not_before IS NULL OR not_before <= ?) "
+                    "AND lease_owner IS NULL "
+                    "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
+                    "RETURNING id, generation",
+                    (worker, now + lease_s, now, limit - len(tokens)),
+                )
+                tokens.update((str(i), int(g)) for i, g in cur.fetchall())
             if not tokens:
                 return []
             rows = self._rows(
