@@ -283,3 +283,20 @@ def test_workers_and_queue_depth_for_status(pg: PostgresStore, tmp_path: Path) -
     assert pg.workers(now=T0 + 20)[0].started_at == T0 + 20
     pg.forget_worker("w2")
     assert [w.name for w in pg.workers(now=T0 + 20)] == ["w1"]
+
+
+def test_claims_walk_indexes_not_the_queue(pg: PostgresStore, tmp_path: Path) -> None:
+    from bgtransfer._store._postgres import _TAKEOVER, CLAIM_EXPIRED, CLAIM_QUEUED
+
+    pg.insert_many(_rows(tmp_path, 50))
+    pg._db.execute("ANALYZE tasks")
+    pg._db.execute("SET enable_seqscan = off")  # a scan shows only if no index can serve
+    for sql, args in (
+        (CLAIM_QUEUED, (T0, 1)),
+        (CLAIM_EXPIRED, (T0, *_TAKEOVER, 1)),
+    ):
+        plan = " ".join(r[0] for r in pg._db.execute("EXPLAIN " + sql, args).fetchall())
+        assert "Seq Scan" not in plan, plan
+    queued = " ".join(r[0] for r in pg._db.execute("EXPLAIN " + CLAIM_QUEUED, (T0, 1)).fetchall())
+    assert "tasks_queue" in queued  # in queue order: it stops at the first free task
+    assert "Sort" not in queued

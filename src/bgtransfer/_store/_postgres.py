@@ -34,6 +34,19 @@ _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
 _TAKEOVER = ("connecting", "transferring", "waiting to retry", "verifying", "finishing",
              "canceling")  # fmt: skip
 
+# The two halves of a claim (parameters: now, the phases, limit / now, limit).
+CLAIM_EXPIRED = (
+    "SELECT id FROM tasks WHERE lease_owner IS NOT NULL AND phase != 'done' "
+    "AND lease_expires < ? AND background=1 "
+    f"AND phase IN ('queued', {', '.join('?' * len(_TAKEOVER))}) "
+    "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+)
+CLAIM_QUEUED = (
+    "SELECT id FROM tasks WHERE phase='queued' AND background=1 "
+    "AND (not_before IS NULL OR not_before <= ?) AND lease_owner IS NULL "
+    "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerRow:
@@ -152,23 +165,14 @@ class PostgresStore(SQLStore):
         with self._tx():
             # Two walks of an index each, never a scan of the queue: first the tasks whose
             # holder's lease ran out (begun work: resume it), then the queue's head.
-            marks = ", ".join("?" * len(_TAKEOVER))
             cur = self._db.execute(
-                f"{take} WHERE id IN (SELECT id FROM tasks WHERE lease_owner IS NOT NULL "
-                f"AND phase != 'done' AND lease_expires < ? AND background=1 "
-                f"AND phase IN ('queued', {marks}) "
-                "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
-                "RETURNING id, generation",
+                f"{take} WHERE id IN ({CLAIM_EXPIRED}) RETURNING id, generation",
                 (worker, now + lease_s, now, *_TAKEOVER, limit),
             )
             tokens.update((str(i), int(g)) for i, g in cur.fetchall())
             if len(tokens) < limit:
                 cur = self._db.execute(
-                    f"{take} WHERE id IN (SELECT id FROM tasks WHERE phase='queued' "
-                    "AND background=1 AND (not_before IS NULL OR not_before <= ?) "
-                    "AND lease_owner IS NULL "
-                    "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED) "
-                    "RETURNING id, generation",
+                    f"{take} WHERE id IN ({CLAIM_QUEUED}) RETURNING id, generation",
                     (worker, now + lease_s, now, limit - len(tokens)),
                 )
                 tokens.update((str(i), int(g)) for i, g in cur.fetchall())
