@@ -300,3 +300,41 @@ def test_claims_walk_indexes_not_the_queue(pg: PostgresStore, tmp_path: Path) ->
     queued = " ".join(r[0] for r in pg._db.execute("EXPLAIN " + CLAIM_QUEUED, (T0, 1)).fetchall())
     assert "tasks_queue" in queued  # in queue order: it stops at the first free task
     assert "Sort" not in queued
+
+
+def _kill_connection(store: PostgresStore, pg_url: str) -> None:
+    pid = store._db.con.info.backend_pid
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+
+def test_a_lost_connection_fails_one_call_then_reconnects(
+    pg: PostgresStore, pg_url: str, tmp_path: Path
+) -> None:
+    (row,) = _rows(tmp_path, 1)
+    pg.insert(row)
+    _kill_connection(pg, pg_url)
+    with pytest.raises(StoreError, match="the task store failed"):
+        pg.get(row.id)
+    got = pg.get(row.id)  # a new connection
+    assert got is not None
+
+    # Cut off inside a transaction: it fails whole, nothing of it lands; then it works.
+    def cut_midway() -> None:
+        with pg.transaction():
+            pg.set_limit(None, 1)
+            _kill_connection(pg, pg_url)
+            pg.set_limit("http://h:80", 2)
+
+    with pytest.raises(StoreError):
+        cut_midway()
+    assert pg.limits() == (None, {})
+    pg.set_limit(None, 3)
+    assert pg.limits() == (3, {})
+
+
+def test_a_closed_store_refuses_calls(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        store.get("x")

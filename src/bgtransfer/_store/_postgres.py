@@ -65,14 +65,41 @@ class Claim:
 
 
 class _Conn:
-    """psycopg with the ``?`` placeholders the shared SQL is written with."""
+    """psycopg with the ``?`` placeholders the shared SQL is written with, its failures as
+    StoreError, and a new connection when the last one was lost (server restart, network
+    cut, connection killed): the call that finds it lost fails, the next one reconnects."""
 
-    def __init__(self, con: psycopg.Connection[Any]) -> None:
-        self.con = con
+    def __init__(self, url: str, connect_timeout: float) -> None:
+        self.url, self.timeout = url, max(1, int(connect_timeout))
+        self.closed = False
+        self.in_tx = 0  # transactions open (psycopg nests them as savepoints)
+        self.con = self._connect()
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=self.timeout)
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot connect to the task store: {_safe(exc)}") from exc
+
+    def live(self) -> psycopg.Connection[Any]:
+        if self.closed:
+            raise StoreError("the task store is closed")
+        if self.con.closed or self.con.broken:
+            # Only between transactions: a transaction cut off is failed by its caller.
+            self.con = self._connect()
+        return self.con
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> psycopg.Cursor[Any]:
-        # The shared SQL has no literal "?" or "%".
-        return self.con.execute(sql.replace("?", "%s"), parameters)
+        con = self.con if self.in_tx else self.live()
+        try:
+            # The shared SQL has no literal "?" or "%".
+            return con.execute(sql.replace("?", "%s"), parameters)
+        except psycopg.OperationalError as exc:
+            raise _store_error(exc) from exc
+
+    def close(self) -> None:
+        self.closed = True
+        self.con.close()
 
 
 class PostgresStore(SQLStore):
@@ -83,15 +110,11 @@ class PostgresStore(SQLStore):
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self._url = url
-        try:
-            con = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the task store: {_safe(exc)}") from exc
-        self._db = _Conn(con)
+        self._db = _Conn(url, connect_timeout)
         try:
             self._migrate()
         except BaseException:
-            con.close()
+            self._db.close()
             raise
 
     @property
@@ -99,23 +122,22 @@ class PostgresStore(SQLStore):
         return self._url
 
     def close(self) -> None:
-        self._db.con.close()
+        self._db.close()
 
     def transaction(self) -> AbstractContextManager[None]:
         return self._tx()
 
     @contextmanager
     def _tx(self) -> Iterator[None]:
+        con = self._db.live() if not self._db.in_tx else self._db.con
+        self._db.in_tx += 1
         try:
-            with self._db.con.transaction():
+            with con.transaction():
                 yield
-        except psycopg.errors.DiskFull as exc:
-            raise StoreFull(
-                f"the task store's disk is full ({_safe(exc)}): tasks are suspended until "
-                "space is freed"
-            ) from exc
-        except psycopg.OperationalError as exc:
-            raise StoreError(f"the task store failed: {_safe(exc)}") from exc
+        except psycopg.OperationalError as exc:  # the COMMIT, or a statement of the body
+            raise _store_error(exc) from exc
+        finally:
+            self._db.in_tx -= 1
 
     def _version(self) -> int:
         # The catalog read as a table (a fresh snapshot), not through to_regclass: that one
@@ -290,6 +312,15 @@ class EventListener:
 
     def close(self) -> None:
         self._con.close()
+
+
+def _store_error(exc: psycopg.OperationalError) -> StoreError:
+    if isinstance(exc, psycopg.errors.DiskFull):
+        return StoreFull(
+            f"the task store's disk is full ({_safe(exc)}): tasks are suspended until space "
+            "is freed"
+        )
+    return StoreError(f"the task store failed: {_safe(exc)}")
 
 
 def _safe(exc: BaseException) -> str:
