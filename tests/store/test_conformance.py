@@ -407,3 +407,9 @@ def test_an_older_schema_is_migrated(backend: Backend, tmp_path: Path) -> None:
         assert again.limits() == (7, {})
     finally:
         again.close()
+
+
+def test_a_repeated_key_wins_over_a_busy_path(store: Store, tmp_path: Path) -> None:
+    store.insert_many([_row(tmp_path, "a", idempotency_key="k"), _row(tmp_path, "b")])
+    with pytest.raises(DuplicateKey):  # the path of b is busy too; the key is the answer
+        store.insert(_row(tmp_path, "b", idempotency_key="k"))

@@ -45,6 +45,20 @@ class SQLStore(HistoryMixin, JobsMixin):
 
     def _insert_in_tx(self, row: TaskRow) -> None:
         values = task_values(row)
+        # The key first: a submit that both repeats a key and targets a busy path is a
+        # repeat (the caller answers with the first task), whichever constraint the
+        # database would have reported first.
+        if (
+            row.idempotency_key is not None
+            and self._db.execute(
+                "SELECT 1 FROM tasks WHERE idempotency_key=?",
+                (stored_key(row.session, row.idempotency_key),),
+            ).fetchone()
+        ):
+            raise DuplicateKey(
+                f"session {row.session!r} already has a task with idempotency key "
+                f"{row.idempotency_key!r}"
+            )
         try:
             self._db.execute(
                 f"INSERT INTO tasks ({INSERT_COLUMNS}) VALUES ({', '.join('?' * len(values))})",
