@@ -413,3 +413,17 @@ def test_a_repeated_key_wins_over_a_busy_path(store: Store, tmp_path: Path) -> N
     store.insert_many([_row(tmp_path, "a", idempotency_key="k"), _row(tmp_path, "b")])
     with pytest.raises(DuplicateKey):  # the path of b is busy too; the key is the answer
         store.insert(_row(tmp_path, "b", idempotency_key="k"))
+
+
+def test_a_finished_task_cannot_go_live_over_a_busy_path(store: Store, tmp_path: Path) -> None:
+    first = _row(tmp_path, "same")
+    store.insert(first)
+    _finish(store, first, at=1.0)
+    store.insert(_row(tmp_path, "same"))  # the path is free again: a new task takes it
+    live = dataclasses.replace(first.snap, phase=Phase.QUEUED, detail="queued")
+    with pytest.raises(DestinationError, match="already downloads to"):
+        store.save(first.id, live, wall_time=2.0, event=("s", "running"))
+    got = store.get(first.id)
+    assert got is not None
+    assert got.snap.phase is Phase.DONE
+    assert [e.phase for e in store.events_since("s", 0)] == ["done"]  # nothing of it logged

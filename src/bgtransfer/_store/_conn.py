@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 __all__ = ["Conn", "Cursor", "SQLBase"]
 
@@ -31,6 +31,8 @@ class SQLBase:
     """What the shared mixins need from a backend."""
 
     _db: Conn
+    # The driver's error for a broken UNIQUE constraint.
+    _integrity_error: ClassVar[type[Exception]] = Exception
     # ``LIMIT`` meaning "no limit" (SQLite: -1; PostgreSQL: NULL).
     _no_limit: int | None = -1
     # Whether tasks carry a claim generation (fleet mode's fencing token).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import Sequence
 
-from bgtransfer._exceptions import StoreError
+from bgtransfer._exceptions import DestinationError, StoreError
 from bgtransfer._protocol._machine import Snapshot
 from bgtransfer._redact import redact
 from bgtransfer._store._base import Attempt, EventRecord, LeaseLost, StoredEvent
@@ -88,11 +88,21 @@ class HistoryMixin(SQLBase):
             ).fetchone()
             cursors.append(int(cursor))
         if fence is None:  # else written by the check
-            self._db.execute(
+            self._update_task(
                 f"UPDATE tasks SET {SNAPSHOT_SET} WHERE id=?",
                 (*snapshot_values(snap, wall_time), task_id),
             )
         return cursors
+
+    def _update_task(self, sql: str, args: Sequence[object]) -> int:
+        try:
+            return self._db.execute(sql, args).rowcount
+        except self._integrity_error:
+            # Only the one-live-task-per-path index can refuse a snapshot: a finished
+            # task made live again while another one downloads to its path.
+            raise DestinationError(
+                "another unfinished task already downloads to this task's path"
+            ) from None
 
     def _check_fence(
         self, task_id: str, fence: int, snap: Snapshot | None, wall_time: float
@@ -102,16 +112,16 @@ class HistoryMixin(SQLBase):
         if not self._fencing:
             raise StoreError("this store has no claims to fence (fleet mode needs PostgreSQL)")
         if snap is None:
-            cur = self._db.execute(
+            count = self._db.execute(
                 "UPDATE tasks SET generation=generation WHERE id=? AND generation=?",
                 (task_id, fence),
-            )
+            ).rowcount
         else:
-            cur = self._db.execute(
+            count = self._update_task(
                 f"UPDATE tasks SET {SNAPSHOT_SET} WHERE id=? AND generation=?",
                 (*snapshot_values(snap, wall_time), task_id, fence),
             )
-        if cur.rowcount == 0:
+        if count == 0:
             raise LeaseLost(f"the claim on task {task_id} (generation {fence}) was lost")
 
     def _add_attempt_in_tx(self, task_id: str, attempt: Attempt) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import builtins
 import time
 from collections.abc import Collection, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from bgtransfer._exceptions import DestinationError, TaskNotFound
 from bgtransfer._models import Phase
@@ -30,9 +30,6 @@ _RUNNING = tuple(
 
 
 class SQLStore(HistoryMixin, JobsMixin):
-    # The driver's error for a broken UNIQUE constraint.
-    _integrity_error: ClassVar[type[Exception]] = Exception
-
     def insert(self, row: TaskRow) -> None:
         with self._tx():
             self._insert_in_tx(row)
