@@ -112,14 +112,14 @@ def start_postgres(bindir: str) -> Iterator[PostgresServer]:
     os.chmod(root, 0o700)
     data = os.path.join(root, "data")
     port = _free_port()
-    _run(
-        [f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
-         "--encoding=UTF8", "--locale=C"],
-        "initdb",
-    )  # fmt: skip
     # Test speed only: the server is thrown away with the session, never crash-tested.
     opts = f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off -c full_page_writes=off"
     try:
+        _run(
+            [f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync",
+             "--encoding=UTF8", "--locale=C"],
+            "initdb",
+        )  # fmt: skip
         _run(
             [f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-o", opts,
              "-w", "-t", "60", "start"],
@@ -127,12 +127,13 @@ def start_postgres(bindir: str) -> Iterator[PostgresServer]:
         )  # fmt: skip
         yield PostgresServer(bindir, root, port)
     finally:
-        subprocess.run(
-            _as_server_user([f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]),
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+        if os.path.exists(os.path.join(data, "postmaster.pid")):
+            subprocess.run(
+                _as_server_user([f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]),
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
