@@ -20,6 +20,7 @@ import psycopg
 import psycopg.errors
 
 from bgtransfer._exceptions import StoreError, StoreFull
+from bgtransfer._models import Phase
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS
 from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
@@ -31,8 +32,7 @@ __all__ = ["SCHEMA_VERSION", "Claim", "EventListener", "PostgresStore", "WorkerR
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
 
 # Claimable besides due queued tasks: those a worker was running when its lease ran out.
-_TAKEOVER = ("connecting", "transferring", "waiting to retry", "verifying", "finishing",
-             "canceling")  # fmt: skip
+_TAKEOVER = tuple(p.value for p in Phase if p not in (Phase.QUEUED, Phase.SUSPENDED, Phase.DONE))
 
 # The two halves of a claim (parameters: now, the phases, limit / now, limit).
 CLAIM_EXPIRED = (
