@@ -24,7 +24,6 @@ _RUNNING = tuple(
         Phase.TRANSFERRING,
         Phase.WAITING_RETRY,
         Phase.VERIFYING,
-        Phase.FINISHING,
     )
 )
 
