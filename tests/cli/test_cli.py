@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import bgtransfer
-from bgtransfer.cli._transfer import name_from_url
+from bgtransfer.cli._submit import name_from_url
 from bgtransfer.testing import FaultServer, gen_bytes
 from tests.daemon.conftest import kill_daemon
 
