@@ -98,6 +98,7 @@ _STATUS: list[tuple[type[TransferError], int]] = [
 ]
 
 
+@functools.cache
 def _version() -> str:
     """The installed package's version: its metadata is the one place it is written."""
     try:
