@@ -82,7 +82,8 @@ def kill_every_daemon(home: Path, timeout: float = 10.0) -> list[int]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+            if pid not in killed:  # seen again: not dead yet, a moment later
+                killed.append(pid)
         time.sleep(0.02)
 
 
