@@ -11,7 +11,13 @@ import pytest
 
 from bgtransfer._daemon._task_routes import _Submitted
 from bgtransfer._store._base import TaskRow
-from bgtransfer._tasks import DOWNLOAD_OPTIONS, UPLOAD_OPTIONS, build_row, build_upload_row
+from bgtransfer._tasks import (
+    DOWNLOAD_OPTIONS,
+    UPLOAD_OPTIONS,
+    build_row,
+    build_upload_row,
+    row_to_wire,
+)
 from bgtransfer.cli._submit import submit_body
 
 
@@ -34,7 +40,7 @@ def test_a_download_with_every_cli_option_round_trips(tmp_path: Path) -> None:
         resource_timeout=99, overwrite=True, max_attempts=3, retry_for=300.0, segments=3,
         max_bytes=1 << 20, start_at=2e9, max_rate=1024, priority="high", umask=0o027,
     )  # fmt: skip
-    body = submit_body(row)
+    body = submit_body(row_to_wire(row))
     assert set(DOWNLOAD_OPTIONS) <= set(body)
     assert body["umask"] == 0o027
     same_task(_Submitted.parse(body).row(check_exists=True), row)
@@ -42,7 +48,7 @@ def test_a_download_with_every_cli_option_round_trips(tmp_path: Path) -> None:
 
 def test_a_download_with_defaults_round_trips(tmp_path: Path) -> None:
     row = build_row("s", "https://h.example/f?a=1", str(tmp_path / "f"), background=True)
-    same_task(_Submitted.parse(submit_body(row)).row(check_exists=True), row)
+    same_task(_Submitted.parse(submit_body(row_to_wire(row))).row(check_exists=True), row)
 
 
 @pytest.mark.parametrize("protocol", ["plain", "multipart", "tus", "ietf"])
@@ -54,7 +60,7 @@ def test_an_upload_round_trips(tmp_path: Path, protocol: str) -> None:
         form_fields=[("album", "2026")], field_name="f", retry_unsafe=True,
         headers=[("X-A", "b")], idempotency_key="k2", request_timeout=5, start_at=2e9,
     )  # fmt: skip
-    body = submit_body(row)
+    body = submit_body(row_to_wire(row))
     assert body["kind"] == "upload"
     assert set(UPLOAD_OPTIONS) <= set(body)
     assert "umask" not in body  # the daemon refuses it for uploads

@@ -41,9 +41,6 @@ from bgtransfer.cli._follow import detached, finish, follow
 from bgtransfer.cli._narrate import duration
 from bgtransfer.cli._options import SUBMIT_EXTRA, scheduling_options
 
-if TYPE_CHECKING:
-    from bgtransfer._store._base import TaskRow
-
 __all__ = ["add", "get", "header_pairs", "name_from_server", "name_from_url", "put", "safe_name"]
 
 
@@ -103,31 +100,35 @@ def absolute(path: str) -> str:
     return os.path.abspath(path) + (os.sep if path.endswith(os.sep) else "")
 
 
-def submit_body(row: TaskRow) -> dict[str, Any]:
-    """The submit body that makes the daemon build ``row`` again: every option by the name
-    download()/upload() take, read from the row's wire shape."""
-    wire = row_to_wire(row)
+def submit_body(wire: dict[str, Any]) -> dict[str, Any]:
+    """The submit body that makes the daemon build a task again, from the wire shape of the
+    row the library's builder made (``row_to_wire``): every option by the name
+    download()/upload() take."""
     internal = wire["internal"]
+    spec = internal["spec"]
     fields = {
-        **internal["spec"],
+        **spec,
         "overwrite": internal["overwrite"],
         "on_complete": internal["on_complete"],
         "metadata": wire["metadata"],
     }
-    upload = row.spec.kind == "upload"
+    upload = wire["kind"] == "upload"
     body = {k: fields[k] for k in (UPLOAD_OPTIONS if upload else DOWNLOAD_OPTIONS)}
     body.update(
-        session=row.session, url=row.spec.url, path=row.path, idempotency_key=row.idempotency_key
+        session=wire["session"],
+        url=spec["url"],  # the wire's public "url" has its password masked
+        path=wire["path"],
+        idempotency_key=internal["idempotency_key"],
     )
     if upload:
         body["kind"] = "upload"
     else:
-        body["umask"] = row.spec.umask  # the finished file's mode follows this process's umask
+        body["umask"] = spec["umask"]  # the finished file's mode follows this process's umask
     return body
 
 
-def _post(home: str, row: TaskRow) -> dict[str, Any]:
-    body = submit_body(row)
+def _post(home: str, wire: dict[str, Any]) -> dict[str, Any]:
+    body = submit_body(wire)
     return run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
 
 
@@ -253,16 +254,18 @@ def _submit(
         **ctx.meta.get(SUBMIT_EXTRA, {}),
     }
     with daemon_errors():
-        row = build_row(
-            session,
-            url,
-            absolute(path),
-            background=True,
-            headers=pairs,
-            idempotency_key=uuid.uuid4().hex,
-            **{k: v for k, v in given.items() if v is not None},
+        wire = row_to_wire(
+            build_row(
+                session,
+                url,
+                absolute(path),
+                background=True,
+                headers=pairs,
+                idempotency_key=uuid.uuid4().hex,
+                **{k: v for k, v in given.items() if v is not None},
+            )
         )
-    return home, _post(home, row)
+    return home, _post(home, wire)
 
 
 @cli.command()
@@ -371,17 +374,19 @@ def put(ctx: click.Context, file: str, url: str, headers: tuple[str, ...], form:
     fields = _form_fields(form)
     given = {**options, **ctx.meta.get(SUBMIT_EXTRA, {})}
     with daemon_errors():
-        row = build_upload_row(
-            session,
-            absolute(file),
-            url,
-            background=True,
-            headers=pairs,
-            form_fields=fields,
-            idempotency_key=uuid.uuid4().hex,
-            **{k: v for k, v in given.items() if v is not None},
+        wire = row_to_wire(
+            build_upload_row(
+                session,
+                absolute(file),
+                url,
+                background=True,
+                headers=pairs,
+                form_fields=fields,
+                idempotency_key=uuid.uuid4().hex,
+                **{k: v for k, v in given.items() if v is not None},
+            )
         )
-    task = _post(home, row)
+    task = _post(home, wire)
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
     except KeyboardInterrupt:
