@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow clean mutate
+.PHONY: demo test lint typecheck unit slow clean mutate fast arch
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,16 @@ unit: $(STAMP)
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
+
+# The edit-test loop: the pure core and the store, no servers, no daemon (seconds).
+fast: $(STAMP)
+	$(BIN)/pytest -q -x tests/protocol tests/store
+
+# The layer contracts (pyproject's [tool.importlinter]) and the size, complexity and
+# import-cycle ceilings of ARCHITECTURE.md.
+arch: $(STAMP)
+	$(BIN)/lint-imports
+	$(BIN)/python tools/check_architecture.py
 
 slow: $(STAMP)
 	$(BIN)/pytest -q -m slow

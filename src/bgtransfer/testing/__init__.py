@@ -4,8 +4,12 @@
 files over real loopback sockets and can be told, per request via query
 parameters, to cut, reset, stall, throttle or lie. It also accepts uploads
 (``/upload/<name>`` plain and multipart, tus 1.0.0 at ``/tus/``, the IETF
-resumable-upload draft at ``/ietf/<name>``) that can be cut, refused or lost. See
-:mod:`bgtransfer.testing._server` for the full list of knobs, or run
+resumable-upload draft at ``/ietf/<name>``) that can be cut, refused or lost, and
+serves what integrity, refresh and mirror features are tested with: RFC 9530
+digests (right or wrong), expiring signed URLs (:meth:`FaultServer.sign_url`),
+lying mirrors, ``.sha256`` / ``SHA256SUMS`` files and Metalink 4 documents. See
+:mod:`bgtransfer.testing._server` (which points to the module of each part;
+the knobs are in :mod:`bgtransfer.testing._knobs`), or run
 ``python -m bgtransfer.testing``.
 """
 

@@ -18,6 +18,12 @@ endpoints:
   /loop/<n>                   302 to /loop/<n+1> forever
   /echo                       JSON description of the request; status= reason= type= body=
                               gen=SIZE digest=1|wrong set_cookie= set_cookie2= shape the answer
+  /r/<name>.sha256 /r/<dir>/SHA256SUMS /gen/<size>.sha256   checksum files
+  /s/r/<name>?... /s/gen/<size>?...   expiring signed URLs (403 when expired or spent)
+  /sign?path=/r/<name>&expires_in=S&max_bytes=N&style=amz|token&change=1
+                              mint a signed URL: JSON {{"url", "expires"}}
+  /metalink/r/<name> /metalink/gen/<size>?mirrors=N&piece=SIZE&liar=I&liar_etag=1
+                              Metalink 4 document: mirrors, size, sha-256, piece hashes
 fault knobs (query parameters on /gen and /r, combinable):
   times=K                     apply failure knobs only to the first K requests per URL
   cut=N rst=N                 N body bytes then FIN / TCP RST
@@ -29,14 +35,21 @@ fault knobs (query parameters on /gen and /r, combinable):
   ignore_range=1 ignore_if_range=1 wrong_range=K full_as_206=1 range_as_200=1 bad_total=1
   long_length=K
   etag_change=1 no_etag=1 weak_etag=1 no_last_modified=1 no_accept_ranges=1
-  chunked=1 gzip=1 huge_headers=N
+  chunked=1 gzip=1 huge_headers=N disposition=V changes_every=S
+integrity knobs (on /r and /gen; Want-Repr-Digest / Want-Content-Digest also work):
+  digest=1 goog_hash=1 amz_checksum=1
+  bad_digest=repr|content|goog|amz|all   wrong header, right bytes (limited by times)
+  lie=1|etag lie_range=A-B    lying mirror: same length, other bytes (lie=etag: same ETag)
 example: curl -r 100-199 -o /dev/null -v '{base}/gen/1M?seed=3&times=1&rst=50'
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bgtransfer.testing", description="Fault-injecting HTTP/1.1 test server."
+        prog="python -m bgtransfer.testing",
+        description="Fault-injecting HTTP/1.1 test server.",
+        epilog=USAGE.format(base="http://127.0.0.1:PORT"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")

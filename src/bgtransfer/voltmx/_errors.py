@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from bgtransfer import InvalidRequest, InvalidTransition
+from bgtransfer.voltmx import constants
 
 __all__ = [
     "INVALID_NUMBER_OF_ARGUMENTS",
@@ -11,6 +14,7 @@ __all__ = [
     "VoltMXError",
     "VoltMXSyntaxError",
     "bad_type",
+    "check_open",
     "missing",
 ]
 
@@ -53,3 +57,26 @@ def missing(member: str, needs: str) -> VoltMXError:
     return VoltMXError(
         INVALID_NUMBER_OF_ARGUMENTS, f"invalid number of arguments: {member} needs {needs}"
     )
+
+
+def check_open(method: object, url: object, username: object, password: object) -> tuple[str, str]:
+    """(METHOD, url) for open(), or its argument errors: 101 (fewer than two), 100 (not
+    strings), SyntaxError (a method other than the HTTP_METHOD_* ones, or a URL that is not
+    absolute http(s))."""
+    if method is None or url is None:
+        raise missing("open()", "a method and a URL")
+    if not isinstance(method, str):
+        raise bad_type("the request method must be a string", method)
+    if not isinstance(url, str):
+        raise bad_type("the URL must be a string", url)
+    for name, val in (("username", username), ("password", password)):
+        if val is not None and not isinstance(val, str):
+            raise bad_type(f"{name} must be a string", val)
+    if method.upper() not in constants.HTTP_METHODS:
+        raise VoltMXSyntaxError(
+            None, f"unknown HTTP method {method!r}; use one of the constants.HTTP_METHOD_*"
+        )
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise VoltMXSyntaxError(None, f"URL must be an absolute http(s) URL: {url!r}")
+    return method.upper(), url

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bgtransfer
+from bgtransfer.voltmx import _integrity
+from bgtransfer.voltmx._formdata import spool_body
 from bgtransfer.voltmx._integrity import IntegrityParams
 
-__all__ = ["Exchange", "files_of"]
+__all__ = ["Exchange", "files_of", "start"]
 
 
 @dataclass
@@ -57,3 +59,41 @@ def files_of(task: bgtransfer.Task) -> tuple[str | None, str | None]:
     if task.kind != "upload" or not task.path.endswith(".req"):
         return None, None
     return task.path, task.path[: -len(".req")] + ".body"
+
+
+def start(
+    session: bgtransfer.Session,
+    method: str,
+    url: str,
+    headers: list[tuple[str, str]],
+    data: object,
+    base: str,
+    check: IntegrityParams | None,
+    options: dict[str, Any],
+    download_path: str | None = None,
+) -> Exchange:
+    """Submit one send(): a GET is a download into ``download_path`` (or ``base.body``), any
+    other method an upload of ``data`` spooled to ``base.req``, its answer into ``base.body``.
+    ``headers`` are the ones to send (cookies and integrity included here)."""
+    if method == "GET":
+        if check is not None:
+            headers.append(_integrity.request_header(check, None))
+        task = session.download(url, download_path or base + ".body", headers=headers, **options)
+        return Exchange(task, session.home)
+    body_file = base + ".req"
+    try:
+        ctype = spool_body(data, body_file)
+        if ctype and not any(k.lower() == "content-type" for k, _ in headers):
+            headers.append(("Content-Type", ctype))
+        if check is not None:
+            headers.append(_integrity.request_header(check, body_file))
+        task = session.upload(
+            body_file, url, method=method, headers=headers,
+            response_path=base + ".body", **options,
+        )  # fmt: skip
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(body_file)  # nothing was sent: no spooled body stays behind
+        raise
+    size = os.path.getsize(body_file)
+    return Exchange(task, session.home, body_file, base + ".body", data is not None, size)

@@ -10,7 +10,6 @@ from bgtransfer.voltmx._errors import VoltMXError, bad_type, missing
 from bgtransfer.voltmx._network import is_network_available
 
 __all__ = [
-    "cancel",
     "clearCookies",
     "disableIntegrityCheck",
     "getCookies",
@@ -19,14 +18,6 @@ __all__ = [
     "setCookies",
     "setIntegrityCheck",
 ]
-
-
-def cancel(connHandle: object = None) -> None:
-    """``voltmx.net.cancel(connHandle)``: aborts an HttpRequest; other values are ignored."""
-    from bgtransfer.voltmx.net import HttpRequest
-
-    if isinstance(connHandle, HttpRequest):
-        connHandle.abort()
 
 
 def isNetworkAvailable(networkType: str | None = None, optionsConfig: object = None) -> bool:

@@ -123,6 +123,15 @@ def current() -> IntegrityParams | None:
         return _params
 
 
+def for_request(url: str, disabled: bool) -> IntegrityParams | None:
+    """The integrity check a request to ``url`` carries: the global one, unless the request
+    disabled it or the check's URL filter leaves this URL out."""
+    params = current()
+    if params is None or disabled or not params.applies_to(url):
+        return None
+    return params
+
+
 def request_header(params: IntegrityParams, body_path: str | None) -> tuple[str, str]:
     return params.header_name, params.digest_file(body_path)
 

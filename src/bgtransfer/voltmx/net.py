@@ -9,7 +9,6 @@ a download into a file; any other request is an upload of its body, spooled to a
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import re
 import sys
@@ -19,24 +18,22 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import bgtransfer
 from bgtransfer import InvalidTransition, TaskState
 from bgtransfer.voltmx import _cookies, _integrity, _response, constants
-from bgtransfer.voltmx._background import BackgroundSession
 from bgtransfer.voltmx._callbacks import call_handler
 from bgtransfer.voltmx._errors import (
     InvalidStateError,
     VoltMXError,
     VoltMXSyntaxError,
     bad_type,
+    check_open,
     missing,
 )
-from bgtransfer.voltmx._exchange import Exchange, files_of
-from bgtransfer.voltmx._formdata import FormData, spool_body
+from bgtransfer.voltmx._exchange import Exchange, files_of, start
+from bgtransfer.voltmx._formdata import FormData
 from bgtransfer.voltmx._functions import (
-    cancel,
     clearCookies,
     disableIntegrityCheck,
     getCookies,
@@ -256,22 +253,7 @@ class HttpRequest:
     ) -> None:
         """Errors 101 (fewer than two arguments), 100 (not strings), SyntaxError (a method
         other than the HTTP_METHOD_* ones, or a URL that is not absolute http(s))."""
-        if method is None or url is None:
-            raise missing("open()", "a method and a URL")
-        if not isinstance(method, str):
-            raise bad_type("the request method must be a string", method)
-        if not isinstance(url, str):
-            raise bad_type("the URL must be a string", url)
-        for name, val in (("username", username), ("password", password)):
-            if val is not None and not isinstance(val, str):
-                raise bad_type(f"{name} must be a string", val)
-        if method.upper() not in constants.HTTP_METHODS:
-            raise VoltMXSyntaxError(
-                None, f"unknown HTTP method {method!r}; use one of the constants.HTTP_METHOD_*"
-            )
-        parts = urlsplit(url)
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-            raise VoltMXSyntaxError(None, f"URL must be an absolute http(s) URL: {url!r}")
+        method, url = check_open(method, url, username, password)
         with self._lock:
             old, self._ex = self._ex, None
             if old is not None:  # open() after send(): terminate it and start over (docs)
@@ -337,35 +319,12 @@ class HttpRequest:
             "max_attempts": None if self._background else 1,
         }
         base = self._spool_base(session.home)
-        params = _integrity.current()
-        check = params if params and not self.disableIntegrityCheck else None
-        if check is not None and not check.applies_to(self._url):
-            check = None
-        if self._method == constants.HTTP_METHOD_GET:
-            if check is not None:
-                headers.append(_integrity.request_header(check, None))
-            path = self._download_path or base + ".body"
-            task = session.download(self._url, path, headers=headers, **common)
-            ex = Exchange(task, session.home)
-        else:
-            body_file = base + ".req"
-            given = None if self._method == constants.HTTP_METHOD_HEAD else data
-            try:
-                ctype = spool_body(given, body_file)
-                if ctype and not any(k.lower() == "content-type" for k, _ in headers):
-                    headers.append(("Content-Type", ctype))
-                if check is not None:
-                    headers.append(_integrity.request_header(check, body_file))
-                task = session.upload(
-                    body_file, self._url, method=self._method, headers=headers,
-                    response_path=base + ".body", **common,
-                )  # fmt: skip
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(body_file)  # nothing was sent: no spooled body stays behind
-                raise
-            size = os.path.getsize(body_file)
-            ex = Exchange(task, session.home, body_file, base + ".body", given is not None, size)
+        check = _integrity.for_request(self._url, self.disableIntegrityCheck)
+        given = None if self._method == constants.HTTP_METHOD_HEAD else data
+        ex = start(
+            session, self._method, self._url, headers, given, base, check, common,
+            self._download_path,
+        )  # fmt: skip
         ex.check, ex.method, ex.headers, ex.options = check, self._method, self._headers, common
         with self._lock:
             self._ex = ex
@@ -595,3 +554,42 @@ class HttpRequest:
         if ex.has_body:
             self.upload._dispatch(kind, ex.sent, ex.total)
             self.upload._dispatch("loadend", ex.sent, ex.total)
+
+
+def cancel(connHandle: object = None) -> None:
+    """``voltmx.net.cancel(connHandle)``: aborts an HttpRequest; other values are ignored."""
+    if isinstance(connHandle, HttpRequest):
+        connHandle.abort()
+
+
+class BackgroundSession:
+    """Extension: the background session a ``getSession()`` identifier names.
+
+    Re-creating it in a later process (same identifier and home) reconnects to its tasks,
+    as an iOS app relaunched for its background session does.
+    """
+
+    def __init__(self, identifier: str = DEFAULT_SESSION, *, home: str | None = None) -> None:
+        self.identifier = identifier
+        self.home = home
+
+    def __str__(self) -> str:
+        return self.identifier
+
+    def __repr__(self) -> str:
+        return f"BackgroundSession({self.identifier!r})"
+
+    def getTasks(self) -> list[HttpRequest]:
+        """Every request of this session, finished or not, as HttpRequest objects."""
+        tasks = _session(self.identifier, self.home, True).tasks()
+        return [HttpRequest._attach(self, t) for t in tasks]
+
+    def getCompletedRequests(self) -> list[HttpRequest]:
+        """Requests that completed and were not acknowledged (``request.acknowledge()``):
+        what finished while the app was away."""
+        done = [
+            t
+            for t in _session(self.identifier, self.home, True).tasks()
+            if t.state is TaskState.COMPLETED and not t.acknowledged
+        ]
+        return [HttpRequest._attach(self, t) for t in done]
