@@ -5,6 +5,7 @@ from bgtransfer._exceptions import (
     ConnectError,
     ContentChanged,
     DaemonStopped,
+    DaemonUnavailable,
     DestinationError,
     FileTooLarge,
     HTTPStatusError,
@@ -23,21 +24,11 @@ from bgtransfer._exceptions import (
     TransferTimeout,
     UnsafeHome,
 )
+from bgtransfer._home import resolve_home
 from bgtransfer._jobs_api import AsyncJob, Job
 from bgtransfer._models import Event, TaskState
-from bgtransfer._session import AsyncSession, AsyncTask, Session, Task, resolve_home
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("bgtransfer")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "0+unknown"
-
-
-__version__ = _version()
+from bgtransfer._session import AsyncSession, AsyncTask, Session, Task
+from bgtransfer._version import __version__ as __version__
 
 __all__ = [
     "AsyncJob",
@@ -47,6 +38,7 @@ __all__ = [
     "ConnectError",
     "ContentChanged",
     "DaemonStopped",
+    "DaemonUnavailable",
     "DestinationError",
     "Event",
     "FileTooLarge",

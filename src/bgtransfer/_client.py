@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,22 +20,20 @@ from bgtransfer._daemon._lock import lock_holder, process_stopped, stopped_pid
 from bgtransfer._daemon._paths import daemon_log, socket_path
 from bgtransfer._exceptions import (
     DaemonStopped,
+    DaemonUnavailable,
     InvalidRequest,
     TransferError,
     error_from_dict,
 )
 from bgtransfer._trust import check_peer, open_private
 
+# DaemonUnavailable lives in _exceptions; it is re-exported here for older imports.
 __all__ = ["DaemonClient", "DaemonUnavailable", "spawn_daemon"]
 
 START_TIMEOUT = 20.0
 # While an answer is awaited, how often to look whether the daemon is stopped (SIGSTOP).
 CHECK_EVERY = 1.0
 STOPPED_MESSAGE = "the daemon was stopped"
-
-
-class DaemonUnavailable(TransferError):
-    code = "daemon_unavailable"
 
 
 def spawn_daemon(home: str) -> subprocess.Popen[bytes]:
@@ -89,6 +89,13 @@ def _not_answering(home: str, pid: int) -> DaemonUnavailable:
     return DaemonUnavailable(
         f"daemon pid {pid} holds the lock of {home} but does not answer: stopped? ({hint})"
     )
+
+
+@dataclasses.dataclass
+class _Followed:
+    """The daemon an event stream followed (across its reconnects)."""
+
+    pid: int | None = None
 
 
 class DaemonClient:
@@ -322,7 +329,7 @@ class DaemonClient:
         A stop of the daemon on request ends the stream with DaemonStopped.
         """
         cursor = since
-        followed: int | None = None
+        stream = _Followed()
         while True:
             params = {"session": session}
             if cursor is not None and not completions:
@@ -331,42 +338,50 @@ class DaemonClient:
                 params["kinds"] = kinds
             if completions:
                 params["completions"] = "1"
-            writer: asyncio.StreamWriter | None = None
             try:
-                conn, reader, writer = await self._open("GET", "/v1/events", None, params)
-                status, pending, failed = 0, b"", b""
-                while True:
-                    ev = await self._next(conn, reader, read_timeout=60)
-                    if isinstance(ev, h11.Response):
-                        status = ev.status_code
-                        if status < 400:
-                            followed = self.peer_pid
-                    elif isinstance(ev, h11.Data) and status >= 400:
-                        failed += bytes(ev.data)
-                    elif isinstance(ev, h11.Data):
-                        pending += bytes(ev.data)
-                        *lines, pending = pending.split(b"\n")
-                        for line in lines:
-                            if not line.strip():
-                                continue
-                            item = json.loads(line)
-                            if "task_id" not in item and isinstance(item.get("error"), dict):
-                                raise error_from_dict(item["error"])  # the daemon stopped
-                            if item.get("cursor") is not None:
-                                cursor = int(item["cursor"])
-                            yield item
-                    elif isinstance(ev, h11.EndOfMessage):
-                        if status >= 400:
-                            err = error_from_dict(json.loads(failed or b"{}").get("error", {}))
-                            if not isinstance(err, DaemonStopped) or followed is not None:
-                                raise err
-                            raise ConnectionError("the daemon is stopping")
-                        raise ConnectionError("the event stream ended")
+                async with contextlib.aclosing(self._event_lines(params, stream)) as lines:
+                    async for item in lines:
+                        if item.get("cursor") is not None:
+                            cursor = int(item["cursor"])
+                        yield item
             except (OSError, TimeoutError):
-                if self._stopped_on_request(followed):
+                if self._stopped_on_request(stream.pid):
                     raise DaemonStopped(STOPPED_MESSAGE) from None
                 await asyncio.sleep(0.2)
                 await self.ensure_running()
-            finally:
-                if writer is not None:
-                    writer.close()
+
+    async def _event_lines(
+        self, params: dict[str, str], stream: _Followed
+    ) -> AsyncGenerator[dict[str, Any]]:
+        """One connection's events; ends with ConnectionError (reconnect) or the daemon's
+        error. ``stream.pid``: the daemon that accepted the stream."""
+        writer: asyncio.StreamWriter | None = None
+        try:
+            conn, reader, writer = await self._open("GET", "/v1/events", None, params)
+            status, pending, failed = 0, b"", b""
+            while True:
+                ev = await self._next(conn, reader, read_timeout=60)
+                if isinstance(ev, h11.Response):
+                    status = ev.status_code
+                    if status < 400:
+                        stream.pid = self.peer_pid
+                elif isinstance(ev, h11.Data) and status >= 400:
+                    failed += bytes(ev.data)
+                elif isinstance(ev, h11.Data):
+                    pending += bytes(ev.data)
+                    *lines, pending = pending.split(b"\n")
+                    for line in filter(bytes.strip, lines):
+                        item = json.loads(line)
+                        if "task_id" not in item and isinstance(item.get("error"), dict):
+                            raise error_from_dict(item["error"])  # the daemon stopped
+                        yield item
+                elif isinstance(ev, h11.EndOfMessage):
+                    if status >= 400:
+                        err = error_from_dict(json.loads(failed or b"{}").get("error", {}))
+                        if not isinstance(err, DaemonStopped) or stream.pid is not None:
+                            raise err
+                        raise ConnectionError("the daemon is stopping")
+                    raise ConnectionError("the event stream ended")
+        finally:
+            if writer is not None:
+                writer.close()

@@ -22,7 +22,8 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     │   └── StoreFull                      its disk is full: tasks wait, nothing is lost
     ├── UnsafeHome                         the home, a file in it or the daemon socket is not
     │                                      this user's alone: refused, never used
-    └── DaemonStopped                      the daemon was stopped while this call waited
+    ├── DaemonStopped                      the daemon was stopped while this call waited
+    └── DaemonUnavailable                  the home's daemon cannot be started or reached
 
 Each class has a stable ``code`` so an error can be stored and sent as JSON
 (:meth:`TransferError.to_dict`) and rebuilt as the same class (:func:`error_from_dict`).
@@ -37,7 +38,9 @@ __all__ = [
     "ConnectError",
     "ContentChanged",
     "DaemonStopped",
+    "DaemonUnavailable",
     "DestinationError",
+    "FileTooLarge",
     "HTTPStatusError",
     "IntegrityError",
     "InvalidRequest",
@@ -181,6 +184,13 @@ class DaemonStopped(TransferError):
     instead of starting the daemon again."""
 
     code = "daemon_stopped"
+
+
+class DaemonUnavailable(TransferError):
+    """The home's daemon could not be started, or holds the home but does not answer (for
+    example stopped with SIGSTOP); the message says why and where its log is."""
+
+    code = "daemon_unavailable"
 
 
 _BY_CODE: dict[str, type[TransferError]] = {}

@@ -4,31 +4,45 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
+from bgtransfer._client import DaemonClient
 from bgtransfer._exceptions import InvalidRequest, TransferError
-
-if TYPE_CHECKING:
-    from bgtransfer._client import DaemonClient
-    from bgtransfer._session import AsyncSession, Session
 
 __all__ = ["AsyncJob", "Job", "list_jobs", "schedule_job"]
 
+T = TypeVar("T")
 
-def _client(session: AsyncSession) -> DaemonClient:
+
+# What a job needs of the session that made it: the faces import this module, so it names
+# them by these shapes, not by import (no cycle, not even under TYPE_CHECKING).
+class AsyncOwner(Protocol):
+    @property
+    def identifier(self) -> str: ...
+    def _backend_or_raise(self) -> object: ...
+
+
+class SyncOwner(Protocol):
+    @property
+    def closed(self) -> bool: ...
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T: ...
+
+
+def _client(session: AsyncOwner) -> DaemonClient:
     backend = session._backend_or_raise()
     client = getattr(backend, "client", None)
-    if client is None:
+    if not isinstance(client, DaemonClient):
         raise InvalidRequest(
             "background fetch jobs run in the daemon: use a background session "
             "(Session(..., background=True))"
         )
-    return client  # type: ignore[no-any-return]
+    return client
 
 
 async def schedule_job(
-    session: AsyncSession,
+    session: AsyncOwner,
     url: str,
     path: str | os.PathLike[str],
     *,
@@ -61,7 +75,7 @@ async def schedule_job(
     return AsyncJob(session, data)
 
 
-async def list_jobs(session: AsyncSession) -> list[AsyncJob]:
+async def list_jobs(session: AsyncOwner) -> list[AsyncJob]:
     client = _client(session)
     data = await client.call("GET", "/v1/jobs", params={"session": session.identifier})
     return [AsyncJob(session, d) for d in data]
@@ -71,7 +85,7 @@ class AsyncJob:
     """A background fetch job: ``id``, ``url``, ``path``, ``every`` (seconds), ``next_run``
     (seconds since the epoch, as of the last refresh), ``runs()``, ``cancel()``."""
 
-    def __init__(self, session: AsyncSession, data: dict[str, Any]) -> None:
+    def __init__(self, session: AsyncOwner, data: dict[str, Any]) -> None:
         self._session = session
         self._data = data
 
@@ -120,7 +134,7 @@ class AsyncJob:
 class Job:
     """The sync face of :class:`AsyncJob`; ``next_run`` is a fresh read."""
 
-    def __init__(self, session: Session, inner: AsyncJob) -> None:
+    def __init__(self, session: SyncOwner, inner: AsyncJob) -> None:
         self._session = session
         self._inner = inner
 

@@ -3,75 +3,55 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
+import stat
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
 from bgtransfer._engine._files import check_target, current_umask, partial_path
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
-from bgtransfer._protocol._machine import (
-    DEFAULT_LOW_SPEED_LIMIT,
-    DEFAULT_LOW_SPEED_TIME,
-    Snapshot,
-    Spec,
+from bgtransfer._options import (
+    KEY_LIMIT,
+    METADATA_LIMIT,
+    DownloadOptions,
+    TaskBody,
+    UploadOptions,
+    check_key,
+    check_metadata,
+    check_umask,
 )
-from bgtransfer._protocol._segments import MAX_SEGMENTS
-from bgtransfer._protocol._validate import (
-    check_headers,
-    check_sha256,
-    check_timeout,
-    check_url,
-)
+from bgtransfer._protocol._machine import Snapshot, Spec
+from bgtransfer._protocol._validate import check_url
 from bgtransfer._redact import redact
-from bgtransfer._scheduling import check_scheduling, queued_detail
+from bgtransfer._scheduling import queued_detail
 from bgtransfer._store._base import TaskRow
 
 __all__ = [
     "DOWNLOAD_OPTIONS",
+    "KEY_LIMIT",
+    "METADATA_LIMIT",
     "UPLOAD_OPTIONS",
+    "body_of",
     "build_row",
     "build_upload_row",
+    "check_key",
+    "check_metadata",
+    "download_row",
+    "options_of",
+    "row_from_body",
     "row_from_wire",
     "row_to_wire",
     "task_dict",
+    "upload_row",
 ]
 
-
-METADATA_LIMIT = 16 * 1024  # bytes of compact JSON: labels and ids, not payloads
-KEY_LIMIT = 200
-
-
-def check_metadata(value: object) -> dict[str, Any] | None:
-    """A small JSON object stored with the task, or InvalidRequest saying why not."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise InvalidRequest(f"metadata must be a JSON object (a dict), not {type(value).__name__}")
-    try:
-        text = json.dumps(dict(value), separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidRequest(f"metadata must be JSON-serialisable: {exc}") from None
-    if len(text.encode()) > METADATA_LIMIT:
-        raise InvalidRequest(
-            f"metadata is {len(text.encode())} bytes as JSON; the limit is {METADATA_LIMIT} "
-            "(store large data elsewhere and put its key in the metadata)"
-        )
-    out: dict[str, Any] = json.loads(text)  # a copy: the caller's later changes stay out
-    return out
-
-
-def check_key(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not 1 <= len(value) <= KEY_LIMIT or "\0" in value:
-        raise InvalidRequest(
-            f"idempotency_key must be a string of 1 to {KEY_LIMIT} characters: {value!r}"
-        )
-    return value
+# The keyword options of download() and upload() with their defaults (kept for callers that
+# read them as dicts; the one definition is DownloadOptions / UploadOptions).
+DOWNLOAD_OPTIONS: dict[str, Any] = DownloadOptions.defaults()
+UPLOAD_OPTIONS: dict[str, Any] = UploadOptions.defaults()
 
 
 def identity(r: TaskRow) -> dict[str, Any]:
@@ -118,82 +98,79 @@ def new_task_id() -> str:
     return os.urandom(16).hex()
 
 
-# The keyword options of download(), with their defaults: one list for the API, the control
-# protocol and the CLI.
-DOWNLOAD_OPTIONS: dict[str, Any] = {
-    "headers": None,
-    "request_timeout": 60.0,
-    "resource_timeout": 7 * 86400.0,
-    "sha256": None,
-    "overwrite": False,
-    "low_speed_limit": DEFAULT_LOW_SPEED_LIMIT,
-    "low_speed_time": DEFAULT_LOW_SPEED_TIME,
-    "max_attempts": None,
-    "retry_for": None,
-    "retry_wait": 1.0,
-    "max_retry_wait": 120.0,
-    "on_complete": None,
-    "segments": 1,
-    "max_bytes": None,
-    "metadata": None,
-    "start_at": None,
-    "max_rate": None,
-    "priority": "normal",
-}
+def _check_hook(options: DownloadOptions | UploadOptions, background: bool) -> None:
+    if options.on_complete is not None and not background:
+        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
 
 
-def _positive_int(
-    name: str, value: object, *, allow_none: bool = False, zero: bool = False
-) -> None:
-    if value is None and allow_none:
-        return
-    if type(value) is not int or value < (0 if zero else 1):
-        kind = "non-negative" if zero else "positive"
-        raise InvalidRequest(f"{name} must be a {kind} integer, not {value!r}")
-
-
-def _argv(value: object) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, Sequence) or not value:
-        raise InvalidRequest(
-            f"on_complete must be a non-empty list of strings (an argv, no shell): {value!r}"
-        )
-    if not all(isinstance(a, str) and "\0" not in a for a in value):
-        raise InvalidRequest(f"on_complete arguments must be strings without NUL: {value!r}")
-    return tuple(value)
-
-
-def _lifecycle(
+def _new_row(
+    session: str,
+    path: str,
+    spec: Spec,
+    options: DownloadOptions | UploadOptions,
     *,
     background: bool,
-    request_timeout: object,
-    resource_timeout: object,
-    max_attempts: object,
-    retry_for: object,
-    retry_wait: object,
-    max_retry_wait: object,
-    on_complete: object,
-) -> tuple[dict[str, Any], tuple[str, ...] | None]:
-    """The options downloads and uploads share: Spec keyword arguments, and the hook argv."""
-    rt = check_timeout("request_timeout", request_timeout)
-    rst = check_timeout("resource_timeout", resource_timeout)
-    _positive_int("max_attempts", max_attempts, allow_none=True)
-    rfor = None if retry_for is None else check_timeout("retry_for", retry_for)
-    rw = check_timeout("retry_wait", retry_wait)
-    mrw = check_timeout("max_retry_wait", max_retry_wait)
-    hook = _argv(on_complete)
-    if hook is not None and not background:
-        raise InvalidRequest("on_complete hooks run in the daemon: use a background session")
-    spec = {
-        "request_timeout": rt,
-        "resource_timeout": rst,
-        "max_attempts": max_attempts,
-        "retry_for": rfor,
-        "retry_wait": rw,
-        "max_retry_wait": max(mrw, rw),
-    }
-    return spec, hook
+    key: str | None,
+    task_id: str | None = None,
+    partial: str = "",
+    total: int | None = None,
+) -> TaskRow:
+    now = time.time()
+    return TaskRow(
+        id=task_id or new_task_id(),
+        session=session,
+        path=path,
+        partial=partial,
+        spec=spec,
+        overwrite=getattr(options, "overwrite", False),
+        snap=Snapshot(phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now), total=total),
+        owner=None,
+        background=background,
+        created_at=now,
+        updated_at=now,
+        idempotency_key=key,
+        on_complete=options.on_complete,
+        metadata=options.metadata,
+    )
+
+
+def download_row(
+    session: str,
+    url: object,
+    path: object,
+    options: DownloadOptions,
+    *,
+    background: bool,
+    idempotency_key: object = None,
+    check_exists: bool = True,
+    job_id: str | None = None,
+    umask: object = None,
+) -> TaskRow:
+    """A new download row from validated options; the checks that need this process (the
+    target's directory, its umask) are made here.
+
+    ``check_exists=False`` skips only the "target already exists" check: a repeated submit
+    with an idempotency key may find its own finished file there. ``umask``: the
+    submitting process's (the finished file gets ``0666 & ~umask``); None takes this
+    process's.
+    """
+    url = check_url(url)
+    key = check_key(idempotency_key)
+    _check_hook(options, background)
+    umask = current_umask() if umask is None else check_umask(umask)
+    target = check_target(path, overwrite=options.overwrite or not check_exists)
+    task_id = new_task_id()
+    spec = Spec(url=url, job_id=job_id, umask=umask, **options.spec_fields())
+    return _new_row(
+        session,
+        target,
+        spec,
+        options,
+        background=background,
+        key=key,
+        task_id=task_id,
+        partial=partial_path(target, task_id),
+    )
 
 
 def build_row(
@@ -202,99 +179,133 @@ def build_row(
     path: object,
     *,
     background: bool,
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    request_timeout: object = 60.0,
-    resource_timeout: object = 7 * 86400.0,
-    sha256: object = None,
-    overwrite: object = False,
-    low_speed_limit: object = DEFAULT_LOW_SPEED_LIMIT,
-    low_speed_time: object = DEFAULT_LOW_SPEED_TIME,
-    max_attempts: object = None,
-    retry_for: object = None,
-    retry_wait: object = 1.0,
-    max_retry_wait: object = 120.0,
-    on_complete: object = None,
-    segments: object = 1,
-    max_bytes: object = None,
     idempotency_key: object = None,
-    metadata: object = None,
     check_exists: bool = True,
-    start_at: object = None,
-    max_rate: object = None,
-    priority: object = "normal",
     job_id: str | None = None,
     umask: object = None,
+    **options: Any,
 ) -> TaskRow:
-    """Validate everything the caller gave; InvalidRequest names the first bad value.
-
-    ``check_exists=False`` skips only the "target already exists" check: a repeated submit
-    with an idempotency key may find its own finished file there. ``umask``: the
-    submitting process's (the finished file gets ``0666 & ~umask``); None takes this
-    process's.
-    """
-    sched = check_scheduling(start_at=start_at, max_rate=max_rate, priority=priority)
+    """Validate everything the caller gave (``options``: :class:`DownloadOptions`'
+    fields); InvalidRequest names the first bad value, TypeError an unknown option."""
     check_url(url)
-    key = check_key(idempotency_key)
-    meta = check_metadata(metadata)
-    assert isinstance(url, str)
-    hdrs = check_headers(headers)
-    common, hook = _lifecycle(
+    check_key(idempotency_key)
+    return download_row(
+        session,
+        url,
+        path,
+        DownloadOptions(**options),
         background=background,
-        request_timeout=request_timeout,
-        resource_timeout=resource_timeout,
-        max_attempts=max_attempts,
-        retry_for=retry_for,
-        retry_wait=retry_wait,
-        max_retry_wait=max_retry_wait,
-        on_complete=on_complete,
+        idempotency_key=idempotency_key,
+        check_exists=check_exists,
+        job_id=job_id,
+        umask=umask,
     )
-    digest = check_sha256(sha256)
-    _positive_int("low_speed_limit", low_speed_limit, zero=True)
-    lst = check_timeout("low_speed_time", low_speed_time)
-    if not isinstance(overwrite, bool):
-        raise InvalidRequest(f"overwrite must be True or False, not {overwrite!r}")
-    if type(segments) is not int or not 1 <= segments <= MAX_SEGMENTS:
-        raise InvalidRequest(
-            f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {segments!r}"
-        )
-    _positive_int("max_bytes", max_bytes, allow_none=True, zero=True)
-    assert max_bytes is None or isinstance(max_bytes, int)
-    if umask is None:
-        umask = current_umask()
-    if type(umask) is not int or not 0 <= umask <= 0o777:
-        raise InvalidRequest(f"umask must be an integer from 0 to 0o777, not {umask!r}")
-    target = check_target(path, overwrite=overwrite or not check_exists)
-    task_id = new_task_id()
-    assert isinstance(low_speed_limit, int)
+
+
+def upload_row(
+    session: str,
+    path: object,
+    url: object,
+    options: UploadOptions,
+    *,
+    background: bool,
+    idempotency_key: object = None,
+) -> TaskRow:
+    """A new upload row from validated options; the source's size and mtime are recorded
+    now."""
+    url = check_url(url)
+    key = check_key(idempotency_key)
+    _check_hook(options, background)
+    if not isinstance(path, str | os.PathLike):
+        raise InvalidRequest(f"source path must be a string or path, not {path!r}")
+    answer = options.response_path
+    if answer is not None and not os.path.isdir(os.path.dirname(answer)):
+        raise InvalidRequest(f"response_path's directory does not exist: {answer!r}")
+    source = os.path.abspath(os.fspath(path))
+    try:
+        st = os.stat(source)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the source file {source!r}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidRequest(f"the source is not a regular file: {source!r}")
+    if not os.access(source, os.R_OK):
+        raise InvalidRequest(f"the source file is not readable: {source!r}")
     spec = Spec(
         url=url,
-        headers=tuple(hdrs),
-        sha256=digest,
-        low_speed_limit=low_speed_limit,
-        low_speed_time=lst,
-        segments=segments,
-        max_bytes=max_bytes,
-        job_id=job_id,
-        **sched,
-        umask=umask,
-        **common,
+        kind="upload",
+        source_size=st.st_size,
+        source_mtime_ns=st.st_mtime_ns,
+        **options.spec_fields(),
     )
-    now = time.time()
-    return TaskRow(
-        id=task_id,
-        session=session,
-        path=target,
-        partial=partial_path(target, task_id),
-        spec=spec,
-        overwrite=overwrite,
-        snap=Snapshot(phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now)),
-        owner=None,
+    return _new_row(
+        session, source, spec, options, background=background, key=key, total=st.st_size
+    )
+
+
+def build_upload_row(
+    session: str,
+    path: object,
+    url: object,
+    *,
+    background: bool,
+    idempotency_key: object = None,
+    **options: Any,
+) -> TaskRow:
+    """Validate an upload request (``options``: :class:`UploadOptions`' fields)."""
+    check_key(idempotency_key)
+    check_url(url)
+    return upload_row(
+        session,
+        path,
+        url,
+        UploadOptions(**options),
         background=background,
-        created_at=now,
-        updated_at=now,
-        idempotency_key=key,
-        on_complete=hook,
-        metadata=meta,
+        idempotency_key=idempotency_key,
+    )
+
+
+def row_from_body(body: TaskBody, *, background: bool, check_exists: bool = True) -> TaskRow:
+    """The new row a decoded submit body asks for."""
+    if isinstance(body.options, UploadOptions):
+        return upload_row(
+            body.session,
+            body.path,
+            body.url,
+            body.options,
+            background=background,
+            idempotency_key=body.idempotency_key,
+        )
+    return download_row(
+        body.session,
+        body.url,
+        body.path,
+        body.options,
+        background=background,
+        idempotency_key=body.idempotency_key,
+        check_exists=check_exists,
+        umask=body.umask,
+    )
+
+
+def options_of(row: TaskRow) -> DownloadOptions | UploadOptions:
+    """The options a row was built from (as normalised then)."""
+    cls = UploadOptions if row.spec.kind == "upload" else DownloadOptions
+    values = {k: v for k, v in asdict(row.spec).items() if k in cls.names()}
+    values.update(on_complete=row.on_complete, metadata=row.metadata)
+    if cls is DownloadOptions:
+        values["overwrite"] = row.overwrite
+    return cls(**values)
+
+
+def body_of(row: TaskRow) -> TaskBody:
+    """The submit body that asks a daemon for ``row``'s task."""
+    return TaskBody(
+        session=row.session,
+        url=row.spec.url,
+        path=row.path,
+        options=options_of(row),
+        idempotency_key=row.idempotency_key,
+        umask=row.spec.umask,
     )
 
 
@@ -414,155 +425,4 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         hook_state=i["hook_state"],
         acknowledged=d["acknowledged"],
         metadata=d.get("metadata"),
-    )
-
-
-def absolute(path: str | os.PathLike[str]) -> str:
-    return os.path.abspath(os.fspath(path))
-
-
-UPLOAD_OPTIONS: dict[str, Any] = {
-    "method": "PUT",
-    "headers": None,
-    "protocol": "plain",
-    "request_timeout": 60.0,
-    "resource_timeout": 7 * 86400.0,
-    "field_name": "file",
-    "form_fields": None,
-    "retry_unsafe": False,
-    "chunk_size": 8 << 20,
-    "max_attempts": None,
-    "retry_for": None,
-    "retry_wait": 1.0,
-    "max_retry_wait": 120.0,
-    "on_complete": None,
-    "response_path": None,
-    "metadata": None,
-    "start_at": None,
-    "max_rate": None,
-    "priority": "normal",
-}
-
-
-def _response_path(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
-        raise InvalidRequest(f"response_path must be a path, not {value!r}")
-    target = os.path.abspath(os.fspath(value))
-    if not os.path.isdir(os.path.dirname(target)):
-        raise InvalidRequest(f"response_path's directory does not exist: {target!r}")
-    return target
-
-
-def build_upload_row(
-    session: str,
-    path: object,
-    url: object,
-    *,
-    background: bool,
-    method: object = "PUT",
-    headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    protocol: object = "plain",
-    request_timeout: object = 60.0,
-    resource_timeout: object = 7 * 86400.0,
-    field_name: object = "file",
-    form_fields: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-    retry_unsafe: object = False,
-    chunk_size: object = 8 << 20,
-    max_attempts: object = None,
-    retry_for: object = None,
-    retry_wait: object = 1.0,
-    max_retry_wait: object = 120.0,
-    on_complete: object = None,
-    idempotency_key: object = None,
-    metadata: object = None,
-    start_at: object = None,
-    max_rate: object = None,
-    priority: object = "normal",
-    response_path: object = None,
-) -> TaskRow:
-    """Validate an upload request; the source's size and mtime are recorded now."""
-    key = check_key(idempotency_key)
-    meta = check_metadata(metadata)
-    sched = check_scheduling(start_at=start_at, max_rate=max_rate, priority=priority)
-    from bgtransfer._protocol._upload import PROTOCOLS
-    from bgtransfer._protocol._validate import check_method
-
-    check_url(url)
-    assert isinstance(url, str)
-    if protocol not in PROTOCOLS:
-        raise InvalidRequest(f"protocol must be one of {sorted(PROTOCOLS)}, not {protocol!r}")
-    assert isinstance(protocol, str)
-    verb = check_method(method)
-    if protocol in ("multipart", "ietf") and method == "PUT":
-        verb = "POST"  # a form is posted, an IETF upload created by POST; PUT is plain's default
-    if protocol == "tus":
-        verb = "POST"  # creation is POST, appends are PATCH (tus 1.0)
-    hdrs = check_headers(headers)
-    fields = check_headers(form_fields) if form_fields is not None else []
-    if not isinstance(field_name, str) or not field_name:
-        raise InvalidRequest(f"field_name must be a non-empty string, not {field_name!r}")
-    if not isinstance(retry_unsafe, bool):
-        raise InvalidRequest(f"retry_unsafe must be True or False, not {retry_unsafe!r}")
-    _positive_int("chunk_size", chunk_size)
-    assert isinstance(chunk_size, int)
-    common, hook = _lifecycle(
-        background=background,
-        request_timeout=request_timeout,
-        resource_timeout=resource_timeout,
-        max_attempts=max_attempts,
-        retry_for=retry_for,
-        retry_wait=retry_wait,
-        max_retry_wait=max_retry_wait,
-        on_complete=on_complete,
-    )
-    if not isinstance(path, str | os.PathLike):
-        raise InvalidRequest(f"source path must be a string or path, not {path!r}")
-    answer = _response_path(response_path)
-    source = os.path.abspath(os.fspath(path))
-    try:
-        st = os.stat(source)
-    except OSError as exc:
-        raise InvalidRequest(f"cannot read the source file {source!r}: {exc.strerror}") from None
-    import stat as stat_mod
-
-    if not stat_mod.S_ISREG(st.st_mode):
-        raise InvalidRequest(f"the source is not a regular file: {source!r}")
-    if not os.access(source, os.R_OK):
-        raise InvalidRequest(f"the source file is not readable: {source!r}")
-    spec = Spec(
-        url=url,
-        headers=tuple(hdrs),
-        **common,
-        kind="upload",
-        method=verb,
-        protocol=protocol,
-        source_size=st.st_size,
-        source_mtime_ns=st.st_mtime_ns,
-        field_name=field_name,
-        form_fields=tuple(fields),
-        retry_unsafe=retry_unsafe,
-        chunk_size=chunk_size,
-        **sched,
-        response_path=answer,
-    )
-    now = time.time()
-    return TaskRow(
-        id=new_task_id(),
-        session=session,
-        path=source,
-        partial="",
-        spec=spec,
-        overwrite=False,
-        snap=Snapshot(
-            phase=Phase.QUEUED, detail=queued_detail(spec.start_at, now), total=st.st_size
-        ),
-        owner=None,
-        background=background,
-        created_at=now,
-        updated_at=now,
-        idempotency_key=key,
-        on_complete=hook,
-        metadata=meta,
     )
