@@ -1,5 +1,5 @@
-"""The body `get`/`add`/`put` send is read from a row the library's builder made, and the
-daemon's reading of that body builds the same row again (no daemon process needed: both
+"""The body `get`/`add`/`put` send (``body_of`` of the row the library's builder made)
+makes the daemon's reading of it build the same row again (no daemon process needed: both
 sides are called directly)."""
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import (
     DOWNLOAD_OPTIONS,
     UPLOAD_OPTIONS,
+    body_of,
     build_row,
     build_upload_row,
-    row_to_wire,
 )
-from bgtransfer.cli._submit import submit_body
 
 
 def same_task(a: TaskRow, b: TaskRow) -> None:
@@ -40,7 +39,7 @@ def test_a_download_with_every_cli_option_round_trips(tmp_path: Path) -> None:
         resource_timeout=99, overwrite=True, max_attempts=3, retry_for=300.0, segments=3,
         max_bytes=1 << 20, start_at=2e9, max_rate=1024, priority="high", umask=0o027,
     )  # fmt: skip
-    body = submit_body(row_to_wire(row))
+    body = body_of(row).to_json()
     assert set(DOWNLOAD_OPTIONS) <= set(body)
     assert body["umask"] == 0o027
     same_task(_Submitted.parse(body).row(check_exists=True), row)
@@ -48,7 +47,7 @@ def test_a_download_with_every_cli_option_round_trips(tmp_path: Path) -> None:
 
 def test_a_download_with_defaults_round_trips(tmp_path: Path) -> None:
     row = build_row("s", "https://h.example/f?a=1", str(tmp_path / "f"), background=True)
-    same_task(_Submitted.parse(submit_body(row_to_wire(row))).row(check_exists=True), row)
+    same_task(_Submitted.parse(body_of(row).to_json()).row(check_exists=True), row)
 
 
 @pytest.mark.parametrize("protocol", ["plain", "multipart", "tus", "ietf"])
@@ -60,7 +59,7 @@ def test_an_upload_round_trips(tmp_path: Path, protocol: str) -> None:
         form_fields=[("album", "2026")], field_name="f", retry_unsafe=True,
         headers=[("X-A", "b")], idempotency_key="k2", request_timeout=5, start_at=2e9,
     )  # fmt: skip
-    body = submit_body(row_to_wire(row))
+    body = body_of(row).to_json()
     assert body["kind"] == "upload"
     assert set(UPLOAD_OPTIONS) <= set(body)
     assert "umask" not in body  # the daemon refuses it for uploads

@@ -16,13 +16,7 @@ import click
 from bgtransfer import InvalidRequest
 from bgtransfer._protocol._schedule import parse_size
 from bgtransfer._protocol._validate import check_url
-from bgtransfer._tasks import (
-    DOWNLOAD_OPTIONS,
-    UPLOAD_OPTIONS,
-    build_row,
-    build_upload_row,
-    row_to_wire,
-)
+from bgtransfer._tasks import body_of, build_row, build_upload_row
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import (
     DEFAULT_SESSION,
@@ -100,35 +94,7 @@ def absolute(path: str) -> str:
     return os.path.abspath(path) + (os.sep if path.endswith(os.sep) else "")
 
 
-def submit_body(wire: dict[str, Any]) -> dict[str, Any]:
-    """The submit body that makes the daemon build a task again, from the wire shape of the
-    row the library's builder made (``row_to_wire``): every option by the name
-    download()/upload() take."""
-    internal = wire["internal"]
-    spec = internal["spec"]
-    fields = {
-        **spec,
-        "overwrite": internal["overwrite"],
-        "on_complete": internal["on_complete"],
-        "metadata": wire["metadata"],
-    }
-    upload = wire["kind"] == "upload"
-    body = {k: fields[k] for k in (UPLOAD_OPTIONS if upload else DOWNLOAD_OPTIONS)}
-    body.update(
-        session=wire["session"],
-        url=spec["url"],  # the wire's public "url" has its password masked
-        path=wire["path"],
-        idempotency_key=internal["idempotency_key"],
-    )
-    if upload:
-        body["kind"] = "upload"
-    else:
-        body["umask"] = spec["umask"]  # the finished file's mode follows this process's umask
-    return body
-
-
-def _post(home: str, wire: dict[str, Any]) -> dict[str, Any]:
-    body = submit_body(wire)
+def _post(home: str, body: dict[str, Any]) -> dict[str, Any]:
     return run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
 
 
@@ -254,18 +220,17 @@ def _submit(
         **ctx.meta.get(SUBMIT_EXTRA, {}),
     }
     with daemon_errors():
-        wire = row_to_wire(
-            build_row(
-                session,
-                url,
-                absolute(path),
-                background=True,
-                headers=pairs,
-                idempotency_key=uuid.uuid4().hex,
-                **{k: v for k, v in given.items() if v is not None},
-            )
+        # The library's builder checks everything; its body_of says what to send.
+        row = build_row(
+            session,
+            url,
+            absolute(path),
+            background=True,
+            headers=pairs,
+            idempotency_key=uuid.uuid4().hex,
+            **{k: v for k, v in given.items() if v is not None},
         )
-    return home, _post(home, wire)
+    return home, _post(home, body_of(row).to_json())
 
 
 @cli.command()
@@ -374,19 +339,17 @@ def put(ctx: click.Context, file: str, url: str, headers: tuple[str, ...], form:
     fields = _form_fields(form)
     given = {**options, **ctx.meta.get(SUBMIT_EXTRA, {})}
     with daemon_errors():
-        wire = row_to_wire(
-            build_upload_row(
-                session,
-                absolute(file),
-                url,
-                background=True,
-                headers=pairs,
-                form_fields=fields,
-                idempotency_key=uuid.uuid4().hex,
-                **{k: v for k, v in given.items() if v is not None},
-            )
+        row = build_upload_row(
+            session,
+            absolute(file),
+            url,
+            background=True,
+            headers=pairs,
+            form_fields=fields,
+            idempotency_key=uuid.uuid4().hex,
+            **{k: v for k, v in given.items() if v is not None},
         )
-    task = _post(home, wire)
+    task = _post(home, body_of(row).to_json())
     try:
         final = follow(home, task, show_bar=fancy() and not as_json)
     except KeyboardInterrupt:
