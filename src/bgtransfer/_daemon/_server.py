@@ -40,7 +40,6 @@ import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from importlib.metadata import PackageNotFoundError, version
 
 from aiohttp import web
 
@@ -75,6 +74,7 @@ from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._trust import prepare_home
+from bgtransfer._version import __version__
 
 __all__ = ["STORE_NAME", "main"]
 
@@ -96,15 +96,6 @@ _STATUS: list[tuple[type[TransferError], int]] = [
     (DestinationError, 409),
     (DaemonStopped, 503),
 ]
-
-
-@functools.cache
-def _version() -> str:
-    """The installed package's version: its metadata is the one place it is written."""
-    try:
-        return version("bgtransfer")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "0+unknown"
 
 
 def _http_status(exc: TransferError) -> int:
@@ -231,7 +222,7 @@ class Daemon:
                 "pid": os.getpid(),
                 "socket": self.socket,
                 "home": self.home,
-                "version": _version(),
+                "version": __version__,
                 "tasks": counts,
                 "limits": {
                     "max_active": self.engine.limiter.total,
