@@ -15,5 +15,5 @@ def _version() -> str:
 
 
 __version__ = _version()
-# What the engine sends as User-Agent (the engine should import it from here).
+# What the engine sends as User-Agent.
 USER_AGENT = f"bgtransfer/{__version__}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -72,12 +73,22 @@ def kill_past_a_checkpoint(home: Path, url: str, dest: Path) -> None:
     assert proc.stdout is not None
     assert proc.stdout.readline().startswith("started")
     deadline = time.monotonic() + 20
+    found = None
     while time.monotonic() < deadline:
         found = stored(home)
         if found is not None and found[1] > 0:
             break
         time.sleep(0.05)
-    time.sleep(0.3)  # some bytes past the checkpoint
+    # Some bytes past the checkpoint: the partial grows beyond the committed offset (or is
+    # gone: the download finished).
+    past = time.monotonic() + 5
+    while found is not None and time.monotonic() < past:
+        _, offset, partial, _ = found
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.getsize(partial) <= offset + (64 << 10):
+                time.sleep(0.02)
+                continue
+        break
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=10)
 

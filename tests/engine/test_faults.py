@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ def get(session: bgtransfer.Session, url: str, dest: Path, **kw: Any) -> bgtrans
     opts = {**FAST, **kw}
     task = session.download(url, dest, **opts)
     return task.wait(timeout=60)
+
+
+def wait_until(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``cond`` until it holds (bounded: fails after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
 
 
 def partials(dest: Path) -> list[str]:
@@ -447,7 +456,7 @@ def test_target_appearing_during_download_is_not_clobbered(
 ) -> None:
     dest = tmp_path / "race.bin"
     task = session.download(server.url(f"/gen/{SIZE}?rate=2000000&key={key}"), dest, **FAST)
-    time.sleep(0.1)
+    wait_until(lambda: task.bytes_received > 0, "the download to start")
     dest.write_bytes(b"someone else's")
     task.wait(timeout=30)
     assert isinstance(task.error, bgtransfer.DestinationError)
@@ -522,7 +531,7 @@ def test_suspend_during_connect_and_during_backoff(
     task = session.download(
         server.url(f"/gen/{SIZE}?stall_headers=10&times=1&key={key}"), dest, **FAST
     )
-    time.sleep(0.2)
+    wait_until(lambda: len(by_key(server, key)) > 0, "the request to reach the server")
     t0 = time.monotonic()
     task.suspend()
     assert time.monotonic() - t0 < 1.0
@@ -549,7 +558,7 @@ def test_cancel_removes_partial_and_is_final(
 ) -> None:
     dest = tmp_path / "can.bin"
     task = session.download(server.url(f"/gen/{SIZE}?rate=500000&key={key}"), dest, **FAST)
-    time.sleep(0.3)
+    wait_until(lambda: task.bytes_received > 0, "the download to start")
     task.cancel()
     assert task.state is TaskState.COMPLETED
     assert isinstance(task.error, bgtransfer.Cancelled)
@@ -565,7 +574,7 @@ def test_cancel_while_suspended(
 ) -> None:
     dest = tmp_path / "cs.bin"
     task = session.download(server.url(f"/gen/{SIZE}?rate=500000&key={key}"), dest, **FAST)
-    time.sleep(0.3)
+    wait_until(lambda: task.bytes_received > 0, "the download to start")
     task.suspend()
     task.cancel()
     assert_failed(task, dest, bgtransfer.Cancelled)
@@ -579,7 +588,7 @@ def test_global_limit_queues_extra_tasks(server: FaultServer, tmp_path: Path, ke
             )
             for i in range(4)
         ]
-        time.sleep(0.2)
+        wait_until(lambda: sum(t.bytes_received > 0 for t in tasks) >= 2, "two downloads to start")
         details = [t.detail for t in tasks]
         assert details.count("queued") == 2, details
         assert all(t.state is TaskState.RUNNING for t in tasks)
@@ -591,7 +600,7 @@ def test_per_host_limit(server: FaultServer, tmp_path: Path, key: str) -> None:
     with bgtransfer.Session("ph", home=tmp_path / "h", background=False, max_per_host=1) as s:
         a = s.download(server.url(f"/gen/{SIZE}?rate=2000000&key={key}a"), tmp_path / "a", **FAST)
         b = s.download(server.url(f"/gen/{SIZE}?rate=2000000&key={key}b"), tmp_path / "b", **FAST)
-        time.sleep(0.2)
+        wait_until(lambda: a.bytes_received + b.bytes_received > 0, "one download to start")
         assert "queued" in (a.detail, b.detail)
         a.wait(timeout=30)
         b.wait(timeout=30)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import itertools
 import os
 import socket
 import subprocess
@@ -228,24 +227,7 @@ def test_a_206_of_a_new_version_restarts_single_stream(
     assert t.restarts == 1
 
 
-def test_a_206_of_a_new_version_restarts_segments(
-    server: FaultServer, tmp_path: Path, key: str
-) -> None:
-    size = 8 * MiB
-    v1, v2 = os.urandom(size), os.urandom(size)
-    name = f"seg-{key}"
-    url = server.add(name, v1) + "?ignore_if_range=1&cut=600000&times=4"
-    with bgtransfer.Session("irs", home=tmp_path / "home", background=False) as s:
-        t = s.download(url, tmp_path / "s.bin", segments=4, retry_wait=1.0, max_retry_wait=2.0)
-        # The first four requests (the GET and three segments) are cut at 600 000 bytes;
-        # their retries come 0.5-1 s later and find version 2.
-        wait_until(lambda: len(server.requests(f"/r/{name}")) >= 4, 30, "four requests")
-        server.replace(name, v2)
-        t.wait(timeout=60)
-    assert t.error is None, t.error
-    got = (tmp_path / "s.bin").read_bytes()
-    assert got == v2
-    assert t.restarts >= 1
+# test_a_206_of_a_new_version_restarts_segments: in test_virtual_time.py (no wall-time race).
 
 
 def test_weak_etag_resume_sends_no_date_in_if_range(
@@ -266,24 +248,7 @@ def test_weak_etag_resume_sends_no_date_in_if_range(
 # -- 12: upload retries back off -------------------------------------------------------------
 
 
-def test_put_answered_500_backs_off(server: FaultServer, tmp_path: Path, key: str) -> None:
-    src = tmp_path / "up.bin"
-    src.write_bytes(os.urandom(256 << 10))
-    name = f"b500-{key}"
-    with bgtransfer.Session("up", home=tmp_path / "home", background=False) as s:
-        t = s.upload(
-            src,
-            server.url(f"/upload/{name}?status=500"),
-            retry_wait=0.1,
-            resource_timeout=6.0,
-        ).wait(timeout=60)
-    assert isinstance(t.error, bgtransfer.TransferTimeout)
-    puts = [r for r in server.requests(f"/upload/{name}") if r.method == "PUT"]
-    # 0.1 s doubling (equal jitter) fits 6-8 tries in 6 s; with the backoff reset by the
-    # sent body it was one every 0.05-0.1 s (60 or more).
-    assert 4 <= len(puts) <= 10, len(puts)
-    gaps = [b.time - a.time for a, b in itertools.pairwise(puts)]
-    assert gaps[-1] > 4 * gaps[0], gaps
+# test_put_answered_500_backs_off: in test_virtual_time.py (the backoff on virtual time).
 
 
 # -- 13: tus checksums survive a resume ------------------------------------------------------

@@ -6,6 +6,7 @@ Real parts only: the fault server, real files, a real foreground engine.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import time
@@ -16,17 +17,17 @@ from typing import Any
 import pytest
 
 import bgtransfer
-from bgtransfer._models import Phase
+from bgtransfer._store._base import TaskRow
+from bgtransfer._tasks import build_row
 from bgtransfer.testing import FaultServer, gen_bytes, gen_sha256
+
+from ._virtual import Finished, VirtualTime, run_engine
 
 SIZE = 1 << 20
 CUT = 300_000
-# A retry wait long enough to swap things in (the delay is 0.5-1x of it).
+# The retry wait in which things are swapped (the delay is 0.5-1x of it); slept on the
+# engine's virtual clock, with the swap inside it.
 SLOW_RETRY: dict[str, Any] = {"retry_wait": 3.0, "max_retry_wait": 3.0}
-
-
-def engine_row(session: bgtransfer.Session, task: bgtransfer.Task) -> Any:
-    return session._async._engine_or_raise().get(task.id)
 
 
 def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
@@ -36,8 +37,34 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> Non
         time.sleep(0.01)
 
 
-def in_retry_wait(session: bgtransfer.Session, task: bgtransfer.Task) -> None:
-    wait_for(lambda: engine_row(session, task).snap.phase is Phase.WAITING_RETRY, "the retry wait")
+def tampered_in_retry_wait(
+    tmp_path: Path, url: str, dest: Path, tamper: Callable[[Path], None], **kw: Any
+) -> Finished:
+    """Download ``url`` on an engine whose sleeps are virtual; ``tamper(partial)`` runs
+    inside its first sleep: the retry wait after the cut, while no request is open."""
+    rows: list[TaskRow] = []
+    failed: list[BaseException] = []
+
+    def in_sleep(delay: float) -> None:
+        if len(vt.slept) != 1:
+            return
+        try:
+            assert SLOW_RETRY["retry_wait"] / 2 <= delay <= SLOW_RETRY["retry_wait"], delay
+            tamper(Path(rows[0].partial))
+        except (AssertionError, OSError) as exc:  # reported here, not as an engine failure
+            failed.append(exc)
+
+    vt = VirtualTime(on_sleep=in_sleep)
+
+    def build() -> TaskRow:
+        rows.append(build_row("trust", url, dest, background=False, **SLOW_RETRY, **kw))
+        return rows[0]
+
+    done = asyncio.run(run_engine(tmp_path / "home", vt, build, timeout=60))
+    if failed:
+        raise failed[0]
+    assert vt.slept, "the download never waited to retry"
+    return done
 
 
 @pytest.fixture
@@ -87,7 +114,7 @@ SWAPS = {
 
 @pytest.mark.parametrize("swap", sorted(SWAPS))
 def test_partial_swapped_during_retry_wait_is_discarded_not_adopted(
-    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str, swap: str
+    server: FaultServer, tmp_path: Path, key: str, swap: str
 ) -> None:
     if swap == "other-owner" and os.geteuid() != 0:
         pytest.skip("chown to another user needs root")
@@ -95,23 +122,29 @@ def test_partial_swapped_during_retry_wait_is_discarded_not_adopted(
     victim.write_bytes(b"v" * CUT)  # as long as the committed offset: resume would fit
     dest = tmp_path / "swap.bin"
     url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
-    task = session.download(url, dest, **SLOW_RETRY)
-    in_retry_wait(session, task)
-    partial = Path(engine_row(session, task).partial)
-    assert partial.stat().st_size == CUT
-    # What a foreign file must keep: its bytes, and (through its fd) its inode's bytes.
-    keep = os.open(victim, os.O_RDONLY)
-    SWAPS[swap](partial, victim)
-    if swap in ("other-file", "other-owner"):
-        os.close(keep)
-        keep = os.open(partial, os.O_RDONLY)  # the planted inode itself
+    keep: list[int] = []
+    seen: list[Path] = []
+
+    def tamper(partial: Path) -> None:
+        seen.append(partial)
+        assert partial.stat().st_size == CUT
+        # What a foreign file must keep: its bytes, and (through its fd) its inode's bytes.
+        keep.append(os.open(victim, os.O_RDONLY))
+        SWAPS[swap](partial, victim)
+        if swap in ("other-file", "other-owner"):
+            os.close(keep.pop())
+            keep.append(os.open(partial, os.O_RDONLY))  # the planted inode itself
+
     try:
-        task.wait(timeout=60)
-        assert task.error is None, task.error
+        done = tampered_in_retry_wait(tmp_path, url, dest, tamper)
+        assert done.row.snap.error is None, done.row.snap.error
         assert dest.read_bytes() == gen_bytes(SIZE)
-        assert os.pread(keep, CUT + 1, 0) == b"v" * CUT  # never written into
+        (fd,) = keep
+        assert os.pread(fd, CUT + 1, 0) == b"v" * CUT  # never written into
     finally:
-        os.close(keep)
+        for fd in keep:
+            os.close(fd)
+    (partial,) = seen
     assert victim.read_bytes() == b"v" * CUT
     assert not dest.is_symlink()
     st = dest.stat()
@@ -120,14 +153,14 @@ def test_partial_swapped_during_retry_wait_is_discarded_not_adopted(
     assert not partial.exists()
     assert not os.path.lexists(partial)
     # Started over from 0: the resumed request would have fetched only the tail.
-    assert task.restarts == 1
-    ranges = [a["range_start"] for a in task.history()]
+    assert done.row.snap.restarts == 1
+    ranges = [a["range_start"] for a in done.history]
     assert ranges[0] is None, ranges
     assert ranges[-1] is None, ranges
 
 
 def test_directory_swapped_for_symlink_during_retry_wait_cannot_redirect(
-    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+    server: FaultServer, tmp_path: Path, key: str
 ) -> None:
     real = tmp_path / "dl"
     real.mkdir()
@@ -135,14 +168,15 @@ def test_directory_swapped_for_symlink_during_retry_wait_cannot_redirect(
     elsewhere.mkdir()
     dest = real / "d.bin"
     url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
-    task = session.download(url, dest, **SLOW_RETRY)
-    in_retry_wait(session, task)
     moved = tmp_path / "dl.moved"
-    os.rename(real, moved)
-    os.symlink(elsewhere, real)
-    task.wait(timeout=60)
-    assert isinstance(task.error, bgtransfer.DestinationError), task.error
-    assert "directory" in task.error.message
+
+    def tamper(partial: Path) -> None:
+        os.rename(real, moved)
+        os.symlink(elsewhere, real)
+
+    error = tampered_in_retry_wait(tmp_path, url, dest, tamper).row.snap.error
+    assert isinstance(error, bgtransfer.DestinationError), error
+    assert "directory" in error.message
     assert os.listdir(elsewhere) == []  # nothing written, placed or removed there
     # The task's own directory still holds its bytes, untouched by the failure's cleanup.
     [left] = os.listdir(moved)
@@ -151,18 +185,19 @@ def test_directory_swapped_for_symlink_during_retry_wait_cannot_redirect(
 
 
 def test_directory_replaced_by_another_directory_is_refused(
-    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+    server: FaultServer, tmp_path: Path, key: str
 ) -> None:
     real = tmp_path / "dl"
     real.mkdir()
     dest = real / "d.bin"
     url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
-    task = session.download(url, dest, **SLOW_RETRY)
-    in_retry_wait(session, task)
-    os.rename(real, tmp_path / "dl.moved")
-    real.mkdir()  # same name, another inode
-    task.wait(timeout=60)
-    assert isinstance(task.error, bgtransfer.DestinationError), task.error
+
+    def tamper(partial: Path) -> None:
+        os.rename(real, tmp_path / "dl.moved")
+        real.mkdir()  # same name, another inode
+
+    error = tampered_in_retry_wait(tmp_path, url, dest, tamper).row.snap.error
+    assert isinstance(error, bgtransfer.DestinationError), error
     assert os.listdir(real) == []
 
 
@@ -183,23 +218,24 @@ def test_target_directory_symlink_is_resolved_at_submit(
 
 
 def test_sha256_is_decided_on_the_bytes_on_disk(
-    session: bgtransfer.Session, server: FaultServer, tmp_path: Path, key: str
+    server: FaultServer, tmp_path: Path, key: str
 ) -> None:
     """Bytes changed in the partial file behind the engine's back (same inode, so the
     identity holds) are caught: the digest is of the file, not of what was received."""
     dest = tmp_path / "h.bin"
     url = server.url(f"/gen/{SIZE}?cut={CUT}&times=1&key={key}")
-    task = session.download(url, dest, sha256=gen_sha256(SIZE), **SLOW_RETRY)
-    in_retry_wait(session, task)
-    partial = engine_row(session, task).partial
-    fd = os.open(partial, os.O_WRONLY)
-    try:
-        os.pwrite(fd, b"\0" * 4096, 1000)
-    finally:
-        os.close(fd)
-    task.wait(timeout=60)
-    assert isinstance(task.error, bgtransfer.IntegrityError), task.error
-    assert "sha256" in task.error.message
+
+    def tamper(partial: Path) -> None:
+        fd = os.open(partial, os.O_WRONLY)
+        try:
+            os.pwrite(fd, b"\0" * 4096, 1000)
+        finally:
+            os.close(fd)
+
+    done = tampered_in_retry_wait(tmp_path, url, dest, tamper, sha256=gen_sha256(SIZE))
+    error = done.row.snap.error
+    assert isinstance(error, bgtransfer.IntegrityError), error
+    assert "sha256" in error.message
     assert not dest.exists()
 
 

@@ -28,10 +28,6 @@ class Limiter:
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
         self._rank: dict[asyncio.Future[None], int] = {}
 
-    def in_use(self, key: str) -> int:
-        """Connections (task slots plus extra ones) held for one origin."""
-        return self._hosts.get(key, 0)
-
     def _can(self, host: str) -> bool:
         return self._active < self.total and self._hosts.get(host, 0) < self.per_host
 

@@ -10,9 +10,11 @@ import fcntl
 import os
 import uuid
 
+from bgtransfer._exceptions import InvalidTransition
+from bgtransfer._store._base import TaskRow
 from bgtransfer._trust import open_private, private_dir
 
-__all__ = ["OwnerLock", "owner_alive"]
+__all__ = ["OwnerLock", "check_control", "owner_alive"]
 
 
 def _path(home: str, token: str) -> str:
@@ -54,3 +56,23 @@ def owner_alive(home: str, token: str) -> bool:
     except FileNotFoundError:
         pass
     return False
+
+
+def check_control(row: TaskRow, lock: OwnerLock, *, background: bool) -> None:
+    """May this engine (background or not, holding ``lock``) suspend, resume or cancel the
+    task? InvalidTransition says who may instead."""
+    if row.background != background:
+        raise InvalidTransition(
+            f"task {row.id} belongs to a "
+            + (
+                "background session; control it through the daemon"
+                if row.background
+                else "foreground session; control it from a foreground Session"
+            ),
+            task_id=row.id,
+        )
+    if not background and row.owner not in (None, lock.token) and owner_alive(lock.home, row.owner):
+        raise InvalidTransition(
+            f"task {row.id} is being run by another process ({row.owner.split('-')[0]})",
+            task_id=row.id,
+        )

@@ -1,16 +1,15 @@
-"""The engine's side of scheduling: start-time wake-ups, bandwidth caps, origin cool-downs.
+"""The engine's side of pacing: bandwidth caps and origin cool-downs.
 
-Mixed into :class:`Engine` (kept apart so the engine module stays about transfers); the rules
-themselves are in :mod:`bgtransfer._protocol._schedule`, the buckets in ``_ratelimit``.
+The rules themselves are in :mod:`bgtransfer._protocol._schedule`, the buckets in
+``_ratelimit``; the engine holds one :class:`Pacing` and every driver pays into it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
+from bgtransfer._engine._live import Live
 from bgtransfer._engine._ratelimit import Politeness, RateLimits, read_size_for
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
@@ -18,29 +17,29 @@ from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._ranges import parse_retry_after
 from bgtransfer._store._sqlite import SQLiteStore
 
-if TYPE_CHECKING:
-    from bgtransfer._engine._engine import _Live
+__all__ = ["READ_SIZE", "Pacing"]
 
-__all__ = ["Pacing"]
-
-READ_SIZE = 1 << 20  # _engine.READ_SIZE (a test pins them equal): reads when nothing caps
+# research/perf.md: 256 KiB-4 MiB reads run alike; smaller loses less on a crash. The read
+# size when nothing caps the task.
+READ_SIZE = 1 << 20
 
 
 class Pacing:
-    store: SQLiteStore
-    background: bool
-    rates: RateLimits
-    polite: Politeness
-    _wake: asyncio.TimerHandle | None
-    clock: Callable[[], float]
+    def __init__(
+        self,
+        store: SQLiteStore,
+        *,
+        background: bool,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.background = background
+        self.sleep = sleep
+        self.rates = RateLimits(clock)
+        self.polite = Politeness(clock)
 
-    if TYPE_CHECKING:  # the Engine's
-
-        def _pump(self) -> None: ...
-
-        def _apply_now(self, live: _Live, event: M.Event) -> None: ...
-
-    def _load_limits(self) -> None:
+    def load_limits(self) -> None:
         """Daemon start: the caps set with ``bgtransfer limit`` and the origins that asked
         to wait before the restart (a SIGKILL must not let every task hit them at once)."""
         glob, origins = self.store.limits()
@@ -50,18 +49,6 @@ class Pacing:
         for origin, until, reason in self.store.cooldowns(time.time()):
             self.polite.restore(origin, until, reason)
 
-    def _arm_wake(self) -> None:
-        """Pump again when the earliest start_at of a queued task comes."""
-        wall = time.time()
-        at = self.store.next_start(background=self.background, now=wall)
-        if self._wake is not None:
-            self._wake.cancel()
-            self._wake = None
-        if at is not None:
-            # Capped, so a clock step (suspend, NTP) is noticed within a minute.
-            delay = min(at - wall, 60.0) + 0.01
-            self._wake = asyncio.get_running_loop().call_later(delay, self._pump)
-
     def set_limit(self, origin: str | None, rate: int | None) -> None:
         """Change the global cap (``origin=None``) or one origin's; durable, effective now."""
         self.store.set_limit(origin, rate)
@@ -70,15 +57,15 @@ class Pacing:
         else:
             self.rates.set_origin(origin, rate)
 
-    async def _throttle(self, live: _Live, n: int) -> None:
+    async def throttle(self, live: Live, n: int) -> None:
         spec = live.machine.spec
         if self.rates.limited(spec.max_rate, live.origin):
             await self.rates.throttle(live.row.id, spec.max_rate, live.origin, n)
 
-    def _read_size(self, live: _Live) -> int:
+    def read_size(self, live: Live) -> int:
         return read_size_for(self.rates.cap(live.machine.spec.max_rate, live.origin), READ_SIZE)
 
-    def _heard(self, url: str, status: int, headers: dict[str, str]) -> None:
+    def heard(self, url: str, status: int, headers: dict[str, str]) -> None:
         """Every answer feeds the origin's cool-down rule (429/503 + Retry-After)."""
         retry_after = parse_retry_after(headers.get("retry-after"), time.time())
         origin = origin_key(url)
@@ -89,7 +76,15 @@ class Pacing:
                 origin, until, self.polite.rules.reason(origin), now=time.time()
             )
 
-    async def _cool_down(self, live: _Live) -> None:
+    async def wait_origin(self, origin: str) -> None:
+        """A new connection is a new request: it waits out the origin's cool-down too."""
+        for _ in range(100):
+            wait = self.polite.wait_needed(origin)
+            if wait <= 0:
+                return
+            await self.sleep(wait)
+
+    async def cool_down(self, live: Live, apply: Callable[[Live, M.Event], None]) -> None:
         """No new request to an origin that asked to wait; ``ls`` says until when."""
         m = live.machine
         if live.row.id in self.polite.exempt:
@@ -101,5 +96,5 @@ class Pacing:
                 return
             detail = self.polite.detail(live.origin, wait)
             if m.snap.detail != detail:
-                self._apply_now(live, M.Waiting(detail))
-            await asyncio.sleep(wait)
+                apply(live, M.Waiting(detail))
+            await self.sleep(wait)

@@ -27,27 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from multidict import CIMultiDict
 
+from bgtransfer._engine._context import Context
+from bgtransfer._engine._download import Downloader
 from bgtransfer._engine._files import PartialLost
-from bgtransfer._engine._http import connect_reason, lower_headers, why
-from bgtransfer._engine._limiter import Slot, origin_key
+from bgtransfer._engine._http import body_failure, lower_headers, request_failure
+from bgtransfer._engine._limiter import Slot
+from bgtransfer._engine._live import Live
+from bgtransfer._engine._recovery import reconcile_segments
+from bgtransfer._engine._watchdog import too_slow
 from bgtransfer._exceptions import (
-    ConnectError,
     DestinationError,
     HTTPStatusError,
-    NetworkError,
     ReadError,
     TransferError,
-    TransferTimeout,
 )
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._ranges import validator_changed
 from bgtransfer._protocol._retry import Backoff
 from bgtransfer._protocol._segments import (
@@ -60,14 +61,10 @@ from bgtransfer._protocol._segments import (
 )
 from bgtransfer._redact import redact
 
-if TYPE_CHECKING:
-    from bgtransfer._engine._engine import Engine, _Live
-
 __all__ = ["SEGMENT_RETRIES", "reconcile_segments", "run_segmented"]
 
 log = logging.getLogger("bgtransfer")
 
-READ_SIZE = 1 << 20
 # Quick retries of one connection before the whole task backs off through the machine.
 SEGMENT_RETRIES = 3
 
@@ -81,23 +78,26 @@ class _Retry:
         self.error = error
 
 
-async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.Event:
-    """Carry out ``WriteBody`` for a task that asked for segments."""
+async def run_segmented(
+    ctx: Context, single: Downloader, live: Live, action: M.WriteBody
+) -> M.Event:
+    """Carry out ``WriteBody`` for a task that asked for segments (``single`` goes on when
+    the download stays on one connection)."""
     m, resp = live.machine, live.resp
     assert resp is not None
     fresh = not m.snap.segments
     plan: tuple[Segment, ...] = ()
     why = "resumed"
     if fresh and action.start != 0:
-        return await engine._stream(live, action)  # resuming a download begun on one connection
+        return await single.stream(live, action)  # resuming a download begun on one connection
     if fresh:
         plan, why = plan_segments(m.spec.segments, resp.status, lower_headers(resp), m.snap.total)
         if m.segments_distrusted:
             plan, why = (), "the server answered a range with other bytes"
         if not plan:
             log.info("task %s: one connection: %s", live.row.id, why)
-            engine._apply_now(live, M.SegmentsDeclined(why))
-            return await engine._stream(live, action)
+            ctx.apply(live, M.SegmentsDeclined(why))
+            return await single.stream(live, action)
     total = m.snap.total
     first = first_unfinished(m.snap.segments) if not fresh else 0
     if not fresh and (total is None or first is None or m.snap.segments[first][1] != action.start):
@@ -111,10 +111,10 @@ async def run_segmented(engine: Engine, live: _Live, action: M.WriteBody) -> M.E
         msg = exc.message if isinstance(exc, DestinationError) else str(exc)
         return M.Failed(DestinationError(msg))
     if fresh:
-        engine._apply_now(live, M.SegmentsPlanned(plan))
+        ctx.apply(live, M.SegmentsPlanned(plan))
         log.info("task %s: %s", live.row.id, why)
     live.resp = None  # connection 0 owns it now
-    return await _Driver(engine, live).run(first or 0, resp)
+    return await _Driver(ctx, live).run(first or 0, resp)
 
 
 # How often a download short of connections asks the limiter again.
@@ -122,8 +122,8 @@ REFILL_SECONDS = 0.5
 
 
 class _Driver:
-    def __init__(self, engine: Engine, live: _Live) -> None:
-        self.engine = engine
+    def __init__(self, ctx: Context, live: Live) -> None:
+        self.ctx = ctx
         self.live = live
         self.m = live.machine
         self.busy: set[int] = set()
@@ -153,7 +153,7 @@ class _Driver:
         """May one more connection open, and with which extra slot."""
         if None not in self.slots.values():
             return True, None  # the task's own slot is free
-        extra = self.engine.limiter.try_extra(self.origin)
+        extra = self.ctx.limiter.try_extra(self.origin)
         return extra is not None, extra
 
     def _refill(self) -> None:
@@ -177,7 +177,7 @@ class _Driver:
                         slot.release()
                     return
                 segments, nxt = split
-                self.engine._apply_now(self.live, M.SegmentSplit(segments))
+                self.ctx.apply(self.live, M.SegmentSplit(segments))
             self._launch(nxt, None, slot)
 
     async def run(self, first: int, resp: aiohttp.ClientResponse) -> M.Event:
@@ -221,20 +221,10 @@ class _Driver:
     async def _watchdog(self) -> M.Event:
         """curl's --speed-limit over all connections of the task."""
         m = self.m
-        limit, window = m.spec.low_speed_limit, m.spec.low_speed_time
-        clock = self.engine.clock
-        samples: deque[tuple[float, int]] = deque([(clock(), m.snap.offset)])
-        while True:
-            await asyncio.sleep(min(0.5, window / 4))
-            now = clock()
-            samples.append((now, m.snap.offset))
-            while len(samples) > 2 and now - samples[1][0] >= window:
-                samples.popleft()
-            t0, b0 = samples[0]
-            if now - t0 >= window and (m.snap.offset - b0) / (now - t0) < limit:
-                return M.TransportFailed(
-                    TransferTimeout(f"slower than {limit} B/s for {window:g} s"), slow=True
-                )
+        error = await too_slow(
+            lambda: m.snap.offset, m.spec.low_speed_limit, m.spec.low_speed_time, self.ctx.clock
+        )
+        return M.TransportFailed(error, slow=True)
 
     async def _worker(self, index: int, resp: aiohttp.ClientResponse | None) -> M.Event | None:
         m, live = self.m, self.live
@@ -274,13 +264,13 @@ class _Driver:
                 spec = m.spec
                 delay = Backoff(spec.retry_wait, spec.max_retry_wait).delay(failures, m.rng())
                 log.info("task %s: segment %d retry in %.2f s", live.row.id, index, delay)
-                await asyncio.sleep(delay)
+                await self.ctx.sleep(delay)
         finally:
             if resp is not None:
                 resp.close()
 
     def _new_attempt(self, index: int) -> dict[str, Any]:
-        return self.engine.open_attempt(self.live, self.m.url, self.m.snap.segments[index][1])
+        return self.ctx.history.open(self.live, self.m.url, self.m.snap.segments[index][1])
 
     def _end(
         self, attempt: dict[str, Any] | None, first: dict[str, Any] | None, outcome: str
@@ -289,41 +279,30 @@ class _Driver:
         # next event; the others go into the history with the next snapshot.
         if attempt is None or attempt is first:
             return
-        attempt["ended_at"] = time.time()
-        attempt["outcome"] = outcome
-        self.live.attempts_done.append(attempt)
+        self.ctx.history.close(self.live, attempt, outcome)
 
     async def _request(
         self, index: int, attempt: dict[str, Any]
     ) -> aiohttp.ClientResponse | M.Event | _Retry:
-        http, m = self.engine._http, self.m
-        assert http is not None
-        # A new connection is a new request: it waits out the origin's cool-down too.
-        for _ in range(100):
-            wait = self.engine.polite.wait_needed(self.live.origin)
-            if wait <= 0:
-                break
-            await asyncio.sleep(wait)
+        ctx, m = self.ctx, self.m
+        await ctx.pacing.wait_origin(self.live.origin)
         url, headers = m.segment_request(index)
         rt = m.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
-            resp = await http.get(
+            resp = await ctx.http.get(
                 url, headers=CIMultiDict(headers), allow_redirects=False, timeout=timeout
             )
-        except aiohttp.ClientConnectorError as exc:
-            return _Retry(ConnectError(connect_reason(exc)))
-        except TimeoutError:
-            return _Retry(TransferTimeout(f"no response within {rt:g} s (request_timeout)"))
-        except aiohttp.ClientResponseError as exc:
-            return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-            return _Retry(ReadError(f"connection lost before the response: {exc}"))
-        except aiohttp.ClientError as exc:
-            return _Retry(NetworkError(f"request failed: {exc!r}"))
+        except Exception as exc:
+            failure = request_failure(exc, rt)
+            if failure is None:
+                raise
+            if not failure.retryable:
+                return M.Failed(failure.error)
+            return _Retry(failure.error)
         attempt["status"] = resp.status
         got = lower_headers(resp)
-        self.engine._heard(url, resp.status, got)
+        ctx.pacing.heard(url, resp.status, got)
         answer = check_segment_response(
             resp.status,
             got,
@@ -359,10 +338,10 @@ class _Driver:
     async def _read(
         self, index: int, resp: aiohttp.ClientResponse, attempt: dict[str, Any] | None
     ) -> M.Event | _Retry | None:
-        m, live, part = self.m, self.live, self.live.part
+        ctx, m, live, part = self.ctx, self.m, self.live, self.live.part
         rt = m.spec.request_timeout
         try:
-            async for chunk in resp.content.iter_chunked(self.engine._read_size(live)):
+            async for chunk in resp.content.iter_chunked(ctx.pacing.read_size(live)):
                 if m.snap.phase is not Phase.TRANSFERRING:
                     return None  # suspended or cancelled: the driver is being stopped
                 _, pos, end = m.snap.segments[index]
@@ -372,19 +351,20 @@ class _Driver:
                 if attempt is not None:
                     attempt["bytes"] += len(data)
                 # No await between pwrite and handle: the segments always match the file.
-                actions = m.handle(M.SegmentWritten(index, len(data)), now=self.engine.clock())
+                actions = m.handle(M.SegmentWritten(index, len(data)), now=ctx.clock())
                 if actions:
-                    self.engine._execute_sync(live, actions)
+                    ctx.execute(live, actions)
                 # Every connection pays into the same buckets: the cap is the task's.
-                await self.engine._throttle(live, len(data))
+                await ctx.pacing.throttle(live, len(data))
                 if pos + len(data) >= end:
                     return None
         except DestinationError as exc:
             return M.Interrupted(f"suspended: {exc.message}; resume() once it is fixed")
-        except TimeoutError:
-            return _Retry(TransferTimeout(f"no data for {rt:g} s (request_timeout)"))
-        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-            return _Retry(ReadError(f"segment {index}: connection lost ({why(exc)})"))
+        except Exception as exc:
+            failure = body_failure(exc, rt, f"segment {index}: connection lost")
+            if failure is None:
+                raise
+            return _Retry(failure.error)
         finally:
             resp.close()
         _, pos, end = m.snap.segments[index]
@@ -400,24 +380,3 @@ def _describe(event: M.Event) -> str:
         case M.TransportFailed(error=err) | M.Failed(error=err):
             return err.message
     return type(event).__name__
-
-
-def reconcile_segments(m: M.TransferMachine, size: int | None) -> bool:
-    """Check a segmented partial file after a restart; True when it had to start over.
-
-    The file of a segmented download is always exactly ``total`` bytes long (holes where
-    nothing was written). Any other size means someone else touched it, so its stored
-    segments cannot be trusted. A missing file is left to the plain reconciliation (which
-    also recognises a file placed just before a crash).
-    """
-    total = m.snap.total
-    if size is None:
-        if total is None or m.snap.offset < total:
-            m.snap.segments = ()
-        return False
-    if total is not None and size == total:
-        return False
-    m.snap.offset = m.committed = 0
-    m.snap.segments = ()
-    m.snap.total = m.snap.etag = m.snap.last_modified = None
-    return True

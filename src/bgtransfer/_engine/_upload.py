@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import os
+import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 from multidict import CIMultiDict
 
+from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import fsync_dir, partial_path
-from bgtransfer._engine._http import connect_reason, lower_headers
+from bgtransfer._engine._http import lower_headers, request_failure
+from bgtransfer._engine._live import Live
 from bgtransfer._exceptions import (
-    ConnectError,
+    Cancelled,
     DestinationError,
     IntegrityError,
-    ReadError,
     SourceChanged,
     TransferError,
     TransferTimeout,
@@ -39,10 +42,7 @@ from bgtransfer._protocol._upload import (
     UploadProgress,
 )
 
-if TYPE_CHECKING:
-    from bgtransfer._engine._engine import _Live
-
-__all__ = ["UploadDriver"]
+__all__ = ["Uploader"]
 
 TUS_VERSION = "1.0.0"
 IETF_INTEROP_VERSION = "6"  # draft-ietf-httpbis-resumable-upload-05
@@ -72,45 +72,40 @@ def _int_header(resp: aiohttp.ClientResponse, name: str) -> int | None:
     return int(value) if value.isascii() and value.isdigit() and len(value) <= 19 else None
 
 
-class UploadDriver:
-    """Mixed into the Engine: everything an upload attempt needs beyond downloads."""
+class Uploader:
+    """Carries out upload attempts for the engine."""
 
-    _http: aiohttp.ClientSession | None
-    clock: Callable[[], float]
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
 
-    def _execute_sync(self, live: _Live, actions: list[M.Action]) -> None:
-        raise NotImplementedError
+    def terminate(self, live: Live) -> None:
+        """Tell a tus/IETF server that a cancelled upload can go (best effort, 5 s)."""
+        url, http = live.machine.snap.upload_url, self.ctx.session
+        if url is None or http is None or live.machine.snap.error is None:
+            return
+        if not isinstance(live.machine.snap.error, Cancelled):
+            return
+        headers = {"Tus-Resumable": TUS_VERSION} if live.machine.spec.protocol == "tus" else {}
 
-    async def flush(self) -> None:
-        raise NotImplementedError
+        async def delete() -> None:
+            with contextlib.suppress(Exception):
+                async with http.delete(
+                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=5)
+                ):
+                    pass
 
-    def open_attempt(self, live: _Live, url: str, range_start: int | None) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def _end_attempt(self, live: _Live) -> None:
-        raise NotImplementedError
-
-    def _save_attempts(self, live: _Live) -> None:
-        raise NotImplementedError
-
-    if TYPE_CHECKING:  # from the Pacing mixin: declared here, never shadowed at run time
-
-        async def _throttle(self, live: _Live, n: int) -> None: ...
-
-        def _read_size(self, live: _Live) -> int: ...
-
-        def _heard(self, url: str, status: int, headers: dict[str, str]) -> None: ...
+        self.ctx.spawn(delete())
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _feed(self, live: _Live, event: Event) -> None:
+    def _feed(self, live: Live, event: Event) -> None:
         """Hand an intermediate fact to the machine; stop the exchange if it decided so."""
-        actions = live.machine.handle(event, now=self.clock())  # type: ignore[arg-type]
-        self._execute_sync(live, actions)
+        actions = live.machine.handle(event, now=self.ctx.clock())  # type: ignore[arg-type]
+        self.ctx.execute(live, actions)
         if live.machine.snap.phase not in (Phase.CONNECTING, Phase.TRANSFERRING):
             raise _Done(None)
 
-    def _check_source(self, live: _Live) -> None:
+    def _check_source(self, live: Live) -> None:
         spec, path = live.machine.spec, live.row.path
         try:
             st = os.stat(path)
@@ -128,13 +123,12 @@ class UploadDriver:
             )
 
     async def _send(
-        self, live: _Live, method: str, url: str, headers: dict[str, str], data: Any = None
+        self, live: Live, method: str, url: str, headers: dict[str, str], data: Any = None
     ) -> tuple[aiohttp.ClientResponse, bytes]:
-        assert self._http is not None
         rt = live.machine.spec.request_timeout
         hdrs = CIMultiDict(live.machine.spec.headers)
         hdrs.update(headers)
-        resp = await self._http.request(
+        resp = await self.ctx.http.request(
             method,
             url,
             data=data,
@@ -144,14 +138,14 @@ class UploadDriver:
         )
         if live.attempt is not None:
             live.attempt["status"] = resp.status  # the history shows the last answer
-        self._heard(url, resp.status, lower_headers(resp))
+        self.ctx.pacing.heard(url, resp.status, lower_headers(resp))
         try:
             body = await self._read_answer(live, resp)
         finally:
             resp.release()
         return resp, body
 
-    async def _read_answer(self, live: _Live, resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_answer(self, live: Live, resp: aiohttp.ClientResponse) -> bytes:
         """The body's first RESPONSE_BODY_CAP bytes; all of it into a spool file when the
         spec asks for the whole answer (only the last exchange's spool is ever committed)."""
         head = bytearray()
@@ -179,12 +173,12 @@ class UploadDriver:
             raise
         return bytes(head)
 
-    def _drop_spool(self, live: _Live) -> None:
+    def _drop_spool(self, live: Live) -> None:
         if live.response_spool is not None:
             _remove_spool(live.response_spool)
             live.response_spool = None
 
-    def _commit_answer(self, live: _Live, event: Event | None) -> Event | None:
+    def _commit_answer(self, live: Live, event: Event | None) -> Event | None:
         """Put the final answer's body in place (fsynced, renamed, directory fsynced) before
         the machine records the outcome, so a completed task always has its answer file."""
         target = live.machine.spec.response_path
@@ -208,13 +202,11 @@ class UploadDriver:
         return event
 
     def _final(self, resp: aiohttp.ClientResponse, body: bytes) -> FinalResponse:
-        import time
-
         return FinalResponse(
             resp.status, lower_headers(resp), body, wall_time=time.time(), reason=resp.reason
         )
 
-    async def _stream_file(self, live: _Live, start: int, length: int) -> AsyncIterator[bytes]:
+    async def _stream_file(self, live: Live, start: int, length: int) -> AsyncIterator[bytes]:
         """The file's bytes from ``start``, reporting progress for plain uploads."""
         plain = live.machine.spec.protocol in ("plain", "multipart")
         # Plain blocking reads, like the download path's os.write: a thread hop per piece costs
@@ -224,11 +216,11 @@ class UploadDriver:
             left, sent = length, start
             while left > 0:
                 self._check_source(live)
-                piece = f.read(min(STREAM_PIECE, self._read_size(live), left))
+                piece = f.read(min(STREAM_PIECE, self.ctx.pacing.read_size(live), left))
                 if not piece:
                     raise _Done(M.Failed(SourceChanged("the source file got shorter")))
                 # Paid before it goes: after the last piece nobody waits for the pause.
-                await self._throttle(live, len(piece))
+                await self.ctx.pacing.throttle(live, len(piece))
                 yield piece
                 left -= len(piece)
                 sent += len(piece)
@@ -237,22 +229,22 @@ class UploadDriver:
 
     # -- one attempt ---------------------------------------------------------------------------
 
-    async def _upload(self, live: _Live) -> None:
+    async def run(self, live: Live) -> None:
         m = live.machine
-        actions = m.handle(M.Start(), now=self.clock())
+        actions = m.handle(M.Start(), now=self.ctx.clock())
         if not any(isinstance(a, M.SendRequest) for a in actions):
-            self._execute_sync(live, actions)
+            self.ctx.execute(live, actions)
             return
         before: list[M.Action] = [a for a in actions if not isinstance(a, M.SendRequest)]
         if before:
             # A POST that must not be sent twice: "it may have been sent" is committed before
             # its first byte leaves, so a crash mid-request cannot lead to a second one.
-            self._execute_sync(live, before)
-            await self.flush()
-        deadline = asyncio.timeout(max(m.time_left(self.clock()), 0.0))
+            self.ctx.execute(live, before)
+            await self.ctx.flush()
+        deadline = asyncio.timeout(max(m.time_left(self.ctx.clock()), 0.0))
         # One history row per attempt (its requests: creation, offset queries, chunks).
         start = m.snap.offset
-        live.attempt = self.open_attempt(live, m.snap.upload_url or m.spec.url, start)
+        live.attempt = self.ctx.history.open(live, m.snap.upload_url or m.spec.url, start)
         event: Event | None
         try:
             async with deadline:
@@ -269,17 +261,17 @@ class UploadDriver:
         if event is not None and m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING):
             event = self._commit_answer(live, event)
             assert event is not None
-            after = m.handle(event, now=self.clock())  # type: ignore[arg-type]
+            after = m.handle(event, now=self.ctx.clock())  # type: ignore[arg-type]
         else:
             self._drop_spool(live)
         if live.attempt is not None:
             live.attempt["bytes"] = max(0, m.snap.offset - start)
-            self._end_attempt(live)  # before the actions: their commit carries it
-        self._execute_sync(live, after)
+            self.ctx.history.end(live)  # before the actions: their commit carries it
+        self.ctx.execute(live, after)
         if not any(isinstance(a, M.Persist) for a in after):
-            self._save_attempts(live)  # the machine decided earlier: no snapshot carries it
+            self.ctx.history.save(live)  # the machine decided earlier: no snapshot carries it
 
-    async def _exchange(self, live: _Live) -> Event:
+    async def _exchange(self, live: Live) -> Event:
         spec = live.machine.spec
         self._check_source(live)
         try:
@@ -292,24 +284,23 @@ class UploadDriver:
                     live, self._tus_create, self._tus_patch, self._tus_head
                 )
             return await self._resumable(live, self._ietf_create, self._ietf_patch, self._ietf_head)
-        except (_Done, asyncio.CancelledError):
+        except _Done:
             raise
-        except aiohttp.ClientConnectorError as exc:
-            return M.TransportFailed(ConnectError(connect_reason(exc)))
-        except TimeoutError:
-            rt = spec.request_timeout
-            return M.TransportFailed(TransferTimeout(f"no progress for {rt:g} s (request_timeout)"))
-        except aiohttp.ClientResponseError as exc:
-            return M.Failed(TransferError(f"invalid HTTP response from server: {exc.message}"))
-        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
+        except Exception as exc:
             at = live.machine.snap.offset
-            return M.TransportFailed(
-                ReadError(
-                    f"connection lost during the upload near byte {at} ({type(exc).__name__})"
-                )
+            failure = request_failure(
+                exc,
+                spec.request_timeout,
+                silence="no progress for",
+                lost=f"connection lost during the upload near byte {at} ({{name}})",
             )
+            if failure is None:
+                raise
+            if not failure.retryable:
+                return M.Failed(failure.error)
+            return M.TransportFailed(failure.error)
 
-    async def _plain(self, live: _Live) -> Event:
+    async def _plain(self, live: Live) -> Event:
         spec = live.machine.spec
         size = spec.source_size or 0
         body = self._stream_file(live, 0, size)
@@ -318,7 +309,7 @@ class UploadDriver:
         )
         return self._final(resp, data)
 
-    async def _multipart(self, live: _Live) -> Event:
+    async def _multipart(self, live: Live) -> Event:
         spec = live.machine.spec
         with aiohttp.MultipartWriter("form-data") as writer:
             for name, value in spec.form_fields:
@@ -338,10 +329,10 @@ class UploadDriver:
 
     async def _resumable(
         self,
-        live: _Live,
-        create: Callable[[_Live], Any],
-        patch: Callable[[_Live, int, bytes, bool], Any],
-        head: Callable[[_Live], Any],
+        live: Live,
+        create: Callable[[Live], Any],
+        patch: Callable[[Live, int, bytes, bool], Any],
+        head: Callable[[Live], Any],
     ) -> Event:
         m = live.machine
         size = m.spec.source_size or 0
@@ -365,7 +356,7 @@ class UploadDriver:
                             chunk = f.read(min(m.spec.chunk_size, size - offset))
                         last = offset + len(chunk) >= size
                         # One PATCH goes out whole; the pause before it keeps the average.
-                        await self._throttle(live, len(chunk))
+                        await self.ctx.pacing.throttle(live, len(chunk))
                         result = await patch(live, offset, chunk, last)
                     if isinstance(result, FinalResponse):
                         return result
@@ -380,14 +371,14 @@ class UploadDriver:
                 self._feed(live, UploadLost())
         return M.Failed(TransferError("the server keeps losing the upload"))
 
-    async def _tus_options(self, live: _Live) -> None:
+    async def _tus_options(self, live: Live) -> None:
         """Ask the server which checksum algorithms it takes (tus checksum extension)."""
         spec = live.machine.spec
         opts, _ = await self._send(live, "OPTIONS", spec.url, {"Tus-Resumable": TUS_VERSION})
         offered = opts.headers.get("Tus-Checksum-Algorithm", "") if opts.ok else ""
         live.checksums = {a.strip().lower() for a in offered.split(",") if a.strip()}
 
-    async def _tus_create(self, live: _Live) -> FinalResponse | M.Failed | None:
+    async def _tus_create(self, live: Live) -> FinalResponse | M.Failed | None:
         spec = live.machine.spec
         await self._tus_options(live)
         name = base64.b64encode(os.path.basename(live.row.path).encode()).decode()
@@ -410,7 +401,7 @@ class UploadDriver:
         self._feed(live, UploadCreated(urljoin(spec.url, location)))
         return None
 
-    async def _tus_head(self, live: _Live) -> int | FinalResponse:
+    async def _tus_head(self, live: Live) -> int | FinalResponse:
         url = live.machine.snap.upload_url
         assert url is not None
         if live.checksums is None:
@@ -426,7 +417,7 @@ class UploadDriver:
         self._feed(live, UploadProgress(offset))
         return offset
 
-    async def _tus_patch(self, live: _Live, offset: int, chunk: bytes, last: bool) -> Any:
+    async def _tus_patch(self, live: Live, offset: int, chunk: bytes, last: bool) -> Any:
         url = live.machine.snap.upload_url
         assert url is not None
         headers = {
@@ -457,7 +448,7 @@ class UploadDriver:
             return self._final(resp, body)
         return new
 
-    async def _ietf_create(self, live: _Live) -> FinalResponse | M.Failed | None:
+    async def _ietf_create(self, live: Live) -> FinalResponse | M.Failed | None:
         spec = live.machine.spec
         resp, body = await self._send(
             live,
@@ -483,7 +474,7 @@ class UploadDriver:
         self._feed(live, UploadCreated(urljoin(spec.url, location)))
         return None
 
-    async def _ietf_head(self, live: _Live) -> int | FinalResponse:
+    async def _ietf_head(self, live: Live) -> int | FinalResponse:
         url = live.machine.snap.upload_url
         assert url is not None
         resp, body = await self._send(
@@ -497,7 +488,7 @@ class UploadDriver:
         self._feed(live, UploadProgress(offset))
         return offset
 
-    async def _ietf_patch(self, live: _Live, offset: int, chunk: bytes, last: bool) -> Any:
+    async def _ietf_patch(self, live: Live, offset: int, chunk: bytes, last: bool) -> Any:
         url = live.machine.snap.upload_url
         assert url is not None
         headers = {

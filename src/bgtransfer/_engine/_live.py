@@ -1,0 +1,57 @@
+"""The live record of one task the engine holds in memory (running, waiting to retry, or
+finished until its completion commits)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from bgtransfer._engine._files import PartialFile
+from bgtransfer._engine._limiter import Slot
+from bgtransfer._engine._rawbody import RawBody
+from bgtransfer._models import Phase
+from bgtransfer._protocol import _machine as M
+from bgtransfer._protocol._upload import UploadMachine
+from bgtransfer._store._base import TaskRow
+
+__all__ = ["Live", "phase"]
+
+
+@dataclass(eq=False)
+class Live:
+    row: TaskRow
+    machine: M.TransferMachine
+    part: PartialFile
+    runner: asyncio.Task[None] | None = None
+    resp: aiohttp.ClientResponse | None = None
+    retry_delay: float = 0.0
+    slow: bool = False
+    last_phase: Phase | None = None
+    finished: asyncio.Event = field(default_factory=asyncio.Event)
+    attempt: dict[str, Any] | None = None  # the request in flight, for the history
+    attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
+    checksums: set[str] | None = None  # tus: algorithms the server offers (None: not asked)
+    checksum_failures: int = 0
+    slot: Slot | None = None  # the limiter slot the current attempt holds
+    raw: RawBody | None = None  # the body being read straight off the socket
+    dir_unsynced: str | None = None  # renamed into; fsynced by the next group commit
+    origin: str = ""  # scheme://host:port of the task's URL (limits, cool-downs)
+    response_spool: str | None = None  # uploads: the last answer's whole body, if kept
+
+    @classmethod
+    def of(cls, row: TaskRow, rng: Callable[[], float]) -> Live:
+        """The live record of a stored task: its machine restored from the snapshot."""
+        kind = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
+        machine = kind.from_snapshot(row.spec, row.snap, rng=rng)
+        live = cls(row=row, machine=machine, part=PartialFile(row.partial, machine.snap))
+        live.last_phase = row.snap.phase
+        return live
+
+
+def phase(m: M.TransferMachine) -> Phase:
+    # A call, not an attribute read, so type checkers do not narrow across awaits.
+    return m.snap.phase
