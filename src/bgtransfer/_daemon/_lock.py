@@ -66,14 +66,32 @@ def lock_holder(home: str) -> int | None:
         os.close(fd)
 
 
-def process_stopped(pid: int) -> bool:
-    """Whether ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger): it cannot answer."""
+STOP_SAMPLES = 5  # looks at the process's state, STOP_INTERVAL apart, before "stopped"
+STOP_INTERVAL = 0.02
+
+
+def _stopped_now(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
     return state in (b"T", b"t")
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger): it cannot answer.
+
+    A process under strace is in tracing stop ("t") for a moment at each system call, so
+    one look can catch a daemon that runs: it counts as stopped only if every one of a few
+    looks over ~0.1 s finds it so (a stopped process stays stopped).
+    """
+    for n in range(STOP_SAMPLES):
+        if not _stopped_now(pid):
+            return False
+        if n < STOP_SAMPLES - 1:
+            time.sleep(STOP_INTERVAL)
+    return True
 
 
 def mark_stopped(home: str) -> None:
