@@ -66,31 +66,32 @@ def lock_holder(home: str) -> int | None:
         os.close(fd)
 
 
-STOP_SAMPLES = 5  # looks at the process's state, STOP_INTERVAL apart, before "stopped"
-STOP_INTERVAL = 0.02
+TRACED_LOOKS = 10  # looks at a process in tracing stop, TRACED_INTERVAL apart
+TRACED_INTERVAL = 0.05
 
 
-def _stopped_now(pid: int) -> bool:
+def _state(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
+            return f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
-    return state in (b"T", b"t")
+        return b""
 
 
 def process_stopped(pid: int) -> bool:
     """Whether ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger): it cannot answer.
 
-    A process under strace is in tracing stop ("t") for a moment at each system call, so
-    one look can catch a daemon that runs: it counts as stopped only if every one of a few
-    looks over ~0.1 s finds it so (a stopped process stays stopped).
+    "T" (stopped by a signal) lasts until SIGCONT: one look says so. "t" (tracing stop) is
+    a debugger holding the process, or only a moment at a system call of a process under
+    strace: that one counts as stopped only if it stays so through looks over ~0.5 s.
     """
-    for n in range(STOP_SAMPLES):
-        if not _stopped_now(pid):
+    state = _state(pid)
+    if state != b"t":
+        return state == b"T"
+    for _ in range(TRACED_LOOKS - 1):
+        time.sleep(TRACED_INTERVAL)
+        if _state(pid) not in (b"t", b"T"):
             return False
-        if n < STOP_SAMPLES - 1:
-            time.sleep(STOP_INTERVAL)
     return True
 
 
