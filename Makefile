@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow clean mutate fast arch
+.PHONY: demo test lint typecheck unit slow clean mutate fast arch bench-compare
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,13 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/w3_queue.py $(W3_TASKS) | tee benchmarks/results/w3.json
 	$(BIN)/python benchmarks/w5_segments.py --json | tee benchmarks/results/w5.json
+
+# Before/after of two git revisions, W1 and W2 alternated in one run (benchmarks/README.md):
+# make bench-compare BEFORE=main AFTER=HEAD COMPARE_ARGS='--rounds 7 --tls --json'
+BEFORE ?= main
+AFTER ?= HEAD
+bench-compare: $(STAMP)
+	$(BIN)/python benchmarks/compare.py --before $(BEFORE) --after $(AFTER) $(COMPARE_ARGS)
 
 # Mutation testing of the pure core (issue 20): every mutant of src/bgtransfer/_protocol/
 # against tests/protocol (config in pyproject's [tool.mutmut]), then the score per module.

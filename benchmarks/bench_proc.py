@@ -219,28 +219,73 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Pki:
+    """A CA made for one run and a server certificate for 127.0.0.1 and localhost."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_pki(d: Path) -> Pki:
+    """Self-signed CA + server certificate (ECDSA P-256) with the openssl CLI."""
+    d.mkdir(parents=True, exist_ok=True)
+
+    def ossl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
+
+    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
+    ossl(
+        "req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=bgtransfer bench CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+    )  # fmt: skip
+    ossl("req", *curve, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
+    (d / "ext.cnf").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+    )
+    ossl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
+    )  # fmt: skip
+    return Pki(d / "ca.pem", d / "server.pem", d / "server.key")
+
+
 class Nginx:
-    """Our own nginx on 127.0.0.1 (a child process, ``daemon off``), config in ``prefix``."""
+    """Our own nginx on 127.0.0.1 (a child process, ``daemon off``), config in ``prefix``;
+    with ``pki`` also TLS 1.3 on a second port."""
 
     def __init__(
-        self, binary: str, prefix: Path, data_dir: Path, *, limited_rate: str = "100m"
+        self,
+        binary: str,
+        prefix: Path,
+        data_dir: Path,
+        *,
+        limited_rate: str = "100m",
+        pki: Pki | None = None,
     ) -> None:
         self.binary = binary
         self.prefix = prefix
         self.data_dir = data_dir
         self.limited_rate = limited_rate
         self.limited_log = prefix / "limited.log"
+        self.pki = pki
         self.port = 0
+        self.tls_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def url(self, name: str, *, limited: bool = False) -> str:
-        return f"http://127.0.0.1:{self.port}/{'limited/' if limited else ''}{name}"
+    def url(self, name: str, *, limited: bool = False, tls: bool = False) -> str:
+        base = f"https://127.0.0.1:{self.tls_port}" if tls else f"http://127.0.0.1:{self.port}"
+        return f"{base}/{'limited/' if limited else ''}{name}"
 
     def start(self, attempts: int = 5) -> None:
         self.prefix.mkdir(parents=True, exist_ok=True)
         last = ""
         for _ in range(attempts):
             self.port = free_port()
+            self.tls_port = free_port() if self.pki else 0
             conf = self.prefix / "nginx.conf"
             conf.write_text(
                 render_nginx_conf(
@@ -249,6 +294,9 @@ class Nginx:
                     port=self.port,
                     limited_rate=self.limited_rate,
                     limited_log=str(self.limited_log),
+                    tls_port=self.tls_port or None,
+                    tls_cert=str(self.pki.cert) if self.pki else "",
+                    tls_key=str(self.pki.key) if self.pki else "",
                 )
             )
             errlog = self.prefix / "error.log"
@@ -263,10 +311,10 @@ class Nginx:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                with (
-                    contextlib.suppress(OSError),
-                    socket.create_connection(("127.0.0.1", self.port), timeout=1),
-                ):
+                with contextlib.suppress(OSError):
+                    for port in (self.port, self.tls_port):
+                        if port:
+                            socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     return
                 time.sleep(0.05)
             last = self._stop_proc()

@@ -6,6 +6,7 @@ in milliseconds.
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,10 +30,11 @@ __all__ = [
     "rotate",
     "spread_pct",
     "summarise",
+    "timestamp",
 ]
 
 MiB = 1 << 20
-KNOWN_WORKLOADS = (1, 2, 4)
+KNOWN_WORKLOADS = (1, 2, 4, 6, 7)
 
 
 def median(xs: Sequence[float]) -> float:
@@ -45,6 +47,22 @@ def spread_pct(xs: Sequence[float]) -> float:
     """(max - min) / median, in percent: how far apart the repetitions were."""
     m = median(xs)
     return 0.0 if m == 0 else 100.0 * (max(xs) - min(xs)) / m
+
+
+def timestamp(value: object) -> float:
+    """Seconds since the epoch from the CLI's JSON: a number (older revisions) or an ISO 8601
+    string with an offset (``2026-11-29T18:51:58.824+00:00``)."""
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            when = dt.datetime.fromisoformat(value)
+            if when.tzinfo is None:
+                raise ValueError(f"timestamp without a UTC offset: {value!r}") from None
+            return when.timestamp()
+    raise ValueError(f"not a timestamp: {value!r}")
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -210,8 +228,22 @@ def render_nginx_conf(
     limited_rate: str,
     limited_log: str,
     workers: int = 2,
+    tls_port: int | None = None,
+    tls_cert: str = "",
+    tls_key: str = "",
 ) -> str:
-    """nginx serving ``data_dir`` on 127.0.0.1:port; /limited/ is rate-limited and logged."""
+    """nginx serving ``data_dir`` on 127.0.0.1:port; /limited/ is rate-limited and logged.
+    With ``tls_port`` the same files also over TLS 1.3 only on 127.0.0.1:tls_port."""
+    tls = ""
+    if tls_port is not None:
+        tls = (
+            f"        listen 127.0.0.1:{tls_port} ssl;\n"
+            f"        ssl_certificate {tls_cert};\n"
+            f"        ssl_certificate_key {tls_key};\n"
+            "        ssl_protocols TLSv1.3;\n"
+            # Resumption for the many-small-files runs that open several connections.
+            "        ssl_session_cache shared:BENCHTLS:10m;\n"
+        )
     return f"""\
 daemon off;
 master_process on;
@@ -235,7 +267,7 @@ http {{
     log_format sent '$request_uri $status $bytes_sent $body_bytes_sent "$http_range"';
     server {{
         listen 127.0.0.1:{port};
-        server_name localhost;
+{tls}        server_name localhost;
         root {data_dir};
         # pypdl 1.5.7 asks again with GET Range: bytes=0-0 when a HEAD lacks this header, and
         # nginx's 206 has no Accept-Ranges, so it would silently drop to one segment.

@@ -32,7 +32,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_proc import CLK_TCK, Daemon, Nginx, ProcResult, ensure_tools, run_measured, run_quiet
+from bench_proc import (
+    CLK_TCK,
+    Daemon,
+    Nginx,
+    Pki,
+    ProcResult,
+    ensure_tools,
+    make_pki,
+    run_measured,
+    run_quiet,
+)
 from bench_stats import (
     KNOWN_WORKLOADS,
     MiB,
@@ -47,6 +57,7 @@ from bench_stats import (
     ratio,
     rotate,
     summarise,
+    timestamp,
 )
 
 HERE = Path(__file__).resolve().parent
@@ -88,16 +99,24 @@ class Config:
     sha_every_run: bool
     rerender: Path | None = None
     rev: str | None = None
+    w6_bytes: int = 1024 * MiB
+    w7_count: int = 1000
 
 
 def parse_args(argv: list[str] | None) -> Config:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="short smoke run: 2 reps, small sizes")
-    p.add_argument("--workloads", default="1,2,4", help="which workloads, e.g. 1,2,4 (default)")
+    p.add_argument(
+        "--workloads",
+        default="1,2,4,6,7",
+        help="which workloads, e.g. 1,2,4,6,7 (default); 6 and 7 are W1 and W2 over HTTPS",
+    )
     p.add_argument("--reps", type=int, default=None, help="repetitions per tool (default 5)")
     p.add_argument("--w1-mib", type=int, default=None, help="W1 file size (default 2048)")
     p.add_argument("--w2-files", type=int, default=None, help="W2 file count (default 2000)")
     p.add_argument("--w4-mib", type=int, default=None, help="W4 file size (default 1024)")
+    p.add_argument("--w6-mib", type=int, default=None, help="W6 (HTTPS) size (default 1024)")
+    p.add_argument("--w7-files", type=int, default=None, help="W7 (HTTPS) files (default 1000)")
     p.add_argument("--w4-rate-mib", type=int, default=100, help="W4 limit_rate MiB/s (100)")
     p.add_argument("--name", default=None, help="results/<name>.md and .json")
     p.add_argument("--keep-temp", action="store_true", help="keep the temp dir (debugging)")
@@ -138,6 +157,8 @@ def parse_args(argv: list[str] | None) -> Config:
         if sorted(workloads) == list(KNOWN_WORKLOADS)
         and a.w1_mib in (None, 2048)
         and a.w2_files in (None, 2000)
+        and a.w6_mib in (None, 1024)
+        and a.w7_files in (None, 1000)
         else "partial"
     )
     return Config(
@@ -151,6 +172,8 @@ def parse_args(argv: list[str] | None) -> Config:
         w4_rate_mib=a.w4_rate_mib,
         w4_kill_at=0.4,
         quick=a.quick,
+        w6_bytes=(a.w6_mib or (256 if a.quick else 1024)) * MiB,
+        w7_count=a.w7_files or (500 if a.quick else 1000),
         name=name,
         keep_temp=a.keep_temp,
         data_dir=a.data_dir,
@@ -209,6 +232,8 @@ def prepare_data(cfg: Config, data_dir: Path) -> dict[str, Any]:
         sizes.add(cfg.w1_bytes)
     if 4 in cfg.workloads:
         sizes.add(cfg.w4_bytes)
+    if 6 in cfg.workloads:
+        sizes.add(cfg.w6_bytes)
     for size in sorted(sizes):
         name = big_name(size)
         entry = manifest["big"].get(name)
@@ -217,23 +242,26 @@ def prepare_data(cfg: Config, data_dir: Path) -> dict[str, Any]:
             log(f"generating {name} ({size // MiB} MiB of random bytes)")
             manifest["big"][name] = {"size": size, "sha256": _write_random(path, size)}
             manifest_path.write_text(json.dumps(manifest))
-    if 2 in cfg.workloads:
-        name = small_dir_name(cfg.w2_count, cfg.w2_size)
+    counts = {cfg.w2_count} if 2 in cfg.workloads else set()
+    if 7 in cfg.workloads:
+        counts.add(cfg.w7_count)
+    for count in sorted(counts):
+        name = small_dir_name(count, cfg.w2_size)
         d = data_dir / name
         entry = manifest["small"].get(name)
-        if entry is None or not d.is_dir() or len(os.listdir(d)) != cfg.w2_count:
+        if entry is None or not d.is_dir() or len(os.listdir(d)) != count:
             log(f"generating {name}")
             d.mkdir(exist_ok=True)
             os.chmod(d, 0o755)
             digests = {}
-            for i in range(cfg.w2_count):
+            for i in range(count):
                 fname = f"f{i:05d}.bin"
                 block = os.urandom(cfg.w2_size)
                 (d / fname).write_bytes(block)
                 os.chmod(d / fname, 0o644)
                 digests[fname] = hashlib.sha256(block).hexdigest()
             manifest["small"][name] = {
-                "count": cfg.w2_count,
+                "count": count,
                 "size": cfg.w2_size,
                 "sha256": digests,
             }
@@ -329,7 +357,17 @@ class Ctx:
     data_dir: Path
     manifest: dict[str, Any]
     nginx: Nginx
+    pki: Pki | None = None
     daemons: dict[str, Daemon] = field(default_factory=dict)
+
+    def ca_args(self, tool: str) -> list[str]:
+        """How curl / aria2c are told to trust the run's CA (bgtransfer: SSL_CERT_FILE)."""
+        if self.pki is None:
+            return []
+        return {
+            "curl": ["--cacert", str(self.pki.ca)],
+            "aria2c": [f"--ca-certificate={self.pki.ca}"],
+        }[tool]
 
     def daemon(self, key: str, limits: tuple[int, int] | None = None) -> Daemon:
         """The daemon of home ``key``, started if needed; ``limits`` = (max_active,
@@ -433,10 +471,16 @@ class W1Tool:
     note: str = ""
 
 
-def w1_tools(ctx: Ctx, fg_home: Path, home: Path) -> list[W1Tool]:
+# Over HTTPS (W6): the tools the performance issue compares, no wget/pypdl.
+W6_TOOLS = ("bgtransfer get (daemon)", "bgtransfer Session(background=False)", "curl", "aria2c -x1")
+
+
+def w1_tools(ctx: Ctx, fg_home: Path, home: Path, *, tls: bool = False) -> list[W1Tool]:
     t, py, cli = ctx.tools, ctx.python, ctx.cli
+    curl_ca = ctx.ca_args("curl") if tls else []
     aria = [
         t["aria2c"],
+        *(ctx.ca_args("aria2c") if tls else []),
         "--file-allocation=none",
         "--allow-overwrite=true",
         "--auto-file-renaming=false",
@@ -447,14 +491,14 @@ def w1_tools(ctx: Ctx, fg_home: Path, home: Path) -> list[W1Tool]:
     def bgt_get_parse(d: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if d.get("created_at") and d.get("finished_at"):
-            out["task_s"] = float(d["finished_at"]) - float(d["created_at"])
+            out["task_s"] = timestamp(d["finished_at"]) - timestamp(d["created_at"])
         out["attempts"] = d.get("attempts")
         return out
 
     def inproc(d: dict[str, Any]) -> dict[str, Any]:
         return {"inproc_s": d["inproc_s"]} if "inproc_s" in d else {}
 
-    return [
+    tools = [
         W1Tool(
             "bgtransfer get (daemon)",
             lambda u, p: [cli, "--home", str(home), "get", u, "-o", str(p), "--json"],
@@ -467,7 +511,7 @@ def w1_tools(ctx: Ctx, fg_home: Path, home: Path) -> list[W1Tool]:
             lambda u, p: [py, str(CLIENTS / "bgt_fg.py"), u, str(p), str(fg_home)],
             parse=inproc,
         ),
-        W1Tool("curl", lambda u, p: [t["curl"], "-s", "-f", "-o", str(p), u]),
+        W1Tool("curl", lambda u, p: [t["curl"], *curl_ca, "-s", "-f", "-o", str(p), u]),
         W1Tool("wget", lambda u, p: [t["wget"], "-q", "-O", str(p), u]),
         W1Tool(
             "aria2c -x1",
@@ -488,26 +532,32 @@ def w1_tools(ctx: Ctx, fg_home: Path, home: Path) -> list[W1Tool]:
             parse=inproc,
         ),
     ]
+    return [x for x in tools if x.name in W6_TOOLS] if tls else tools
 
 
-def run_w1(ctx: Ctx) -> dict[str, Any]:
+def run_w6(ctx: Ctx) -> dict[str, Any]:
+    return run_w1(ctx, tls=True)
+
+
+def run_w1(ctx: Ctx, *, tls: bool = False) -> dict[str, Any]:
     cfg = ctx.cfg
-    size = cfg.w1_bytes
+    size = cfg.w6_bytes if tls else cfg.w1_bytes
+    w = "W6" if tls else "W1"
     name = big_name(size)
     src = ctx.manifest["big"][name]
-    url = ctx.nginx.url(name)
+    url = ctx.nginx.url(name, tls=tls)
     fg_home = ctx.tmp / "home-fg"
     fg_home.mkdir(mode=0o700, exist_ok=True)
     daemon = ctx.daemon("main")
-    tools = w1_tools(ctx, fg_home, daemon.home)
+    tools = w1_tools(ctx, fg_home, daemon.home, tls=tls)
     out_dir = ctx.tmp / "out-w1"
     warm_up(ctx, url)
-    startup = startup_costs(ctx)
+    startup = startup_costs(ctx) if not tls else {}
     runs: list[dict[str, Any]] = []
     hashed: set[str] = set()
     order = [t.name for t in tools]
     by_name = {t.name: t for t in tools}
-    log(f"W1: {len(tools)} tools x {cfg.reps} reps, {size // MiB} MiB each")
+    log(f"{w}: {len(tools)} tools x {cfg.reps} reps, {size // MiB} MiB each, {url}")
     for rep in range(cfg.reps):
         for tname in rotate(order, rep):
             tool = by_name[tname]
@@ -524,6 +574,8 @@ def run_w1(ctx: Ctx) -> dict[str, Any]:
             sync_s = time.perf_counter() - t_sync
             extra = dict(m.extra)
             extra["sync_after_s"] = sync_s
+            # Durable on disk: the tools that leave dirty pages pay the flush here.
+            extra["durable_s"] = m.proc.wall + sync_s
             if tool.parse is not None:
                 with contextlib.suppress(KeyError, ValueError, TypeError):
                     extra.update(tool.parse(json_line(m.proc.stdout)))
@@ -548,13 +600,14 @@ def run_w1(ctx: Ctx) -> dict[str, Any]:
             }
             runs.append(rec)
             log(
-                f"W1 rep {rep} {tname:<38} {rec['mbps']:7.0f} MB/s  wall {m.proc.wall:6.2f} s"
+                f"{w} rep {rep} {tname:<38} {rec['mbps']:7.0f} MB/s  wall {m.proc.wall:6.2f} s"
                 f"  cpu {m.cpu:5.2f} s  rss {fmt(m.rss_mib):>5} MiB  sync {sync_s:4.2f} s"
                 + (f"  FAILED: {error}" if error else "")
             )
     shutil.rmtree(out_dir, ignore_errors=True)
     return {
-        "workload": 1,
+        "workload": 6 if tls else 1,
+        "tls": tls,
         "size_bytes": size,
         "url": url,
         "tools": order,
@@ -596,7 +649,7 @@ def warm_up(ctx: Ctx, url: str) -> None:
     """Page the source and every tool's binary and imports in (DAMON evicts idle pages)."""
     t = ctx.tools
     for argv in (
-        [t["curl"], "-s", "-o", "/dev/null", url],
+        [t["curl"], *ctx.ca_args("curl"), "-s", "-o", "/dev/null", url],
         [t["wget"], "--version"],
         [t["aria2c"], "--version"],
         [ctx.cli, "--help"],
@@ -608,12 +661,18 @@ def warm_up(ctx: Ctx, url: str) -> None:
 # -- W2: many small files -------------------------------------------------------------------
 
 
-def run_w2(ctx: Ctx) -> dict[str, Any]:
+def run_w7(ctx: Ctx) -> dict[str, Any]:
+    return run_w2(ctx, tls=True)
+
+
+def run_w2(ctx: Ctx, *, tls: bool = False) -> dict[str, Any]:
     cfg = ctx.cfg
-    dname = small_dir_name(cfg.w2_count, cfg.w2_size)
+    count = cfg.w7_count if tls else cfg.w2_count
+    w = "W7" if tls else "W2"
+    dname = small_dir_name(count, cfg.w2_size)
     src = ctx.manifest["small"][dname]
     names = sorted(src["sha256"])
-    urls = [ctx.nginx.url(f"{dname}/{n}") for n in names]
+    urls = [ctx.nginx.url(f"{dname}/{n}", tls=tls) for n in names]
     daemon = ctx.daemon("main")
     wide = ctx.daemon("w2-wide", limits=(cfg.w2_concurrency, cfg.w2_concurrency))
     lists = ctx.tmp / "lists"
@@ -650,6 +709,7 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
             f.write_text(aria2_input((u, str(d), n) for u, n in zip(urls, names, strict=True)))
             return [
                 t["aria2c"],
+                *(ctx.ca_args("aria2c") if tls else []),
                 "-i",
                 str(f),
                 f"-j{conc}",
@@ -662,7 +722,17 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
         if tool.startswith("curl"):
             f = lists / "curl.cfg"
             f.write_text(curl_config((u, str(d / n)) for u, n in zip(urls, names, strict=True)))
-            return [t["curl"], "-s", "-f", "--parallel", "--parallel-max", str(conc), "-K", str(f)]
+            return [
+                t["curl"],
+                *(ctx.ca_args("curl") if tls else []),
+                "-s",
+                "-f",
+                "--parallel",
+                "--parallel-max",
+                str(conc),
+                "-K",
+                str(f),
+            ]
         if tool.startswith("pypdl"):
             return [py, str(CLIENTS / "pypdl_many.py"), str(tsv(d, "pypdl")), str(conc)]
         raise ValueError(tool)
@@ -676,10 +746,14 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
         f"curl --parallel --parallel-max {conc}",
         f"pypdl max_concurrent={conc}",
     ]
+    if tls:
+        # The rows the performance issue asks for: the plain loop and one batch, beside the
+        # two durable/fast references.
+        order = [order[0], order[2], order[4], order[5]]
     warm_up(ctx, urls[0])
     runs: list[dict[str, Any]] = []
     hashed: set[str] = set()
-    log(f"W2: {len(order)} tools x {cfg.reps} reps, {cfg.w2_count} x {cfg.w2_size // 1024} KiB")
+    log(f"{w}: {len(order)} tools x {cfg.reps} reps, {count} x {cfg.w2_size // 1024} KiB")
     for rep in range(cfg.reps):
         for tool in rotate(order, rep):
             if out_root.exists():
@@ -702,7 +776,7 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
                 if isinstance(info.get(key), int | float):
                     extra[key] = float(info[key])
             if "window_s" in extra and extra["window_s"] > 0:
-                extra["inproc_files_per_s"] = cfg.w2_count / extra["window_s"]
+                extra["inproc_files_per_s"] = count / extra["window_s"]
             error = m.error or check_many(d, names, cfg.w2_size)
             if error is None and (cfg.sha_every_run or tool not in hashed):
                 bad = [n for n in names if sha256_file(d / n) != src["sha256"][n]]
@@ -716,15 +790,15 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
                 "ok": error is None,
                 "error": error,
                 "wall": m.proc.wall,
-                "files": cfg.w2_count,
-                "files_per_s": cfg.w2_count / m.proc.wall,
+                "files": count,
+                "files_per_s": count / m.proc.wall,
                 "cpu": m.cpu,
                 "rss_mib": m.rss_mib,
                 "extra": extra,
             }
             runs.append(rec)
             log(
-                f"W2 rep {rep} {tool:<46} {rec['files_per_s']:6.0f} files/s"
+                f"{w} rep {rep} {tool:<46} {rec['files_per_s']:6.0f} files/s"
                 f"  wall {m.proc.wall:6.2f} s  cpu {m.cpu:5.2f} s  rss {fmt(m.rss_mib):>4} MiB"
                 + (
                     f"  in-window {extra['inproc_files_per_s']:.0f}/s"
@@ -735,8 +809,9 @@ def run_w2(ctx: Ctx) -> dict[str, Any]:
             )
     shutil.rmtree(out_root, ignore_errors=True)
     return {
-        "workload": 2,
-        "count": cfg.w2_count,
+        "workload": 7 if tls else 2,
+        "tls": tls,
+        "count": count,
         "size_bytes": cfg.w2_size,
         "concurrency": conc,
         "daemon_status": {"default": daemon.status(), "wide": wide.status()},
@@ -782,7 +857,7 @@ def run_w4(ctx: Ctx) -> dict[str, Any]:
                 f"W4 rep {rep}: killed at {rec['killed_at_bytes'] / MiB:.1f} MiB, resumed from "
                 f"{rec['resumed_from'] / MiB if rec['resumed_from'] is not None else -1:.1f} MiB,"
                 f" re-downloaded {rec['redownloaded_mib']:.2f} MiB, finished "
-                f"{rec['kill_to_done_s']:.1f} s after the kill"
+                f"{rec.get('kill_to_done_s', float('nan')):.1f} s after the kill"
             )
         else:
             log(f"W4 rep {rep}: FAILED: {rec['error']}")
@@ -887,7 +962,7 @@ def w4_once(
         rec["error"] = f"wait: {waited.describe()}"
         return rec
     if task.get("finished_at"):
-        rec["kill_to_done_s"] = float(task["finished_at"]) - rec["kill_wall"]
+        rec["kill_to_done_s"] = timestamp(task["finished_at"]) - rec["kill_wall"]
     shown = run_measured(
         [ctx.cli, "--home", str(daemon.home), "show", task_prefix, "--json"], timeout=60
     )
@@ -902,7 +977,7 @@ def w4_once(
     rec["lost_after_checkpoint_bytes"] = rec["killed_at_bytes"] - resumed
     later = [a for a in history if a.get("range_start") is not None]
     if later and later[0].get("started_at"):
-        rec["kill_to_resume_request_s"] = float(later[0]["started_at"]) - rec["kill_wall"]
+        rec["kill_to_resume_request_s"] = timestamp(later[0]["started_at"]) - rec["kill_wall"]
     # nginx logs a request when it ends; give the last line a moment.
     mine: list[Any] = []
     for _ in range(50):
@@ -1027,6 +1102,7 @@ def render_w1(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
                 _range(s),
                 fmt(s.spread),
                 fmt(ratio(s.med, curl.med if curl else None), 2),
+                fmt(ratio(curl.med_of("durable_s") if curl else None, s.med_of("durable_s")), 2),
                 fmt(s.med_of("wall"), 2),
                 _cpu_cell(s),
                 fmt(None if cpu is None else cpu / (size / 1e9), 2),
@@ -1043,6 +1119,7 @@ def render_w1(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
             "min-max",
             "spread %",
             "x curl",
+            "x (curl + sync)",
             "wall s",
             "CPU s (user + sys)",
             "CPU s per GB",
@@ -1052,8 +1129,14 @@ def render_w1(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ],
         rows,
     )
+    title = (
+        f"## W6: one {size // MiB} MiB file over HTTPS (TLS 1.3, nginx, a CA made for the run "
+        "and trusted through SSL_CERT_FILE / --cacert / --ca-certificate) to a new file on disk"
+        if res.get("tls")
+        else f"## W1: one {size // MiB} MiB file to a new file on disk"
+    )
     text = (
-        f"## W1: one {size // MiB} MiB file to a new file on disk\n\n"
+        f"{title}\n\n"
         f"> {BIMODAL_NOTE}\n\n{table}\n\n"
         "MB/s = file bytes / wall seconds of the whole command (process start to exit). "
         "CPU = user+sys of the process tree (wait4), plus for the daemon path the daemon's "
@@ -1063,7 +1146,9 @@ def render_w1(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         "(`echo 5 > /proc/<pid>/clear_refs`). "
         "'sync after' = an untimed `sync` right after the run: the tools that leave dirty "
         "pages (curl, wget, aria2c, pypdl) pay here what bgtransfer pays inside its timing "
-        "(an fdatasync at every 32 MiB checkpoint and before the rename).\n\n"
+        "(an fdatasync at every 32 MiB checkpoint and before the rename). "
+        "'x curl' compares wall times alone (curl's flush not counted); 'x (curl + sync)' "
+        "compares wall + sync after of both, per run, medians: the durable-file comparison.\n\n"
         + startup_line(res.get("startup", {}))
         + noise_line(runs)
     )
@@ -1118,10 +1203,17 @@ def render_w2(res: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         ],
         rows,
     )
+    over = " over HTTPS (TLS 1.3)" if res.get("tls") else ""
     text = (
-        f"## W2: {n} files of {res['size_bytes'] // 1024} KiB, concurrency "
-        f"{res['concurrency']}\n\n"
-        "> File creation cost on this VM swung ~13x during the perf.md measurements (ext4 "
+        f"## W{res.get('workload', 2)}: {n} files of {res['size_bytes'] // 1024} KiB{over}, "
+        f"concurrency {res['concurrency']}\n\n"
+        + (
+            "'Session(background=True)' is the plain loop: `download()` for each file, then "
+            "`wait()` for each.\n\n"
+            if res.get("tls")
+            else ""
+        )
+        + "> File creation cost on this VM swung ~13x during the perf.md measurements (ext4 "
         "with `discard`, shared disk); it dominates this workload. Compare within one run.\n\n"
         f"{table}\n\n"
         "files/s = files / wall seconds of the whole command, interpreter start included. "
@@ -1225,7 +1317,7 @@ def render(
     )
     parts = [head]
     out: dict[str, Any] = {"meta": meta, "config": cfg_json(cfg), "workloads": {}}
-    renderers = {1: render_w1, 2: render_w2, 4: render_w4}
+    renderers = {1: render_w1, 2: render_w2, 4: render_w4, 6: render_w1, 7: render_w2}
     for w, res in results.items():
         if "exception" in res:
             parts.append(f"## W{w}\n\n**did not complete**: {res['exception']}\n")
@@ -1271,11 +1363,12 @@ def check_served(nginx: Nginx, manifest: dict[str, Any]) -> None:
     import urllib.request
 
     for name, entry in manifest["big"].items():
-        req = urllib.request.Request(nginx.url(name), method="HEAD")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            length = int(resp.headers["Content-Length"])
-        if length != entry["size"]:
-            raise RuntimeError(f"nginx serves {name} with {length} bytes, not {entry['size']}")
+        for tls in (False, True) if nginx.pki else (False,):
+            req = urllib.request.Request(nginx.url(name, tls=tls), method="HEAD")
+            with urllib.request.urlopen(req, timeout=10) as resp:  # verifies via SSL_CERT_FILE
+                length = int(resp.headers["Content-Length"])
+            if length != entry["size"]:
+                raise RuntimeError(f"nginx serves {name} with {length} bytes, not {entry['size']}")
 
 
 def rerender(path: Path) -> int:
@@ -1336,15 +1429,24 @@ def main(argv: list[str] | None = None) -> int:
         try:
             data_dir = cfg.data_dir.resolve() if cfg.data_dir else tmp / "data"
             manifest = prepare_data(cfg, data_dir)
+            pki = make_pki(tmp / "pki") if {6, 7} & set(cfg.workloads) else None
+            if pki is not None:
+                # Before any daemon or client starts: every bgtransfer process trusts the
+                # run's CA the way a user would point it at a private CA.
+                os.environ["SSL_CERT_FILE"] = str(pki.ca)
             nginx = Nginx(
-                tools["nginx"], tmp / "nginx", data_dir, limited_rate=f"{cfg.w4_rate_mib}m"
+                tools["nginx"],
+                tmp / "nginx",
+                data_dir,
+                limited_rate=f"{cfg.w4_rate_mib}m",
+                pki=pki,
             )
             nginx.start()
             log(f"nginx on 127.0.0.1:{nginx.port}, serving {data_dir}")
             check_served(nginx, manifest)
-            ctx = Ctx(cfg, tools, python, cli, tmp, data_dir, manifest, nginx)
+            ctx = Ctx(cfg, tools, python, cli, tmp, data_dir, manifest, nginx, pki)
             results: dict[int, dict[str, Any]] = {}
-            runners = {1: run_w1, 2: run_w2, 4: run_w4}
+            runners = {1: run_w1, 2: run_w2, 4: run_w4, 6: run_w6, 7: run_w7}
             for w in cfg.workloads:
                 try:
                     results[w] = runners[w](ctx)

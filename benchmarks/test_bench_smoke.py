@@ -113,6 +113,26 @@ def test_nginx_conf_binds_loopback_only() -> None:
     assert conf.count("{") == conf.count("}")
 
 
+def test_nginx_conf_tls_listener_is_loopback_tls13_only() -> None:
+    conf = bs.render_nginx_conf(
+        prefix="/tmp/p",
+        data_dir="/tmp/d",
+        port=8123,
+        limited_rate="100m",
+        limited_log="/l",
+        tls_port=8124,
+        tls_cert="/c.pem",
+        tls_key="/k.pem",
+    )
+    assert "listen 127.0.0.1:8123;" in conf
+    assert "listen 127.0.0.1:8124 ssl;" in conf
+    assert conf.count("listen") == 2
+    assert "ssl_protocols TLSv1.3;" in conf
+    assert "ssl_certificate /c.pem;" in conf
+    assert "ssl_certificate_key /k.pem;" in conf
+    assert conf.count("{") == conf.count("}")
+
+
 def test_log_lines() -> None:
     lines = [
         '/limited/f?rep=0 200 419430700 419430400 "-"',
@@ -204,6 +224,52 @@ def test_render_from_synthetic_results() -> None:
     assert js["workloads"]["1"]["summary"][0]["tool"] == "curl"
 
 
+def test_render_https_rows_and_the_durable_comparison() -> None:
+    cfg = run.parse_args(["--quick"])
+    size = 256 * bs.MiB
+    # curl: 1.0 s + 0.5 s sync; bgtransfer: 1.25 s + 0 s. Alone 0.80x, durable 1.20x.
+    w6 = {
+        "workload": 6,
+        "tls": True,
+        "size_bytes": size,
+        "tools": ["curl", "bgtransfer get (daemon)"],
+        "notes": {},
+        "runs": [
+            {**_rec("curl", True, size / 1.0 / 1e6, durable_s=1.5), "wall": 1.0},
+            {
+                **_rec("bgtransfer get (daemon)", True, size / 1.25 / 1e6, durable_s=1.25),
+                "wall": 1.25,
+            },
+        ],
+    }
+    w7 = {
+        "workload": 7,
+        "tls": True,
+        "count": 1000,
+        "size_bytes": 16384,
+        "concurrency": 16,
+        "tools": ["curl --parallel"],
+        "runs": [{**_rec("curl --parallel", True, 0.0), "files_per_s": 100.0}],
+    }
+    meta = {
+        "nproc": 2,
+        "mem_gib": 24,
+        "kernel": "6",
+        "loadavg_start": (0.1, 0.2, 0.3),
+        "date": "today",
+        **dict.fromkeys(["curl", "aria2c", "wget", "nginx", "pypdl", "python"], "1"),
+        "aiohttp": "3",
+        "bgtransfer": "0.1.0",
+        "git": "abc",
+        "src_uncommitted_files": 0,
+    }
+    md, _ = run.render(meta, cfg, {6: w6, 7: w7})
+    assert "## W6: one 256 MiB file over HTTPS" in md
+    assert "## W7: 1000 files of 16 KiB over HTTPS" in md
+    assert "x (curl + sync)" in md
+    assert "| 0.80 | 1.20 |" in md
+
+
 def test_limits_text_reads_daemon_status() -> None:
     res = {
         "concurrency": 16,
@@ -216,3 +282,61 @@ def test_limits_text_reads_daemon_status() -> None:
     assert "max_active=16, max_per_host=6" in text
     assert "max_active=16, max_per_host=16" in text
     assert "?" in run.limits_text({"concurrency": 16})
+
+
+def test_compare_ratios_are_per_round_after_over_before() -> None:
+    import compare
+
+    def rec(side: str, rnd: int, rate: float, ok: bool = True) -> dict[str, Any]:
+        tool = "curl" if side == "control" else "bgtransfer get (daemon)"
+        return {"side": side, "tool": tool, "workload": 1, "round": rnd, "ok": ok,
+                "rate": rate, "cpu": 1.0, "wall": 1.0}  # fmt: skip
+
+    runs = [
+        rec("control", 0, 900.0),
+        rec("before", 0, 100.0),
+        rec("after", 0, 150.0),
+        rec("control", 1, 300.0),
+        rec("after", 1, 60.0),
+        rec("before", 1, 50.0),
+        rec("before", 2, 10.0),
+        rec("after", 2, 999.0, ok=False),  # a failed run pairs with nothing
+    ]
+    rows = compare.summarise(runs, rounds=3)
+    (main, control) = rows
+    assert main["ratio"] == pytest.approx(1.35)  # median of 1.5 and 1.2
+    assert main["ratio_range"] == pytest.approx([1.2, 1.5])
+    assert main["n_before"] == 3
+    assert main["n_after"] == 2
+    assert main["before"] == 50.0
+    assert main["after"] == 105.0
+    assert control["tool"].startswith("curl")
+    assert control["before"] == 600.0
+    meta = {
+        "before": "main", "after": "HEAD", "before_commit": "a" * 40, "after_commit": "b" * 40,
+        "patch": "", "rounds": 3, "tls": True, "w1_mib": 1024, "w2_files": 1000,
+        "loadavg_start": 1.0, "loadavg_end": 2.0, "date": "today",
+    }  # fmt: skip
+    md = compare.render(meta, rows)
+    assert "| 1.350 (1.200-1.500) |" in md
+    assert "HTTPS (TLS 1.3)" in md
+
+
+def test_compare_refuses_bad_arguments() -> None:
+    import compare
+
+    for argv in (["--before", "a"], ["--before", "a", "--after", "b", "--workloads", "3"]):
+        with pytest.raises(SystemExit):
+            compare.parse_args(argv)
+    a = compare.parse_args(["--before", "a", "--after", "b"])
+    assert a.workloads == [1, 2]
+    assert a.rounds == 5
+
+
+def test_timestamps_from_either_cli_json_shape() -> None:
+    assert bs.timestamp(1764442318.824) == pytest.approx(1764442318.824)
+    assert bs.timestamp("1764442318.5") == pytest.approx(1764442318.5)
+    assert bs.timestamp("2026-11-29T18:51:58.824+00:00") == pytest.approx(1795978318.824)
+    for bad, why in (("2026-11-29T18:51:58", "offset"), ("soon", "Invalid iso"), (None, "not a")):
+        with pytest.raises(ValueError, match=why):
+            bs.timestamp(bad)

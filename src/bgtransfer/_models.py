@@ -28,7 +28,6 @@ class Phase(enum.StrEnum):
     TRANSFERRING = "transferring"
     WAITING_RETRY = "waiting to retry"
     VERIFYING = "verifying"
-    FINISHING = "finishing"
     SUSPENDED = "suspended"
     CANCELING = "canceling"
     DONE = "done"
@@ -40,7 +39,6 @@ PHASE_STATE: dict[Phase, TaskState] = {
     Phase.TRANSFERRING: TaskState.RUNNING,
     Phase.WAITING_RETRY: TaskState.RUNNING,
     Phase.VERIFYING: TaskState.RUNNING,
-    Phase.FINISHING: TaskState.RUNNING,
     Phase.SUSPENDED: TaskState.SUSPENDED,
     Phase.CANCELING: TaskState.CANCELING,
     Phase.DONE: TaskState.COMPLETED,

@@ -31,6 +31,7 @@ from bgtransfer._protocol._machine import (
     CancelCleaned,
     CancelRequested,
     DataWritten,
+    Detached,
     DiscardResponse,
     Enqueue,
     Event,
@@ -40,11 +41,14 @@ from bgtransfer._protocol._machine import (
     FinalizeFailed,
     Interrupted,
     Persist,
+    Recovered,
     RemovePartial,
     Response,
     ResumeRequested,
     RetryDue,
     ScheduleRetry,
+    Sealed,
+    SegmentWritten,
     SendRequest,
     Snapshot,
     Spec,
@@ -53,9 +57,12 @@ from bgtransfer._protocol._machine import (
     SuspendRequested,
     TransferMachine,
     TransportFailed,
+    TruncatePartial,
     WriteBody,
 )
+from bgtransfer._protocol._recovery import DiskFacts, needs_disk, recover
 from bgtransfer._protocol._redirects import origin
+from bgtransfer._protocol._transitions import TRANSITIONS
 
 URL = "https://example.com/files/big.bin"
 ETAG = '"v1"'
@@ -64,6 +71,13 @@ DATE_LATER = "Sun, 06 Nov 1994 08:49:38 GMT"  # one second on: LAST_MODIFIED is 
 SHA = "ab" * 32
 MIB = 1 << 20
 SIZE = 5 * STREAM_CHECKPOINT_BYTES
+BOOT = "boot-1"
+
+
+def in_flight(m: TransferMachine) -> bool:
+    """A request is out (or its body is being read): what the removed ``in_flight`` flag
+    said, derived from the phase as the driver sees it."""
+    return m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING)
 
 
 def make(rng: Callable[[], float] | None = None, **spec: object) -> TransferMachine:
@@ -123,7 +137,7 @@ def assert_failed(m: TransferMachine, actions: Sequence[Action], cls: type[Trans
     assert StopTransfer() in actions
     assert actions[-1] == Persist()
     assert not any(isinstance(a, ScheduleRetry | SendRequest | WriteBody) for a in actions)
-    assert not m.in_flight
+    assert not in_flight(m)
 
 
 # -- a clean download -----------------------------------------------------------------------
@@ -145,7 +159,7 @@ def test_clean_download() -> None:
     assert "if-range" not in hdrs
     assert m.snap.phase is Phase.CONNECTING
     assert m.snap.attempts == 1
-    assert m.in_flight
+    assert in_flight(m)
 
     actions = m.handle(ok(), now=0.1)
     assert actions == [Persist(), WriteBody(0, truncate=True)]
@@ -181,7 +195,7 @@ def test_clean_download() -> None:
     actions = m.handle(BodyEnded(), now=2.0)
     assert actions == [Finalize(SIZE, SHA)]
     assert m.snap.phase is Phase.VERIFYING
-    assert not m.in_flight
+    assert not in_flight(m)
 
     assert m.handle(Finalized(), now=2.1) == [Persist()]
     assert m.state is TaskState.COMPLETED
@@ -273,7 +287,7 @@ def test_truncated_body_waits_then_resumes_with_range_and_if_range() -> None:
     assert m.snap.failures == 1
     assert m.committed == 400
     assert "retrying" in m.snap.detail
-    assert not m.in_flight
+    assert not in_flight(m)
 
     actions = resume_request(m, now=1.0)
     hdrs = headers_of(actions)
@@ -344,7 +358,7 @@ def test_resume_answered_with_wrong_range_restarts_without_range() -> None:
     assert m.snap.offset == m.committed == 0
     assert m.snap.etag is None
     assert m.snap.total is None
-    assert m.in_flight
+    assert in_flight(m)
 
 
 def test_416_at_the_full_length_finalizes() -> None:
@@ -538,7 +552,7 @@ def test_redirect_same_origin_keeps_credentials() -> None:
     assert hdrs["cookie"] == "session=1"
     assert hdrs["x-custom"] == "kept"
     assert m.snap.phase is Phase.CONNECTING
-    assert m.in_flight
+    assert in_flight(m)
 
 
 @pytest.mark.parametrize(
@@ -674,7 +688,7 @@ def test_suspend_then_resume(phase: Phase) -> None:
     assert actions == [StopTransfer(), Persist()]
     assert m.state is TaskState.SUSPENDED
     assert m.snap.phase is Phase.SUSPENDED
-    assert not m.in_flight
+    assert not in_flight(m)
     assert m.snap.offset == m.committed == offset
     assert m.snapshot(1.0).offset == offset
 
@@ -710,7 +724,7 @@ def test_cancel(phase: Phase) -> None:
     assert Persist() in actions
     assert m.state is TaskState.CANCELING
     assert m.snap.phase is Phase.CANCELING
-    assert not m.in_flight
+    assert not in_flight(m)
     assert m.handle(CancelRequested(), now=1.5) == []  # idempotent
     with pytest.raises(InvalidTransition):
         m.handle(SuspendRequested(), now=1.5)
@@ -774,12 +788,12 @@ def test_completed_is_absorbing(finish: Callable[[TransferMachine], None], event
     assert m.state is TaskState.COMPLETED
     before = replace(m.snap)
     snap_before = m.snapshot(5.0)
-    committed, in_flight = m.committed, m.in_flight
+    committed, was_in_flight = m.committed, in_flight(m)
     with pytest.raises(InvalidTransition):
         m.handle(event, now=5.0)
     assert m.snap == before
     assert m.snapshot(5.0) == snap_before
-    assert (m.committed, m.in_flight) == (committed, in_flight)
+    assert (m.committed, in_flight(m)) == (committed, was_in_flight)
     assert m.state is TaskState.COMPLETED
 
 
@@ -822,11 +836,11 @@ def test_protocol_event_in_the_wrong_phase(
     m = make()
     setup(m)
     before = replace(m.snap)
-    committed, in_flight = m.committed, m.in_flight
+    committed, was_in_flight = m.committed, in_flight(m)
     with pytest.raises(InvalidTransition):
         m.handle(event, now=1.0)
     assert m.snap == before
-    assert (m.committed, m.in_flight) == (committed, in_flight)
+    assert (m.committed, in_flight(m)) == (committed, was_in_flight)
 
 
 def test_failed_event_completes_a_running_task() -> None:
@@ -880,7 +894,7 @@ def test_interrupted_suspends_with_the_reason(phase: Phase) -> None:
     assert m.handle(Interrupted(reason), now=1.0) == [Persist()]
     assert m.state is TaskState.SUSPENDED
     assert m.snap.detail == reason
-    assert not m.in_flight
+    assert not in_flight(m)
     assert m.snap.error is None
     assert m.handle(Interrupted("again"), now=2.0) == []
     assert m.snap.detail == reason
@@ -913,7 +927,11 @@ def test_from_snapshot_round_trip() -> None:
     assert r.snapshot(5.0) == snap
     assert r.snapshot(500.0) == snap  # a rebuilt machine is not running until started
     assert r.committed == r.snap.offset == STREAM_CHECKPOINT_BYTES
-    assert not r.in_flight
+    # As stored: no attempt starts before recovery has put it back in the queue.
+    assert r.snap.phase is Phase.TRANSFERRING
+    with pytest.raises(InvalidTransition):
+        r.handle(Start(), now=5.0)
+    assert r.snapshot(5.0) == snap
     assert r.snap is not snap
     r.snap.offset = 1
     assert snap.offset == STREAM_CHECKPOINT_BYTES  # the caller's snapshot is not shared
@@ -966,6 +984,8 @@ ALL_EVENTS: list[Event] = [
     CancelRequested(),
     CancelCleaned(),
     Interrupted("interrupted"),
+    Sealed(),
+    Detached(),
 ]
 
 
@@ -1042,6 +1062,11 @@ class MachineWorld(RuleBasedStateMachine):
         self.now = 0.0
         self.elapsed = 0.0
         self.open_attempt = False  # a SendRequest whose answer has not been closed yet
+        # The disk as the driver leaves it: the partial file's size (None: no file), how
+        # much of it is synced, and the size of the file placed at the destination.
+        self.disk: int | None = None
+        self.durable = 0
+        self.target: int | None = None
         self.last_event: Event = Start()
 
     @initialize(spec=specs(), jitter=st.floats(min_value=0.0, max_value=1.0, exclude_max=True))
@@ -1054,14 +1079,24 @@ class MachineWorld(RuleBasedStateMachine):
         m = self.m
         self.last_event = event
         before = replace(m.snap)
-        committed, in_flight, terminal = m.committed, m.in_flight, m.terminal
+        committed, was_in_flight, terminal = m.committed, in_flight(m), m.terminal
         try:
             actions = m.handle(event, now=self.now)
         except InvalidTransition:
             assert m.snap == before, f"{event!r} raised but changed the snapshot"
-            assert (m.committed, m.in_flight) == (committed, in_flight)
+            assert m.committed == committed
+            # Refused where the table does not accept it (or for a bad payload).
+            accepted = before.phase in TRANSITIONS[type(event)].accepts
+            assert not accepted or isinstance(event, SegmentWritten | Recovered), event
             return []
         # Any other exception propagates and fails the test.
+
+        # Every step is one the transition table allows, to a phase it names.
+        rule = TRANSITIONS[type(event)]
+        if before.phase in rule.ignores:
+            assert (actions, m.snap, m.committed) == ([], before, committed), event
+        else:
+            assert m.snap.phase in rule.moves[before.phase], (event, before.phase, m.snap.phase)
 
         if terminal:
             assert m.terminal, "COMPLETED must stay COMPLETED"
@@ -1070,7 +1105,7 @@ class MachineWorld(RuleBasedStateMachine):
 
         # offset only shrinks on a restart, a cancel or a failure that removes the partial.
         shrank = m.snap.offset < before.offset or m.committed < committed
-        if shrank:
+        if shrank and not isinstance(event, Recovered):  # recovery: the disk decides
             assert m.snap.restarts > before.restarts or RemovePartial() in actions, (
                 event,
                 actions,
@@ -1082,14 +1117,14 @@ class MachineWorld(RuleBasedStateMachine):
         assert len(sends) <= 1, actions
         if sends:
             if isinstance(event, Start):
-                assert not in_flight, "a second attempt started while one was in flight"
+                assert not was_in_flight, "a second attempt started while one was in flight"
                 assert not self.open_attempt
             else:
                 # A redirect or a restart: the answer is discarded before the next request.
                 assert isinstance(event, Response), event
-                assert in_flight
+                assert was_in_flight
                 assert DiscardResponse() in actions[: actions.index(sends[0])]
-            assert m.in_flight
+            assert in_flight(m)
             self.check_request(sends[0])
         for a in actions:
             if isinstance(a, WriteBody):
@@ -1111,7 +1146,32 @@ class MachineWorld(RuleBasedStateMachine):
             isinstance(a, StopTransfer | Finalize | DiscardResponse) for a in actions
         ):
             self.open_attempt = False
+        self.track_disk(event, before.phase, actions)
         return actions
+
+    def track_disk(self, event: Event, phase: Phase, actions: list[Action]) -> None:
+        """What the driver's work did to the files (the machine asked for all of it)."""
+        if isinstance(event, DataWritten):  # written before the driver said so
+            self.disk = (self.disk or 0) + event.nbytes
+        if isinstance(event, Finalized):
+            self.target, self.disk, self.durable = self.m.snap.offset, None, 0
+        for a in actions:
+            match a:
+                case WriteBody(start=start):
+                    # Never an append past the bytes the file has.
+                    assert start == 0 or (self.disk is not None and self.disk >= start), (
+                        start,
+                        self.disk,
+                    )
+                    self.disk, self.durable = start, min(self.durable, start)
+                case Persist():
+                    self.durable = self.disk or 0
+                case RemovePartial():
+                    self.disk, self.durable = None, 0
+                case TruncatePartial(size=size):
+                    assert self.disk is not None
+                    assert size <= self.disk
+                    self.disk, self.durable = size, min(self.durable, size)
 
     def check_request(self, req: SendRequest) -> None:
         hdrs = {k.lower(): v for k, v in req.headers}
@@ -1128,7 +1188,8 @@ class MachineWorld(RuleBasedStateMachine):
     # -- protocol events in plausible phases --------------------------------------------
 
     @precondition(lambda self: not self.m.terminal)
-    @rule(dt=st.floats(min_value=0.0, max_value=5.0), data=st.data())
+    # Short steps too: bytes written within a second of a checkpoint are not yet committed.
+    @rule(dt=st.sampled_from([0.0, 0.2]) | st.floats(min_value=0.0, max_value=5.0), data=st.data())
     def advance(self, dt: float, data: st.DataObject) -> None:
         """Time passes, then the next plausible protocol event for the current phase."""
         self.now += dt
@@ -1144,7 +1205,11 @@ class MachineWorld(RuleBasedStateMachine):
                 event = TransportFailed(data.draw(transport_errors()))
         elif phase is Phase.TRANSFERRING:
             if roll < 6:
-                event = DataWritten(data.draw(st.integers(min_value=0, max_value=6 * MIB)))
+                sizes = st.integers(min_value=0, max_value=6 * MIB)
+                total, offset = self.m.snap.total, self.m.snap.offset
+                if total is not None and total > offset:
+                    sizes |= st.just(total - offset)  # the rest, exactly: a whole file
+                event = DataWritten(data.draw(sizes))
             elif roll < 8:
                 event = BodyEnded()
             else:
@@ -1167,8 +1232,11 @@ class MachineWorld(RuleBasedStateMachine):
             ["suspend", "suspend", "resume", "resume", "cancel", "crash"] + ["any", "repeat"] * 2
         ),
         event=st.sampled_from(ALL_EVENTS),
+        power_loss=st.booleans(),
+        kept=st.floats(min_value=0.0, max_value=1.0),
+        placed=st.booleans(),
     )
-    def disturb(self, kind: str, event: Event) -> None:
+    def disturb(self, kind: str, event: Event, power_loss: bool, kept: float, placed: bool) -> None:
         # One rule with weighted kinds: cancel and crashes end or reset the interesting paths,
         # so they come less often than suspend/resume.
         if kind == "suspend":
@@ -1178,19 +1246,64 @@ class MachineWorld(RuleBasedStateMachine):
         elif kind == "cancel":
             self.step(CancelRequested())
         elif kind == "crash":
-            self.crash_and_restore()
+            self.crash_and_restore(power_loss=power_loss, kept=kept, placed=placed)
         elif kind == "repeat":
             self.step(self.last_event)  # a late or duplicated delivery by the driver
         else:
             self.step(event)  # any event in any phase: only InvalidTransition may escape
 
-    def crash_and_restore(self) -> None:
-        """The process dies: only the persisted snapshot survives; recovery interrupts it."""
-        snap = self.m.snapshot(self.now)
+    @precondition(lambda self: not self.m.terminal and self.disk is not None)
+    @rule(
+        power_loss=st.booleans(),
+        kept=st.floats(min_value=0.0, max_value=1.0),
+        placed=st.booleans(),
+        damage=st.sampled_from(["none", "none", "gone", "short"]),
+    )
+    def crash(self, power_loss: bool, kept: float, placed: bool, damage: str) -> None:
+        """A crash while the task is unfinished, where recovery has something to decide;
+        ``damage``: meanwhile someone deleted the partial file, or cut it short."""
+        if damage == "gone":
+            self.disk, self.durable = None, 0
+        elif damage == "short" and self.disk is not None:
+            self.disk = self.durable = int(kept * min(self.disk, self.durable))
+        self.crash_and_restore(power_loss=power_loss, kept=kept, placed=placed)
+
+    def crash_and_restore(self, *, power_loss: bool, kept: float, placed: bool) -> None:
+        """The process dies (or the machine: ``power_loss``): only the persisted snapshot and
+        the disk survive; recover() reconciles them, then interrupts the task.
+
+        A power loss keeps the synced bytes and ``kept`` of the others. ``placed``: a task
+        that was verifying died after the engine placed its file (the engine saves the full
+        offset just before it places), before its completion was committed.
+        """
+        if placed and self.m.snap.phase is Phase.VERIFYING:
+            # The engine's finalize: seal (sync), save, place; the crash loses Finalized.
+            self.step(Sealed())
+            self.durable = self.disk or 0
+            self.target, self.disk, self.durable = self.m.snap.offset, None, 0
+        snap = replace(self.m.snapshot(self.now), boot_id=BOOT)
+        durable = self.durable
+        if power_loss and self.disk is not None:
+            self.disk = durable + int(kept * (self.disk - durable))
         self.m = TransferMachine.from_snapshot(self.m.spec, snap, rng=self.m.rng)
         self.open_attempt = False
         assert self.m.snapshot(self.now) == snap
-        self.step(Interrupted("interrupted: the process running it exited"))
+        disk = DiskFacts(self.disk, self.target) if needs_disk(self.m.spec, snap) else None
+        events = recover(self.m.spec, snap, disk, same_boot=not power_loss, owner_died=True)
+        for event in events:
+            self.step(event)
+        m = self.m
+        if not m.terminal:
+            # The task never claims bytes the file lacks, nor, after a power loss, bytes
+            # that were never synced.
+            assert m.snap.offset <= (self.disk or 0), (m.snap.offset, self.disk)
+            if power_loss:
+                assert m.snap.offset <= durable
+            assert m.snap.phase in (Phase.SUSPENDED, Phase.CANCELING)
+        elif m.snap.error is None and events:
+            # Completed by recovery: the placed file is the whole resource.
+            assert events[0] == Recovered(snap.offset, placed=True, note=events[0].note)  # type: ignore[union-attr]
+            assert self.target == m.snap.total == m.snap.offset
 
     # -- invariants after every step ----------------------------------------------------
 
@@ -1203,10 +1316,10 @@ class MachineWorld(RuleBasedStateMachine):
         assert m.snapshot(self.now).offset == m.committed
         if not m.terminal:
             assert m.snap.error is None
-        if m.in_flight:
+        if in_flight(m):
             assert m.snap.phase in (Phase.CONNECTING, Phase.TRANSFERRING, Phase.VERIFYING)
         if self.open_attempt:
-            assert m.in_flight
+            assert in_flight(m)
         assert m.snap.restarts <= m.spec.max_restarts + 1
         elapsed = m.elapsed(self.now)
         assert elapsed >= self.elapsed - 1e-6, "resource time went backwards"

@@ -100,7 +100,7 @@ class Downloader:
                 if m.terminal:  # max_bytes: the machine failed the task mid-body
                     raise _Halted
 
-        raw = take_over(resp)
+        raw = take_over(resp, tls=True)
         try:
             if raw is None:
                 async for chunk in resp.content.iter_chunked(ctx.pacing.read_size(live)):

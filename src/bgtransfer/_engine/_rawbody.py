@@ -1,32 +1,133 @@
-"""The fast path for a big plain-HTTP body: read the socket directly into one reused buffer.
+"""The fast path for a big body: read it into one reused buffer, past aiohttp's stream.
 
 aiohttp hands every piece of a body through its parser into a stream of fresh ``bytes``
 objects (~256 KiB reads, each a loop round and a copy). For a long identity-encoded body
-with a Content-Length over plain TCP there is nothing left to parse: once the headers are
-in, the rest is raw bytes. This takes the connection over (aiohttp's reading paused, its read
-timer dropped), drains what aiohttp already buffered, and then ``recv_into`` a 1 MiB
+with a Content-Length there is nothing left to parse: once the headers are in, the rest is
+raw bytes. This takes the connection over (aiohttp's reading paused, its read timer
+dropped), drains what aiohttp already buffered, and then ``recv_into`` a 1 MiB
 ``bytearray`` that is written to the file as a memoryview: on this machine that is the
 difference between ~0.7 and ~1.3 GB/s (research/perf.md: ``recv_into(1M)`` 2.1 GB/s to a
 file). The connection is closed afterwards, never returned to aiohttp's pool.
 
-TLS, chunked bodies, unknown lengths and short bodies keep aiohttp's path.
+Over TLS (``take_over(resp, tls=True)``) the socket carries records, not the body. asyncio's
+SSL protocol decrypts them with an ``ssl.SSLObject`` over memory BIOs and, for a protocol that
+is not buffered like aiohttp's, allocates a ``bytes`` per 16 KiB record, joins them, and feeds
+the parser, which copies again into its stream. :class:`TLSReader` keeps using *that same*
+``SSLObject`` (the handshake, the verified chain and hostname, the keys: nothing about the
+session changes) but feeds its incoming BIO from a dup of the socket itself and decrypts
+straight into the caller's buffer with ``SSLObject.read(n, buffer)``. It is a socket
+subclass, so the caller's ``loop.sock_recv_into(raw.sock, buf)`` reads plaintext
+unchanged. It relies on private attributes of CPython's ``asyncio.sslproto.SSLProtocol``
+(the 3.11+ design: ``_sslobj``, ``_incoming``, ``_transport``, ``_incoming_low_water``);
+when they are missing or look different it returns None and aiohttp's path is used.
+
+Chunked bodies, unknown lengths and short bodies keep aiohttp's path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, cast
 
 import aiohttp
 
-__all__ = ["MIN_RAW_BYTES", "RawBody", "take_over"]
+__all__ = ["MIN_RAW_BYTES", "RawBody", "TLSReader", "take_over"]
 
 # Below this, closing the keep-alive connection costs more than the copies save.
 MIN_RAW_BYTES = 8 << 20
 
+# Ciphertext read per recv from the kernel, copied into the BIO: 16 records per call. 1 MiB
+# cost more CPU (benchmarks/tls_body.py, 512 MiB: 0.68 s against 0.60 s), likely because a
+# 256 KiB buffer stays in cache between the recv, the BIO copy and the decrypt.
+_NET_READ = 256 << 10
+
+_SSL_EOF = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+class TLSReader(socket.socket):
+    """A dup of a TLS connection's socket whose ``recv_into`` yields the plaintext.
+
+    ``recv_into`` decrypts what the session already holds first (OpenSSL's pending record,
+    ciphertext left in the incoming BIO), then reads ciphertext from the socket until the
+    buffer is full or the socket has nothing more right now; it raises BlockingIOError when
+    nothing at all is there, as a non-blocking socket does, and returns 0 at the end of the
+    stream (close_notify or a cut connection: the caller decides whether that was early).
+    A record that fails authentication raises ``ssl.SSLError`` (an OSError). A socket
+    subclass, not an ``ssl.SSLSocket``, so ``loop.sock_recv_into`` takes it as it is.
+    """
+
+    def __init__(
+        self, fd: int, sslobj: ssl.SSLObject, incoming: ssl.MemoryBIO, abort: Callable[[], None]
+    ) -> None:
+        super().__init__(fileno=fd)
+        self.setblocking(False)
+        # With a buffer, SSLObject.read returns the count, not bytes (typeshed has only the
+        # bytes form).
+        self._read_into = cast(Callable[[int, memoryview], int], sslobj.read)
+        self._incoming = incoming
+        self._abort = abort
+        self._net = memoryview(bytearray(_NET_READ))
+        self._eof = False
+
+    def _feed(self) -> bool:
+        """Move ciphertext from the socket into the BIO; False when the socket has none now."""
+        try:
+            n = super().recv_into(self._net)
+        except (BlockingIOError, InterruptedError):
+            return False
+        if n == 0:
+            self._incoming.write_eof()  # the next read ends in SSLEOFError or close_notify
+        else:
+            self._incoming.write(self._net[:n])
+        return True
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if flags:
+            raise ValueError("flags are not supported on a TLS body")
+        view = memoryview(buffer)
+        want = nbytes or len(view)
+        if want > len(view):
+            raise ValueError("buffer too small for requested bytes")  # as socket.recv_into
+        got = 0
+        while got < want and not self._eof:
+            try:
+                n = self._read_into(want - got, view[got:want])
+            except ssl.SSLWantReadError:
+                if self._incoming.eof:
+                    # Not expected once the BIO has its EOF (OpenSSL then reports one), but
+                    # a socket at EOF is always readable: never answer "try again" there.
+                    self._eof = True
+                    break
+                if not self._feed():
+                    break
+                continue
+            except _SSL_EOF:
+                n = 0
+            if n == 0:
+                self._eof = True
+                break
+            got += n
+        if got == 0 and not self._eof:
+            raise BlockingIOError
+        return got
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        buf = bytearray(bufsize)
+        return bytes(buf[: self.recv_into(buf, bufsize, flags)])
+
+    def close(self) -> None:
+        super().close()
+        # The session's state is ours now: no close_notify exchange through asyncio's
+        # protocol (it would wait on a socket nobody reads); the connection just goes.
+        self._abort()
+
 
 class RawBody:
-    """The rest of one response body, straight from the socket."""
+    """The rest of one response body, straight from the socket (or its TLS session)."""
 
     def __init__(self, sock: socket.socket, buffered: bytes, remaining: int) -> None:
         self.sock = sock
@@ -44,15 +145,38 @@ class RawBody:
             pass
 
 
-def take_over(resp: aiohttp.ClientResponse) -> RawBody | None:
+def _tls_parts(
+    transport: asyncio.BaseTransport, sslobj: object
+) -> tuple[ssl.MemoryBIO, asyncio.Transport] | None:
+    """The incoming BIO and the socket transport under an asyncio SSL transport, if this
+    Python's sslproto has the shape this module was written against."""
+    proto = getattr(transport, "_ssl_protocol", None)
+    incoming = getattr(proto, "_incoming", None)
+    inner = getattr(proto, "_transport", None)
+    if (
+        not isinstance(sslobj, ssl.SSLObject)
+        or getattr(proto, "_sslobj", None) is not sslobj
+        or not isinstance(incoming, ssl.MemoryBIO)
+        or not isinstance(inner, asyncio.Transport)
+    ):
+        return None
+    return incoming, inner
+
+
+def take_over(resp: aiohttp.ClientResponse, *, tls: bool = False) -> RawBody | None:
     """Take ``resp``'s body off aiohttp before anything read from it, or None when this path
-    does not apply (then aiohttp's stream is untouched)."""
+    does not apply (then aiohttp's stream is untouched). ``tls``: also over HTTPS, where
+    ``RawBody.sock`` is a :class:`TLSReader`."""
     conn = resp.connection
     if conn is None or conn.protocol is None or conn.transport is None:
         return None
     transport = conn.transport
-    if transport.get_extra_info("ssl_object") is not None:
-        return None  # the socket carries TLS records, not the body
+    sslobj = transport.get_extra_info("ssl_object")
+    parts = None
+    if sslobj is not None:
+        parts = _tls_parts(transport, sslobj) if tls else None
+        if parts is None:
+            return None
     sock = transport.get_extra_info("socket")
     headers = resp.headers
     if sock is None or "Transfer-Encoding" in headers:
@@ -65,13 +189,25 @@ def take_over(resp: aiohttp.ClientResponse) -> RawBody | None:
     if content.exception() is not None or content.is_eof():
         return None
     # Everything the parser produced so far went into the stream (total_bytes) and is still
-    # in its buffer (nothing read it yet); the rest of the body is in the socket. No await
-    # from here on, so nothing arrives in between.
+    # in its buffer (nothing read it yet); the rest of the body is in the socket (or, over
+    # TLS, in the session's BIO and the socket). No await from here on, so nothing arrives
+    # in between.
     remaining = length - content.total_bytes
     if remaining < MIN_RAW_BYTES:
         return None  # not worth closing the connection for
     buffered = content.read_nowait()  # the caller has read nothing of the body yet
     conn.protocol.pause_reading()  # also stops aiohttp's sock_read timer
-    raw = socket.socket(fileno=os.dup(sock.fileno()))
-    raw.setblocking(False)
-    return RawBody(raw, buffered, remaining)
+    if parts is None:
+        raw = socket.socket(fileno=os.dup(sock.fileno()))
+        raw.setblocking(False)
+        return RawBody(raw, buffered, remaining)
+    incoming, inner = parts
+    # The socket transport under the SSL protocol must not read on: its bytes would land in
+    # the BIO behind ours, out of order. The protocol resumes it when the BIO drains below
+    # its low-water mark, so that mark goes below zero: never again for this connection.
+    inner.pause_reading()
+    proto = getattr(transport, "_ssl_protocol")  # noqa: B009 - checked by _tls_parts
+    proto._incoming_low_water = -1
+    assert isinstance(sslobj, ssl.SSLObject)
+    reader = TLSReader(os.dup(sock.fileno()), sslobj, incoming, transport.abort)
+    return RawBody(reader, buffered, remaining)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bgtransfer._protocol._defaults import MAX_RETRY_WAIT, RETRY_WAIT
+
 __all__ = ["RETRYABLE_STATUS", "Backoff"]
 
 # curl's --retry list plus Cloudflare's 522/524, which are as transient as 502/504.
@@ -18,8 +20,8 @@ class Backoff:
     half the delay, so a herd of tasks failing together spreads out without retrying at once.
     """
 
-    base: float = 1.0
-    cap: float = 120.0
+    base: float = RETRY_WAIT
+    cap: float = MAX_RETRY_WAIT
 
     def delay(self, failures: int, jitter: float) -> float:
         n = max(1, failures)

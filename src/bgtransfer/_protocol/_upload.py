@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from bgtransfer._exceptions import (
     HTTPStatusError,
@@ -33,18 +34,22 @@ from bgtransfer._exceptions import (
     TransferTimeout,
 )
 from bgtransfer._models import Phase
-from bgtransfer._protocol._machine import (
-    CHECKPOINT_BYTES,
-    Action,
+from bgtransfer._protocol._actions import Action, Persist, SendRequest
+from bgtransfer._protocol._defaults import CHECKPOINT_BYTES, CHECKPOINT_SECONDS
+from bgtransfer._protocol._events import (
     Event,
-    Persist,
+    FinalResponse,
     Response,
-    SendRequest,
     Start,
-    TransferMachine,
+    UploadCreated,
+    UploadEvent,
+    UploadLost,
+    UploadProgress,
 )
+from bgtransfer._protocol._machine import TransferMachine
 from bgtransfer._protocol._ranges import parse_retry_after
 from bgtransfer._protocol._retry import RETRYABLE_STATUS
+from bgtransfer._protocol._transitions import UPLOAD_TRANSITIONS, Rule
 
 __all__ = [
     "PROTOCOLS",
@@ -71,69 +76,33 @@ def idempotent(method: str, headers: tuple[tuple[str, str], ...], retry_unsafe: 
     )
 
 
-@dataclass(frozen=True, slots=True)
-class UploadCreated:
-    """The server created the upload resource (tus POST, IETF upload creation)."""
-
-    url: str
-
-
-@dataclass(frozen=True, slots=True)
-class UploadProgress:
-    """The server confirmed ``offset`` bytes (tus/IETF), or that many were sent (plain)."""
-
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class UploadLost:
-    """The server no longer knows the upload (404/410 on its URL)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FinalResponse:
-    """The exchange ended with this response; ``body`` is already size-capped."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-    wall_time: float = 0.0
-    reason: str | None = None
-
-
 @dataclass(slots=True)
 class UploadMachine(TransferMachine):
-    def handle(self, event: Event | UploadCreated | UploadProgress | UploadLost | FinalResponse,
-               *, now: float) -> list[Action]:  # fmt: skip
-        match event:
-            case Start():
-                return self._upload_start(now)
-            case UploadCreated(url=url):
-                self._expect((Phase.CONNECTING, Phase.TRANSFERRING), event)
-                self.snap.upload_url = url
-                self.committed = self.snap.offset
-                self._set(Phase.TRANSFERRING, "uploading", now)
-                return [Persist()]
-            case UploadProgress(offset=offset):
-                return self._progress(offset, now)
-            case UploadLost():
-                self._expect((Phase.CONNECTING, Phase.TRANSFERRING), event)
-                over = self._count_restart(now)
-                if over is not None:
-                    return over
-                self.snap.upload_url = None
-                self.snap.offset = self.committed = 0
-                self._set(Phase.CONNECTING, "the server lost the upload: starting it again", now)
-                return [Persist()]
-            case FinalResponse():
-                return self._final(event, now)
-            case Response():
-                raise TypeError("uploads end with FinalResponse, not Response")
-        # Explicit base call: super() breaks in a slots dataclass (the class is rebuilt).
-        return TransferMachine.handle(self, event, now=now)
+    """One upload's state: the download machine's lifecycle, its own exchange."""
 
-    def _upload_start(self, now: float) -> list[Action]:
-        self._expect(Phase.QUEUED, Start())
+    TRANSITIONS: ClassVar[Mapping[type[Any], Rule]] = UPLOAD_TRANSITIONS
+
+    def handle(self, event: Event | UploadEvent, *, now: float) -> list[Action]:
+        if isinstance(event, Response):
+            raise TypeError("uploads end with FinalResponse, not Response")
+        return self._apply(event, now)
+
+    def _created(self, event: UploadCreated, now: float) -> list[Action]:
+        self.snap.upload_url = event.url
+        self.committed = self.snap.offset
+        self._set(Phase.TRANSFERRING, "uploading", now)
+        return [Persist()]
+
+    def _lost(self, event: UploadLost, now: float) -> list[Action]:
+        over = self._count_restart(now)
+        if over is not None:
+            return over
+        self.snap.upload_url = None
+        self.snap.offset = self.committed = 0
+        self._set(Phase.CONNECTING, "the server lost the upload: starting it again", now)
+        return [Persist()]
+
+    def _upload_start(self, event: Start, now: float) -> list[Action]:
         if self._active_since is None:
             self._active_since = now
         if self.time_left(now) <= 0:
@@ -155,28 +124,29 @@ class UploadMachine(TransferMachine):
         self.snap.total = self.spec.source_size
         where = f"resuming from byte {self.snap.offset}" if self.snap.offset else "connecting"
         self._set(Phase.CONNECTING, where, now)
-        self.in_flight = True
         send = SendRequest(self.spec.url, self.spec.headers, self.time_left(now))
         if unsafe:
             self.snap.unsafe_sent = True
             return [Persist(), send]  # durable before the request leaves
         return [send]
 
-    def _progress(self, offset: int, now: float) -> list[Action]:
-        self._expect((Phase.CONNECTING, Phase.TRANSFERRING), UploadProgress(offset))
+    def _progress(self, event: UploadProgress, now: float) -> list[Action]:
+        offset = event.offset
         if offset > self.snap.offset and self.spec.protocol in RESUMABLE:
             self.snap.failures = 0
         # The server's word is the truth, even when it is less than we thought.
         self.snap.offset = offset
         self._set(Phase.TRANSFERRING, "uploading", now)
-        if abs(offset - self.committed) >= CHECKPOINT_BYTES or now - self._last_checkpoint >= 1.0:
+        if (
+            abs(offset - self.committed) >= CHECKPOINT_BYTES
+            or now - self._last_checkpoint >= CHECKPOINT_SECONDS
+        ):
             self.committed = offset
             self._last_checkpoint = now
             return [Persist()]
         return []
 
     def _final(self, event: FinalResponse, now: float) -> list[Action]:
-        self._expect((Phase.CONNECTING, Phase.TRANSFERRING), event)
         status = event.status
         self.snap.status_code = status
         self.snap.response_status = status
@@ -184,7 +154,6 @@ class UploadMachine(TransferMachine):
         self.snap.response_reason = event.reason
         self.snap.response_body = event.body[:RESPONSE_BODY_CAP]
         if 200 <= status < 300:
-            self.in_flight = False
             self.snap.unsafe_sent = False
             self.snap.offset = self.committed = self.spec.source_size or self.snap.offset
             self._set(Phase.DONE, "completed", now)
@@ -217,3 +186,13 @@ class UploadMachine(TransferMachine):
             )
             err.args = (err.message,)
         return False
+
+
+UploadMachine.HANDLERS = {
+    **TransferMachine.HANDLERS,
+    Start: UploadMachine._upload_start,
+    UploadCreated: UploadMachine._created,
+    UploadProgress: UploadMachine._progress,
+    UploadLost: UploadMachine._lost,
+    FinalResponse: UploadMachine._final,
+}

@@ -567,7 +567,6 @@ class SQLiteStore(JobsMixin):
                 Phase.TRANSFERRING,
                 Phase.WAITING_RETRY,
                 Phase.VERIFYING,
-                Phase.FINISHING,
             )
         ]
         with self._tx():
