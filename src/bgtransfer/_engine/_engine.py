@@ -479,6 +479,15 @@ class Engine:
                         self._execute_sync(live, m.handle(M.CancelCleaned(), now=self.clock()))
                 case M.ScheduleRetry(delay=delay):
                     live.retry_delay = delay
+                case M.TruncatePartial(size=size):
+                    # Bytes of an earlier boot past the checkpoint, maybe never synced: cut
+                    # off now, before a checkpoint of this boot could vouch for them.
+                    try:
+                        live.part.open(size)
+                    except (DestinationError, OSError) as exc:
+                        log.warning("task %s: cannot trim the partial file: %s", live.row.id, exc)
+                    finally:
+                        live.part.close()
                 case M.Enqueue():
                     if live.runner is None or live.runner.done():
                         # Back to the store's queue; the pump starts it in its turn.
