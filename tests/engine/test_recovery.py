@@ -142,3 +142,47 @@ def test_a_stopping_daemon_keeps_every_byte_it_wrote(
     # Every byte written is counted: nothing past the offset in the file.
     assert os.path.getsize(stored.partial) == stored.snap.offset
     assert not dest.exists()
+
+
+def test_a_segmented_download_whose_file_vanished_unplaced_starts_over_whole(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """Every segment was done, then the partial file went away before it was placed: the
+    download starts over from 0 with a new segment table, and the file is whole."""
+    size = 4 << 20  # two segments at least (MIN_SEGMENT is 1 MiB, two of them per split)
+    origin = gen_bytes(size, seed=24)
+    home, dest = tmp_path / "home", tmp_path / "seg.bin"
+    with bgtransfer.Session("seg", home=home, background=False) as s:
+        task = s.download(server.url(f"/gen/{size}?seed=24&key={key}"), dest, segments=4)
+        task.wait(timeout=60)
+        assert task.error is None
+    store = SQLiteStore(os.path.join(home, STORE))
+    try:
+        done = store.get(task.id)
+    finally:
+        store.close()
+    assert done is not None
+    assert len(done.snap.segments) > 1  # it was segmented (the table is kept when done)
+    as_if_placed_before_the_crash(home)
+    dest.unlink()  # not placed after all: neither the partial file nor the target is there
+    before = gets(server, key)
+    with bgtransfer.Session("seg", home=home, background=False) as s:
+        (task,) = s.tasks()
+        assert task.state is TaskState.SUSPENDED
+        assert task.bytes_received == 0
+    store = SQLiteStore(os.path.join(home, STORE))
+    try:
+        stored = store.get(task.id)
+    finally:
+        store.close()
+    assert stored is not None
+    # Nothing the old table describes is on disk (the old engine kept it, all done).
+    assert (stored.snap.offset, stored.snap.total, stored.snap.segments) == (0, None, ())
+    assert gets(server, key) == before
+    with bgtransfer.Session("seg", home=home, background=False) as s:
+        (task,) = s.tasks()
+        task.resume()
+        task.wait(timeout=60)
+        assert task.error is None
+    assert dest.read_bytes() == origin
+    assert gets(server, key) > before
