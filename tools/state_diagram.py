@@ -4,7 +4,9 @@ The diagram is drawn from the very table ``TransferMachine.handle()`` consults
 (``bgtransfer._protocol._transitions``), so it cannot drift from the code. Arrows are
 labelled with the events that take a task from one phase to another; events that may leave
 the task where it is are listed in a note beside the phase. Paste the output into
-ARCHITECTURE.md (a ```mermaid block). ``--uploads`` draws the upload machine's table.
+ARCHITECTURE.md (a ```mermaid block). ``--uploads`` draws the upload machine's table;
+``--table`` prints the same rules as a Markdown table (event, phases that accept it and where
+it leads, phases that ignore it).
 """
 
 from __future__ import annotations
@@ -52,11 +54,38 @@ def diagram(table: Mapping[type[Any], Rule]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _short(phases: frozenset[Phase] | set[Phase]) -> str:
+    return ", ".join(p.value for p in _ORDER if p in phases) or "-"
+
+
+def table(rules: Mapping[type[Any], Rule]) -> str:
+    """The rules as a Markdown table, one row per event type."""
+    out = [
+        "| event | accepted in -> may lead to | ignored in |",
+        "|---|---|---|",
+    ]
+    for kind, rule in rules.items():
+        # Sources that lead to the same phases share one entry: "a, b -> c".
+        groups: dict[frozenset[Phase], set[Phase]] = defaultdict(set)
+        for src, targets in rule.moves.items():
+            groups[targets].add(src)
+        moves = "; ".join(
+            f"{_short(sources)} -> {_short(targets)}"
+            for targets, sources in sorted(
+                groups.items(), key=lambda g: min(_ORDER.index(p) for p in g[1])
+            )
+        )
+        out.append(f"| `{kind.__name__}` | {moves} | {_short(rule.ignores)} |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--uploads", action="store_true", help="the upload machine's table")
+    parser.add_argument("--table", action="store_true", help="a Markdown table, not Mermaid")
     args = parser.parse_args(argv)
-    sys.stdout.write(diagram(UPLOAD_TRANSITIONS if args.uploads else TRANSITIONS))
+    rules = UPLOAD_TRANSITIONS if args.uploads else TRANSITIONS
+    sys.stdout.write(table(rules) if args.table else diagram(rules))
     return 0
 
 

@@ -347,9 +347,9 @@ def test_history_shows_the_request_in_flight(
     wait_for(lambda: task.bytes_received > 0, "bytes")
     store = session._async._engine_or_raise().store
     wait_for(lambda: bool(store.attempts(task.id)), "the open attempt on record")
-    [row] = store.attempts(task.id)
-    assert row["outcome"] == "in progress"
-    assert row["ended_at"] is None
+    [open_] = store.attempts(task.id)
+    assert open_.outcome == "in progress"
+    assert open_.ended_at is None
     task.cancel()
     [row] = task.history()
     assert row["ended_at"] is not None

@@ -32,6 +32,7 @@ from typing import Any
 from bgtransfer._engine._files import fsync_dir, fsync_file
 from bgtransfer._exceptions import DestinationError, StoreError, StoreFull
 from bgtransfer._protocol._machine import Snapshot
+from bgtransfer._store._base import Attempt
 from bgtransfer._store._sqlite import EventRecord, SQLiteStore
 
 __all__ = ["Committer", "Save"]
@@ -50,7 +51,7 @@ class Save:
     wall: float
     event: EventRecord | None = None
     hook_state: str | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     sync_file: str | None = None  # a finished partial file to fsync first
     sync_dir: str | None = None  # a directory a file was just renamed into
 
@@ -61,7 +62,7 @@ class _Pending:
 
     last: Save
     events: list[EventRecord] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     hook_state: str | None = None
     sync_files: list[str] = field(default_factory=list)
     sync_dirs: list[str] = field(default_factory=list)

@@ -61,7 +61,7 @@ class Downloader:
             return M.TransportFailed(failure.error)
         live.resp = resp
         if live.attempt is not None:
-            live.attempt["status"] = resp.status
+            live.attempt.status = resp.status
         headers = lower_headers(resp)
         ctx.pacing.heard(action.url, resp.status, headers)
         return M.Response(resp.status, headers, wall_time=time.time(), reason=resp.reason)
@@ -92,7 +92,7 @@ class Downloader:
         def take(chunk: bytes | memoryview) -> None:
             part.write(chunk)
             if live.attempt is not None:
-                live.attempt["bytes"] += len(chunk)
+                live.attempt.bytes += len(chunk)
             # No await between write and handle: the offset always matches the file.
             actions = m.handle(M.DataWritten(len(chunk)), now=ctx.clock())
             if actions:

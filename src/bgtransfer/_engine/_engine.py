@@ -329,7 +329,7 @@ class Engine:
 
     def attempts(self, task_id: str) -> list[dict[str, Any]]:
         self.get(task_id)
-        return self.store.attempts(task_id)
+        return [a.to_json() for a in self.store.attempts(task_id)]
 
     def subscribe(self, maxsize: int = 0) -> asyncio.Queue[Event]:
         """A queue of live events; with ``maxsize``, a subscriber that falls that far behind

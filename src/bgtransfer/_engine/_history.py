@@ -2,7 +2,7 @@
 record while it runs ("in progress") and updated when it ends.
 
 Every attempt record the engine writes is made, ended and handed to the committer here, so
-the shape of a record (today a dict the store writes as is) is one module's business.
+the shape of a record (a store Attempt) is one module's business.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._live import Live
-from bgtransfer._store._sqlite import OPEN_ATTEMPT
+from bgtransfer._store._base import Attempt
 
 __all__ = ["History", "ignore"]
 
@@ -27,26 +27,19 @@ class History:
         self.commit: Committer | None = None  # set once the engine starts
         self.closed = False  # the engine is closing: ended requests say "interrupted"
 
-    def open(self, live: Live, url: str, range_start: int | None) -> dict[str, Any]:
+    def open(self, live: Live, url: str, range_start: int | None) -> Attempt:
         """A request that starts: on record (outcome "in progress") with the next commit,
         whatever becomes of the process; the row is updated when it ends."""
-        attempt: dict[str, Any] = {
-            "key": os.urandom(8).hex(),
-            "started_at": time.time(),
-            "ended_at": None,
-            "url": url,
-            "range_start": range_start,
-            "status": None,
-            "bytes": 0,
-            "outcome": OPEN_ATTEMPT,
-        }
+        attempt = Attempt(time.time(), url, range_start, key=os.urandom(8).hex())
         if self.commit is not None and not self.closed:
             # No await: the request is not held up for it (a crash in the next few
             # milliseconds may leave it unlisted); the writer merges it with the task's
             # other saves. Synced first like any commit of the task (segments still write),
             # so no commit ever lands while its file has unsynced bytes.
             live.part.sync()
-            fut = self.commit.submit(Save(live.row.id, None, time.time(), attempts=[dict(attempt)]))
+            fut = self.commit.submit(
+                Save(live.row.id, None, time.time(), attempts=[attempt.copy()])
+            )
             fut.add_done_callback(ignore)
         return attempt
 
@@ -56,7 +49,7 @@ class History:
         attempt, live.attempt = live.attempt, None
         if attempt is None:
             return
-        status = attempt["status"]
+        status = attempt.status
         detail = live.machine.snap.detail
         if status in REDIRECTS and not detail.startswith("failed"):
             outcome = "redirected"
@@ -72,24 +65,24 @@ class History:
             )
         self.close(live, attempt, outcome)
 
-    def close(self, live: Live, attempt: dict[str, Any], outcome: str) -> None:
+    def close(self, live: Live, attempt: Attempt, outcome: str) -> None:
         """End one record with ``outcome``. It is written with the task's next snapshot, in
         the same transaction: every path that ends an attempt persists soon after (retry,
         finish, suspend, fail), or calls :meth:`save`."""
-        attempt["ended_at"] = time.time()
-        attempt["outcome"] = outcome
+        attempt.ended_at = time.time()
+        attempt.outcome = outcome
         live.attempts_done.append(attempt)
 
-    def take_ended(self, live: Live) -> list[dict[str, Any]]:
+    def take_ended(self, live: Live) -> list[Attempt]:
         """The ended records, for a save that carries them."""
         attempts, live.attempts_done = live.attempts_done, []
         return attempts
 
-    def for_snapshot(self, live: Live) -> list[dict[str, Any]]:
+    def for_snapshot(self, live: Live) -> list[Attempt]:
         """What a snapshot carries: the ended records and the one in flight, bytes so far."""
         attempts = self.take_ended(live)
         if live.attempt is not None:
-            attempts.append(dict(live.attempt))
+            attempts.append(live.attempt.copy())
         return attempts
 
     def save(self, live: Live) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
@@ -16,7 +15,7 @@ from bgtransfer._engine._rawbody import RawBody
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
-from bgtransfer._store._base import TaskRow
+from bgtransfer._store._base import Attempt, TaskRow
 
 __all__ = ["Live", "phase"]
 
@@ -32,8 +31,8 @@ class Live:
     slow: bool = False
     last_phase: Phase | None = None
     finished: asyncio.Event = field(default_factory=asyncio.Event)
-    attempt: dict[str, Any] | None = None  # the request in flight, for the history
-    attempts_done: list[dict[str, Any]] = field(default_factory=list)  # for the next commit
+    attempt: Attempt | None = None  # the request in flight, for the history
+    attempts_done: list[Attempt] = field(default_factory=list)  # for the next commit
     checksums: set[str] | None = None  # tus: algorithms the server offers (None: not asked)
     checksum_failures: int = 0
     slot: Slot | None = None  # the limiter slot the current attempt holds

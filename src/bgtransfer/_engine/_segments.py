@@ -59,6 +59,7 @@ from bgtransfer._protocol._segments import (
     split_largest,
 )
 from bgtransfer._redact import redact
+from bgtransfer._store._base import Attempt
 
 __all__ = ["SEGMENT_RETRIES", "run_segmented"]
 
@@ -252,7 +253,7 @@ class _Driver:
                     self._end(attempt, live.attempt, f"segment {index}: {_describe(outcome)}")
                     return outcome
                 self._end(attempt, live.attempt, f"segment {index}: {outcome.error.message}")
-                if attempt is not None and attempt["bytes"] > 0:
+                if attempt is not None and attempt.bytes > 0:
                     failures = 0
                 failures += 1
                 if failures > SEGMENT_RETRIES:
@@ -268,12 +269,10 @@ class _Driver:
             if resp is not None:
                 resp.close()
 
-    def _new_attempt(self, index: int) -> dict[str, Any]:
+    def _new_attempt(self, index: int) -> Attempt:
         return self.ctx.history.open(self.live, self.m.url, self.m.snap.segments[index][1])
 
-    def _end(
-        self, attempt: dict[str, Any] | None, first: dict[str, Any] | None, outcome: str
-    ) -> None:
+    def _end(self, attempt: Attempt | None, first: Attempt | None, outcome: str) -> None:
         # The first request's record belongs to the engine, which closes it with the task's
         # next event; the others go into the history with the next snapshot.
         if attempt is None or attempt is first:
@@ -281,7 +280,7 @@ class _Driver:
         self.ctx.history.close(self.live, attempt, outcome)
 
     async def _request(
-        self, index: int, attempt: dict[str, Any]
+        self, index: int, attempt: Attempt
     ) -> aiohttp.ClientResponse | M.Event | _Retry:
         ctx, m = self.ctx, self.m
         await ctx.pacing.wait_origin(self.live.origin)
@@ -299,7 +298,7 @@ class _Driver:
             if not failure.retryable:
                 return M.Failed(failure.error)
             return _Retry(failure.error)
-        attempt["status"] = resp.status
+        attempt.status = resp.status
         got = lower_headers(resp)
         ctx.pacing.heard(url, resp.status, got)
         answer = check_segment_response(
@@ -335,7 +334,7 @@ class _Driver:
         )
 
     async def _read(
-        self, index: int, resp: aiohttp.ClientResponse, attempt: dict[str, Any] | None
+        self, index: int, resp: aiohttp.ClientResponse, attempt: Attempt | None
     ) -> M.Event | _Retry | None:
         ctx, m, live, part = self.ctx, self.m, self.live, self.live.part
         rt = m.spec.request_timeout
@@ -348,7 +347,7 @@ class _Driver:
                 data = memoryview(chunk)[:room] if len(chunk) > room else chunk
                 part.pwrite(data, pos)
                 if attempt is not None:
-                    attempt["bytes"] += len(data)
+                    attempt.bytes += len(data)
                 # No await between pwrite and handle: the segments always match the file.
                 actions = m.handle(M.SegmentWritten(index, len(data)), now=ctx.clock())
                 if actions:

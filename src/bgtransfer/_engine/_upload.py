@@ -137,7 +137,7 @@ class Uploader:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
         )
         if live.attempt is not None:
-            live.attempt["status"] = resp.status  # the history shows the last answer
+            live.attempt.status = resp.status  # the history shows the last answer
         self.ctx.pacing.heard(url, resp.status, lower_headers(resp))
         try:
             body = await self._read_answer(live, resp)
@@ -265,7 +265,7 @@ class Uploader:
         else:
             self._drop_spool(live)
         if live.attempt is not None:
-            live.attempt["bytes"] = max(0, m.snap.offset - start)
+            live.attempt.bytes = max(0, m.snap.offset - start)
             self.ctx.history.end(live)  # before the actions: their commit carries it
         self.ctx.execute(live, after)
         if not any(isinstance(a, M.Persist) for a in after):

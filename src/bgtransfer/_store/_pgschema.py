@@ -1,0 +1,142 @@
+"""The PostgreSQL store's schema: the same tables as SQLite's (version 10 there), typed for
+PostgreSQL, plus what fleet mode needs; versioned in ``bgtransfer_schema``.
+
+Booleans stay INTEGER and times DOUBLE PRECISION (seconds since the epoch), so both backends
+share one row codec; ids sort bytewise (COLLATE "C"), as SQLite compares them, whatever
+the database's locale (prefix lookups and page cursors depend on it).
+"""
+
+from __future__ import annotations
+
+__all__ = ["EVENTS_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 2
+EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
+
+_V1 = [
+    """CREATE TABLE tasks (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    session TEXT NOT NULL,
+    path TEXT NOT NULL,
+    partial TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    overwrite INTEGER NOT NULL,
+    phase TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    "offset" BIGINT NOT NULL,
+    total BIGINT,
+    etag TEXT,
+    last_modified TEXT,
+    restarts INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    failures INTEGER NOT NULL,
+    status_code INTEGER,
+    error TEXT,
+    active_seconds DOUBLE PRECISION NOT NULL,
+    owner TEXT,
+    background INTEGER NOT NULL,
+    idempotency_key TEXT UNIQUE,
+    created_at DOUBLE PRECISION NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
+    on_complete TEXT,
+    hook_state TEXT,
+    acknowledged INTEGER NOT NULL DEFAULT 0,
+    response TEXT,
+    metadata TEXT,
+    priority INTEGER NOT NULL DEFAULT 1,
+    not_before DOUBLE PRECISION
+)""",
+    """CREATE TABLE events (
+    cursor BIGSERIAL PRIMARY KEY,
+    session TEXT NOT NULL,
+    task_id TEXT COLLATE "C" NOT NULL,
+    state TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    bytes_received BIGINT NOT NULL,
+    bytes_expected BIGINT,
+    error TEXT,
+    at DOUBLE PRECISION NOT NULL
+)""",
+    """CREATE TABLE attempts (
+    task_id TEXT COLLATE "C" NOT NULL,
+    n INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    url TEXT NOT NULL,
+    range_start BIGINT,
+    status INTEGER,
+    bytes BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    key TEXT,
+    PRIMARY KEY (task_id, n)
+)""",
+    "CREATE INDEX events_session ON events(session, cursor)",
+    "CREATE INDEX events_task ON events(task_id, cursor)",
+    "CREATE INDEX tasks_session ON tasks(session, created_at)",
+    "CREATE INDEX tasks_created ON tasks(created_at, id)",
+    "CREATE INDEX tasks_session_phase ON tasks(session, phase, created_at, id)",
+    "CREATE INDEX tasks_queue ON tasks(phase, background, priority, created_at, id)",
+    "CREATE INDEX tasks_not_before ON tasks(not_before) WHERE not_before IS NOT NULL",
+    "CREATE INDEX tasks_hooks ON tasks(hook_state) WHERE hook_state IS NOT NULL",
+    # One live task per destination: two tasks writing one file is how files get corrupted.
+    "CREATE UNIQUE INDEX tasks_live_path ON tasks(path) WHERE phase != 'done' AND partial != ''",
+    """CREATE TABLE jobs (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    session TEXT NOT NULL,
+    url TEXT NOT NULL,
+    path TEXT NOT NULL,
+    every DOUBLE PRECISION NOT NULL,
+    anchor DOUBLE PRECISION NOT NULL,
+    next_run DOUBLE PRECISION NOT NULL,
+    options TEXT NOT NULL,
+    etag TEXT,
+    last_modified TEXT,
+    last_task TEXT,
+    created_at DOUBLE PRECISION NOT NULL
+)""",
+    "CREATE INDEX jobs_next ON jobs(next_run)",
+    """CREATE TABLE job_runs (
+    job_id TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    scheduled_for DOUBLE PRECISION NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    finished_at DOUBLE PRECISION,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    PRIMARY KEY (job_id, n)
+)""",
+    "CREATE INDEX job_runs_task ON job_runs(task_id)",
+    "CREATE TABLE limits (origin TEXT PRIMARY KEY, rate BIGINT NOT NULL)",
+    "CREATE TABLE cooldowns (origin TEXT PRIMARY KEY, until DOUBLE PRECISION NOT NULL, "
+    "reason TEXT NOT NULL)",
+]
+
+# Fleet mode: a worker holds a task by a lease that expires unless renewed; each claim bumps
+# the generation, the fencing token every commit of the holder must still match.
+_V2 = [
+    "ALTER TABLE tasks ADD COLUMN lease_owner TEXT",
+    "ALTER TABLE tasks ADD COLUMN lease_expires DOUBLE PRECISION",
+    "ALTER TABLE tasks ADD COLUMN generation BIGINT NOT NULL DEFAULT 0",
+    "CREATE INDEX tasks_lease ON tasks(lease_expires) "
+    "WHERE lease_owner IS NOT NULL AND phase != 'done'",
+    # State events wake listeners on other hosts (no polling loop): one notification per
+    # session per transaction (PostgreSQL folds equal ones), sent when the commit lands.
+    "CREATE FUNCTION bgtransfer_event_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{EVENTS_CHANNEL}', NEW.session); RETURN NULL; END $$",
+    "CREATE TRIGGER events_notify AFTER INSERT ON events FOR EACH ROW "
+    "EXECUTE FUNCTION bgtransfer_event_notify()",
+    # The workers, for `status`: who is there, where, and when it was last heard of.
+    """CREATE TABLE workers (
+    name TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at DOUBLE PRECISION NOT NULL,
+    last_seen DOUBLE PRECISION NOT NULL
+)""",
+]
+
+# MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2}
