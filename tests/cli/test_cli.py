@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 import bgtransfer
-from bgtransfer.cli._transfer import name_from_url
+from bgtransfer.cli._submit import name_from_url
 from bgtransfer.testing import FaultServer, gen_bytes
-from tests.daemon.conftest import kill_daemon
+from tests.daemon.conftest import kill_daemon, kill_every_daemon
 
 CONTRACT_FIELDS = {
     "id", "session", "url", "path", "state", "bytes_received", "bytes_expected",
@@ -30,6 +30,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
     h.mkdir(mode=0o700)
     yield h
     kill_daemon(h)
+    kill_every_daemon(h)
 
 
 def bgt(home: Path, *args: str, cwd: Path | None = None, timeout: float = 60,
@@ -225,7 +226,9 @@ def test_get_in_a_terminal_draws_a_bar_and_ctrl_c_detaches(
     server: FaultServer, home: Path, tmp_path: Path, key: str
 ) -> None:
     sock = f"bgt-{key}"
-    url = server.url(f"/gen/8M?rate=1500000&cut=2000000&times=1&key={key}")
+    # 1 MB/s: the resume is seen about 6 s before the end, so that Ctrl-C comes while the
+    # transfer runs even when a loaded machine is slow to show it (at 1.5 MB/s: 4 s).
+    url = server.url(f"/gen/8M?rate=1000000&cut=2000000&times=1&key={key}")
     dest = tmp_path / "tty.bin"
     cmd = (
         f"PYTHONPATH={os.pathsep.join(sys.path)} {sys.executable} -m bgtransfer --home {home} "
@@ -240,7 +243,9 @@ def test_get_in_a_terminal_draws_a_bar_and_ctrl_c_detaches(
     tmux("new-session", "-d", "-x", "120", "-y", "30", cmd)
     try:
         screen = ""
-        deadline = time.monotonic() + 20
+        # Bounded waits on what the screen shows, generous for a loaded machine (starting
+        # the daemon there can take many seconds): they end as soon as it is shown.
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             screen = tmux("capture-pane", "-p")
             if "MiB" in screen and "resum" in screen:
@@ -250,7 +255,7 @@ def test_get_in_a_terminal_draws_a_bar_and_ctrl_c_detaches(
         assert "tty.bin" in screen, screen
         assert "resum" in screen or "retrying" in screen, screen
         tmux("send-keys", "C-c")
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             screen = tmux("capture-pane", "-p")
             if "EXIT=" in screen:

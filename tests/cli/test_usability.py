@@ -26,7 +26,7 @@ import bgtransfer
 from bgtransfer.cli._app import cli
 from bgtransfer.testing import FaultServer, gen_bytes
 from tests.cli.test_cli import bgt
-from tests.daemon.conftest import kill_daemon
+from tests.daemon.conftest import kill_daemon, kill_every_daemon
 
 
 @pytest.fixture
@@ -35,6 +35,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
     h.mkdir(mode=0o700)
     yield h
     kill_daemon(h)
+    kill_every_daemon(h)
 
 
 def no_traceback(r: subprocess.CompletedProcess[str]) -> None:

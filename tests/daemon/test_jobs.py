@@ -32,6 +32,25 @@ def wait_runs(job: bgtransfer.Job, n: int, timeout: float = 30.0) -> list[dict[s
         time.sleep(0.1)
 
 
+def wait_cooldown(home: Path, origin: str, timeout: float) -> bool:
+    """Whether the store records a cool-down of ``origin`` within ``timeout`` s (read-only)."""
+    import sqlite3
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        con = sqlite3.connect(f"file:{home / 'bgtransfer.sqlite3'}?mode=ro", uri=True)
+        try:
+            rows = con.execute("SELECT origin FROM cooldowns").fetchall()
+        except sqlite3.OperationalError:  # locked by a writer for a moment
+            rows = []
+        finally:
+            con.close()
+        if (origin,) in rows:
+            return True
+        time.sleep(0.02)
+    return False
+
+
 def test_runs_are_conditional_gets_304_leaves_the_file_200_replaces_it(
     server: FaultServer, home: Path, tmp_path: Path, key: str
 ) -> None:
@@ -285,7 +304,8 @@ def test_an_origin_cool_down_survives_a_daemon_sigkill(
             assert time.monotonic() < deadline
             time.sleep(0.02)
         (told,) = [r for r in server.requests() if r.query.get("key") == key + "a"]
-        time.sleep(0.3)  # the cool-down is committed right after the answer
+        # The cool-down is committed right after the answer: the kill must come after it.
+        assert wait_cooldown(home, origin_key(server.base_url), 20)
     assert kill_daemon(home) is not None
     with bgtransfer.Session("app", home=home) as s:
         second = s.download(server.url(f"/gen/1K?key={key}b"), tmp_path / "b.bin")

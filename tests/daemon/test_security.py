@@ -25,7 +25,7 @@ import pytest
 import bgtransfer
 from bgtransfer.testing import FaultServer
 
-from .conftest import daemon_pid, kill_daemon, run_cli
+from .conftest import daemon_connections, daemon_pid, kill_daemon, run_cli
 
 OTHER = 65534  # nobody
 as_root = pytest.mark.skipif(
@@ -406,7 +406,8 @@ def test_a_stopped_daemon_is_reported_not_doubled(
         text=True,
         env=env_with(),
     )
-    time.sleep(1.0)  # the waiter is in its long poll
+    # The waiter is in its long poll: the only client of the daemon now.
+    assert wait_for(lambda: waiter.poll() is None and daemon_connections(home) >= 1, 30)
     os.kill(pid, signal.SIGSTOP)
     try:
         t0 = time.monotonic()

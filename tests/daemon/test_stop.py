@@ -5,6 +5,7 @@ instead of starting the daemon again."""
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 import bgtransfer
 from bgtransfer.testing import FaultServer
 
-from .conftest import daemon_pid, run_cli
+from .conftest import daemon_connections, daemon_pid, run_cli
 
 EVENTS = """
 import asyncio, sys, bgtransfer
@@ -35,6 +36,13 @@ with bgtransfer.Session("stop", home=sys.argv[1]) as s:
     except bgtransfer.DaemonStopped as exc:
         print("DaemonStopped:", exc.message, flush=True)
 """
+
+
+def first_line(p: subprocess.Popen[str], timeout: float) -> str:
+    """The first line ``p`` writes on stdout, or "" if none comes within ``timeout`` s."""
+    assert p.stdout is not None
+    ready, _, _ = select.select([p.stdout], [], [], timeout)
+    return p.stdout.readline() if ready else ""
 
 
 def test_daemon_stop_ends_every_waiter_and_none_restarts_it(
@@ -62,7 +70,14 @@ def test_daemon_stop_ends_every_waiter_and_none_restarts_it(
         for name, argv in waiters.items()
     }
     try:
-        time.sleep(2.5)  # every waiter is connected (or polling)
+        # Every waiter has talked to this daemon (one that had not would start it again):
+        # the two that print have printed, and the long polls are open.
+        for name in ("watch", "events()"):
+            assert first_line(procs[name], 60), (name, procs[name].poll())
+        deadline = time.monotonic() + 60
+        while daemon_connections(home) < 5:
+            assert time.monotonic() < deadline, daemon_connections(home)
+            time.sleep(0.05)
         for name, p in procs.items():
             assert p.poll() is None, (name, p.communicate())
         t0 = time.monotonic()

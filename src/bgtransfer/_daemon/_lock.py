@@ -66,14 +66,33 @@ def lock_holder(home: str) -> int | None:
         os.close(fd)
 
 
-def process_stopped(pid: int) -> bool:
-    """Whether ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger): it cannot answer."""
+TRACED_LOOKS = 10  # looks at a process in tracing stop, TRACED_INTERVAL apart
+TRACED_INTERVAL = 0.05
+
+
+def _state(pid: int) -> bytes:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rsplit(b")", 1)[1].split()[0]
+            return f.read().rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
-    return state in (b"T", b"t")
+        return b""
+
+
+def process_stopped(pid: int) -> bool:
+    """Whether ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger): it cannot answer.
+
+    "T" (stopped by a signal) lasts until SIGCONT: one look says so. "t" (tracing stop) is
+    a debugger holding the process, or only a moment at a system call of a process under
+    strace: that one counts as stopped only if it stays so through looks over ~0.5 s.
+    """
+    state = _state(pid)
+    if state != b"t":
+        return state == b"T"
+    for _ in range(TRACED_LOOKS - 1):
+        time.sleep(TRACED_INTERVAL)
+        if _state(pid) not in (b"t", b"T"):
+            return False
+    return True
 
 
 def mark_stopped(home: str) -> None:

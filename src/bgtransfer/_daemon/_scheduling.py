@@ -14,23 +14,19 @@ POST     /v1/limits                       {"global": RATE|null} or {"origin": UR
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
+from bgtransfer._daemon._context import Parts
 from bgtransfer._exceptions import InvalidRequest, TaskNotFound
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._validate import check_url
 from bgtransfer._scheduling import check_rate
 from bgtransfer._store._jobs import JobRow
 
-if TYPE_CHECKING:
-    from bgtransfer._daemon._server import Daemon
-
 __all__ = ["add_routes"]
 
 
-def _find(daemon: Daemon, ident: str) -> JobRow:
+def _find(daemon: Parts, ident: str) -> JobRow:
     store = daemon.store
     job = store.get_job(ident)
     if job is not None:
@@ -42,7 +38,7 @@ def _find(daemon: Daemon, ident: str) -> JobRow:
     raise TaskNotFound(f"job id {ident!r} {why}", task_id=ident)
 
 
-def add_routes(app: web.Application, daemon: Daemon) -> None:
+def add_routes(app: web.Application, daemon: Parts) -> None:
     async def create(request: web.Request) -> web.Response:
         body = await request.json()
         if not isinstance(body, dict):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import os
 import signal
@@ -43,29 +43,20 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from bgtransfer import __version__
+from bgtransfer._daemon._context import STOPPED_MESSAGE, Parts
+from bgtransfer._daemon._event_routes import events
 from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._daemon._lock import clear_stopped, mark_stopped, take_lock
 from bgtransfer._daemon._paths import daemon_lock, socket_path
 from bgtransfer._daemon._scheduling import add_routes as add_scheduling_routes
-from bgtransfer._daemon._stream import (
-    REPLAY_LIMIT,
-    EventLines,
-    acknowledge,
-    kinds_of,
-    phases_of,
-)
+from bgtransfer._daemon._task_routes import TaskRoutes
 from bgtransfer._daemon._watch import WATCH_INTERVAL, HomeWatch
 from bgtransfer._daemon._wire import (
     HEADER_TIMEOUT,
     MAX_BODY,
     error_response,
     http_error_code,
-    json_body,
-    query_int,
-    query_number,
 )
-from bgtransfer._engine import _forget as forget
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._jobs import JobRunner
 from bgtransfer._exceptions import (
@@ -78,20 +69,12 @@ from bgtransfer._exceptions import (
     TransferError,
     UnsafeHome,
 )
-from bgtransfer._models import PHASE_STATE, TaskState
+from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
-from bgtransfer._tasks import (
-    DOWNLOAD_OPTIONS,
-    UPLOAD_OPTIONS,
-    build_row,
-    build_upload_row,
-    check_key,
-    row_to_wire,
-    same_request,
-    same_target,
-)
+from bgtransfer._trust import prepare_home
+from bgtransfer._version import __version__
 
 __all__ = ["STORE_NAME", "main"]
 
@@ -103,9 +86,6 @@ HOOK_TIMEOUT = 60.0
 # and the store replays the state events it missed (progress is not replayed). Twice the
 # largest batch submit, whose "queued" events arrive in one burst; at most ~10 MB.
 EVENT_QUEUE = 20_000
-# A subscriber that takes no bytes for this long is dropped.
-EVENT_WRITE_TIMEOUT = 30.0
-STOPPED_MESSAGE = "the daemon was stopped"
 FAILED_PREFIX = "bgtransfer: daemon failed: "
 
 _STATUS: list[tuple[type[TransferError], int]] = [
@@ -179,6 +159,14 @@ class Daemon:
         self.hook_timeout = float(_env_int("BGTRANSFER_HOOK_TIMEOUT", int(HOOK_TIMEOUT)))
         self.event_queue = _env_int("BGTRANSFER_EVENT_QUEUE", EVENT_QUEUE)
         self.jobs = JobRunner(self.engine)
+        self.parts = Parts(
+            home=home,
+            store=self.store,
+            engine=self.engine,
+            jobs=self.jobs,
+            stopping=self.stopping,
+            event_queue=self.event_queue,
+        )
 
     # -- every request ---------------------------------------------------------------------
 
@@ -227,8 +215,6 @@ class Daemon:
     async def status(self, request: web.Request) -> web.Response:
         counts = {s.value: 0 for s in TaskState}
         for phase, n in self.store.counts().items():
-            from bgtransfer._models import Phase
-
             counts[PHASE_STATE[Phase(phase)].value] += n
         return web.json_response(
             {
@@ -244,286 +230,6 @@ class Daemon:
                 },
             }
         )
-
-    def _build(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
-        """A validated new row for one submit item, or the id of its earlier twin (same
-        idempotency key in the same session, submitted before or earlier in ``batch``)."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("a task must be a JSON object")
-        upload = body.get("kind", "download") == "upload"
-        allowed = UPLOAD_OPTIONS if upload else DOWNLOAD_OPTIONS
-        known = {"kind", "session", "url", "path", "idempotency_key", *allowed}
-        if not upload:
-            known.add("umask")  # the submitting process's: the finished file's mode
-        unknown = set(body) - known
-        if unknown:
-            raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        session, key = body.get("session"), check_key(body.get("idempotency_key"))
-        if not isinstance(session, str) or not session:
-            raise InvalidRequest(f"session must be a non-empty string: {session!r}")
-        path = body.get("path")
-        if isinstance(path, str) and not os.path.isabs(path):
-            # Resolved here it would name a file under the daemon's working directory.
-            raise InvalidRequest(
-                f"path must be absolute (the daemon does not know the caller's working "
-                f"directory): {path!r}"
-            )
-        options = {k: body[k] for k in allowed if k in body}
-        for pairs in ("headers", "form_fields"):
-            if isinstance(options.get(pairs), list):
-                options[pairs] = [tuple(h) for h in options[pairs]]
-        # The earlier twin is looked up before the target is checked: a repeated submit
-        # finds its own finished file there, and gets its task back.
-        existing = None
-        if key is not None:
-            existing = (batch or {}).get(key) or self.store.find_key(session, key)
-        try:
-            if upload:
-                row = build_upload_row(
-                    session, body.get("path"), body.get("url"), background=True,
-                    idempotency_key=key, **options,
-                )  # fmt: skip
-            else:
-                row = build_row(
-                    session, body.get("url"), path, background=True, idempotency_key=key,
-                    check_exists=existing is None, umask=body.get("umask"), **options,
-                )  # fmt: skip
-        except InvalidRequest:
-            kind = "upload" if upload else "download"
-            if existing is not None and same_target(
-                existing, kind, body.get("url"), body.get("path")
-            ):
-                return existing.id
-            raise
-        if existing is not None:
-            same_request(existing, row)
-            return existing.id
-        if key is not None and batch is not None:
-            batch[key] = row
-        return row
-
-    async def submit(self, request: web.Request) -> web.Response:
-        """One task (an object), or many at once (``{"tasks": [...]}``, one transaction).
-
-        No await between the key lookup and the insert: submits are serialised by the
-        event loop, so two clients racing with one key get one task.
-        """
-        body = await json_body(request)
-        if isinstance(body, dict) and set(body) == {"tasks"}:
-            items = body["tasks"]
-            if not isinstance(items, list) or not 1 <= len(items) <= 10_000:
-                raise InvalidRequest("tasks must be a list of 1 to 10000 task objects")
-            batch: dict[str, TaskRow] = {}
-            built = [self._build(item, batch) for item in items]  # all validated first
-            new = list({b.id: b for b in built if isinstance(b, TaskRow)}.values())
-            if new:
-                self.engine.submit_many(new)
-            ids = [b if isinstance(b, str) else b.id for b in built]
-            return web.json_response(
-                {"tasks": [row_to_wire(self.engine.get(i)) for i in ids]}, status=201
-            )
-        built_one = self._build(body)
-        if isinstance(built_one, str):
-            return web.json_response(row_to_wire(self.engine.get(built_one)))
-        self.engine.submit(built_one)
-        return web.json_response(row_to_wire(self.engine.get(built_one.id)), status=201)
-
-    async def list_tasks(self, request: web.Request) -> web.Response:
-        """All tasks, a page (``limit``, ``offset``), or the ids starting with ``prefix``."""
-        q = request.query
-        session = q.get("session")
-        prefix = q.get("prefix")
-        if q.get("key") is not None and session is not None:
-            twin = self.store.find_key(session, q["key"])
-            rows = [] if twin is None else [twin]
-        elif prefix is not None:
-            rows = [
-                r for r in self.store.find_prefix(prefix.lower()) if session in (None, r.session)
-            ]
-        elif {"state", "since", "after"} & set(q):
-            rows = self.store.page(
-                session,
-                phases=phases_of(q.getall("state", [])),
-                since=None if q.get("since") is None else query_number(request, "since", 0.0),
-                after=q.get("after"),
-                limit=query_int(request, "limit", -1),
-            )
-        else:
-            limit, offset = query_int(request, "limit", -1), query_int(request, "offset", 0)
-            if limit < -1 or offset < 0:
-                raise InvalidRequest("limit and offset must not be negative")
-            rows = self.store.list(session, limit=limit, offset=offset)
-        return web.json_response([row_to_wire(self.engine.get(r.id)) for r in rows])
-
-    async def get_task(self, request: web.Request) -> web.Response:
-        return web.json_response(row_to_wire(self.engine.get(request.match_info["id"])))
-
-    async def control(self, request: web.Request) -> web.Response:
-        task_id, verb = request.match_info["id"], request.match_info["verb"]
-        if verb == "suspend":
-            await self.engine.suspend(task_id)
-        elif verb == "resume":
-            await self.engine.resume(task_id)
-        elif verb == "cancel":
-            await self.engine.cancel(task_id)
-        elif verb == "ack":
-            acknowledge(self.engine, task_id)
-        else:
-            raise web.HTTPNotFound(text=f"unknown action {verb!r}")
-        return web.json_response(row_to_wire(self.engine.get(task_id)))
-
-    async def remove(self, request: web.Request) -> web.Response:
-        """Forget a finished task (409 invalid_transition while it runs); its file stays."""
-        task_id = request.match_info["id"]
-        await forget.remove(self.engine, task_id)
-        return web.json_response({"removed": [task_id]})
-
-    async def prune(self, request: web.Request) -> web.Response:
-        """``{"older_than": S | null, "session": S | null}``: forget every finished task
-        that finished at least S seconds ago (of that session)."""
-        body = await request.json()
-        if not isinstance(body, dict) or set(body) - {"older_than", "session"}:
-            raise InvalidRequest('prune takes {"older_than": seconds, "session": name}')
-        older, session = body.get("older_than"), body.get("session")
-        if older is not None and (
-            not isinstance(older, int | float) or isinstance(older, bool) or older < 0
-        ):
-            raise InvalidRequest(f"older_than must be a number of seconds >= 0: {older!r}")
-        if session is not None and not isinstance(session, str):
-            raise InvalidRequest(f"session must be a string: {session!r}")
-        before = None if older is None else time.time() - older
-        removed = forget.prune(self.engine, before=before, session=session)
-        return web.json_response({"removed": removed})
-
-    async def attempts(self, request: web.Request) -> web.Response:
-        history = self.engine.attempts(request.match_info["id"])
-        for a in history:
-            a["url"], a["outcome"] = redact(a["url"] or ""), redact(a["outcome"] or "")
-        return web.json_response(history)
-
-    async def wait_many(self, request: web.Request) -> web.Response:
-        """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
-        or S seconds passed, with all their rows: one long poll for a whole batch."""
-        body = await json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
-            raise InvalidRequest('wait needs {"ids": [...], "timeout": seconds}')
-        ids = body["ids"]
-        if not 1 <= len(ids) <= 10_000 or not all(isinstance(i, str) for i in ids):
-            raise InvalidRequest("ids must be a list of 1 to 10000 task ids")
-        timeout = body.get("timeout", 30)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool):
-            raise InvalidRequest(f"timeout must be a number of seconds: {timeout!r}")
-        if not 0 <= timeout <= 300:
-            raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        for task_id in ids:
-            self.engine.get(task_id)  # unknown ids: 404 now, not after the wait
-
-        async def every() -> None:
-            for task_id in ids:
-                await self.engine.wait(task_id)
-
-        await self._wait_or_stop(every(), timeout)
-        return web.json_response({"tasks": [row_to_wire(self.engine.get(i)) for i in ids]})
-
-    async def wait(self, request: web.Request) -> web.Response:
-        task_id = request.match_info["id"]
-        timeout = query_number(request, "timeout", 30.0)
-        if not 0 <= timeout <= 300:
-            raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        self.engine.get(task_id)
-        await self._wait_or_stop(self.engine.wait(task_id), timeout)
-        return web.json_response(row_to_wire(self.engine.get(task_id)))
-
-    async def _wait_or_stop(self, work: Awaitable[object], timeout: float) -> None:
-        """Await ``work`` for at most ``timeout`` s; a stop of the daemon ends every long poll
-        at once with 503 ``daemon_stopped`` (so a stop does not wait for its waiters)."""
-        job = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({job, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            job.cancel()
-            stop.cancel()
-        if self.stopping.is_set():
-            raise DaemonStopped(STOPPED_MESSAGE)
-        if job.done() and not job.cancelled():
-            job.result()
-
-    async def events(self, request: web.Request) -> web.StreamResponse:
-        """NDJSON: a replay, a ``replay_end`` line with the cursor where it ended, then live.
-
-        ``since`` absent: the completion of every finished, unacknowledged task; ``since=C``:
-        every state event after cursor C except acknowledged completions. ``kinds=state,
-        progress`` filters; ``completions=1`` streams only completions, each with its task.
-        A stop ends the stream with one last line ``{"error": {"code": "daemon_stopped",
-        ...}}``; a subscriber that falls EVENT_QUEUE events behind, or takes no bytes for
-        EVENT_WRITE_TIMEOUT, gets its stream ended (it reconnects from its cursor) so it
-        cannot grow the daemon's memory.
-        """
-        session = request.query.get("session")
-        if not session:
-            raise InvalidRequest("events need a session")
-        since = None if "since" not in request.query else query_int(request, "since", 0)
-        follow = request.query.get("follow", "1") != "0"
-        only_done = request.query.get("completions", "0") == "1"
-        kinds = kinds_of(request.query.get("kinds"))
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-
-        async def send(data: bytes) -> None:
-            async with asyncio.timeout(EVENT_WRITE_TIMEOUT):
-                await resp.write(data)
-
-        queue = self.engine.subscribe(self.event_queue)
-        lines = EventLines(self.engine, with_task=only_done)
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            last = self.store.last_cursor()  # read before the replay: nothing falls between
-            if since is None or only_done:
-                # Replay what an app that was away must learn: unacknowledged completions.
-                replay = self.store.unacknowledged_completions(session)
-            else:
-                replay = self.store.events_since(session, since, limit=REPLAY_LIMIT)
-                if len(replay) == REPLAY_LIMIT:  # the rest comes after a reconnect
-                    last = replay[-1].cursor
-            for ev in replay:
-                last = max(last, ev.cursor)
-                if "state" in kinds:
-                    await send(lines.stored(ev))
-            await send(json.dumps({"kind": "replay_end", "cursor": last}).encode() + b"\n")
-            while follow:
-                if self.stopping.is_set():
-                    stopped = {"error": {"code": DaemonStopped.code, "message": STOPPED_MESSAGE}}
-                    await send(json.dumps(stopped).encode() + b"\n")
-                    break
-                if queue.empty() and not self.engine.subscribed(queue):
-                    log.warning("events: dropped a subscriber of %r that fell behind", session)
-                    break
-                get = asyncio.ensure_future(queue.get())
-                await asyncio.wait({get, stop}, timeout=15, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done():
-                    get.cancel()
-                    if not self.stopping.is_set():
-                        await send(b"\n")  # keep-alive; also detects a gone client
-                    continue
-                live = get.result()
-                if live.session != session:
-                    continue
-                if live.cursor is not None and live.cursor <= last:
-                    continue
-                if live.cursor is not None:
-                    last = live.cursor
-                if live.kind not in kinds or (only_done and live.state is not TaskState.COMPLETED):
-                    continue
-                await send(lines.live(live))
-        except TimeoutError:
-            log.warning("events: dropped a subscriber of %r that stopped reading", session)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
-        finally:
-            stop.cancel()
-            self.engine.unsubscribe(queue)
-        return resp
 
     async def shutdown(self, request: web.Request) -> web.Response:
         self.request_stop()
@@ -541,18 +247,10 @@ class Daemon:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
         app.router.add_get("/v1/status", self.status)
-        app.router.add_post("/v1/tasks", self.submit)
-        app.router.add_get("/v1/tasks", self.list_tasks)
-        app.router.add_get("/v1/tasks/{id}", self.get_task)
-        app.router.add_delete("/v1/tasks/{id}", self.remove)
-        app.router.add_post("/v1/prune", self.prune)
-        app.router.add_get("/v1/tasks/{id}/wait", self.wait)
-        app.router.add_post("/v1/wait", self.wait_many)
-        app.router.add_get("/v1/tasks/{id}/attempts", self.attempts)
-        app.router.add_post("/v1/tasks/{id}/{verb}", self.control)
-        app.router.add_get("/v1/events", self.events)
+        TaskRoutes(self.parts).add_routes(app)
+        app.router.add_get("/v1/events", functools.partial(events, self.parts))
         app.router.add_post("/v1/shutdown", self.shutdown)
-        add_scheduling_routes(app, self)
+        add_scheduling_routes(app, self.parts)
         return app
 
     async def _watch(self, watch: HomeWatch) -> None:
@@ -641,9 +339,10 @@ def main(home: str) -> int:
     A daemon that cannot start (a corrupt store, a read-only home) ends with exit status 1
     and one line on stderr that says why: the last line of the log a client quotes.
     """
-    from bgtransfer._session import resolve_home
-
-    home = resolve_home(home)
+    # The caller (``bgtransfer daemon run``) resolved the home; it is checked again here,
+    # the daemon's own precondition (not through the public API: the daemon is below it).
+    home = os.path.abspath(os.path.expanduser(home))
+    prepare_home(home)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])

@@ -7,14 +7,17 @@ from collections.abc import Sequence
 
 import click
 
-from bgtransfer._exceptions import DaemonStopped, UnsafeHome
+from bgtransfer import DaemonStopped, UnsafeHome
 from bgtransfer.cli import (  # noqa: F401 - registers the commands
+    _control,
+    _follow,
     _remove,
     _schedule,
-    _transfer,
+    _show,
+    _submit,
 )
 from bgtransfer.cli._app import cli
-from bgtransfer.cli._transfer import EXIT_DAEMON, EXIT_STOPPED
+from bgtransfer.cli._common import EXIT_DAEMON, EXIT_STOPPED
 
 EXIT_USAGE = 64
 

@@ -10,11 +10,10 @@ from typing import Any
 
 import click
 
+from bgtransfer import DaemonStopped, resolve_home
 from bgtransfer._client import DaemonClient, DaemonUnavailable
 from bgtransfer._daemon._lock import lock_holder
 from bgtransfer._daemon._paths import socket_path
-from bgtransfer._exceptions import DaemonStopped
-from bgtransfer._session import resolve_home
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 3

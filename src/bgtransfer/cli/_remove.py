@@ -8,18 +8,18 @@ from typing import Any
 
 import click
 
+from bgtransfer import InvalidTransition
 from bgtransfer._client import DaemonClient
-from bgtransfer._exceptions import InvalidTransition
 from bgtransfer.cli._app import cli, home_of
+from bgtransfer.cli._common import EXIT_STATE, CliError, handled, resolve, run
 from bgtransfer.cli._narrate import duration
-from bgtransfer.cli._transfer import EXIT_STATE, CliError, _handled, _run, resolve
 
 
 @cli.command("rm")
 @click.argument("task_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="The removed ids as a JSON array.")
 @click.pass_context
-@_handled
+@handled
 def rm(ctx: click.Context, task_ids: tuple[str, ...], as_json: bool) -> int:
     """Forget finished transfers (ids or unique prefixes); their files stay.
 
@@ -50,7 +50,7 @@ def rm(ctx: click.Context, task_ids: tuple[str, ...], as_json: bool) -> int:
         return removed
 
     try:
-        removed = _run(home_of(ctx), go)
+        removed = run(home_of(ctx), go)
     except InvalidTransition as exc:  # pragma: no cover - raced with a resume
         raise CliError(exc.message, EXIT_STATE) from None
     _report(removed, as_json)
@@ -74,7 +74,7 @@ def rm(ctx: click.Context, task_ids: tuple[str, ...], as_json: bool) -> int:
 @click.option("--session", default=None, help="Only this session's transfers.")
 @click.option("--json", "as_json", is_flag=True, help="The removed ids as a JSON array.")
 @click.pass_context
-@_handled
+@handled
 def prune(
     ctx: click.Context, completed: bool, older_than: float | None, session: str | None,
     as_json: bool,
@@ -89,7 +89,7 @@ def prune(
       bgtransfer prune --completed --older-than 7d
     """
     body: dict[str, Any] = {"older_than": older_than, "session": session}
-    answer = _run(home_of(ctx), lambda c: c.call("POST", "/v1/prune", body=body))
+    answer = run(home_of(ctx), lambda c: c.call("POST", "/v1/prune", body=body))
     _report(list(answer["removed"]), as_json)
     return 0
 

@@ -11,8 +11,9 @@ import click
 from bgtransfer._protocol._schedule import PRIORITIES, parse_duration
 from bgtransfer._scheduling import local_time
 from bgtransfer.cli._app import cli, home_of
+from bgtransfer.cli._common import DEFAULT_SESSION, handled, run
 from bgtransfer.cli._options import RATE, WHEN, rate_or_off
-from bgtransfer.cli._transfer import DEFAULT_SESSION, _handled, _run, submit_body
+from bgtransfer.cli._submit import absolute, header_pairs
 
 __all__ = ["jobs", "limit", "schedule", "unschedule"]
 
@@ -54,7 +55,7 @@ def _every(text: str) -> float:
 )
 @click.option("--json", "as_json", is_flag=True, help="The job as JSON on stdout.")
 @click.pass_context
-@_handled
+@handled
 def schedule(
     ctx: click.Context,
     url: str,
@@ -78,13 +79,21 @@ def schedule(
       bgtransfer jobs
       bgtransfer unschedule 3f2a
     """
-    body = submit_body(url, output, headers, session, every=_every(every), start_at=start_at)
-    body.pop("idempotency_key", None)
+    period = _every(every)
+    body: dict[str, Any] = {
+        "session": session,
+        "url": url,
+        "path": absolute(output),
+        "headers": [list(p) for p in header_pairs(headers)],
+        "every": period,
+    }
+    if start_at is not None:
+        body["start_at"] = start_at
     if limit_rate is not None:
         body["max_rate"] = limit_rate
     if priority is not None:
         body["priority"] = priority
-    job = _run(home_of(ctx), lambda c: c.call("POST", "/v1/jobs", body=body))
+    job = run(home_of(ctx), lambda c: c.call("POST", "/v1/jobs", body=body))
     if as_json:
         click.echo(json.dumps(job, sort_keys=True))
     else:
@@ -97,11 +106,11 @@ def schedule(
 @click.option("--session", default=None, help="Only this session's jobs.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array on stdout (with runs).")
 @click.pass_context
-@_handled
+@handled
 def jobs(ctx: click.Context, session: str | None, as_json: bool) -> int:
     """List background fetch jobs with their next run and last outcome."""
     params = {"session": session} if session else None
-    found = _run(home_of(ctx), lambda c: c.call("GET", "/v1/jobs", params=params))
+    found = run(home_of(ctx), lambda c: c.call("GET", "/v1/jobs", params=params))
     if as_json:
         click.echo(json.dumps(found, sort_keys=True))
         return 0
@@ -121,10 +130,10 @@ def jobs(ctx: click.Context, session: str | None, as_json: bool) -> int:
 @cli.command()
 @click.argument("job_id")
 @click.pass_context
-@_handled
+@handled
 def unschedule(ctx: click.Context, job_id: str) -> int:
     """Remove a background fetch job (a run in progress finishes; the file stays)."""
-    done = _run(home_of(ctx), lambda c: c.call("DELETE", f"/v1/jobs/{quote(job_id)}"))
+    done = run(home_of(ctx), lambda c: c.call("DELETE", f"/v1/jobs/{quote(job_id)}"))
     click.echo(f"unscheduled {done['id']}", err=True)
     return 0
 
@@ -153,7 +162,7 @@ def _human_rate(rate: int | None) -> str:
 )
 @click.option("--json", "as_json", is_flag=True, help="The limits as JSON on stdout.")
 @click.pass_context
-@_handled
+@handled
 def limit(
     ctx: click.Context, global_rate: str | None, origin: tuple[str, str] | None, as_json: bool
 ) -> int:
@@ -170,13 +179,13 @@ def limit(
     out: dict[str, Any] | None = None
     if global_rate is not None:
         body: dict[str, Any] = {"global": rate_or_off(global_rate)}
-        out = _run(home, lambda c: c.call("POST", "/v1/limits", body=body))
+        out = run(home, lambda c: c.call("POST", "/v1/limits", body=body))
     if origin is not None:
         url, rate = origin
         body2 = {"origin": url, "rate": rate_or_off(rate)}
-        out = _run(home, lambda c: c.call("POST", "/v1/limits", body=body2))
+        out = run(home, lambda c: c.call("POST", "/v1/limits", body=body2))
     if out is None:
-        out = _run(home, lambda c: c.call("GET", "/v1/limits"))
+        out = run(home, lambda c: c.call("GET", "/v1/limits"))
     if as_json:
         click.echo(json.dumps(out, sort_keys=True))
         return 0

@@ -1,0 +1,366 @@
+"""Submitting commands: get, add (downloads) and put (uploads), and the file names they make."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import unicodedata
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import click
+
+from bgtransfer import InvalidRequest
+from bgtransfer._protocol._schedule import parse_size
+from bgtransfer._protocol._validate import check_url
+from bgtransfer._tasks import body_of, build_row, build_upload_row
+from bgtransfer.cli._app import cli, home_of
+from bgtransfer.cli._common import (
+    DEFAULT_SESSION,
+    EXIT_FAILED,
+    EXIT_INVALID,
+    CliError,
+    daemon_errors,
+    fail,
+    fancy,
+    handled,
+    human,
+    public,
+    run,
+)
+from bgtransfer.cli._follow import detached, finish, follow
+from bgtransfer.cli._narrate import duration
+from bgtransfer.cli._options import SUBMIT_EXTRA, scheduling_options
+
+__all__ = ["add", "get", "header_pairs", "name_from_server", "name_from_url", "put", "safe_name"]
+
+
+def safe_name(raw: str) -> str:
+    """Basename only, no dot-file, no control characters, at most 200 characters."""
+    base = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    clean = "".join(c for c in base if unicodedata.category(c)[0] != "C").strip().lstrip(".")
+    return clean[:200]
+
+
+def name_from_url(url: str) -> str:
+    """The file name a URL's path suggests, made safe."""
+    return safe_name(unquote(urlsplit(url).path)) or "index.html"
+
+
+def name_from_server(url: str, headers: tuple[str, ...]) -> str | None:
+    """The server's Content-Disposition filename (curl -J), sanitised; None if it gives none."""
+    import email.message
+
+    import aiohttp
+
+    async def head() -> str | None:
+        hdrs = [(h.partition(":")[0].strip(), h.partition(":")[2].strip()) for h in headers]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.head(
+                url, headers=hdrs, allow_redirects=True, timeout=aiohttp.ClientTimeout(total=30)
+            ) as resp,
+        ):
+            return resp.headers.get("Content-Disposition")
+
+    try:
+        value = asyncio.run(head())
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise CliError(f"cannot ask the server for a file name: {exc}", EXIT_FAILED) from None
+    if not value:
+        return None
+    msg = email.message.Message()
+    msg["content-disposition"] = value
+    name = msg.get_filename()
+    return safe_name(name) or None if name else None
+
+
+def header_pairs(headers: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``-H 'Name: value'`` options as (name, value) pairs."""
+    pairs = []
+    for h in headers:
+        name, sep, value = h.partition(":")
+        if not sep:
+            raise CliError(f"header must look like 'Name: value': {h!r}", EXIT_INVALID)
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def absolute(path: str) -> str:
+    # A trailing "/" says "a directory": kept, so the target is refused as one.
+    return os.path.abspath(path) + (os.sep if path.endswith(os.sep) else "")
+
+
+def _post(home: str, body: dict[str, Any]) -> dict[str, Any]:
+    return run(home, lambda c: c.call("POST", "/v1/tasks", body=body))
+
+
+if TYPE_CHECKING:
+    _IntParam = click.ParamType[int]
+else:  # generic only in newer click
+    _IntParam = click.ParamType
+
+
+class ByteSize(_IntParam):
+    """A byte count as curl takes it: digits with an optional k, M, G or T (powers of 1024)."""
+
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        try:
+            return parse_size(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
+    opts = [
+        click.option(
+            "-o",
+            "--output",
+            "output",
+            default=None,
+            help="Target file (default: the name in the URL's path, here).",
+        ),
+        click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeat)."),
+        click.option(
+            "--sha256", default=None, help="Expected SHA-256; verified before the file appears."
+        ),
+        click.option(
+            "--request-timeout",
+            type=float,
+            default=None,
+            help="Idle timeout in seconds (default 60).",
+        ),
+        click.option(
+            "--resource-timeout",
+            type=float,
+            default=None,
+            help="Whole-transfer timeout in seconds, suspended time excluded (default 7 days).",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace an existing target."),
+        click.option(
+            "--max-attempts",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Give up after N attempts (default: retry until the resource timeout).",
+        ),
+        click.option(
+            "--retry-for",
+            callback=duration,
+            metavar="DURATION",
+            default=None,
+            help="Give up once attempts have kept failing for this long with no byte "
+            "arriving, e.g. 30s, 5m (default: retry until the resource timeout).",
+        ),
+        click.option(
+            "--segments",
+            type=click.IntRange(1, 16),
+            default=None,
+            help="Download over up to N connections at once (1-16, default 1) when the "
+            "server allows ranges.",
+        ),
+        click.option(
+            "--max-filesize",
+            type=ByteSize(),
+            default=None,
+            help="Fail a download larger than this many bytes (10M, 2G: as curl), whether "
+            "announced or grown to; nothing is kept.",
+        ),
+        click.option(
+            "-J",
+            "--remote-name",
+            is_flag=True,
+            help="Name the file from the server's Content-Disposition (sanitised: "
+            "basename only, no dot-files, no control characters).",
+        ),
+        click.option(
+            "--session",
+            default=DEFAULT_SESSION,
+            show_default=True,
+            help="Session identifier the task belongs to.",
+        ),
+        click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _submit(
+    ctx: click.Context,
+    url: str,
+    *,
+    output: str | None,
+    headers: tuple[str, ...],
+    remote_name: bool,
+    session: str,
+    overwrite: bool,
+    max_filesize: int | None,
+    **options: Any,
+) -> tuple[str, dict[str, Any]]:
+    """Submit a download: the row built and checked here by the library's one builder,
+    then sent to the daemon (which builds it again from what it is sent)."""
+    home = home_of(ctx)
+    try:
+        check_url(url)  # before a file name is made from it
+    except InvalidRequest as exc:
+        raise CliError(exc.message, EXIT_INVALID) from None
+    path = output or (remote_name and name_from_server(url, headers)) or name_from_url(url)
+    pairs = header_pairs(headers)
+    given = {
+        **options,
+        "overwrite": overwrite or None,
+        "max_bytes": max_filesize,
+        **ctx.meta.get(SUBMIT_EXTRA, {}),
+    }
+    with daemon_errors():
+        # The library's builder checks everything; its body_of says what to send.
+        row = build_row(
+            session,
+            url,
+            absolute(path),
+            background=True,
+            headers=pairs,
+            idempotency_key=uuid.uuid4().hex,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    return home, _post(home, body_of(row).to_json())
+
+
+@cli.command()
+@click.argument("url")
+@transfer_options
+@scheduling_options
+@click.pass_context
+@handled
+def get(ctx: click.Context, url: str, as_json: bool, **options: Any) -> int:
+    """Download URL through the daemon, showing progress, and wait for it.
+
+    Exit 0 when the file is complete and correct. Ctrl-C detaches: the transfer goes on in
+    the background and the command says how to follow it.
+
+    \b
+    Examples:
+      bgtransfer get http://127.0.0.1:8080/big.iso
+      bgtransfer get http://host/f.tar -o /data/f.tar --sha256 9f86d0...
+      bgtransfer get http://host/f -H 'Authorization: Bearer x' --json
+    """
+    home, task = _submit(ctx, url, **options)
+    try:
+        final = follow(home, task, show_bar=fancy() and not as_json)
+    except KeyboardInterrupt:
+        return detached(task)
+    return finish(final, as_json)
+
+
+@cli.command()
+@click.argument("url")
+@transfer_options
+@scheduling_options
+@click.pass_context
+@handled
+def add(ctx: click.Context, url: str, as_json: bool, **options: Any) -> int:
+    """Queue a download and return at once; prints the task id.
+
+    \b
+    Example:
+      id=$(bgtransfer add http://host/big.iso -o big.iso) && bgtransfer wait "$id"
+    """
+    _, task = _submit(ctx, url, **options)
+    click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
+    return 0
+
+
+def _form_fields(form: tuple[str, ...]) -> list[tuple[str, str]]:
+    fields = []
+    for f in form:
+        name, sep, value = f.partition("=")
+        if not sep:
+            raise CliError(f"form field must look like 'name=value': {f!r}", EXIT_INVALID)
+        fields.append((name, value))
+    return fields
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.argument("url")
+@click.option("--method", default="PUT", show_default=True, help="HTTP method for plain uploads.")
+@click.option(
+    "--protocol",
+    type=click.Choice(["plain", "multipart", "tus", "ietf"]),
+    default="plain",
+    show_default=True,
+    help="plain: one streamed request; multipart: a form POST; tus: tus 1.0; "
+    "ietf: draft-ietf-httpbis-resumable-upload-05 (tus and ietf resume from the server's offset).",
+)
+@click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeat).")
+@click.option(
+    "--field", "field_name", default="file", show_default=True, help="multipart: file field."
+)
+@click.option("-F", "--form", "form", multiple=True, help="multipart: extra field 'name=value'.")
+@click.option("--retry-unsafe", is_flag=True, help="Retry a POST even without an Idempotency-Key.")
+@click.option(
+    "--request-timeout", type=float, default=None, help="Idle timeout in seconds (default 60)."
+)
+@click.option(
+    "--resource-timeout",
+    type=float,
+    default=None,
+    help="Whole-transfer timeout in seconds, suspended time excluded (default 7 days).",
+)
+@click.option(
+    "--session",
+    default=DEFAULT_SESSION,
+    show_default=True,
+    help="Session identifier the task belongs to.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@scheduling_options
+@click.pass_context
+@handled
+def put(ctx: click.Context, file: str, url: str, headers: tuple[str, ...], form: tuple[str, ...],
+        session: str, as_json: bool, **options: Any) -> int:  # fmt: skip
+    """Upload FILE to URL through the daemon and wait for it.
+
+    \b
+    Examples:
+      bgtransfer put backup.tar http://127.0.0.1:8080/upload/backup.tar
+      bgtransfer put big.iso http://127.0.0.1:8080/tus/ --protocol tus
+      bgtransfer put photo.jpg http://host/form --protocol multipart -F album=2026
+    """
+    home = home_of(ctx)
+    pairs = header_pairs(headers)
+    fields = _form_fields(form)
+    given = {**options, **ctx.meta.get(SUBMIT_EXTRA, {})}
+    with daemon_errors():
+        row = build_upload_row(
+            session,
+            absolute(file),
+            url,
+            background=True,
+            headers=pairs,
+            form_fields=fields,
+            idempotency_key=uuid.uuid4().hex,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    task = _post(home, body_of(row).to_json())
+    try:
+        final = follow(home, task, show_bar=fancy() and not as_json)
+    except KeyboardInterrupt:
+        return detached(task)
+    if final["state"] != "completed":
+        return finish(final, as_json)  # suspended by the daemon
+    if as_json:
+        click.echo(json.dumps(public(final), sort_keys=True))
+    if final["error"] is None:
+        if not as_json:
+            click.echo(f"uploaded {file} ({human(final['bytes_sent'])}), server answered "
+                       f"{final['status_code']}", err=True)  # fmt: skip
+        return 0
+    return fail(f"failed: {final['error']}", EXIT_FAILED)
