@@ -51,8 +51,8 @@ from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._schedule import priority_rank
-from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import SQLiteStore, event_record
+from bgtransfer._store._base import Store, TaskRow
+from bgtransfer._store._codec import event_record
 from bgtransfer._version import USER_AGENT
 
 __all__ = ["READ_SIZE", "Engine"]  # READ_SIZE: the read size when nothing caps (_pacing)
@@ -65,7 +65,7 @@ class Engine:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         home: str,
         *,
         max_active: int = 16,
