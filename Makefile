@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
-test: lint typecheck unit
+test: lint typecheck arch unit
 
 # The edit-test loop: the pure core and the store, no servers, no daemon (seconds).
 fast: $(STAMP)

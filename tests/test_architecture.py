@@ -3,49 +3,44 @@ that can drift: each generated block must equal what tools/state_diagram.py prin
 
 from __future__ import annotations
 
-import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "ARCHITECTURE.md"
-_BLOCK = re.compile(
-    r"<!-- generated: tools/state_diagram\.py(?P<args>[^>]*?) -->\n"
-    r"(?P<body>.*?)<!-- end generated -->",
-    re.DOTALL,
-)
 
 
-def _tool(args: list[str]) -> str:
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "state_diagram.py"), *args],
-        check=True,
+def _sync(*args: str, root: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(root / "tools" / "sync_architecture.py"), *args],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    return out.stdout
-
-
-def _expected(args: list[str]) -> str:
-    text = _tool(args)
-    return text if "--table" in args else f"```mermaid\n{text}```\n"
 
 
 def test_the_generated_blocks_are_what_the_tool_prints() -> None:
-    blocks = list(_BLOCK.finditer(DOC.read_text(encoding="utf-8")))
-    assert len(blocks) >= 2, "ARCHITECTURE.md lost its generated diagram or table"
-    for block in blocks:
-        args = block["args"].split()
-        assert block["body"] == _expected(args), (
-            f"ARCHITECTURE.md is stale: run `python tools/sync_architecture.py` ({args})"
-        )
+    done = _sync("--check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_stale_block_is_caught_and_rewritten(tmp_path: Path) -> None:
+    (tmp_path / "tools").mkdir()
+    for name in ("sync_architecture.py", "state_diagram.py"):
+        shutil.copy(ROOT / "tools" / name, tmp_path / "tools" / name)
+    doc = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    stale = doc.replace("| `Start` | queued -> connecting, done |", "| `Start` | queued -> done |")
+    assert stale != doc
+    (tmp_path / "ARCHITECTURE.md").write_text(stale, encoding="utf-8")
+    assert _sync("--check", root=tmp_path).returncode == 1
+    assert _sync(root=tmp_path).returncode == 0
+    assert (tmp_path / "ARCHITECTURE.md").read_text(encoding="utf-8") == doc
 
 
 def test_the_table_names_every_event_the_machine_knows() -> None:
     from bgtransfer._protocol._transitions import TRANSITIONS
 
-    table = _tool(["--table"])
+    doc = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
     for kind in TRANSITIONS:
-        assert f"| `{kind.__name__}` |" in table
+        assert f"| `{kind.__name__}` |" in doc

@@ -1,5 +1,5 @@
-"""Rewrite ARCHITECTURE.md's generated blocks from tools/state_diagram.py (see the test in
-tests/test_architecture.py, which fails when they differ)."""
+"""Rewrite ARCHITECTURE.md's generated blocks from tools/state_diagram.py; with ``--check``,
+only say whether they are current (exit 1 when stale: tests/test_architecture.py runs it)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,21 @@ def _render(args: list[str]) -> str:
     return out if "--table" in args else f"```mermaid\n{out}```\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    check = "--check" in (sys.argv[1:] if argv is None else argv)
     text = DOC.read_text(encoding="utf-8")
+    blocks = len(_BLOCK.findall(text))
     new = _BLOCK.sub(lambda m: m[1] + _render(m["args"].split()) + m[4], text)
+    if check:
+        if blocks < 2:
+            print("ARCHITECTURE.md lost its generated diagram or table", file=sys.stderr)
+            return 1
+        if new != text:
+            print(
+                "ARCHITECTURE.md is stale: run python tools/sync_architecture.py", file=sys.stderr
+            )
+            return 1
+        return 0
     DOC.write_text(new, encoding="utf-8")
     return 0
 

@@ -45,6 +45,7 @@ __all__ = [
     "IntegrityError",
     "InvalidRequest",
     "InvalidTransition",
+    "LeaseLost",
     "NetworkError",
     "ReadError",
     "RedirectError",
@@ -163,6 +164,13 @@ class TaskNotFound(TransferError, LookupError):
 
 class StoreError(TransferError):
     code = "store_error"
+
+
+class LeaseLost(StoreError):
+    """Fleet mode: this worker's claim on the task is gone (its lease expired and another
+    worker took the task over): the commit was refused, nothing of it stored."""
+
+    code = "lease_lost"
 
 
 class StoreFull(StoreError):

@@ -17,7 +17,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Self
 
 from bgtransfer._exceptions import InvalidRequest
-from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
+from bgtransfer._protocol._defaults import (
+    CHUNK_SIZE,
+    DEFAULT_LOW_SPEED_LIMIT,
+    DEFAULT_LOW_SPEED_TIME,
+    MAX_RETRY_WAIT,
+    REQUEST_TIMEOUT,
+    RESOURCE_TIMEOUT,
+    RETRY_WAIT,
+)
 from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._upload import PROTOCOLS
 from bgtransfer._protocol._validate import check_headers, check_method, check_sha256, check_timeout
@@ -39,11 +47,12 @@ __all__ = [
     "positive_int",
 ]
 
-DEFAULT_REQUEST_TIMEOUT = 60.0  # idle: seconds without a new byte
-DEFAULT_RESOURCE_TIMEOUT = 7 * 86400.0  # the whole transfer, suspended time excluded
-DEFAULT_RETRY_WAIT = 1.0
-DEFAULT_MAX_RETRY_WAIT = 120.0
-DEFAULT_CHUNK_SIZE = 8 << 20
+# The machine's own defaults (one place: _protocol/_defaults), under the names the faces use.
+DEFAULT_REQUEST_TIMEOUT = REQUEST_TIMEOUT  # idle: seconds without a new byte
+DEFAULT_RESOURCE_TIMEOUT = RESOURCE_TIMEOUT  # the whole transfer, suspended time excluded
+DEFAULT_RETRY_WAIT = RETRY_WAIT
+DEFAULT_MAX_RETRY_WAIT = MAX_RETRY_WAIT
+DEFAULT_CHUNK_SIZE = CHUNK_SIZE
 METADATA_LIMIT = 16 * 1024  # bytes of compact JSON: labels and ids, not payloads
 KEY_LIMIT = 200
 

@@ -21,7 +21,7 @@ from bgtransfer import voltmx as vx
 from bgtransfer.testing import FaultServer
 from bgtransfer.voltmx import _sessions
 from bgtransfer.voltmx.net import InvalidStateError, VoltMXError, VoltMXSyntaxError
-from tests.daemon.conftest import kill_daemon
+from tests.daemon.conftest import kill_every_daemon
 
 constants = vx.constants
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "voltmx"
@@ -35,7 +35,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("BGTRANSFER_HOME", str(h))
     yield h
     _sessions.close_sessions()
-    kill_daemon(h)
+    kill_every_daemon(h)
 
 
 @pytest.fixture(params=[False, True], ids=["foreground", "background"])

@@ -17,7 +17,7 @@ from bgtransfer import voltmx as vx
 from bgtransfer.testing import FaultServer
 from bgtransfer.voltmx import _sessions
 from bgtransfer.voltmx.net import VoltMXError
-from tests.daemon.conftest import kill_daemon
+from tests.daemon.conftest import kill_every_daemon
 
 constants = vx.constants
 
@@ -30,7 +30,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     yield h
     vx.net.removeIntegrityCheck()
     _sessions.close_sessions()
-    kill_daemon(h)
+    kill_every_daemon(h)
 
 
 def get(url: str, *, background: bool = False, data: object = None) -> vx.net.HttpRequest:

@@ -18,7 +18,7 @@ from bgtransfer import voltmx as vx
 from bgtransfer.testing import FaultServer, gen_bytes
 from bgtransfer.voltmx import _sessions
 from bgtransfer.voltmx.net import ProgressEvent
-from tests.daemon.conftest import kill_daemon
+from tests.daemon.conftest import kill_daemon, kill_every_daemon
 
 constants = vx.constants
 
@@ -30,7 +30,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("BGTRANSFER_HOME", str(h))
     yield h
     _sessions.close_sessions()
-    kill_daemon(h)
+    kill_every_daemon(h)
 
 
 @pytest.fixture(params=[False, True], ids=["foreground", "background"])

@@ -173,6 +173,8 @@ def test_after_a_reboot_only_the_committed_offset_is_trusted(
     with bgtransfer.Session("kill", home=home, background=False) as s:
         (task,) = s.tasks()
         assert task.bytes_received == committed
+        # Cut back when the session found the task (TruncatePartial), before any request.
+        assert os.path.getsize(found[2]) == committed
         task.resume()
         task.wait(timeout=60)
         assert task.error is None

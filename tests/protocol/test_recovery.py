@@ -4,7 +4,10 @@ The oracle below is the engine's reconciliation as it was before recovery moved 
 core (``Engine._reconcile``, ``reconcile_segments``, ``_tail_is_sound`` and the interrupt of
 ``Engine.recover``), transcribed with its direct edits of the machine. recover()'s events,
 fed to ``handle()``, must leave every task exactly as those edits did, with the same file
-work (trim, persist) and the same interrupt.
+work (trim, persist) and the same interrupt. One deliberate change, marked FIXED in the
+oracle: a segmented download whose file is gone and not placed drops its segment table even
+when every segment was done (the old code restarted from 0 and kept a table of done
+segments describing a file that is not there).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ def oracle(
                 return out
             m.snap.offset = m.committed = 0
             m.snap.total = m.snap.etag = m.snap.last_modified = None
+            m.snap.segments = ()  # FIXED: the old code kept a table of done segments here
         elif size < m.snap.offset:
             m.snap.offset = m.committed = size
         elif size > m.snap.offset and not m.snap.segments:
@@ -314,6 +318,19 @@ def test_segments_that_do_not_fit_the_file_start_over() -> None:
     # Gone: the segment table goes with it.
     [gone] = recover(SPEC, snap, DiskFacts(None), same_boot=True)
     assert (gone.offset, gone.drop_segments, gone.forget) == (0, True, True)  # type: ignore[union-attr]
+
+
+def test_every_segment_done_but_the_file_gone_and_not_placed_drops_the_table() -> None:
+    [ev] = recover(SPEC, _DONE_SEGMENTS, DiskFacts(None, target_size=None), same_boot=True)
+    assert ev == Recovered(
+        0, forget=True, drop_segments=True, note="partial file missing, restarting from 0"
+    )
+    m = TransferMachine.from_snapshot(SPEC, _DONE_SEGMENTS)
+    assert m.handle(ev, now=0.0) == []
+    assert (m.snap.offset, m.snap.total, m.snap.segments) == (0, None, ())
+    # Placed: complete, the table kept as it was (nothing will read it again).
+    [placed] = recover(SPEC, _DONE_SEGMENTS, DiskFacts(None, target_size=10), same_boot=True)
+    assert placed == Recovered(10, placed=True, note="found placed: its completion was lost")
 
 
 def test_nothing_to_fix_is_no_event() -> None:

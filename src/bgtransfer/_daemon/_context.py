@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._jobs import JobRunner
 from bgtransfer._exceptions import DaemonStopped
-from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._store._base import Store
 
 __all__ = ["STOPPED_MESSAGE", "Parts"]
 
@@ -20,7 +20,7 @@ STOPPED_MESSAGE = "the daemon was stopped"
 @dataclass(frozen=True)
 class Parts:
     home: str
-    store: SQLiteStore
+    store: Store
     engine: Engine
     jobs: JobRunner
     stopping: asyncio.Event  # set once a stop begins: long polls and streams end

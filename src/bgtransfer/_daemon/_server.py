@@ -71,7 +71,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._redact import redact
-from bgtransfer._store._base import TaskRow
+from bgtransfer._store._base import Store, TaskRow
 from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._trust import prepare_home
 from bgtransfer._version import __version__
@@ -145,7 +145,7 @@ class Daemon:
     def __init__(self, home: str) -> None:
         self.home = home
         self.socket = socket_path(home)
-        self.store = SQLiteStore(os.path.join(home, STORE_NAME))
+        self.store: Store = SQLiteStore(os.path.join(home, STORE_NAME))
         self.engine = Engine(
             self.store,
             home,

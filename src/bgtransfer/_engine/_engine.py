@@ -34,7 +34,7 @@ from bgtransfer._engine._live import Live, phase
 from bgtransfer._engine._owner import OwnerLock, check_control, owner_alive
 from bgtransfer._engine._pacing import READ_SIZE, Pacing
 from bgtransfer._engine._ratelimit import Politeness, RateLimits
-from bgtransfer._engine._recovery import keep_offset, reconcile, stored
+from bgtransfer._engine._recovery import BOOT_ID, reconcile
 from bgtransfer._engine._scheduler import Scheduler
 from bgtransfer._engine._segments import run_segmented
 from bgtransfer._engine._space import DiskFull
@@ -51,8 +51,8 @@ from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._schedule import priority_rank
-from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import SQLiteStore, event_record
+from bgtransfer._store._base import Store, TaskRow
+from bgtransfer._store._codec import event_record
 from bgtransfer._version import USER_AGENT
 
 __all__ = ["READ_SIZE", "Engine"]  # READ_SIZE: the read size when nothing caps (_pacing)
@@ -65,7 +65,7 @@ class Engine:
 
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         home: str,
         *,
         max_active: int = 16,
@@ -170,8 +170,7 @@ class Engine:
             if not live.machine.terminal:
                 await self._stop(live)
                 if self.background:
-                    keep_offset(live.machine)
-                    self._persist(live)
+                    self._apply_now(live, M.Detached())
                 else:
                     self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
             self.store.set_owner(live.row.id, None)
@@ -230,7 +229,7 @@ class Engine:
         self._apply_now(live, M.Interrupted(f"suspended: {reason}"))
 
     def _resume_after_space(self, live: Live) -> None:
-        reconcile(live, self._persist)
+        reconcile(live, self._apply_now)
         self._execute_sync(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
 
     def _runner_cap(self) -> int:
@@ -244,7 +243,7 @@ class Engine:
 
     def _admit(self, row: TaskRow) -> None:
         live = self._make_live(row)
-        reconcile(live, self._persist)
+        reconcile(live, self._apply_now)
         if live.machine.snap.phase is Phase.QUEUED:
             self._spawn(live)
         else:
@@ -265,15 +264,8 @@ class Engine:
                 "interrupted: the process running it exited before this request ended",
                 task_id=row.id,
             )
-            live = self._make_live(row)
-            reconcile(live, self._persist)
-            m = live.machine
-            if not m.terminal:
-                where = f"byte {m.snap.offset}" if m.snap.offset else "the start"
-                ev = M.Interrupted(
-                    "interrupted: the process running it exited; resume() continues from " + where
-                )
-                self._execute_sync(live, m.handle(ev, now=self.clock()))
+            # Files reconciled, then interrupted ("resume() continues from byte N").
+            reconcile(self._make_live(row), self._apply_now, owner_died=True)
             self.store.set_owner(row.id, None)
 
     def recover_background(self) -> None:
@@ -312,7 +304,7 @@ class Engine:
     async def resume(self, task_id: str) -> None:
         live = self._adopt(task_id)
         if live.machine.snap.phase is Phase.SUSPENDED:
-            reconcile(live, self._persist)
+            reconcile(live, self._apply_now)
             self.polite.exempt.add(task_id)  # a person's resume overrides a cool-down
         await self._control(live, live.machine.handle(M.ResumeRequested(), now=self.clock()))
 
@@ -479,6 +471,15 @@ class Engine:
                         self._execute_sync(live, m.handle(M.CancelCleaned(), now=self.clock()))
                 case M.ScheduleRetry(delay=delay):
                     live.retry_delay = delay
+                case M.TruncatePartial(size=size):
+                    # Bytes of an earlier boot past the checkpoint, maybe never synced: cut
+                    # off now, before a checkpoint of this boot could vouch for them.
+                    try:
+                        live.part.open(size)
+                    except (DestinationError, OSError) as exc:
+                        log.warning("task %s: cannot trim the partial file: %s", live.row.id, exc)
+                    finally:
+                        live.part.close()
                 case M.Enqueue():
                     if live.runner is None or live.runner.done():
                         # Back to the store's queue; the pump starts it in its turn.
@@ -515,7 +516,8 @@ class Engine:
         self.history.end(live)
 
     def _save_now(self, live: Live) -> None:
-        self.store.save(live.row.id, stored(live.machine, self.clock()), wall_time=time.time())
+        snap = live.machine.checkpoint(self.clock(), BOOT_ID)
+        self.store.save(live.row.id, snap, wall_time=time.time())
 
     def _persist(self, live: Live) -> None:
         """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
@@ -532,7 +534,7 @@ class Engine:
         if hook is not None:
             row.hook_state = hook
         attempts = self.history.for_snapshot(live)
-        snap = stored(m, now)
+        snap = m.checkpoint(now, BOOT_ID)
         wall = time.time()
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
         sync_dir, live.dir_unsynced = live.dir_unsynced, None

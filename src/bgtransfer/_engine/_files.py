@@ -110,7 +110,15 @@ class PartialLost(DestinationError):
 
 
 class _Holder(Protocol):
-    """Where the partial file's identity is kept: the task's snapshot."""
+    """Where the partial file's identity is kept: the task's snapshot.
+
+    Written here, not through ``TransferMachine.handle()``: the identity is a fact the file
+    system gives at the moment of a syscall (the directory opened, the file created, a name
+    found to be someone else's), recorded in every phase (a cancel's removal, a finished
+    task's cleanup, a seal hashed on a worker thread) and never decided on by the machine,
+    which only carries it to the store. An event for it would be allowed in every phase and
+    do nothing but this assignment.
+    """
 
     partial_id: tuple[int, ...]
 

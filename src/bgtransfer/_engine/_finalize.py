@@ -15,7 +15,7 @@ from bgtransfer._engine._commit import Save
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import file_mode
 from bgtransfer._engine._live import Live
-from bgtransfer._engine._recovery import stored
+from bgtransfer._engine._recovery import BOOT_ID
 from bgtransfer._exceptions import DestinationError, TransferError
 from bgtransfer._protocol import _machine as M
 
@@ -46,9 +46,11 @@ async def finalize(ctx: Context, live: Live, action: M.Finalize) -> M.Event:
             check()
     except TransferError as exc:
         return M.FinalizeFailed(exc)
-    m.committed = m.snap.offset
+    # The whole offset goes into the save below, which fsyncs the file (sync_file) before
+    # it commits: the machine may vouch for every byte.
+    ctx.apply(live, M.Sealed())
     attempts = ctx.history.take_ended(live)
-    snap = stored(m, ctx.clock())
+    snap = m.checkpoint(ctx.clock(), BOOT_ID)
     # The bytes and the full offset are durable before the target name appears, so a
     # crash between the two finds "placed, completion not recorded" (reconciled to
     # done), never a short file.

@@ -15,7 +15,7 @@ from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._ranges import parse_retry_after
-from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._store._base import Store
 
 __all__ = ["READ_SIZE", "Pacing"]
 
@@ -27,7 +27,7 @@ READ_SIZE = 1 << 20
 class Pacing:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         *,
         background: bool,
         clock: Callable[[], float],

@@ -13,8 +13,7 @@ from collections.abc import Callable
 
 from bgtransfer._engine._limiter import Limiter
 from bgtransfer._engine._live import Live
-from bgtransfer._store._base import TaskRow
-from bgtransfer._store._sqlite import SQLiteStore
+from bgtransfer._store._base import Store, TaskRow
 
 __all__ = ["Scheduler"]
 
@@ -24,7 +23,7 @@ WAKE_CAP = 60.0  # seconds: a clock step (suspend, NTP) is noticed within a minu
 class Scheduler:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         limiter: Limiter,
         live: dict[str, Live],
         *,

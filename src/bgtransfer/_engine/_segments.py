@@ -38,7 +38,6 @@ from bgtransfer._engine._files import PartialLost
 from bgtransfer._engine._http import body_failure, lower_headers, request_failure
 from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._live import Live
-from bgtransfer._engine._recovery import reconcile_segments
 from bgtransfer._engine._watchdog import too_slow
 from bgtransfer._exceptions import (
     DestinationError,
@@ -62,7 +61,7 @@ from bgtransfer._protocol._segments import (
 from bgtransfer._redact import redact
 from bgtransfer._store._base import Attempt
 
-__all__ = ["SEGMENT_RETRIES", "reconcile_segments", "run_segmented"]
+__all__ = ["SEGMENT_RETRIES", "run_segmented"]
 
 log = logging.getLogger("bgtransfer")
 

@@ -8,7 +8,7 @@ a file. The rules, in the order they apply (a download that is not finished or c
 * **Segments.** A segmented download's file is always exactly ``total`` bytes (holes where
   nothing was written). Another size means someone else touched it: its segment table and
   everything known about the representation are dropped, and it starts over. A missing file
-  drops the table too, unless every byte was done (the file may have been placed).
+  drops the table too, unless the file was placed (the task is then complete).
 * **No partial file.** If its bytes were all there and the destination holds a file of
   exactly ``total`` bytes, the file was placed and only the completion was lost: the task is
   complete. Otherwise it starts over from 0, as a new download.
@@ -137,8 +137,10 @@ def _reconcile(snap: Snapshot, disk: DiskFacts, *, same_boot: bool) -> Recovered
 
 def _segments_lost(snap: Snapshot, size: int | None) -> tuple[bool, bool]:
     """(drop the segment table, forget the representation too) for a segmented file."""
-    if size is None:  # gone: the table goes, unless every byte was done (maybe placed)
-        return snap.total is None or snap.offset < snap.total, False
+    if size is None:
+        # Gone: no byte the table describes is on disk, even with every segment done (a
+        # placed file completes the task before the table matters).
+        return True, False
     if snap.total is not None and size == snap.total:
         return False, False
     return True, True

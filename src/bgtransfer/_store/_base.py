@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bgtransfer._exceptions import StoreError, TransferError
+from bgtransfer._exceptions import LeaseLost, StoreError, TransferError
 from bgtransfer._models import Phase
 from bgtransfer._protocol._machine import Snapshot, Spec
 
@@ -34,13 +34,6 @@ class DuplicateKey(StoreError, sqlite3.IntegrityError):
     """Another task of the session was submitted with this idempotency key (a race that
     the caller's lookup lost). Whatever the backend; an ``sqlite3.IntegrityError`` too,
     for callers written before there was more than one backend."""
-
-
-class LeaseLost(StoreError):
-    """Fleet mode: this worker's claim on the task is gone (its lease expired and another
-    worker took the task over): the commit was refused, nothing of it stored."""
-
-    code = "lease_lost"
 
 
 @dataclass(slots=True)
