@@ -198,7 +198,8 @@ class _Common:
 
     @classmethod
     def names(cls) -> frozenset[str]:
-        return frozenset(f.name for f in dataclasses.fields(cls))
+        # Asked once per option of every submitted item: computed once per class.
+        return _field_names(cls)
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -360,3 +361,13 @@ def _where(data: Mapping[str, object], kind: str) -> tuple[str, str, str]:
     if not isinstance(url, str):
         raise InvalidRequest(f"URL must be a string, not {type(url).__name__}: {url!r}")
     return session, url, path
+
+
+_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    names = _NAMES.get(cls)
+    if names is None:
+        names = _NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names

@@ -7,7 +7,7 @@ import os
 import stat
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 from bgtransfer._engine._files import check_target, current_umask, partial_path
@@ -287,10 +287,15 @@ def row_from_body(body: TaskBody, *, background: bool, check_exists: bool = True
     )
 
 
+_SPEC_FIELDS = frozenset(f.name for f in fields(Spec))
+
+
 def options_of(row: TaskRow) -> DownloadOptions | UploadOptions:
     """The options a row was built from (as normalised then)."""
     cls = UploadOptions if row.spec.kind == "upload" else DownloadOptions
-    values = {k: v for k, v in asdict(row.spec).items() if k in cls.names()}
+    # A shallow read of the spec's fields: asdict() would deep-copy every header tuple.
+    spec = row.spec
+    values = {k: getattr(spec, k) for k in cls.names() & _SPEC_FIELDS}
     values.update(on_complete=row.on_complete, metadata=row.metadata)
     if cls is DownloadOptions:
         values["overwrite"] = row.overwrite
