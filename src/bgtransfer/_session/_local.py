@@ -5,21 +5,19 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import os
-import sqlite3
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
 from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._session._views import Query
-from bgtransfer._store._base import StoredEvent, TaskRow
+from bgtransfer._store._base import DuplicateKey, Store, StoredEvent, TaskRow
 from bgtransfer._tasks import same_request
 
 if TYPE_CHECKING:
     # Imported when a foreground session opens: a client of the daemon never needs the
     # engine (or aiohttp), and starts faster without them.
     from bgtransfer._engine._engine import Engine
-    from bgtransfer._store._sqlite import SQLiteStore
 
 __all__ = ["STORE_NAME", "Local"]
 
@@ -34,7 +32,7 @@ class Local:
         self.home, self.identifier = home, identifier
         self._max = (max_active, max_per_host)
         self.engine: Engine | None = None
-        self.store: SQLiteStore | None = None
+        self.store: Store | None = None
 
     def _engine(self) -> Engine:
         if self.engine is None:
@@ -81,7 +79,7 @@ class Local:
             return twin
         try:
             self._engine().submit(row)
-        except sqlite3.IntegrityError:  # another process won the race for this key
+        except DuplicateKey:  # another process won the race for this key
             twin = self._twin(row)
             if twin is None:
                 raise
