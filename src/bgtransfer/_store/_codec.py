@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict
 from typing import Any
 
 from bgtransfer._exceptions import TransferError, error_from_dict
@@ -93,13 +92,6 @@ def _response_json(snap: Snapshot) -> str:
     )
 
 
-def _spec_from_json(text: str) -> Spec:
-    data: dict[str, Any] = json.loads(text)
-    data["headers"] = tuple((str(k), str(v)) for k, v in data.get("headers", ()))
-    data["form_fields"] = tuple((str(k), str(v)) for k, v in data.get("form_fields", ()))
-    return Spec(**data)
-
-
 def snapshot_values(snap: Snapshot, wall_time: float) -> tuple[Any, ...]:
     """The values of :data:`SNAPSHOT_SET`, in its order."""
     return (
@@ -129,7 +121,7 @@ def task_values(row: TaskRow) -> tuple[Any, ...]:
         row.session,
         row.path,
         row.partial,
-        json.dumps(asdict(row.spec)),
+        row.spec.to_json(),
         int(row.overwrite),
         s.phase.value,
         s.detail,
@@ -221,7 +213,7 @@ def task_from(r: tuple[Any, ...]) -> TaskRow:
         session=session,
         path=path,
         partial=partial,
-        spec=_spec_from_json(spec),
+        spec=Spec.from_json(spec),
         overwrite=bool(overwrite),
         snap=snap,
         owner=owner,

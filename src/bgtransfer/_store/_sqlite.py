@@ -16,19 +16,17 @@ from typing import ClassVar
 
 from bgtransfer._exceptions import StoreError, StoreFull
 from bgtransfer._store._base import OPEN_ATTEMPT, EventRecord
-from bgtransfer._store._codec import _spec_from_json, event_record
+from bgtransfer._store._codec import event_record
 from bgtransfer._store._schema import SCHEMA_VERSION, migrate
 from bgtransfer._store._sql import SQLStore
 from bgtransfer._trust import check_private_file, open_private
 
-# OPEN_ATTEMPT, EventRecord, event_record and _spec_from_json were defined here; importers
-# keep working.
+# OPEN_ATTEMPT, EventRecord and event_record were defined here; importers keep working.
 __all__ = [
     "OPEN_ATTEMPT",
     "SCHEMA_VERSION",
     "EventRecord",
     "SQLiteStore",
-    "_spec_from_json",
     "event_record",
 ]
 
