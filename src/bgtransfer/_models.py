@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bgtransfer._exceptions import TransferError
+from bgtransfer._exceptions import TransferError, error_from_dict
+from bgtransfer._redact import redact
 
 __all__ = ["Event", "Phase", "TaskState"]
 
@@ -65,3 +67,37 @@ class Event:
     error: TransferError | None
     cursor: int | None = None
     metadata: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The event as one line of the daemon's ``/v1/events`` stream carries it. Any
+        password in a URL of the detail or the error is masked: the stream leaves the home."""
+        err = self.error
+        return {
+            "cursor": self.cursor,
+            "session": self.session,
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "state": self.state.value,
+            "detail": redact(self.detail),
+            "bytes_received": self.bytes_received,
+            "bytes_expected": self.bytes_expected,
+            "error": None if err is None else {**err.to_dict(), "message": redact(err.message)},
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Event:
+        """The event of one stream line (:meth:`to_json`), its error as the same class."""
+        err = d.get("error")
+        return cls(
+            task_id=d["task_id"],
+            session=d["session"],
+            kind=d["kind"],
+            state=TaskState(d["state"]),
+            detail=d["detail"],
+            bytes_received=d["bytes_received"],
+            bytes_expected=d["bytes_expected"],
+            error=None if err is None else error_from_dict(err),
+            cursor=d.get("cursor"),
+            metadata=d.get("metadata"),
+        )

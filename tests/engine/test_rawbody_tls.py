@@ -454,7 +454,9 @@ def test_the_ssl_protocol_shape_is_checked_before_any_take_over(
 
     async def go() -> tuple[bool, bool]:
         async with tls_relay(pki, plain) as port, aiohttp.ClientSession() as http:
-            url = f"https://127.0.0.1:{port}/gen/5000?seed=41"
+            # The body stalls after 1000 bytes: aiohttp releases the connection of a body
+            # it has wholly received, and the shape must be looked at while it holds one.
+            url = f"https://127.0.0.1:{port}/gen/5000?seed=41&stall_body=1000&stall=1"
             async with http.get(url, ssl=client_ctx(pki.ca)) as resp:
                 assert resp.connection is not None
                 transport = resp.connection.transport

@@ -88,11 +88,24 @@ def process_stopped(pid: int) -> bool:
     state = _state(pid)
     if state != b"t":
         return state == b"T"
+    # A traced process that runs between its stops switches context; one a debugger holds
+    # does not. Counting switches keeps a starved strace (a loaded machine, where the stop
+    # at each system call lasts long) from looking like a held process.
+    switches = _switches(pid)
     for _ in range(TRACED_LOOKS - 1):
         time.sleep(TRACED_INTERVAL)
-        if _state(pid) not in (b"t", b"T"):
+        if _state(pid) not in (b"t", b"T") or _switches(pid) != switches:
             return False
     return True
+
+
+def _switches(pid: int) -> int | None:
+    """Voluntary plus involuntary context switches of ``pid`` so far (None: gone)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            return sum(int(line.split()[1]) for line in f if b"ctxt_switches:" in line)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def mark_stopped(home: str) -> None:

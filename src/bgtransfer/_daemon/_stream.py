@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 from bgtransfer._engine._engine import Engine
-from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
+from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound
 from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
-from bgtransfer._redact import redact
 from bgtransfer._store._base import StoredEvent
 from bgtransfer._tasks import row_to_wire
 
@@ -52,13 +51,6 @@ def acknowledge(engine: Engine, task_id: str) -> None:
         )
 
 
-def error_json(err: TransferError | None) -> dict[str, Any] | None:
-    """An error as events carry it, any password in a URL of its message masked."""
-    if err is None:
-        return None
-    return {**err.to_dict(), "message": redact(err.message)}
-
-
 class EventLines:
     """NDJSON lines for one subscriber; each carries its task's metadata (read once per
     task), and with ``with_task`` the whole task (completions)."""
@@ -83,33 +75,7 @@ class EventLines:
         return json.dumps(out).encode() + b"\n"
 
     def stored(self, ev: StoredEvent) -> bytes:
-        return self._extra(
-            ev.task_id,
-            {
-                "cursor": ev.cursor,
-                "session": ev.session,
-                "task_id": ev.task_id,
-                "kind": "state",
-                "state": ev.state,
-                "detail": redact(ev.detail),
-                "bytes_received": ev.bytes_received,
-                "bytes_expected": ev.bytes_expected,
-                "error": error_json(ev.error),
-            },
-        )
+        return self.live(ev.to_event())
 
     def live(self, ev: Event) -> bytes:
-        return self._extra(
-            ev.task_id,
-            {
-                "cursor": ev.cursor,
-                "session": ev.session,
-                "task_id": ev.task_id,
-                "kind": ev.kind,
-                "state": ev.state.value,
-                "detail": redact(ev.detail),
-                "bytes_received": ev.bytes_received,
-                "bytes_expected": ev.bytes_expected,
-                "error": error_json(ev.error),
-            },
-        )
+        return self._extra(ev.task_id, ev.to_json())

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
 from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._session._views import Query
-from bgtransfer._store._base import DuplicateKey, Store, StoredEvent, TaskRow
+from bgtransfer._store._base import DuplicateKey, Store, TaskRow
 from bgtransfer._tasks import same_request
 
 if TYPE_CHECKING:
@@ -172,7 +172,7 @@ class Local:
             for ev in replay:
                 last = max(last, ev.cursor)
                 if "state" in kinds:
-                    yield self._with_meta(from_stored(ev), meta)
+                    yield self._with_meta(ev.to_event(), meta)
             yield last
             while True:
                 ev2 = await q.get()
@@ -203,17 +203,3 @@ class Local:
                     yield engine.get(ev2.task_id)
         finally:
             engine.unsubscribe(q)
-
-
-def from_stored(ev: StoredEvent) -> Event:
-    return Event(
-        task_id=ev.task_id,
-        session=ev.session,
-        kind="state",
-        state=TaskState(ev.state),
-        detail=ev.detail,
-        bytes_received=ev.bytes_received,
-        bytes_expected=ev.bytes_expected,
-        error=ev.error,
-        cursor=ev.cursor,
-    )

@@ -9,8 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bgtransfer._client import DaemonClient
-from bgtransfer._exceptions import error_from_dict
-from bgtransfer._models import Event, Phase, TaskState
+from bgtransfer._models import Event, Phase
 from bgtransfer._session._views import KINDS, Query
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import body_of, row_from_wire
@@ -128,16 +127,4 @@ class Remote:
             if d.get("kind") == "replay_end":
                 yield int(d["cursor"])
                 continue
-            err = d.get("error")
-            yield Event(
-                task_id=d["task_id"],
-                session=d["session"],
-                kind=d["kind"],
-                state=TaskState(d["state"]),
-                detail=d["detail"],
-                bytes_received=d["bytes_received"],
-                bytes_expected=d["bytes_expected"],
-                error=None if err is None else error_from_dict(err),
-                cursor=d.get("cursor"),
-                metadata=d.get("metadata"),
-            )
+            yield Event.from_json(d)

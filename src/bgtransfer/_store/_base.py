@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from bgtransfer._exceptions import LeaseLost, StoreError, TransferError
-from bgtransfer._models import Phase
+from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol._machine import Snapshot, Spec
 
 __all__ = [
@@ -69,6 +69,20 @@ class StoredEvent:
     bytes_expected: int | None
     error: TransferError | None
     at: float
+
+    def to_event(self) -> Event:
+        """The public event of this log entry (state events are the ones the log keeps)."""
+        return Event(
+            task_id=self.task_id,
+            session=self.session,
+            kind="state",
+            state=TaskState(self.state),
+            detail=self.detail,
+            bytes_received=self.bytes_received,
+            bytes_expected=self.bytes_expected,
+            error=self.error,
+            cursor=self.cursor,
+        )
 
 
 # A state event as logged: (session, state, phase, detail, bytes_received, bytes_expected,
