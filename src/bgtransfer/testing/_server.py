@@ -76,32 +76,20 @@ from bgtransfer.testing._bodies import (
     auto_etag,
     shift_date,
 )
-from bgtransfer.testing._downloads import Downloads
-from bgtransfer.testing._endpoints import serve_echo, serve_loop, serve_redirect
 from bgtransfer.testing._http import (
     IDLE_TIMEOUT,
     MAX_HEAD,
-    BodyError,
-    BodyStream,
     HttpError,
-    Reject,
-    Request,
     RequestRecord,
     Reset,
     close_writer,
-    parse_head,
     quiet_exception_handler,
-    read_body,
     read_head,
     send_text,
 )
-from bgtransfer.testing._ietf import Ietf
 from bgtransfer.testing._knobs import UploadFaults
-from bgtransfer.testing._metalink import Metalinks
-from bgtransfer.testing._signed import Signer
+from bgtransfer.testing._routes import Router
 from bgtransfer.testing._state import IetfUpload, State, TusUpload
-from bgtransfer.testing._tus import TUS_VERSION, Tus
-from bgtransfer.testing._uploads import Uploads
 
 __all__ = ["FIXED_LAST_MODIFIED", "FaultServer", "IetfUpload", "RequestRecord", "TusUpload"]
 
@@ -131,13 +119,7 @@ class FaultServer:
         self.upload_fields = self._state.upload_fields
         self.tus_uploads = self._state.tus_uploads
         self.ietf_uploads = self._state.ietf_uploads
-        uploads = Uploads(self._state)
-        self._downloads = Downloads(self._state)
-        self._uploads = uploads
-        self._tus = Tus(uploads, self._base_for)
-        self._ietf = Ietf(uploads, self._base_for)
-        self._signer = Signer(self._state, self._downloads, self._base_for)
-        self._metalinks = Metalinks(self._downloads, self._base_for, lambda: self.other_base_url)
+        self._router = Router(self._state, self._base_for, lambda: self.other_base_url)
         self._servers: list[asyncio.Server] = []
         self._conns: set[_Conn] = set()
         self._conn_ids = itertools.count(1)
@@ -231,7 +213,7 @@ class FaultServer:
         until ``expires_in`` seconds from now (negative: already expired) and, with
         ``max_bytes``, for that many body bytes; ``style`` is ``"amz"`` or ``"token"``.
         See :mod:`bgtransfer.testing._signed`."""
-        return self._signer.mint(
+        return self._router.signer.mint(
             self.base_url, path, expires_in=expires_in, max_bytes=max_bytes, style=style
         )[0]
 
@@ -239,7 +221,7 @@ class FaultServer:
         """Body bytes served so far under the token of a URL from :meth:`sign_url` (counted
         only for tokens with ``max_bytes``; KeyError for an unknown token)."""
         with self._state.lock:
-            return self._signer.served(url)
+            return self._router.signer.served(url)
 
     # ------------------------------------------------------------------ log and counters
 
@@ -527,7 +509,7 @@ class FaultServer:
                     break
                 if not head:
                     continue
-                if not await self._serve_one(reader, writer, head, host, conn.ident):
+                if not await self._router.serve_one(reader, writer, head, host, conn.ident):
                     break
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError, Reset):
             pass
@@ -544,111 +526,7 @@ class FaultServer:
             self._conns.discard(conn)
             await close_writer(writer)
 
-    async def _serve_one(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        head: bytes,
-        host: str,
-        conn_id: int,
-    ) -> bool:
-        """Answer one request; False when the connection must be closed afterwards."""
-        try:
-            req = parse_head(head, host)
-        except HttpError as err:
-            await send_text(writer, err.status, err.message, keep=False)
-            return False
-        self._state.record(
-            RequestRecord(
-                method=req.method,
-                target=req.target,
-                path=req.path,
-                query=dict(req.query),
-                headers=dict(req.headers),
-                host=host,
-                time=time.monotonic(),
-                connection=conn_id,
-            )
-        )
-        if req.path.startswith(("/upload/", "/tus/", "/ietf/")) or req.path == "/tus":
-            return await self._serve_upload(reader, writer, req)
-        try:
-            body_length = await read_body(reader, writer, req)
-        except HttpError as err:
-            await send_text(writer, err.status, err.message, keep=False)
-            return False
-        keep = req.keep_alive
-        try:
-            return await self._route(reader, writer, req, keep, body_length)
-        except HttpError as err:
-            head_only = req.method == "HEAD"
-            await send_text(writer, err.status, err.message, keep=keep, head_only=head_only)
-            return keep
-
-    async def _route(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        req: Request,
-        keep: bool,
-        body_length: int,
-    ) -> bool:
-        if req.path.startswith(("/r/", "/gen/")):
-            with self._state.serving_one(reader, writer):
-                return await self._downloads.serve(writer, req, keep)
-        if req.path.startswith("/s/"):
-            with self._state.serving_one(reader, writer):
-                return await self._signer.serve(writer, req, keep)
-        if req.path.startswith("/metalink/"):
-            return await self._metalinks.serve(writer, req, keep)
-        if req.path == "/sign":
-            return await self._signer.serve_mint(writer, req, keep)
-        if req.path == "/redirect":
-            return await serve_redirect(writer, req, keep)
-        if req.path.startswith("/loop/"):
-            return await serve_loop(writer, req, keep)
-        if req.path == "/echo":
-            return await serve_echo(writer, req, keep, body_length)
-        head_only = req.method == "HEAD"
-        await send_text(writer, 404, f"not found: {req.path}", keep=keep, head_only=head_only)
-        return keep
-
     def _base_for(self, host: str) -> str:
         if self._other_port is not None and host == "127.0.0.2" and self.host != "127.0.0.2":
             return f"http://127.0.0.2:{self._other_port}"
         return self.base_url
-
-    async def _serve_upload(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: Request
-    ) -> bool:
-        try:
-            body = BodyStream(reader, writer, req.headers, self._state.count)
-        except HttpError as err:
-            await send_text(writer, err.status, err.message, keep=False)
-            return False
-        tus = req.path == "/tus" or req.path.startswith("/tus/")
-        try:
-            if req.path.startswith("/upload/"):
-                name = req.path[len("/upload/") :]
-                return await self._uploads.serve_plain(writer, req, body, name)
-            if tus:
-                return await self._tus.serve(writer, req, body)
-            return await self._ietf.serve(writer, req, body)
-        except BodyError as err:
-            await send_text(writer, err.status, err.message, keep=False)
-            return False
-        except HttpError as err:
-            hdrs = [("Content-Type", "text/plain; charset=utf-8")]
-            if tus and req.method != "OPTIONS":
-                hdrs.append(("Tus-Resumable", TUS_VERSION))
-            if isinstance(err, Reject):
-                hdrs.extend(err.headers)
-            return await self._uploads.answer(
-                writer,
-                req,
-                body,
-                err.status,
-                (err.message + "\n").encode(),
-                hdrs,
-                head_only=req.method == "HEAD",
-            )
