@@ -7,6 +7,7 @@ body's shape and finds an earlier submit with the same idempotency key.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from bgtransfer._daemon._context import Parts
 from bgtransfer._daemon._stream import acknowledge, phases_of
 from bgtransfer._daemon._wire import json_body, query_int, query_number
 from bgtransfer._engine import _forget as forget
-from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._exceptions import InvalidRequest, StoreFull
 from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import (
@@ -99,18 +100,27 @@ class TaskRoutes:
         self.parts = parts
         self.engine = parts.engine
         self.store = parts.store
+        # Submits whose insert is queued for the group commit, by (session, key): a twin
+        # that arrives meanwhile answers with their task once it is stored.
+        self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
 
     def _wire(self, task_id: str) -> dict[str, Any]:
         return row_to_wire(self.engine.get(task_id))
 
-    def build(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
+    def build(
+        self, body: object, batch: dict[str, TaskRow] | None = None
+    ) -> TaskRow | str | asyncio.Future[None]:
         """A validated new row for one submit item, or the id of its earlier twin (same
-        idempotency key in the same session, submitted before or earlier in ``batch``)."""
+        idempotency key in the same session, submitted before or earlier in ``batch``),
+        or the commit to wait for when that twin is still being stored."""
         item = _Submitted.parse(body)
         # The earlier twin is looked up before the target is checked: a repeated submit
         # finds its own finished file there, and gets its task back.
         existing = None
         if item.key is not None:
+            storing = self._storing.get((item.session, item.key))
+            if storing is not None:
+                return storing
             existing = (batch or {}).get(item.key) or self.store.find_key(item.session, item.key)
         try:
             row = item.row(check_exists=existing is None)
@@ -125,30 +135,73 @@ class TaskRoutes:
             batch[item.key] = row
         return row
 
-    def _submit_many(self, items: object) -> web.Response:
+    async def _built(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
+        """``build``, after waiting for a twin still being stored (then it is found stored,
+        or, if its insert failed, this item is built anew)."""
+        for _ in range(3):
+            built = self.build(body, batch)
+            if not isinstance(built, asyncio.Future):
+                return built
+            await asyncio.wait([built])
+        raise InvalidRequest("this idempotency key is being submitted again and again: retry")
+
+    async def _store_new(self, rows: list[TaskRow]) -> None:
+        """Insert new tasks in the engine's next group commit and answer once it landed
+        ("download() returns once the task is stored"), then start what has room.
+
+        The commit runs in the committer's thread: the loop goes on serving other
+        requests and transfers meanwhile, and submits that arrive together (from one
+        client or many) share one transaction and one WAL fsync.
+        """
+        engine = self.engine
+        committer = engine.space.committer
+        assert committer is not None, "the engine has not started"
+        for row in rows:
+            row.owner = engine.owner.token
+        engine.space.check()
+        keys = [(r.session, r.idempotency_key) for r in rows if r.idempotency_key is not None]
+        fut = committer.insert(rows)
+        for k in keys:
+            self._storing[k] = fut
+
+        def stored(f: asyncio.Future[None]) -> None:
+            # A callback, not code after the await: the task starts even if the client
+            # has gone away meanwhile.
+            for k in keys:
+                self._storing.pop(k, None)
+            err = None if f.cancelled() else f.exception()
+            if isinstance(err, StoreFull):
+                engine.space.full(err.message)
+            elif err is None:
+                engine.space.pump()
+
+        fut.add_done_callback(stored)
+        await asyncio.shield(fut)
+
+    async def _submit_many(self, items: object) -> web.Response:
         if not isinstance(items, list) or not 1 <= len(items) <= BATCH_LIMIT:
             raise InvalidRequest("tasks must be a list of 1 to 10000 task objects")
         batch: dict[str, TaskRow] = {}
-        built = [self.build(item, batch) for item in items]  # all validated first
+        built = [await self._built(item, batch) for item in items]  # all validated first
         new = list({b.id: b for b in built if isinstance(b, TaskRow)}.values())
         if new:
-            self.engine.submit_many(new)
+            await self._store_new(new)
         ids = [b if isinstance(b, str) else b.id for b in built]
         return web.json_response({"tasks": [self._wire(i) for i in ids]}, status=201)
 
     async def submit(self, request: web.Request) -> web.Response:
         """One task (an object), or many at once (``{"tasks": [...]}``, one transaction).
 
-        No await between the key lookup and the insert: submits are serialised by the
-        event loop, so two clients racing with one key get one task.
+        Two clients racing with one key get one task: the key is looked up among the
+        submits still being stored as well as in the store.
         """
         body = await json_body(request)
         if isinstance(body, dict) and set(body) == {"tasks"}:
-            return self._submit_many(body["tasks"])
-        built = self.build(body)
+            return await self._submit_many(body["tasks"])
+        built = await self._built(body)
         if isinstance(built, str):
             return web.json_response(self._wire(built))
-        self.engine.submit(built)
+        await self._store_new([built])
         return web.json_response(self._wire(built.id), status=201)
 
     def _rows(self, request: web.Request) -> list[TaskRow]:

@@ -12,6 +12,12 @@ then its futures resolve on the loop in submission order. The engine fsyncs a pa
 file itself (or lists it in ``sync_files``) before the snapshot that covers it, so "data
 durable before the offset that names it" holds as before.
 
+New tasks: ``insert(rows)`` rides the same transactions (the daemon's submits), so a burst of
+submits from one or many clients and the completions of running tasks share one WAL fsync,
+and one writer holds SQLite's lock instead of the loop and this thread taking turns. Each
+``insert`` is all or nothing on its own (a savepoint): a taken key or path fails that submit
+only.
+
 Disk full: a save SQLite cannot commit for want of space (StoreFull) is not failed and not
 dropped. It goes back to the front of the queue (merged with newer saves of its task) and
 is tried again every RETRY_FULL seconds; its future resolves when it lands. ``on_full``
@@ -25,14 +31,14 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bgtransfer._engine._files import fsync_dir, fsync_file
-from bgtransfer._exceptions import DestinationError, StoreError, StoreFull
+from bgtransfer._exceptions import DestinationError, StoreError, StoreFull, TransferError
 from bgtransfer._protocol._machine import Snapshot
-from bgtransfer._store._base import Attempt
+from bgtransfer._store._base import Attempt, TaskRow
 from bgtransfer._store._sqlite import EventRecord, SQLiteStore
 
 __all__ = ["Committer", "Save"]
@@ -103,6 +109,15 @@ class _Pending:
         )
 
 
+@dataclass(slots=True)
+class _Insert:
+    """New tasks of one submit, inserted together or not at all."""
+
+    rows: Sequence[TaskRow]
+    fut: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if fut.done():
         return
@@ -120,6 +135,7 @@ class Committer:
         # (a batch insert of 100 000 tasks); waiting here blocks no transfer.
         self._store = SQLiteStore(path, busy_timeout=120.0)
         self._queue: dict[str, _Pending] = {}
+        self._inserts: list[_Insert] = []
         self._cv = threading.Condition()
         self._closing = False
         self._on_full = on_full  # called from the writer thread
@@ -141,6 +157,18 @@ class Committer:
             pending.add(save, fut, loop)
             self._cv.notify()
         self._last = fut
+        return fut
+
+    def insert(self, rows: Sequence[TaskRow]) -> asyncio.Future[None]:
+        """Queue new tasks for the next transaction; the future resolves once they are
+        committed (or with the error that refused them: a key or path taken, a full disk)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._cv:
+            if self._closing:
+                raise StoreError("the task store is closed")
+            self._inserts.append(_Insert(rows, fut, loop))
+            self._cv.notify()
         return fut
 
     async def flush(self) -> None:
@@ -173,12 +201,18 @@ class Committer:
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._inserts and not self._closing:
                     self._cv.wait()
-                if not self._queue:
+                if not self._queue and not self._inserts:
                     return
                 batch, self._queue = list(self._queue.values()), {}
-            results = self._run(batch)
+                inserts, self._inserts = self._inserts, []
+            results, added = self._run(batch, inserts)
+            for ins, err in zip(inserts, added, strict=True):
+                try:
+                    ins.loop.call_soon_threadsafe(_settle, ins.fut, err is None, err)
+                except RuntimeError:  # the loop is gone (interpreter exit)
+                    return
             kept: list[_Pending] = []
             full: StoreFull | None = None
             for pending, result in zip(batch, results, strict=True):
@@ -226,7 +260,9 @@ class Committer:
             while not self._closing and (left := deadline - time.monotonic()) > 0:
                 self._cv.wait(left)
 
-    def _run(self, batch: list[_Pending]) -> list[list[int | None] | BaseException]:
+    def _run(
+        self, batch: list[_Pending], inserts: list[_Insert]
+    ) -> tuple[list[list[int | None] | BaseException], list[BaseException | None]]:
         failed: dict[int, BaseException] = {}
         for i, pending in enumerate(batch):
             for path in pending.sync_files:
@@ -249,13 +285,34 @@ class Committer:
                     failed[i] = DestinationError(f"cannot fsync directory {d}: {err}")
         ok = [i for i in range(len(batch)) if i not in failed]
         written: dict[int, list[int | None] | BaseException] = {}
+        added: list[BaseException | None] = []
         try:
             with self._store.transaction():
+                added = [self._add(ins) for ins in inserts]
                 for i in ok:
                     written[i] = self._write(batch[i])
         except Exception:  # noqa: BLE001 - one bad save must not sink the others: retry alone
             written = {i: self._one(batch[i]) for i in ok}
-        return [failed[i] if i in failed else written[i] for i in range(len(batch))]
+            added = [self._add_alone(ins) for ins in inserts]
+        return [failed[i] if i in failed else written[i] for i in range(len(batch))], added
+
+    def _add(self, ins: _Insert) -> TransferError | None:
+        """Insert one submit's rows in the open transaction; its own refusal (a key or a
+        path taken) is its answer and leaves the others' writes standing."""
+        try:
+            self._store.insert_in_tx(ins.rows)
+        except (DestinationError, StoreError) as exc:
+            if isinstance(exc, StoreFull):
+                raise
+            return exc
+        return None
+
+    def _add_alone(self, ins: _Insert) -> BaseException | None:
+        try:
+            with self._store.transaction():
+                return self._add(ins)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting submit, not lost
+            return exc
 
     def _write(self, p: _Pending) -> list[int | None]:
         s = p.last
