@@ -19,7 +19,8 @@ from bgtransfer._daemon._context import Parts
 from bgtransfer._daemon._stream import acknowledge, phases_of
 from bgtransfer._daemon._wire import json_body, query_int, query_number
 from bgtransfer._engine import _forget as forget
-from bgtransfer._exceptions import InvalidRequest, StoreFull
+from bgtransfer._exceptions import InvalidRequest, StoreFull, TaskNotFound
+from bgtransfer._models import Phase
 from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import (
@@ -37,6 +38,9 @@ __all__ = ["TaskRoutes"]
 
 _FIELDS = frozenset({"kind", "session", "url", "path", "idempotency_key"})
 BATCH_LIMIT = 10_000  # tasks per batch submit, ids per batch wait
+# A waiter re-reads its tasks this often even without a completion pushed to it: a task
+# that ends without the engine finishing it (forgotten by another request) is noticed.
+_RECHECK = 5.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,7 @@ class TaskRoutes:
         # Submits whose insert is queued for the group commit, by (session, key): a twin
         # that arrives meanwhile answers with their task once it is stored.
         self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def _wire(self, task_id: str) -> dict[str, Any]:
         return row_to_wire(self.engine.get(task_id))
@@ -292,24 +297,56 @@ class TaskRoutes:
             raise InvalidRequest(f"timeout must be a number of seconds: {timeout!r}")
         if not 0 <= timeout <= 300:
             raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        for task_id in ids:
-            self.engine.get(task_id)  # unknown ids: 404 now, not after the wait
+        done = {task_id: self._done(task_id) for task_id in ids}  # unknown ids: 404 now
+        left = {i for i, row in done.items() if row is None}
+        if left:
+            await self.parts.wait_or_stop(self._finishing(left), timeout)
+        return web.json_response(
+            {"tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]}
+        )
 
-        async def every() -> None:
-            for task_id in ids:
-                await self.engine.wait(task_id)
+    def _done(self, task_id: str) -> TaskRow | None:
+        """The task if its completion is committed (the store's word: the engine's memory
+        says done a moment before its commit lands), else None."""
+        row = self.store.get(task_id)
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
+        return row if row.snap.phase is Phase.DONE else None
 
-        await self.parts.wait_or_stop(every(), timeout)
-        return web.json_response({"tasks": [self._wire(i) for i in ids]})
+    def finished(self, task_id: str) -> None:
+        """A task's completion was committed: wake whoever waits for it."""
+        for fut in self._waiters.pop(task_id, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _finishing(self, ids: set[str]) -> None:
+        """Until every task of ``ids`` has finished: woken by each completion (pushed by
+        the engine, no poll), with a slow re-read in case one ends another way."""
+        loop = asyncio.get_running_loop()
+        while ids:
+            futs = {i: loop.create_future() for i in ids}
+            for i, fut in futs.items():
+                self._waiters.setdefault(i, []).append(fut)
+            try:
+                await asyncio.wait(futs.values(), timeout=_RECHECK)
+            finally:
+                for i, fut in futs.items():
+                    waiting = self._waiters.get(i)
+                    if waiting is not None and fut in waiting:
+                        waiting.remove(fut)
+                        if not waiting:
+                            del self._waiters[i]
+            ids = {i for i in ids if self._done(i) is None}
 
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
         timeout = query_number(request, "timeout", 30.0)
         if not 0 <= timeout <= 300:
             raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        self.engine.get(task_id)
-        await self.parts.wait_or_stop(self.engine.wait(task_id), timeout)
-        return web.json_response(self._wire(task_id))
+        row = self._done(task_id)
+        if row is None:  # a finished task is answered at once
+            await self.parts.wait_or_stop(self._finishing({task_id}), timeout)
+        return web.json_response(row_to_wire(row or self.engine.get(task_id)))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/tasks", self.submit)

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import PartialLost, size_of
-from bgtransfer._engine._http import body_failure, lower_headers, request_failure
+from bgtransfer._engine._http import body_failure, lower_headers, request_failure, tls_for
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._watchdog import slow_error, too_slow
@@ -51,6 +51,7 @@ class Downloader:
                 headers=CIMultiDict(action.headers),
                 allow_redirects=False,
                 timeout=timeout,
+                ssl=tls_for(live.machine.spec),
             )
         except Exception as exc:
             failure = request_failure(exc, rt)

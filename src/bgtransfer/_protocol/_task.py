@@ -76,6 +76,9 @@ class Spec:
     # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
     # None: the umask of the process that runs the engine.
     umask: int | None = None
+    # A PEM file of CA certificates that verifies this task's HTTPS servers instead of the
+    # system store (curl --cacert); chain and hostname are checked as ever.
+    ca_bundle: str | None = None
 
     # -- codec: the form the store has always written (json.dumps(asdict(spec))) ----------
 

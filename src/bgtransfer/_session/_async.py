@@ -198,6 +198,7 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
@@ -211,7 +212,9 @@ class AsyncSession:
         task of the first, whatever its state (even finished, with its file in place); the
         same key with a different url, path, sha256 or metadata is an InvalidRequest.
         ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
-        ``ls --json``, events).
+        ``ls --json``, events). ``ca_bundle``: a PEM file of CA certificates that verifies
+        HTTPS servers instead of the system store (curl --cacert); chain and hostname are
+        still checked, and a server it does not vouch for fails with TLSError.
 
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
@@ -237,6 +240,7 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    ca_bundle=ca_bundle,
                 )
             )
             row = download_row(
@@ -333,6 +337,7 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
@@ -366,6 +371,7 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    ca_bundle=ca_bundle,
                 )
             )
             row = upload_row(

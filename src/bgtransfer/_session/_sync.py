@@ -176,6 +176,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -201,6 +202,7 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                ca_bundle=ca_bundle,
             )
         )
         return Task(self, inner)
@@ -234,6 +236,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -259,6 +262,7 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                ca_bundle=ca_bundle,
             )
         )
         return Task(self, inner)
