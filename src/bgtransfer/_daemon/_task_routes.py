@@ -38,9 +38,10 @@ __all__ = ["TaskRoutes"]
 
 _FIELDS = frozenset({"kind", "session", "url", "path", "idempotency_key"})
 BATCH_LIMIT = 10_000  # tasks per batch submit, ids per batch wait
-# A waiter re-reads its tasks this often even without a completion pushed to it: a task
-# that ends without the engine finishing it (forgotten by another request) is noticed.
-_RECHECK = 5.0
+# A waiter is woken by its task's committed completion and re-reads its tasks on its own
+# only this often: a safety net (a completion whose commit failed), not the way waiters
+# learn of completions. Only finished tasks can be forgotten, and those answer at once.
+_RECHECK = 60.0
 
 
 @dataclass(frozen=True)
@@ -321,7 +322,7 @@ class TaskRoutes:
 
     async def _finishing(self, ids: set[str]) -> None:
         """Until every task of ``ids`` has finished: woken by each completion (pushed by
-        the engine, no poll), with a slow re-read in case one ends another way."""
+        the engine, no poll), with a slow re-read as a safety net."""
         loop = asyncio.get_running_loop()
         while ids:
             futs = {i: loop.create_future() for i in ids}
