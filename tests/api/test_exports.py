@@ -39,6 +39,7 @@ EXPECTED = [
     "SourceChanged",
     "StoreError",
     "StoreFull",
+    "TLSError",
     "Task",
     "TaskNotFound",
     "TaskState",

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -60,6 +61,7 @@ class Save:
     attempts: list[Attempt] = field(default_factory=list)
     sync_file: str | None = None  # a finished partial file to fsync first
     sync_dir: str | None = None  # a directory a file was just renamed into
+    sync_fd: int | None = None  # a partial file's descriptor (a dup) to fdatasync, then close
 
 
 @dataclass(slots=True)
@@ -72,6 +74,7 @@ class _Pending:
     hook_state: str | None = None
     sync_files: list[str] = field(default_factory=list)
     sync_dirs: list[str] = field(default_factory=list)
+    sync_fds: list[int] = field(default_factory=list)
     # (future, index of its event in ``events`` or None, loop)
     waiters: list[tuple[asyncio.Future[Any], int | None, asyncio.AbstractEventLoop]] = field(
         default_factory=list
@@ -91,6 +94,8 @@ class _Pending:
             self.sync_files.append(save.sync_file)
         if save.sync_dir is not None:
             self.sync_dirs.append(save.sync_dir)
+        if save.sync_fd is not None:
+            self.sync_fds.append(save.sync_fd)
         self.waiters.append((fut, index, loop))
 
     def merge(self, newer: _Pending) -> None:
@@ -104,6 +109,7 @@ class _Pending:
             self.hook_state = newer.hook_state
         self.sync_files.extend(newer.sync_files)
         self.sync_dirs.extend(newer.sync_dirs)
+        self.sync_fds.extend(newer.sync_fds)
         self.waiters.extend(
             (fut, None if i is None else base + i, loop) for fut, i, loop in newer.waiters
         )
@@ -150,6 +156,8 @@ class Committer:
         fut: asyncio.Future[Any] = loop.create_future()
         with self._cv:
             if self._closing:
+                if save.sync_fd is not None:
+                    os.close(save.sync_fd)
                 raise StoreError("the task store is closed")
             pending = self._queue.get(save.task_id)
             if pending is None:
@@ -265,6 +273,14 @@ class Committer:
     ) -> tuple[list[list[int | None] | BaseException], list[BaseException | None]]:
         failed: dict[int, BaseException] = {}
         for i, pending in enumerate(batch):
+            fds, pending.sync_fds = pending.sync_fds, []
+            for fd in fds:
+                try:
+                    os.fdatasync(fd)
+                except OSError as exc:
+                    failed[i] = DestinationError(f"cannot fsync a partial file: {exc}")
+                finally:
+                    os.close(fd)
             for path in pending.sync_files:
                 try:
                     fsync_file(path)
