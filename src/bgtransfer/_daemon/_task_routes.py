@@ -22,7 +22,7 @@ from bgtransfer._engine import _forget as forget
 from bgtransfer._exceptions import InvalidRequest, StoreFull, TaskNotFound
 from bgtransfer._models import Phase
 from bgtransfer._redact import redact
-from bgtransfer._store._base import TaskRow
+from bgtransfer._store._base import DuplicateKey, TaskRow
 from bgtransfer._tasks import (
     DOWNLOAD_OPTIONS,
     UPLOAD_OPTIONS,
@@ -202,6 +202,14 @@ class TaskRoutes:
         submits still being stored as well as in the store.
         """
         body = await json_body(request)
+        try:
+            return await self._submit(body)
+        except DuplicateKey:
+            # A batch waited for one twin while another client stored a key it holds:
+            # built again, the batch finds that task (the same answer as a repeat).
+            return await self._submit(body)
+
+    async def _submit(self, body: object) -> web.Response:
         if isinstance(body, dict) and set(body) == {"tasks"}:
             return await self._submit_many(body["tasks"])
         built = await self._built(body)
