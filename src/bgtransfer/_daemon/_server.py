@@ -201,7 +201,7 @@ class Daemon:
     # -- hooks -----------------------------------------------------------------------------
 
     def _on_finished(self, row: TaskRow) -> None:
-        self.tasks.finished(row.id)  # its completion is committed: waiters answer now
+        self.tasks.finished(row)  # its completion is committed: waiters answer now
         self.jobs.finished(row)
         if row.on_complete and row.hook_state == "pending":
             task = asyncio.get_running_loop().create_task(self._run_hook(row))

@@ -108,10 +108,15 @@ class TaskRoutes:
         # Submits whose insert is queued for the group commit, by (session, key): a twin
         # that arrives meanwhile answers with their task once it is stored.
         self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, list[asyncio.Future[TaskRow]]] = {}
 
     def _wire(self, task_id: str) -> dict[str, Any]:
         return row_to_wire(self.engine.get(task_id))
+
+    def _wire_new(self, row: TaskRow) -> dict[str, Any]:
+        """A task just stored: as it was inserted unless the engine has started it (no
+        read of the store for what this request has just written)."""
+        return self._wire(row.id) if row.id in self.engine.scheduler.live else row_to_wire(row)
 
     def build(
         self, body: object, batch: dict[str, TaskRow] | None = None
@@ -192,8 +197,10 @@ class TaskRoutes:
         new = list({b.id: b for b in built if isinstance(b, TaskRow)}.values())
         if new:
             await self._store_new(new)
-        ids = [b if isinstance(b, str) else b.id for b in built]
-        return web.json_response({"tasks": [self._wire(i) for i in ids]}, status=201)
+        return web.json_response(
+            {"tasks": [self._wire(b) if isinstance(b, str) else self._wire_new(b) for b in built]},
+            status=201,
+        )
 
     async def submit(self, request: web.Request) -> web.Response:
         """One task (an object), or many at once (``{"tasks": [...]}``, one transaction).
@@ -216,7 +223,7 @@ class TaskRoutes:
         if isinstance(built, str):
             return web.json_response(self._wire(built))
         await self._store_new([built])
-        return web.json_response(self._wire(built.id), status=201)
+        return web.json_response(self._wire_new(built), status=201)
 
     def _rows(self, request: web.Request) -> list[TaskRow]:
         q = request.query
@@ -309,7 +316,7 @@ class TaskRoutes:
         done = {task_id: self._done(task_id) for task_id in ids}  # unknown ids: 404 now
         left = {i for i, row in done.items() if row is None}
         if left:
-            await self.parts.wait_or_stop(self._finishing(left), timeout)
+            await self.parts.wait_or_stop(self._finishing(left, done), timeout)
         return web.json_response(
             {"tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]}
         )
@@ -322,18 +329,19 @@ class TaskRoutes:
             raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
         return row if row.snap.phase is Phase.DONE else None
 
-    def finished(self, task_id: str) -> None:
-        """A task's completion was committed: wake whoever waits for it."""
-        for fut in self._waiters.pop(task_id, ()):
+    def finished(self, row: TaskRow) -> None:
+        """A task's completion was committed: wake whoever waits for it, with its row."""
+        for fut in self._waiters.pop(row.id, ()):
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(row)
 
-    async def _finishing(self, ids: set[str]) -> None:
-        """Until every task of ``ids`` has finished: woken by each completion (pushed by
-        the engine, no poll), with a slow re-read as a safety net."""
+    async def _finishing(self, ids: set[str], done: dict[str, TaskRow | None]) -> None:
+        """Until every task of ``ids`` has finished, its row put in ``done``: woken by each
+        completion (pushed by the engine with the row, no poll), with a slow re-read of
+        the store as a safety net."""
         loop = asyncio.get_running_loop()
         while ids:
-            futs = {i: loop.create_future() for i in ids}
+            futs: dict[str, asyncio.Future[TaskRow]] = {i: loop.create_future() for i in ids}
             for i, fut in futs.items():
                 self._waiters.setdefault(i, []).append(fut)
             try:
@@ -345,17 +353,19 @@ class TaskRoutes:
                         waiting.remove(fut)
                         if not waiting:
                             del self._waiters[i]
-            ids = {i for i in ids if self._done(i) is None}
+            for i, fut in futs.items():
+                done[i] = fut.result() if fut.done() else self._done(i)
+            ids = {i for i in ids if done[i] is None}
 
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
         timeout = query_number(request, "timeout", 30.0)
         if not 0 <= timeout <= 300:
             raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        row = self._done(task_id)
-        if row is None:  # a finished task is answered at once
-            await self.parts.wait_or_stop(self._finishing({task_id}), timeout)
-        return web.json_response(row_to_wire(row or self.engine.get(task_id)))
+        done = {task_id: self._done(task_id)}
+        if done[task_id] is None:  # a finished task is answered at once
+            await self.parts.wait_or_stop(self._finishing({task_id}, done), timeout)
+        return web.json_response(row_to_wire(done[task_id] or self.engine.get(task_id)))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/tasks", self.submit)
