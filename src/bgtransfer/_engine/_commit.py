@@ -12,11 +12,12 @@ then its futures resolve on the loop in submission order. The engine fsyncs a pa
 file itself (or lists it in ``sync_files``) before the snapshot that covers it, so "data
 durable before the offset that names it" holds as before.
 
-New tasks: ``insert(rows)`` rides the same transactions (the daemon's submits), so a burst of
-submits from one or many clients and the completions of running tasks share one WAL fsync,
-and one writer holds SQLite's lock instead of the loop and this thread taking turns. Each
-``insert`` is all or nothing on its own (a savepoint): a taken key or path fails that submit
-only.
+New tasks: ``insert(rows)`` (the daemon's submits) go through this thread too, so one writer
+holds SQLite's lock instead of the loop and this thread taking turns, and submits that arrive
+together, from one client or many, share one transaction and one WAL fsync. They are
+committed first, in a transaction of their own, before the saves' files are fsynced: a
+submit's answer never waits for the data fsyncs of finishing downloads. Each ``insert`` is
+all or nothing on its own (a savepoint): a taken key or path fails that submit only.
 
 Disk full: a save SQLite cannot commit for want of space (StoreFull) is not failed and not
 dropped. It goes back to the front of the queue (merged with newer saves of its task) and
@@ -215,12 +216,15 @@ class Committer:
                     return
                 batch, self._queue = list(self._queue.values()), {}
                 inserts, self._inserts = self._inserts, []
-            results, added = self._run(batch, inserts)
+            added = self._insert_all(inserts) if inserts else []
             for ins, err in zip(inserts, added, strict=True):
                 try:
                     ins.loop.call_soon_threadsafe(_settle, ins.fut, err is None, err)
                 except RuntimeError:  # the loop is gone (interpreter exit)
                     return
+            if not batch:
+                continue
+            results = self._run(batch)
             kept: list[_Pending] = []
             full: StoreFull | None = None
             for pending, result in zip(batch, results, strict=True):
@@ -268,9 +272,7 @@ class Committer:
             while not self._closing and (left := deadline - time.monotonic()) > 0:
                 self._cv.wait(left)
 
-    def _run(
-        self, batch: list[_Pending], inserts: list[_Insert]
-    ) -> tuple[list[list[int | None] | BaseException], list[BaseException | None]]:
+    def _run(self, batch: list[_Pending]) -> list[list[int | None] | BaseException]:
         failed: dict[int, BaseException] = {}
         for i, pending in enumerate(batch):
             fds, pending.sync_fds = pending.sync_fds, []
@@ -301,16 +303,22 @@ class Committer:
                     failed[i] = DestinationError(f"cannot fsync directory {d}: {err}")
         ok = [i for i in range(len(batch)) if i not in failed]
         written: dict[int, list[int | None] | BaseException] = {}
-        added: list[BaseException | None] = []
         try:
             with self._store.transaction():
-                added = [self._add(ins) for ins in inserts]
                 for i in ok:
                     written[i] = self._write(batch[i])
         except Exception:  # noqa: BLE001 - one bad save must not sink the others: retry alone
             written = {i: self._one(batch[i]) for i in ok}
-            added = [self._add_alone(ins) for ins in inserts]
-        return [failed[i] if i in failed else written[i] for i in range(len(batch))], added
+        return [failed[i] if i in failed else written[i] for i in range(len(batch))]
+
+    def _insert_all(self, inserts: list[_Insert]) -> list[BaseException | None]:
+        """Every queued submit in one transaction; if that fails as a whole (a full disk),
+        each alone, so each hears its own answer."""
+        try:
+            with self._store.transaction():
+                return [self._add(ins) for ins in inserts]
+        except Exception:  # noqa: BLE001 - retried alone, each failure handed to its submit
+            return [self._add_alone(ins) for ins in inserts]
 
     def _add(self, ins: _Insert) -> TransferError | None:
         """Insert one submit's rows in the open transaction; its own refusal (a key or a
