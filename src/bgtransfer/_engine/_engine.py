@@ -122,6 +122,11 @@ class Engine:
         )
 
     @property
+    def refresh_hooks(self) -> dict[str, Callable[[Any], Any]]:
+        """Foreground sessions' refresh callables by task id (``download(refresh=fn)``)."""
+        return self._ctx.refresh_hooks
+
+    @property
     def rates(self) -> RateLimits:
         return self.pacing.rates
 
