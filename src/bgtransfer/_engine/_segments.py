@@ -286,7 +286,7 @@ class _Driver:
         ctx, m = self.ctx, self.m
         await ctx.pacing.wait_origin(self.live.origin)
         url, headers = m.segment_request(index)
-        url, headers = segment_source(ctx, self.live, index, url, headers)  # mirrors
+        url, headers = segment_source(ctx, self.live, index, url, headers, attempt)  # mirrors
         rt = m.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:

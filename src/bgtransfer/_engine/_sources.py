@@ -439,10 +439,16 @@ def _all_dropped(live: Live, src: _TaskSources) -> TransferError:
 
 
 def segment_source(
-    ctx: Context, live: Live, index: int, url: str, headers: tuple[tuple[str, str], ...]
+    ctx: Context,
+    live: Live,
+    index: int,
+    url: str,
+    headers: tuple[tuple[str, str], ...],
+    attempt: Attempt,
 ) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The source and headers for segment ``index``'s request (the machine's, without
-    mirrors); the source counts as busy until :func:`release_segment`."""
+    mirrors; ``attempt``, its history row, names the source); the source counts as busy
+    until :func:`release_segment`."""
     if not has_sources(ctx, live):
         return url, headers
     src = _of(ctx, live)
@@ -453,6 +459,7 @@ def segment_source(
         return url, headers  # every source busy or resting: the primary
     m = live.machine
     base = segment_headers(m.spec, m.snap, picked, index)
+    attempt.url = _shown(picked)
     return picked, src.headers_for(live, picked, base)
 
 
