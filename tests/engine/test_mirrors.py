@@ -43,7 +43,7 @@ def test_urls_needs_exactly_one_of_url_and_urls(
     with pytest.raises(bgtransfer.InvalidRequest, match="twice"):
         session.download(urls=["http://h/a", "http://h/a"], path=tmp_path / "x")
     with pytest.raises(bgtransfer.InvalidRequest, match="non-empty list"):
-        session.download(urls="http://h/a", path=tmp_path / "x")  # type: ignore[arg-type]
+        session.download(urls="http://h/a", path=tmp_path / "x")
 
 
 def test_a_lying_mirror_is_dropped_and_never_mixes_bytes(
@@ -115,9 +115,9 @@ def test_segments_spread_over_three_mirrors(
         assert by_query(server, key, mirror=str(i)), f"mirror {i} got no request"
     served = {str(i): 0 for i in (1, 2, 3)}
     for a in task.history():
-        for i in served:
-            if f"mirror={i}" in a["url"]:
-                served[i] += a["bytes"]
+        for mirror in served:
+            if f"mirror={mirror}" in a["url"]:
+                served[mirror] += a["bytes"]
     assert all(n > 0 for n in served.values()), served
     assert sum(served.values()) == size
 

@@ -101,6 +101,7 @@ class Engine:
             pacing=self.pacing,
             limiter=self.limiter,
         )
+        self.refresh_hooks = self._ctx.refresh_hooks  # download(refresh=fn), by task id
         self._download = Downloader(self._ctx)
         self._uploads = Uploader(self._ctx)
         self.space = DiskFull(
@@ -120,11 +121,6 @@ class Engine:
             admit=self._admit,
             wake=self._pump,
         )
-
-    @property
-    def refresh_hooks(self) -> dict[str, Callable[[Any], Any]]:
-        """Foreground sessions' refresh callables by task id (``download(refresh=fn)``)."""
-        return self._ctx.refresh_hooks
 
     @property
     def rates(self) -> RateLimits:
