@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from bgtransfer.testing import FaultServer, gen_bytes
@@ -144,3 +145,49 @@ def test_get_metalink_one_file_and_several(
     r = bgt(home, "get", "--metalink", str(meta2), "http://h/x")
     assert r.returncode == 5  # EXIT_INVALID
     assert "not both" in r.stderr
+
+
+COUNTING = """\
+import sys, urllib.request
+with open(sys.argv[2], "a") as f:
+    f.write("called\\n")
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())
+"""
+
+
+def test_a_killed_daemon_goes_on_with_the_refreshed_url(
+    server: FaultServer,
+    home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from tests.daemon.conftest import kill_daemon
+
+    data = os.urandom(3 << 20)
+    name = f"clik-{os.urandom(4).hex()}"
+    server.add(name, data)
+    first = server.sign_url(f"/r/{name}", max_bytes=200_000)
+    secret = first.split("X-Amz-Signature=")[1]
+    script = tmp_path / "count.py"
+    script.write_text(COUNTING)
+    calls = tmp_path / "calls"
+    sign = server.url(f"/sign?path=/r/{name}&expires_in=600")
+    cmd = shlex.join([sys.executable, str(script), sign, str(calls)])
+    dest = tmp_path / "k.bin"
+    r = bgt(home, "add", first, "-o", str(dest), "--refresh-cmd", cmd, "--limit-rate", "1M")
+    assert r.returncode == 0, r.stderr
+    task_id = r.stdout.strip()
+
+    def refreshed_bytes() -> int:
+        reqs = server.requests(f"/s/r/{name}")
+        return sum(1 for q in reqs if q.query.get("X-Amz-Signature") not in (None, secret))
+
+    deadline = time.monotonic() + 30
+    while refreshed_bytes() == 0 or dest.exists():
+        assert time.monotonic() < deadline, "no request to the refreshed URL"
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert kill_daemon(home) is not None
+    r = bgt(home, "wait", task_id, "--timeout", "60", "--json")
+    assert r.returncode == 0, r.stderr
+    assert dest.read_bytes() == data
+    assert calls.read_text() == "called\n"  # the new URL was on record: no second refresh
