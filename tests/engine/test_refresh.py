@@ -208,3 +208,23 @@ def test_the_refreshed_url_is_durable(server: FaultServer, tmp_path: Path) -> No
     outcomes = [a["outcome"] for a in history]
     assert sum("URL refreshed" in o for o in outcomes) == 1, outcomes
     json.dumps(history)
+
+
+def test_a_segmented_download_survives_its_url_expiring(
+    session: bgtransfer.Session, server: FaultServer, tmp_path: Path
+) -> None:
+    data = os.urandom(8 << 20)
+    name = f"seg-{os.urandom(4).hex()}"
+    server.add(name, data)
+    first = server.sign_url(f"/r/{name}", max_bytes=3 << 20)
+    minter = Minter(server, f"/r/{name}")
+    dest = tmp_path / "out.bin"
+    task = session.download(first, dest, refresh=minter, segments=4, **FAST).wait(timeout=60)
+    assert task.error is None, task.error
+    assert dest.read_bytes() == data
+    assert 1 <= len(minter.calls) <= 2
+    # Never from 0 again: every request to a new URL asked for a range past the first bytes.
+    sig = first.split("X-Amz-Signature=")[1]
+    later = [r for r in signed_requests(server, name) if r.query.get("X-Amz-Signature") != sig]
+    assert later
+    assert all(r.headers.get("range", "bytes=0-").split("=")[1][0] != "0" for r in later[:1])

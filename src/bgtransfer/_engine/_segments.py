@@ -297,17 +297,18 @@ class _Driver:
             failure = request_failure(exc, rt)
             if failure is None:
                 raise
-            segment_answer(ctx, self.live, url, None, 0, {})  # mirrors: set the source aside
+            await segment_answer(ctx, self.live, url, None, 0, {})  # mirrors: set it aside
             if not failure.retryable:
                 return M.Failed(failure.error)
             return _Retry(failure.error)
         attempt.status = resp.status
         got = lower_headers(resp)
         ctx.pacing.heard(url, resp.status, got)
-        elsewhere = segment_answer(ctx, self.live, url, resp, resp.status, got)  # mirrors
+        # Mirrors and expired URLs (issue 17): a source dropped or a URL refreshed.
+        elsewhere = await segment_answer(ctx, self.live, url, resp, resp.status, got)
         if elsewhere is not None:
             resp.close()
-            return _Retry(elsewhere)
+            return elsewhere if isinstance(elsewhere, M.Event) else _Retry(elsewhere)
         answer = check_segment_response(
             resp.status,
             got,

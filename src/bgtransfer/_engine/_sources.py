@@ -26,6 +26,7 @@ Mirrors
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import time
@@ -38,7 +39,14 @@ import aiohttp
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._refresh import call_hook, run_command
-from bgtransfer._exceptions import IntegrityError, RefreshFailed, SourceDropped, TransferError
+from bgtransfer._exceptions import (
+    IntegrityError,
+    NetworkError,
+    ReadError,
+    RefreshFailed,
+    SourceDropped,
+    TransferError,
+)
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._digest import Checksum, parse_digest_field
 from bgtransfer._protocol._mirrors import MirrorSet, Observed
@@ -117,6 +125,7 @@ class _TaskSources:
         self.last_source: str | None = None
         self.refreshed: tuple[str, Representation] | None = None  # (why, old representation)
         self.bound: dict[int, str] = {}  # id(response) -> its source, while it is read
+        self.lock = asyncio.Lock()  # segments refused together refresh once
 
     # --- history ---------------------------------------------------------------------------
 
@@ -331,7 +340,6 @@ async def request_via_sources(
     src = _of(ctx, live)
     m = live.machine
     first_hop = action.url in (m.spec.url, live.row.spec.url)
-    event: M.Event = M.Failed(SourceDropped("no source answered", task_id=live.row.id))
     for _ in range(_MAX_TRIES):
         if first_hop and src.due(live):
             failed = await src.refresh(ctx, live, None, "the URL was about to expire")
@@ -355,7 +363,10 @@ async def request_via_sources(
         if isinstance(again, M.Event):
             return again
         first_hop = True  # a refreshed URL or another source: from the task's URL again
-    return event
+    # Sources dropped or set aside one after the other: the machine's backoff, then again.
+    return M.TransportFailed(
+        NetworkError(f"no source gave a usable answer in {_MAX_TRIES} requests")
+    )
 
 
 async def _judge(
@@ -463,19 +474,24 @@ def segment_source(
     return picked, src.headers_for(live, picked, base)
 
 
-def segment_answer(
+async def segment_answer(
     ctx: Context,
     live: Live,
     url: str,
     resp: aiohttp.ClientResponse | None,
     status: int,
     headers: Mapping[str, str],
-) -> TransferError | None:
-    """Check a segment's answer from ``url`` (``resp`` None: the request failed); an error
-    when the segment must be asked elsewhere (the source was dropped or set aside)."""
+) -> TransferError | M.Event | None:
+    """Check a segment's answer from ``url`` (``resp`` None: the request failed): an error
+    when the segment must be asked again (its source was dropped or set aside, or the URL
+    was refreshed), an event that ends the download (a refresh failed), or None."""
     if not has_sources(ctx, live):
         return None
     src = _of(ctx, live)
+    if resp is not None and src.hook is not None:
+        refreshed = await _refresh_for_segment(ctx, live, src, url, status)
+        if refreshed is not None:
+            return refreshed
     if src.mirrors is None or url not in src.mirrors.live + list(src.mirrors.dropped):
         return None
     err: TransferError | None = None
@@ -496,6 +512,36 @@ def segment_answer(
             src.bound[id(resp)] = url
     src.flush_mirror_history(ctx, live)
     return err
+
+
+async def _refresh_for_segment(
+    ctx: Context, live: Live, src: _TaskSources, url: str, status: int
+) -> TransferError | M.Event | None:
+    m = live.machine
+    verdict = src.verdict(live, status)
+    if verdict is RefreshAction.NONE:
+        return None
+    again = ReadError(f"segment: the server answered {status}; the URL was refreshed")
+    async with src.lock:  # one refresh for all the connections refused together
+        if m.spec.url != url:
+            return again  # another connection refreshed it meanwhile
+        verdict = src.verdict(live, status)
+        if verdict is RefreshAction.EXHAUSTED:
+            return M.Failed(
+                RefreshFailed(
+                    f"server answered {status} for a segment of {_shown(url)} although the "
+                    f"URL was refreshed {m.snap.refreshes} times: not refreshed again",
+                    task_id=live.row.id,
+                    status_code=status,
+                )
+            )
+        failed = await src.refresh(ctx, live, status, f"the server answered {status}")
+        if failed is not None:
+            return M.Failed(failed)
+        src.refreshed = None  # the segments' own checks judge the new URL's answers
+        src.note(ctx, live, m.spec.url, f"URL refreshed (a segment got {status})")
+        _set_url(live, m.spec.url)
+    return again
 
 
 def release_segment(ctx: Context, live: Live, resp: aiohttp.ClientResponse) -> None:
