@@ -279,6 +279,10 @@ class DownloadOptions(_Common):
         positive_int("max_bytes", self.max_bytes, allow_none=True, zero=True)
         self._set("urls", check_urls(self.urls))
         self._set("refresh", check_argv(self.refresh, "refresh"))
+        if self.refresh is not None and len(self.urls) > 1:
+            raise InvalidRequest(
+                "refresh and several urls together are not supported: a refresh names one URL"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -293,6 +297,8 @@ class UploadOptions(_Common):
     retry_unsafe: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
     response_path: str | None = None
+    # The daemon's refresh command for an expired URL or token (argv, no shell).
+    refresh: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -319,6 +325,7 @@ class UploadOptions(_Common):
             if not isinstance(where, str | os.PathLike) or not os.fspath(where):
                 raise InvalidRequest(f"response_path must be a path, not {where!r}")
             self._set("response_path", os.path.abspath(os.fspath(where)))
+        self._set("refresh", check_argv(self.refresh, "refresh"))
 
 
 @dataclasses.dataclass(frozen=True)

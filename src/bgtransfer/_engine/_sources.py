@@ -49,6 +49,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._digest import Checksum, parse_digest_field
+from bgtransfer._protocol._events import FinalResponse, UploadEvent
 from bgtransfer._protocol._mirrors import MirrorSet, Observed
 from bgtransfer._protocol._ranges import parse_content_range, parse_retry_after
 from bgtransfer._protocol._redirects import REDIRECT_STATUS
@@ -74,6 +75,7 @@ __all__ = [
     "request_via_sources",
     "segment_answer",
     "segment_source",
+    "upload_with_refresh",
 ]
 
 Send = Callable[[Live, M.SendRequest], Awaitable[M.Event]]
@@ -186,7 +188,10 @@ class _TaskSources:
         return refresh_on_status(
             status,
             has_hook=self.hook is not None,
-            had_response=snap.offset > 0 or snap.response_status is not None,
+            # Bytes, a first answer, or (uploads) a server that created the upload.
+            had_response=snap.offset > 0
+            or snap.response_status is not None
+            or snap.upload_url is not None,
             url_expired=expiry is not None and time.time() >= expiry,
             refreshes=snap.refreshes,
             refreshes_in_a_row=self.in_a_row,
@@ -552,3 +557,45 @@ def release_segment(ctx: Context, live: Live, resp: aiohttp.ClientResponse) -> N
     url = src.bound.pop(id(resp), None)
     if url is not None:
         src.mirrors.release(url)
+
+
+# --- uploads ---------------------------------------------------------------------------------
+
+
+async def upload_with_refresh(
+    ctx: Context, live: Live, exchange: Callable[[Live], Awaitable[M.Event | UploadEvent]]
+) -> M.Event | UploadEvent:
+    """An upload's exchange with its refresh hook: a new URL or new headers (an expired
+    bearer token) when the server refuses a task it had let in, or before the URL expires.
+    A resumable upload then asks the server its offset again (tus/IETF HEAD)."""
+    if not has_sources(ctx, live):
+        return await exchange(live)
+    src = _of(ctx, live)
+    for _ in range(_MAX_TRIES):
+        if src.due(live):
+            failed = await src.refresh(ctx, live, None, "the URL was about to expire")
+            if failed is not None:
+                return M.Failed(failed)
+        event = await exchange(live)
+        if not isinstance(event, FinalResponse):
+            return event
+        status = event.status
+        verdict = src.verdict(live, status)
+        if verdict is RefreshAction.NONE:
+            return event
+        if verdict is RefreshAction.EXHAUSTED:
+            return M.Failed(
+                RefreshFailed(
+                    f"server answered {status} for {_shown(live.machine.spec.url)} although "
+                    f"the URL was refreshed {live.machine.snap.refreshes} times: not "
+                    "refreshed again",
+                    task_id=live.row.id,
+                    status_code=status,
+                )
+            )
+        failed = await src.refresh(ctx, live, status, f"the server answered {status}")
+        if failed is not None:
+            return M.Failed(failed)
+        src.refreshed = None
+        src.note(ctx, live, live.machine.spec.url, f"URL refreshed (the server answered {status})")
+    return M.TransportFailed(NetworkError(f"no usable answer in {_MAX_TRIES} refreshed requests"))

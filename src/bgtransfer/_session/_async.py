@@ -266,13 +266,17 @@ class AsyncSession:
             if twin is None:
                 raise
             return twin
+        return AsyncTask(self, await self._submit_with_hook(row, hook))
+
+    async def _submit_with_hook(self, row: TaskRow, hook: Callable[[Any], Any] | None) -> TaskRow:
+        """Submit ``row``; a foreground refresh callable is held by the engine first."""
         backend = self._backend_or_raise()
         if hook is not None and isinstance(backend, Local):
             backend.set_refresh_hook(row.id, hook)  # before it can run
         submitted = await backend.submit(row)
         if hook is not None and isinstance(backend, Local) and submitted.id != row.id:
             backend.set_refresh_hook(submitted.id, hook)  # the key's earlier task
-        return AsyncTask(self, submitted)
+        return submitted
 
     async def _twin(
         self, key: str | None, kind: str, url: object, path: object
@@ -351,6 +355,7 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
@@ -360,11 +365,15 @@ class AsyncSession:
         (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
         from the server's offset after any interruption. ``response_path``: where the whole
         body of the server's final answer is written (in place before the task completes);
-        ``Task.response_body`` keeps its first 64 KiB either way.
+        ``Task.response_body`` keeps its first 64 KiB either way. ``refresh``: as for
+        :meth:`download` (an expired URL or bearer token: new headers reach every later
+        request, and a resumable upload asks the server its offset again).
         """
         try:
+            _, _, refresh, hook = split_sources(url, None, refresh, background=self.background)
             options = UploadOptions(
                 **_given(
+                    refresh=refresh,
                     method=method,
                     headers=headers,
                     protocol=protocol,
@@ -399,8 +408,7 @@ class AsyncSession:
             if twin is None:
                 raise
             return twin
-        row = await self._backend_or_raise().submit(row)
-        return AsyncTask(self, row)
+        return AsyncTask(self, await self._submit_with_hook(row, hook))
 
     async def tasks(
         self,

@@ -238,6 +238,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -263,6 +264,7 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                refresh=refresh,
             )
         )
         return Task(self, inner)
