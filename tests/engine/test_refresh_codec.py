@@ -71,15 +71,18 @@ def test_the_store_keeps_the_refreshed_url(tmp_path: Path) -> None:
 
 
 def test_the_task_body_carries_urls_and_the_refresh_command(tmp_path: Path) -> None:
-    row = build_row(
-        "s", URLS[0], str(tmp_path / "f"), background=True, urls=URLS, refresh=["/bin/m"]
-    )
-    body = body_of(row).to_json()
-    assert body["urls"] == list(URLS)
-    assert body["refresh"] == ["/bin/m"]
-    again = row_from_body(TaskBody.from_json(json.loads(json.dumps(body))), background=True)
-    assert again.spec.urls == URLS
-    assert again.spec.refresh == ("/bin/m",)
+    bodies = []
+    for given in ({"urls": URLS}, {"refresh": ["/bin/m"]}):
+        row = build_row("s", URLS[0], str(tmp_path / "f"), background=True, **given)
+        body = body_of(row).to_json()
+        again = row_from_body(TaskBody.from_json(json.loads(json.dumps(body))), background=True)
+        assert again.spec.urls == row.spec.urls
+        assert again.spec.refresh == row.spec.refresh
+        bodies.append(body)
+    assert bodies[0]["urls"] == list(URLS)
+    assert bodies[1]["refresh"] == ["/bin/m"]
+    with pytest.raises(bgtransfer.InvalidRequest, match="not supported"):
+        build_row("s", URLS[0], str(tmp_path / "g"), background=True, urls=URLS, refresh=["/m"])
 
 
 def test_options_refuse_bad_sources_and_hooks(tmp_path: Path) -> None:
