@@ -121,3 +121,18 @@ def test_metalink_downloads_gives_download_arguments(server: FaultServer, tmp_pa
     evil = doc.replace(b'name="1M"', b'name="../escape"')
     with pytest.raises(bgtransfer.InvalidRequest):
         bgtransfer.metalink_downloads(evil, directory=tmp_path)
+
+
+def test_redact_hides_the_secrets_of_signed_urls() -> None:
+    from bgtransfer._redact import redact
+
+    text = (
+        "failed: http://u:pw@h/f?X-Amz-Credential=AK%2F1&X-Amz-Date=20260101T000000Z"
+        "&X-Amz-Signature=deadbeef and https://b/x?sig=abc&se=2030-01-01&token=t0k"
+    )
+    shown = redact(text)
+    for secret in ("pw", "AK%2F1", "deadbeef", "abc", "t0k"):
+        assert secret not in shown
+    assert "X-Amz-Date=20260101T000000Z" in shown  # not a secret: kept for the reader
+    assert "se=2030-01-01" in shown
+    assert redact("no urls here") == "no urls here"
