@@ -191,3 +191,29 @@ def test_a_killed_daemon_goes_on_with_the_refreshed_url(
     assert r.returncode == 0, r.stderr
     assert dest.read_bytes() == data
     assert calls.read_text() == "called\n"  # the new URL was on record: no second refresh
+
+
+def test_put_with_a_refresh_command_gets_a_new_token(
+    server: FaultServer,
+    home: Path,  # noqa: F811
+    tmp_path: Path,
+    key: str,
+) -> None:
+    data = os.urandom(3 << 20)
+    src = tmp_path / f"put-{key}.bin"
+    src.write_bytes(data)
+    server.upload_faults(src.name, status_once=403)  # the first PATCH: the token expired
+    url = server.url("/tus/")
+    answer = json.dumps({"url": url, "headers": {"Authorization": f"Bearer new-{key}"}})
+    cmd = shlex.join([sys.executable, "-c", f"print({answer!r})"])
+    r = bgt(home, "put", str(src), url, "--protocol", "tus", "--refresh-cmd", cmd,
+            "-H", f"Authorization: Bearer old-{key}", "--json")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert server.tus_data(src.name) == data
+    auth = [
+        q.headers.get("authorization")
+        for q in server.requests()
+        if q.method == "PATCH" and key in (q.headers.get("authorization") or "")
+    ]
+    assert auth[0] == f"Bearer old-{key}"
+    assert set(auth[1:]) == {f"Bearer new-{key}"}

@@ -397,6 +397,13 @@ def _form_fields(form: tuple[str, ...]) -> list[tuple[str, str]]:
     show_default=True,
     help="Session identifier the task belongs to.",
 )
+@click.option(
+    "--refresh-cmd",
+    default=None,
+    metavar="'CMD ARGS'",
+    help="When the URL or token expires (401/403/410 once the upload began), the daemon "
+    "runs CMD (no shell) for a new URL and headers, as for get.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @scheduling_options
 @click.pass_context
@@ -414,6 +421,7 @@ def put(ctx: click.Context, file: str, url: str, headers: tuple[str, ...], form:
     home = home_of(ctx)
     pairs = header_pairs(headers)
     fields = _form_fields(form)
+    options["refresh"] = refresh_argv(options.pop("refresh_cmd", None))
     given = {**options, **ctx.meta.get(SUBMIT_EXTRA, {})}
     with daemon_errors():
         row = build_upload_row(
