@@ -39,8 +39,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
-    "CannotAdopt",
     "Cancelled",
+    "CannotAdopt",
     "ConnectError",
     "ContentChanged",
     "DaemonStopped",

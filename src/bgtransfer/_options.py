@@ -229,6 +229,8 @@ class DownloadOptions(_Common):
     low_speed_time: float = DEFAULT_LOW_SPEED_TIME
     segments: int = 1
     max_bytes: int | None = None
+    # Resume this partial file (its record says from where): Session.adopt, bgtransfer adopt.
+    adopt: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -242,6 +244,11 @@ class DownloadOptions(_Common):
                 f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {self.segments!r}"
             )
         positive_int("max_bytes", self.max_bytes, allow_none=True, zero=True)
+        if self.adopt is not None:
+            given: object = self.adopt
+            if not isinstance(given, str | os.PathLike) or not os.fspath(given):
+                raise InvalidRequest(f"adopt must be the path of a partial file, not {given!r}")
+            self._set("adopt", os.path.abspath(os.fspath(given)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -28,18 +28,22 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from bgtransfer._exceptions import (
     DestinationError,
     InvalidRequest,
     NoPartialRecord,
+    PartialInUse,
     PartialRecordCorrupt,
     PartialRecordMismatch,
 )
+from bgtransfer._models import Phase
 from bgtransfer._protocol._digest import Checksum
+from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._sidecar import (
     MAX_RECORD,
     XATTR_NAME,
@@ -52,14 +56,19 @@ from bgtransfer._protocol._sidecar import (
     sidecar_path,
 )
 from bgtransfer._protocol._task import Snapshot, Spec
+from bgtransfer._store._base import Store, TaskRow
 
 __all__ = [
     "ENV",
     "Found",
     "RecordKeeper",
+    "adopt_into",
+    "adopted_segments",
+    "default_target",
     "read_record",
     "record_mode",
     "record_of",
+    "refuse_in_use",
 ]
 
 log = logging.getLogger("bgtransfer")
@@ -358,3 +367,69 @@ def read_record(partial: str) -> Found:
     finally:
         os.close(fd)
         os.close(dfd)
+
+
+# -- starting a task from a found partial --------------------------------------------------
+
+_DEFAULT_PARTIAL = re.compile(r"^\.(.+)\.[0-9a-f]{12}\.bgtransfer-part$")
+
+
+def default_target(found: Found) -> str | None:
+    """Where an adopted partial goes when the caller does not say: the name its record
+    gives (or its own name, without the partial's dressing), in the partial's directory
+    (the finished file is renamed into place, so it stays on that filesystem)."""
+    head, name = os.path.split(found.partial)
+    if found.record.path:
+        return os.path.join(head, os.path.basename(found.record.path))
+    m = _DEFAULT_PARTIAL.match(name)
+    if m is not None:
+        return os.path.join(head, m.group(1))
+    for suffix in (".part", ".partial", ".crdownload", ".download"):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return os.path.join(head, name[: -len(suffix)])
+    return None
+
+
+def adopted_segments(found: Found, asked: int) -> int:
+    """Connections for an adopted download: a segmented partial needs the segmented driver
+    (at least 2); the caller's choice otherwise."""
+    if not found.record.segments or asked > 1:
+        return asked
+    unfinished = sum(1 for _, pos, end in found.record.segments if pos < end)
+    return min(MAX_SEGMENTS, max(2, unfinished))
+
+
+def adopt_into(snap: Snapshot, found: Found) -> None:
+    """The first snapshot of a task that resumes ``found``: what its record vouches for,
+    as if this store had committed it. Recovery then checks it against the file like any
+    committed offset (bytes past it are cut, a segmented file of another length restarts)
+    and the first request asks for the rest with Range and If-Range."""
+    rec = found.record
+    snap.total = rec.length
+    snap.etag = rec.etag
+    snap.last_modified = rec.last_modified
+    snap.segments = rec.segments
+    snap.offset = sum(pos - start for start, pos, _ in rec.segments) if rec.segments else rec.offset
+    snap.partial_id = found.ident
+    at = rec.offset if not rec.segments else snap.offset
+    snap.detail = f"adopted {found.partial} ({at} bytes vouched for by its {found.where} record)"
+
+
+_UNFINISHED = tuple(p.value for p in Phase if p is not Phase.DONE)
+
+
+def refuse_in_use(store: Store, rows: Sequence[TaskRow]) -> None:
+    """:class:`PartialInUse` when an unfinished task of ``store`` writes the partial file an
+    adopting row would resume (same path, or the same file under another name)."""
+    adopting = [r for r in rows if r.spec.adopt is not None]
+    if not adopting:
+        return
+    live = store.page(None, phases=_UNFINISHED)
+    for row in adopting:
+        ident = row.snap.partial_id[2:4]
+        for other in live:
+            if other.partial == row.partial or (ident and other.snap.partial_id[2:4] == ident):
+                raise PartialInUse(
+                    f"{row.partial} is the partial file of task {other.id} of this store "
+                    f"({other.snap.phase.value}): resume or cancel that task instead"
+                )

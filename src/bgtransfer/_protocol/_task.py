@@ -76,6 +76,9 @@ class Spec:
     # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
     # None: the umask of the process that runs the engine.
     umask: int | None = None
+    # ``adopt``: the partial file (another store's, or one that outlived its store) this
+    # download resumes instead of a new hidden file; its record gave the first snapshot.
+    adopt: str | None = None
 
     # -- codec: the form the store has always written (json.dumps(asdict(spec))) ----------
 

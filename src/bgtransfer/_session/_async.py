@@ -27,7 +27,7 @@ from bgtransfer._session._local import Local
 from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
 from bgtransfer._store._base import TaskRow
-from bgtransfer._tasks import download_row, same_target, upload_row
+from bgtransfer._tasks import adoption, download_row, same_target, upload_row
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine
@@ -267,6 +267,54 @@ class AsyncSession:
         if found is None or not same_target(found, kind, url, path):
             return None
         return AsyncTask(self, found)
+
+    async def adopt(
+        self,
+        partial: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sha256: str | None = None,
+        segments: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> AsyncTask:
+        """Resume ``partial``, a download's partial file that its record describes (written
+        beside it by any bgtransfer: another home, another machine, a store that is gone).
+
+        The record gives the URL (``url=`` replaces it: a fresh signed URL for the same
+        file), the validator, the length and how far the file is vouched for; the download
+        goes on from there with Range and If-Range, so a resource that changed since starts
+        over cleanly. ``path``: the finished file, in the partial's directory (default: the
+        name the record gives). Other keyword arguments are :meth:`download`'s options.
+
+        Raises :class:`NoPartialRecord`, :class:`PartialRecordCorrupt`,
+        :class:`PartialRecordMismatch` (the record describes another file),
+        :class:`PartialInUse` (a task of this home already writes it), or
+        :class:`InvalidRequest`.
+        """
+        found = adoption(partial, path)
+        try:
+            opts = DownloadOptions(
+                **options,
+                headers=() if headers is None else headers,
+                sha256=sha256 if sha256 is not None else found["sha256"],
+                segments=segments if segments is not None else found["segments"],
+                adopt=found["partial"],
+            )
+        except TypeError as exc:
+            raise InvalidRequest(f"adopt: {exc}") from None
+        row = download_row(
+            self.identifier,
+            url if url is not None else found["url"],
+            found["path"],
+            opts,
+            background=self.background,
+            idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+        )
+        row = await self._backend_or_raise().submit(row)
+        return AsyncTask(self, row)
 
     async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
         """Submit many downloads at once: each item has ``url``, ``path`` and any option of

@@ -205,6 +205,15 @@ class Session:
         )
         return Task(self, inner)
 
+    def adopt(
+        self,
+        partial: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Task:
+        """Resume a partial file its record describes (see :meth:`AsyncSession.adopt`)."""
+        return Task(self, self._call(self._async.adopt(partial, path, **options)))
+
     def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[Task]:
         """Submit many downloads at once (see :meth:`AsyncSession.download_many`)."""
         return [Task(self, t) for t in self._call(self._async.download_many(items))]
