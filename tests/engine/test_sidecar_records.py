@@ -26,17 +26,19 @@ ENV = "BGTRANSFER_PARTIAL_RECORD"
 
 def xattr(path: str) -> dict[str, Any] | None:
     try:
-        return json.loads(os.getxattr(path, XATTR_NAME))
+        found: dict[str, Any] = json.loads(os.getxattr(path, XATTR_NAME))
     except OSError:
         return None
+    return found
 
 
 def sidecar(path: str) -> dict[str, Any] | None:
     try:
         with open(sidecar_path(path), "rb") as f:
-            return json.loads(f.read())
+            found: dict[str, Any] = json.loads(f.read())
     except FileNotFoundError:
         return None
+    return found
 
 
 def until(what: Callable[[], Any], timeout: float = 15.0) -> Any:

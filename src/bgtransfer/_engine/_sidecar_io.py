@@ -94,7 +94,7 @@ def record_of(spec: Spec, snap: Snapshot, path: str, partial: str) -> PartialRec
     if spec.kind != "download":
         return None
     offset = contiguous(snap.segments) if snap.segments else snap.offset
-    checksums = ()
+    checksums: tuple[Checksum, ...] = ()
     if spec.sha256 is not None:
         checksums = (Checksum("sha256", bytes.fromhex(spec.sha256)),)
     return PartialRecord(

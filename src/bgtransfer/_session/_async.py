@@ -298,10 +298,12 @@ class AsyncSession:
         try:
             opts = DownloadOptions(
                 **options,
-                headers=() if headers is None else headers,
-                sha256=sha256 if sha256 is not None else found["sha256"],
-                segments=segments if segments is not None else found["segments"],
-                adopt=found["partial"],
+                **_given(
+                    headers=() if headers is None else headers,
+                    sha256=sha256 if sha256 is not None else found["sha256"],
+                    segments=segments if segments is not None else found["segments"],
+                    adopt=found["partial"],
+                ),
             )
         except TypeError as exc:
             raise InvalidRequest(f"adopt: {exc}") from None
