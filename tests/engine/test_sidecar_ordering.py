@@ -130,7 +130,7 @@ def audit_records(lines: list[str]) -> dict[str, int]:
 def test_record_updates_follow_the_data_sync(
     server: FaultServer, tmp_path: Path, key: str, mode: str
 ) -> None:
-    size = 6 << 20
+    size = 8 << 20  # > 3 s: a sidecar is replaced at most once a second
     dest = tmp_path / "audit.bin"
     lines = trace(tmp_path, server.url(f"/gen/{size}?rate=2500000&key={key}"), dest, mode)
     assert dest.read_bytes() == gen_bytes(size)

@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 import bgtransfer
-from bgtransfer._protocol._sidecar import XATTR_NAME, decode, encode, sidecar_path
+from bgtransfer._engine._sidecar_io import RecordKeeper
+from bgtransfer._protocol._sidecar import (
+    XATTR_NAME,
+    PartialRecord,
+    decode,
+    encode,
+    sidecar_path,
+)
 from bgtransfer._protocol._task import Spec
 from bgtransfer.testing import FaultServer, gen_bytes
 
@@ -200,6 +207,33 @@ def test_a_restart_replaces_the_old_representations_record(
         t2.wait(30)
         assert t2.error is None
         assert (tmp_path / "f.bin").read_bytes() == gen_bytes(size, 7)
+
+
+def test_sidecar_updates_are_rate_limited_and_caught_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sidecar costs an fdatasync: at most one a second, plus the one skipped, when the
+    file is closed (so a suspended task's record says what its store says)."""
+    monkeypatch.setenv(ENV, "sidecar")
+    part = str(tmp_path / ".x.0123456789ab.bgtransfer-part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT, 0o600)
+    offset = [100]
+
+    def open_dir() -> int:
+        return os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+
+    keeper = RecordKeeper(part)
+    keeper.describe = lambda: PartialRecord("http://h/x", offset[0], 1000, partial=Path(part).name)
+    try:
+        assert keeper.write(fd, open_dir)  # the first one creates the sidecar
+        offset[0] = 200
+        assert not keeper.write(fd, open_dir)  # within the second: skipped
+        assert sidecar(part)["offset"] == 100  # type: ignore[index]
+        keeper.catch_up(fd, open_dir)
+        assert sidecar(part)["offset"] == 200  # type: ignore[index]
+        assert not keeper.catch_up(fd, open_dir)  # nothing left to catch up
+    finally:
+        os.close(fd)
 
 
 def test_spec_adopt_round_trips_and_old_rows_decode() -> None:

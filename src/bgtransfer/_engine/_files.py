@@ -366,11 +366,23 @@ class PartialFile:
             try:
                 if sync:
                     self.sync()
+                    self._record_catch_up()
             finally:
                 os.close(self.fd)
                 self.fd = -1
 
     # -- the partial record (adopt) ---------------------------------------------------------
+
+    def _record_catch_up(self) -> None:
+        if self.record.catch_up(self.fd, self.open_dir):
+            try:  # a new sidecar's entry, as in sync()
+                dfd = self.open_dir()
+            except DestinationError:
+                return
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def _cutting(self, fd: int, size: int) -> None:
         """Bytes past ``size`` are about to go (a restart, or bytes no checkpoint vouched

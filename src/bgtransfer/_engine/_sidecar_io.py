@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,9 @@ _NO_XATTR = {errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES}
 # Too big for this filesystem's attribute space (ext4: one block for all of them).
 _TOO_BIG = {errno.E2BIG, errno.ENOSPC, errno.ERANGE}
 _ABSENT = {errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP}
+# A sidecar replacement costs an fdatasync (~1-2 ms here, README): at most one a second per
+# file, and one more when the file is closed. A record that lags is safe; one ahead is not.
+SIDECAR_EVERY = 1.0
 
 
 def record_mode() -> str:
@@ -142,6 +146,8 @@ class RecordKeeper:
         self._where: str | None = None  # "xattr" or "sidecar" once written by this process
         self._no_xattr = False
         self._warned = False
+        self._sidecar_at = -SIDECAR_EVERY  # monotonic time of the last sidecar written
+        self._behind = False  # a sidecar update was skipped since
 
     def _warn(self, what: str, exc: BaseException) -> None:
         if not self._warned:
@@ -150,10 +156,11 @@ class RecordKeeper:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def write(self, fd: int, open_dir: Callable[[], int]) -> bool:
+    def write(self, fd: int, open_dir: Callable[[], int], *, now: bool = False) -> bool:
         """Record the current state; call only right after the data's fdatasync.
-        ``open_dir``: a new descriptor of the partial's directory (closed here). Returns
-        whether a sidecar was created (its directory then needs an fsync)."""
+        ``open_dir``: a new descriptor of the partial's directory (closed here); ``now``:
+        do not skip a sidecar update for its rate limit. Returns whether a sidecar was
+        created (its directory then needs an fsync)."""
         if self.describe is None:
             return False
         mode = record_mode()
@@ -182,9 +189,13 @@ class RecordKeeper:
                         _unlink(self.sidecar, dfd)
                     self._where = "xattr"
                 return False
+        if not now and time.monotonic() - self._sidecar_at < SIDECAR_EVERY:
+            self._behind = True
+            return False
         try:
             with _dir(open_dir) as dfd:
                 self._write_sidecar(raw, dfd)
+            self._sidecar_at, self._behind = time.monotonic(), False
         except (OSError, DestinationError) as exc:
             self._warn("cannot write the sidecar", exc)
             return False
@@ -194,6 +205,11 @@ class RecordKeeper:
             self._where = "sidecar"
             return True
         return False
+
+    def catch_up(self, fd: int, open_dir: Callable[[], int]) -> bool:
+        """The sidecar update the rate limit skipped, once the data is synced (the file is
+        being closed: suspended, stopped, between attempts)."""
+        return self._behind and self.write(fd, open_dir, now=True)
 
     def _write_sidecar(self, raw: bytes, dfd: int) -> None:
         tmp = self.sidecar + ".tmp"
