@@ -484,6 +484,7 @@ class PartialFile:
             try:
                 st = os.stat(self.name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
+                self.record.remove_sidecar(dfd)  # the record of a file that is gone
                 return
             unknown = len(self.ident) != 5
             if (unknown and stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()) or (
