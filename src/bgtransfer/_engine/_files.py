@@ -288,7 +288,7 @@ class PartialFile:
             self._cutting(fd, start)
             os.ftruncate(fd, start)
             os.lseek(fd, start, os.SEEK_SET)
-        except OSError:
+        except (OSError, DestinationError):
             os.close(fd)
             raise
         self.fd = fd
@@ -307,7 +307,7 @@ class PartialFile:
                 os.ftruncate(fd, 0)
             if os.fstat(fd).st_size != total:
                 os.ftruncate(fd, total)
-        except OSError:
+        except (OSError, DestinationError):
             os.close(fd)
             raise
         self.fd = fd
