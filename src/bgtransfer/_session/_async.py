@@ -198,6 +198,7 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        adopt: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
@@ -212,6 +213,9 @@ class AsyncSession:
         same key with a different url, path, sha256 or metadata is an InvalidRequest.
         ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
         ``ls --json``, events).
+
+        ``adopt``: a partial file to resume instead of starting a new one (its record says
+        how far it is vouched for; see :meth:`adopt`, which also reads the URL from it).
 
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
@@ -237,6 +241,7 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    adopt=adopt,
                 )
             )
             row = download_row(

@@ -176,6 +176,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        adopt: str | os.PathLike[str] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -201,6 +202,7 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                adopt=adopt,
             )
         )
         return Task(self, inner)
@@ -209,10 +211,28 @@ class Session:
         self,
         partial: str | os.PathLike[str],
         path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sha256: str | None = None,
+        segments: int | None = None,
+        idempotency_key: str | None = None,
         **options: Any,
     ) -> Task:
         """Resume a partial file its record describes (see :meth:`AsyncSession.adopt`)."""
-        return Task(self, self._call(self._async.adopt(partial, path, **options)))
+        inner = self._call(
+            self._async.adopt(
+                partial,
+                path,
+                url=url,
+                headers=headers,
+                sha256=sha256,
+                segments=segments,
+                idempotency_key=idempotency_key,
+                **options,
+            )
+        )
+        return Task(self, inner)
 
     def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[Task]:
         """Submit many downloads at once (see :meth:`AsyncSession.download_many`)."""
