@@ -3,7 +3,9 @@
 R4  a record (the xattr, or the sidecar when it gets its name) never vouches for bytes of
     the partial file that are not yet fdatasynced: each record update comes after the data
     sync that makes its offset true;
-R5  a sidecar's content is fdatasynced before the rename that gives it its name.
+R5  a sidecar's content is fdatasynced before the rename that gives it its name;
+R6  a partial is never cut (truncated below what it holds, as for a new representation)
+    while its attribute record is still on it.
 
 The download is the same as ``test_ordering``'s (R1-R3 are checked there, on this run too).
 """
@@ -63,7 +65,8 @@ def audit_records(lines: list[str]) -> dict[str, int]:
     parts = _Partials()
     tmp_content: dict[str, int] = {}  # sidecar tmp path -> offset its content names
     tmp_synced: dict[str, bool] = {}
-    counts = {"xattr_records": 0, "sidecar_records": 0, "max_recorded": 0}
+    counts = {"xattr_records": 0, "sidecar_records": 0, "max_recorded": 0, "cuts": 0}
+    recorded: dict[str, bool] = {}  # partial -> an attribute record is on it
     for line in lines:
         pid_m = PID.match(line)
         pid = pid_m.group(1) if pid_m else "0"
@@ -119,6 +122,14 @@ def audit_records(lines: list[str]) -> dict[str, int]:
             )
             counts["xattr_records"] += 1
             counts["max_recorded"] = max(counts["max_recorded"], offset)
+            recorded[path] = True
+        elif call == "fremovexattr" and "= 0" in line:
+            recorded[path] = False
+        elif call == "ftruncate":
+            size = re.search(r"\(\d+<[^>]*>, (\d+)\)", line)
+            if size is not None and int(size.group(1)) < parts.extent.get(path, 0):
+                assert not recorded.get(path), f"R6: cut with its record still on it: {line}"
+                counts["cuts"] += 1
         parts.start(pid, call, fd, path, line)
         r = RESULT.search(line)
         if r is not None:
@@ -158,6 +169,21 @@ def test_segmented_record_updates_follow_the_data_sync(
     assert audit_records(lines)["xattr_records"] >= 2
 
 
+def test_a_restart_removes_the_record_before_cutting_the_file(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """etag_change: the retry after the cut finds another version (200 to If-Range), so the
+    file is cut to 0 for new bytes: the old record must be gone first (R6)."""
+    size = 6 << 20
+    dest = tmp_path / "moved.bin"
+    url = server.url(f"/gen/{size}?rate=3000000&cut=4000000&times=1&etag_change=1&key={key}")
+    lines = trace(tmp_path, url, dest, "auto")
+    assert dest.read_bytes() == gen_bytes(size, 2)
+    counts = audit_records(lines)
+    assert counts["cuts"] >= 1, counts
+    assert counts["xattr_records"] >= 2, counts
+
+
 def test_audit_catches_a_record_ahead_of_the_data(tmp_path: Path) -> None:
     """Negative control: R4 and R5 are checks that can fail."""
     part = f"{tmp_path}/.x.1.bgtransfer-part"
@@ -194,3 +220,8 @@ def test_audit_catches_a_record_ahead_of_the_data(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="R4"):
         audit_records(sidecar_ahead)
     assert audit_records([*in_order[:2], *sidecar_ahead[1:]])["sidecar_records"] == 1
+    cut_under_record = [*in_order, f"1 ftruncate(5<{part}>, 0) = 0"]
+    with pytest.raises(AssertionError, match="R6"):
+        audit_records(cut_under_record)
+    cleared = [*in_order, f'1 fremovexattr(5<{part}>, "user.bgtransfer.partial") = 0']
+    assert audit_records([*cleared, f"1 ftruncate(5<{part}>, 0) = 0"])["cuts"] == 1
