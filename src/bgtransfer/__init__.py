@@ -20,8 +20,10 @@ from bgtransfer._exceptions import (
     PartialRecordMismatch,
     ReadError,
     RedirectError,
+    RefreshFailed,
     ResumeError,
     SourceChanged,
+    SourceDropped,
     StoreError,
     StoreFull,
     TaskNotFound,
@@ -33,6 +35,7 @@ from bgtransfer._home import resolve_home
 from bgtransfer._jobs_api import AsyncJob, Job
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task
+from bgtransfer._sources_api import metalink_downloads
 from bgtransfer._version import __version__ as __version__
 
 __all__ = [
@@ -60,9 +63,11 @@ __all__ = [
     "PartialRecordMismatch",
     "ReadError",
     "RedirectError",
+    "RefreshFailed",
     "ResumeError",
     "Session",
     "SourceChanged",
+    "SourceDropped",
     "StoreError",
     "StoreFull",
     "Task",
@@ -71,6 +76,7 @@ __all__ = [
     "TransferError",
     "TransferTimeout",
     "UnsafeHome",
+    "metalink_downloads",
     "resolve_home",
 ]
 

@@ -39,9 +39,11 @@ EXPECTED = [
     "PartialRecordMismatch",
     "ReadError",
     "RedirectError",
+    "RefreshFailed",
     "ResumeError",
     "Session",
     "SourceChanged",
+    "SourceDropped",
     "StoreError",
     "StoreFull",
     "Task",
@@ -50,6 +52,7 @@ EXPECTED = [
     "TransferError",
     "TransferTimeout",
     "UnsafeHome",
+    "metalink_downloads",
     "resolve_home",
 ]
 
