@@ -214,10 +214,18 @@ def _adopted_row(
     return row
 
 
-def adoption(partial: object, path: object = None) -> dict[str, Any]:
-    """What a face needs to submit the adoption of ``partial``: the record's URL, the
-    target (``path``, else the record's name in the partial's directory), its sha256 and
-    connections. Raises the :class:`CannotAdopt` errors of an unusable record."""
+def adoption(
+    partial: object,
+    path: object = None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    segments: int | None = None,
+) -> dict[str, Any]:
+    """What a face needs to submit the adoption of ``partial``: ``url`` (the record's,
+    unless given), ``path`` (given, else the record's name in the partial's directory) and
+    the ``options`` the record implies (its sha256, mirrors and connections, unless given).
+    Raises the :class:`CannotAdopt` errors of an unusable record."""
     if not isinstance(partial, str | os.PathLike) or not os.fspath(partial):
         raise InvalidRequest(f"adopt needs the path of a partial file, not {partial!r}")
     found = read_record(os.fspath(partial))
@@ -226,15 +234,21 @@ def adoption(partial: object, path: object = None) -> dict[str, Any]:
         raise InvalidRequest(
             f"the record of {found.partial} names no target file: give one (-o / path=)"
         )
-    sha = next((c.hex() for c in found.record.checksums if c.algorithm == "sha256"), None)
+    rec = found.record
+    sha = next((c.hex() for c in rec.checksums if c.algorithm == "sha256"), None)
+    mirrors = (rec.url, *rec.mirrors) if url is None and rec.mirrors else ()
     return {
-        "url": found.record.url,
+        "url": rec.url if url is None else url,
         "path": target,
         "partial": found.partial,
-        "sha256": sha,
-        "segments": adopted_segments(found, 1),
-        "offset": found.record.offset,
+        "offset": rec.offset,
         "clipped": found.clipped,
+        "options": {
+            "adopt": found.partial,
+            "sha256": sha if sha256 is None else sha256,
+            "segments": adopted_segments(found, 1) if segments is None else segments,
+            "urls": mirrors,
+        },
     }
 
 

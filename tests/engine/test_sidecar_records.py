@@ -26,7 +26,7 @@ from bgtransfer._protocol._sidecar import (
     sidecar_path,
 )
 from bgtransfer._protocol._task import Spec
-from bgtransfer.testing import FaultServer, gen_bytes
+from bgtransfer.testing import FaultServer, gen_bytes, gen_sha256
 
 ENV = "BGTRANSFER_PARTIAL_RECORD"
 
@@ -351,3 +351,25 @@ def test_adopt_refusals(server: FaultServer, tmp_path: Path, key: str) -> None:
     assert not os.path.exists(part)
     assert issubclass(bgtransfer.PartialInUse, bgtransfer.CannotAdopt)
     assert issubclass(bgtransfer.CannotAdopt, bgtransfer.InvalidRequest)
+
+
+def test_adopt_keeps_the_mirrors(server: FaultServer, tmp_path: Path, key: str) -> None:
+    size = 4 << 20
+    base = server.url(f"/gen/{size}?rate=2000000&key={key}")
+    urls = [base, base + "&mirror=2"]
+    with bgtransfer.Session("old", home=tmp_path / "old-home", background=False) as s:
+        t = s.download(urls=urls, path=tmp_path / "f.bin", sha256=gen_sha256(size))
+        part = partial_of(s, t)
+        rec = until(lambda: xattr(part))
+    shutil.rmtree(tmp_path / "old-home")
+    assert rec["url"] == base
+    assert rec["mirrors"] == [base + "&mirror=2"]
+    assert rec["checksums"] == [f"sha256={gen_sha256(size)}"]
+    with bgtransfer.Session("new", home=tmp_path / "new-home", background=False) as s:
+        t = s.adopt(part)
+        row = s._async._engine_or_raise().get(t.id)
+        assert row.spec.urls == tuple(urls)
+        assert row.spec.sha256 == gen_sha256(size)  # carried by the record
+        t.wait(30)
+        assert t.error is None
+    assert (tmp_path / "f.bin").read_bytes() == gen_bytes(size)

@@ -109,6 +109,7 @@ def record_of(spec: Spec, snap: Snapshot, path: str, partial: str) -> PartialRec
         last_modified=snap.last_modified,
         segments=snap.segments,
         checksums=checksums,
+        mirrors=spec.urls[1:],
         path=path,
         partial=os.path.basename(partial),
     )

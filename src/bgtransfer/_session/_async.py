@@ -321,22 +321,15 @@ class AsyncSession:
         :class:`PartialInUse` (a task of this home already writes it), or
         :class:`InvalidRequest`.
         """
-        found = adoption(partial, path)
+        found = adoption(partial, path, url=url, sha256=sha256, segments=segments)
+        given = _given(headers=() if headers is None else headers, **found["options"])
         try:
-            opts = DownloadOptions(
-                **options,
-                **_given(
-                    headers=() if headers is None else headers,
-                    sha256=sha256 if sha256 is not None else found["sha256"],
-                    segments=segments if segments is not None else found["segments"],
-                    adopt=found["partial"],
-                ),
-            )
+            opts = DownloadOptions(**{**given, **options})
         except TypeError as exc:
             raise InvalidRequest(f"adopt: {exc}") from None
         row = download_row(
             self.identifier,
-            url if url is not None else found["url"],
+            found["url"],
             found["path"],
             opts,
             background=self.background,

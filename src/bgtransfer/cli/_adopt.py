@@ -67,21 +67,22 @@ def adopt(ctx: click.Context, partial: str, output: str | None, url: str | None,
     """
     home = home_of(ctx)
     with daemon_errors():
-        found = adoption(absolute(partial), None if output is None else absolute(output))
-        given: dict[str, Any] = {
-            "sha256": sha256 if sha256 is not None else found["sha256"],
-            "segments": segments if segments is not None else found["segments"],
-            "overwrite": overwrite or None,
-        }
+        found = adoption(
+            absolute(partial),
+            None if output is None else absolute(output),
+            url=url,
+            sha256=sha256,
+            segments=segments,
+        )
+        given: dict[str, Any] = {**found["options"], "overwrite": overwrite}
         row = build_row(
             session,
-            url if url is not None else found["url"],
+            found["url"],
             found["path"],
             background=True,
             headers=header_pairs(headers),
             idempotency_key=uuid.uuid4().hex,
-            adopt=found["partial"],
-            **{k: v for k, v in given.items() if v is not None},
+            **given,
         )
     if found["clipped"] is not None:
         click.echo(f"bgtransfer: {found['clipped']}", err=True)
