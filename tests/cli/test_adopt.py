@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,3 +187,28 @@ def test_adopt_from_a_sidecar(
     assert dest.read_bytes() == gen_bytes(size)
     assert [h.get("range") for h in requests_of(server, key, before)] == [f"bytes={rec['offset']}-"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["new-home", "side.bin"]
+
+
+def test_adopt_with_a_refresh_command_for_an_expired_link(
+    server: FaultServer, homes: tuple[Path, Path], tmp_path: Path, key: str
+) -> None:
+    """The record keeps the signed URL it was given, never a command (a record must not
+    make ``adopt`` run a program): the refresh command is given to ``adopt`` again, and a
+    link that dies during the adoption is refreshed with the bytes kept."""
+    old, new = homes
+    size = 4 << 20
+    path = f"/gen/{size}?rate=2000000&key={key}"
+    signed = server.sign_url(path, max_bytes=3_000_000)  # dies after 3 MB in all
+    dest = tmp_path / "signed.bin"
+    part, rec = partial_left_by_a_killed_daemon(old, signed, dest)
+    assert rec["url"] == signed
+    mint = tmp_path / "mint.py"
+    mint.write_text(
+        "import sys, urllib.request\nprint(urllib.request.urlopen(sys.argv[1]).read().decode())\n"
+    )
+    sign = server.url(f"/sign?path={path.replace('?', '%3F').replace('&', '%26')}")
+    r = bgt(new, "adopt", part, "--refresh-cmd", f"{sys.executable} {mint} '{sign}'", "--json")
+    assert r.returncode == 0, r.stderr
+    assert dest.read_bytes() == gen_bytes(size)
+    shown = bgt(new, "show", json.loads(r.stdout)["id"])
+    assert "URL refreshed" in shown.stdout, shown.stdout

@@ -13,7 +13,7 @@ from bgtransfer._tasks import adoption, body_of, build_row
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import DEFAULT_SESSION, daemon_errors, fancy, handled, public, run
 from bgtransfer.cli._follow import detached, finish, follow
-from bgtransfer.cli._submit import absolute, header_pairs
+from bgtransfer.cli._submit import absolute, header_pairs, refresh_argv
 
 __all__ = ["adopt"]
 
@@ -34,6 +34,12 @@ __all__ = ["adopt"]
 )
 @click.option("-H", "--header", "headers", multiple=True, help="'Name: value' (repeat).")
 @click.option(
+    "--refresh-cmd",
+    default=None,
+    help="Command that prints a new URL when this one expires (as for get; a record never "
+    "names a command, so it is given here again).",
+)
+@click.option(
     "--sha256", default=None, help="Expected SHA-256 (default: the one the record carries)."
 )
 @click.option(
@@ -51,8 +57,9 @@ __all__ = ["adopt"]
 @click.pass_context
 @handled
 def adopt(ctx: click.Context, partial: str, output: str | None, url: str | None,
-          headers: tuple[str, ...], sha256: str | None, segments: int | None, overwrite: bool,
-          session: str, no_wait: bool, as_json: bool) -> int:  # fmt: skip
+          headers: tuple[str, ...], refresh_cmd: str | None, sha256: str | None,
+          segments: int | None, overwrite: bool, session: str, no_wait: bool,
+          as_json: bool) -> int:  # fmt: skip
     """Resume PARTIAL, a download's partial file, from the record beside it.
 
     The record (an extended attribute of the file, or PARTIAL.bgtransfer.json) says where
@@ -75,6 +82,8 @@ def adopt(ctx: click.Context, partial: str, output: str | None, url: str | None,
             segments=segments,
         )
         given: dict[str, Any] = {**found["options"], "overwrite": overwrite}
+        if refresh_cmd is not None:
+            given["refresh"] = refresh_argv(refresh_cmd)
         row = build_row(
             session,
             found["url"],
