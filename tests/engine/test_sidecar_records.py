@@ -373,3 +373,21 @@ def test_adopt_keeps_the_mirrors(server: FaultServer, tmp_path: Path, key: str) 
         t.wait(30)
         assert t.error is None
     assert (tmp_path / "f.bin").read_bytes() == gen_bytes(size)
+
+
+def test_adopt_a_copy_cut_short_resumes_from_what_is_there(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    size = 4 << 20
+    url = server.url(f"/gen/{size}?rate=3000000&key={key}")
+    part, rec = interrupted_partial(tmp_path, url, 1 << 20)
+    short = rec["offset"] - 12345
+    os.truncate(part, short)  # fewer bytes than the record vouches for
+    before = len(server.requests())
+    with bgtransfer.Session("new", home=tmp_path / "new-home", background=False) as s:
+        t = s.adopt(part)
+        t.wait(30)
+        assert t.error is None
+    assert (tmp_path / "f.bin").read_bytes() == gen_bytes(size)
+    mine = [r for r in server.requests()[before:] if r.query.get("key") == key]
+    assert [r.headers.get("range") for r in mine] == [f"bytes={short}-"]
