@@ -264,6 +264,8 @@ class DownloadOptions(_Common):
     urls: tuple[str, ...] = ()
     # The daemon's refresh command for an expired URL (argv, no shell).
     refresh: tuple[str, ...] | None = None
+    # Resume this partial file (its record says from where): Session.adopt, bgtransfer adopt.
+    adopt: str | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -283,6 +285,11 @@ class DownloadOptions(_Common):
             raise InvalidRequest(
                 "refresh and several urls together are not supported: a refresh names one URL"
             )
+        if self.adopt is not None:
+            given: object = self.adopt
+            if not isinstance(given, str | os.PathLike) or not os.fspath(given):
+                raise InvalidRequest(f"adopt must be the path of a partial file, not {given!r}")
+            self._set("adopt", os.path.abspath(os.fspath(given)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

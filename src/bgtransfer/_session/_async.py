@@ -28,7 +28,7 @@ from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
 from bgtransfer._sources_api import split_sources
 from bgtransfer._store._base import TaskRow
-from bgtransfer._tasks import download_row, same_target, upload_row
+from bgtransfer._tasks import adoption, download_row, same_target, upload_row
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine
@@ -201,6 +201,7 @@ class AsyncSession:
         priority: str = "normal",
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
+        adopt: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
@@ -215,6 +216,9 @@ class AsyncSession:
         same key with a different url, path, sha256 or metadata is an InvalidRequest.
         ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
         ``ls --json``, events).
+
+        ``adopt``: a partial file to resume instead of starting a new one (its record says
+        how far it is vouched for; see :meth:`adopt`, which also reads the URL from it).
 
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
@@ -250,6 +254,7 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    adopt=adopt,
                 )
             )
             row = download_row(
@@ -289,6 +294,49 @@ class AsyncSession:
         if found is None or not same_target(found, kind, url, path):
             return None
         return AsyncTask(self, found)
+
+    async def adopt(
+        self,
+        partial: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sha256: str | None = None,
+        segments: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> AsyncTask:
+        """Resume ``partial``, a download's partial file that its record describes (written
+        beside it by any bgtransfer: another home, another machine, a store that is gone).
+
+        The record gives the URL (``url=`` replaces it: a fresh signed URL for the same
+        file), the validator, the length and how far the file is vouched for; the download
+        goes on from there with Range and If-Range, so a resource that changed since starts
+        over cleanly. ``path``: the finished file, in the partial's directory (default: the
+        name the record gives). Other keyword arguments are :meth:`download`'s options.
+
+        Raises :class:`NoPartialRecord`, :class:`PartialRecordCorrupt`,
+        :class:`PartialRecordMismatch` (the record describes another file),
+        :class:`PartialInUse` (a task of this home already writes it), or
+        :class:`InvalidRequest`.
+        """
+        found = adoption(partial, path, url=url, sha256=sha256, segments=segments)
+        given = _given(headers=() if headers is None else headers, **found["options"])
+        try:
+            opts = DownloadOptions(**{**given, **options})
+        except TypeError as exc:
+            raise InvalidRequest(f"adopt: {exc}") from None
+        row = download_row(
+            self.identifier,
+            found["url"],
+            found["path"],
+            opts,
+            background=self.background,
+            idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+        )
+        row = await self._backend_or_raise().submit(row)
+        return AsyncTask(self, row)
 
     async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
         """Submit many downloads at once: each item has ``url``, ``path`` and any option of

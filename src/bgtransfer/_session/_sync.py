@@ -178,6 +178,7 @@ class Session:
         priority: str = "normal",
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
+        adopt: str | os.PathLike[str] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -205,6 +206,34 @@ class Session:
                 priority=priority,
                 urls=urls,
                 refresh=refresh,
+                adopt=adopt,
+            )
+        )
+        return Task(self, inner)
+
+    def adopt(
+        self,
+        partial: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sha256: str | None = None,
+        segments: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Task:
+        """Resume a partial file its record describes (see :meth:`AsyncSession.adopt`)."""
+        inner = self._call(
+            self._async.adopt(
+                partial,
+                path,
+                url=url,
+                headers=headers,
+                sha256=sha256,
+                segments=segments,
+                idempotency_key=idempotency_key,
+                **options,
             )
         )
         return Task(self, inner)
