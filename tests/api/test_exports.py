@@ -39,6 +39,7 @@ EXPECTED = [
     "SourceChanged",
     "StoreError",
     "StoreFull",
+    "StoreUnavailable",
     "Task",
     "TaskNotFound",
     "TaskState",

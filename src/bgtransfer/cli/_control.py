@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import DaemonClient
+from bgtransfer._client import Client
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import handled, resolve, run
 
@@ -19,7 +19,7 @@ def _control(verb: str, past: str) -> Callable[..., int]:
     @click.pass_context
     @handled
     def command(ctx: click.Context, task_id: str) -> int:
-        async def go(c: DaemonClient) -> dict[str, Any]:
+        async def go(c: Client) -> dict[str, Any]:
             task = await resolve(c, task_id)
             return dict(await c.call("POST", f"/v1/tasks/{task['id']}/{verb}"))
 
