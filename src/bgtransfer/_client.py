@@ -1,5 +1,4 @@
-"""The client side of the control protocol: talks to (and starts) a home's daemon, or, in
-fleet mode, answers the same protocol straight from a PostgreSQL store (``open_client``)."""
+"""The client side of the control protocol: talks to (and starts) a home's daemon."""
 
 from __future__ import annotations
 
@@ -15,7 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 import h11
@@ -31,11 +30,8 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._trust import check_peer, open_private
 
-if TYPE_CHECKING:
-    from bgtransfer._home import StoreChoice
-
 # DaemonUnavailable lives in _exceptions; it is re-exported here for older imports.
-__all__ = ["Client", "DaemonClient", "DaemonUnavailable", "open_client", "spawn_daemon"]
+__all__ = ["DaemonClient", "DaemonUnavailable", "spawn_daemon"]
 
 START_TIMEOUT = 20.0
 # A kept connection idle longer than this is dropped rather than reused: the daemon closes
@@ -47,56 +43,6 @@ POOL_MAX = 8
 # While an answer is awaited, how often to look whether the daemon is stopped (SIGSTOP).
 CHECK_EVERY = 1.0
 STOPPED_MESSAGE = "the daemon was stopped"
-
-
-class Client(Protocol):
-    """What the faces need of a client of the control protocol: :class:`DaemonClient` (the
-    home's daemon) or ``bgtransfer._storeclient.StoreClient`` (a fleet's PostgreSQL store).
-    The same requests, the same JSON answers, the same event lines."""
-
-    home: str  # where it talks to, as messages name it (a home, or a store URL redacted)
-    peer_pid: int | None
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        params: dict[str, str] | None = None,
-        timeout: float = 60.0,
-        start: bool = True,
-        waiter: bool = False,
-        followed: int | None = None,
-    ) -> Any: ...
-
-    def events(
-        self,
-        session: str,
-        since: int | None,
-        *,
-        kinds: str | None = None,
-        completions: bool = False,
-    ) -> AsyncIterator[dict[str, Any]]: ...
-
-    async def ensure_running(self) -> dict[str, Any]: ...
-
-    async def ping(self) -> dict[str, Any] | None: ...
-
-    async def close(self) -> None: ...
-
-
-def open_client(home: str, store: StoreChoice | None = None, *, keep_alive: bool = False) -> Client:
-    """The client for ``store``: the daemon of ``home`` (no store given, or a ``sqlite://``
-    URL naming a home: that home's daemon), or a fleet's PostgreSQL store, used directly."""
-    if store is not None and store.fleet:
-        # Imported only in fleet mode: the daemon's clients never load psycopg.
-        from bgtransfer._storeclient import StoreClient
-
-        return StoreClient(store.url)
-    return DaemonClient(
-        store.home if store is not None and store.home else home, keep_alive=keep_alive
-    )
 
 
 def spawn_daemon(home: str) -> subprocess.Popen[bytes]:

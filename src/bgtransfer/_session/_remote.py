@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-from bgtransfer._client import open_client
+from bgtransfer._clients import open_client
 from bgtransfer._home import StoreChoice
 from bgtransfer._models import Event, Phase
 from bgtransfer._session._views import KINDS, Query

@@ -192,9 +192,7 @@ class AsyncEventListener:
                 await self._con.execute(f"LISTEN {channel}")
         except psycopg.Error as exc:
             await self.close()
-            raise StoreUnavailable(
-                f"cannot listen for task events: {redact(str(exc).strip())}"
-            ) from exc
+            raise StoreUnavailable(f"cannot listen for task events: {_safe(exc)}") from exc
 
     async def wait(self, timeout: float) -> builtins.list[tuple[str, str]]:
         """(channel, payload) of the notifications within ``timeout`` seconds (empty if
@@ -210,12 +208,15 @@ class AsyncEventListener:
             if got:
                 got += [(n.channel, n.payload) async for n in self._con.notifies(timeout=0.0)]
         except psycopg.Error as exc:
-            raise StoreUnavailable(
-                f"lost the task event listener: {redact(str(exc).strip())}"
-            ) from exc
+            raise StoreUnavailable(f"lost the task event listener: {_safe(exc)}") from exc
         return got
 
     async def close(self) -> None:
         if self._con is not None:
             con, self._con = self._con, None
             await con.close()
+
+
+def _safe(exc: BaseException) -> str:
+    """An error's text on one line, without the connection string's password."""
+    return redact(" ".join(str(exc).split()))

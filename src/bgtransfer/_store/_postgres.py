@@ -328,4 +328,4 @@ def _safe(exc: BaseException) -> str:
     """An error's text without the connection string's password (libpq may quote it)."""
     from bgtransfer._redact import redact
 
-    return redact(str(exc).strip())
+    return redact(" ".join(str(exc).split()))  # libpq's lines as one: one line a message

@@ -23,7 +23,8 @@ from bgtransfer import (
     TransferError,
     UnsafeHome,
 )
-from bgtransfer._client import Client, DaemonUnavailable, open_client
+from bgtransfer._client import DaemonUnavailable
+from bgtransfer._clients import Client, open_client
 from bgtransfer._redact import redact
 from bgtransfer.cli._narrate import iso_time
 

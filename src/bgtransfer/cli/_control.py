@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import Client
+from bgtransfer._clients import Client
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import handled, resolve, run
 

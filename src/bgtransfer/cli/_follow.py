@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import Client
+from bgtransfer._clients import Client
 from bgtransfer._redact import redact
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import (

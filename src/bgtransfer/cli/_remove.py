@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from bgtransfer import InvalidTransition
-from bgtransfer._client import Client
+from bgtransfer._clients import Client
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import EXIT_STATE, CliError, handled, resolve, run
 from bgtransfer.cli._narrate import duration

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import Client
+from bgtransfer._clients import Client
 from bgtransfer.cli._app import cli, daemon_status, home_of, store_of
 from bgtransfer.cli._common import (
     EXIT_INVALID,
