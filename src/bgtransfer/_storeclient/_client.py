@@ -41,6 +41,7 @@ from bgtransfer._store._pgschema import SCHEMA_VERSION
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer._storeclient import _control
 from bgtransfer._storeclient._wakeups import FALLBACK, Wakeups
+from bgtransfer._storeclient._window import Window
 from bgtransfer._tasks import row_to_wire
 
 __all__ = ["CONNECT_TIMEOUT", "StoreClient"]
@@ -276,26 +277,36 @@ class StoreClient:
         lines = _Lines(store, self._run, with_task=completions)
         with wakeups.watch(session) as watch:
             last, replay = await self._run(_replay, store, session, since, completions)
+            # A replay from a cursor looks back to it for a while: an event whose commit
+            # was late (see _window) may still come in behind the replayed ones.
+            window = Window(last if since is None or completions else since)
             for ev in replay:
                 last = max(last, ev.cursor)
+                window.fresh(ev.cursor)
                 if "state" in wanted:
                     yield await lines.of(ev)
             yield {"kind": "replay_end", "cursor": last}
+            start = window.settle()
             while True:
                 try:
-                    new = await self._run(store.events_since, session, last, LIVE_BATCH)
+                    new = await self._run(store.events_since, session, start, LIVE_BATCH)
                 except StoreUnavailable:
                     await watch.sleep(FALLBACK)  # the store is back when a read works
                     continue
                 for ev in new:
-                    last = ev.cursor
+                    if not window.fresh(ev.cursor):
+                        continue
                     if "state" not in wanted:
                         continue
                     if completions and ev.state != TaskState.COMPLETED.value:
                         continue
                     yield await lines.of(ev)
-                if len(new) < LIVE_BATCH:
-                    await watch.sleep(FALLBACK)
+                if len(new) == LIVE_BATCH:
+                    start = new[-1].cursor  # the rest of this wake-up's events
+                    continue
+                # Woken by the next commit of the session (a late one included).
+                await watch.sleep(FALLBACK)
+                start = window.settle()
 
 
 class _Lines:
