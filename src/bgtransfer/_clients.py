@@ -50,14 +50,17 @@ class Client(Protocol):
     async def close(self) -> None: ...
 
 
-def open_client(home: str, store: StoreChoice | None = None, *, keep_alive: bool = False) -> Client:
-    """The client for ``store``: the daemon of ``home`` (no store given, or a ``sqlite://``
-    URL naming a home: that home's daemon), or a fleet's PostgreSQL store, used directly."""
-    if store is not None and store.fleet:
+def open_client(
+    home: str, choice: StoreChoice | None = None, *, keep_alive: bool = False
+) -> Client:
+    """The client for the store ``choice`` names: the daemon of ``home`` (none named, or a
+    ``sqlite://`` URL naming a home: that home's daemon), or a fleet's PostgreSQL store, used
+    directly."""
+    if choice is not None and choice.fleet:
         # Imported only in fleet mode: the daemon's clients never load psycopg.
         from bgtransfer._storeclient import StoreClient
 
-        return StoreClient(store.url)
+        return StoreClient(choice.url)
     return DaemonClient(
-        store.home if store is not None and store.home else home, keep_alive=keep_alive
+        choice.home if choice is not None and choice.home else home, keep_alive=keep_alive
     )

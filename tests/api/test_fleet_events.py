@@ -43,9 +43,11 @@ def test_a_stream_delivers_an_event_committed_after_a_later_cursor(
             got = [await asyncio.wait_for(anext(stream), 10)]  # the replay: "suspended"
             with psycopg.connect(pg_url) as slow, psycopg.connect(pg_url, autocommit=True) as fast:
                 # The slow transaction takes its cursor first and commits last.
-                (early,) = slow.execute(INSERT, ("ooo", t.id, "early", time.time())).fetchone()
-                (late,) = fast.execute(INSERT, ("ooo", t.id, "late", time.time())).fetchone()
-                assert early < late
+                early = slow.execute(INSERT, ("ooo", t.id, "early", time.time())).fetchone()
+                late = fast.execute(INSERT, ("ooo", t.id, "late", time.time())).fetchone()
+                assert early is not None
+                assert late is not None
+                assert early[0] < late[0]
                 got.append(await asyncio.wait_for(anext(stream), 10))
                 slow.commit()
             got.append(await asyncio.wait_for(anext(stream), 10))

@@ -98,6 +98,32 @@ def test_download_many_list_pages_and_idempotency(
     assert session.task(again.id).id == again.id
 
 
+def test_wait_all_and_uploads_through_the_store(
+    session: bgtransfer.Session, pg: PostgresStore, server: FaultServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "up.bin"
+    source.write_bytes(b"u" * 100)
+    up = session.upload(source, server.url("/upload/up.bin"))
+    down = session.download(server.url("/gen/64"), tmp_path / "d.bin")
+    assert up.kind == "upload"
+    claims = [claim_one(pg), claim_one(pg)]
+    assert {c.row.id for c in claims} == {up.id, down.id}
+
+    def finish_both() -> None:
+        time.sleep(0.3)
+        for c in claims:
+            complete(pg, c, size=100 if c.row.id == up.id else 64)
+
+    worker = threading.Thread(target=finish_both)
+    worker.start()
+    try:
+        done = session.wait_all([up, down], timeout=20)
+    finally:
+        worker.join(10)
+    assert [t.state for t in done] == [TaskState.COMPLETED, TaskState.COMPLETED]
+    assert done[0].bytes_sent == 100
+
+
 def test_suspend_resume_cancel_with_no_worker_alive(
     session: bgtransfer.Session, pg: PostgresStore, server: FaultServer, tmp_path: Path
 ) -> None:

@@ -169,14 +169,14 @@ class AsyncSession:
         self.identifier = identifier
         self.background = background
         self.home = resolve_home(home)
-        self._store = chosen
+        self._fleet = chosen
         self._backend: Backend | None = None
         self._max = (max_active or 16, max_per_host or 6)
 
     async def open(self) -> AsyncSession:
         if self._backend is None:
             backend: Backend = (
-                Remote(self.home, self._store)
+                Remote(self.home, self._fleet)
                 if self.background
                 else Local(self.home, self._max[0], self._max[1], self.identifier)
             )
@@ -188,7 +188,7 @@ class AsyncSession:
     def store(self) -> str | None:
         """The PostgreSQL store this session works on (password redacted); None: the
         home's own store."""
-        return None if self._store is None else self._store.shown
+        return None if self._fleet is None else self._fleet.shown
 
     async def aclose(self) -> None:
         if self._backend is not None:

@@ -1,4 +1,4 @@
-"""The daemon's control protocol, answered in this process straight on a PostgreSQL store.
+"""The daemon's control protocol, answered in this process straight on a PostgreSQL db.
 
 ``StoreClient`` offers what ``DaemonClient`` offers (``call``, ``events``, ``ping``,
 ``ensure_running``, ``close``) with the same requests, the same JSON answers and the same
@@ -58,7 +58,7 @@ _TASK_VERB = re.compile(r"/v1/tasks/([^/]+)/([a-z]+)")
 
 
 class StoreClient:
-    """A client of a fleet's PostgreSQL store with the daemon client's interface."""
+    """A client of a fleet's PostgreSQL db with the daemon client's interface."""
 
     def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
@@ -66,7 +66,7 @@ class StoreClient:
         self.peer_pid: int | None = None  # no daemon: nothing to follow
         self.keep_alive = True
         self._timeout = connect_timeout
-        self._store: PostgresStore | None = None
+        self._pg: PostgresStore | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._wakeups: Wakeups | None = None
 
@@ -79,12 +79,12 @@ class StoreClient:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
 
     async def _db(self) -> PostgresStore:
-        """The store, connected (and its schema created or migrated) on first use."""
-        if self._store is None:
-            self._store = await self._run(
+        """The db, connected (and its schema created or migrated) on first use."""
+        if self._pg is None:
+            self._pg = await self._run(
                 lambda: PostgresStore(self.url, connect_timeout=self._timeout)
             )
-        return self._store
+        return self._pg
 
     def _listen(self) -> Wakeups:
         if self._wakeups is None:
@@ -96,22 +96,24 @@ class StoreClient:
         if self._wakeups is not None:
             wakeups, self._wakeups = self._wakeups, None
             await wakeups.close()
-        if self._store is not None:
-            store, self._store = self._store, None
-            await self._run(store.close)
+        if self._pg is not None:
+            db, self._pg = self._pg, None
+            await self._run(db.close)
         if self._pool is not None:
             pool, self._pool = self._pool, None
             pool.shutdown(wait=False)
 
     async def ping(self) -> dict[str, Any] | None:
         try:
-            return await self.status()
+            return await self.ensure_running()
         except StoreUnavailable:
             return None
 
     async def ensure_running(self) -> dict[str, Any]:
-        """The store's status (there is no daemon to start: the workers run the tasks)."""
-        return await self.status()
+        """Connect (creating or migrating the schema): there is no daemon to start, the
+        workers run the tasks. Cheap, unlike ``GET /v1/status``, which counts the tasks."""
+        await self._db()
+        return {"running": True, "store": self.home, "backend": "postgresql", "pid": None}
 
     # -- the protocol ----------------------------------------------------------------------
 
@@ -127,7 +129,7 @@ class StoreClient:
         waiter: bool = False,
         followed: int | None = None,
     ) -> Any:
-        """One request of the daemon's protocol, answered from the store (``start``,
+        """One request of the daemon's protocol, answered from the db (``start``,
         ``waiter`` and ``followed`` concern a daemon and change nothing here)."""
         async with asyncio.timeout(timeout):
             return await self._route(method, path, body, params or {})
@@ -149,7 +151,7 @@ class StoreClient:
         if path.startswith(("/v1/jobs", "/v1/limits")):
             raise InvalidRequest(
                 "scheduled jobs and bandwidth limits are kept by a home's daemon; with a "
-                "PostgreSQL store (fleet mode) they are not available yet"
+                "PostgreSQL db (fleet mode) they are not available yet"
             )
         found = _TASK_VERB.fullmatch(path)
         if found is not None:
@@ -169,15 +171,15 @@ class StoreClient:
             timeout = wait_timeout(number(q, "timeout", 30.0))
             return (await self._wait_many([task_id], timeout))[0]
         if method == "GET" and verb == "attempts":
-            store = await self._db()
+            db = await self._db()
             await self._get(task_id)
-            history = [a.to_json() for a in await self._run(store.attempts, task_id)]
+            history = [a.to_json() for a in await self._run(db.attempts, task_id)]
             for a in history:
                 a["url"], a["outcome"] = redact(a["url"] or ""), redact(a["outcome"] or "")
             return history
         if method == "POST" and verb in ("suspend", "resume", "cancel"):
-            store = await self._db()
-            row = await _control.control(store, self._run, self._listen(), task_id, verb)
+            db = await self._db()
+            row = await _control.control(db, self._run, self._listen(), task_id, verb)
             return row_to_wire(row)
         if method == "POST" and verb == "ack":
             return row_to_wire(await self._run(_acknowledge, await self._db(), task_id))
@@ -187,10 +189,10 @@ class StoreClient:
         return await self._run(_control.get, await self._db(), task_id)
 
     async def status(self) -> dict[str, Any]:
-        store = await self._db()
+        db = await self._db()
         now = time.time()
         workers, depth, counts = await self._run(
-            lambda: (store.workers(now=now), store.queue_depth(now=now), store.counts())
+            lambda: (db.workers(now=now), db.queue_depth(now=now), db.counts())
         )
         by_state: dict[str, int] = {}
         for phase, n in counts.items():
@@ -223,14 +225,14 @@ class StoreClient:
     # -- submit, list ----------------------------------------------------------------------
 
     async def _submit(self, body: Any) -> Any:
-        store = await self._db()
+        db = await self._db()
         if isinstance(body, dict) and set(body) == {"tasks"}:
             items = body["tasks"]
             if not isinstance(items, list) or not 1 <= len(items) <= BATCH_LIMIT:
                 raise InvalidRequest("tasks must be a list of 1 to 10000 task objects")
-            rows = await self._run(_submit_many, store, items)
+            rows = await self._run(_submit_many, db, items)
             return {"tasks": [row_to_wire(r) for r in rows]}
-        return row_to_wire(await self._run(_submit_one, store, body))
+        return row_to_wire(await self._run(_submit_one, db, body))
 
     async def _list(self, q: dict[str, str]) -> list[dict[str, Any]]:
         rows = await self._run(_rows, await self._db(), q)
@@ -240,8 +242,8 @@ class StoreClient:
 
     async def _wait_many(self, ids: list[str], timeout: float) -> list[dict[str, Any]]:
         """The tasks once every one has finished (committed), or after ``timeout``."""
-        store = await self._db()
-        rows = await self._run(_many, store, ids)  # unknown ids: TaskNotFound now
+        db = await self._db()
+        rows = await self._run(_many, db, ids)  # unknown ids: TaskNotFound now
         if all(r.snap.phase is Phase.DONE for r in rows) or timeout <= 0:
             return [row_to_wire(r) for r in rows]
         wakeups = self._listen()
@@ -251,7 +253,7 @@ class StoreClient:
         sessions = {r.session for r in rows}
         with wakeups.watch(None if len(sessions) > 1 else sessions.pop()) as watch:
             while True:
-                rows = await self._run(_many, store, ids)
+                rows = await self._run(_many, db, ids)
                 left = deadline - loop.time()
                 if all(r.snap.phase is Phase.DONE for r in rows) or left <= 0:
                     return [row_to_wire(r) for r in rows]
@@ -269,14 +271,14 @@ class StoreClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """The daemon's event lines: a replay, ``replay_end`` with its cursor, then each
         state event as a worker commits it (woken by LISTEN). Progress is not logged in
-        the store: with a PostgreSQL store a stream carries state events only."""
+        the db: with a PostgreSQL db a stream carries state events only."""
         wanted = kinds_of(kinds)
-        store = await self._db()
+        db = await self._db()
         wakeups = self._listen()
         await wakeups.start()
-        lines = _Lines(store, self._run, with_task=completions)
+        lines = _Lines(db, self._run, with_task=completions)
         with wakeups.watch(session) as watch:
-            last, replay = await self._run(_replay, store, session, since, completions)
+            last, replay = await self._run(_replay, db, session, since, completions)
             # A replay from a cursor looks back to it for a while: an event whose commit
             # was late (see _window) may still come in behind the replayed ones.
             window = Window(last if since is None or completions else since)
@@ -289,9 +291,9 @@ class StoreClient:
             start = window.settle()
             while True:
                 try:
-                    new = await self._run(store.events_since, session, start, LIVE_BATCH)
+                    new = await self._run(db.events_since, session, start, LIVE_BATCH)
                 except StoreUnavailable:
-                    await watch.sleep(FALLBACK)  # the store is back when a read works
+                    await watch.sleep(FALLBACK)  # the db is back when a read works
                     continue
                 for ev in new:
                     if not window.fresh(ev.cursor):
@@ -313,8 +315,8 @@ class _Lines:
     """Event lines as the daemon writes them: each with its task's metadata (read once per
     task), and with ``with_task`` the whole task (completions)."""
 
-    def __init__(self, store: PostgresStore, run: Any, *, with_task: bool) -> None:
-        self.store, self.run, self.with_task = store, run, with_task
+    def __init__(self, db: PostgresStore, run: Any, *, with_task: bool) -> None:
+        self.db, self.run, self.with_task = db, run, with_task
         self._meta: dict[str, dict[str, Any] | None] = {}
 
     async def of(self, ev: StoredEvent) -> dict[str, Any]:
@@ -322,7 +324,7 @@ class _Lines:
         if len(self._meta) >= META_CACHE:
             self._meta.clear()
         if self.with_task or ev.task_id not in self._meta:
-            row = await self.run(self.store.get, ev.task_id)
+            row = await self.run(self.db.get, ev.task_id)
             self._meta[ev.task_id] = None if row is None else row.metadata
             if self.with_task and row is not None:
                 out["task"] = row_to_wire(row)
@@ -330,43 +332,43 @@ class _Lines:
         return out
 
 
-# -- store work (on the client's store thread) -----------------------------------------------
+# -- db work (on the client's db thread) -----------------------------------------------
 
 
-def _submit_one(store: PostgresStore, body: object) -> TaskRow:
-    built = build_item(store.find_key, body)
+def _submit_one(db: PostgresStore, body: object) -> TaskRow:
+    built = build_item(db.find_key, body)
     if isinstance(built, str):
-        return _control.get(store, built)
+        return _control.get(db, built)
     try:
-        store.insert(built)
+        db.insert(built)
     except DuplicateKey:  # another client won the race for this key: its task is the one
-        again = build_item(store.find_key, body)
+        again = build_item(db.find_key, body)
         if isinstance(again, TaskRow):
             raise
-        return _control.get(store, again)
-    return _control.get(store, built.id)
+        return _control.get(db, again)
+    return _control.get(db, built.id)
 
 
-def _submit_many(store: PostgresStore, items: list[object]) -> list[TaskRow]:
+def _submit_many(db: PostgresStore, items: list[object]) -> list[TaskRow]:
     batch: dict[str, TaskRow] = {}
-    built = [build_item(store.find_key, item, batch) for item in items]  # all checked first
+    built = [build_item(db.find_key, item, batch) for item in items]  # all checked first
     new = list({b.id: b for b in built if isinstance(b, TaskRow)}.values())
     if new:
-        store.insert_many(new)
+        db.insert_many(new)
     ids = [b if isinstance(b, str) else b.id for b in built]
-    rows = {r.id: r for r in store.get_many(ids)}
+    rows = {r.id: r for r in db.get_many(ids)}
     return [rows[i] for i in ids]
 
 
-def _rows(store: PostgresStore, q: dict[str, str]) -> list[TaskRow]:
+def _rows(db: PostgresStore, q: dict[str, str]) -> list[TaskRow]:
     session, prefix = q.get("session"), q.get("prefix")
     if q.get("key") is not None and session is not None:
-        twin = store.find_key(session, q["key"])
+        twin = db.find_key(session, q["key"])
         return [] if twin is None else [twin]
     if prefix is not None:
-        return [r for r in store.find_prefix(prefix.lower()) if session in (None, r.session)]
+        return [r for r in db.find_prefix(prefix.lower()) if session in (None, r.session)]
     if {"state", "since", "after"} & set(q):
-        return store.page(
+        return db.page(
             session,
             phases=phases_of([q.get("state", "")]),
             since=None if q.get("since") is None else number(q, "since", 0.0),
@@ -376,38 +378,38 @@ def _rows(store: PostgresStore, q: dict[str, str]) -> list[TaskRow]:
     limit, offset = integer(q, "limit", -1), integer(q, "offset", 0)
     if limit < -1 or offset < 0:
         raise InvalidRequest("limit and offset must not be negative")
-    return store.list(session, limit=limit, offset=offset)
+    return db.list(session, limit=limit, offset=offset)
 
 
-def _many(store: PostgresStore, ids: list[str]) -> list[TaskRow]:
-    found = {r.id: r for r in store.get_many(ids)}
-    return [found[i] if i in found else _control.get(store, i) for i in ids]
+def _many(db: PostgresStore, ids: list[str]) -> list[TaskRow]:
+    found = {r.id: r for r in db.get_many(ids)}
+    return [found[i] if i in found else _control.get(db, i) for i in ids]
 
 
 def _replay(
-    store: PostgresStore, session: str, since: int | None, completions: bool
+    db: PostgresStore, session: str, since: int | None, completions: bool
 ) -> tuple[int, list[StoredEvent]]:
-    last = store.last_cursor()  # read before the replay: nothing falls between
+    last = db.last_cursor()  # read before the replay: nothing falls between
     if since is None or completions:
-        return last, store.unacknowledged_completions(session)
-    replay = store.events_since(session, since, limit=REPLAY_LIMIT)
+        return last, db.unacknowledged_completions(session)
+    replay = db.events_since(session, since, limit=REPLAY_LIMIT)
     if len(replay) == REPLAY_LIMIT:  # the rest comes live
         last = replay[-1].cursor
     return last, replay
 
 
-def _acknowledge(store: PostgresStore, task_id: str) -> TaskRow:
-    row = _control.get(store, task_id)
-    if row.snap.phase is not Phase.DONE or not store.acknowledge(task_id):
+def _acknowledge(db: PostgresStore, task_id: str) -> TaskRow:
+    row = _control.get(db, task_id)
+    if row.snap.phase is not Phase.DONE or not db.acknowledge(task_id):
         raise InvalidTransition(
             f"task {task_id} has not finished: only a completion can be acknowledged "
             "(acknowledge it when completions() or events() delivers it)"
         )
-    return _control.get(store, task_id)
+    return _control.get(db, task_id)
 
 
-def _remove(store: PostgresStore, task_id: str) -> None:
-    row = _control.get(store, task_id)
+def _remove(db: PostgresStore, task_id: str) -> None:
+    row = _control.get(db, task_id)
     if row.snap.phase is not Phase.DONE or row.hook_state == "pending":
         state = PHASE_STATE[row.snap.phase].value
         raise InvalidTransition(
@@ -416,13 +418,13 @@ def _remove(store: PostgresStore, task_id: str) -> None:
                ": its completion hook has not run yet"),
             task_id=task_id,
         )  # fmt: skip
-    store.remove([task_id])
+    db.remove([task_id])
 
 
-def _prune(store: PostgresStore, before: float | None, session: str | None) -> list[str]:
-    ids = store.finished_ids(before=before, session=session)
+def _prune(db: PostgresStore, before: float | None, session: str | None) -> list[str]:
+    ids = db.finished_ids(before=before, session=session)
     keep: set[str] = set()
     for start in range(0, len(ids), 1000):  # a hook not yet run keeps its task
-        rows = store.get_many(ids[start : start + 1000])
+        rows = db.get_many(ids[start : start + 1000])
         keep.update(r.id for r in rows if r.hook_state == "pending")
-    return store.remove([i for i in ids if i not in keep])
+    return db.remove([i for i in ids if i not in keep])

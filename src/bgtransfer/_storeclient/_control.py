@@ -1,8 +1,8 @@
-"""Suspend, resume and cancel over a PostgreSQL store, with no local daemon.
+"""Suspend, resume and cancel over a PostgreSQL db, with no local daemon.
 
 The pure machine decides every change, as it does in the engine: the stored snapshot is
 restored into a machine, the control event handled, and the snapshot it persists is what the
-store writes (with the state event) in the transaction that holds the row's lock. A task a
+db writes (with the state event) in the transaction that holds the row's lock. A task a
 worker holds is asked of that worker instead; the call waits until the worker applied it, or
 its lease ran out (then the request is applied here), or CONTROL_WAIT passed (the request
 stays recorded: the holder applies it when it next looks)."""
@@ -73,31 +73,29 @@ def _remove_partial(row: TaskRow) -> None:
         PartialFile(row.partial, row.snap).remove()
 
 
-async def _clean_up(store: PostgresStore, run: Run, row: TaskRow) -> TaskRow:
+async def _clean_up(db: PostgresStore, run: Run, row: TaskRow) -> TaskRow:
     """Finish a cancel nobody else finishes: remove the partial (the snapshot still names
     it), then CancelCleaned."""
     await run(_remove_partial, row)
-    done: Controlled = await run(store.control_task, row.id, None, decide(M.CancelCleaned()))
+    done: Controlled = await run(db.control_task, row.id, None, decide(M.CancelCleaned()))
     return done.row
 
 
 async def control(
-    store: PostgresStore, run: Run, wakeups: Wakeups, task_id: str, verb: str
+    db: PostgresStore, run: Run, wakeups: Wakeups, task_id: str, verb: str
 ) -> TaskRow:
     """Suspend, resume or cancel ``task_id``; the task as stored once that is done."""
     event = _EVENTS[verb]()
     action = verb if verb in _DONE_BY else None  # a resume is never asked of a holder
     loop = asyncio.get_running_loop()
     deadline = loop.time() + CONTROL_WAIT
-    first: TaskRow = await run(get, store, task_id)
+    first: TaskRow = await run(get, db, task_id)
     await wakeups.start()
     asked = False
     with wakeups.watch(first.session, task_id) as watch:
         while True:
             satisfied = _DONE_BY.get(verb, ()) if asked else ()
-            got: Controlled = await run(
-                store.control_task, task_id, action, decide(event, satisfied)
-            )
+            got: Controlled = await run(db.control_task, task_id, action, decide(event, satisfied))
             if got.outcome != "requested":
                 break
             asked = asked or action is not None
@@ -108,12 +106,12 @@ async def control(
             await watch.sleep(min(got.lease_left + 0.05, left))
     row = got.row
     if verb == "cancel" and row.snap.phase is Phase.CANCELING and got.holder is None:
-        return await _clean_up(store, run, row)
+        return await _clean_up(db, run, row)
     return row
 
 
-def get(store: PostgresStore, task_id: str) -> TaskRow:
-    row = store.get(task_id)
+def get(db: PostgresStore, task_id: str) -> TaskRow:
+    row = db.get(task_id)
     if row is None:
         raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
     return row
