@@ -189,3 +189,15 @@ def test_the_environment_chooses_the_store_for_the_real_command(
     assert r.returncode == 64
     assert "$BGTRANSFER_STORE" in r.stderr
     assert not os.path.exists(socket_path(str(tmp_path / "home")))
+
+
+def test_a_sqlite_store_url_names_the_home(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "h3"
+    assert main(["--store", f"sqlite://{home}/bgtransfer.sqlite3", "daemon", "status"]) == 3
+    assert f"not running (home {home})" in capsys.readouterr().out
+    assert main(["--store", f"sqlite://{home}", "status", "--json"]) == 3  # the daemon's
+    assert json.loads(capsys.readouterr().out)["home"] == str(home)
+    assert main(["--home", str(tmp_path / "other"), "--store", f"sqlite://{home}", "ls"]) == 64
+    assert "name two homes" in capsys.readouterr().err

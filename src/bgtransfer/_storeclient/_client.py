@@ -1,4 +1,4 @@
-"""The daemon's control protocol, answered in this process straight on a PostgreSQL db.
+"""The daemon's control protocol, answered in this process straight on a PostgreSQL store.
 
 ``StoreClient`` offers what ``DaemonClient`` offers (``call``, ``events``, ``ping``,
 ``ensure_running``, ``close``) with the same requests, the same JSON answers and the same
@@ -58,7 +58,7 @@ _TASK_VERB = re.compile(r"/v1/tasks/([^/]+)/([a-z]+)")
 
 
 class StoreClient:
-    """A client of a fleet's PostgreSQL db with the daemon client's interface."""
+    """A client of a fleet's PostgreSQL store with the daemon client's interface."""
 
     def __init__(self, url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> None:
         self.url = url
@@ -79,7 +79,7 @@ class StoreClient:
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args))
 
     async def _db(self) -> PostgresStore:
-        """The db, connected (and its schema created or migrated) on first use."""
+        """The store, connected (and its schema created or migrated) on first use."""
         if self._pg is None:
             self._pg = await self._run(
                 lambda: PostgresStore(self.url, connect_timeout=self._timeout)
@@ -129,7 +129,7 @@ class StoreClient:
         waiter: bool = False,
         followed: int | None = None,
     ) -> Any:
-        """One request of the daemon's protocol, answered from the db (``start``,
+        """One request of the daemon's protocol, answered from the store (``start``,
         ``waiter`` and ``followed`` concern a daemon and change nothing here)."""
         async with asyncio.timeout(timeout):
             return await self._route(method, path, body, params or {})
@@ -151,7 +151,7 @@ class StoreClient:
         if path.startswith(("/v1/jobs", "/v1/limits")):
             raise InvalidRequest(
                 "scheduled jobs and bandwidth limits are kept by a home's daemon; with a "
-                "PostgreSQL db (fleet mode) they are not available yet"
+                "PostgreSQL store (fleet mode) they are not available yet"
             )
         found = _TASK_VERB.fullmatch(path)
         if found is not None:
@@ -271,7 +271,7 @@ class StoreClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """The daemon's event lines: a replay, ``replay_end`` with its cursor, then each
         state event as a worker commits it (woken by LISTEN). Progress is not logged in
-        the db: with a PostgreSQL db a stream carries state events only."""
+        the store: with a PostgreSQL store a stream carries state events only."""
         wanted = kinds_of(kinds)
         db = await self._db()
         wakeups = self._listen()
@@ -293,7 +293,7 @@ class StoreClient:
                 try:
                     new = await self._run(db.events_since, session, start, LIVE_BATCH)
                 except StoreUnavailable:
-                    await watch.sleep(FALLBACK)  # the db is back when a read works
+                    await watch.sleep(FALLBACK)  # the store is back when a read works
                     continue
                 for ev in new:
                     if not window.fresh(ev.cursor):
@@ -332,7 +332,7 @@ class _Lines:
         return out
 
 
-# -- db work (on the client's db thread) -----------------------------------------------
+# -- store work (on the client's store thread) -----------------------------------------
 
 
 def _submit_one(db: PostgresStore, body: object) -> TaskRow:

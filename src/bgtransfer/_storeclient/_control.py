@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from bgtransfer._engine._files import PartialFile
 from bgtransfer._exceptions import TaskNotFound
@@ -28,7 +28,6 @@ __all__ = ["CONTROL_WAIT", "control", "decide", "get"]
 
 CONTROL_WAIT = 30.0  # seconds a control call waits for the holder of the task to apply it
 
-T = TypeVar("T")
 Run = Callable[..., Awaitable[Any]]
 
 _EVENTS: dict[str, Callable[[], M.Event]] = {
