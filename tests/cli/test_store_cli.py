@@ -109,6 +109,11 @@ def test_suspend_resume_cancel_and_events_through_postgres(
     assert lines[-1] == {"kind": "replay_end", "cursor": lines[-2]["cursor"]}
     code, out, _ = run("ls", "--state", "completed", "--json")
     assert json.loads(out)[0]["error_code"] == "cancelled"
+    _, out, _ = run("add", server.url("/gen/11"), "-o", str(tmp_path / "still"))
+    code, out, _ = run("prune", "--completed", "--json")
+    assert code == 0
+    assert json.loads(out) == [task_id]  # the queued one stays
+    assert pg.get(task_id) is None
 
 
 def test_status_shows_workers_and_queue(
