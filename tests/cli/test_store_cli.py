@@ -206,3 +206,38 @@ def test_a_sqlite_store_url_names_the_home(
     assert json.loads(capsys.readouterr().out)["home"] == str(home)
     assert main(["--home", str(tmp_path / "other"), "--store", f"sqlite://{home}", "ls"]) == 64
     assert "name two homes" in capsys.readouterr().err
+
+
+def test_a_request_its_worker_has_not_applied_yet_says_so(
+    run: Run, pg: PostgresStore, server: FaultServer, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from bgtransfer._storeclient import _control
+
+    monkeypatch.setattr(_control, "CONTROL_WAIT", 0.3)
+    _, out, _ = run("add", server.url("/gen/10"), "-o", str(tmp_path / "held"))
+    task_id = out.strip()
+    claim_one(pg, "busy-worker", lease_s=60.0)
+    code, _, err = run("suspend", task_id[:8])
+    assert code == 0
+    assert f"asked the worker running {task_id[:12]} to suspend it" in err
+    assert pg.controls_for("busy-worker") == [(task_id, "suspend")]  # it stays asked
+
+
+def test_events_command_with_the_daemon(
+    server: FaultServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.daemon.conftest import kill_daemon
+
+    home = str(tmp_path / "dhome")
+    try:
+        assert main(["--home", home, "add", server.url("/gen/10"), "-o", str(tmp_path / "d")]) == 0
+        task_id = capsys.readouterr().out.strip()
+        assert main(["--home", home, "wait", task_id, "--timeout", "30"]) == 0
+        capsys.readouterr()
+        assert main(["--home", home, "events", "--no-follow"]) == 0
+        lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    finally:
+        kill_daemon(Path(home))
+    assert [(x["task_id"], x["state"]) for x in lines[:-1]] == [(task_id, "completed")]
+    assert lines[-1]["kind"] == "replay_end"
