@@ -76,3 +76,37 @@ def test_a_replay_from_a_cursor_still_gets_a_late_commit_behind_it(
             return [e.detail for e in got]
 
     assert asyncio.run(go()) == ["late", "early"]
+
+
+def test_a_wait_and_a_stream_outlive_their_connections_being_killed(
+    pg_url: str, server: FaultServer, tmp_path: Path
+) -> None:
+    from bgtransfer._store._postgres import PostgresStore
+    from tests.api.fleet import claim_one, complete
+
+    async def go() -> tuple[str, str]:
+        async with bgtransfer.AsyncSession("cut", home=tmp_path / "home", store=pg_url) as s:
+            t = await s.download(server.url("/gen/10"), tmp_path / "cut.bin")
+            stream = s.events(since=0)
+            waiting = asyncio.ensure_future(t.wait(timeout=30))
+            await asyncio.sleep(0.5)  # both listen
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE pid <> pg_backend_pid() AND datname = current_database() "
+                    "AND backend_type = 'client backend'"
+                ).fetchone()
+            assert killed is not None
+            assert killed[0] >= 2  # the session's store and listener connections
+            worker = PostgresStore(pg_url)
+            try:
+                claim = await asyncio.to_thread(claim_one, worker)
+                await asyncio.to_thread(complete, worker, claim, size=10)
+            finally:
+                worker.close()
+            done = await waiting
+            event = await asyncio.wait_for(anext(stream), 20)
+            await stream.aclose()
+            return done.state.value, event.state.value if event.state else ""
+
+    assert asyncio.run(go()) == ("completed", "completed")

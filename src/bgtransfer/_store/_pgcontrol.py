@@ -161,6 +161,12 @@ class ControlMixin(HistoryMixin):
             ).fetchall()
         ]
 
+    def connection_lost(self) -> bool:
+        """Whether the connection was found lost (server restart, network cut, connection
+        killed): the call that found it failed; the next one connects again."""
+        con = getattr(self._db, "con", None)
+        return con is not None and bool(con.closed or con.broken)
+
     def pending_control(self, task_id: str) -> str | None:
         """The request waiting on ``task_id`` for its holder, if any."""
         row = self._db.execute("SELECT control FROM tasks WHERE id=?", (task_id,)).fetchone()

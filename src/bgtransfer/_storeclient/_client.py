@@ -21,7 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
-from bgtransfer._exceptions import InvalidRequest, InvalidTransition, StoreUnavailable
+from bgtransfer._exceptions import (
+    InvalidRequest,
+    InvalidTransition,
+    StoreError,
+    StoreUnavailable,
+)
 from bgtransfer._home import redact_store_url
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._redact import redact
@@ -130,8 +135,17 @@ class StoreClient:
         followed: int | None = None,
     ) -> Any:
         """One request of the daemon's protocol, answered from the store (``start``,
-        ``waiter`` and ``followed`` concern a daemon and change nothing here)."""
+        ``waiter`` and ``followed`` concern a daemon and change nothing here).
+
+        A request that finds the connection lost is made once more on a new one, as the
+        daemon's client does when the daemon went away: every request is safe to repeat
+        (a submit carries its idempotency key, a control call is decided afresh)."""
         async with asyncio.timeout(timeout):
+            try:
+                return await self._route(method, path, body, params or {})
+            except StoreError:
+                if self._pg is None or not self._pg.connection_lost():
+                    raise
             return await self._route(method, path, body, params or {})
 
     async def _route(self, method: str, path: str, body: Any, q: dict[str, str]) -> Any:
@@ -292,7 +306,9 @@ class StoreClient:
             while True:
                 try:
                     new = await self._run(db.events_since, session, start, LIVE_BATCH)
-                except StoreUnavailable:
+                except StoreError as exc:
+                    if not (isinstance(exc, StoreUnavailable) or db.connection_lost()):
+                        raise
                     await watch.sleep(FALLBACK)  # the store is back when a read works
                     continue
                 for ev in new:
