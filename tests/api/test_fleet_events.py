@@ -107,6 +107,7 @@ def test_a_wait_and_a_stream_outlive_their_connections_being_killed(
             done = await waiting
             event = await asyncio.wait_for(anext(stream), 20)
             await stream.aclose()
-            return done.state.value, event.state.value if event.state else ""
+            assert event.state is not None
+            return done.state.value, event.state.value
 
     assert asyncio.run(go()) == ("completed", "completed")
