@@ -124,7 +124,7 @@ def choose_store(ctx: click.Context, store: str | None) -> None:
 
 def store_of(ctx: click.Context) -> StoreChoice | None:
     """The PostgreSQL store the command works on (fleet mode), or None (the home's)."""
-    choice = ctx.find_root().obj.get("store_choice")
+    choice = (ctx.find_root().obj or {}).get("store_choice")
     return choice if isinstance(choice, StoreChoice) and choice.fleet else None
 
 

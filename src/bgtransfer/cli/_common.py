@@ -107,7 +107,7 @@ def run(home: str, fn: Callable[[Client], Awaitable[T]]) -> T:
     """``fn`` with a client in a new event loop: of the home's daemon (started if need be),
     or, with ``--store postgresql://...`` (fleet mode), of that store, used directly."""
     ctx = click.get_current_context(silent=True)
-    store = None if ctx is None else ctx.find_root().obj.get("store_choice")
+    store = None if ctx is None else (ctx.find_root().obj or {}).get("store_choice")
 
     async def go() -> T:
         client = open_client(home, store)
