@@ -8,8 +8,10 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 import bgtransfer
+from bgtransfer import StoreUnavailable
 from bgtransfer._storeclient._window import Window
 from bgtransfer.testing import FaultServer
 
@@ -111,3 +113,21 @@ def test_a_wait_and_a_stream_outlive_their_connections_being_killed(
             return done.state.value, event.state.value
 
     assert asyncio.run(go()) == ("completed", "completed")
+
+
+def test_a_statement_that_waits_too_long_is_a_typed_error(
+    pg_url: str, server: FaultServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bgtransfer._storeclient import _client
+
+    monkeypatch.setattr(_client, "STATEMENT_TIMEOUT", 0.3)
+    with bgtransfer.Session("slow", home=tmp_path / "home", store=pg_url) as s:
+        t = s.download(server.url("/gen/10"), tmp_path / "slow.bin")
+        with psycopg.connect(pg_url) as holder:  # a transaction that keeps the row locked
+            holder.execute("SELECT 1 FROM tasks WHERE id=%s FOR UPDATE", (t.id,))
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match=r"did not answer within 0\.3 s"):
+                t.suspend()
+            assert time.monotonic() - started < 10
+        t.suspend()  # the lock gone, it works
+        assert t.state is bgtransfer.TaskState.SUSPENDED

@@ -21,6 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+import psycopg
+import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
 from bgtransfer._exceptions import (
     InvalidRequest,
     InvalidTransition,
@@ -49,11 +53,14 @@ from bgtransfer._storeclient._wakeups import FALLBACK, Wakeups
 from bgtransfer._storeclient._window import Window
 from bgtransfer._tasks import row_to_wire
 
-__all__ = ["CONNECT_TIMEOUT", "StoreClient"]
+__all__ = ["CONNECT_TIMEOUT", "STATEMENT_TIMEOUT", "StoreClient"]
 
 T = TypeVar("T")
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach PostgreSQL before StoreUnavailable
+# Seconds any one statement may take, a wait for a row lock included: a store that hangs,
+# or a worker's transaction that never ends, cannot hold a client call for ever.
+STATEMENT_TIMEOUT = 30.0
 REPLAY_LIMIT = 100_000  # state events a stream replays at most before it goes live
 LIVE_BATCH = 1000  # events read per wake-up of a live stream
 META_CACHE = 10_000  # tasks whose metadata a stream remembers
@@ -86,8 +93,9 @@ class StoreClient:
     async def _db(self) -> PostgresStore:
         """The store, connected (and its schema created or migrated) on first use."""
         if self._pg is None:
+            conninfo = _bounded(self.url)
             self._pg = await self._run(
-                lambda: PostgresStore(self.url, connect_timeout=self._timeout)
+                lambda: PostgresStore(conninfo, connect_timeout=self._timeout)
             )
         return self._pg
 
@@ -143,7 +151,12 @@ class StoreClient:
         async with asyncio.timeout(timeout):
             try:
                 return await self._route(method, path, body, params or {})
-            except StoreError:
+            except StoreError as exc:
+                if isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
+                    raise StoreUnavailable(
+                        f"the task store did not answer within {STATEMENT_TIMEOUT:g} s "
+                        f"(a lock held by a transaction that does not end?): {exc.message}"
+                    ) from exc
                 if self._pg is None or not self._pg.connection_lost():
                     raise
             return await self._route(method, path, body, params or {})
@@ -346,6 +359,17 @@ class _Lines:
                 out["task"] = row_to_wire(row)
         out["metadata"] = self._meta[ev.task_id]
         return out
+
+
+def _bounded(url: str) -> str:
+    """``url`` as a libpq connection string whose statements time out."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        raise InvalidRequest(f"bad PostgreSQL URL {redact_store_url(url)!r}: {exc}") from None
+    limit = f"-c statement_timeout={round(STATEMENT_TIMEOUT * 1000)}"
+    params["options"] = f"{params.get('options') or ''} {limit}".strip()
+    return make_conninfo("", **params)
 
 
 # -- store work (on the client's store thread) -----------------------------------------
