@@ -24,7 +24,9 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
     ├── StoreError                         the SQLite store is unusable
-    │   └── StoreFull                      its disk is full: tasks wait, nothing is lost
+    │   ├── StoreFull                      its disk is full: tasks wait, nothing is lost
+    │   ├── LeaseLost                      fleet mode: this worker's claim on a task is gone
+    │   └── StoreUnavailable               fleet mode: PostgreSQL cannot be reached or refuses
     ├── UnsafeHome                         the home, a file in it or the daemon socket is not
     │                                      this user's alone: refused, never used
     ├── DaemonStopped                      the daemon was stopped while this call waited
@@ -65,6 +67,7 @@ __all__ = [
     "SourceDropped",
     "StoreError",
     "StoreFull",
+    "StoreUnavailable",
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
@@ -237,6 +240,14 @@ class StoreFull(StoreError):
     kept) and go on by themselves once there is space; new tasks are refused until then."""
 
     code = "store_full"
+
+
+class StoreUnavailable(StoreError):
+    """Fleet mode: the PostgreSQL store cannot be reached (down, unreachable, timed out)
+    or refuses this connection (wrong credentials, no such database). Nothing was done:
+    the call can be made again once the store answers."""
+
+    code = "store_unavailable"
 
 
 class UnsafeHome(TransferError):

@@ -46,6 +46,7 @@ EXPECTED = [
     "SourceDropped",
     "StoreError",
     "StoreFull",
+    "StoreUnavailable",
     "Task",
     "TaskNotFound",
     "TaskState",

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequenc
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
-from bgtransfer._home import resolve_home
+from bgtransfer._home import StoreChoice, resolve_home, resolve_store
 from bgtransfer._jobs_api import AsyncJob, list_jobs, schedule_job
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._options import (
@@ -39,6 +39,30 @@ __all__ = ["AsyncSession", "AsyncTask"]
 def _given(**values: Any) -> dict[str, Any]:
     """The caller's option values, untyped: the options classes check them at runtime."""
     return values
+
+
+def _choose_store(
+    store: str | None, home: str | os.PathLike[str] | None, background: bool
+) -> tuple[StoreChoice | None, str | os.PathLike[str] | None]:
+    """(the PostgreSQL store of a fleet-mode session or None, the home): an argument beats
+    $BGTRANSFER_STORE, and a ``sqlite://`` store names a home."""
+    chosen = resolve_store(store)
+    if chosen is None:
+        return None, home
+    if chosen.fleet:
+        if background:
+            return chosen, home
+        if store is None:
+            return None, home  # $BGTRANSFER_STORE is for background work; this runs here
+        raise InvalidRequest(
+            f"a PostgreSQL store's tasks run on the fleet's workers: background=False "
+            f"needs the home's own store (store {chosen.shown!r})"
+        )
+    if home is None:
+        return None, chosen.home
+    if store is not None and os.path.abspath(os.fspath(home)) != chosen.home:
+        raise InvalidRequest(f"home={os.fspath(home)!r} and store={chosen.shown!r} name two homes")
+    return None, home  # home= given beats $BGTRANSFER_STORE
 
 
 class AsyncTask(TaskView):
@@ -108,6 +132,12 @@ class AsyncSession:
     ``background=True`` hands tasks to the home's daemon (started on demand): they go on
     after this process exits. ``background=False`` runs them in this process; they stop with
     it and a later session resumes them.
+
+    ``store``: where the tasks are kept, else ``$BGTRANSFER_STORE``, else the home's own
+    SQLite store. ``"postgresql://user@host:port/db"`` is fleet mode: tasks are submitted,
+    listed, waited for and controlled straight through PostgreSQL (no local daemon), and the
+    fleet's workers (``bgtransfer --store URL worker``) run them. ``"sqlite:///HOME"`` names
+    a home (as ``home=`` does).
     """
 
     def __init__(
@@ -118,6 +148,7 @@ class AsyncSession:
         background: bool = True,
         max_active: int | None = None,
         max_per_host: int | None = None,
+        store: str | None = None,
     ) -> None:
         if not isinstance(identifier, str) or not identifier.strip():  # type: ignore[redundant-expr]
             raise InvalidRequest(f"session identifier must be a non-empty string: {identifier!r}")
@@ -135,22 +166,30 @@ class AsyncSession:
                     f"sessions share the daemon's limits: start the daemon with {env}={value} "
                     "in its environment (see `bgtransfer daemon status --json`)"
                 )
+        chosen, home = _choose_store(store, home, background)
         self.identifier = identifier
         self.background = background
         self.home = resolve_home(home)
+        self._fleet = chosen
         self._backend: Backend | None = None
         self._max = (max_active or 16, max_per_host or 6)
 
     async def open(self) -> AsyncSession:
         if self._backend is None:
             backend: Backend = (
-                Remote(self.home)
+                Remote(self.home, self._fleet)
                 if self.background
                 else Local(self.home, self._max[0], self._max[1], self.identifier)
             )
             await backend.open()
             self._backend = backend
         return self
+
+    @property
+    def store(self) -> str | None:
+        """The PostgreSQL store this session works on (password redacted); None: the
+        home's own store."""
+        return None if self._fleet is None else self._fleet.shown
 
     async def aclose(self) -> None:
         if self._backend is not None:

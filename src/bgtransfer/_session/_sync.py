@@ -110,6 +110,7 @@ class Session:
         background: bool = True,
         max_active: int | None = None,
         max_per_host: int | None = None,
+        store: str | None = None,
     ) -> None:
         self._async = AsyncSession(
             identifier,
@@ -117,9 +118,11 @@ class Session:
             background=background,
             max_active=max_active,
             max_per_host=max_per_host,
+            store=store,
         )
         self.identifier = identifier
         self.home = self._async.home
+        self.store = self._async.store
         self.background = background
         self._thread = _LoopThread()
         try:
