@@ -18,6 +18,7 @@ __all__ = [
     "HOME_STORE",
     "STORE_ENV",
     "StoreChoice",
+    "choose_store",
     "parse_store",
     "redact_store_url",
     "resolve_home",
@@ -121,3 +122,27 @@ def resolve_store(store: str | None = None) -> StoreChoice | None:
     default, exactly as without either)."""
     chosen = store if store is not None else os.environ.get(STORE_ENV) or None
     return None if chosen is None else parse_store(chosen)
+
+
+def choose_store(
+    store: str | None, home: str | os.PathLike[str] | None, background: bool
+) -> tuple[StoreChoice | None, str | os.PathLike[str] | None]:
+    """(the PostgreSQL store of a fleet-mode session or None, the home): an argument beats
+    $BGTRANSFER_STORE, and a ``sqlite://`` store names a home."""
+    chosen = resolve_store(store)
+    if chosen is None:
+        return None, home
+    if chosen.fleet:
+        if background:
+            return chosen, home
+        if store is None:
+            return None, home  # $BGTRANSFER_STORE is for background work; this runs here
+        raise InvalidRequest(
+            f"a PostgreSQL store's tasks run on the fleet's workers: background=False "
+            f"needs the home's own store (store {chosen.shown!r})"
+        )
+    if home is None:
+        return None, chosen.home
+    if store is not None and os.path.abspath(os.fspath(home)) != chosen.home:
+        raise InvalidRequest(f"home={os.fspath(home)!r} and store={chosen.shown!r} name two homes")
+    return None, home  # home= given beats $BGTRANSFER_STORE

@@ -52,6 +52,7 @@ __all__ = [
     "check_umask",
     "check_urls",
     "positive_int",
+    "untyped",
 ]
 
 # The machine's own defaults (one place: _protocol/_defaults), under the names the faces use.
@@ -422,3 +423,9 @@ def _field_names(cls: type) -> frozenset[str]:
     if names is None:
         names = _NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
     return names
+
+
+def untyped(**values: Any) -> dict[str, Any]:
+    """The caller's option values, untyped: the options classes check them at runtime (a
+    face passes its typed parameters through here so mypy does not judge them twice)."""
+    return values

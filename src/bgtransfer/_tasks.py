@@ -6,6 +6,7 @@ import base64
 import os
 import stat
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, fields, replace
 from typing import Any
@@ -40,6 +41,7 @@ __all__ = [
     "KEY_LIMIT",
     "METADATA_LIMIT",
     "UPLOAD_OPTIONS",
+    "adopt_row",
     "adoption",
     "body_of",
     "build_row",
@@ -509,4 +511,35 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         hook_state=i["hook_state"],
         acknowledged=d["acknowledged"],
         metadata=d.get("metadata"),
+    )
+
+
+def adopt_row(
+    session: str,
+    partial: object,
+    path: object,
+    *,
+    url: str | None,
+    headers: object,
+    sha256: str | None,
+    segments: int | None,
+    idempotency_key: str | None,
+    background: bool,
+    options: Mapping[str, Any],
+) -> TaskRow:
+    """The row that adopts ``partial`` (:func:`adoption`), the caller's ``options`` (the
+    faces' ``**options``: :meth:`download`'s keywords) over what the record implies."""
+    found = adoption(partial, path, url=url, sha256=sha256, segments=segments)
+    given = {"headers": () if headers is None else headers, **found["options"]}
+    try:
+        opts = DownloadOptions(**{**given, **options})
+    except TypeError as exc:
+        raise InvalidRequest(f"adopt: {exc}") from None
+    return download_row(
+        session,
+        found["url"],
+        found["path"],
+        opts,
+        background=background,
+        idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
     )

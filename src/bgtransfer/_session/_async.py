@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequenc
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
-from bgtransfer._home import StoreChoice, resolve_home, resolve_store
+from bgtransfer._home import choose_store, resolve_home
 from bgtransfer._jobs_api import AsyncJob, list_jobs, schedule_job
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._options import (
@@ -21,6 +21,7 @@ from bgtransfer._options import (
     DEFAULT_RETRY_WAIT,
     DownloadOptions,
     UploadOptions,
+    untyped,
 )
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._session._local import Local
@@ -28,41 +29,12 @@ from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
 from bgtransfer._sources_api import split_sources
 from bgtransfer._store._base import TaskRow
-from bgtransfer._tasks import adoption, download_row, same_target, upload_row
+from bgtransfer._tasks import adopt_row, download_row, same_target, upload_row
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine
 
 __all__ = ["AsyncSession", "AsyncTask"]
-
-
-def _given(**values: Any) -> dict[str, Any]:
-    """The caller's option values, untyped: the options classes check them at runtime."""
-    return values
-
-
-def _choose_store(
-    store: str | None, home: str | os.PathLike[str] | None, background: bool
-) -> tuple[StoreChoice | None, str | os.PathLike[str] | None]:
-    """(the PostgreSQL store of a fleet-mode session or None, the home): an argument beats
-    $BGTRANSFER_STORE, and a ``sqlite://`` store names a home."""
-    chosen = resolve_store(store)
-    if chosen is None:
-        return None, home
-    if chosen.fleet:
-        if background:
-            return chosen, home
-        if store is None:
-            return None, home  # $BGTRANSFER_STORE is for background work; this runs here
-        raise InvalidRequest(
-            f"a PostgreSQL store's tasks run on the fleet's workers: background=False "
-            f"needs the home's own store (store {chosen.shown!r})"
-        )
-    if home is None:
-        return None, chosen.home
-    if store is not None and os.path.abspath(os.fspath(home)) != chosen.home:
-        raise InvalidRequest(f"home={os.fspath(home)!r} and store={chosen.shown!r} name two homes")
-    return None, home  # home= given beats $BGTRANSFER_STORE
 
 
 class AsyncTask(TaskView):
@@ -166,7 +138,7 @@ class AsyncSession:
                     f"sessions share the daemon's limits: start the daemon with {env}={value} "
                     "in its environment (see `bgtransfer daemon status --json`)"
                 )
-        chosen, home = _choose_store(store, home, background)
+        chosen, home = choose_store(store, home, background)
         self.identifier = identifier
         self.background = background
         self.home = resolve_home(home)
@@ -272,7 +244,7 @@ class AsyncSession:
             if path is None:
                 raise InvalidRequest("a target path is needed: download(url, path)")
             options = DownloadOptions(
-                **_given(
+                **untyped(
                     urls=urls,
                     refresh=refresh,
                     headers=headers,
@@ -360,22 +332,19 @@ class AsyncSession:
         :class:`PartialInUse` (a task of this home already writes it), or
         :class:`InvalidRequest`.
         """
-        found = adoption(partial, path, url=url, sha256=sha256, segments=segments)
-        given = _given(headers=() if headers is None else headers, **found["options"])
-        try:
-            opts = DownloadOptions(**{**given, **options})
-        except TypeError as exc:
-            raise InvalidRequest(f"adopt: {exc}") from None
-        row = download_row(
+        row = adopt_row(
             self.identifier,
-            found["url"],
-            found["path"],
-            opts,
+            partial,
+            path,
+            url=url,
+            headers=headers,
+            sha256=sha256,
+            segments=segments,
+            idempotency_key=idempotency_key,
             background=self.background,
-            idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
+            options=options,
         )
-        row = await self._backend_or_raise().submit(row)
-        return AsyncTask(self, row)
+        return AsyncTask(self, await self._backend_or_raise().submit(row))
 
     async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
         """Submit many downloads at once: each item has ``url``, ``path`` and any option of
@@ -459,7 +428,7 @@ class AsyncSession:
         try:
             _, _, refresh, hook = split_sources(url, None, refresh, background=self.background)
             options = UploadOptions(
-                **_given(
+                **untyped(
                     refresh=refresh,
                     method=method,
                     headers=headers,
