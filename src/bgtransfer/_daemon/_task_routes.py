@@ -17,6 +17,7 @@ from bgtransfer._daemon._context import Parts
 from bgtransfer._daemon._stream import acknowledge, phases_of
 from bgtransfer._daemon._wire import json_body, query_int, query_number
 from bgtransfer._engine import _forget as forget
+from bgtransfer._engine._sidecar_io import refuse_in_use
 from bgtransfer._exceptions import InvalidRequest, StoreFull, TaskNotFound
 from bgtransfer._models import Phase
 from bgtransfer._redact import redact
@@ -102,6 +103,7 @@ class TaskRoutes:
         for row in rows:
             row.owner = engine.owner.token
         engine.space.check()
+        refuse_in_use(self.store, rows)  # adopt: not a partial file a live task writes
         keys = [(r.session, r.idempotency_key) for r in rows if r.idempotency_key is not None]
         fut = committer.insert(rows)
         for k in keys:
