@@ -88,6 +88,8 @@ class PostgresBackend:
         store.close()
         # What version 1 had: no leases, fencing tokens, event notifications or workers.
         with psycopg.connect(self.url, autocommit=True) as con:
+            con.execute("DROP TRIGGER tasks_queue_notify ON tasks")  # version 3
+            con.execute("DROP FUNCTION bgtransfer_queue_notify()")
             con.execute("DROP INDEX tasks_lease")
             con.execute("DROP TRIGGER events_notify ON events")
             con.execute("DROP FUNCTION bgtransfer_event_notify()")

@@ -8,10 +8,11 @@ the database's locale (prefix lookups and page cursors depend on it).
 
 from __future__ import annotations
 
-__all__ = ["EVENTS_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["EVENTS_CHANNEL", "MIGRATIONS", "QUEUE_CHANNEL", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
+QUEUE_CHANNEL = "bgtransfer_queue"  # NOTIFY (no payload): a task may be claimed now
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -138,5 +139,17 @@ _V2 = [
 )""",
 ]
 
+# Workers wait for work on LISTEN, not on a polling loop: a task that becomes claimable
+# (submitted, resumed, released by a worker that stopped) wakes them. One notification per
+# transaction (equal ones are folded), sent when the commit lands. A task whose start time
+# comes, or whose holder's lease runs out, wakes nobody: the workers' slow sweep finds them.
+_V3 = [
+    "CREATE FUNCTION bgtransfer_queue_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{QUEUE_CHANNEL}', ''); RETURN NULL; END $$",
+    "CREATE TRIGGER tasks_queue_notify AFTER INSERT OR UPDATE OF phase, lease_owner ON tasks "
+    "FOR EACH ROW WHEN (NEW.phase = 'queued' AND NEW.lease_owner IS NULL "
+    "AND NEW.background = 1) EXECUTE FUNCTION bgtransfer_queue_notify()",
+]
+
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 
-from bgtransfer._exceptions import StoreError, StoreFull
+from bgtransfer._exceptions import LeaseLost, StoreError, StoreFull
 from bgtransfer._models import Phase
+from bgtransfer._protocol._task import Snapshot
 from bgtransfer._store._base import TaskRow
-from bgtransfer._store._codec import COLUMNS
+from bgtransfer._store._codec import COLUMNS, SNAPSHOT_SET, snapshot_values
 from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
 from bgtransfer._store._sql import SQLStore
 
@@ -46,6 +47,14 @@ CLAIM_QUEUED = (
     "AND (not_before IS NULL OR not_before <= ?) AND lease_owner IS NULL "
     "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
 )
+# A taken-over task that was running goes back to queued, as a daemon restart requeues its
+# own (recovery then resumes it from its committed offset); a cancel is finished as is.
+_RUNNING = ("connecting", "transferring", "waiting_retry", "verifying")
+_REQUEUE = (
+    f"phase=CASE WHEN phase IN ({', '.join(repr(p) for p in _RUNNING)}) THEN 'queued' "
+    "ELSE phase END, detail=CASE WHEN phase IN "
+    f"({', '.join(repr(p) for p in _RUNNING)}) THEN ? ELSE detail END"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +71,8 @@ class WorkerRow:
 class Claim:
     row: TaskRow
     token: int  # the generation: pass it as ``fence`` to every commit of the task
+    # Taken from a holder whose lease ran out (it may still run: resume into a new file).
+    takeover: bool = False
 
 
 class _Conn:
@@ -173,29 +184,44 @@ class PostgresStore(SQLStore):
     # -- fleet mode: claims, leases, fencing -------------------------------------------------
 
     def claim(
-        self, worker: str, lease_s: float, *, limit: int = 1, now: float | None = None
+        self,
+        worker: str,
+        lease_s: float,
+        *,
+        limit: int = 1,
+        now: float | None = None,
+        exclude: Collection[str] = (),
     ) -> builtins.list[Claim]:
         """Take up to ``limit`` runnable background tasks for ``worker`` until ``now +
         lease_s``: due queued tasks, and tasks whose holder's lease ran out. Each claim
-        raises the task's generation, which fences off any earlier holder.
+        raises the task's generation, which fences off any earlier holder. A taken-over
+        task that was running is queued again (``Claim.takeover``). ``exclude``: ids this
+        worker will not take now (a directory it cannot reach).
 
         A task a worker runs always holds its lease (released when it stops running), so
         an unleased task that is not queued belongs to nobody's queue and is not taken."""
         now = time.time() if now is None else now
-        take = "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1 "
+        take = "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1"
+        skip, skipped = "", builtins.list(exclude)
+        if skipped:
+            skip = f"AND id NOT IN ({', '.join('?' * len(skipped))}) "
         tokens: dict[str, int] = {}
         with self._tx():
             # Two walks of an index each, never a scan of the queue: first the tasks whose
             # holder's lease ran out (begun work: resume it), then the queue's head.
+            expired = CLAIM_EXPIRED.replace("ORDER BY", skip + "ORDER BY")
             cur = self._db.execute(
-                f"{take} WHERE id IN ({CLAIM_EXPIRED}) RETURNING id, generation",
-                (worker, now + lease_s, now, *_TAKEOVER, limit),
-            )
+                f"{take}, {_REQUEUE} WHERE id IN ({expired}) RETURNING id, generation",
+                (worker, now + lease_s, "queued (taken over: its worker's lease ran out)",
+                 now, *_TAKEOVER, *skipped, limit),
+            )  # fmt: skip
             tokens.update((str(i), int(g)) for i, g in cur.fetchall())
+            taken = set(tokens)
             if len(tokens) < limit:
+                queued = CLAIM_QUEUED.replace("ORDER BY", skip + "ORDER BY")
                 cur = self._db.execute(
-                    f"{take} WHERE id IN ({CLAIM_QUEUED}) RETURNING id, generation",
-                    (worker, now + lease_s, now, limit - len(tokens)),
+                    f"{take} WHERE id IN ({queued}) RETURNING id, generation",
+                    (worker, now + lease_s, now, *skipped, limit - len(tokens)),
                 )
                 tokens.update((str(i), int(g)) for i, g in cur.fetchall())
             if not tokens:
@@ -205,7 +231,7 @@ class PostgresStore(SQLStore):
                 "ORDER BY priority, created_at, id",
                 builtins.list(tokens),
             )
-        return [Claim(r, tokens[r.id]) for r in rows]
+        return [Claim(r, tokens[r.id], r.id in taken) for r in rows]
 
     def renew(
         self, worker: str, tokens: Mapping[str, int], lease_s: float, *, now: float | None = None
@@ -225,15 +251,31 @@ class PostgresStore(SQLStore):
                     held.add(task_id)
         return held
 
-    def release(self, task_id: str, token: int) -> bool:
+    def release(self, task_id: str, token: int, *, requeue: str | None = None) -> bool:
         """Give a task back (finished, suspended, or the worker stops): any worker may claim
-        it from now on if it is runnable. False if the claim was already lost."""
+        it from now on if it is runnable. False if the claim was already lost.
+
+        ``requeue``: the worker stopped it while it ran (shutting down, or its directory is
+        not reachable there): a running task goes back to the queue with this detail."""
+        sql, args = "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL", [task_id, token]
+        if requeue is not None:
+            sql, args = f"{sql}, {_REQUEUE}", [requeue, *args]
         with self._tx():
-            cur = self._db.execute(
-                "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL WHERE id=? AND generation=?",
-                (task_id, token),
-            )
+            cur = self._db.execute(f"{sql} WHERE id=? AND generation=?", args)
         return cur.rowcount > 0
+
+    def move_partial(
+        self, task_id: str, token: int, partial: str, snap: Snapshot, *, wall_time: float
+    ) -> None:
+        """A takeover's new partial file (a fresh inode, see ``_engine._takeover``) and its
+        identity, on record under the claim ``token`` (LeaseLost if it is stale)."""
+        with self._tx():
+            count = self._update_task(
+                f"UPDATE tasks SET partial=?, {SNAPSHOT_SET} WHERE id=? AND generation=?",
+                (partial, *snapshot_values(snap, wall_time), task_id, token),
+            )
+        if count == 0:
+            raise LeaseLost(f"the claim on task {task_id} (generation {token}) was lost")
 
     def heartbeat(self, name: str, host: str, pid: int, *, now: float | None = None) -> None:
         """The worker is alive (it renews its leases at the same pace)."""
