@@ -24,10 +24,17 @@ from bgtransfer._models import Phase
 from bgtransfer._protocol._task import Snapshot
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS, SNAPSHOT_SET, snapshot_values
-from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
+from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, QUEUE_CHANNEL, SCHEMA_VERSION
 from bgtransfer._store._sql import SQLStore
 
-__all__ = ["SCHEMA_VERSION", "Claim", "EventListener", "PostgresStore", "WorkerRow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Claim",
+    "EventListener",
+    "PostgresStore",
+    "QueueListener",
+    "WorkerRow",
+]
 
 # pg_advisory_xact_lock key: workers that start together migrate one after the other.
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
@@ -50,11 +57,20 @@ CLAIM_QUEUED = (
 # A taken-over task that was running goes back to queued, as a daemon restart requeues its
 # own (recovery then resumes it from its committed offset); a cancel is finished as is.
 _RUNNING = ("connecting", "transferring", "waiting_retry", "verifying")
-_REQUEUE = (
-    f"phase=CASE WHEN phase IN ({', '.join(repr(p) for p in _RUNNING)}) THEN 'queued' "
-    "ELSE phase END, detail=CASE WHEN phase IN "
-    f"({', '.join(repr(p) for p in _RUNNING)}) THEN ? ELSE detail END"
-)
+
+
+def _requeue(*also: str) -> str:
+    """SET clauses: a running task goes back to queued, its detail (the ``?``) says why;
+    ``also``: other phases whose detail is set too."""
+    running = ", ".join(f"'{p}'" for p in _RUNNING)
+    told = ", ".join(f"'{p}'" for p in (*_RUNNING, *also))
+    return (
+        f"phase=CASE WHEN phase IN ({running}) THEN 'queued' ELSE phase END, "
+        f"detail=CASE WHEN phase IN ({told}) THEN ? ELSE detail END"
+    )
+
+
+_REQUEUE = _requeue()
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,7 +275,7 @@ class PostgresStore(SQLStore):
         not reachable there): a running task goes back to the queue with this detail."""
         sql, args = "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL", [task_id, token]
         if requeue is not None:
-            sql, args = f"{sql}, {_REQUEUE}", [requeue, *args]
+            sql, args = f"{sql}, {_requeue('queued')}", [requeue, *args]
         with self._tx():
             cur = self._db.execute(f"{sql} WHERE id=? AND generation=?", args)
         return cur.rowcount > 0
@@ -351,6 +367,36 @@ class EventListener:
         except psycopg.Error as exc:
             raise StoreError(f"lost the task event listener: {_safe(exc)}") from exc
         return sessions
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class QueueListener:
+    """Wakes a worker when a task becomes claimable anywhere (LISTEN bgtransfer_queue, on
+    a connection of its own). A notification says only "look": the claim says what."""
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        try:
+            self._con = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
+            )
+            self._con.execute(f"LISTEN {QUEUE_CHANNEL}")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot listen for queued tasks: {_safe(exc)}") from exc
+
+    def wait(self, timeout: float) -> bool:
+        """True if a task was announced within ``timeout`` seconds (all pending
+        announcements are consumed: one look serves them all)."""
+        got = False
+        try:
+            for _ in self._con.notifies(timeout=timeout, stop_after=1):
+                got = True
+            for _ in self._con.notifies(timeout=0):
+                got = True
+        except psycopg.Error as exc:
+            raise StoreError(f"lost the queue listener: {_safe(exc)}") from exc
+        return got
 
     def close(self) -> None:
         self._con.close()
