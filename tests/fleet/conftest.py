@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bgtransfer._store._postgres import PostgresStore
-from tests.fleet.fleet import Fleet
+from tests.fleet.fleet import Fleet, show_logs
 from tests.store.pg import pg_url, postgres  # noqa: F401  (fixtures)
 
 
@@ -29,5 +29,8 @@ def fleet(pg_url: str, tmp_path: Path) -> Iterator[Fleet]:  # noqa: F811
     f = Fleet(pg_url, logs)
     try:
         yield f
+    except BaseException:
+        raise
     finally:
         f.close()
+        show_logs(f)  # shown by pytest only when the test failed

@@ -34,6 +34,12 @@ def eventually(
     raise AssertionError(f"not within {timeout} s: {what}")
 
 
+def show_logs(fleet: Fleet) -> None:
+    """Print every worker's log tail (pytest shows it for a failed test)."""
+    for name in fleet.procs:
+        print(f"--- {name} ---\n{fleet.log(name)[-6000:]}")
+
+
 def rows_for(urls: Iterable[str], directory: Path, **options: object) -> list[TaskRow]:
     return [
         build_row("fleet", url, directory / f"f{i}", background=True, **options)  # type: ignore[arg-type]
@@ -102,9 +108,4 @@ class Fleet:
             rows = [store.get(i) for i in wanted]
             return all(r is not None and r.snap.phase.value == "done" for r in rows)
 
-        try:
-            eventually(done, timeout, "every task done", interval=0.2)
-        except AssertionError:
-            for name in self.procs:
-                print(f"--- {name} ---\n{self.log(name)[-4000:]}")
-            raise
+        eventually(done, timeout, "every task done", interval=0.2)

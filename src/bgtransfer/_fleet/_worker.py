@@ -347,7 +347,7 @@ class Worker:
                         listener.close()
                 listener = None
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
         if listener is not None:
             with contextlib.suppress(Exception):
                 listener.close()
