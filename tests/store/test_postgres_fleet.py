@@ -209,7 +209,8 @@ def test_workers_starting_together_migrate_once(pg_url: str) -> None:
         assert errors == []
         assert len(stores) == 4
         with psycopg.connect(pg_url) as con:
-            assert con.execute("SELECT version FROM bgtransfer_schema").fetchall() == [(SCHEMA_VERSION,)]
+            version = con.execute("SELECT version FROM bgtransfer_schema").fetchall()
+            assert version == [(SCHEMA_VERSION,)]
     finally:
         for s in stores:
             s.close()
