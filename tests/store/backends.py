@@ -90,6 +90,10 @@ class PostgresBackend:
         with psycopg.connect(self.url, autocommit=True) as con:
             con.execute("DROP TRIGGER tasks_queue_notify ON tasks")  # version 3
             con.execute("DROP FUNCTION bgtransfer_queue_notify()")
+            con.execute("DROP TRIGGER tasks_origin ON tasks")
+            con.execute("DROP FUNCTION bgtransfer_set_origin()")
+            con.execute("DROP FUNCTION bgtransfer_origin(TEXT)")
+            con.execute("ALTER TABLE tasks DROP COLUMN origin")
             con.execute("DROP INDEX tasks_lease")
             con.execute("DROP TRIGGER events_notify ON events")
             con.execute("DROP FUNCTION bgtransfer_event_notify()")

@@ -71,7 +71,8 @@ async def _main(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if not args.store or not args.store.startswith(("postgresql://", "postgres://")):
+    url: str | None = args.store
+    if not url or not url.startswith(("postgresql://", "postgres://")):
         print(
             "bgtransfer worker: needs a PostgreSQL store: --store postgresql://user@host/db "
             "or BGTRANSFER_STORE",

@@ -211,6 +211,7 @@ class Worker:
                     limit=room,
                     now=sent,
                     exclude=self.book.staying_away(sent),
+                    max_per_origin=self.max_per_host,
                 )
             except StoreError as exc:
                 log.warning("cannot claim tasks: %s", exc.message)

@@ -71,6 +71,14 @@ def _requeue(*also: str) -> str:
 
 
 _REQUEUE = _requeue()
+_TAKE = "lease_owner=?, lease_expires=?, generation=generation+1"
+TAKEN_OVER = "queued (taken over: its worker's lease ran out)"
+# Live leases per origin (the fleet-wide per-origin limit), from a partial index.
+_LIVE = (
+    "SELECT origin, COUNT(*) FROM tasks WHERE lease_owner IS NOT NULL AND phase != 'done' "
+    "AND lease_expires >= ? AND origin IS NOT NULL GROUP BY origin"
+)
+_CLAIM_LOCK = 0x6267_7472_636C  # "bgtrcl": claims with per-origin limits take turns
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,39 +215,62 @@ class PostgresStore(SQLStore):
         limit: int = 1,
         now: float | None = None,
         exclude: Collection[str] = (),
+        max_per_origin: int | None = None,
     ) -> builtins.list[Claim]:
         """Take up to ``limit`` runnable background tasks for ``worker`` until ``now +
         lease_s``: due queued tasks, and tasks whose holder's lease ran out. Each claim
         raises the task's generation, which fences off any earlier holder. A taken-over
         task that was running is queued again (``Claim.takeover``). ``exclude``: ids this
-        worker will not take now (a directory it cannot reach).
+        worker will not take now (a directory it cannot reach). ``max_per_origin``: no
+        origin gets more live leases than this, counted over every worker (claims then
+        take turns, so two workers cannot both take the last place of an origin).
 
         A task a worker runs always holds its lease (released when it stops running), so
         an unleased task that is not queued belongs to nobody's queue and is not taken."""
         now = time.time() if now is None else now
-        take = "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1"
-        skip, skipped = "", builtins.list(exclude)
+        skip, skipped = "", builtins.list[Any](exclude)
         if skipped:
             skip = f"AND id NOT IN ({', '.join('?' * len(skipped))}) "
         tokens: dict[str, int] = {}
+        taken: set[str] = set()
         with self._tx():
+            live: dict[str, int] | None = None
+            if max_per_origin is not None:
+                self._db.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
+                live = {str(o): int(n) for o, n in self._db.execute(_LIVE, (now,)).fetchall()}
+                full = [o for o, n in live.items() if n >= max_per_origin]
+                if full:
+                    skip += f"AND (origin IS NULL OR origin NOT IN ({', '.join('?' * len(full))})) "
+                    skipped += full
             # Two walks of an index each, never a scan of the queue: first the tasks whose
             # holder's lease ran out (begun work: resume it), then the queue's head.
-            expired = CLAIM_EXPIRED.replace("ORDER BY", skip + "ORDER BY")
-            cur = self._db.execute(
-                f"{take}, {_REQUEUE} WHERE id IN ({expired}) RETURNING id, generation",
-                (worker, now + lease_s, "queued (taken over: its worker's lease ran out)",
-                 now, *_TAKEOVER, *skipped, limit),
-            )  # fmt: skip
-            tokens.update((str(i), int(g)) for i, g in cur.fetchall())
-            taken = set(tokens)
-            if len(tokens) < limit:
-                queued = CLAIM_QUEUED.replace("ORDER BY", skip + "ORDER BY")
+            for takeover, select, args in (
+                (True, CLAIM_EXPIRED, (now, *_TAKEOVER)),
+                (False, CLAIM_QUEUED, (now,)),
+            ):
+                room = limit - len(tokens)
+                if room <= 0:
+                    break
+                select = select.replace("ORDER BY", skip + "ORDER BY")
+                if live is None or max_per_origin is None:
+                    ids, ids_args = select, [*args, *skipped, room]
+                else:
+                    chosen = self._within_limits(select, [*args, *skipped], room, live,
+                                                 max_per_origin)  # fmt: skip
+                    if not chosen:
+                        continue
+                    ids, ids_args = ", ".join("?" * len(chosen)), chosen
+                sets, set_args = _TAKE, [worker, now + lease_s]
+                if takeover:
+                    sets, set_args = f"{_TAKE}, {_REQUEUE}", [*set_args, TAKEN_OVER]
                 cur = self._db.execute(
-                    f"{take} WHERE id IN ({queued}) RETURNING id, generation",
-                    (worker, now + lease_s, now, *skipped, limit - len(tokens)),
+                    f"UPDATE tasks SET {sets} WHERE id IN ({ids}) RETURNING id, generation",
+                    [*set_args, *ids_args],
                 )
-                tokens.update((str(i), int(g)) for i, g in cur.fetchall())
+                got = {str(i): int(g) for i, g in cur.fetchall()}
+                tokens.update(got)
+                if takeover:
+                    taken.update(got)
             if not tokens:
                 return []
             rows = self._rows(
@@ -248,6 +279,25 @@ class PostgresStore(SQLStore):
                 builtins.list(tokens),
             )
         return [Claim(r, tokens[r.id], r.id in taken) for r in rows]
+
+    def _within_limits(
+        self, select: str, args: builtins.list[Any], room: int, live: dict[str, int], cap: int
+    ) -> builtins.list[str]:
+        """Up to ``room`` candidates in queue order whose origin has a place left (``live``
+        is updated); the candidates stay locked until the claim commits."""
+        cur = self._db.execute(
+            select.replace("SELECT id FROM", "SELECT id, origin FROM"), [*args, room * 4]
+        )
+        chosen: builtins.list[str] = []
+        for task_id, origin in cur.fetchall():
+            if len(chosen) == room:
+                break
+            if origin is not None:
+                if live.get(origin, 0) >= cap:
+                    continue
+                live[origin] = live.get(origin, 0) + 1
+            chosen.append(str(task_id))
+        return chosen
 
     def renew(
         self, worker: str, tokens: Mapping[str, int], lease_s: float, *, now: float | None = None
