@@ -65,11 +65,16 @@ class Fleet:
     lease: float = 2.0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def start(self, name: str, *, max_active: int = 4, max_per_host: int = 6) -> None:
+    def start(
+        self, name: str, *, max_active: int = 4, max_per_host: int = 6, as_nobody: bool = False
+    ) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        prefix = (
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_nobody else []
+        )
         try:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "bgtransfer._fleet", "--store", self.url,
+                [*prefix, sys.executable, "-m", "bgtransfer._fleet", "--store", self.url,
                  "--name", name, "--lease", str(self.lease), "--max-active", str(max_active),
                  "--max-per-host", str(max_per_host), "--log-level", "INFO"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log,

@@ -26,6 +26,7 @@ import logging
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -49,13 +50,19 @@ STOPPED = "queued (its worker stopped)"
 
 
 def _reachable(row: TaskRow) -> str | None:
-    """Why this worker cannot write the task's directory (None: it can)."""
+    """Why this worker cannot use the task's file or directory (None: it can)."""
     if row.spec.kind == "upload":
         path = row.path  # the source file
         return None if os.access(path, os.R_OK) else f"cannot read {path} on this worker"
     directory = os.path.dirname(row.path)
-    if not os.path.isdir(directory):
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
         return f"the directory {directory} does not exist on this worker"
+    except OSError as exc:
+        return f"cannot reach the directory {directory} on this worker: {exc.strerror}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{directory} is not a directory on this worker"
     if not os.access(directory, os.W_OK | os.X_OK):
         return f"the directory {directory} is not writable on this worker"
     return None
