@@ -33,9 +33,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._takeover import drop_old, take_over
 from bgtransfer._exceptions import DestinationError, StoreError
+from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
 from bgtransfer._store._base import Store, TaskRow
 from bgtransfer._store._postgres import Claim, PostgresStore, QueueListener
@@ -47,6 +49,7 @@ log = logging.getLogger("bgtransfer.fleet")
 T = TypeVar("T")
 
 STOPPED = "queued (its worker stopped)"
+HOOK_TIMEOUT = float(os.environ.get("BGTRANSFER_HOOK_TIMEOUT", "60"))
 
 
 def _reachable(row: TaskRow) -> str | None:
@@ -95,6 +98,7 @@ class Worker:
         self._cut_off = False
         self._renewing: asyncio.Future[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._hooks: set[asyncio.Task[Any]] = set()  # running completion hooks
         self._db: PostgresStore | None = None
         self.engine: Engine | None = None
 
@@ -110,7 +114,10 @@ class Worker:
         token = self.book.drop(task_id)
         if token is None:
             return
-        self._spawn(self._release(task_id, token, None))
+        if phase_value == Phase.DONE.value:
+            self._spawn(self._finished(task_id, token))
+        else:
+            self._spawn(self._release(task_id, token, None))
 
     def lost(self, task_id: str) -> None:
         if self.book.drop(task_id) is not None:
@@ -172,6 +179,9 @@ class Worker:
         back to the queue, and leave the list of workers."""
         assert self.engine is not None
         await self.engine.close()
+        for hook in list(self._hooks):  # killed; recorded "pending" for another worker
+            hook.cancel()
+        await asyncio.gather(*list(self._hooks), return_exceptions=True)
         for task_id, token in list(self.book.held.items()):
             self.book.drop(task_id)
             await self._release(task_id, token, STOPPED)
@@ -180,10 +190,11 @@ class Worker:
             await self._call(self._store().forget_worker, self.name)
         log.info("worker %s: stopped; its tasks are back in the queue", self.name)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any, *, hook: bool = False) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for tasks in (self._tasks, self._hooks) if hook else (self._tasks,):
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -201,11 +212,16 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
-            with contextlib.suppress(TimeoutError):
+            swept = False
+            try:
                 await asyncio.wait_for(self._wake.wait(), self.book.sweep_every)
+            except TimeoutError:
+                swept = True
             self._wake.clear()
             if self._idle():
                 continue
+            if swept:
+                await self._orphan_hooks()
             room = self.book.room(self.max_active)
             if room == 0:
                 continue
@@ -277,6 +293,52 @@ class Worker:
             ", taken over" if claim.takeover else "",
         )
         self.engine.admit_claimed(row, token)
+
+    # -- completion hooks ----------------------------------------------------------------------
+
+    async def _finished(self, task_id: str, token: int) -> None:
+        """A task completed here: give it back, and run its hook if it has one (taken in
+        the same statement, so no other worker runs it meanwhile)."""
+        try:
+            ours = await self._call(self._store().release_done, task_id, token, self.book.lease_s)
+        except StoreError as exc:  # the lease runs out; a sweep runs the hook
+            log.warning("task %s: cannot release: %s", task_id, exc.message)
+            ours = False
+        self._wake.set()
+        if ours:
+            row = await self._call(self._store().get, task_id)
+            if row is not None:
+                self._spawn(self._run_hook(row, token), hook=True)
+
+    async def _orphan_hooks(self) -> None:
+        """Hooks nobody runs (their worker stopped or died first): run them here."""
+        try:
+            ids = await self._call(self._store().orphan_hooks)
+            for task_id in ids:
+                got = await self._call(
+                    self._store().claim_hook, task_id, self.name, self.book.lease_s
+                )
+                if got is not None:
+                    self._spawn(self._run_hook(*got), hook=True)
+        except StoreError as exc:
+            log.warning("cannot look for completion hooks: %s", exc.message)
+
+    async def _run_hook(self, row: TaskRow, token: int) -> None:
+        """At least once: if this worker dies while it runs, its lease runs out and
+        another worker runs it again (BGTRANSFER_TASK_ID is the idempotency key: a task
+        completes once)."""
+        self.book.hold(row.id, token)  # renewed with the tasks; counts as work here
+        state = "pending"  # cancelled (the worker stops): for another worker to run
+        try:
+            state = await run_hook(row, HOOK_TIMEOUT)
+        finally:
+            self.book.drop(row.id, token)
+            try:
+                await asyncio.shield(
+                    self._call(self._store().finish_hook, row.id, self.name, state)
+                )
+            except StoreError as exc:
+                log.warning("task %s: cannot record its hook: %s", row.id, exc.message)
 
     async def _release(self, task_id: str, token: int, requeue: str | None) -> None:
         try:

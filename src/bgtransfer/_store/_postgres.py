@@ -330,6 +330,21 @@ class PostgresStore(SQLStore):
             cur = self._db.execute(f"{sql} WHERE id=? AND generation=?", args)
         return cur.rowcount > 0
 
+    def release_done(self, task_id: str, token: int, lease_s: float) -> bool:
+        """Give back a task this worker completed, in one statement with taking its
+        completion hook when it has one: True if the hook is now this worker's to run (the
+        lease is kept for it, renewed with the others). False: released, no hook."""
+        now = time.time()
+        with self._tx():
+            row = self._db.execute(
+                "UPDATE tasks SET hook_state=CASE WHEN hook_state='pending' THEN 'running' "
+                "ELSE hook_state END, lease_expires=CASE WHEN hook_state='pending' THEN ? "
+                "ELSE NULL END, lease_owner=CASE WHEN hook_state='pending' THEN lease_owner "
+                "ELSE NULL END WHERE id=? AND generation=? RETURNING hook_state",
+                (now + lease_s, task_id, token),
+            ).fetchone()
+        return row is not None and row[0] == "running"
+
     def move_partial(
         self, task_id: str, token: int, partial: str, snap: Snapshot, *, wall_time: float
     ) -> None:
@@ -342,6 +357,48 @@ class PostgresStore(SQLStore):
             )
         if count == 0:
             raise LeaseLost(f"the claim on task {task_id} (generation {token}) was lost")
+
+    # -- completion hooks: run by one worker at a time, at least once ----------------------
+
+    def claim_hook(
+        self, task_id: str, worker: str, lease_s: float, *, now: float | None = None
+    ) -> tuple[TaskRow, int] | None:
+        """Take the completion hook of a finished task to run it: one whose hook is
+        pending and unleased, or running under a lease that ran out (its worker died while
+        it ran: it runs again). Returns the row and the generation to renew the lease by;
+        None if another worker has it (or it ran)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            found = self._db.execute(
+                "UPDATE tasks SET hook_state='running', lease_owner=?, lease_expires=? "
+                "WHERE id=? AND phase='done' AND hook_state IN ('pending', 'running') "
+                "AND (lease_owner IS NULL OR lease_expires < ?) RETURNING generation",
+                (worker, now + lease_s, task_id, now),
+            ).fetchone()
+            row = None if found is None else self.get(task_id)
+        return None if row is None or found is None else (row, int(found[0]))
+
+    def finish_hook(self, task_id: str, worker: str, state: str) -> bool:
+        """Record how the hook ended (``pending``: not run after all, for another worker);
+        False if this worker's lease on it was lost (another worker runs it again)."""
+        with self._tx():
+            cur = self._db.execute(
+                "UPDATE tasks SET hook_state=?, lease_owner=NULL, lease_expires=NULL "
+                "WHERE id=? AND lease_owner=? AND hook_state='running'",
+                (state, task_id, worker),
+            )
+        return cur.rowcount > 0
+
+    def orphan_hooks(self, *, now: float | None = None, limit: int = 16) -> builtins.list[str]:
+        """Finished tasks whose hook nobody runs: pending and unleased (the worker that
+        completed the task stopped first), or whose runner's lease ran out."""
+        now = time.time() if now is None else now
+        cur = self._db.execute(
+            "SELECT id FROM tasks WHERE hook_state IN ('pending', 'running') AND phase='done' "
+            "AND (lease_owner IS NULL OR lease_expires < ?) ORDER BY finished_at LIMIT ?",
+            (now, limit),
+        )
+        return [str(i) for (i,) in cur.fetchall()]
 
     def heartbeat(self, name: str, host: str, pid: int, *, now: float | None = None) -> None:
         """The worker is alive (it renews its leases at the same pace)."""
