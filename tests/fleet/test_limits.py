@@ -22,7 +22,7 @@ def test_the_store_knows_each_tasks_origin(pg: PostgresStore, pg_url: str, tmp_p
     rows = [build_row("s", u, tmp_path / f"f{i}", background=True) for i, u in enumerate(urls)]
     pg.insert_many(rows)
     with psycopg.connect(pg_url, autocommit=True) as con:
-        got = dict(con.execute("SELECT id, origin FROM tasks").fetchall())
+        got: dict[str, str] = dict(con.execute("SELECT id, origin FROM tasks").fetchall())
     assert [got[r.id] for r in rows] == [
         "http://example.com:80", "https://h.test:443", "http://[::1]:8080", "http://h.test:80",
     ]  # fmt: skip
