@@ -99,6 +99,8 @@ class Worker:
         self._renewing: asyncio.Future[Any] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._hooks: set[asyncio.Task[Any]] = set()  # running completion hooks
+        self._releases: list[tuple[str, int, str | None, bool]] = []
+        self._releasing: asyncio.Task[None] | None = None
         self._db: PostgresStore | None = None
         self.engine: Engine | None = None
 
@@ -114,10 +116,7 @@ class Worker:
         token = self.book.drop(task_id)
         if token is None:
             return
-        if phase_value == Phase.DONE.value:
-            self._spawn(self._finished(task_id, token))
-        else:
-            self._spawn(self._release(task_id, token, None))
+        self._give_back(task_id, token, None, done=phase_value == Phase.DONE.value)
 
     def lost(self, task_id: str) -> None:
         if self.book.drop(task_id) is not None:
@@ -160,6 +159,8 @@ class Worker:
             await self._shutdown()
         finally:
             self._stopping = True
+            if self._releasing is not None:
+                self._tasks.add(self._releasing)
             for t in list(self._tasks):
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -184,7 +185,8 @@ class Worker:
         await asyncio.gather(*list(self._hooks), return_exceptions=True)
         for task_id, token in list(self.book.held.items()):
             self.book.drop(task_id)
-            await self._release(task_id, token, STOPPED)
+            self._give_back(task_id, token, STOPPED)
+        await self._flush()
         await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(StoreError):
             await self._call(self._store().forget_worker, self.name)
@@ -278,7 +280,7 @@ class Worker:
             log.warning("task %s: %s; left for another worker", row.id, exc.message)
             self.book.drop(row.id, token)
             self.book.set_away(row.id, time.time())
-            await self._release(row.id, token, f"queued: {exc.message}")
+            self._give_back(row.id, token, f"queued: {exc.message}")
             return
         except StoreError as exc:  # LeaseLost included: not ours any more, or unreachable
             log.warning("task %s: not taken: %s", row.id, exc.message)
@@ -296,19 +298,38 @@ class Worker:
 
     # -- completion hooks ----------------------------------------------------------------------
 
-    async def _finished(self, task_id: str, token: int) -> None:
-        """A task completed here: give it back, and run its hook if it has one (taken in
-        the same statement, so no other worker runs it meanwhile)."""
-        try:
-            ours = await self._call(self._store().release_done, task_id, token, self.book.lease_s)
-        except StoreError as exc:  # the lease runs out; a sweep runs the hook
-            log.warning("task %s: cannot release: %s", task_id, exc.message)
-            ours = False
-        self._wake.set()
-        if ours:
-            row = await self._call(self._store().get, task_id)
-            if row is not None:
-                self._spawn(self._run_hook(row, token), hook=True)
+    def _give_back(
+        self, task_id: str, token: int, requeue: str | None, *, done: bool = False
+    ) -> None:
+        """Release a claim with the next batch (tasks settling together share one commit).
+        A task completed here has its hook, if any, taken in the same statement (no other
+        worker can run it meanwhile) and run here."""
+        self._releases.append((task_id, token, requeue, done))
+        if self._releasing is None or self._releasing.done():
+            self._releasing = asyncio.get_running_loop().create_task(self._release_batches())
+
+    async def _release_batches(self) -> None:
+        while self._releases:
+            batch, self._releases = self._releases, []
+            try:
+                hooks = await self._call(self._store().release_many, batch, self.book.lease_s)
+            except StoreError as exc:  # the leases run out instead; a sweep runs the hooks
+                log.warning("cannot release %d task(s): %s", len(batch), exc.message)
+                continue
+            self._wake.set()
+            tokens = {t: g for t, g, _, _ in batch}
+            for task_id in hooks:
+                self._spawn(self._hook_of(task_id, tokens[task_id]), hook=True)
+
+    async def _flush(self) -> None:
+        """Wait until every release asked for so far was tried."""
+        while self._releasing is not None and not self._releasing.done():
+            await asyncio.wait([self._releasing])
+
+    async def _hook_of(self, task_id: str, token: int) -> None:
+        row = await self._call(self._store().get, task_id)
+        if row is not None:
+            await self._run_hook(row, token)
 
     async def _orphan_hooks(self) -> None:
         """Hooks nobody runs (their worker stopped or died first): run them here."""
@@ -339,13 +360,6 @@ class Worker:
                 )
             except StoreError as exc:
                 log.warning("task %s: cannot record its hook: %s", row.id, exc.message)
-
-    async def _release(self, task_id: str, token: int, requeue: str | None) -> None:
-        try:
-            await self._call(self._store().release, task_id, token, requeue=requeue)
-        except StoreError as exc:  # its lease runs out instead
-            log.warning("task %s: cannot release: %s", task_id, exc.message)
-        self._wake.set()
 
     # -- leases ----------------------------------------------------------------------------
 

@@ -345,6 +345,22 @@ class PostgresStore(SQLStore):
             ).fetchone()
         return row is not None and row[0] == "running"
 
+    def release_many(
+        self, items: Sequence[tuple[str, int, str | None, bool]], lease_s: float
+    ) -> set[str]:
+        """Several releases in one transaction (one commit for every task that settled
+        meanwhile): ``(task id, token, requeue, done)``, as :meth:`release` or, for a task
+        completed here, :meth:`release_done`. Returns the ids whose hook is now ours."""
+        hooks: set[str] = set()
+        with self._tx():
+            for task_id, token, requeue, done in items:
+                if done:
+                    if self.release_done(task_id, token, lease_s):
+                        hooks.add(task_id)
+                else:
+                    self.release(task_id, token, requeue=requeue)
+        return hooks
+
     def move_partial(
         self, task_id: str, token: int, partial: str, snap: Snapshot, *, wall_time: float
     ) -> None:
