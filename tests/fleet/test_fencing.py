@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bgtransfer._engine._engine import Engine
-from bgtransfer._engine._takeover import copy_prefix, generation_partial, take_over
+from bgtransfer._engine._takeover import copy_prefix, generation_partial, localize, take_over
 from bgtransfer._store._base import Store
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer.testing import FaultServer
@@ -133,3 +133,20 @@ def test_copy_prefix_copies_exactly_the_prefix(tmp_path: Path) -> None:
         os.close(d)
     assert how in ("reflink", "copy_file_range", "copy")
     assert dst.read_bytes() == data[: (2 << 20) + 17]
+
+
+def test_a_task_begun_on_another_host_is_re_anchored_by_inode(tmp_path: Path) -> None:
+    (row,) = rows_for(["http://h.test/x"], tmp_path)
+    Path(row.partial).write_bytes(b"p" * 10)
+    d, f = os.stat(tmp_path), os.stat(row.partial)
+    # Another host saw the same directory and file under another device number (NFS).
+    row.snap.partial_id = (d.st_dev + 7, d.st_ino, f.st_dev + 7, f.st_ino, f.st_uid)
+    here = localize(row)
+    assert here.snap.partial_id == (d.st_dev, d.st_ino, f.st_dev, f.st_ino, f.st_uid)
+    assert row.snap.partial_id[0] == d.st_dev + 7  # the claimed row itself is not changed
+    # Another directory (another inode) is not this task's: left as recorded (refused later).
+    row.snap.partial_id = (d.st_dev + 7, d.st_ino + 1, f.st_dev, f.st_ino, f.st_uid)
+    assert localize(row).snap.partial_id == row.snap.partial_id
+    # Another file under the name (another inode): the directory is re-anchored, not the file.
+    row.snap.partial_id = (d.st_dev + 7, d.st_ino, f.st_dev + 7, f.st_ino + 1, f.st_uid)
+    assert localize(row).snap.partial_id == (d.st_dev, d.st_ino)

@@ -44,6 +44,7 @@ __all__ = [
     "copy_prefix",
     "drop_old",
     "generation_partial",
+    "localize",
     "stop_lost",
     "take_over",
 ]
@@ -106,6 +107,35 @@ def copy_prefix(src: int, dst: int, length: int) -> str:
         os.pwrite(dst, block, done)
         done += len(block)
     return "copy"
+
+
+def localize(row: TaskRow) -> TaskRow:
+    """The task's recorded file identities as this host sees them.
+
+    A partial file is known by (device, inode) (see ``PartialFile``); on a shared volume
+    another host sees the same directory and file under the same inode numbers but, as a
+    rule (NFS, CephFS), another device number. A task a worker on another host began is
+    re-anchored here when the inode numbers (and the file's owner) match; anything else is
+    left as recorded, and the engine refuses it as before."""
+    ident = row.snap.partial_id
+    if len(ident) < 2 or not row.partial:
+        return row
+    try:
+        st = os.stat(os.path.dirname(row.partial))
+    except OSError:
+        return row  # unreachable here: the caller gives the task back
+    if (st.st_dev, st.st_ino) == ident[:2] or st.st_ino != ident[1]:
+        return row
+    new: tuple[int, ...] = (st.st_dev, st.st_ino)
+    if len(ident) == 5:
+        try:
+            fst = os.stat(row.partial, follow_symlinks=False)
+        except OSError:
+            fst = None
+        if fst is not None and (fst.st_ino, fst.st_uid) == (ident[3], ident[4]):
+            new += (fst.st_dev, fst.st_ino, fst.st_uid)
+    log.info("task %s: its files as this host sees them: %s -> %s", row.id, ident, new)
+    return dataclasses.replace(row, snap=dataclasses.replace(row.snap, partial_id=new))
 
 
 def take_over(row: TaskRow, generation: int) -> tuple[TaskRow, str | None]:

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
-from bgtransfer._engine._takeover import drop_old, take_over
+from bgtransfer._engine._takeover import drop_old, localize, take_over
 from bgtransfer._exceptions import DestinationError, StoreError
 from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
@@ -258,6 +258,7 @@ class Worker:
             why = await asyncio.to_thread(_reachable, row)
             if why is not None:
                 raise DestinationError(why)
+            row = await asyncio.to_thread(localize, row)  # begun on another host?
             if claim.takeover:
                 await self._call(
                     self._store().close_open_attempts,
