@@ -569,8 +569,11 @@ class Engine:
             self._pump()
         elif snap.phase is Phase.QUEUED and row.id not in self._live:
             self._pump()  # resumed: the store says queued only from now on
-        if self.claims is not None and snap.phase in SETTLED and row.id not in self._live:
-            self.claims.settled(row.id, snap.phase.value)
+        if self.claims is not None and snap.phase in SETTLED:
+            if snap.phase is Phase.SUSPENDED and self._live.get(row.id) is live:
+                del self._live[row.id]  # a worker gives a suspended task back
+            if row.id not in self._live:
+                self.claims.settled(row.id, snap.phase.value)
         self._changed.set()
         if self._listeners:
             self._listeners.publish(live.event(snap, kind, state, received, cursor))

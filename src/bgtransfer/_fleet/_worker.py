@@ -36,11 +36,12 @@ from typing import Any, TypeVar
 from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._takeover import drop_old, localize, take_over
-from bgtransfer._exceptions import DestinationError, StoreError
+from bgtransfer._exceptions import DestinationError, InvalidTransition, StoreError, TaskNotFound
 from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
 from bgtransfer._store._base import Store, TaskRow
-from bgtransfer._store._postgres import Claim, PostgresStore, QueueListener
+from bgtransfer._store._pgschema import QUEUE_CHANNEL
+from bgtransfer._store._postgres import CONTROL_CHANNEL, Claim, PostgresStore, QueueListener
 
 __all__ = ["Worker"]
 
@@ -94,6 +95,7 @@ class Worker:
         self.book = LeaseBook(lease_s)
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bgt-lease")
         self._wake = asyncio.Event()
+        self._control_wake = asyncio.Event()
         self._stopping = False
         self._cut_off = False
         self._renewing: asyncio.Future[Any] | None = None
@@ -147,15 +149,18 @@ class Worker:
             listener.start()
             log.info("worker %s on %s: claiming from the queue", self.name, self.host)
             self._wake.set()
-            claimer = asyncio.create_task(self._claim_loop())
-            renewer = asyncio.create_task(self._renew_loop())
+            loops = [
+                asyncio.create_task(self._claim_loop()),
+                asyncio.create_task(self._renew_loop()),
+                asyncio.create_task(self._control_loop()),
+            ]
             await stop.wait()
             log.info("worker %s: stopping", self.name)
             self._stopping = True
             self._wake.set()
-            for t in (claimer, renewer):
+            for t in loops:
                 t.cancel()
-            await asyncio.gather(claimer, renewer, return_exceptions=True)
+            await asyncio.gather(*loops, return_exceptions=True)
             await self._shutdown()
         finally:
             self._stopping = True
@@ -411,6 +416,50 @@ class Worker:
         self.book.drop(task_id)
         self.engine.lose(task_id)
 
+    # -- control requests of clients (suspend, cancel a task held here) --------------------
+
+    async def _control_loop(self) -> None:
+        """Apply what clients ask of the tasks this worker holds: a client on another host
+        cannot stop this worker's transfer, so it records the request and notifies; the
+        engine applies it (suspend: stop at a checkpoint; cancel: remove the partial file)
+        through its own fenced commit, which clears the request. A sweep catches a
+        notification missed while the listener reconnected."""
+        controls_for = getattr(self._store(), "controls_for", None)
+        if controls_for is None:
+            return  # a store without control requests
+        while not self._stopping:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._control_wake.wait(), 2 * self.book.sweep_every)
+            self._control_wake.clear()
+            if self._idle() or not self.book.held:
+                continue
+            try:
+                asked = await self._call(controls_for, self.name)
+            except StoreError as exc:
+                log.warning("cannot read control requests: %s", exc.message)
+                continue
+            for task_id, action in asked:
+                await self._apply_control(task_id, str(action))
+
+    async def _apply_control(self, task_id: str, action: str) -> None:
+        assert self.engine is not None
+        token = self.book.held.get(task_id)
+        if token is None:
+            return
+        try:
+            if action == "cancel":
+                await self.engine.cancel(task_id)
+            else:
+                await self.engine.suspend(task_id)
+            log.info("task %s: %s, as a client asked", task_id, action)
+        except (InvalidTransition, TaskNotFound, StoreError) as exc:
+            # Finished (or refused) meanwhile: the request has nothing left to do.
+            log.info("task %s: %s not applied: %s", task_id, action, exc)
+            clear = getattr(self._store(), "clear_control", None)
+            if clear is not None:
+                with contextlib.suppress(StoreError):
+                    await self._call(clear, task_id, token)
+
     # -- the queue listener ------------------------------------------------------------------
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -423,8 +472,12 @@ class Worker:
                     listener = QueueListener(self.url)
                     delay = 0.5
                     self._notify(loop)  # anything announced while not listening
-                if listener.wait(1.0):
+                    self._notify(loop, self._control_wake)
+                got = listener.wait(1.0)
+                if QUEUE_CHANNEL in got:
                     self._notify(loop)
+                if CONTROL_CHANNEL in got:
+                    self._notify(loop, self._control_wake)
             except StoreError as exc:
                 log.warning("queue listener: %s", exc.message)
                 if listener is not None:
@@ -437,6 +490,6 @@ class Worker:
             with contextlib.suppress(Exception):
                 listener.close()
 
-    def _notify(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _notify(self, loop: asyncio.AbstractEventLoop, event: asyncio.Event | None = None) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone
-            loop.call_soon_threadsafe(self._wake.set)
+            loop.call_soon_threadsafe((event or self._wake).set)

@@ -36,6 +36,10 @@ __all__ = [
     "WorkerRow",
 ]
 
+# Clients ask the holder of a task to suspend or cancel it on this channel (payload: the
+# task id; the request is the task's ``control`` column, see the client side's store).
+CONTROL_CHANNEL = "bgtransfer_control"
+
 # pg_advisory_xact_lock key: workers that start together migrate one after the other.
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
 
@@ -496,27 +500,32 @@ class EventListener:
 
 
 class QueueListener:
-    """Wakes a worker when a task becomes claimable anywhere (LISTEN bgtransfer_queue, on
-    a connection of its own). A notification says only "look": the claim says what."""
+    """Wakes a worker when a task becomes claimable anywhere (LISTEN bgtransfer_queue), or
+    when a client asks the holder of a task to suspend or cancel it (LISTEN
+    bgtransfer_control), on a connection of its own. A notification says only "look": the
+    claim (or the task's row) says what."""
+
+    CHANNELS = (QUEUE_CHANNEL, CONTROL_CHANNEL)
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         try:
             self._con = psycopg.connect(
                 url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
             )
-            self._con.execute(f"LISTEN {QUEUE_CHANNEL}")
+            for channel in self.CHANNELS:
+                self._con.execute(f"LISTEN {channel}")
         except psycopg.Error as exc:
             raise StoreError(f"cannot listen for queued tasks: {_safe(exc)}") from exc
 
-    def wait(self, timeout: float) -> bool:
-        """True if a task was announced within ``timeout`` seconds (all pending
-        announcements are consumed: one look serves them all)."""
-        got = False
+    def wait(self, timeout: float) -> set[str]:
+        """The channels notified within ``timeout`` seconds (empty: none); every pending
+        notification is consumed (one look serves them all)."""
+        got: set[str] = set()
         try:
-            for _ in self._con.notifies(timeout=timeout, stop_after=1):
-                got = True
-            for _ in self._con.notifies(timeout=0):
-                got = True
+            for note in self._con.notifies(timeout=timeout, stop_after=1):
+                got.add(note.channel)
+            for note in self._con.notifies(timeout=0):
+                got.add(note.channel)
         except psycopg.Error as exc:
             raise StoreError(f"lost the queue listener: {_safe(exc)}") from exc
         return got
