@@ -106,6 +106,11 @@ def postgres_cpu(data: str) -> float:
     return total
 
 
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def fresh_schema(url: str, name: str) -> str:
     import psycopg
 
@@ -192,6 +197,7 @@ def bench_fleet(url: str, data: str, base: str, files: int, workers: int,
                 raise SystemExit("the fleet did not finish in 600 s")
             time.sleep(0.05)
         wall, cpu = time.perf_counter() - t0, postgres_cpu(data) - cpu0
+        workers_cpu = sum(_cpu_of(p.pid) for p in procs)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
@@ -209,6 +215,7 @@ def bench_fleet(url: str, data: str, base: str, files: int, workers: int,
         "seconds": wall,
         "pg_cpu_share": cpu / wall,  # cores of PostgreSQL busy on average
         "pg_cpu_ms_per_task": 1000 * cpu / files,
+        "workers_cpu_share": workers_cpu / wall,  # cores the worker processes kept busy
     }
 
 
@@ -250,9 +257,10 @@ def main() -> None:
         )
     print(f"end to end ({args.files} files of {args.size} B from nginx):")
     for f in results["fleet"]:  # type: ignore[attr-defined]
+        share = 100 * f["workers_cpu_share"]
         print(f"  {f['workers']} worker(s): {f['files_per_s']:.0f} files/s, PostgreSQL "
               f"{100 * f['pg_cpu_share']:.0f} % of a core, {f['pg_cpu_ms_per_task']:.2f} ms "
-              "PG CPU per task")  # fmt: skip
+              f"PG CPU per task, workers {share:.0f} % of a core")  # fmt: skip
 
 
 if __name__ == "__main__":
