@@ -373,7 +373,9 @@ class Worker:
         while not self._stopping:
             await asyncio.sleep(self.book.renew_every)
             if self._renewing is None or self._renewing.done():
-                self._renewing = asyncio.ensure_future(self._renew())
+                self._renewing = asyncio.get_running_loop().create_task(self._renew())
+                self._tasks.add(self._renewing)
+                self._renewing.add_done_callback(self._tasks.discard)
             if self.book.must_give_up(time.time()):
                 self._give_up()
 
