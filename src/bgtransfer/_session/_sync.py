@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import os
 import threading
-from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -154,8 +154,8 @@ class Session:
 
     def download(
         self,
-        url: str,
-        path: str | os.PathLike[str],
+        url: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -176,6 +176,8 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        urls: Sequence[str] = (),
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -201,6 +203,8 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                urls=urls,
+                refresh=refresh,
             )
         )
         return Task(self, inner)
@@ -234,6 +238,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -259,6 +264,7 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                refresh=refresh,
             )
         )
         return Task(self, inner)
