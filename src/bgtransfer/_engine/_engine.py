@@ -232,10 +232,8 @@ class Engine:
         """Start queued tasks from the store while there is room for runners."""
         if self._closed or self.store_full is not None:
             return
-        if self.claims is not None:
-            self.claims.feed()
-            return
-        self.scheduler.pump()
+        # A fleet worker's tasks come from claims: room here means "claim more".
+        (self.scheduler.pump if self.claims is None else self.claims.feed)()
 
     def _admit(self, row: TaskRow) -> None:
         live = self._make_live(row)
