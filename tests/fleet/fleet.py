@@ -95,7 +95,10 @@ class Fleet:
         proc.wait(timeout=10)
 
     def stop(self, name: str, timeout: float = 20.0) -> int:
+        """SIGTERM once it runs (a worker still importing would just die of it) and its
+        exit status."""
         proc = self.procs[name]
+        eventually(lambda: "claiming from the queue" in self.log(name), 20, f"{name} runs")
         proc.send_signal(signal.SIGTERM)
         return proc.wait(timeout=timeout)
 

@@ -6,6 +6,19 @@
 
 from __future__ import annotations
 
-from bgtransfer._fleet._worker import Worker
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bgtransfer._fleet._worker import Worker
 
 __all__ = ["Worker"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `python -m bgtransfer._fleet` imports this package first, and a SIGTERM that
+    # comes while the engine is being imported must already find the worker's handler.
+    if name == "Worker":
+        from bgtransfer._fleet._worker import Worker
+
+        return Worker
+    raise AttributeError(name)

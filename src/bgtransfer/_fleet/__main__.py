@@ -23,6 +23,14 @@ from bgtransfer._exceptions import StoreError
 
 EX_TEMPFAIL = 75
 
+# A stop asked for before the event loop runs (while the engine is imported, or the store
+# is reached): honoured as soon as the worker can stop cleanly, not by dying on the spot.
+_stop_early: list[int] = []
+
+
+def _early(signum: int, frame: object) -> None:
+    _stop_early.append(signum)
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -62,6 +70,8 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if _stop_early:
+        stop.set()
     loop.call_soon(_sd_notify, "READY=1")
     try:
         await worker.run(stop)
@@ -70,6 +80,8 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _early)
     args = _parser().parse_args(argv)
     url: str | None = args.store
     if not url or not url.startswith(("postgresql://", "postgres://")):
