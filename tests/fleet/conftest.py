@@ -29,8 +29,6 @@ def fleet(pg_url: str, tmp_path: Path) -> Iterator[Fleet]:  # noqa: F811
     f = Fleet(pg_url, logs)
     try:
         yield f
-    except BaseException:
-        raise
     finally:
         f.close()
         show_logs(f)  # shown by pytest only when the test failed
