@@ -37,6 +37,7 @@ from bgtransfer._engine._ratelimit import Politeness, RateLimits
 from bgtransfer._engine._recovery import BOOT_ID, reconcile
 from bgtransfer._engine._scheduler import Scheduler
 from bgtransfer._engine._segments import run_segmented
+from bgtransfer._engine._sidecar_io import refuse_in_use
 from bgtransfer._engine._space import DiskFull
 from bgtransfer._engine._takeover import SETTLED, Claims, stop_lost
 from bgtransfer._engine._upload import Uploader
@@ -198,6 +199,7 @@ class Engine:
         for row in rows:
             row.owner = self.owner.token
         self.space.check()
+        refuse_in_use(self.store, rows)
         try:
             insert()
         except StoreFull as exc:
@@ -232,7 +234,6 @@ class Engine:
         """Start queued tasks from the store while there is room for runners."""
         if self._closed or self.store_full is not None:
             return
-        # A fleet worker's tasks come from claims: room here means "claim more".
         (self.scheduler.pump if self.claims is None else self.claims.feed)()
 
     def _admit(self, row: TaskRow) -> None:

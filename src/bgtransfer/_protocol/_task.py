@@ -81,6 +81,9 @@ class Spec:
     # A refresh command (an argv, no shell) the daemon runs for a new URL when this one
     # expires; foreground sessions take a callable instead, which is not stored.
     refresh: tuple[str, ...] | None = None
+    # ``adopt``: the partial file (another store's, or one that outlived its store) this
+    # download resumes instead of a new hidden file; its record gave the first snapshot.
+    adopt: str | None = None
 
     # -- codec: the form the store has always written (json.dumps(asdict(spec))) ----------
 

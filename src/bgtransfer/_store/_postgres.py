@@ -19,15 +19,23 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 
-from bgtransfer._exceptions import LeaseLost, StoreError, StoreFull
+from bgtransfer._exceptions import LeaseLost, StoreError, StoreFull, StoreUnavailable
 from bgtransfer._models import Phase
 from bgtransfer._protocol._task import Snapshot
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS, SNAPSHOT_SET, snapshot_values
-from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, QUEUE_CHANNEL, SCHEMA_VERSION
+from bgtransfer._store._pgcontrol import ControlMixin
+from bgtransfer._store._pgschema import (
+    CONTROL_CHANNEL,
+    EVENTS_CHANNEL,
+    MIGRATIONS,
+    QUEUE_CHANNEL,
+    SCHEMA_VERSION,
+)
 from bgtransfer._store._sql import SQLStore
 
 __all__ = [
+    "CONTROL_CHANNEL",
     "SCHEMA_VERSION",
     "Claim",
     "EventListener",
@@ -35,10 +43,6 @@ __all__ = [
     "QueueListener",
     "WorkerRow",
 ]
-
-# Clients ask the holder of a task to suspend or cancel it on this channel (payload: the
-# task id; the request is the task's ``control`` column, see the client side's store).
-CONTROL_CHANNEL = "bgtransfer_control"
 
 # pg_advisory_xact_lock key: workers that start together migrate one after the other.
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
@@ -118,7 +122,7 @@ class _Conn:
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=self.timeout)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the task store: {_safe(exc)}") from exc
+            raise StoreUnavailable(f"cannot connect to the task store: {_safe(exc)}") from exc
 
     def live(self) -> psycopg.Connection[Any]:
         if self.closed:
@@ -141,7 +145,7 @@ class _Conn:
         self.con.close()
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(SQLStore, ControlMixin):
     _db: _Conn
     _integrity_error: ClassVar[type[Exception]] = psycopg.errors.UniqueViolation
     _no_limit = None
@@ -197,7 +201,7 @@ class PostgresStore(SQLStore):
             self._db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             version = self._version()  # again, under the lock: another worker may have done it
             if version > SCHEMA_VERSION:
-                raise StoreError(
+                raise StoreUnavailable(
                     f"the task store has schema version {version}, newer than this "
                     f"bgtransfer understands ({SCHEMA_VERSION}); upgrade bgtransfer"
                 )
@@ -547,4 +551,4 @@ def _safe(exc: BaseException) -> str:
     """An error's text without the connection string's password (libpq may quote it)."""
     from bgtransfer._redact import redact
 
-    return redact(str(exc).strip())
+    return redact(" ".join(str(exc).split()))  # libpq's lines as one: one line a message

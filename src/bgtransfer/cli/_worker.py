@@ -43,9 +43,10 @@ WantedBy=multi-user.target
 
 
 def _store_url(ctx: click.Context, given: str | None) -> str | None:
-    """The global ``--store`` (once the CLI has one), else this command's, else the env."""
+    """This command's ``--store``, else the global one (or ``$BGTRANSFER_STORE``, which the
+    CLI puts there too), else the environment."""
     root = ctx.find_root().obj or {}
-    return root.get("store") or given or os.environ.get("BGTRANSFER_STORE")
+    return given or root.get("store") or os.environ.get("BGTRANSFER_STORE")
 
 
 @cli.command("worker")
