@@ -7,16 +7,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer.testing import FaultServer
 from tests.fleet.fleet import Fleet, eventually, rows_for
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(PostgresStore, "request_control"),
-    reason="control requests are the fleet client's (its store side is not merged here)",
-)
 
 
 def test_a_client_suspends_and_cancels_running_tasks(
@@ -32,8 +25,8 @@ def test_a_client_suspends_and_cancels_running_tasks(
         return got is not None and got.snap.offset > 0
 
     eventually(lambda: running(a.id) and running(b.id), 20, "both run")
-    assert pg.request_control(a.id, "suspend")  # type: ignore[attr-defined]
-    assert pg.request_control(b.id, "cancel")  # type: ignore[attr-defined]
+    assert pg.request_control(a.id, "suspend")
+    assert pg.request_control(b.id, "cancel")
 
     def applied() -> bool:
         ga, gb = pg.get(a.id), pg.get(b.id)

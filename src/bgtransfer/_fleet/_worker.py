@@ -426,9 +426,6 @@ class Worker:
         engine applies it (suspend: stop at a checkpoint; cancel: remove the partial file)
         through its own fenced commit, which clears the request. A sweep catches a
         notification missed while the listener reconnected."""
-        controls_for = getattr(self._store(), "controls_for", None)
-        if controls_for is None:
-            return  # a store without control requests
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._control_wake.wait(), 2 * self.book.sweep_every)
@@ -436,7 +433,7 @@ class Worker:
             if self._idle() or not self.book.held:
                 continue
             try:
-                asked = await self._call(controls_for, self.name)
+                asked = await self._call(self._store().controls_for, self.name)
             except StoreError as exc:
                 log.warning("cannot read control requests: %s", exc.message)
                 continue
@@ -457,10 +454,8 @@ class Worker:
         except (InvalidTransition, TaskNotFound, StoreError) as exc:
             # Finished (or refused) meanwhile: the request has nothing left to do.
             log.info("task %s: %s not applied: %s", task_id, action, exc)
-            clear = getattr(self._store(), "clear_control", None)
-            if clear is not None:
-                with contextlib.suppress(StoreError):
-                    await self._call(clear, task_id, token)
+            with contextlib.suppress(StoreError):
+                await self._call(self._store().clear_control, task_id, token)
 
     # -- the queue listener ------------------------------------------------------------------
 
