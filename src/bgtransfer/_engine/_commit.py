@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -74,7 +73,6 @@ class Save:
     sync_file: str | None = None  # a finished partial file to fsync first
     sync_dir: str | None = None  # a directory a file was just renamed into
     fence: int | None = None  # the claim's generation (fleet mode); else the committer's
-    sync_fd: int | None = None  # a partial file's descriptor (a dup) to fdatasync, then close
 
 
 @dataclass(slots=True)
@@ -88,7 +86,6 @@ class _Pending:
     sync_files: list[str] = field(default_factory=list)
     sync_dirs: list[str] = field(default_factory=list)
     fence: int | None = None
-    sync_fds: list[int] = field(default_factory=list)
     # (future, index of its event in ``events`` or None, loop)
     waiters: list[tuple[asyncio.Future[Any], int | None, asyncio.AbstractEventLoop]] = field(
         default_factory=list
@@ -110,8 +107,6 @@ class _Pending:
             self.sync_dirs.append(save.sync_dir)
         if save.fence is not None:
             self.fence = save.fence
-        if save.sync_fd is not None:
-            self.sync_fds.append(save.sync_fd)
         self.waiters.append((fut, index, loop))
 
     def merge(self, newer: _Pending) -> None:
@@ -127,7 +122,6 @@ class _Pending:
         self.sync_dirs.extend(newer.sync_dirs)
         if newer.fence is not None:
             self.fence = newer.fence
-        self.sync_fds.extend(newer.sync_fds)
         self.waiters.extend(
             (fut, None if i is None else base + i, loop) for fut, i, loop in newer.waiters
         )
@@ -200,8 +194,6 @@ class Committer:
             save.fence = self.fences.get(save.task_id)
         with self._cv:
             if self._closing:
-                if save.sync_fd is not None:
-                    os.close(save.sync_fd)
                 raise StoreError("the task store is closed")
             pending = self._queue.get(save.task_id)
             if pending is None:
@@ -318,14 +310,6 @@ class Committer:
     def _run(self, batch: list[_Pending]) -> list[list[int | None] | BaseException]:
         failed: dict[int, BaseException] = {}
         for i, pending in enumerate(batch):
-            fds, pending.sync_fds = pending.sync_fds, []
-            for fd in fds:
-                try:
-                    os.fdatasync(fd)
-                except OSError as exc:
-                    failed[i] = DestinationError(f"cannot fsync a partial file: {exc}")
-                finally:
-                    os.close(fd)
             for path in pending.sync_files:
                 try:
                     fsync_file(path)

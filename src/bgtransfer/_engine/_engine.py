@@ -511,13 +511,13 @@ class Engine:
         self.store.save(live.row.id, snap, wall_time=time.time(), fence=fence)
 
     def _persist(self, live: Live) -> None:
-        """Checkpoint: the next group commit fdatasyncs the partial, then commits the snapshot.
+        """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
 
         What must follow the commit (events, hooks, forgetting a finished task) runs when it
         lands, in order, so nobody hears of a state the store could still lose.
         """
         m, row = live.machine, live.row
-        sync_fd = live.part.sync_later()  # fdatasync'd in the writer thread: reads go on
+        live.part.sync()
         now = self.clock()
         kind = "progress" if live.last_phase is m.snap.phase else "state"
         live.last_phase = m.snap.phase
@@ -531,7 +531,7 @@ class Engine:
         sync_dir, live.dir_unsynced = live.dir_unsynced, None
         assert self._commit is not None
         fut = self._commit.submit(
-            Save(row.id, snap, wall, event, hook, attempts, sync_dir=sync_dir, sync_fd=sync_fd)
+            Save(row.id, snap, wall, event, hook, attempts, sync_dir=sync_dir)
         )
         received, state = m.snap.offset, m.state
         fut.add_done_callback(lambda f: self._persisted(live, snap, kind, state, received, f))

@@ -368,21 +368,6 @@ class PartialFile:
                     os.close(dfd)
                 self.new_entry = False
 
-    def sync_later(self) -> int | None:
-        """For a checkpoint: a duplicate of the descriptor, which the group commit
-        fdatasyncs (and closes) in its thread just before it commits the offset, so the
-        loop goes on reading meanwhile; or None when there is nothing to sync, or after
-        syncing here (a new file's first sync also fsyncs its directory).
-
-        ``dirty`` stays set: closing or placing the file still syncs it on its own.
-        """
-        if self.fd < 0 or not self.dirty:
-            return None
-        if self.new_entry:
-            self.sync()
-            return None
-        return os.dup(self.fd)
-
     def close(self, *, sync: bool = True) -> None:
         """Close, fsyncing first unless the caller syncs the file by other means."""
         if self.fd >= 0:
