@@ -198,6 +198,8 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        checksums: Mapping[str, str] | Iterable[str] | str | None = None,
+        pieces: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
@@ -237,6 +239,8 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    checksums=checksums,
+                    pieces=pieces,
                 )
             )
             row = download_row(

@@ -176,6 +176,8 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        checksums: Mapping[str, str] | Iterable[str] | str | None = None,
+        pieces: Mapping[str, Any] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -201,6 +203,8 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                checksums=checksums,
+                pieces=pieces,
             )
         )
         return Task(self, inner)
