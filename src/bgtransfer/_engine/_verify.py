@@ -49,7 +49,7 @@ from bgtransfer._protocol._digest import (
     server_checksums,
     want_digest_headers,
 )
-from bgtransfer._protocol._pieces import PieceHasher, PiecePlan, plan_of
+from bgtransfer._protocol._pieces import PieceHasher, PiecePlan, PieceTuple, plan_of
 from bgtransfer._protocol._segments import Segment
 
 __all__ = [
@@ -195,12 +195,14 @@ def _server_expected(headers: Mapping[str, str], status: int) -> tuple[Expected,
     return tuple(e for e in found if _computable(e.checksum.algorithm))
 
 
-def _algorithms(caller: tuple[Expected, ...], server: tuple[Expected, ...]) -> list[str]:
+def _algorithms(
+    caller: tuple[Expected, ...], server: tuple[Expected, ...], pieces: PieceTuple | None
+) -> list[str]:
     """Every algorithm the caller named, plus the cheapest one of each server source. With
-    a strong checksum of the caller's, server digests are not computed: the caller's is
-    the truth (:func:`decide` would overrule a server that disagrees)."""
+    a strong checksum or piece list of the caller's, server digests are not computed: the
+    caller's is the truth (:func:`decide` would overrule a server that disagrees)."""
     names = [e.checksum.algorithm for e in caller]
-    strong = _strong(names)
+    strong = _strong(names) or (pieces is not None and _strong([pieces[0]]))
     for source in dict.fromkeys(e.source for e in server):
         offered = {e.checksum.algorithm for e in server if e.source == source}
         if offered & set(names):
@@ -315,7 +317,7 @@ class Checks:
                 state.plan = plan_of(pieces, m.snap.total)
             except InvalidRequest as exc:
                 return M.Failed(IntegrityError(f"the piece list does not fit: {exc.message}"))
-        names = _algorithms(state.caller, state.server)
+        names = _algorithms(state.caller, state.server, m.spec.pieces)
         if state.tail is not None and set(state.tail.hashers.algorithms) != set(names):
             state.tail = None
         feed = Feed(self, live, state)
@@ -346,7 +348,7 @@ class Checks:
             state.tail = None
         tail = state.tail
         if tail is None:
-            names = _algorithms(state.caller, state.server)
+            names = _algorithms(state.caller, state.server, m.spec.pieces)
             st = os.fstat(live.part.fd)
             tail = state.tail = _Tail(live.part.path, (st.st_dev, st.st_ino), names, state.plan)
         try:
