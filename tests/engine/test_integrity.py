@@ -60,7 +60,9 @@ def test_a_bad_repr_digest_is_fetched_again_once_then_fails(
     t = fetch(session, server.url(f"/gen/{SIZE}?bad_digest=repr&key={key}"), dest)
     assert isinstance(t.error, bgtransfer.IntegrityError), t.error
     msg = t.error.message
-    assert "sha256 from Repr-Digest" in msg and "expected" in msg and "got" in msg
+    assert "sha256 from Repr-Digest" in msg
+    assert "expected" in msg
+    assert "got" in msg
     assert hashlib.sha256(gen_bytes(SIZE)).hexdigest() in msg  # what the bytes really are
     assert not dest.exists()  # never under the final name
     only_target(dest)
@@ -261,7 +263,8 @@ def test_a_good_repr_digest_across_a_kill_and_a_resume(
     home, dest = tmp_path / "home", tmp_path / "out.bin"
     kill_past_a_checkpoint(home, url, dest)
     found = stored(home)
-    assert found is not None and found[1] > 0
+    assert found is not None
+    assert found[1] > 0
     with bgtransfer.Session("kill", home=home, background=False) as s:
         (task,) = s.tasks()
         task.resume()
@@ -270,7 +273,8 @@ def test_a_good_repr_digest_across_a_kill_and_a_resume(
         assert task.restarts == 0
     assert dest.read_bytes() == origin
     last = [r for r in server.requests("/gen/") if r.query.get("key") == key][-1]
-    assert last.range is not None and last.range != "bytes=0-"
+    assert last.range is not None
+    assert last.range != "bytes=0-"
     assert "sha-256" in last.headers["want-repr-digest"]
 
 
@@ -287,7 +291,8 @@ def test_after_a_resume_the_digest_covers_the_bytes_from_offset_0(
     home, dest = tmp_path / "home", tmp_path / "out.bin"
     kill_past_a_checkpoint(home, url, dest)
     found = stored(home)
-    assert found is not None and found[1] > 10
+    assert found is not None
+    assert found[1] > 10
     with open(found[2], "r+b") as f:
         f.seek(10)
         f.write(bytes([origin[10] ^ 0xFF]))
