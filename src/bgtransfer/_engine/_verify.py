@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._live import Live
+from bgtransfer._engine._repair import repair
 from bgtransfer._exceptions import IntegrityError, InvalidRequest
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._digest import (
@@ -332,8 +333,6 @@ class Checks:
 
     async def ended(self, live: Live, state: _State, feed: Feed, total: int) -> M.Event:
         """The last byte is written: check everything, repair bad pieces."""
-        from bgtransfer._engine._repair import repair
-
         m = live.machine
         if m.snap.total is not None and m.snap.offset < m.snap.total:
             return M.BodyEnded()  # short: the machine retries, nothing to check yet
