@@ -16,7 +16,6 @@ from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import file_mode
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._recovery import BOOT_ID
-from bgtransfer._engine._verify import vouched
 from bgtransfer._exceptions import DestinationError, TransferError
 from bgtransfer._protocol import _machine as M
 
@@ -32,16 +31,14 @@ async def finalize(ctx: Context, live: Live, action: M.Finalize) -> M.Event:
     # it, so files finishing together share one trip to the writer thread.
     live.part.close(sync=False)
     m, row = live.machine, live.row
-    # The integrity checks already hashed the file's bytes read back from disk: not twice.
-    sha256 = None if vouched(live) else action.sha256
     check = functools.partial(
         live.part.seal,
         expected_length=action.expected_length,
-        sha256=sha256,
+        sha256=action.sha256,
         mode=file_mode(m.spec.umask),
     )
     try:
-        if sha256 is not None:
+        if action.sha256 is not None:
             # Hashing the file read back from disk takes seconds for big files: not on
             # the loop.
             await asyncio.get_running_loop().run_in_executor(None, check)

@@ -60,7 +60,6 @@ __all__ = [
     "Feed",
     "body_check",
     "contiguous",
-    "vouched",
     "want_headers",
 ]
 
@@ -225,25 +224,18 @@ class _State:
     tail: _Tail | None = None
     plan: PiecePlan | None = None
     retries: int = 0  # whole-file mismatches that restarted the download
-    vouched_sha256: bool = False  # the caller's sha256 was checked over the bytes on disk
     piece_tries: dict[int, int] = field(default_factory=dict)
 
 
 _STATES: weakref.WeakKeyDictionary[Live, _State] = weakref.WeakKeyDictionary()
 
 
-def vouched(live: Live) -> bool:
-    """The caller's ``sha256`` was already checked over the finished file's bytes (the seal
-    need not read the file once more)."""
-    state = _STATES.get(live)
-    return state is not None and state.vouched_sha256
-
-
 def _state(live: Live) -> _State:
     state = _STATES.get(live)
     if state is None:
         spec = live.machine.spec
-        state = _STATES[live] = _State(caller_checksums(spec.checksums, spec.sha256))
+        # ``sha256=`` keeps its own check: the seal reads the finished file back (_files).
+        state = _STATES[live] = _State(caller_checksums(spec.checksums, None))
     return state
 
 
@@ -302,16 +294,20 @@ class Checks:
 
     def begin(self, live: Live, status: int, headers: Mapping[str, str], start: int,
               *, restart: bool) -> Feed | M.Event | None:  # fmt: skip
-        """Before a body is written from ``start`` (the part is open): a :class:`Feed` when
-        anything is to be checked, an event when the piece list cannot be this file's, else
-        None (nothing to check costs nothing)."""
+        """Before a body is written from ``start`` (the part is open; ``restart``: from 0
+        over an older version's bytes): a :class:`Feed` when anything is to be checked, an
+        event when the piece list cannot be this file's, else None (nothing to check costs
+        nothing)."""
         m = live.machine
         state = _state(live)
         server = _server_expected(headers, status)
         if server or not state.server:
             state.server = server
         if restart or (state.tail is not None and state.tail.pos > start):
-            state.tail = None  # the bytes it hashed are about to be overwritten
+            # The bytes it hashed are about to be overwritten (another version, or a
+            # resume before what it read): a new tail from byte 0.
+            state.tail = None
+            state.plan = None
         pieces = m.spec.pieces
         if pieces is not None and m.snap.total is not None and state.plan is None:
             try:
@@ -377,7 +373,6 @@ class Checks:
         if decision.verdict is Verdict.FAIL:
             return M.Failed(IntegrityError(decision.reason))
         if decision.verdict is Verdict.OK:
-            state.vouched_sha256 = m.spec.sha256 is not None and "sha256" in tail.hashers.digests()
             weak = " (weak: md5/sha1/crc32c only)" if decision.weak_only else ""
             log.info("task %s: %s%s", live.row.id, decision.reason, weak)
             for note in decision.ignored:

@@ -198,7 +198,7 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
-        checksums: Mapping[str, str] | Iterable[str] | str | None = None,
+        checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.

@@ -176,7 +176,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
-        checksums: Mapping[str, str] | Iterable[str] | str | None = None,
+        checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
