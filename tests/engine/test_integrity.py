@@ -112,6 +112,23 @@ def test_a_content_digest_bad_once_on_a_range_then_good(
     assert t.restarts == 1
 
 
+def test_a_bad_content_digest_of_a_resume_is_caught(
+    server: FaultServer, session: bgtransfer.Session, tmp_path: Path, key: str
+) -> None:
+    # 1: a 200 cut at 1.2 MB; 2: the resume's 206 (shorter than the cut, so whole) with a
+    # wrong Content-Digest; 3: from 0 again, right.
+    size, cut = 2 << 20, 1_200_000
+    dest = tmp_path / "resume.bin"
+    url = server.url(f"/gen/{size}?cut={cut}&bad_digest=content&times=2&key={key}")
+    t = fetch(session, url, dest, retry_wait=0.01)
+    assert t.error is None, t.error
+    assert dest.read_bytes() == gen_bytes(size)
+    assert t.restarts == 1
+    assert [r["range"] for r in mine(server, key)] == [None, f"bytes={cut}-", None]
+    outcome = t.history()[1]["outcome"]
+    assert outcome.startswith(f"checksum mismatch (sha256 from Content-Digest of bytes {cut}-")
+
+
 @pytest.mark.parametrize(
     ("knob", "named"),
     [("goog_hash=1", "md5 from x-goog-hash"), ("amz_checksum=1", "x-amz-checksum-sha256")],

@@ -215,6 +215,14 @@ class AsyncSession:
         ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
         ``ls --json``, events).
 
+        ``checksums``: expected digests of the file, ``{"sha512": HEX}`` or
+        ``["sha256=HEX", "md5=HEX"]`` (md5 and sha1 are weak: never the only defence against
+        a hostile server). ``pieces``: ``{"algorithm": "sha256", "piece_size": N, "hashes":
+        [HEX, ...]}``, one digest per N bytes; a bad piece is fetched again alone. Digests
+        the server sends (RFC 9530 Repr-Digest / Content-Digest, x-goog-hash,
+        x-amz-checksum-sha256) are checked too; a mismatch downloads once more, then fails
+        with IntegrityError.
+
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
         """
