@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import bgtransfer
-from bgtransfer.testing import FIXED_LAST_MODIFIED, FaultServer, gen_bytes
+from bgtransfer.testing import FIXED_LAST_MODIFIED, FaultServer, gen_bytes, gen_sha256
 
 SIZE = 3 << 20
 
@@ -438,3 +438,18 @@ def test_bad_piece_lists_are_refused(
     ):
         with pytest.raises(bgtransfer.InvalidRequest):
             session.download(server.url("/gen/10"), tmp_path / "x.bin", pieces=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("segments", [1, 4])
+def test_the_tail_hash_covers_a_file_of_many_jobs(
+    server: FaultServer, session: bgtransfer.Session, tmp_path: Path, key: str, segments: int
+) -> None:
+    """Larger than the tail's step (16 MiB) and job (64 MiB): every byte hashed once, in
+    order, also when segments fill the file out of order."""
+    size = (80 << 20) + 123
+    dest = tmp_path / "big.bin"
+    url = server.url(f"/gen/{size}?key={key}")
+    t = fetch(session, url, dest, checksums={"sha256": gen_sha256(size)}, segments=segments)
+    assert t.error is None, t.error
+    assert t.restarts == 0
+    assert os.path.getsize(dest) == size

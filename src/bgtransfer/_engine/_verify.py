@@ -67,6 +67,7 @@ log = logging.getLogger("bgtransfer")
 
 STEP = 16 << 20  # the tail hashes what was written each time this much more is there
 _READ = 1 << 20
+_JOB = 64 << 20  # at most this much per job of the hashing thread
 # Which one server digest to compute when several are offered: sha256 has CPU support.
 _SERVER_PREFERENCE = ("sha256", "sha512", "sha384", "md5", "crc32c", "sha1")
 _WANT = tuple(want_digest_headers())
@@ -98,7 +99,8 @@ class _Lost(Exception):
 
 
 class _Tail:
-    """Hashes the partial file from byte 0 up to what was written, in a worker thread."""
+    """Hashes the partial file from byte 0 up to what was written, in a worker thread, one
+    bounded job at a time (so a replaced or abandoned tail stops within one job)."""
 
     def __init__(self, path: str, ident: tuple[int, int], algorithms: Iterable[str],
                  plan: PiecePlan | None) -> None:  # fmt: skip
@@ -111,35 +113,50 @@ class _Tail:
         self.failed: BaseException | None = None
         self.job: asyncio.Future[None] | None = None
         self.asked = 0
+        self.dropped = False  # replaced: no more jobs
 
     def kick(self, upto: int) -> None:
-        """Hash up to ``upto`` in the background unless a job is still running."""
-        self.asked = upto
-        if (self.job is not None and not self.job.done()) or self.failed or upto <= self.pos:
+        """Hash up to ``upto`` in the background (after the running job, if any)."""
+        self.asked = max(self.asked, upto)
+        if (self.job is not None and not self.job.done()) or self.failed or self.dropped:
             return
-        self.job = asyncio.get_running_loop().run_in_executor(None, self._hash, upto)
+        if self.asked <= self.pos:
+            return
+        self.job = asyncio.get_running_loop().run_in_executor(None, self._hash, self.asked)
         self.job.add_done_callback(self._done)
 
     def _done(self, job: asyncio.Future[None]) -> None:
-        if not job.cancelled() and job.exception() is not None:
+        if job.cancelled():
+            return
+        if job.exception() is not None:
             self.failed = job.exception()
+            return
+        self.kick(self.asked)  # more was written meanwhile
+
+    def drop(self) -> None:
+        self.dropped = True
 
     async def finish(self, upto: int) -> None:
-        if self.job is not None:
+        """Everything up to ``upto`` hashed (_Lost: the file is not the task's any more)."""
+        self.kick(upto)
+        while self.job is not None and not self.job.done():
             await asyncio.wait([self.job])
         if self.failed is not None:
             raise _Lost(str(self.failed))
-        if upto > self.pos:
+        while self.pos < upto:  # the last job's callback may not have run yet
+            if self.dropped:
+                raise _Lost("the check was started over")
             await asyncio.get_running_loop().run_in_executor(None, self._hash, upto)
 
     def _hash(self, end: int) -> None:  # in a worker thread
+        end = min(end, self.pos + _JOB)
         fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != self.ident:
                 raise _Lost(f"partial file {self.path} was replaced")
             pos = self.pos
-            while pos < end:
+            while pos < end and not self.dropped:
                 block = os.pread(fd, min(_READ, end - pos), pos)
                 if not block:
                     raise _Lost(f"partial file {self.path} ends at byte {pos}, before {end}")
@@ -226,6 +243,18 @@ class _State:
     retries: int = 0  # whole-file mismatches that restarted the download
     piece_tries: dict[int, int] = field(default_factory=dict)
 
+    def set_tail(self, tail: _Tail | None) -> None:
+        """Replace the tail; the old one stops at the end of its running job."""
+        if self.tail is not None and self.tail is not tail:
+            self.tail.drop()
+        self.tail = tail
+
+    def make_tail(self, live: Live, names: Iterable[str]) -> _Tail:
+        st = os.fstat(live.part.fd)
+        tail = _Tail(live.part.path, (st.st_dev, st.st_ino), names, self.plan)
+        self.set_tail(tail)
+        return tail
+
 
 _STATES: weakref.WeakKeyDictionary[Live, _State] = weakref.WeakKeyDictionary()
 
@@ -237,6 +266,16 @@ def _state(live: Live) -> _State:
         # ``sha256=`` keeps its own check: the seal reads the finished file back (_files).
         state = _STATES[live] = _State(caller_checksums(spec.checksums, None))
     return state
+
+
+async def _finish(state: _State, tail: _Tail, total: int) -> M.Event | None:
+    """Hash what is left; a restart when the file cannot be read back as written."""
+    try:
+        await tail.finish(total)
+    except (_Lost, OSError) as exc:
+        state.set_tail(None)
+        return M.RestartRequired(f"cannot check the downloaded bytes: {exc}")
+    return None
 
 
 class Feed:
@@ -306,26 +345,36 @@ class Checks:
         if restart or (state.tail is not None and state.tail.pos > start):
             # The bytes it hashed are about to be overwritten (another version, or a
             # resume before what it read): a new tail from byte 0.
-            state.tail = None
+            state.set_tail(None)
             state.plan = None
-        pieces = m.spec.pieces
-        if pieces is not None and m.snap.total is not None and state.plan is None:
-            try:
-                state.plan = plan_of(pieces, m.snap.total)
-            except InvalidRequest as exc:
-                return M.Failed(IntegrityError(f"the piece list does not fit: {exc.message}"))
+        if m.snap.total is not None:
+            bad = self._plan(live, state, m.snap.total)
+            if bad is not None:
+                return bad
         names = _algorithms(state.caller, state.server, m.spec.pieces)
         if state.tail is not None and set(state.tail.hashers.algorithms) != set(names):
-            state.tail = None
+            state.set_tail(None)
         feed = Feed(self, live, state)
         feed.body = body_check(status, headers, start)
         if names or state.plan is not None:
             if state.tail is None:
-                st = os.fstat(live.part.fd)
-                state.tail = _Tail(live.part.path, (st.st_dev, st.st_ino), names, state.plan)
-        elif pieces is None and feed.body is None:
+                state.make_tail(live, names)
+        elif m.spec.pieces is None and feed.body is None:
             return None
         return feed
+
+    @staticmethod
+    def _plan(live: Live, state: _State, total: int) -> M.Event | None:
+        """Bind the caller's piece list to the file's length (a misfit fails the task)."""
+        pieces = live.machine.spec.pieces
+        if pieces is None or state.plan is not None:
+            return None
+        try:
+            state.plan = plan_of(pieces, total)
+        except InvalidRequest as exc:
+            return M.Failed(IntegrityError(f"the piece list does not fit: {exc.message}"))
+        state.set_tail(None)  # a tail without the plan would not check the pieces
+        return None
 
     async def ended(self, live: Live, state: _State, feed: Feed, total: int) -> M.Event:
         """The last byte is written: check everything, repair bad pieces."""
@@ -335,39 +384,34 @@ class Checks:
         bad_body = feed.body.mismatch() if feed.body is not None else None
         if bad_body is not None:
             return self.bad_body(live, bad_body)
-        if state.plan is None and m.spec.pieces is not None:
-            try:
-                state.plan = plan_of(m.spec.pieces, total)
-            except InvalidRequest as exc:
-                return M.Failed(IntegrityError(f"the piece list does not fit: {exc.message}"))
-            state.tail = None
-        tail = state.tail
-        if tail is None:
-            names = _algorithms(state.caller, state.server, m.spec.pieces)
-            st = os.fstat(live.part.fd)
-            tail = state.tail = _Tail(live.part.path, (st.st_dev, st.st_ino), names, state.plan)
-        try:
-            await tail.finish(total)
-        except (_Lost, OSError) as exc:
-            state.tail = None
-            return M.RestartRequired(f"cannot check the downloaded bytes: {exc}")
+        bad_plan = self._plan(live, state, total)
+        if bad_plan is not None:
+            return bad_plan
+        names = _algorithms(state.caller, state.server, m.spec.pieces)
+        if not names and state.plan is None:
+            return M.BodyEnded()  # only a Content-Digest was to be checked, and it was
+        tail = state.tail or state.make_tail(live, names)
+        lost = await _finish(state, tail, total)
+        if lost is not None:
+            return lost
         if tail.bad:
             assert state.plan is not None
             event = await repair(self.ctx, live, state.plan, sorted(set(tail.bad)),
                                  state.piece_tries)  # fmt: skip
             if event is not None:
-                state.tail = None
+                state.set_tail(None)
                 return event
             if tail.hashers.algorithms:
                 # The pieces fetched again changed bytes the whole-file hash has seen.
-                tail = state.tail = _Tail(tail.path, tail.ident, tail.hashers.algorithms, None)
-                try:
-                    await tail.finish(total)
-                except (_Lost, OSError) as exc:
-                    state.tail = None
-                    return M.RestartRequired(f"cannot check the downloaded bytes: {exc}")
-        expected = (*state.caller, *state.server)
-        decision = decide(expected, tail.hashers.digests(), retries_done=state.retries)
+                tail = _Tail(tail.path, tail.ident, tail.hashers.algorithms, None)
+                state.set_tail(tail)
+                lost = await _finish(state, tail, total)
+                if lost is not None:
+                    return lost
+        return self._decide(live, state, tail.hashers.digests())
+
+    def _decide(self, live: Live, state: _State, computed: Mapping[str, bytes]) -> M.Event:
+        decision = decide((*state.caller, *state.server), computed, retries_done=state.retries)
         if decision.verdict is Verdict.RETRY:
             return self._mismatch(live, state, decision.reason)
         if decision.verdict is Verdict.FAIL:
@@ -389,7 +433,7 @@ class Checks:
 
     def _mismatch(self, live: Live, state: _State, reason: str) -> M.Event:
         """Discard the bytes and start over from 0 (the first mismatch)."""
-        state.tail = None
+        state.set_tail(None)
         state.retries += 1
         attempt, live.attempt = live.attempt, None
         if attempt is not None:
