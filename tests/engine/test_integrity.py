@@ -453,3 +453,32 @@ def test_the_tail_hash_covers_a_file_of_many_jobs(
     assert t.error is None, t.error
     assert t.restarts == 0
     assert os.path.getsize(dest) == size
+
+
+def test_a_file_found_complete_after_a_suspend_is_still_checked(
+    server: FaultServer, session: bgtransfer.Session, tmp_path: Path, key: str
+) -> None:
+    """Suspended while a bad piece waits to be fetched again: the resume finds the file
+    complete (416), and the checks run before placing it, so the bad piece is not placed."""
+    size = 3 * PIECE
+    plist = pieces_of(gen_bytes(size))
+    hashes = list(plist["hashes"])  # type: ignore[call-overload]
+    hashes[1] = hashlib.sha256(b"not this piece").hexdigest()
+    plist["hashes"] = hashes
+    dest = tmp_path / "s.bin"
+    url = server.url(f"/gen/{size}?key={key}")
+    t = session.download(url, dest, pieces=plist, retry_wait=30.0, max_retry_wait=30.0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if any(r["range"] == f"bytes={PIECE}-{2 * PIECE - 1}" for r in mine(server, key)):
+            break
+        time.sleep(0.01)
+    else:
+        pytest.fail("the bad piece was never asked for again")
+    t.suspend()  # during the 30 s backoff before its second fetch
+    t.resume()
+    t.wait(timeout=60)
+    assert isinstance(t.error, bgtransfer.IntegrityError), t.error
+    assert "piece 1 (bytes 1048576-2097151) does not match its hash" in t.error.message
+    assert not dest.exists()
+    assert mine(server, key)[-1]["range"] == f"bytes={size}-"  # found complete: 416

@@ -58,6 +58,7 @@ __all__ = [
     "BodyCheck",
     "Checks",
     "Feed",
+    "before_placing",
     "body_check",
     "contiguous",
     "want_headers",
@@ -241,6 +242,7 @@ class _State:
     tail: _Tail | None = None
     plan: PiecePlan | None = None
     retries: int = 0  # whole-file mismatches that restarted the download
+    concluded: bool = False  # the finished bytes were checked (the seal need not)
     piece_tries: dict[int, int] = field(default_factory=dict)
 
     def set_tail(self, tail: _Tail | None) -> None:
@@ -266,6 +268,60 @@ def _state(live: Live) -> _State:
         # ``sha256=`` keeps its own check: the seal reads the finished file back (_files).
         state = _STATES[live] = _State(caller_checksums(spec.checksums, None))
     return state
+
+
+def _first_expected(live: Live) -> tuple[Expected, ...]:
+    """What the response that began the file vouched for (a resume's 206 may not say)."""
+    snap = live.machine.snap
+    if snap.response_status not in (200, 206):
+        return ()
+    headers: dict[str, str] = {}
+    for k, v in snap.response_headers:
+        key = k.lower()
+        headers[key] = f"{headers[key]}, {v}" if key in headers else v
+    return _server_expected(headers, snap.response_status or 0)
+
+
+async def before_placing(live: Live) -> M.Event | None:
+    """The last word before a finished file gets its name. Downloads whose body ended in
+    this process were checked then (:meth:`Checks.ended`); one found complete otherwise
+    (a 416 to the resume after a crash or suspend during the checks) is checked here in
+    full, read back from disk, without a retry: ``FinalizeFailed`` on any mismatch."""
+    state = _state(live)
+    m = live.machine
+    if state.concluded or m.spec.kind != "download":
+        return None
+    server = state.server or _first_expected(live)
+    names = _algorithms(state.caller, server, m.spec.pieces)
+    total = m.snap.offset
+    plan = None
+    if m.spec.pieces is not None:
+        try:
+            plan = plan_of(m.spec.pieces, total)
+        except InvalidRequest as exc:
+            return M.FinalizeFailed(IntegrityError(f"the piece list does not fit: {exc.message}"))
+    if not names and plan is None:
+        return None
+    ident = live.part.ident[2:4] if len(live.part.ident) == 5 else ()
+    if len(ident) != 2:
+        return M.FinalizeFailed(IntegrityError("the partial file's identity is not known"))
+    tail = _Tail(live.part.path, (ident[0], ident[1]), names, plan)
+    try:
+        await tail.finish(total)
+    except (_Lost, OSError) as exc:
+        return M.FinalizeFailed(IntegrityError(f"cannot check the downloaded bytes: {exc}"))
+    if tail.bad:
+        assert plan is not None
+        first = min(tail.bad)
+        start, end = plan.piece_range(first)
+        return M.FinalizeFailed(
+            IntegrityError(f"piece {first} (bytes {start}-{end - 1}) does not match its hash")
+        )
+    decision = decide((*state.caller, *server), tail.hashers.digests(), retries_done=1)
+    if decision.verdict is Verdict.FAIL:
+        return M.FinalizeFailed(IntegrityError(decision.reason))
+    state.concluded = True
+    return None
 
 
 async def _finish(state: _State, tail: _Tail, total: int) -> M.Event | None:
@@ -339,7 +395,8 @@ class Checks:
         nothing)."""
         m = live.machine
         state = _state(live)
-        server = _server_expected(headers, status)
+        state.concluded = False
+        server = _server_expected(headers, status) or _first_expected(live)
         if server or not state.server:
             state.server = server
         if restart or (state.tail is not None and state.tail.pos > start):
@@ -389,6 +446,7 @@ class Checks:
             return bad_plan
         names = _algorithms(state.caller, state.server, m.spec.pieces)
         if not names and state.plan is None:
+            state.concluded = True
             return M.BodyEnded()  # only a Content-Digest was to be checked, and it was
         tail = state.tail or state.make_tail(live, names)
         lost = await _finish(state, tail, total)
@@ -412,6 +470,7 @@ class Checks:
 
     def _decide(self, live: Live, state: _State, computed: Mapping[str, bytes]) -> M.Event:
         decision = decide((*state.caller, *state.server), computed, retries_done=state.retries)
+        state.concluded = decision.verdict in (Verdict.OK, Verdict.UNVERIFIED)
         if decision.verdict is Verdict.RETRY:
             return self._mismatch(live, state, decision.reason)
         if decision.verdict is Verdict.FAIL:
