@@ -482,3 +482,17 @@ def test_a_file_found_complete_after_a_suspend_is_still_checked(
     assert "piece 1 (bytes 1048576-2097151) does not match its hash" in t.error.message
     assert not dest.exists()
     assert mine(server, key)[-1]["range"] == f"bytes={size}-"  # found complete: 416
+
+
+def test_an_idempotency_key_with_other_checksums_is_another_request(
+    server: FaultServer, session: bgtransfer.Session, tmp_path: Path, key: str
+) -> None:
+    url = server.url(f"/gen/{SIZE}?key={key}")
+    md5 = hashlib.md5(gen_bytes(SIZE)).hexdigest()
+    first = session.download(url, tmp_path / "k.bin", idempotency_key=key, checksums={"md5": md5})
+    again = session.download(url, tmp_path / "k.bin", idempotency_key=key, checksums={"md5": md5})
+    assert again.id == first.id
+    with pytest.raises(bgtransfer.InvalidRequest, match="different checksums"):
+        session.download(url, tmp_path / "k.bin", idempotency_key=key, checksums={"md5": "0" * 32})
+    first.wait(timeout=60)
+    assert first.error is None
