@@ -15,8 +15,10 @@ from bgtransfer._exceptions import (
     NetworkError,
     ReadError,
     RedirectError,
+    RefreshFailed,
     ResumeError,
     SourceChanged,
+    SourceDropped,
     StoreError,
     StoreFull,
     TaskNotFound,
@@ -28,6 +30,7 @@ from bgtransfer._home import resolve_home
 from bgtransfer._jobs_api import AsyncJob, Job
 from bgtransfer._models import Event, TaskState
 from bgtransfer._session import AsyncSession, AsyncTask, Session, Task
+from bgtransfer._sources_api import metalink_downloads
 from bgtransfer._version import __version__ as __version__
 
 __all__ = [
@@ -50,9 +53,11 @@ __all__ = [
     "NetworkError",
     "ReadError",
     "RedirectError",
+    "RefreshFailed",
     "ResumeError",
     "Session",
     "SourceChanged",
+    "SourceDropped",
     "StoreError",
     "StoreFull",
     "Task",
@@ -61,6 +66,7 @@ __all__ = [
     "TransferError",
     "TransferTimeout",
     "UnsafeHome",
+    "metalink_downloads",
     "resolve_home",
 ]
 

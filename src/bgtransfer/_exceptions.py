@@ -49,8 +49,10 @@ __all__ = [
     "NetworkError",
     "ReadError",
     "RedirectError",
+    "RefreshFailed",
     "ResumeError",
     "SourceChanged",
+    "SourceDropped",
     "StoreError",
     "StoreFull",
     "TaskNotFound",
@@ -142,6 +144,22 @@ class IntegrityError(TransferError):
 
 class SourceChanged(IntegrityError):
     code = "source_changed"
+
+
+class RefreshFailed(TransferError):
+    """The task's refresh hook (``refresh=``) could not give a new URL: the callable raised
+    or returned something else than ``{"url": ..., "headers": {...}}``, or the command
+    exited non-zero, timed out or printed no valid answer (its stderr's tail is in the
+    message). Also raised when the refreshes are used up (see ``MAX_REFRESHES``)."""
+
+    code = "refresh_failed"
+
+
+class SourceDropped(IntegrityError):
+    """Every source of a download with mirrors (``urls=``) was dropped for serving other
+    bytes than the first one (the reasons are in the message and the attempt history)."""
+
+    code = "source_dropped"
 
 
 class FileTooLarge(TransferError):

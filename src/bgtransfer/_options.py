@@ -30,7 +30,13 @@ from bgtransfer._protocol._digest import check_checksums
 from bgtransfer._protocol._pieces import check_pieces
 from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._upload import PROTOCOLS
-from bgtransfer._protocol._validate import check_headers, check_method, check_sha256, check_timeout
+from bgtransfer._protocol._validate import (
+    check_headers,
+    check_method,
+    check_sha256,
+    check_timeout,
+    check_url,
+)
 from bgtransfer._scheduling import check_scheduling
 
 __all__ = [
@@ -46,6 +52,7 @@ __all__ = [
     "check_key",
     "check_metadata",
     "check_umask",
+    "check_urls",
     "positive_int",
 ]
 
@@ -98,17 +105,37 @@ def positive_int(name: str, value: object, *, allow_none: bool = False, zero: bo
         raise InvalidRequest(f"{name} must be a {kind} integer, not {value!r}")
 
 
-def check_argv(value: object) -> tuple[str, ...] | None:
-    """A completion hook: a non-empty argv of strings (no shell), or None."""
+def check_argv(value: object, name: str = "on_complete") -> tuple[str, ...] | None:
+    """A hook command (completion, refresh): a non-empty argv of strings (no shell), or None."""
     if value is None:
         return None
+    if callable(value):
+        raise InvalidRequest(
+            f"{name} is run by the daemon: it takes an argv (a list of strings), not a "
+            f"callable; a callable works in a foreground session (Session(background=False))"
+        )
     if isinstance(value, str) or not isinstance(value, Sequence) or not value:
         raise InvalidRequest(
-            f"on_complete must be a non-empty list of strings (an argv, no shell): {value!r}"
+            f"{name} must be a non-empty list of strings (an argv, no shell): {value!r}"
         )
     if not all(isinstance(a, str) and "\0" not in a for a in value):
-        raise InvalidRequest(f"on_complete arguments must be strings without NUL: {value!r}")
+        raise InvalidRequest(f"{name} arguments must be strings without NUL: {value!r}")
     return tuple(value)
+
+
+MAX_SOURCES = 64  # mirrors of one file
+
+
+def check_urls(value: object) -> tuple[str, ...]:
+    """Mirrors: the sources of one file, each an http(s) URL, none twice."""
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise InvalidRequest(f"urls must be a list of URLs, not {value!r}")
+    out = tuple(check_url(u) for u in value)
+    if len(out) > MAX_SOURCES:
+        raise InvalidRequest(f"urls: at most {MAX_SOURCES} sources, not {len(out)}")
+    if len(set(out)) != len(out):
+        raise InvalidRequest("urls: the same URL is given twice")
+    return out
 
 
 def check_umask(value: object) -> int:
@@ -182,6 +209,10 @@ class _Common:
                 out[name] = [list(p) for p in out[name]]
         if out["on_complete"] is not None:
             out["on_complete"] = list(out["on_complete"])
+        if "urls" in out:
+            out["urls"] = list(out["urls"])
+        if out.get("refresh") is not None:
+            out["refresh"] = list(out["refresh"])
         out["metadata"] = check_metadata(out["metadata"])  # a copy: the options stay frozen
         return out
 
@@ -231,6 +262,10 @@ class DownloadOptions(_Common):
     low_speed_time: float = DEFAULT_LOW_SPEED_TIME
     segments: int = 1
     max_bytes: int | None = None
+    # Every source of the one file (mirrors), the task's URL first; empty: the URL alone.
+    urls: tuple[str, ...] = ()
+    # The daemon's refresh command for an expired URL (argv, no shell).
+    refresh: tuple[str, ...] | None = None
     # Integrity (issue 17): see Spec.checksums / Spec.pieces.
     checksums: tuple[str, ...] = ()
     pieces: tuple[str, int, tuple[str, ...]] | None = None
@@ -249,6 +284,12 @@ class DownloadOptions(_Common):
                 f"segments must be an integer from 1 to {MAX_SEGMENTS}, not {self.segments!r}"
             )
         positive_int("max_bytes", self.max_bytes, allow_none=True, zero=True)
+        self._set("urls", check_urls(self.urls))
+        self._set("refresh", check_argv(self.refresh, "refresh"))
+        if self.refresh is not None and len(self.urls) > 1:
+            raise InvalidRequest(
+                "refresh and several urls together are not supported: a refresh names one URL"
+            )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -263,6 +304,8 @@ class UploadOptions(_Common):
     retry_unsafe: bool = False
     chunk_size: int = DEFAULT_CHUNK_SIZE
     response_path: str | None = None
+    # The daemon's refresh command for an expired URL or token (argv, no shell).
+    refresh: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -289,6 +332,7 @@ class UploadOptions(_Common):
             if not isinstance(where, str | os.PathLike) or not os.fspath(where):
                 raise InvalidRequest(f"response_path must be a path, not {where!r}")
             self._set("response_path", os.path.abspath(os.fspath(where)))
+        self._set("refresh", check_argv(self.refresh, "refresh"))
 
 
 @dataclasses.dataclass(frozen=True)

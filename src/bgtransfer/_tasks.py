@@ -160,6 +160,11 @@ def download_row(
     key = check_key(idempotency_key)
     _check_hook(options, background)
     umask = current_umask() if umask is None else check_umask(umask)
+    if options.urls and options.urls[0] != url:
+        raise InvalidRequest(
+            "with urls (mirrors), the task's URL is the first of them: "
+            f"{redact(url)} is not {redact(options.urls[0])}"
+        )
     target = check_target(path, overwrite=options.overwrite or not check_exists)
     task_id = new_task_id()
     spec = Spec(url=url, job_id=job_id, umask=umask, **options.spec_fields())

@@ -34,9 +34,11 @@ EXPECTED = [
     "NetworkError",
     "ReadError",
     "RedirectError",
+    "RefreshFailed",
     "ResumeError",
     "Session",
     "SourceChanged",
+    "SourceDropped",
     "StoreError",
     "StoreFull",
     "Task",
@@ -45,6 +47,7 @@ EXPECTED = [
     "TransferError",
     "TransferTimeout",
     "UnsafeHome",
+    "metalink_downloads",
     "resolve_home",
 ]
 

@@ -44,6 +44,9 @@ class Context:
     session: aiohttp.ClientSession | None = None  # set when the engine starts
     committer: Committer | None = None  # likewise
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)  # fire and forget, kept alive
+    # Foreground sessions' refresh callables (issue 17), by task id: not storable, so they
+    # live as long as the session that gave them.
+    refresh_hooks: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
 
     @property
     def http(self) -> aiohttp.ClientSession:

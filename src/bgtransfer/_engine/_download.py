@@ -18,6 +18,7 @@ from bgtransfer._engine._files import PartialLost, size_of
 from bgtransfer._engine._http import body_failure, lower_headers, request_failure
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._rawbody import RawBody, take_over
+from bgtransfer._engine._sources import has_sources, request_via_sources
 from bgtransfer._engine._verify import Checks, Feed, want_headers
 from bgtransfer._engine._watchdog import slow_error, too_slow
 from bgtransfer._exceptions import DestinationError
@@ -36,6 +37,11 @@ class Downloader:
         self.checks = Checks(ctx)
 
     async def request(self, live: Live, action: M.SendRequest) -> M.Event:
+        if has_sources(self.ctx, live):  # mirrors or a refresh hook: see _sources
+            return await request_via_sources(self.ctx, live, action, self._send)
+        return await self._send(live, action)
+
+    async def _send(self, live: Live, action: M.SendRequest) -> M.Event:
         ctx = self.ctx
         if live.resp is not None:
             live.resp.close()

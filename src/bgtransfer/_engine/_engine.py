@@ -101,6 +101,7 @@ class Engine:
             pacing=self.pacing,
             limiter=self.limiter,
         )
+        self.refresh_hooks = self._ctx.refresh_hooks  # download(refresh=fn), by task id
         self._download = Downloader(self._ctx)
         self._uploads = Uploader(self._ctx)
         self.space = DiskFull(

@@ -14,6 +14,7 @@ from typing import Any
 
 from bgtransfer._engine._commit import Committer, Save
 from bgtransfer._engine._live import Live
+from bgtransfer._protocol._signed import redact_signature
 from bgtransfer._store._base import Attempt
 
 __all__ = ["History", "ignore"]
@@ -30,7 +31,8 @@ class History:
     def open(self, live: Live, url: str, range_start: int | None) -> Attempt:
         """A request that starts: on record (outcome "in progress") with the next commit,
         whatever becomes of the process; the row is updated when it ends."""
-        attempt = Attempt(time.time(), url, range_start, key=os.urandom(8).hex())
+        # Signed URLs are bearer secrets until they expire: never on record (issue 17).
+        attempt = Attempt(time.time(), redact_signature(url), range_start, key=os.urandom(8).hex())
         if self.commit is not None and not self.closed:
             # No await: the request is not held up for it (a crash in the next few
             # milliseconds may leave it unlisted); the writer merges it with the task's

@@ -38,6 +38,7 @@ from bgtransfer._engine._files import PartialLost
 from bgtransfer._engine._http import body_failure, lower_headers, request_failure
 from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._live import Live
+from bgtransfer._engine._sources import release_segment, segment_answer, segment_source
 from bgtransfer._engine._verify import BodyCheck, Feed, body_check, want_headers
 from bgtransfer._engine._watchdog import too_slow
 from bgtransfer._exceptions import (
@@ -294,6 +295,7 @@ class _Driver:
         ctx, m = self.ctx, self.m
         await ctx.pacing.wait_origin(self.live.origin)
         url, headers = m.segment_request(index)
+        url, headers = segment_source(ctx, self.live, index, url, headers, attempt)  # mirrors
         headers = (*headers, *want_headers(headers, ranged=True))
         rt = m.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
@@ -305,12 +307,18 @@ class _Driver:
             failure = request_failure(exc, rt)
             if failure is None:
                 raise
+            await segment_answer(ctx, self.live, url, None, 0, {})  # mirrors: set it aside
             if not failure.retryable:
                 return M.Failed(failure.error)
             return _Retry(failure.error)
         attempt.status = resp.status
         got = lower_headers(resp)
         ctx.pacing.heard(url, resp.status, got)
+        # Mirrors and expired URLs (issue 17): a source dropped or a URL refreshed.
+        elsewhere = await segment_answer(ctx, self.live, url, resp, resp.status, got)
+        if elsewhere is not None:
+            resp.close()
+            return elsewhere if isinstance(elsewhere, M.Event) else _Retry(elsewhere)
         answer = check_segment_response(
             resp.status,
             got,
@@ -321,6 +329,7 @@ class _Driver:
         )
         if answer is SegmentAnswer.USE:
             return resp
+        release_segment(ctx, self.live, resp)  # mirrors
         resp.close()
         status = resp.status
         if answer is SegmentAnswer.RETRY:
@@ -379,6 +388,7 @@ class _Driver:
                 raise
             return _Retry(failure.error)
         finally:
+            release_segment(ctx, live, resp)  # mirrors
             resp.close()
         _, pos, end = m.snap.segments[index]
         if pos < end:

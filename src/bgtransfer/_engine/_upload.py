@@ -24,6 +24,7 @@ from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import fsync_dir, partial_path
 from bgtransfer._engine._http import lower_headers, request_failure
 from bgtransfer._engine._live import Live
+from bgtransfer._engine._sources import upload_with_refresh
 from bgtransfer._exceptions import (
     Cancelled,
     DestinationError,
@@ -248,7 +249,7 @@ class Uploader:
         event: Event | None
         try:
             async with deadline:
-                event = await self._exchange(live)
+                event = await upload_with_refresh(self.ctx, live, self._exchange)  # issue 17
         except _Done as done:
             event = done.event
         except TimeoutError:

@@ -76,6 +76,11 @@ class Spec:
     # The submitting process's umask: the finished file gets 0666 & ~umask (curl, wget).
     # None: the umask of the process that runs the engine.
     umask: int | None = None
+    # Mirrors (issue 17): every source of the one file, ``url`` first; empty: ``url`` alone.
+    urls: tuple[str, ...] = ()
+    # A refresh command (an argv, no shell) the daemon runs for a new URL when this one
+    # expires; foreground sessions take a callable instead, which is not stored.
+    refresh: tuple[str, ...] | None = None
     # Integrity (issue 17): the caller's whole-file checksums besides ``sha256``, each
     # "algorithm=hex" (sha256, sha384, sha512, sha1, md5), and a piece list
     # (algorithm, piece size, one hex digest per piece): a bad piece is fetched again alone.
@@ -103,6 +108,9 @@ class Spec:
             out = dict(data)
             out["headers"] = _pairs(out.get("headers", ()))
             out["form_fields"] = _pairs(out.get("form_fields", ()))
+            out["urls"] = tuple(out.get("urls", ()))
+            if out.get("refresh") is not None:
+                out["refresh"] = tuple(out["refresh"])
             return cls(**out)
         except (TypeError, ValueError, AttributeError) as exc:
             raise InvalidRequest(f"not a task spec: {exc}") from None
@@ -152,6 +160,13 @@ class Snapshot:
     # file's (device, inode, owner) once created. A reopen that finds anything else discards
     # it rather than adopt it; empty: nothing recorded yet.
     partial_id: tuple[int, ...] = ()
+    # Expired links (issue 17): the URL and headers a refresh hook gave last (they replace
+    # the spec's for every later request, across restarts), how many refreshes so far, and
+    # when the hook said the new URL expires (epoch seconds), if it did.
+    refreshed_url: str | None = None
+    refreshed_headers: tuple[tuple[str, str], ...] = ()
+    refreshes: int = 0
+    refresh_expires: float | None = None
 
     # -- codec -----------------------------------------------------------------------------
 
@@ -181,6 +196,10 @@ class Snapshot:
             "boot_id": self.boot_id,
             "unsafe_sent": self.unsafe_sent,
             "partial_id": list(self.partial_id),
+            "refreshed_url": self.refreshed_url,
+            "refreshed_headers": [list(h) for h in self.refreshed_headers],
+            "refreshes": self.refreshes,
+            "refresh_expires": self.refresh_expires,
         }
 
     @classmethod
@@ -213,6 +232,10 @@ class Snapshot:
                 boot_id=_opt_str(data.get("boot_id")),
                 unsafe_sent=bool(data.get("unsafe_sent", False)),
                 partial_id=tuple(int(n) for n in data.get("partial_id", ())),
+                refreshed_url=_opt_str(data.get("refreshed_url")),
+                refreshed_headers=_pairs(data.get("refreshed_headers", ())),
+                refreshes=int(data.get("refreshes", d.refreshes)),
+                refresh_expires=_opt_float(data.get("refresh_expires")),
             )
         except (TypeError, ValueError, binascii.Error) as exc:
             raise InvalidRequest(f"not a task snapshot: {exc}") from None
@@ -257,3 +280,11 @@ def _opt_str(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ValueError(f"a string is needed, not {value!r}")
     return value
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"a number is needed, not {value!r}")
+    return float(value)

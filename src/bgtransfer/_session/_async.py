@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import os
 import uuid
-from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
@@ -26,6 +26,7 @@ from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_S
 from bgtransfer._session._local import Local
 from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
+from bgtransfer._sources_api import split_sources
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import download_row, same_target, upload_row
 
@@ -176,8 +177,8 @@ class AsyncSession:
 
     async def download(
         self,
-        url: str,
-        path: str | os.PathLike[str],
+        url: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -198,6 +199,8 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        urls: Sequence[str] = (),
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
         checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
@@ -225,10 +228,20 @@ class AsyncSession:
 
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
+
+        ``urls=[...]`` instead of ``url``: one file from several sources (mirrors; they must
+        serve the same bytes). ``refresh``: how to get a new URL when this one expires (a
+        callable in a foreground session, an argv in the daemon); see the README, "Expired
+        links (refresh hooks)" and "Mirrors and Metalink".
         """
         try:
+            url, urls, refresh, hook = split_sources(url, urls, refresh, background=self.background)
+            if path is None:
+                raise InvalidRequest("a target path is needed: download(url, path)")
             options = DownloadOptions(
                 **_given(
+                    urls=urls,
+                    refresh=refresh,
                     headers=headers,
                     request_timeout=request_timeout,
                     resource_timeout=resource_timeout,
@@ -265,8 +278,17 @@ class AsyncSession:
             if twin is None:
                 raise
             return twin
-        row = await self._backend_or_raise().submit(row)
-        return AsyncTask(self, row)
+        return AsyncTask(self, await self._submit_with_hook(row, hook))
+
+    async def _submit_with_hook(self, row: TaskRow, hook: Callable[[Any], Any] | None) -> TaskRow:
+        """Submit ``row``; a foreground refresh callable is held by the engine first."""
+        backend = self._backend_or_raise()
+        if hook is not None and isinstance(backend, Local):
+            backend.set_refresh_hook(row.id, hook)  # before it can run
+        submitted = await backend.submit(row)
+        if hook is not None and isinstance(backend, Local) and submitted.id != row.id:
+            backend.set_refresh_hook(submitted.id, hook)  # the key's earlier task
+        return submitted
 
     async def _twin(
         self, key: str | None, kind: str, url: object, path: object
@@ -345,6 +367,7 @@ class AsyncSession:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
@@ -354,11 +377,15 @@ class AsyncSession:
         (tus 1.0) or "ietf" (draft-ietf-httpbis-resumable-upload-05); the last two resume
         from the server's offset after any interruption. ``response_path``: where the whole
         body of the server's final answer is written (in place before the task completes);
-        ``Task.response_body`` keeps its first 64 KiB either way.
+        ``Task.response_body`` keeps its first 64 KiB either way. ``refresh``: as for
+        :meth:`download` (an expired URL or bearer token: new headers reach every later
+        request, and a resumable upload asks the server its offset again).
         """
         try:
+            _, _, refresh, hook = split_sources(url, None, refresh, background=self.background)
             options = UploadOptions(
                 **_given(
+                    refresh=refresh,
                     method=method,
                     headers=headers,
                     protocol=protocol,
@@ -393,8 +420,7 @@ class AsyncSession:
             if twin is None:
                 raise
             return twin
-        row = await self._backend_or_raise().submit(row)
-        return AsyncTask(self, row)
+        return AsyncTask(self, await self._submit_with_hook(row, hook))
 
     async def tasks(
         self,

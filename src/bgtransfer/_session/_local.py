@@ -5,7 +5,7 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
@@ -72,6 +72,10 @@ class Local:
 
             check_target(row.path, overwrite=row.overwrite)
         return None
+
+    def set_refresh_hook(self, task_id: str, hook: Callable[[Any], Any]) -> None:
+        """A foreground task's refresh callable (issue 17): held by the engine, not stored."""
+        self._engine().refresh_hooks[task_id] = hook
 
     async def submit(self, row: TaskRow) -> TaskRow:
         twin = self._twin(row)

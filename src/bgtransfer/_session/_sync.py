@@ -6,7 +6,7 @@ import asyncio
 import datetime
 import os
 import threading
-from collections.abc import Coroutine, Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -154,8 +154,8 @@ class Session:
 
     def download(
         self,
-        url: str,
-        path: str | os.PathLike[str],
+        url: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
@@ -176,6 +176,8 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        urls: Sequence[str] = (),
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
         checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
     ) -> Task:
@@ -203,6 +205,8 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                urls=urls,
+                refresh=refresh,
                 checksums=checksums,
                 pieces=pieces,
             )
@@ -238,6 +242,7 @@ class Session:
         start_at: float | None = None,
         max_rate: int | str | None = None,
         priority: str = "normal",
+        refresh: Sequence[str] | Callable[[Any], Any] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -263,6 +268,7 @@ class Session:
                 start_at=start_at,
                 max_rate=max_rate,
                 priority=priority,
+                refresh=refresh,
             )
         )
         return Task(self, inner)

@@ -77,19 +77,39 @@ def event_record(session: str, state: str, snap: Snapshot, wall_time: float) -> 
 
 def _response_json(snap: Snapshot) -> str:
     body = snap.response_body
-    return json.dumps(
-        {
-            "status": snap.response_status,
-            "headers": [list(h) for h in snap.response_headers],
-            "reason": snap.response_reason,
-            "body": None if body is None else base64.b64encode(body).decode(),
-            "upload_url": snap.upload_url,
-            "boot": snap.boot_id,
-            "segments": [list(seg) for seg in snap.segments],
-            "unsafe_sent": snap.unsafe_sent,
-            "file": list(snap.partial_id),
+    out: dict[str, Any] = {
+        "status": snap.response_status,
+        "headers": [list(h) for h in snap.response_headers],
+        "reason": snap.response_reason,
+        "body": None if body is None else base64.b64encode(body).decode(),
+        "upload_url": snap.upload_url,
+        "boot": snap.boot_id,
+        "segments": [list(seg) for seg in snap.segments],
+        "unsafe_sent": snap.unsafe_sent,
+        "file": list(snap.partial_id),
+    }
+    if snap.refreshes:
+        # A refreshed URL (issue 17); absent in rows that never had one, as before.
+        out["refresh"] = {
+            "url": snap.refreshed_url,
+            "headers": [list(h) for h in snap.refreshed_headers],
+            "count": snap.refreshes,
+            "expires": snap.refresh_expires,
         }
-    )
+    return json.dumps(out)
+
+
+def _refresh_fields(resp: dict[str, Any]) -> dict[str, Any]:
+    got = resp.get("refresh")
+    if not got:
+        return {}
+    expires = got.get("expires")
+    return {
+        "refreshed_url": got.get("url"),
+        "refreshed_headers": tuple((str(k), str(v)) for k, v in got.get("headers", ())),
+        "refreshes": int(got.get("count", 0)),
+        "refresh_expires": None if expires is None else float(expires),
+    }
 
 
 def snapshot_values(snap: Snapshot, wall_time: float) -> tuple[Any, ...]:
@@ -207,6 +227,7 @@ def task_from(r: tuple[Any, ...]) -> TaskRow:
         segments=tuple((int(a), int(b), int(c)) for a, b, c in resp.get("segments", ())),
         unsafe_sent=bool(resp.get("unsafe_sent", False)),
         partial_id=tuple(int(n) for n in resp.get("file", ())),
+        **_refresh_fields(resp),
     )
     return TaskRow(
         id=id_,

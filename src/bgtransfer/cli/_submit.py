@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import unicodedata
 import uuid
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import click
 
-from bgtransfer import InvalidRequest
+from bgtransfer import InvalidRequest, metalink_downloads
 from bgtransfer._protocol._schedule import parse_size
 from bgtransfer._protocol._validate import check_url
 from bgtransfer._tasks import body_of, build_row, build_upload_row
@@ -181,6 +182,22 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
             "basename only, no dot-files, no control characters).",
         ),
         click.option(
+            "--refresh-cmd",
+            default=None,
+            metavar="'CMD ARGS'",
+            help="When the URL expires (401/403/410 after a first answer, or a signed URL's "
+            "own expiry), the daemon runs CMD (split like a shell would, but run with no "
+            'shell) and takes the new URL from its stdout: one URL, or {"url": ..., '
+            '"headers": {...}}.',
+        ),
+        click.option(
+            "--metalink",
+            default=None,
+            type=click.Path(dir_okay=False, exists=True),
+            help="A Metalink 4 file (RFC 5854): its mirrors, size and sha-256 in one go; "
+            "one task per file (-o: the file, or the directory for several).",
+        ),
+        click.option(
             "--session",
             default=DEFAULT_SESSION,
             show_default=True,
@@ -220,11 +237,14 @@ def _submit(
     session: str,
     overwrite: bool,
     max_filesize: int | None,
+    urls: tuple[str, ...] = (),
+    refresh_cmd: str | None = None,
     checksum_from: str | None = None,
     **options: Any,
 ) -> tuple[str, dict[str, Any]]:
     """Submit a download: the row built and checked here by the library's one builder,
-    then sent to the daemon (which builds it again from what it is sent)."""
+    then sent to the daemon (which builds it again from what it is sent). ``urls``: every
+    source of the one file (mirrors), ``url`` first."""
     home = home_of(ctx)
     try:
         check_url(url)  # before a file name is made from it
@@ -241,6 +261,8 @@ def _submit(
         **options,
         "overwrite": overwrite or None,
         "max_bytes": max_filesize,
+        "urls": urls if len(urls) > 1 else None,
+        "refresh": refresh_argv(refresh_cmd),
         **ctx.meta.get(SUBMIT_EXTRA, {}),
     }
     with daemon_errors():
@@ -258,47 +280,102 @@ def _submit(
 
 
 @cli.command()
-@click.argument("url")
+@click.argument("urls", nargs=-1, metavar="URL [MIRROR...]")
 @transfer_options
 @scheduling_options
 @click.pass_context
 @handled
-def get(ctx: click.Context, url: str, as_json: bool, **options: Any) -> int:
+def get(ctx: click.Context, urls: tuple[str, ...], as_json: bool, **options: Any) -> int:
     """Download URL through the daemon, showing progress, and wait for it.
 
-    Exit 0 when the file is complete and correct. Ctrl-C detaches: the transfer goes on in
-    the background and the command says how to follow it.
+    Several URLs are mirrors of ONE file (one -o): segments and retries go to any of
+    them, and a mirror that serves other bytes is dropped. Exit 0 when the file is
+    complete and correct. Ctrl-C detaches: the transfer goes on in the background and the
+    command says how to follow it.
 
     \b
     Examples:
       bgtransfer get http://127.0.0.1:8080/big.iso
       bgtransfer get http://host/f.tar -o /data/f.tar --sha256 9f86d0...
       bgtransfer get http://host/f -H 'Authorization: Bearer x' --json
+      bgtransfer get http://a/f.iso http://b/f.iso -o f.iso --segments 4
+      bgtransfer get --metalink f.meta4 -o downloads/
+      bgtransfer get "$SIGNED_URL" --refresh-cmd 'aws s3 presign s3://bucket/f'
     """
-    home, task = _submit(ctx, url, **options)
-    try:
-        final = follow(home, task, show_bar=fancy() and not as_json)
-    except KeyboardInterrupt:
-        return detached(task)
-    return finish(final, as_json)
+    code = 0
+    for home, task in _submit_all(ctx, urls, options):
+        try:
+            final = follow(home, task, show_bar=fancy() and not as_json)
+        except KeyboardInterrupt:
+            return detached(task)
+        code = max(code, finish(final, as_json))
+    return code
 
 
 @cli.command()
-@click.argument("url")
+@click.argument("urls", nargs=-1, metavar="URL [MIRROR...]")
 @transfer_options
 @scheduling_options
 @click.pass_context
 @handled
-def add(ctx: click.Context, url: str, as_json: bool, **options: Any) -> int:
-    """Queue a download and return at once; prints the task id.
+def add(ctx: click.Context, urls: tuple[str, ...], as_json: bool, **options: Any) -> int:
+    """Queue a download and return at once; prints the task id (one per line for the
+    files of a Metalink). Several URLs are mirrors of one file, as for get.
 
     \b
     Example:
       id=$(bgtransfer add http://host/big.iso -o big.iso) && bgtransfer wait "$id"
     """
-    _, task = _submit(ctx, url, **options)
-    click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
+    for _, task in _submit_all(ctx, urls, options):
+        click.echo(json.dumps(public(task), sort_keys=True) if as_json else task["id"])
     return 0
+
+
+def refresh_argv(command: str | None) -> list[str] | None:
+    """``--refresh-cmd 'CMD ARGS'`` as an argv: split as a shell would, run with none."""
+    if command is None:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        raise CliError(f"--refresh-cmd: {exc}", EXIT_INVALID) from None
+    if not argv:
+        raise CliError("--refresh-cmd: an empty command", EXIT_INVALID)
+    return argv
+
+
+def _submit_all(
+    ctx: click.Context, urls: tuple[str, ...], options: dict[str, Any]
+) -> list[tuple[str, dict[str, Any]]]:
+    """The tasks of one get/add: one file from its URL(s), or one per Metalink file."""
+    metalink = options.pop("metalink", None)
+    if metalink is None:
+        if not urls:
+            raise CliError("a URL is needed (or --metalink FILE)", EXIT_INVALID)
+        return [_submit(ctx, urls[0], urls=urls, **options)]
+    if urls:
+        raise CliError("give URLs or --metalink FILE, not both", EXIT_INVALID)
+    output = options.pop("output", None)
+    try:
+        files = metalink_downloads(metalink, directory=output or os.curdir)
+        if len(files) == 1 and output is not None and not _is_dir(output):
+            files = metalink_downloads(metalink, path=output)
+    except InvalidRequest as exc:
+        raise CliError(exc.message, EXIT_INVALID) from None
+    if options.get("sha256") is not None and len(files) > 1:
+        raise CliError("--sha256 names one file; the Metalink lists several", EXIT_INVALID)
+    out = []
+    for f in files:
+        given = {**options, "output": f["path"]}
+        if f.get("sha256") and not given.get("sha256"):
+            given["sha256"] = f["sha256"]
+        os.makedirs(os.path.dirname(os.path.abspath(f["path"])), exist_ok=True)
+        out.append(_submit(ctx, f["urls"][0], urls=tuple(f["urls"]), **given))
+    return out
+
+
+def _is_dir(path: str) -> bool:
+    return path.endswith(os.sep) or os.path.isdir(path)
 
 
 def _form_fields(form: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -344,6 +421,13 @@ def _form_fields(form: tuple[str, ...]) -> list[tuple[str, str]]:
     show_default=True,
     help="Session identifier the task belongs to.",
 )
+@click.option(
+    "--refresh-cmd",
+    default=None,
+    metavar="'CMD ARGS'",
+    help="When the URL or token expires (401/403/410 once the upload began), the daemon "
+    "runs CMD (no shell) for a new URL and headers, as for get.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @scheduling_options
 @click.pass_context
@@ -361,6 +445,7 @@ def put(ctx: click.Context, file: str, url: str, headers: tuple[str, ...], form:
     home = home_of(ctx)
     pairs = header_pairs(headers)
     fields = _form_fields(form)
+    options["refresh"] = refresh_argv(options.pop("refresh_cmd", None))
     given = {**options, **ctx.meta.get(SUBMIT_EXTRA, {})}
     with daemon_errors():
         row = build_upload_row(
