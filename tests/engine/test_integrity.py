@@ -496,3 +496,26 @@ def test_an_idempotency_key_with_other_checksums_is_another_request(
         session.download(url, tmp_path / "k.bin", idempotency_key=key, checksums={"md5": "0" * 32})
     first.wait(timeout=60)
     assert first.error is None
+
+
+def test_a_metalink_files_pieces_are_checked(
+    server: FaultServer, session: bgtransfer.Session, tmp_path: Path, key: str
+) -> None:
+    import urllib.request
+
+    meta = server.url(f"/metalink/gen/{4 * PIECE}?mirrors=1&piece=1M&seed=11&key={key}")
+    with urllib.request.urlopen(meta, timeout=10) as r:
+        doc = r.read()
+    (good,) = bgtransfer.metalink_downloads(doc, path=tmp_path / "m.bin")
+    assert good["pieces"]["piece_size"] == PIECE
+    assert len(good["pieces"]["hashes"]) == 4
+    t = session.download(**good, segments=2).wait(timeout=60)
+    assert t.error is None, t.error
+    assert (tmp_path / "m.bin").read_bytes() == gen_bytes(4 * PIECE, seed=11)
+    # The same document with piece 3's hash wrong: that piece alone is asked for again.
+    wrong = good["pieces"]["hashes"][3]
+    bad_doc = doc.replace(wrong.encode(), hashlib.sha256(b"x").hexdigest().encode())
+    (bad,) = bgtransfer.metalink_downloads(bad_doc, path=tmp_path / "n.bin")
+    t = session.download(**bad, retry_wait=0.01).wait(timeout=60)
+    assert isinstance(t.error, bgtransfer.IntegrityError), t.error
+    assert "piece 3 (bytes 3145728-4194303)" in t.error.message

@@ -364,11 +364,17 @@ def _submit_all(
         raise CliError(exc.message, EXIT_INVALID) from None
     if options.get("sha256") is not None and len(files) > 1:
         raise CliError("--sha256 names one file; the Metalink lists several", EXIT_INVALID)
+    if (options.get("checksums") or options.get("checksum_from")) and len(files) > 1:
+        raise CliError("--checksum names one file; the Metalink lists several", EXIT_INVALID)
     out = []
     for f in files:
         given = {**options, "output": f["path"]}
         if f.get("sha256") and not given.get("sha256"):
             given["sha256"] = f["sha256"]
+        if f.get("checksums"):
+            given["checksums"] = (*given.get("checksums", ()), *f["checksums"])
+        if f.get("pieces") is not None:
+            given["pieces"] = f["pieces"]
         os.makedirs(os.path.dirname(os.path.abspath(f["path"])), exist_ok=True)
         out.append(_submit(ctx, f["urls"][0], urls=tuple(f["urls"]), **given))
     return out
