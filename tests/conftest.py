@@ -26,6 +26,7 @@ def key() -> str:
 @pytest.fixture(autouse=True)
 def _clean_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BGTRANSFER_HOME", raising=False)
+    monkeypatch.delenv("BGTRANSFER_STORE", raising=False)  # a developer's fleet stays out
     monkeypatch.delenv("NO_COLOR", raising=False)
 
 

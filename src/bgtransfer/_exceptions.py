@@ -4,6 +4,11 @@ Every error the library raises or stores on a task derives from :class:`Transfer
 
     TransferError
     ├── InvalidRequest (also ValueError)   bad input, raised at once; no task is created
+    │   └── CannotAdopt                    ``adopt``: this partial file cannot be resumed
+    │       ├── NoPartialRecord            it carries no record (xattr or sidecar)
+    │       ├── PartialRecordCorrupt       its record cannot be read
+    │       ├── PartialRecordMismatch      the record found describes another file
+    │       └── PartialInUse               a live task of this store writes it
     ├── Cancelled                          the task was cancelled by a caller
     ├── NetworkError                       transient: retried automatically while time remains
     │   ├── ConnectError
@@ -19,7 +24,9 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
     ├── StoreError                         the SQLite store is unusable
-    │   └── StoreFull                      its disk is full: tasks wait, nothing is lost
+    │   ├── StoreFull                      its disk is full: tasks wait, nothing is lost
+    │   ├── LeaseLost                      fleet mode: this worker's claim on a task is gone
+    │   └── StoreUnavailable               fleet mode: PostgreSQL cannot be reached or refuses
     ├── UnsafeHome                         the home, a file in it or the daemon socket is not
     │                                      this user's alone: refused, never used
     ├── DaemonStopped                      the daemon was stopped while this call waited
@@ -35,6 +42,7 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Cancelled",
+    "CannotAdopt",
     "ConnectError",
     "ContentChanged",
     "DaemonStopped",
@@ -47,6 +55,10 @@ __all__ = [
     "InvalidTransition",
     "LeaseLost",
     "NetworkError",
+    "NoPartialRecord",
+    "PartialInUse",
+    "PartialRecordCorrupt",
+    "PartialRecordMismatch",
     "ReadError",
     "RedirectError",
     "RefreshFailed",
@@ -55,6 +67,7 @@ __all__ = [
     "SourceDropped",
     "StoreError",
     "StoreFull",
+    "StoreUnavailable",
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
@@ -100,6 +113,37 @@ class TransferError(Exception):
 
 class InvalidRequest(TransferError, ValueError):
     code = "invalid_request"
+
+
+class CannotAdopt(InvalidRequest):
+    """``adopt``: the partial file cannot be resumed as asked (the subclass says why)."""
+
+    code = "cannot_adopt"
+
+
+class NoPartialRecord(CannotAdopt):
+    """The file carries no partial record (no xattr, no sidecar): nothing says what it is."""
+
+    code = "no_partial_record"
+
+
+class PartialRecordCorrupt(CannotAdopt):
+    """The partial record is there but cannot be read (damaged, foreign, or newer)."""
+
+    code = "partial_record_corrupt"
+
+
+class PartialRecordMismatch(CannotAdopt):
+    """The record found beside the file describes another file (a sidecar copied or renamed
+    without its partial)."""
+
+    code = "partial_record_mismatch"
+
+
+class PartialInUse(CannotAdopt):
+    """An unfinished task of this store already writes this partial file."""
+
+    code = "partial_in_use"
 
 
 class Cancelled(TransferError):
@@ -196,6 +240,14 @@ class StoreFull(StoreError):
     kept) and go on by themselves once there is space; new tasks are refused until then."""
 
     code = "store_full"
+
+
+class StoreUnavailable(StoreError):
+    """Fleet mode: the PostgreSQL store cannot be reached (down, unreachable, timed out)
+    or refuses this connection (wrong credentials, no such database). Nothing was done:
+    the call can be made again once the store answers."""
+
+    code = "store_unavailable"
 
 
 class UnsafeHome(TransferError):

@@ -54,6 +54,7 @@ __all__ = [
     "check_umask",
     "check_urls",
     "positive_int",
+    "untyped",
 ]
 
 # The machine's own defaults (one place: _protocol/_defaults), under the names the faces use.
@@ -266,6 +267,8 @@ class DownloadOptions(_Common):
     urls: tuple[str, ...] = ()
     # The daemon's refresh command for an expired URL (argv, no shell).
     refresh: tuple[str, ...] | None = None
+    # Resume this partial file (its record says from where): Session.adopt, bgtransfer adopt.
+    adopt: str | None = None
     # Integrity (issue 17): see Spec.checksums / Spec.pieces.
     checksums: tuple[str, ...] = ()
     pieces: tuple[str, int, tuple[str, ...]] | None = None
@@ -290,6 +293,11 @@ class DownloadOptions(_Common):
             raise InvalidRequest(
                 "refresh and several urls together are not supported: a refresh names one URL"
             )
+        if self.adopt is not None:
+            given: object = self.adopt
+            if not isinstance(given, str | os.PathLike) or not os.fspath(given):
+                raise InvalidRequest(f"adopt must be the path of a partial file, not {given!r}")
+            self._set("adopt", os.path.abspath(os.fspath(given)))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -422,3 +430,9 @@ def _field_names(cls: type) -> frozenset[str]:
     if names is None:
         names = _NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
     return names
+
+
+def untyped(**values: Any) -> dict[str, Any]:
+    """The caller's option values, untyped: the options classes check them at runtime (a
+    face passes its typed parameters through here so mypy does not judge them twice)."""
+    return values

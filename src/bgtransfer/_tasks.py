@@ -6,11 +6,18 @@ import base64
 import os
 import stat
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
 from bgtransfer._engine._files import check_target, current_umask, partial_path
+from bgtransfer._engine._sidecar_io import (
+    adopt_into,
+    adopted_segments,
+    default_target,
+    read_record,
+)
 from bgtransfer._exceptions import InvalidRequest, error_from_dict
 from bgtransfer._models import PHASE_STATE, Phase
 from bgtransfer._options import (
@@ -34,6 +41,8 @@ __all__ = [
     "KEY_LIMIT",
     "METADATA_LIMIT",
     "UPLOAD_OPTIONS",
+    "adopt_row",
+    "adoption",
     "body_of",
     "build_row",
     "build_upload_row",
@@ -168,6 +177,8 @@ def download_row(
     target = check_target(path, overwrite=options.overwrite or not check_exists)
     task_id = new_task_id()
     spec = Spec(url=url, job_id=job_id, umask=umask, **options.spec_fields())
+    if spec.adopt is not None:
+        return _adopted_row(session, target, spec, options, background=background, key=key)
     return _new_row(
         session,
         target,
@@ -178,6 +189,71 @@ def download_row(
         task_id=task_id,
         partial=partial_path(target, task_id),
     )
+
+
+def _adopted_row(
+    session: str,
+    target: str,
+    spec: Spec,
+    options: DownloadOptions,
+    *,
+    background: bool,
+    key: str | None,
+) -> TaskRow:
+    """A download that resumes an existing partial file from what its record vouches for
+    (read here, in the process that will write the file)."""
+    assert spec.adopt is not None
+    found = read_record(spec.adopt)
+    if os.path.dirname(target) != os.path.dirname(found.partial):
+        raise InvalidRequest(
+            f"the target must be in the partial file's directory, "
+            f"{os.path.dirname(found.partial)}: the finished file is renamed into place, "
+            f"not copied (target {target!r})"
+        )
+    spec = replace(spec, adopt=found.partial, segments=adopted_segments(found, spec.segments))
+    row = _new_row(
+        session, target, spec, options, background=background, key=key, partial=found.partial
+    )
+    adopt_into(row.snap, found)
+    return row
+
+
+def adoption(
+    partial: object,
+    path: object = None,
+    *,
+    url: str | None = None,
+    sha256: str | None = None,
+    segments: int | None = None,
+) -> dict[str, Any]:
+    """What a face needs to submit the adoption of ``partial``: ``url`` (the record's,
+    unless given), ``path`` (given, else the record's name in the partial's directory) and
+    the ``options`` the record implies (its sha256, mirrors and connections, unless given).
+    Raises the :class:`CannotAdopt` errors of an unusable record."""
+    if not isinstance(partial, str | os.PathLike) or not os.fspath(partial):
+        raise InvalidRequest(f"adopt needs the path of a partial file, not {partial!r}")
+    found = read_record(os.fspath(partial))
+    target = default_target(found) if path is None else path
+    if target is None:
+        raise InvalidRequest(
+            f"the record of {found.partial} names no target file: give one (-o / path=)"
+        )
+    rec = found.record
+    sha = next((c.hex() for c in rec.checksums if c.algorithm == "sha256"), None)
+    mirrors = (rec.url, *rec.mirrors) if url is None and rec.mirrors else ()
+    return {
+        "url": rec.url if url is None else url,
+        "path": target,
+        "partial": found.partial,
+        "offset": rec.offset,
+        "clipped": found.clipped,
+        "options": {
+            "adopt": found.partial,
+            "sha256": sha if sha256 is None else sha256,
+            "segments": adopted_segments(found, 1) if segments is None else segments,
+            "urls": mirrors,
+        },
+    }
 
 
 def build_row(
@@ -437,4 +513,35 @@ def row_from_wire(d: Mapping[str, Any]) -> TaskRow:
         hook_state=i["hook_state"],
         acknowledged=d["acknowledged"],
         metadata=d.get("metadata"),
+    )
+
+
+def adopt_row(
+    session: str,
+    partial: object,
+    path: object,
+    *,
+    url: str | None,
+    headers: object,
+    sha256: str | None,
+    segments: int | None,
+    idempotency_key: str | None,
+    background: bool,
+    options: Mapping[str, Any],
+) -> TaskRow:
+    """The row that adopts ``partial`` (:func:`adoption`), the caller's ``options`` (the
+    faces' ``**options``: :meth:`download`'s keywords) over what the record implies."""
+    found = adoption(partial, path, url=url, sha256=sha256, segments=segments)
+    given = {"headers": () if headers is None else headers, **found["options"]}
+    try:
+        opts = DownloadOptions(**{**given, **options})
+    except TypeError as exc:
+        raise InvalidRequest(f"adopt: {exc}") from None
+    return download_row(
+        session,
+        found["url"],
+        found["path"],
+        opts,
+        background=background,
+        idempotency_key=uuid.uuid4().hex if idempotency_key is None else idempotency_key,
     )

@@ -88,6 +88,10 @@ class PostgresBackend:
         store.close()
         # What version 1 had: no leases, fencing tokens, event notifications or workers.
         with psycopg.connect(self.url, autocommit=True) as con:
+            # ... nor control requests (version 3)
+            con.execute("DROP TRIGGER tasks_control_done ON tasks")
+            con.execute("DROP FUNCTION bgtransfer_control_done()")
+            con.execute("ALTER TABLE tasks DROP COLUMN control")  # and its index
             con.execute("DROP INDEX tasks_lease")
             con.execute("DROP TRIGGER events_notify ON events")
             con.execute("DROP FUNCTION bgtransfer_event_notify()")

@@ -18,6 +18,7 @@ from bgtransfer._exceptions import StoreError
 from bgtransfer._models import Phase
 from bgtransfer._store._base import Attempt, LeaseLost
 from bgtransfer._store._codec import event_record
+from bgtransfer._store._pgschema import SCHEMA_VERSION
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer._store._sqlite import SQLiteStore
 from bgtransfer._tasks import build_row
@@ -209,7 +210,9 @@ def test_workers_starting_together_migrate_once(pg_url: str) -> None:
         assert errors == []
         assert len(stores) == 4
         with psycopg.connect(pg_url) as con:
-            assert con.execute("SELECT version FROM bgtransfer_schema").fetchall() == [(2,)]
+            assert con.execute("SELECT version FROM bgtransfer_schema").fetchall() == [
+                (SCHEMA_VERSION,)
+            ]
     finally:
         for s in stores:
             s.close()

@@ -6,38 +6,16 @@ import json
 from typing import Any
 
 from bgtransfer._engine._engine import Engine
-from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound
-from bgtransfer._models import PHASE_STATE, Event, Phase, TaskState
+from bgtransfer._exceptions import InvalidTransition, TaskNotFound
+from bgtransfer._models import Event, Phase
+from bgtransfer._requests import KINDS, kinds_of, phases_of
 from bgtransfer._store._base import StoredEvent
 from bgtransfer._tasks import row_to_wire
 
 __all__ = ["KINDS", "REPLAY_LIMIT", "EventLines", "acknowledge", "kinds_of", "phases_of"]
 
-KINDS = frozenset({"state", "progress"})
 REPLAY_LIMIT = 100_000  # state events per connection; a reconnect continues from the cursor
 META_CACHE = 10_000  # tasks whose metadata a stream remembers
-
-
-def kinds_of(raw: str | None) -> frozenset[str]:
-    if raw is None:
-        return KINDS
-    kinds = frozenset(k.strip() for k in raw.split(",") if k.strip())
-    if not kinds or kinds - KINDS:
-        raise InvalidRequest(f"kinds must be some of {sorted(KINDS)}, not {raw!r}")
-    return kinds
-
-
-def phases_of(states: list[str]) -> list[str]:
-    """The stored phases behind public state names ("completed", "running,suspended")."""
-    wanted: set[TaskState] = set()
-    for raw in states:
-        for name in filter(None, raw.split(",")):
-            try:
-                wanted.add(TaskState(name.strip().lower()))
-            except ValueError:
-                names = ", ".join(s.value for s in TaskState)
-                raise InvalidRequest(f"unknown state {name!r}; one of: {names}") from None
-    return sorted(p.value for p, s in PHASE_STATE.items() if s in wanted)
 
 
 def acknowledge(engine: Engine, task_id: str) -> None:

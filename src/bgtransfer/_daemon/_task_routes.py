@@ -7,9 +7,7 @@ body's shape and finds an earlier submit with the same idempotency key.
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -20,78 +18,14 @@ from bgtransfer._daemon._wire import json_body, query_int, query_number
 from bgtransfer._engine import _forget as forget
 from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._redact import redact
+from bgtransfer._requests import BATCH_LIMIT, Submitted, build_item
 from bgtransfer._store._base import TaskRow
-from bgtransfer._tasks import (
-    DOWNLOAD_OPTIONS,
-    UPLOAD_OPTIONS,
-    build_row,
-    build_upload_row,
-    check_key,
-    row_to_wire,
-    same_request,
-    same_target,
-)
+from bgtransfer._tasks import row_to_wire
 
 __all__ = ["TaskRoutes"]
 
-_FIELDS = frozenset({"kind", "session", "url", "path", "idempotency_key"})
-BATCH_LIMIT = 10_000  # tasks per batch submit, ids per batch wait
-
-
-@dataclass(frozen=True)
-class _Submitted:
-    """One submit item whose shape was checked: the builder checks the values."""
-
-    body: dict[str, Any]
-    kind: str
-    session: str
-    key: str | None
-    options: dict[str, Any]
-
-    @classmethod
-    def parse(cls, body: object) -> _Submitted:
-        if not isinstance(body, dict):
-            raise InvalidRequest("a task must be a JSON object")
-        kind = "upload" if body.get("kind", "download") == "upload" else "download"
-        allowed = UPLOAD_OPTIONS if kind == "upload" else DOWNLOAD_OPTIONS
-        # umask: the submitting process's, for the finished file's mode (downloads only).
-        known = _FIELDS | allowed.keys() | ({"umask"} if kind == "download" else set())
-        unknown = set(body) - known
-        if unknown:
-            raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        session, key = body.get("session"), check_key(body.get("idempotency_key"))
-        if not isinstance(session, str) or not session:
-            raise InvalidRequest(f"session must be a non-empty string: {session!r}")
-        path = body.get("path")
-        if isinstance(path, str) and not os.path.isabs(path):
-            # Resolved here it would name a file under the daemon's working directory.
-            raise InvalidRequest(
-                f"path must be absolute (the daemon does not know the caller's working "
-                f"directory): {path!r}"
-            )
-        options = {k: body[k] for k in allowed if k in body}
-        for pairs in ("headers", "form_fields"):
-            if isinstance(options.get(pairs), list):
-                options[pairs] = [tuple(h) for h in options[pairs]]
-        return cls(body, kind, session, key, options)
-
-    def row(self, *, check_exists: bool) -> TaskRow:
-        b = self.body
-        if self.kind == "upload":
-            return build_upload_row(
-                self.session, b.get("path"), b.get("url"), background=True,
-                idempotency_key=self.key, **self.options,
-            )  # fmt: skip
-        return build_row(
-            self.session, b.get("url"), b.get("path"), background=True,
-            idempotency_key=self.key, check_exists=check_exists, umask=b.get("umask"),
-            **self.options,
-        )  # fmt: skip
-
-    def names(self, existing: TaskRow) -> bool:
-        """Whether this item, which no longer validates (its upload source or target
-        directory is gone since), still names the task its key found."""
-        return same_target(existing, self.kind, self.body.get("url"), self.body.get("path"))
+# The request semantics are shared with the fleet-mode client (``bgtransfer._requests``).
+_Submitted = Submitted
 
 
 class TaskRoutes:
@@ -106,24 +40,7 @@ class TaskRoutes:
     def build(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
         """A validated new row for one submit item, or the id of its earlier twin (same
         idempotency key in the same session, submitted before or earlier in ``batch``)."""
-        item = _Submitted.parse(body)
-        # The earlier twin is looked up before the target is checked: a repeated submit
-        # finds its own finished file there, and gets its task back.
-        existing = None
-        if item.key is not None:
-            existing = (batch or {}).get(item.key) or self.store.find_key(item.session, item.key)
-        try:
-            row = item.row(check_exists=existing is None)
-        except InvalidRequest:
-            if existing is not None and item.names(existing):
-                return existing.id
-            raise
-        if existing is not None:
-            same_request(existing, row)
-            return existing.id
-        if item.key is not None and batch is not None:
-            batch[item.key] = row
-        return row
+        return build_item(self.store.find_key, body, batch)
 
     def _submit_many(self, items: object) -> web.Response:
         if not isinstance(items, list) or not 1 <= len(items) <= BATCH_LIMIT:

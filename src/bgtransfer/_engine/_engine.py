@@ -37,6 +37,7 @@ from bgtransfer._engine._ratelimit import Politeness, RateLimits
 from bgtransfer._engine._recovery import BOOT_ID, reconcile
 from bgtransfer._engine._scheduler import Scheduler
 from bgtransfer._engine._segments import run_segmented
+from bgtransfer._engine._sidecar_io import refuse_in_use
 from bgtransfer._engine._space import DiskFull
 from bgtransfer._engine._upload import Uploader
 from bgtransfer._exceptions import (
@@ -194,6 +195,7 @@ class Engine:
         """
         row.owner = self.owner.token
         self.space.check()
+        refuse_in_use(self.store, [row])  # adopt: not a partial file a live task writes
         try:
             self.store.insert(row)
         except StoreFull as exc:
@@ -206,6 +208,7 @@ class Engine:
         for row in rows:
             row.owner = self.owner.token
         self.space.check()
+        refuse_in_use(self.store, rows)
         try:
             self.store.insert_many(rows)
         except StoreFull as exc:

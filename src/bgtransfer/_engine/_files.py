@@ -17,6 +17,7 @@ import os
 import stat
 from typing import Protocol
 
+from bgtransfer._engine._sidecar_io import RecordKeeper
 from bgtransfer._exceptions import DestinationError, IntegrityError, InvalidRequest
 
 __all__ = [
@@ -143,6 +144,8 @@ class PartialFile:
         self.fd = -1
         self.dirty = False
         self.new_entry = False
+        # What a new store needs to adopt this file (xattr or sidecar): _sidecar_io.
+        self.record = RecordKeeper(path)
 
     @property
     def ident(self) -> tuple[int, ...]:
@@ -239,6 +242,7 @@ class PartialFile:
             os.close(fd)
             raise DestinationError(f"partial file {self.path} is not a private regular file")
         self.ident = (*self.ident[:2], st.st_dev, st.st_ino, st.st_uid)
+        self.record.forget_stale(dfd)
         # The new name becomes durable with the first checkpoint (sync()) or with the final
         # placement's directory fsync: a small file then costs one directory fsync, not two.
         self.new_entry = True
@@ -281,9 +285,10 @@ class PartialFile:
         """Open for writing at ``start``, dropping anything after it (never-committed bytes)."""
         fd = self._open_fd(resume=start > 0)
         try:
+            self._cutting(fd, start)
             os.ftruncate(fd, start)
             os.lseek(fd, start, os.SEEK_SET)
-        except OSError:
+        except (OSError, DestinationError):
             os.close(fd)
             raise
         self.fd = fd
@@ -298,10 +303,11 @@ class PartialFile:
         fd = self._open_fd(resume=not fresh)
         try:
             if fresh:
+                self._cutting(fd, 0)
                 os.ftruncate(fd, 0)
             if os.fstat(fd).st_size != total:
                 os.ftruncate(fd, total)
-        except OSError:
+        except (OSError, DestinationError):
             os.close(fd)
             raise
         self.fd = fd
@@ -337,6 +343,9 @@ class PartialFile:
         if self.fd >= 0 and self.dirty:
             os.fdatasync(self.fd)
             self.dirty = False
+            # After the fdatasync, never before: the record vouches for durable bytes only.
+            if self.record.write(self.fd, self.open_dir):
+                self.new_entry = True  # a new sidecar: its entry wants the directory fsync
             if self.new_entry:
                 try:
                     dfd = self.open_dir()
@@ -357,9 +366,34 @@ class PartialFile:
             try:
                 if sync:
                     self.sync()
+                    self._record_catch_up()
             finally:
                 os.close(self.fd)
                 self.fd = -1
+
+    # -- the partial record (adopt) ---------------------------------------------------------
+
+    def _record_catch_up(self) -> None:
+        if self.record.catch_up(self.fd, self.open_dir):
+            try:  # a new sidecar's entry, as in sync()
+                dfd = self.open_dir()
+            except DestinationError:
+                return
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _cutting(self, fd: int, size: int) -> None:
+        """Bytes past ``size`` are about to go (a restart, or bytes no checkpoint vouched
+        for): the record goes first, durably, so a new representation's bytes never sit
+        under the old one's record."""
+        if os.fstat(fd).st_size > size:
+            dfd = self.open_dir()
+            try:
+                self.record.clear(fd, dfd)
+            finally:
+                os.close(dfd)
 
     # -- the end -------------------------------------------------------------------------
 
@@ -392,6 +426,7 @@ class PartialFile:
                 if h.hexdigest() != sha256:
                     raise IntegrityError(f"sha256 mismatch: got {h.hexdigest()}, expected {sha256}")
             # 0600 until now: nobody else could read a file that is not yet what it claims.
+            self.record.strip(fd)  # before the mode: the record may hold a signed URL
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
@@ -428,6 +463,7 @@ class PartialFile:
                     os.unlink(name, dir_fd=dfd)
                     raise DestinationError(f"partial file {self.path} was replaced; not placed")
                 os.unlink(self.name, dir_fd=dfd)
+            self.record.remove_sidecar(dfd)
         except FileExistsError:
             raise DestinationError(
                 f"target {target} appeared during the download; not overwritten"
@@ -448,12 +484,14 @@ class PartialFile:
             try:
                 st = os.stat(self.name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
+                self.record.remove_sidecar(dfd)  # the record of a file that is gone
                 return
             unknown = len(self.ident) != 5
             if (unknown and stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()) or (
                 not unknown and (st.st_dev, st.st_ino) == self.ident[2:4]
             ):
                 os.unlink(self.name, dir_fd=dfd)
+                self.record.remove_sidecar(dfd)
                 os.fsync(dfd)
             self._forget()
         finally:

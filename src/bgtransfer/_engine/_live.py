@@ -12,6 +12,7 @@ import aiohttp
 from bgtransfer._engine._files import PartialFile
 from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._rawbody import RawBody
+from bgtransfer._engine._sidecar_io import record_of
 from bgtransfer._models import Phase
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
@@ -47,6 +48,10 @@ class Live:
         kind = UploadMachine if row.spec.kind == "upload" else M.TransferMachine
         machine = kind.from_snapshot(row.spec, row.snap, rng=rng)
         live = cls(row=row, machine=machine, part=PartialFile(row.partial, machine.snap))
+        if row.spec.kind == "download":  # its record, for adopting the partial elsewhere
+            live.part.record.describe = lambda: record_of(
+                row.spec, machine.snap, row.path, row.partial
+            )
         live.last_phase = row.snap.phase
         return live
 

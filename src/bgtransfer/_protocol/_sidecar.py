@@ -34,6 +34,7 @@ __all__ = [
     "XATTR_NAME",
     "PartialRecord",
     "clip_to_file",
+    "contiguous",
     "decode",
     "encode",
     "fits_xattr",
@@ -51,7 +52,7 @@ MAX_RECORD = 16 << 20  # a sidecar bigger than this is not ours
 _MAX_SEGMENTS = 4096
 _KEYS = frozenset(
     {"v", "url", "mirrors", "path", "etag", "last_modified", "length", "offset", "segments"}
-    | {"checksums"}
+    | {"checksums", "partial"}
 )
 
 Segment = tuple[int, int, int]  # (start, pos, end), as _protocol._segments: [start, pos) written
@@ -68,6 +69,9 @@ class PartialRecord:
     checksums: tuple[Checksum, ...] = ()  # the caller's, to check the finished file
     mirrors: tuple[str, ...] = ()  # other sources of the same file
     path: str | None = None  # the destination the partial was meant to become
+    # The partial file's own name when the record was written: a sidecar found beside a
+    # file of another name (copied or renamed alone) describes that other file.
+    partial: str | None = None
 
     def __post_init__(self) -> None:
         check_url(self.url)
@@ -107,6 +111,7 @@ def encode(record: PartialRecord) -> bytes:
         "checksums": [str(c) for c in record.checksums] or None,
         "mirrors": list(record.mirrors) or None,
         "path": record.path,
+        "partial": record.partial,
     }
     data.update({k: v for k, v in optional.items() if v is not None})
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
@@ -183,7 +188,21 @@ def decode(raw: bytes) -> PartialRecord:
         checksums=tuple(parse_checksum(c) for c in checksums),
         mirrors=tuple(mirrors),
         path=_str(data, "path"),
+        partial=_str(data, "partial"),
     )
+
+
+def contiguous(segments: Sequence[Segment]) -> int:
+    """How many bytes from 0 the segments hold without a gap (a segmented download's
+    single-stream resume point)."""
+    at = 0
+    for start, pos, end in sorted(segments):
+        if start != at:
+            break
+        at = pos
+        if pos < end:
+            break
+    return at
 
 
 def sidecar_path(partial: str) -> str:

@@ -81,6 +81,9 @@ class Spec:
     # A refresh command (an argv, no shell) the daemon runs for a new URL when this one
     # expires; foreground sessions take a callable instead, which is not stored.
     refresh: tuple[str, ...] | None = None
+    # ``adopt``: the partial file (another store's, or one that outlived its store) this
+    # download resumes instead of a new hidden file; its record gave the first snapshot.
+    adopt: str | None = None
     # Integrity (issue 17): the caller's whole-file checksums besides ``sha256``, each
     # "algorithm=hex" (sha256, sha384, sha512, sha1, md5), and a piece list
     # (algorithm, piece size, one hex digest per piece): a bad piece is fetched again alone.

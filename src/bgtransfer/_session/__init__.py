@@ -3,8 +3,10 @@
 The face is this package: ``_views`` (what both faces share: the task view, ``tasks()``
 queries, the event stream, the backend interface), ``_async`` and ``_sync`` (the two faces),
 ``_local`` and ``_remote`` (the two backends: the engine in this process, or the home's
-daemon). What a request is lives below it, in ``bgtransfer._options`` (the options and their
-defaults, the task body), ``bgtransfer._tasks`` (rows) and ``bgtransfer._home``.
+daemon; in fleet mode ``_remote`` speaks the same protocol to a PostgreSQL store, see
+``bgtransfer._storeclient``). What a request is lives below it, in ``bgtransfer._options``
+(the options and their defaults, the task body), ``bgtransfer._tasks`` (rows) and
+``bgtransfer._home``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Iterable, Mapping, Sequenc
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidRequest, InvalidTransition, TaskNotFound, TransferError
-from bgtransfer._home import resolve_home
+from bgtransfer._home import choose_store, resolve_home
 from bgtransfer._jobs_api import AsyncJob, list_jobs, schedule_job
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
 from bgtransfer._options import (
@@ -21,6 +21,7 @@ from bgtransfer._options import (
     DEFAULT_RETRY_WAIT,
     DownloadOptions,
     UploadOptions,
+    untyped,
 )
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._session._local import Local
@@ -28,17 +29,12 @@ from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
 from bgtransfer._sources_api import split_sources
 from bgtransfer._store._base import TaskRow
-from bgtransfer._tasks import download_row, same_target, upload_row
+from bgtransfer._tasks import adopt_row, download_row, same_target, upload_row
 
 if TYPE_CHECKING:
     from bgtransfer._engine._engine import Engine
 
 __all__ = ["AsyncSession", "AsyncTask"]
-
-
-def _given(**values: Any) -> dict[str, Any]:
-    """The caller's option values, untyped: the options classes check them at runtime."""
-    return values
 
 
 class AsyncTask(TaskView):
@@ -108,6 +104,12 @@ class AsyncSession:
     ``background=True`` hands tasks to the home's daemon (started on demand): they go on
     after this process exits. ``background=False`` runs them in this process; they stop with
     it and a later session resumes them.
+
+    ``store``: where the tasks are kept, else ``$BGTRANSFER_STORE``, else the home's own
+    SQLite store. ``"postgresql://user@host:port/db"`` is fleet mode: tasks are submitted,
+    listed, waited for and controlled straight through PostgreSQL (no local daemon), and the
+    fleet's workers (``bgtransfer --store URL worker``) run them. ``"sqlite:///HOME"`` names
+    a home (as ``home=`` does).
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class AsyncSession:
         background: bool = True,
         max_active: int | None = None,
         max_per_host: int | None = None,
+        store: str | None = None,
     ) -> None:
         if not isinstance(identifier, str) or not identifier.strip():  # type: ignore[redundant-expr]
             raise InvalidRequest(f"session identifier must be a non-empty string: {identifier!r}")
@@ -135,22 +138,30 @@ class AsyncSession:
                     f"sessions share the daemon's limits: start the daemon with {env}={value} "
                     "in its environment (see `bgtransfer daemon status --json`)"
                 )
+        chosen, home = choose_store(store, home, background)
         self.identifier = identifier
         self.background = background
         self.home = resolve_home(home)
+        self._fleet = chosen
         self._backend: Backend | None = None
         self._max = (max_active or 16, max_per_host or 6)
 
     async def open(self) -> AsyncSession:
         if self._backend is None:
             backend: Backend = (
-                Remote(self.home)
+                Remote(self.home, self._fleet)
                 if self.background
                 else Local(self.home, self._max[0], self._max[1], self.identifier)
             )
             await backend.open()
             self._backend = backend
         return self
+
+    @property
+    def store(self) -> str | None:
+        """The PostgreSQL store this session works on (password redacted); None: the
+        home's own store."""
+        return None if self._fleet is None else self._fleet.shown
 
     async def aclose(self) -> None:
         if self._backend is not None:
@@ -201,6 +212,7 @@ class AsyncSession:
         priority: str = "normal",
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
+        adopt: str | os.PathLike[str] | None = None,
         checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
     ) -> AsyncTask:
@@ -218,6 +230,8 @@ class AsyncSession:
         ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
         ``ls --json``, events).
 
+        ``adopt``: a partial file to resume instead of starting a new one (its record says
+        how far it is vouched for; see :meth:`adopt`, which also reads the URL from it).
         ``checksums``: expected digests of the file, ``{"sha512": HEX}`` or
         ``["sha256=HEX", "md5=HEX"]`` (md5 and sha1 are weak: never the only defence against
         a hostile server). ``pieces``: ``{"algorithm": "sha256", "piece_size": N, "hashes":
@@ -239,7 +253,7 @@ class AsyncSession:
             if path is None:
                 raise InvalidRequest("a target path is needed: download(url, path)")
             options = DownloadOptions(
-                **_given(
+                **untyped(
                     urls=urls,
                     refresh=refresh,
                     headers=headers,
@@ -262,6 +276,7 @@ class AsyncSession:
                     priority=priority,
                     checksums=checksums,
                     pieces=pieces,
+                    adopt=adopt,
                 )
             )
             row = download_row(
@@ -301,6 +316,46 @@ class AsyncSession:
         if found is None or not same_target(found, kind, url, path):
             return None
         return AsyncTask(self, found)
+
+    async def adopt(
+        self,
+        partial: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sha256: str | None = None,
+        segments: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> AsyncTask:
+        """Resume ``partial``, a download's partial file that its record describes (written
+        beside it by any bgtransfer: another home, another machine, a store that is gone).
+
+        The record gives the URL (``url=`` replaces it: a fresh signed URL for the same
+        file), the validator, the length and how far the file is vouched for; the download
+        goes on from there with Range and If-Range, so a resource that changed since starts
+        over cleanly. ``path``: the finished file, in the partial's directory (default: the
+        name the record gives). Other keyword arguments are :meth:`download`'s options.
+
+        Raises :class:`NoPartialRecord`, :class:`PartialRecordCorrupt`,
+        :class:`PartialRecordMismatch` (the record describes another file),
+        :class:`PartialInUse` (a task of this home already writes it), or
+        :class:`InvalidRequest`.
+        """
+        row = adopt_row(
+            self.identifier,
+            partial,
+            path,
+            url=url,
+            headers=headers,
+            sha256=sha256,
+            segments=segments,
+            idempotency_key=idempotency_key,
+            background=self.background,
+            options=options,
+        )
+        return AsyncTask(self, await self._backend_or_raise().submit(row))
 
     async def download_many(self, items: Iterable[Mapping[str, Any]]) -> list[AsyncTask]:
         """Submit many downloads at once: each item has ``url``, ``path`` and any option of
@@ -384,7 +439,7 @@ class AsyncSession:
         try:
             _, _, refresh, hook = split_sources(url, None, refresh, background=self.background)
             options = UploadOptions(
-                **_given(
+                **untyped(
                     refresh=refresh,
                     method=method,
                     headers=headers,

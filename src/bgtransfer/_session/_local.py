@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
+from bgtransfer._home import HOME_STORE
 from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._session._views import Query
 from bgtransfer._store._base import DuplicateKey, Store, TaskRow
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STORE_NAME", "Local"]
 
-STORE_NAME = "bgtransfer.sqlite3"
+STORE_NAME = HOME_STORE
 REPLAY_LIMIT = 100_000  # state events a stream replays at most before it goes live
 
 

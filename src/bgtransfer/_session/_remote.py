@@ -1,5 +1,6 @@
 """The background backend: the home's daemon runs the tasks; this talks to it (starting it
-on demand) over its control socket."""
+on demand) over its control socket. In fleet mode (a PostgreSQL store) the same protocol is
+answered straight from the store, and the fleet's workers run the tasks."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
 
-from bgtransfer._client import DaemonClient
+from bgtransfer._clients import open_client
+from bgtransfer._home import StoreChoice
 from bgtransfer._models import Event, Phase
 from bgtransfer._session._views import KINDS, Query
 from bgtransfer._store._base import TaskRow
@@ -20,10 +22,11 @@ WAIT_BATCH = 5000  # ids per long poll (the daemon takes up to 10 000 and 1 MiB 
 
 
 class Remote:
-    """Background: the home's daemon runs the tasks; this talks to it (starting it)."""
+    """Background: the home's daemon runs the tasks; this talks to it (starting it). With
+    a PostgreSQL ``store``, the store is the queue and a fleet's workers run them."""
 
-    def __init__(self, home: str) -> None:
-        self.client = DaemonClient(home, keep_alive=True)
+    def __init__(self, home: str, store: StoreChoice | None = None) -> None:
+        self.client = open_client(home, store, keep_alive=True)
 
     async def open(self) -> None:
         await self.client.ensure_running()

@@ -110,6 +110,7 @@ class Session:
         background: bool = True,
         max_active: int | None = None,
         max_per_host: int | None = None,
+        store: str | None = None,
     ) -> None:
         self._async = AsyncSession(
             identifier,
@@ -117,9 +118,11 @@ class Session:
             background=background,
             max_active=max_active,
             max_per_host=max_per_host,
+            store=store,
         )
         self.identifier = identifier
         self.home = self._async.home
+        self.store = self._async.store
         self.background = background
         self._thread = _LoopThread()
         try:
@@ -178,6 +181,7 @@ class Session:
         priority: str = "normal",
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
+        adopt: str | os.PathLike[str] | None = None,
         checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
     ) -> Task:
@@ -209,6 +213,34 @@ class Session:
                 refresh=refresh,
                 checksums=checksums,
                 pieces=pieces,
+                adopt=adopt,
+            )
+        )
+        return Task(self, inner)
+
+    def adopt(
+        self,
+        partial: str | os.PathLike[str],
+        path: str | os.PathLike[str] | None = None,
+        *,
+        url: str | None = None,
+        headers: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+        sha256: str | None = None,
+        segments: int | None = None,
+        idempotency_key: str | None = None,
+        **options: Any,
+    ) -> Task:
+        """Resume a partial file its record describes (see :meth:`AsyncSession.adopt`)."""
+        inner = self._call(
+            self._async.adopt(
+                partial,
+                path,
+                url=url,
+                headers=headers,
+                sha256=sha256,
+                segments=segments,
+                idempotency_key=idempotency_key,
+                **options,
             )
         )
         return Task(self, inner)

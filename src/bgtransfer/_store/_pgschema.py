@@ -8,10 +8,13 @@ the database's locale (prefix lookups and page cursors depend on it).
 
 from __future__ import annotations
 
-__all__ = ["EVENTS_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = ["CONTROLS", "CONTROL_CHANNEL", "EVENTS_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
+# NOTIFY payload: the id of a task whose holder is asked to suspend or cancel it.
+CONTROL_CHANNEL = "bgtransfer_control"
+CONTROLS = ("suspend", "cancel")  # the values of tasks.control (NULL: nothing asked)
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -138,5 +141,20 @@ _V2 = [
 )""",
 ]
 
+# Control of a task a worker holds: a client on another host cannot stop the worker's
+# coroutine, so it asks (tasks.control, and a NOTIFY on CONTROL_CHANNEL) and the holder
+# applies the request through its own fenced commit. The request is cleared by the commit
+# that satisfies it (whoever makes it): the trigger below, so no writer can forget it.
+_V3 = [
+    "ALTER TABLE tasks ADD COLUMN control TEXT CHECK (control IN ('suspend', 'cancel'))",
+    "CREATE INDEX tasks_control ON tasks(lease_owner) WHERE control IS NOT NULL",
+    "CREATE FUNCTION bgtransfer_control_done() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "IF (NEW.control = 'suspend' AND NEW.phase IN ('suspended', 'canceling', 'done')) "
+    "OR (NEW.control = 'cancel' AND NEW.phase IN ('canceling', 'done')) "
+    "THEN NEW.control := NULL; END IF; RETURN NEW; END $$",
+    "CREATE TRIGGER tasks_control_done BEFORE UPDATE OF phase ON tasks FOR EACH ROW "
+    "WHEN (NEW.control IS NOT NULL) EXECUTE FUNCTION bgtransfer_control_done()",
+]
+
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3}

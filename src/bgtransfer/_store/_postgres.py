@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 
-from bgtransfer._exceptions import StoreError, StoreFull
+from bgtransfer._exceptions import StoreError, StoreFull, StoreUnavailable
 from bgtransfer._models import Phase
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS
+from bgtransfer._store._pgcontrol import ControlMixin
 from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
 from bgtransfer._store._sql import SQLStore
 
@@ -79,7 +80,7 @@ class _Conn:
         try:
             return psycopg.connect(self.url, autocommit=True, connect_timeout=self.timeout)
         except psycopg.Error as exc:
-            raise StoreError(f"cannot connect to the task store: {_safe(exc)}") from exc
+            raise StoreUnavailable(f"cannot connect to the task store: {_safe(exc)}") from exc
 
     def live(self) -> psycopg.Connection[Any]:
         if self.closed:
@@ -102,7 +103,7 @@ class _Conn:
         self.con.close()
 
 
-class PostgresStore(SQLStore):
+class PostgresStore(SQLStore, ControlMixin):
     _db: _Conn
     _integrity_error: ClassVar[type[Exception]] = psycopg.errors.UniqueViolation
     _no_limit = None
@@ -158,7 +159,7 @@ class PostgresStore(SQLStore):
             self._db.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
             version = self._version()  # again, under the lock: another worker may have done it
             if version > SCHEMA_VERSION:
-                raise StoreError(
+                raise StoreUnavailable(
                     f"the task store has schema version {version}, newer than this "
                     f"bgtransfer understands ({SCHEMA_VERSION}); upgrade bgtransfer"
                 )
@@ -327,4 +328,4 @@ def _safe(exc: BaseException) -> str:
     """An error's text without the connection string's password (libpq may quote it)."""
     from bgtransfer._redact import redact
 
-    return redact(str(exc).strip())
+    return redact(" ".join(str(exc).split()))  # libpq's lines as one: one line a message

@@ -9,6 +9,7 @@ import click
 
 from bgtransfer import DaemonStopped, UnsafeHome
 from bgtransfer.cli import (  # noqa: F401 - registers the commands
+    _adopt,
     _control,
     _follow,
     _remove,

@@ -10,10 +10,11 @@ from typing import Any
 
 import click
 
-from bgtransfer import DaemonStopped, resolve_home
+from bgtransfer import DaemonStopped, InvalidRequest, resolve_home
 from bgtransfer._client import DaemonClient, DaemonUnavailable
 from bgtransfer._daemon._lock import lock_holder
 from bgtransfer._daemon._paths import socket_path
+from bgtransfer._home import STORE_ENV, StoreChoice, resolve_store
 
 EXIT_OK = 0
 EXIT_NOT_RUNNING = 3
@@ -70,16 +71,24 @@ async def _with_client(home: str, fn: Any) -> Any:
     help="Home directory (store, daemon socket and log). Default: $BGTRANSFER_HOME, "
     "else the user state directory.",
 )
+@click.option(
+    "--store",
+    metavar="URL",
+    default=None,
+    help="Where the tasks are kept: postgresql://user@host:port/db (fleet mode: no local "
+    "daemon, a fleet of workers runs them) or sqlite:///HOME (a home's own store). "
+    f"Default: ${STORE_ENV}, else the home's store.",
+)
 @click.pass_context
-def cli(ctx: click.Context, home: str | None) -> None:
+def cli(ctx: click.Context, home: str | None, store: str | None) -> None:
     """Durable background HTTP transfers that survive exits, crashes and restarts.
 
     Transfers run in a per-home daemon (started on demand) and resume from their last
     checkpoint after any interruption. Exit codes: 0 ok, 1 transfer failed, 2 timed out,
-    3 daemon not running, 4 unknown or ambiguous id, 5 invalid request, 6 daemon
-    unavailable, or home unusable or refused, 8 not possible in the task's state (e.g.
-    resume a completed task), 9 suspended by the daemon (e.g. disk full), 64 usage error,
-    75 the daemon was stopped while the command waited, 130 detached with Ctrl-C.
+    3 daemon not running, 4 unknown or ambiguous id, 5 invalid request, 6 daemon or task
+    store unavailable, or home unusable or refused, 8 not possible in the task's state
+    (e.g. resume a completed task), 9 suspended by the daemon (e.g. disk full), 64 usage
+    error, 75 the daemon was stopped while the command waited, 130 detached with Ctrl-C.
 
     \b
     Examples:
@@ -88,9 +97,35 @@ def cli(ctx: click.Context, home: str | None) -> None:
       bgtransfer ls
       bgtransfer wait 3f2a
       bgtransfer daemon status --json
+      bgtransfer --store postgresql://me@db:5432/transfers status
     """
     ctx.ensure_object(dict)
     ctx.obj["home"] = home
+    choose_store(ctx, store)
+
+
+def choose_store(ctx: click.Context, store: str | None) -> None:
+    """Put the chosen store on the context: ``obj["store"]`` its URL (None: the home's own
+    store), ``obj["store_choice"]`` what it names. A bad URL is a usage error (exit 64)."""
+    try:
+        choice = resolve_store(store)
+    except InvalidRequest as exc:
+        where = "--store" if store is not None else f"${STORE_ENV}"
+        raise click.UsageError(f"{where}: {exc.message}") from None
+    home = ctx.obj.get("home")
+    if choice is not None and choice.home is not None:
+        if home is None:
+            ctx.obj["home"] = choice.home
+        elif store is not None and os.path.abspath(home) != choice.home:
+            raise click.UsageError(f"--home {home} and --store {choice.shown} name two homes")
+    ctx.obj["store"] = None if choice is None else choice.url
+    ctx.obj["store_choice"] = choice
+
+
+def store_of(ctx: click.Context) -> StoreChoice | None:
+    """The PostgreSQL store the command works on (fleet mode), or None (the home's)."""
+    choice = (ctx.find_root().obj or {}).get("store_choice")
+    return choice if isinstance(choice, StoreChoice) and choice.fleet else None
 
 
 @cli.group()

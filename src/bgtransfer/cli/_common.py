@@ -18,11 +18,13 @@ from bgtransfer import (
     DestinationError,
     InvalidRequest,
     InvalidTransition,
+    StoreUnavailable,
     TaskNotFound,
     TransferError,
     UnsafeHome,
 )
-from bgtransfer._client import DaemonClient, DaemonUnavailable
+from bgtransfer._client import DaemonUnavailable
+from bgtransfer._clients import Client, open_client
 from bgtransfer._redact import redact
 from bgtransfer.cli._narrate import iso_time
 
@@ -82,7 +84,7 @@ def daemon_errors() -> Iterator[None]:
     said it or a check in this process did."""
     try:
         yield
-    except (DaemonUnavailable, UnsafeHome) as exc:
+    except (DaemonUnavailable, UnsafeHome, StoreUnavailable) as exc:
         raise CliError(exc.message, EXIT_DAEMON) from None
     except DaemonStopped:
         raise CliError(
@@ -101,11 +103,14 @@ def daemon_errors() -> Iterator[None]:
         raise CliError(exc.message, EXIT_FAILED) from None
 
 
-def run(home: str, fn: Callable[[DaemonClient], Awaitable[T]]) -> T:
-    """``fn`` with a client of the home's daemon (started if need be), in a new event loop."""
+def run(home: str, fn: Callable[[Client], Awaitable[T]]) -> T:
+    """``fn`` with a client in a new event loop: of the home's daemon (started if need be),
+    or, with ``--store postgresql://...`` (fleet mode), of that store, used directly."""
+    ctx = click.get_current_context(silent=True)
+    store = None if ctx is None else (ctx.find_root().obj or {}).get("store_choice")
 
     async def go() -> T:
-        client = DaemonClient(home)
+        client = open_client(home, store)
         try:
             return await fn(client)
         finally:
@@ -142,7 +147,7 @@ def fancy() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
 
 
-async def resolve(client: DaemonClient, prefix: str) -> dict[str, Any]:
+async def resolve(client: Client, prefix: str) -> dict[str, Any]:
     """A task by its id or a unique prefix of it, like git."""
     if not prefix or not all(c in "0123456789abcdefABCDEF" for c in prefix):
         raise CliError(f"no task with id {prefix!r}", EXIT_NOT_FOUND)

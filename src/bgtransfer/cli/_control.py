@@ -7,11 +7,19 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import DaemonClient
+from bgtransfer._clients import Client
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import handled, resolve, run
 
 __all__ = ["serve_test"]
+
+
+# The states a task may be in once the verb took effect.
+_DONE_IN = {
+    "suspend": ("suspended", "canceling", "completed"),
+    "resume": ("running", "canceling", "completed"),
+    "cancel": ("canceling", "completed"),
+}
 
 
 def _control(verb: str, past: str) -> Callable[..., int]:
@@ -19,12 +27,19 @@ def _control(verb: str, past: str) -> Callable[..., int]:
     @click.pass_context
     @handled
     def command(ctx: click.Context, task_id: str) -> int:
-        async def go(c: DaemonClient) -> dict[str, Any]:
+        async def go(c: Client) -> dict[str, Any]:
             task = await resolve(c, task_id)
             return dict(await c.call("POST", f"/v1/tasks/{task['id']}/{verb}"))
 
         task = run(home_of(ctx), go)
-        click.echo(f"{past} {task['id'][:12]} ({task['state']}: {task['detail']})", err=True)
+        short = task["id"][:12]
+        if task["state"] not in _DONE_IN[verb]:
+            # Fleet mode: a worker holds the task and has not applied it yet; it will.
+            click.echo(
+                f"asked the worker running {short} to {verb} it ({task['detail']})", err=True
+            )
+            return 0
+        click.echo(f"{past} {short} ({task['state']}: {task['detail']})", err=True)
         return 0
 
     command.__doc__ = {

@@ -11,10 +11,11 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import DaemonClient
+from bgtransfer._clients import Client
 from bgtransfer._redact import redact
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import (
+    DEFAULT_SESSION,
     EXIT_DETACHED,
     EXIT_FAILED,
     EXIT_INVALID,
@@ -34,7 +35,7 @@ from bgtransfer.cli._common import (
 from bgtransfer.cli._narrate import Narrator, suspended_by_daemon
 from bgtransfer.cli._show import print_table, table_rows
 
-__all__ = ["detached", "finish", "follow", "wait", "wait_for", "watch"]
+__all__ = ["detached", "events", "finish", "follow", "wait", "wait_for", "watch"]
 
 POLL = 0.2
 PROGRESS_EVERY = 5.0  # seconds between progress lines when there is no bar
@@ -77,7 +78,7 @@ def _say(line: str) -> None:
 
 
 async def _poll(
-    client: DaemonClient,
+    client: Client,
     task_id: str,
     update: Callable[[dict[str, Any]], None],
     say: Callable[[], Say],
@@ -144,7 +145,7 @@ def _follow_bar(home: str, task: dict[str, Any]) -> dict[str, Any]:
     )
     say: Say = _say
 
-    async def loop(client: DaemonClient) -> dict[str, Any]:
+    async def loop(client: Client) -> dict[str, Any]:
         nonlocal say
         with Progress(*columns, console=console, transient=False) as bar:
             handle = bar.add_task(os.path.basename(task["path"]), total=task["bytes_expected"])
@@ -170,7 +171,7 @@ def follow(
     return _follow_plain(home, task, progress_lines)
 
 
-async def wait_for(client: DaemonClient, task_id: str, timeout: float | None) -> dict[str, Any]:
+async def wait_for(client: Client, task_id: str, timeout: float | None) -> dict[str, Any]:
     """Long polls until the task completes, the daemon suspends it, or ``timeout`` passes.
 
     A task that a person suspended is waited for (it completes once someone resumes it);
@@ -228,7 +229,7 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool)
     if timeout is not None and timeout < 0:
         raise CliError(f"--timeout must not be negative: {timeout}", EXIT_INVALID)
 
-    async def go(c: DaemonClient) -> dict[str, Any]:
+    async def go(c: Client) -> dict[str, Any]:
         task = await resolve(c, task_id)
         return await wait_for(c, task["id"], timeout)
 
@@ -240,7 +241,7 @@ def wait(ctx: click.Context, task_id: str, timeout: float | None, as_json: bool)
     return finish(task, as_json)
 
 
-async def _watch_all(c: DaemonClient) -> int:
+async def _watch_all(c: Client) -> int:
     """Until no task runs: the table redrawn (a terminal), or each row when it changes."""
     followed: int | None = None
     last: list[tuple[str, ...]] = []
@@ -289,5 +290,49 @@ def watch(ctx: click.Context, task_id: str | None) -> int:
         return finish(final, as_json=False)
     try:
         return run(home, _watch_all)
+    except KeyboardInterrupt:
+        return 0
+
+
+@cli.command()
+@click.option(
+    "--session", default=DEFAULT_SESSION, show_default=True, help="Whose events to print."
+)
+@click.option(
+    "--since",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="CURSOR",
+    help="Replay every state event after this cursor (default: the completions not yet "
+    "acknowledged).",
+)
+@click.option(
+    "--follow/--no-follow",
+    default=True,
+    help="After the replay, go on with each event as it happens (default), or stop.",
+)
+@click.pass_context
+@handled
+def events(ctx: click.Context, session: str, since: int | None, follow: bool) -> int:
+    """A session's events, one JSON object a line: the replay, a line
+    {"kind": "replay_end", "cursor": C}, then each event as it happens until Ctrl-C.
+    Pass the last cursor seen as --since to continue later without a gap.
+
+    \b
+    Examples:
+      bgtransfer events --no-follow
+      bgtransfer --store postgresql://me@db/transfers events --session app --since 1200
+    """
+
+    async def go(c: Client) -> int:
+        # The stream is closed with the loop (asyncio.run ends its async generators).
+        async for line in c.events(session, since):
+            click.echo(json.dumps(line, sort_keys=True))
+            if not follow and line.get("kind") == "replay_end":
+                break
+        return 0
+
+    try:
+        return run(home_of(ctx), go)
     except KeyboardInterrupt:
         return 0

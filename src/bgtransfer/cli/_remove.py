@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from bgtransfer import InvalidTransition
-from bgtransfer._client import DaemonClient
+from bgtransfer._clients import Client
 from bgtransfer.cli._app import cli, home_of
 from bgtransfer.cli._common import EXIT_STATE, CliError, handled, resolve, run
 from bgtransfer.cli._narrate import duration
@@ -32,7 +32,7 @@ def rm(ctx: click.Context, task_ids: tuple[str, ...], as_json: bool) -> int:
       bgtransfer ls --json | jq -r '.[] | select(.error != null) | .id' | xargs bgtransfer rm
     """
 
-    async def go(c: DaemonClient) -> list[str]:
+    async def go(c: Client) -> list[str]:
         tasks = [await resolve(c, prefix) for prefix in task_ids]
         busy = [t for t in tasks if t["state"] != "completed"]
         if busy:

@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
-from bgtransfer._client import DaemonClient
-from bgtransfer.cli._app import cli, home_of
+from bgtransfer._clients import Client
+from bgtransfer.cli._app import cli, daemon_status, home_of, store_of
 from bgtransfer.cli._common import (
     EXIT_INVALID,
     fail,
@@ -21,9 +21,9 @@ from bgtransfer.cli._common import (
     resolve,
     run,
 )
-from bgtransfer.cli._narrate import local_time
+from bgtransfer.cli._narrate import iso_time, local_time
 
-__all__ = ["ls", "print_table", "show", "table_rows"]
+__all__ = ["ls", "print_table", "show", "status", "table_rows"]
 
 
 @cli.command("ls")
@@ -176,7 +176,7 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
       bgtransfer show 3f2a --json | jq '.history[] | [.status, .outcome]'
     """
 
-    async def go(c: DaemonClient) -> dict[str, Any]:
+    async def go(c: Client) -> dict[str, Any]:
         task = await resolve(c, task_id)
         task["history"] = await c.call("GET", f"/v1/tasks/{task['id']}/attempts")
         return task
@@ -191,4 +191,45 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
     click.echo("history:")
     for a in history:
         click.echo(_attempt_line(a))
+    return 0
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.pass_context
+@handled
+def status(ctx: click.Context, as_json: bool) -> int:
+    """The fleet (with --store postgresql://...): its workers (name, host, pid, last
+    heartbeat, tasks held), the queue depth and task counts. Without a PostgreSQL store:
+    the home's daemon, as `daemon status`.
+
+    Exit 0 when the store answers, 6 when it cannot be reached.
+
+    \b
+    Examples:
+      bgtransfer --store postgresql://me@db:5432/transfers status
+      bgtransfer --store postgresql://me@db:5432/transfers status --json | jq .queue_depth
+    """
+    if store_of(ctx) is None:
+        return int(ctx.invoke(daemon_status, as_json=as_json))
+    info = run("", lambda c: c.call("GET", "/v1/status"))
+    if as_json:
+        for w in info["workers"]:
+            w["started_at"], w["last_seen"] = iso_time(w["started_at"]), iso_time(w["last_seen"])
+        click.echo(json.dumps(info, sort_keys=True))
+        return 0
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(info["tasks"].items())) or "none"
+    click.echo(f"store {info['store']} (schema {info['schema_version']})")
+    click.echo(f"queue: {info['queue_depth']} waiting for a worker; tasks: {counts}")
+    workers = info["workers"]
+    click.echo(f"workers: {len(workers)}")
+    rows = [
+        (w["name"], w["host"], str(w["pid"]), f"{w['seen_ago']:.1f} s ago", str(w["tasks_held"]))
+        for w in workers
+    ]
+    if rows:
+        head = ("name", "host", "pid", "last heartbeat", "tasks held")
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        for r in [head, *rows]:
+            click.echo("  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
     return 0
