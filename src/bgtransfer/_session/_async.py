@@ -24,7 +24,7 @@ from bgtransfer._options import (
     untyped,
 )
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
-from bgtransfer._session._local import Local
+from bgtransfer._session._local import Local, submit_with_hook
 from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
 from bgtransfer._sources_api import split_sources
@@ -232,13 +232,7 @@ class AsyncSession:
 
         ``adopt``: a partial file to resume instead of starting a new one (its record says
         how far it is vouched for; see :meth:`adopt`, which also reads the URL from it).
-        ``checksums``: expected digests of the file, ``{"sha512": HEX}`` or
-        ``["sha256=HEX", "md5=HEX"]`` (md5 and sha1 are weak: never the only defence against
-        a hostile server). ``pieces``: ``{"algorithm": "sha256", "piece_size": N, "hashes":
-        [HEX, ...]}``, one digest per N bytes; a bad piece is fetched again alone. Digests
-        the server sends (RFC 9530 Repr-Digest / Content-Digest, x-goog-hash,
-        x-amz-checksum-sha256) are checked too; a mismatch downloads once more, then fails
-        with IntegrityError.
+        ``checksums`` (``{"sha512": HEX}``) and ``pieces``: see the README, "Integrity".
 
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
@@ -296,14 +290,7 @@ class AsyncSession:
         return AsyncTask(self, await self._submit_with_hook(row, hook))
 
     async def _submit_with_hook(self, row: TaskRow, hook: Callable[[Any], Any] | None) -> TaskRow:
-        """Submit ``row``; a foreground refresh callable is held by the engine first."""
-        backend = self._backend_or_raise()
-        if hook is not None and isinstance(backend, Local):
-            backend.set_refresh_hook(row.id, hook)  # before it can run
-        submitted = await backend.submit(row)
-        if hook is not None and isinstance(backend, Local) and submitted.id != row.id:
-            backend.set_refresh_hook(submitted.id, hook)  # the key's earlier task
-        return submitted
+        return await submit_with_hook(self._backend_or_raise(), row, hook)
 
     async def _twin(
         self, key: str | None, kind: str, url: object, path: object
