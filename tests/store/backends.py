@@ -88,6 +88,12 @@ class PostgresBackend:
         store.close()
         # What version 1 had: no leases, fencing tokens, event notifications or workers.
         with psycopg.connect(self.url, autocommit=True) as con:
+            con.execute("DROP TRIGGER tasks_queue_notify ON tasks")  # version 4
+            con.execute("DROP FUNCTION bgtransfer_queue_notify()")
+            con.execute("DROP TRIGGER tasks_origin ON tasks")
+            con.execute("DROP FUNCTION bgtransfer_set_origin()")
+            con.execute("DROP FUNCTION bgtransfer_origin(TEXT)")
+            con.execute("ALTER TABLE tasks DROP COLUMN origin")
             # ... nor control requests (version 3)
             con.execute("DROP TRIGGER tasks_control_done ON tasks")
             con.execute("DROP FUNCTION bgtransfer_control_done()")

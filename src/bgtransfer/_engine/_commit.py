@@ -12,6 +12,11 @@ then its futures resolve on the loop in submission order. The engine fsyncs a pa
 file itself (or lists it in ``sync_files``) before the snapshot that covers it, so "data
 durable before the offset that names it" holds as before.
 
+Fleet mode (a store with claims): every save of a task this engine holds by a claim
+carries the claim's generation (``fences``), checked by the statement that writes it. A
+refused save (LeaseLost: another worker took the task over) rolls back alone and fails its
+futures; later saves of that task (``lost``) fail at once, without a trip to the store.
+
 Disk full: a save SQLite cannot commit for want of space (StoreFull) is not failed and not
 dropped. It goes back to the front of the queue (merged with newer saves of its task) and
 is tried again every RETRY_FULL seconds; its future resolves when it lands. ``on_full``
@@ -30,9 +35,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bgtransfer._engine._files import fsync_dir, fsync_file
-from bgtransfer._exceptions import DestinationError, StoreError, StoreFull
+from bgtransfer._exceptions import DestinationError, LeaseLost, StoreError, StoreFull
 from bgtransfer._protocol._machine import Snapshot
-from bgtransfer._store._base import Attempt
+from bgtransfer._store._base import Attempt, Store
 from bgtransfer._store._sqlite import EventRecord, SQLiteStore
 
 __all__ = ["Committer", "Save"]
@@ -54,6 +59,7 @@ class Save:
     attempts: list[Attempt] = field(default_factory=list)
     sync_file: str | None = None  # a finished partial file to fsync first
     sync_dir: str | None = None  # a directory a file was just renamed into
+    fence: int | None = None  # the claim's generation (fleet mode); else the committer's
 
 
 @dataclass(slots=True)
@@ -66,6 +72,7 @@ class _Pending:
     hook_state: str | None = None
     sync_files: list[str] = field(default_factory=list)
     sync_dirs: list[str] = field(default_factory=list)
+    fence: int | None = None
     # (future, index of its event in ``events`` or None, loop)
     waiters: list[tuple[asyncio.Future[Any], int | None, asyncio.AbstractEventLoop]] = field(
         default_factory=list
@@ -85,6 +92,8 @@ class _Pending:
             self.sync_files.append(save.sync_file)
         if save.sync_dir is not None:
             self.sync_dirs.append(save.sync_dir)
+        if save.fence is not None:
+            self.fence = save.fence
         self.waiters.append((fut, index, loop))
 
     def merge(self, newer: _Pending) -> None:
@@ -98,6 +107,8 @@ class _Pending:
             self.hook_state = newer.hook_state
         self.sync_files.extend(newer.sync_files)
         self.sync_dirs.extend(newer.sync_dirs)
+        if newer.fence is not None:
+            self.fence = newer.fence
         self.waiters.extend(
             (fut, None if i is None else base + i, loop) for fut, i, loop in newer.waiters
         )
@@ -113,12 +124,26 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
 
 
 class Committer:
-    """The writer thread, with its own connection to the store (WAL: readers never wait)."""
+    """The writer thread, with its own connection to the store (WAL: readers never wait).
 
-    def __init__(self, path: str, on_full: Callable[[str | None], None] | None = None) -> None:
-        # A long busy timeout: the loop's connection may hold the write lock for a while
-        # (a batch insert of 100 000 tasks); waiting here blocks no transfer.
-        self._store = SQLiteStore(path, busy_timeout=120.0)
+    ``store``: the SQLite file's path, or a factory of the store's connection (PostgreSQL:
+    a blocking driver is fine here, the loop never waits on it)."""
+
+    def __init__(
+        self,
+        store: str | Callable[[], Store],
+        on_full: Callable[[str | None], None] | None = None,
+    ) -> None:
+        if isinstance(store, str):
+            # A long busy timeout: the loop's connection may hold the write lock for a
+            # while (a batch insert of 100 000 tasks); waiting here blocks no transfer.
+            self._store: Store = SQLiteStore(store, busy_timeout=120.0)
+        else:
+            self._store = store()
+        # Fleet mode: task id -> generation of this worker's claim; and the tasks whose
+        # claim was lost (their saves are refused here). Both written on the loop only.
+        self.fences: dict[str, int] = {}
+        self.lost: set[str] = set()
         self._queue: dict[str, _Pending] = {}
         self._cv = threading.Condition()
         self._closing = False
@@ -128,10 +153,22 @@ class Committer:
         self._thread = threading.Thread(target=self._work, name="bgtransfer-commit", daemon=True)
         self._thread.start()
 
+    def hold(self, task_id: str, token: int) -> None:
+        """Fleet mode: the task's saves are fenced by the claim ``token`` from now on."""
+        self.lost.discard(task_id)
+        self.fences[task_id] = token
+
     def submit(self, save: Save) -> asyncio.Future[Any]:
         """Queue a save for the next transaction; the future gets its event's cursor."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
+        if save.task_id in self.lost:
+            fut.set_exception(
+                LeaseLost(f"the claim on task {save.task_id} was lost", task_id=save.task_id)
+            )
+            return fut
+        if save.fence is None:
+            save.fence = self.fences.get(save.task_id)
         with self._cv:
             if self._closing:
                 raise StoreError("the task store is closed")
@@ -266,6 +303,7 @@ class Committer:
             events=p.events,
             hook_state=p.hook_state,
             attempts=p.attempts,
+            fence=p.fence,
         )
 
     def _one(self, p: _Pending) -> list[int | None] | BaseException:
@@ -273,6 +311,8 @@ class Committer:
             with self._store.transaction():
                 return self._write(p)
         except Exception as exc:  # noqa: BLE001 - handed to the waiting futures, not lost
-            if not isinstance(exc, StoreFull):  # kept back and retried: logged once
+            if isinstance(exc, LeaseLost):  # another worker's now: expected, not an error
+                log.warning("task %s: %s", p.last.task_id, exc.message)
+            elif not isinstance(exc, StoreFull):  # kept back and retried: logged once
                 log.error("task store commit failed for %s: %r", p.last.task_id, exc)
             return exc

@@ -39,10 +39,12 @@ from bgtransfer._engine._scheduler import Scheduler
 from bgtransfer._engine._segments import run_segmented
 from bgtransfer._engine._sidecar_io import refuse_in_use
 from bgtransfer._engine._space import DiskFull
+from bgtransfer._engine._takeover import SETTLED, Claims, stop_lost
 from bgtransfer._engine._upload import Uploader
 from bgtransfer._exceptions import (
     DestinationError,
     InvalidTransition,
+    LeaseLost,
     StoreFull,
     TaskNotFound,
     TransferError,
@@ -76,8 +78,10 @@ class Engine:
         sleep: Sleep = asyncio.sleep,
         background: bool = False,
         on_finished: Callable[[TaskRow], None] | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.store = store
+        self.claims = claims  # fleet mode: tasks come from claims, commits are fenced
         self.background = background
         self.on_finished = on_finished
         self.home = home
@@ -91,6 +95,8 @@ class Engine:
         self._changed = asyncio.Event()
         self._closed = False
         self.pacing = Pacing(store, background=background, clock=clock, sleep=sleep)
+        self.rates: RateLimits = self.pacing.rates
+        self.polite: Politeness = self.pacing.polite
         self.history = History(background=background)
         self._ctx = Context(
             clock=clock,
@@ -123,14 +129,6 @@ class Engine:
             wake=self._pump,
         )
 
-    @property
-    def rates(self) -> RateLimits:
-        return self.pacing.rates
-
-    @property
-    def polite(self) -> Politeness:
-        return self.pacing.polite
-
     def set_limit(self, origin: str | None, rate: int | None) -> None:
         """Change the global cap (``origin=None``) or one origin's; durable, effective now."""
         self.pacing.set_limit(origin, rate)
@@ -145,7 +143,8 @@ class Engine:
                 with contextlib.suppress(RuntimeError):  # the loop is gone
                     loop.call_soon_threadsafe(self._on_store_full, reason)
 
-        self._commit = Committer(self.store.path, on_full=on_full)
+        opener = self.claims.open_store if self.claims is not None else self.store.path
+        self._commit = Committer(opener, on_full=on_full)
         self._ctx.committer = self.history.commit = self.space.committer = self._commit
         if self.background:  # the daemon's caps are set with `bgtransfer limit` and kept
             self.pacing.load_limits()
@@ -175,7 +174,8 @@ class Engine:
                     self._apply_now(live, M.Detached())
                 else:
                     self._apply_now(live, M.Interrupted("interrupted: the session was closed"))
-            self.store.set_owner(live.row.id, None)
+            if self.claims is None:  # a worker's rows are its claims' (released after)
+                self.store.set_owner(live.row.id, None)
         self._live.clear()
         if self._commit is not None:
             await self._commit.close()
@@ -188,29 +188,20 @@ class Engine:
     # -- public operations -----------------------------------------------------------------
 
     def submit(self, row: TaskRow) -> None:
-        """Store a new task; it starts when the queue reaches it.
-
-        Queued work lives in the store, not in memory: only tasks that run (or wait to
-        retry) have a coroutine, so a queue of 100 000 costs rows, not megabytes.
-        """
-        row.owner = self.owner.token
-        self.space.check()
-        refuse_in_use(self.store, [row])  # adopt: not a partial file a live task writes
-        try:
-            self.store.insert(row)
-        except StoreFull as exc:
-            self._on_store_full(exc.message)
-            raise
-        self._pump()
+        """Store a new task; it starts when the queue reaches it (see ``_scheduler``)."""
+        self._submit([row], lambda: self.store.insert(row))
 
     def submit_many(self, rows: list[TaskRow]) -> None:
         """Store several new tasks in one transaction, then start what there is room for."""
+        self._submit(rows, lambda: self.store.insert_many(rows))
+
+    def _submit(self, rows: list[TaskRow], insert: Callable[[], None]) -> None:
         for row in rows:
             row.owner = self.owner.token
         self.space.check()
         refuse_in_use(self.store, rows)
         try:
-            self.store.insert_many(rows)
+            insert()
         except StoreFull as exc:
             self._on_store_full(exc.message)
             raise
@@ -243,7 +234,7 @@ class Engine:
         """Start queued tasks from the store while there is room for runners."""
         if self._closed or self.store_full is not None:
             return
-        self.scheduler.pump()
+        (self.scheduler.pump if self.claims is None else self.claims.feed)()
 
     def _admit(self, row: TaskRow) -> None:
         live = self._make_live(row)
@@ -399,6 +390,8 @@ class Engine:
                     self._execute_sync(live, m.handle(M.RetryDue(), now=self.clock()))
         except asyncio.CancelledError:
             raise
+        except LeaseLost:
+            self.lose(live.row.id)
         except StoreFull as exc:
             # A commit the loop made itself found the disk full: keep every byte, wait.
             self._close_transfer(live)
@@ -476,14 +469,7 @@ class Engine:
                 case M.ScheduleRetry(delay=delay):
                     live.retry_delay = delay
                 case M.TruncatePartial(size=size):
-                    # Bytes of an earlier boot past the checkpoint, maybe never synced: cut
-                    # off now, before a checkpoint of this boot could vouch for them.
-                    try:
-                        live.part.open(size)
-                    except (DestinationError, OSError) as exc:
-                        log.warning("task %s: cannot trim the partial file: %s", live.row.id, exc)
-                    finally:
-                        live.part.close()
+                    live.truncate(size)
                 case M.Enqueue():
                     if live.runner is None or live.runner.done():
                         # Back to the store's queue; the pump starts it in its turn.
@@ -521,7 +507,8 @@ class Engine:
 
     def _save_now(self, live: Live) -> None:
         snap = live.machine.checkpoint(self.clock(), BOOT_ID)
-        self.store.save(live.row.id, snap, wall_time=time.time())
+        fence = None if self._commit is None else self._commit.fences.get(live.row.id)
+        self.store.save(live.row.id, snap, wall_time=time.time(), fence=fence)
 
     def _persist(self, live: Live) -> None:
         """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
@@ -559,6 +546,9 @@ class Engine:
         fut: asyncio.Future[Any],
     ) -> None:
         row = live.row
+        if not fut.cancelled() and isinstance(fut.exception(), LeaseLost):
+            self.lose(row.id)
+            return
         if fut.cancelled() or fut.exception() is not None:
             # Logged by the committer; a later save of the task tries again. A finished task
             # has none, so waiters are released rather than left hanging.
@@ -568,31 +558,41 @@ class Engine:
         cursor = fut.result()
         if snap.phase is Phase.DONE:
             live.finished.set()
+            done = self.get(row.id)  # from memory: no store read on the loop
             if self._live.get(row.id) is live:
                 del self._live[row.id]
             if not self.background:  # the daemon owns all background rows; nothing to clear
                 with contextlib.suppress(Exception):
                     self.store.set_owner(row.id, None)
             if self.on_finished is not None:
-                self.on_finished(self.get(row.id))
+                self.on_finished(done)
             self._pump()
         elif snap.phase is Phase.QUEUED and row.id not in self._live:
             self._pump()  # resumed: the store says queued only from now on
+        if self.claims is not None and snap.phase in SETTLED:
+            if snap.phase is Phase.SUSPENDED and self._live.get(row.id) is live:
+                del self._live[row.id]  # a worker gives a suspended task back
+            if row.id not in self._live:
+                self.claims.settled(row.id, snap.phase.value)
         self._changed.set()
         if self._listeners:
-            self._listeners.publish(
-                Event(
-                    task_id=row.id,
-                    session=row.session,
-                    kind=kind,
-                    state=state,
-                    detail=snap.detail,
-                    bytes_received=received,
-                    bytes_expected=snap.total,
-                    error=snap.error,
-                    cursor=cursor,
-                )
-            )
+            self._listeners.publish(live.event(snap, kind, state, received, cursor))
+
+    def admit_claimed(self, row: TaskRow, token: int) -> None:
+        """Fleet mode: run a claimed task, recovered as after a restart (resumed)."""
+        assert self._commit is not None
+        self._commit.hold(row.id, token)
+        if row.snap.phase is Phase.CANCELING:  # a cancel its last worker did not finish
+            live = self._live[row.id] = self._make_live(row)
+            self._execute_sync(live, [M.RemovePartial()])
+        else:
+            self._admit(row)
+
+    def lose(self, task_id: str) -> None:
+        """Fleet mode: another worker holds the task now: stop it, touch nothing of it."""
+        stop_lost(self._commit, self._live, task_id, self._close_transfer)
+        if self.claims is not None:
+            self.claims.lost(task_id)
 
     async def flush(self) -> None:
         """Wait until every snapshot persisted so far is committed."""

@@ -279,6 +279,14 @@ class PartialFile:
         finally:
             os.close(fd)
 
+    def open_read(self) -> int:
+        """This task's file for reading, or -1 (a fleet takeover copies its prefix)."""
+        dfd = self.open_dir()
+        try:
+            return self._reopen(dfd, os.O_RDONLY)
+        finally:
+            os.close(dfd)
+
     # -- writing ---------------------------------------------------------------------------
 
     def open(self, start: int) -> None:

@@ -4,6 +4,7 @@ finished until its completion commits)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,12 +14,15 @@ from bgtransfer._engine._files import PartialFile
 from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._rawbody import RawBody
 from bgtransfer._engine._sidecar_io import record_of
-from bgtransfer._models import Phase
+from bgtransfer._exceptions import DestinationError
+from bgtransfer._models import Event, Phase, TaskState
 from bgtransfer._protocol import _machine as M
 from bgtransfer._protocol._upload import UploadMachine
 from bgtransfer._store._base import Attempt, TaskRow
 
 __all__ = ["Live", "phase"]
+
+log = logging.getLogger("bgtransfer")
 
 
 @dataclass(eq=False)
@@ -54,6 +58,32 @@ class Live:
             )
         live.last_phase = row.snap.phase
         return live
+
+    def truncate(self, size: int) -> None:
+        """Cut the partial file to ``size``: bytes of an earlier boot past the checkpoint,
+        maybe never synced, go before a checkpoint of this boot could vouch for them."""
+        try:
+            self.part.open(size)
+        except (DestinationError, OSError) as exc:
+            log.warning("task %s: cannot trim the partial file: %s", self.row.id, exc)
+        finally:
+            self.part.close()
+
+    def event(
+        self, snap: M.Snapshot, kind: str, state: TaskState, received: int, cursor: int | None
+    ) -> Event:
+        """The live event of a save that landed."""
+        return Event(
+            task_id=self.row.id,
+            session=self.row.session,
+            kind=kind,
+            state=state,
+            detail=snap.detail,
+            bytes_received=received,
+            bytes_expected=snap.total,
+            error=snap.error,
+            cursor=cursor,
+        )
 
 
 def phase(m: M.TransferMachine) -> Phase:

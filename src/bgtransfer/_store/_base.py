@@ -191,9 +191,11 @@ class Store(Protocol):
         event: tuple[str, str] | None = None,
         hook_state: str | None = None,
         attempts: Sequence[Attempt] = (),
+        fence: int | None = None,
     ) -> int | None:
         """Persist a snapshot (the caller fsynced the data it covers), with its state event
-        and history, all in one transaction. Returns the event's cursor."""
+        and history, all in one transaction. Returns the event's cursor. ``fence``: the
+        generation of the caller's claim (fleet mode; LeaseLost if it is stale)."""
 
     def save_in_tx(
         self,
@@ -204,6 +206,7 @@ class Store(Protocol):
         events: Sequence[EventRecord] = (),
         hook_state: str | None = None,
         attempts: Sequence[Attempt] = (),
+        fence: int | None = None,
     ) -> builtins.list[int | None]: ...
 
     def set_owner(self, task_id: str, owner: str | None) -> None: ...

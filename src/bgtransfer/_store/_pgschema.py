@@ -8,13 +8,21 @@ the database's locale (prefix lookups and page cursors depend on it).
 
 from __future__ import annotations
 
-__all__ = ["CONTROLS", "CONTROL_CHANNEL", "EVENTS_CHANNEL", "MIGRATIONS", "SCHEMA_VERSION"]
+__all__ = [
+    "CONTROLS",
+    "CONTROL_CHANNEL",
+    "EVENTS_CHANNEL",
+    "MIGRATIONS",
+    "QUEUE_CHANNEL",
+    "SCHEMA_VERSION",
+]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
 # NOTIFY payload: the id of a task whose holder is asked to suspend or cancel it.
 CONTROL_CHANNEL = "bgtransfer_control"
 CONTROLS = ("suspend", "cancel")  # the values of tasks.control (NULL: nothing asked)
+QUEUE_CHANNEL = "bgtransfer_queue"  # NOTIFY (no payload): a task may be claimed now
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -156,5 +164,42 @@ _V3 = [
     "WHEN (NEW.control IS NOT NULL) EXECUTE FUNCTION bgtransfer_control_done()",
 ]
 
+# Workers wait for work on LISTEN, not on a polling loop: a task that becomes claimable
+# (submitted, resumed, released by a worker that stopped) wakes them. One notification per
+# transaction (equal ones are folded), sent when the commit lands. A task whose start time
+# comes, or whose holder's lease runs out, wakes nobody: the workers' slow sweep finds them.
+_V4 = [
+    "CREATE FUNCTION bgtransfer_queue_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{QUEUE_CHANNEL}', ''); RETURN NULL; END $$",
+    "CREATE TRIGGER tasks_queue_notify AFTER INSERT OR UPDATE OF phase, lease_owner ON tasks "
+    "FOR EACH ROW WHEN (NEW.phase = 'queued' AND NEW.lease_owner IS NULL "
+    "AND NEW.background = 1) EXECUTE FUNCTION bgtransfer_queue_notify()",
+    # Per-origin limits hold fleet-wide: a claim counts the live leases of each origin.
+    # The origin (scheme://host:port, as _protocol._origin.origin_key spells it) is kept in
+    # a column the database fills from the spec, whoever inserts the row.
+    "ALTER TABLE tasks ADD COLUMN origin TEXT",
+    # (chr(63) is the question mark: the store's SQL keeps "?" for its placeholders.)
+    """CREATE FUNCTION bgtransfer_origin(spec TEXT) RETURNS TEXT LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE u TEXT; scheme TEXT; auth TEXT;
+BEGIN
+    u := spec::json->>'url';
+    scheme := lower(substring(u from '^([A-Za-z][A-Za-z0-9+.-]*)://'));
+    auth := lower(substring(u from '^[A-Za-z][A-Za-z0-9+.-]*://([^/#' || chr(63) || ']*)'));
+    IF scheme IS NULL OR auth IS NULL THEN RETURN NULL; END IF;
+    auth := regexp_replace(auth, '^.*@', '');
+    IF auth !~ ':[0-9]+$' THEN
+        auth := auth || CASE scheme WHEN 'https' THEN ':443' WHEN 'http' THEN ':80' ELSE '' END;
+    END IF;
+    RETURN scheme || '://' || auth;
+END $$""",
+    "CREATE FUNCTION bgtransfer_set_origin() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN NEW.origin := bgtransfer_origin(NEW.spec); RETURN NEW; END $$",
+    "CREATE TRIGGER tasks_origin BEFORE INSERT OR UPDATE OF spec ON tasks "
+    "FOR EACH ROW EXECUTE FUNCTION bgtransfer_set_origin()",
+    "UPDATE tasks SET origin = bgtransfer_origin(spec)",
+    "CREATE INDEX tasks_origin_live ON tasks(origin) "
+    "WHERE lease_owner IS NOT NULL AND phase != 'done'",
+]
+
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -19,15 +19,30 @@ from typing import Any, ClassVar
 import psycopg
 import psycopg.errors
 
-from bgtransfer._exceptions import StoreError, StoreFull, StoreUnavailable
+from bgtransfer._exceptions import LeaseLost, StoreError, StoreFull, StoreUnavailable
 from bgtransfer._models import Phase
+from bgtransfer._protocol._task import Snapshot
 from bgtransfer._store._base import TaskRow
-from bgtransfer._store._codec import COLUMNS
+from bgtransfer._store._codec import COLUMNS, SNAPSHOT_SET, snapshot_values
 from bgtransfer._store._pgcontrol import ControlMixin
-from bgtransfer._store._pgschema import EVENTS_CHANNEL, MIGRATIONS, SCHEMA_VERSION
+from bgtransfer._store._pgschema import (
+    CONTROL_CHANNEL,
+    EVENTS_CHANNEL,
+    MIGRATIONS,
+    QUEUE_CHANNEL,
+    SCHEMA_VERSION,
+)
 from bgtransfer._store._sql import SQLStore
 
-__all__ = ["SCHEMA_VERSION", "Claim", "EventListener", "PostgresStore", "WorkerRow"]
+__all__ = [
+    "CONTROL_CHANNEL",
+    "SCHEMA_VERSION",
+    "Claim",
+    "EventListener",
+    "PostgresStore",
+    "QueueListener",
+    "WorkerRow",
+]
 
 # pg_advisory_xact_lock key: workers that start together migrate one after the other.
 _MIGRATION_LOCK = 0x6267_7472_6E73  # "bgtrns"
@@ -47,6 +62,31 @@ CLAIM_QUEUED = (
     "AND (not_before IS NULL OR not_before <= ?) AND lease_owner IS NULL "
     "ORDER BY priority, created_at, id LIMIT ? FOR UPDATE SKIP LOCKED"
 )
+# A taken-over task that was running goes back to queued, as a daemon restart requeues its
+# own (recovery then resumes it from its committed offset); a cancel is finished as is.
+_RUNNING = ("connecting", "transferring", "waiting_retry", "verifying")
+
+
+def _requeue(*also: str) -> str:
+    """SET clauses: a running task goes back to queued, its detail (the ``?``) says why;
+    ``also``: other phases whose detail is set too."""
+    running = ", ".join(f"'{p}'" for p in _RUNNING)
+    told = ", ".join(f"'{p}'" for p in (*_RUNNING, *also))
+    return (
+        f"phase=CASE WHEN phase IN ({running}) THEN 'queued' ELSE phase END, "
+        f"detail=CASE WHEN phase IN ({told}) THEN ? ELSE detail END"
+    )
+
+
+_REQUEUE = _requeue()
+_TAKE = "lease_owner=?, lease_expires=?, generation=generation+1"
+TAKEN_OVER = "queued (taken over: its worker's lease ran out)"
+# Live leases per origin (the fleet-wide per-origin limit), from a partial index.
+_LIVE = (
+    "SELECT origin, COUNT(*) FROM tasks WHERE lease_owner IS NOT NULL AND phase != 'done' "
+    "AND lease_expires >= ? AND origin IS NOT NULL GROUP BY origin"
+)
+_CLAIM_LOCK = 0x6267_7472_636C  # "bgtrcl": claims with per-origin limits take turns
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +103,8 @@ class WorkerRow:
 class Claim:
     row: TaskRow
     token: int  # the generation: pass it as ``fence`` to every commit of the task
+    # Taken from a holder whose lease ran out (it may still run: resume into a new file).
+    takeover: bool = False
 
 
 class _Conn:
@@ -174,31 +216,69 @@ class PostgresStore(SQLStore, ControlMixin):
     # -- fleet mode: claims, leases, fencing -------------------------------------------------
 
     def claim(
-        self, worker: str, lease_s: float, *, limit: int = 1, now: float | None = None
+        self,
+        worker: str,
+        lease_s: float,
+        *,
+        limit: int = 1,
+        now: float | None = None,
+        exclude: Collection[str] = (),
+        max_per_origin: int | None = None,
     ) -> builtins.list[Claim]:
         """Take up to ``limit`` runnable background tasks for ``worker`` until ``now +
         lease_s``: due queued tasks, and tasks whose holder's lease ran out. Each claim
-        raises the task's generation, which fences off any earlier holder.
+        raises the task's generation, which fences off any earlier holder. A taken-over
+        task that was running is queued again (``Claim.takeover``). ``exclude``: ids this
+        worker will not take now (a directory it cannot reach). ``max_per_origin``: no
+        origin gets more live leases than this, counted over every worker (claims then
+        take turns, so two workers cannot both take the last place of an origin).
 
         A task a worker runs always holds its lease (released when it stops running), so
         an unleased task that is not queued belongs to nobody's queue and is not taken."""
         now = time.time() if now is None else now
-        take = "UPDATE tasks SET lease_owner=?, lease_expires=?, generation=generation+1 "
+        skip, skipped = "", builtins.list[Any](exclude)
+        if skipped:
+            skip = f"AND id NOT IN ({', '.join('?' * len(skipped))}) "
         tokens: dict[str, int] = {}
+        taken: set[str] = set()
         with self._tx():
+            live: dict[str, int] | None = None
+            if max_per_origin is not None:
+                self._db.execute("SELECT pg_advisory_xact_lock(?)", (_CLAIM_LOCK,))
+                live = {str(o): int(n) for o, n in self._db.execute(_LIVE, (now,)).fetchall()}
+                full = [o for o, n in live.items() if n >= max_per_origin]
+                if full:
+                    skip += f"AND (origin IS NULL OR origin NOT IN ({', '.join('?' * len(full))})) "
+                    skipped += full
             # Two walks of an index each, never a scan of the queue: first the tasks whose
             # holder's lease ran out (begun work: resume it), then the queue's head.
-            cur = self._db.execute(
-                f"{take} WHERE id IN ({CLAIM_EXPIRED}) RETURNING id, generation",
-                (worker, now + lease_s, now, *_TAKEOVER, limit),
-            )
-            tokens.update((str(i), int(g)) for i, g in cur.fetchall())
-            if len(tokens) < limit:
+            for takeover, select, args in (
+                (True, CLAIM_EXPIRED, (now, *_TAKEOVER)),
+                (False, CLAIM_QUEUED, (now,)),
+            ):
+                room = limit - len(tokens)
+                if room <= 0:
+                    break
+                select = select.replace("ORDER BY", skip + "ORDER BY")
+                if live is None or max_per_origin is None:
+                    ids, ids_args = select, [*args, *skipped, room]
+                else:
+                    chosen = self._within_limits(select, [*args, *skipped], room, live,
+                                                 max_per_origin)  # fmt: skip
+                    if not chosen:
+                        continue
+                    ids, ids_args = ", ".join("?" * len(chosen)), chosen
+                sets, set_args = _TAKE, [worker, now + lease_s]
+                if takeover:
+                    sets, set_args = f"{_TAKE}, {_REQUEUE}", [*set_args, TAKEN_OVER]
                 cur = self._db.execute(
-                    f"{take} WHERE id IN ({CLAIM_QUEUED}) RETURNING id, generation",
-                    (worker, now + lease_s, now, limit - len(tokens)),
+                    f"UPDATE tasks SET {sets} WHERE id IN ({ids}) RETURNING id, generation",
+                    [*set_args, *ids_args],
                 )
-                tokens.update((str(i), int(g)) for i, g in cur.fetchall())
+                got = {str(i): int(g) for i, g in cur.fetchall()}
+                tokens.update(got)
+                if takeover:
+                    taken.update(got)
             if not tokens:
                 return []
             rows = self._rows(
@@ -206,7 +286,26 @@ class PostgresStore(SQLStore, ControlMixin):
                 "ORDER BY priority, created_at, id",
                 builtins.list(tokens),
             )
-        return [Claim(r, tokens[r.id]) for r in rows]
+        return [Claim(r, tokens[r.id], r.id in taken) for r in rows]
+
+    def _within_limits(
+        self, select: str, args: builtins.list[Any], room: int, live: dict[str, int], cap: int
+    ) -> builtins.list[str]:
+        """Up to ``room`` candidates in queue order whose origin has a place left (``live``
+        is updated); the candidates stay locked until the claim commits."""
+        cur = self._db.execute(
+            select.replace("SELECT id FROM", "SELECT id, origin FROM"), [*args, room * 4]
+        )
+        chosen: builtins.list[str] = []
+        for task_id, origin in cur.fetchall():
+            if len(chosen) == room:
+                break
+            if origin is not None:
+                if live.get(origin, 0) >= cap:
+                    continue
+                live[origin] = live.get(origin, 0) + 1
+            chosen.append(str(task_id))
+        return chosen
 
     def renew(
         self, worker: str, tokens: Mapping[str, int], lease_s: float, *, now: float | None = None
@@ -226,15 +325,104 @@ class PostgresStore(SQLStore, ControlMixin):
                     held.add(task_id)
         return held
 
-    def release(self, task_id: str, token: int) -> bool:
+    def release(self, task_id: str, token: int, *, requeue: str | None = None) -> bool:
         """Give a task back (finished, suspended, or the worker stops): any worker may claim
-        it from now on if it is runnable. False if the claim was already lost."""
+        it from now on if it is runnable. False if the claim was already lost.
+
+        ``requeue``: the worker stopped it while it ran (shutting down, or its directory is
+        not reachable there): a running task goes back to the queue with this detail."""
+        sql, args = "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL", [task_id, token]
+        if requeue is not None:
+            sql, args = f"{sql}, {_requeue('queued')}", [requeue, *args]
+        with self._tx():
+            cur = self._db.execute(f"{sql} WHERE id=? AND generation=?", args)
+        return cur.rowcount > 0
+
+    def release_done(self, task_id: str, token: int, lease_s: float) -> bool:
+        """Give back a task this worker completed, in one statement with taking its
+        completion hook when it has one: True if the hook is now this worker's to run (the
+        lease is kept for it, renewed with the others). False: released, no hook."""
+        now = time.time()
+        with self._tx():
+            row = self._db.execute(
+                "UPDATE tasks SET hook_state=CASE WHEN hook_state='pending' THEN 'running' "
+                "ELSE hook_state END, lease_expires=CASE WHEN hook_state='pending' THEN ? "
+                "ELSE NULL END, lease_owner=CASE WHEN hook_state='pending' THEN lease_owner "
+                "ELSE NULL END WHERE id=? AND generation=? RETURNING hook_state",
+                (now + lease_s, task_id, token),
+            ).fetchone()
+        return row is not None and row[0] == "running"
+
+    def release_many(
+        self, items: Sequence[tuple[str, int, str | None, bool]], lease_s: float
+    ) -> set[str]:
+        """Several releases in one transaction (one commit for every task that settled
+        meanwhile): ``(task id, token, requeue, done)``, as :meth:`release` or, for a task
+        completed here, :meth:`release_done`. Returns the ids whose hook is now ours."""
+        hooks: set[str] = set()
+        with self._tx():
+            for task_id, token, requeue, done in items:
+                if done:
+                    if self.release_done(task_id, token, lease_s):
+                        hooks.add(task_id)
+                else:
+                    self.release(task_id, token, requeue=requeue)
+        return hooks
+
+    def move_partial(
+        self, task_id: str, token: int, partial: str, snap: Snapshot, *, wall_time: float
+    ) -> None:
+        """A takeover's new partial file (a fresh inode, see ``_engine._takeover``) and its
+        identity, on record under the claim ``token`` (LeaseLost if it is stale)."""
+        with self._tx():
+            count = self._update_task(
+                f"UPDATE tasks SET partial=?, {SNAPSHOT_SET} WHERE id=? AND generation=?",
+                (partial, *snapshot_values(snap, wall_time), task_id, token),
+            )
+        if count == 0:
+            raise LeaseLost(f"the claim on task {task_id} (generation {token}) was lost")
+
+    # -- completion hooks: run by one worker at a time, at least once ----------------------
+
+    def claim_hook(
+        self, task_id: str, worker: str, lease_s: float, *, now: float | None = None
+    ) -> tuple[TaskRow, int] | None:
+        """Take the completion hook of a finished task to run it: one whose hook is
+        pending and unleased, or running under a lease that ran out (its worker died while
+        it ran: it runs again). Returns the row and the generation to renew the lease by;
+        None if another worker has it (or it ran)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            found = self._db.execute(
+                "UPDATE tasks SET hook_state='running', lease_owner=?, lease_expires=? "
+                "WHERE id=? AND phase='done' AND hook_state IN ('pending', 'running') "
+                "AND (lease_owner IS NULL OR lease_expires < ?) RETURNING generation",
+                (worker, now + lease_s, task_id, now),
+            ).fetchone()
+            row = None if found is None else self.get(task_id)
+        return None if row is None or found is None else (row, int(found[0]))
+
+    def finish_hook(self, task_id: str, worker: str, state: str) -> bool:
+        """Record how the hook ended (``pending``: not run after all, for another worker);
+        False if this worker's lease on it was lost (another worker runs it again)."""
         with self._tx():
             cur = self._db.execute(
-                "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL WHERE id=? AND generation=?",
-                (task_id, token),
+                "UPDATE tasks SET hook_state=?, lease_owner=NULL, lease_expires=NULL "
+                "WHERE id=? AND lease_owner=? AND hook_state='running'",
+                (state, task_id, worker),
             )
         return cur.rowcount > 0
+
+    def orphan_hooks(self, *, now: float | None = None, limit: int = 16) -> builtins.list[str]:
+        """Finished tasks whose hook nobody runs: pending and unleased (the worker that
+        completed the task stopped first), or whose runner's lease ran out."""
+        now = time.time() if now is None else now
+        cur = self._db.execute(
+            "SELECT id FROM tasks WHERE hook_state IN ('pending', 'running') AND phase='done' "
+            "AND (lease_owner IS NULL OR lease_expires < ?) ORDER BY finished_at LIMIT ?",
+            (now, limit),
+        )
+        return [str(i) for (i,) in cur.fetchall()]
 
     def heartbeat(self, name: str, host: str, pid: int, *, now: float | None = None) -> None:
         """The worker is alive (it renews its leases at the same pace)."""
@@ -310,6 +498,41 @@ class EventListener:
         except psycopg.Error as exc:
             raise StoreError(f"lost the task event listener: {_safe(exc)}") from exc
         return sessions
+
+    def close(self) -> None:
+        self._con.close()
+
+
+class QueueListener:
+    """Wakes a worker when a task becomes claimable anywhere (LISTEN bgtransfer_queue), or
+    when a client asks the holder of a task to suspend or cancel it (LISTEN
+    bgtransfer_control), on a connection of its own. A notification says only "look": the
+    claim (or the task's row) says what."""
+
+    CHANNELS = (QUEUE_CHANNEL, CONTROL_CHANNEL)
+
+    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+        try:
+            self._con = psycopg.connect(
+                url, autocommit=True, connect_timeout=max(1, int(connect_timeout))
+            )
+            for channel in self.CHANNELS:
+                self._con.execute(f"LISTEN {channel}")
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot listen for queued tasks: {_safe(exc)}") from exc
+
+    def wait(self, timeout: float) -> set[str]:
+        """The channels notified within ``timeout`` seconds (empty: none); every pending
+        notification is consumed (one look serves them all)."""
+        got: set[str] = set()
+        try:
+            for note in self._con.notifies(timeout=timeout, stop_after=1):
+                got.add(note.channel)
+            for note in self._con.notifies(timeout=0):
+                got.add(note.channel)
+        except psycopg.Error as exc:
+            raise StoreError(f"lost the queue listener: {_safe(exc)}") from exc
+        return got
 
     def close(self) -> None:
         self._con.close()

@@ -16,6 +16,7 @@ from bgtransfer.cli import (  # noqa: F401 - registers the commands
     _schedule,
     _show,
     _submit,
+    _worker,
 )
 from bgtransfer.cli._app import cli
 from bgtransfer.cli._common import EXIT_DAEMON, EXIT_STOPPED
