@@ -182,6 +182,8 @@ class Session:
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
         adopt: str | os.PathLike[str] | None = None,
+        checksums: Mapping[str, str] | Iterable[str] | str | None = (),
+        pieces: Mapping[str, Any] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -209,6 +211,8 @@ class Session:
                 priority=priority,
                 urls=urls,
                 refresh=refresh,
+                checksums=checksums,
+                pieces=pieces,
                 adopt=adopt,
             )
         )
