@@ -26,6 +26,8 @@ from bgtransfer._protocol._defaults import (
     RESOURCE_TIMEOUT,
     RETRY_WAIT,
 )
+from bgtransfer._protocol._digest import check_checksums
+from bgtransfer._protocol._pieces import check_pieces
 from bgtransfer._protocol._segments import MAX_SEGMENTS
 from bgtransfer._protocol._upload import PROTOCOLS
 from bgtransfer._protocol._validate import (
@@ -286,11 +288,16 @@ class DownloadOptions(_Common):
     refresh: tuple[str, ...] | None = None
     # Resume this partial file (its record says from where): Session.adopt, bgtransfer adopt.
     adopt: str | None = None
+    # Integrity (issue 17): see Spec.checksums / Spec.pieces.
+    checksums: tuple[str, ...] = ()
+    pieces: tuple[str, int, tuple[str, ...]] | None = None
 
     def __post_init__(self) -> None:
         self._check_common()
         self._check_lifecycle()
         self._set("sha256", check_sha256(self.sha256))
+        self._set("checksums", check_checksums(self.checksums, sha256=self.sha256))
+        self._set("pieces", check_pieces(self.pieces))
         positive_int("low_speed_limit", self.low_speed_limit, zero=True)
         self._set("low_speed_time", check_timeout("low_speed_time", self.low_speed_time))
         _bool("overwrite", self.overwrite)

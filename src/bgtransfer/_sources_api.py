@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._protocol._digest import crc32c_available
 from bgtransfer._protocol._metalink import MAX_DOCUMENT, parse_metalink
 
 __all__ = ["metalink_downloads", "split_sources"]
@@ -69,10 +70,11 @@ def metalink_downloads(
 ) -> list[dict[str, Any]]:
     """A Metalink 4 document (RFC 5854; a file path, or its bytes) as keyword arguments of
     ``download()``, one dict per file: ``urls`` (its http(s) mirrors, by priority),
-    ``sha256`` (when it gives a whole-file sha-256) and ``path``.
+    ``sha256`` (when it gives a whole-file sha-256), ``checksums`` (its other whole-file
+    hashes), ``pieces`` (its piece hashes: a bad piece is fetched again alone) and ``path``.
 
     ``path`` names the target of a document with one file; ``directory`` (default: the
-    current one) receives every file under its Metalink name. Piece hashes are not used yet.
+    current one) receives every file under its Metalink name.
     """
     doc = parse_metalink(_document(source))
     if path is not None and len(doc.files) != 1:
@@ -90,7 +92,18 @@ def metalink_downloads(
         sha256 = next((c.hex() for c in f.checksums if c.algorithm == "sha256"), None)
         if sha256 is not None:
             kwargs["sha256"] = sha256
-        # TODO(issue 17, integrity): f.checksums (sha-512...) and f.pieces go to the
-        # checksums=/pieces= options once they exist; until then only sha-256 is checked.
+        others = [
+            str(c)
+            for c in f.checksums
+            if c.algorithm != "sha256" and (c.algorithm != "crc32c" or crc32c_available())
+        ]
+        if others:
+            kwargs["checksums"] = others
+        if f.pieces is not None:
+            kwargs["pieces"] = {
+                "algorithm": f.pieces.algorithm,
+                "piece_size": f.pieces.piece_size,
+                "hashes": [h.hex() for h in f.pieces.hashes],
+            }
         out.append(kwargs)
     return out

@@ -74,6 +74,8 @@ def identity(r: TaskRow) -> dict[str, Any]:
         "path": r.path,
         "sha256": s.sha256,
         "metadata": r.metadata,
+        "checksums": s.checksums,
+        "pieces": s.pieces,
     }
     if s.kind == "upload":
         out.update(method=s.method, protocol=s.protocol)

@@ -19,6 +19,7 @@ from bgtransfer._engine._http import body_failure, lower_headers, request_failur
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._sources import has_sources, request_via_sources
+from bgtransfer._engine._verify import Checks, Feed, want_headers
 from bgtransfer._engine._watchdog import slow_error, too_slow
 from bgtransfer._exceptions import DestinationError
 from bgtransfer._protocol import _machine as M
@@ -33,6 +34,7 @@ class _Halted(Exception):
 class Downloader:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.checks = Checks(ctx)
 
     async def request(self, live: Live, action: M.SendRequest) -> M.Event:
         if has_sources(self.ctx, live):  # mirrors or a refresh hook: see _sources
@@ -54,7 +56,9 @@ class Downloader:
         try:
             resp = await ctx.http.get(
                 action.url,
-                headers=CIMultiDict(action.headers),
+                headers=CIMultiDict(
+                    [*action.headers, *want_headers(action.headers, ranged=bool(range_value))]
+                ),
                 allow_redirects=False,
                 timeout=timeout,
                 ssl=tls_for(live.machine.spec),
@@ -74,6 +78,13 @@ class Downloader:
         return M.Response(resp.status, headers, wall_time=time.time(), reason=resp.reason)
 
     async def stream(self, live: Live, action: M.WriteBody) -> M.Event:
+        got = await self._stream(live, action)
+        if isinstance(got, Feed):  # the body is in: check it before the machine hears so
+            m = live.machine
+            return await got.ended(m.snap.total if m.snap.total is not None else m.snap.offset)
+        return got
+
+    async def _stream(self, live: Live, action: M.WriteBody) -> M.Event | Feed:
         ctx = self.ctx
         m, part, resp = live.machine, live.part, live.resp
         assert resp is not None
@@ -91,6 +102,11 @@ class Downloader:
         except (DestinationError, OSError) as exc:
             msg = exc.message if isinstance(exc, DestinationError) else str(exc)
             return M.Failed(DestinationError(msg))
+        feed = self.checks.begin(
+            live, resp.status, lower_headers(resp), action.start, restart=action.truncate
+        )
+        if feed is not None and not isinstance(feed, Feed):
+            return feed
         watchdog = None
         if m.spec.low_speed_limit > 0:
             watchdog = asyncio.get_running_loop().create_task(self._watch(live))
@@ -102,6 +118,8 @@ class Downloader:
                 live.attempt.bytes += len(chunk)
             # No await between write and handle: the offset always matches the file.
             actions = m.handle(M.DataWritten(len(chunk)), now=ctx.clock())
+            if feed is not None:
+                feed.wrote(chunk, m.snap.offset)
             if actions:
                 ctx.execute(live, actions)
                 if m.terminal:  # max_bytes: the machine failed the task mid-body
@@ -119,7 +137,7 @@ class Downloader:
                 await self._raw_stream(raw, take, rt, live)
                 resp.close()  # the connection is ours now: never back to the pool
             live.resp = None
-            return M.BodyEnded()
+            return M.BodyEnded() if feed is None else feed
         except _Halted:
             assert m.snap.error is not None
             return M.Failed(m.snap.error)  # already applied: the machine ignores it

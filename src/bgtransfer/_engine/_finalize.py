@@ -16,6 +16,7 @@ from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import file_mode
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._recovery import BOOT_ID
+from bgtransfer._engine._verify import before_placing
 from bgtransfer._exceptions import DestinationError, TransferError
 from bgtransfer._protocol import _machine as M
 
@@ -30,6 +31,9 @@ async def finalize(ctx: Context, live: Live, action: M.Finalize) -> M.Event:
     # Not fsynced here: the group commit fsyncs it just before the offset that covers
     # it, so files finishing together share one trip to the writer thread.
     live.part.close(sync=False)
+    unchecked = await before_placing(live)  # integrity (issue 17): see _verify
+    if unchecked is not None:
+        return unchecked
     m, row = live.machine, live.row
     check = functools.partial(
         live.part.seal,

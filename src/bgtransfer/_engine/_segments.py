@@ -39,6 +39,7 @@ from bgtransfer._engine._http import body_failure, lower_headers, request_failur
 from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._sources import release_segment, segment_answer, segment_source
+from bgtransfer._engine._verify import BodyCheck, Feed, body_check, want_headers
 from bgtransfer._engine._watchdog import too_slow
 from bgtransfer._exceptions import (
     DestinationError,
@@ -114,8 +115,14 @@ async def run_segmented(
     if fresh:
         ctx.apply(live, M.SegmentsPlanned(plan))
         log.info("task %s: %s", live.row.id, why)
+    feed = single.checks.begin(live, resp.status, lower_headers(resp), action.start, restart=fresh)
+    if feed is not None and not isinstance(feed, Feed):
+        return feed
     live.resp = None  # connection 0 owns it now
-    return await _Driver(ctx, live).run(first or 0, resp)
+    event = await _Driver(ctx, live, single, feed).run(first or 0, resp)
+    if feed is not None and isinstance(event, M.BodyEnded):
+        return await feed.ended(m.snap.total if m.snap.total is not None else m.snap.offset)
+    return event
 
 
 # How often a download short of connections asks the limiter again.
@@ -123,9 +130,11 @@ REFILL_SECONDS = 0.5
 
 
 class _Driver:
-    def __init__(self, ctx: Context, live: Live) -> None:
+    def __init__(self, ctx: Context, live: Live, single: Downloader, feed: Feed | None) -> None:
         self.ctx = ctx
         self.live = live
+        self.checks = single.checks
+        self.feed = feed
         self.m = live.machine
         self.busy: set[int] = set()
         self.tasks: dict[asyncio.Task[M.Event | None], int] = {}
@@ -287,6 +296,7 @@ class _Driver:
         await ctx.pacing.wait_origin(self.live.origin)
         url, headers = m.segment_request(index)
         url, headers = segment_source(ctx, self.live, index, url, headers, attempt)  # mirrors
+        headers = (*headers, *want_headers(headers, ranged=True))
         rt = m.spec.request_timeout
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
@@ -351,6 +361,7 @@ class _Driver:
     ) -> M.Event | _Retry | None:
         ctx, m, live, part = self.ctx, self.m, self.live, self.live.part
         rt = m.spec.request_timeout
+        check = body_check(resp.status, lower_headers(resp), m.snap.segments[index][1])
         try:
             async for chunk in resp.content.iter_chunked(ctx.pacing.read_size(live)):
                 if m.snap.phase is not Phase.TRANSFERRING:
@@ -365,10 +376,14 @@ class _Driver:
                 actions = m.handle(M.SegmentWritten(index, len(data)), now=ctx.clock())
                 if actions:
                     ctx.execute(live, actions)
+                if check is not None:
+                    check.update(data)
+                if self.feed is not None:
+                    self.feed.segment_wrote(len(data), m.snap.segments)
                 # Every connection pays into the same buckets: the cap is the task's.
                 await ctx.pacing.throttle(live, len(data))
                 if pos + len(data) >= end:
-                    return None
+                    return self._checked(index, check)
         except DestinationError as exc:
             return M.Interrupted(f"suspended: {exc.message}; resume() once it is fixed")
         except Exception as exc:
@@ -382,7 +397,14 @@ class _Driver:
         _, pos, end = m.snap.segments[index]
         if pos < end:
             return _Retry(ReadError(f"segment {index}: body ended at byte {pos}, before {end}"))
-        return None
+        return self._checked(index, check)
+
+    def _checked(self, index: int, check: BodyCheck | None) -> M.Event | None:
+        """A segment's answer read whole must match its Content-Digest."""
+        bad = check.mismatch() if check is not None else None
+        if bad is None:
+            return None
+        return self.checks.bad_body(self.live, f"segment {index}: {bad}")
 
 
 def _describe(event: M.Event) -> str:

@@ -38,6 +38,8 @@ __all__ = [
     "Hashers",
     "Verdict",
     "algorithm_name",
+    "caller_checksums",
+    "check_checksums",
     "crc32c_available",
     "decide",
     "format_digest_field",
@@ -182,6 +184,40 @@ def parse_checksums(values: str | Iterable[str] | Mapping[str, str] | None) -> t
             raise InvalidRequest(f"two different {checksum.algorithm} checksums were given")
         out[checksum.algorithm] = checksum
     return tuple(out.values())
+
+
+def check_checksums(value: object, *, sha256: str | None = None) -> tuple[str, ...]:
+    """``checksums=`` as the options keep it: canonical ``"algorithm=hex"`` strings, one per
+    algorithm. Takes a mapping ``{"sha256": HEX}``, one string or a list of strings
+    (``"sha256=HEX"``, ``"sha-512=BASE64"``); ``sha256`` (the older option) must agree."""
+    if value is None:
+        return ()
+    if not isinstance(value, str | Mapping) and not (
+        isinstance(value, Iterable) and not isinstance(value, bytes)
+    ):
+        raise InvalidRequest(
+            "checksums must be a mapping like {'sha256': HEX} or strings like 'sha256=HEX', "
+            f"not {type(value).__name__}"
+        )
+    if isinstance(value, Mapping):
+        bad = [k for k, v in value.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise InvalidRequest(f"checksums: {bad[0]!r} must map a name to a digest string")
+    parsed = parse_checksums(value)
+    for c in parsed:
+        if c.algorithm == "crc32c" and not crc32c_available():
+            raise InvalidRequest("a crc32c checksum needs the google-crc32c package")
+        if c.algorithm == "sha256" and sha256 is not None and c.hex() != sha256.lower():
+            raise InvalidRequest("sha256= and checksums= name two different sha256 digests")
+    return tuple(str(c) for c in parsed)
+
+
+def caller_checksums(checksums: Iterable[str], sha256: str | None) -> tuple[Expected, ...]:
+    """The caller's expectations of a task (its ``checksums`` and ``sha256``), once each."""
+    out = {c.algorithm: c for c in (parse_checksum(text) for text in checksums)}
+    if sha256 is not None:
+        out.setdefault("sha256", Checksum("sha256", bytes.fromhex(sha256)))
+    return tuple(Expected(c, "caller") for c in out.values())
 
 
 def parse_digest_field(values: str | Sequence[str] | None) -> dict[str, bytes]:
@@ -342,7 +378,8 @@ def decide(
 ) -> Decision:
     """What to do with finished bytes. The caller's checksums are the truth: when one of them
     matches, a server digest that disagrees is reported in ``ignored`` rather than failing
-    the download (the server hashed something else, e.g. a content-coded form). Digests of
+    the download (the server hashed something else, e.g. a content-coded form), unless
+    the caller's matching ones are all weak (md5 never replaces a strong digest). Digests of
     an algorithm not in ``computed`` are skipped (crc32c without its library)."""
     checked = [
         (e, computed[e.checksum.algorithm]) for e in expected if e.checksum.algorithm in computed
@@ -350,7 +387,8 @@ def decide(
     bad = [(e, got) for e, got in checked if not e.checksum.matches(got)]
     good = [e for e, got in checked if e.checksum.matches(got)]
     caller_bad = [pair for pair in bad if pair[0].from_caller]
-    caller_good = [e for e in good if e.from_caller]
+    # A weak digest (md5, sha1) that matches never outvotes a strong one that does not.
+    caller_good = [e for e in good if e.from_caller and not e.checksum.weak]
     ignored: tuple[str, ...] = ()
     if not caller_bad and caller_good and bad:
         ignored = tuple(_mismatch(e, got) for e, got in bad)

@@ -22,8 +22,11 @@ __all__ = [
     "PieceHasher",
     "PiecePlan",
     "PieceSpec",
+    "PieceTuple",
+    "check_pieces",
     "complete_pieces",
     "parse_piece_spec",
+    "plan_of",
     "refetch_ranges",
 ]
 
@@ -146,6 +149,36 @@ def parse_piece_spec(obj: object) -> PieceSpec:
     # a plan for whole pieces checks the algorithm and each hash's form
     plan = PiecePlan.from_hex(algorithm, size, hashes, len(hashes) * size)
     return PieceSpec(plan.algorithm, size, plan.hashes)
+
+
+# How a task's spec keeps a piece list: (algorithm, piece size, hex digests).
+PieceTuple = tuple[str, int, tuple[str, ...]]
+
+
+def check_pieces(value: object) -> PieceTuple | None:
+    """``pieces=`` as the options keep it. Takes a :class:`PieceSpec`, the mapping
+    :func:`parse_piece_spec` reads, or the stored form ``(algorithm, size, [hex...])``."""
+    if value is None:
+        return None
+    if isinstance(value, PieceSpec):
+        spec = value
+    elif isinstance(value, Mapping):
+        spec = parse_piece_spec(value)
+    elif isinstance(value, Sequence) and not isinstance(value, str | bytes) and len(value) == 3:
+        algorithm, size, hashes = value
+        spec = parse_piece_spec({"algorithm": algorithm, "piece_size": size, "hashes": hashes})
+    else:
+        raise InvalidRequest(
+            "pieces must be a mapping like {'algorithm': 'sha256', 'piece_size': N, "
+            f"'hashes': [HEX, ...]}}, not {type(value).__name__}"
+        )
+    return (spec.algorithm, spec.piece_size, tuple(h.hex() for h in spec.hashes))
+
+
+def plan_of(pieces: PieceTuple, length: int) -> PiecePlan:
+    """A stored piece list bound to the file's length (InvalidRequest: it does not fit)."""
+    algorithm, size, hashes = pieces
+    return PiecePlan.from_hex(algorithm, size, hashes, length)
 
 
 def _digest(algorithm: str, data: bytes) -> bytes:

@@ -84,9 +84,25 @@ class Spec:
     # ``adopt``: the partial file (another store's, or one that outlived its store) this
     # download resumes instead of a new hidden file; its record gave the first snapshot.
     adopt: str | None = None
+    # Integrity (issue 17): the caller's whole-file checksums besides ``sha256``, each
+    # "algorithm=hex" (sha256, sha384, sha512, sha1, md5), and a piece list
+    # (algorithm, piece size, one hex digest per piece): a bad piece is fetched again alone.
+    checksums: tuple[str, ...] = ()
+    pieces: tuple[str, int, tuple[str, ...]] | None = None
+
     # A PEM file of CA certificates that verifies this task's HTTPS servers instead of the
     # system store (curl --cacert); chain and hostname are checked as ever.
     ca_bundle: str | None = None
+
+    def __post_init__(self) -> None:
+        # JSON has no tuples: a decoded spec (store, wire) brings lists.
+        checksums: object = self.checksums
+        if isinstance(checksums, list):
+            object.__setattr__(self, "checksums", tuple(checksums))
+        pieces: object = self.pieces
+        if isinstance(pieces, list | tuple) and not isinstance(pieces[2], tuple):
+            algorithm, size, hashes = pieces
+            object.__setattr__(self, "pieces", (algorithm, size, tuple(hashes)))
 
     # -- codec: the form the store has always written (json.dumps(asdict(spec))) ----------
 

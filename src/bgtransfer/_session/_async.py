@@ -24,7 +24,7 @@ from bgtransfer._options import (
     untyped,
 )
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
-from bgtransfer._session._local import Local
+from bgtransfer._session._local import Local, submit_with_hook
 from bgtransfer._session._remote import Remote
 from bgtransfer._session._views import (
     KINDS,
@@ -220,6 +220,8 @@ class AsyncSession:
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
         adopt: str | os.PathLike[str] | None = None,
+        checksums: Mapping[str, str] | Iterable[str] | str | None = (),
+        pieces: Mapping[str, Any] | None = None,
         ca_bundle: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
@@ -238,6 +240,7 @@ class AsyncSession:
 
         ``adopt``: a partial file to resume instead of starting a new one (its record says
         how far it is vouched for; see :meth:`adopt`, which also reads the URL from it).
+        ``checksums`` (``{"sha512": HEX}``) and ``pieces``: see the README, "Integrity".
 
         Bad input raises InvalidRequest here, before any task exists. When this returns,
         the task is committed to the store: it runs even if this process dies at once.
@@ -273,6 +276,8 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    checksums=checksums,
+                    pieces=pieces,
                     adopt=adopt,
                     ca_bundle=ca_bundle,
                 )
@@ -294,14 +299,7 @@ class AsyncSession:
         return AsyncTask(self, await self._submit_with_hook(row, hook))
 
     async def _submit_with_hook(self, row: TaskRow, hook: Callable[[Any], Any] | None) -> TaskRow:
-        """Submit ``row``; a foreground refresh callable is held by the engine first."""
-        backend = self._backend_or_raise()
-        if hook is not None and isinstance(backend, Local):
-            backend.set_refresh_hook(row.id, hook)  # before it can run
-        submitted = await backend.submit(row)
-        if hook is not None and isinstance(backend, Local) and submitted.id != row.id:
-            backend.set_refresh_hook(submitted.id, hook)  # the key's earlier task
-        return submitted
+        return await submit_with_hook(self._backend_or_raise(), row, hook)
 
     async def _twin(
         self, key: str | None, kind: str, url: object, path: object

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
 from bgtransfer._home import HOME_STORE
 from bgtransfer._models import Event, Phase, TaskState
-from bgtransfer._session._views import Query
+from bgtransfer._session._views import Backend, Query
 from bgtransfer._store._base import DuplicateKey, Store, TaskRow
 from bgtransfer._tasks import same_request
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     # engine (or aiohttp), and starts faster without them.
     from bgtransfer._engine._engine import Engine
 
-__all__ = ["STORE_NAME", "Local"]
+__all__ = ["STORE_NAME", "Local", "submit_with_hook"]
 
 STORE_NAME = HOME_STORE
 REPLAY_LIMIT = 100_000  # state events a stream replays at most before it goes live
@@ -208,3 +208,15 @@ class Local:
                     yield engine.get(ev2.task_id)
         finally:
             engine.unsubscribe(q)
+
+
+async def submit_with_hook(
+    backend: Backend, row: TaskRow, hook: Callable[[Any], Any] | None
+) -> TaskRow:
+    """Submit ``row``; a foreground refresh callable is held by the engine first."""
+    if hook is not None and isinstance(backend, Local):
+        backend.set_refresh_hook(row.id, hook)  # before it can run
+    submitted = await backend.submit(row)
+    if hook is not None and isinstance(backend, Local) and submitted.id != row.id:
+        backend.set_refresh_hook(submitted.id, hook)  # the key's earlier task
+    return submitted

@@ -182,6 +182,8 @@ class Session:
         urls: Sequence[str] = (),
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
         adopt: str | os.PathLike[str] | None = None,
+        checksums: Mapping[str, str] | Iterable[str] | str | None = (),
+        pieces: Mapping[str, Any] | None = None,
         ca_bundle: str | os.PathLike[str] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
@@ -210,6 +212,8 @@ class Session:
                 priority=priority,
                 urls=urls,
                 refresh=refresh,
+                checksums=checksums,
+                pieces=pieces,
                 adopt=adopt,
                 ca_bundle=ca_bundle,
             )

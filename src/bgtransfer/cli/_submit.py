@@ -19,6 +19,7 @@ from bgtransfer._protocol._schedule import parse_size
 from bgtransfer._protocol._validate import check_url
 from bgtransfer._tasks import body_of, build_row, build_upload_row
 from bgtransfer.cli._app import cli, home_of
+from bgtransfer.cli._checksum import checksum_from_url, checksum_option
 from bgtransfer.cli._common import (
     DEFAULT_SESSION,
     EXIT_FAILED,
@@ -203,6 +204,23 @@ def transfer_options(fn: Callable[..., int]) -> Callable[..., int]:
             help="Session identifier the task belongs to.",
         ),
         click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout."),
+        click.option(
+            "--checksum",
+            "checksums",
+            multiple=True,
+            callback=checksum_option,
+            metavar="ALGO=HEX",
+            help="Expected checksum of the file (sha256, sha512, sha384, sha1, md5; md5 and "
+            "sha1 are weak), verified before the file appears. Repeat for several.",
+        ),
+        click.option(
+            "--checksum-from",
+            "checksum_from",
+            default=None,
+            metavar="URL",
+            help="A .sha256 / SHA256SUMS / MD5SUMS file: the line for this URL's file name "
+            "is verified like --checksum (fetched before the task is submitted).",
+        ),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
@@ -221,6 +239,7 @@ def _submit(
     max_filesize: int | None,
     urls: tuple[str, ...] = (),
     refresh_cmd: str | None = None,
+    checksum_from: str | None = None,
     **options: Any,
 ) -> tuple[str, dict[str, Any]]:
     """Submit a download: the row built and checked here by the library's one builder,
@@ -233,6 +252,11 @@ def _submit(
         raise CliError(exc.message, EXIT_INVALID) from None
     path = output or (remote_name and name_from_server(url, headers)) or name_from_url(url)
     pairs = header_pairs(headers)
+    if checksum_from is not None:
+        options["checksums"] = (
+            *options.get("checksums", ()),
+            checksum_from_url(checksum_from, url, pairs),
+        )
     given = {
         **options,
         "overwrite": overwrite or None,
@@ -340,11 +364,17 @@ def _submit_all(
         raise CliError(exc.message, EXIT_INVALID) from None
     if options.get("sha256") is not None and len(files) > 1:
         raise CliError("--sha256 names one file; the Metalink lists several", EXIT_INVALID)
+    if (options.get("checksums") or options.get("checksum_from")) and len(files) > 1:
+        raise CliError("--checksum names one file; the Metalink lists several", EXIT_INVALID)
     out = []
     for f in files:
         given = {**options, "output": f["path"]}
         if f.get("sha256") and not given.get("sha256"):
             given["sha256"] = f["sha256"]
+        if f.get("checksums"):
+            given["checksums"] = (*given.get("checksums", ()), *f["checksums"])
+        if f.get("pieces") is not None:
+            given["pieces"] = f["pieces"]
         os.makedirs(os.path.dirname(os.path.abspath(f["path"])), exist_ok=True)
         out.append(_submit(ctx, f["urls"][0], urls=tuple(f["urls"]), **given))
     return out

@@ -525,6 +525,9 @@ class HttpRequest:
             # Network or DNS failure (docs, send): a status such as 410 and a HEADERS_RECEIVED
             # event, then DONE. A timeout gets 408, which kony_sdk.js reads as "timed out".
             timeout = isinstance(err, bgtransfer.TransferTimeout)
+            if isinstance(err, bgtransfer.IntegrityError) and ex.check and ex.check.validate:
+                # The engine checked the server's digests itself (issue 17) and refused them.
+                self._integrity = constants.HTTP_INTEGRITY_CHECK_FAILED
             self._failed = True
             self._status = 408 if timeout else 410
             self._status_text = err.message if err is not None else "request failed"
