@@ -21,6 +21,8 @@ Every error the library raises or stores on a task derives from :class:`Transfer
     ├── IntegrityError                     length or sha256 mismatch at the end
     │   └── SourceChanged                  an upload's source file changed while it was sent
     ├── DestinationError                   the local file cannot be written or placed
+    ├── TLSError                           the server's certificate does not verify, or the
+    │                                      CA bundle cannot be used: not retried
     ├── InvalidTransition                  an operation that the task's state does not allow
     ├── TaskNotFound (also LookupError)
     ├── StoreError                         the SQLite store is unusable
@@ -68,6 +70,7 @@ __all__ = [
     "StoreError",
     "StoreFull",
     "StoreUnavailable",
+    "TLSError",
     "TaskNotFound",
     "TransferError",
     "TransferTimeout",
@@ -214,6 +217,14 @@ class FileTooLarge(TransferError):
 
 class DestinationError(TransferError):
     code = "destination_error"
+
+
+class TLSError(TransferError):
+    """The server's TLS certificate failed verification (chain or hostname) against the
+    trust store in use, or the task's CA bundle holds no usable certificate. Not retried:
+    another try meets the same certificate (curl exit 60)."""
+
+    code = "tls_error"
 
 
 class InvalidTransition(TransferError):

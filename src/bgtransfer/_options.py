@@ -145,6 +145,22 @@ def check_umask(value: object) -> int:
     return value
 
 
+def check_ca_bundle(value: object) -> str:
+    """A CA bundle option: the absolute path of a readable regular file (its certificates
+    are loaded, and a file that holds none refused, when the first request is made)."""
+    if not isinstance(value, str | os.PathLike) or not os.fspath(value):
+        raise InvalidRequest(f"ca_bundle must be the path of a PEM file, not {value!r}")
+    path = os.path.abspath(os.fspath(value))
+    try:
+        with open(path, "rb") as f:
+            if not os.path.isfile(path):
+                raise InvalidRequest(f"ca_bundle is not a regular file: {path!r}")
+            f.read(1)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the CA bundle {path!r}: {exc.strerror}") from None
+    return path
+
+
 def _bool(name: str, value: object) -> bool:
     if not isinstance(value, bool):
         raise InvalidRequest(f"{name} must be True or False, not {value!r}")
@@ -175,6 +191,7 @@ class _Common:
     start_at: float | None = None
     max_rate: int | None = None
     priority: str = "normal"
+    ca_bundle: str | None = None
 
     # Options that are not Spec fields (they live on the task row).
     _ROW_FIELDS: ClassVar[frozenset[str]] = frozenset({"on_complete", "metadata", "overwrite"})
@@ -190,6 +207,8 @@ class _Common:
             self._set(name, value)
         self._set("metadata", check_metadata(self.metadata))
         self._set("headers", tuple(check_headers(self.headers)))
+        if self.ca_bundle is not None:
+            self._set("ca_bundle", check_ca_bundle(self.ca_bundle))
 
     def _check_lifecycle(self) -> None:
         self._set("request_timeout", check_timeout("request_timeout", self.request_timeout))

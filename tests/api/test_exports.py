@@ -47,6 +47,7 @@ EXPECTED = [
     "StoreError",
     "StoreFull",
     "StoreUnavailable",
+    "TLSError",
     "Task",
     "TaskNotFound",
     "TaskState",

@@ -167,6 +167,7 @@ class Daemon:
             stopping=self.stopping,
             event_queue=self.event_queue,
         )
+        self.tasks = TaskRoutes(self.parts)
 
     # -- every request ---------------------------------------------------------------------
 
@@ -200,6 +201,7 @@ class Daemon:
     # -- hooks -----------------------------------------------------------------------------
 
     def _on_finished(self, row: TaskRow) -> None:
+        self.tasks.finished(row)  # its completion is committed: waiters answer now
         self.jobs.finished(row)
         if row.on_complete and row.hook_state == "pending":
             task = asyncio.get_running_loop().create_task(self._run_hook(row))
@@ -247,7 +249,7 @@ class Daemon:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY, middlewares=[self._guard])
         app.router.add_get("/v1/status", self.status)
-        TaskRoutes(self.parts).add_routes(app)
+        self.tasks.add_routes(app)
         app.router.add_get("/v1/events", functools.partial(events, self.parts))
         app.router.add_post("/v1/shutdown", self.shutdown)
         add_scheduling_routes(app, self.parts)

@@ -7,6 +7,7 @@ body's shape and finds an earlier submit with the same idempotency key.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -16,16 +17,30 @@ from bgtransfer._daemon._context import Parts
 from bgtransfer._daemon._stream import acknowledge, phases_of
 from bgtransfer._daemon._wire import json_body, query_int, query_number
 from bgtransfer._engine import _forget as forget
-from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._engine._sidecar_io import refuse_in_use
+from bgtransfer._exceptions import InvalidRequest, StoreFull, TaskNotFound
+from bgtransfer._models import Phase
 from bgtransfer._redact import redact
 from bgtransfer._requests import BATCH_LIMIT, Submitted, build_item
-from bgtransfer._store._base import TaskRow
+from bgtransfer._store._base import DuplicateKey, TaskRow
 from bgtransfer._tasks import row_to_wire
 
 __all__ = ["TaskRoutes"]
 
 # The request semantics are shared with the fleet-mode client (``bgtransfer._requests``).
 _Submitted = Submitted
+# A waiter is woken by its task's committed completion and re-reads its tasks on its own
+# only this often: a safety net (a completion whose commit failed), not the way waiters
+# learn of completions. Only finished tasks can be forgotten, and those answer at once.
+_RECHECK = 60.0
+
+
+class _StillStoring(Exception):
+    """The key's earlier submit is queued for the group commit: wait for ``fut``."""
+
+    def __init__(self, fut: asyncio.Future[None]) -> None:
+        super().__init__("still being stored")
+        self.fut = fut
 
 
 class TaskRoutes:
@@ -33,40 +48,116 @@ class TaskRoutes:
         self.parts = parts
         self.engine = parts.engine
         self.store = parts.store
+        # Submits whose insert is queued for the group commit, by (session, key): a twin
+        # that arrives meanwhile answers with their task once it is stored.
+        self._storing: dict[tuple[str, str], asyncio.Future[None]] = {}
+        self._waiters: dict[str, list[asyncio.Future[TaskRow]]] = {}
 
     def _wire(self, task_id: str) -> dict[str, Any]:
         return row_to_wire(self.engine.get(task_id))
 
-    def build(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
-        """A validated new row for one submit item, or the id of its earlier twin (same
-        idempotency key in the same session, submitted before or earlier in ``batch``)."""
-        return build_item(self.store.find_key, body, batch)
+    def _wire_new(self, row: TaskRow) -> dict[str, Any]:
+        """A task just stored: as it was inserted unless the engine has started it (no
+        read of the store for what this request has just written)."""
+        return self._wire(row.id) if row.id in self.engine.scheduler.live else row_to_wire(row)
 
-    def _submit_many(self, items: object) -> web.Response:
+    def build(
+        self, body: object, batch: dict[str, TaskRow] | None = None
+    ) -> TaskRow | str | asyncio.Future[None]:
+        """A validated new row for one submit item, or the id of its earlier twin (same
+        idempotency key in the same session, submitted before or earlier in ``batch``),
+        or the commit to wait for when that twin is still being stored."""
+
+        def find_key(session: str, key: str) -> TaskRow | None:
+            storing = self._storing.get((session, key))
+            if storing is not None:
+                raise _StillStoring(storing)
+            return self.store.find_key(session, key)
+
+        try:
+            return build_item(find_key, body, batch)
+        except _StillStoring as still:
+            return still.fut
+
+    async def _built(self, body: object, batch: dict[str, TaskRow] | None = None) -> TaskRow | str:
+        """``build``, after waiting for a twin still being stored (then it is found stored,
+        or, if its insert failed, this item is built anew)."""
+        for _ in range(3):
+            built = self.build(body, batch)
+            if not isinstance(built, asyncio.Future):
+                return built
+            await asyncio.wait([built])
+        raise InvalidRequest("this idempotency key is being submitted again and again: retry")
+
+    async def _store_new(self, rows: list[TaskRow]) -> None:
+        """Insert new tasks in the engine's next group commit and answer once it landed
+        ("download() returns once the task is stored"), then start what has room.
+
+        The commit runs in the committer's thread: the loop goes on serving other
+        requests and transfers meanwhile, and submits that arrive together (from one
+        client or many) share one transaction and one WAL fsync.
+        """
+        engine = self.engine
+        committer = engine.space.committer
+        assert committer is not None, "the engine has not started"
+        for row in rows:
+            row.owner = engine.owner.token
+        engine.space.check()
+        refuse_in_use(self.store, rows)  # adopt: not a partial file a live task writes
+        keys = [(r.session, r.idempotency_key) for r in rows if r.idempotency_key is not None]
+        fut = committer.insert(rows)
+        for k in keys:
+            self._storing[k] = fut
+
+        def stored(f: asyncio.Future[None]) -> None:
+            # A callback, not code after the await: the task starts even if the client
+            # has gone away meanwhile.
+            for k in keys:
+                self._storing.pop(k, None)
+            err = None if f.cancelled() else f.exception()
+            if isinstance(err, StoreFull):
+                engine.space.full(err.message)
+            elif err is None:
+                engine.space.pump()
+
+        fut.add_done_callback(stored)
+        await asyncio.shield(fut)
+
+    async def _submit_many(self, items: object) -> web.Response:
         if not isinstance(items, list) or not 1 <= len(items) <= BATCH_LIMIT:
             raise InvalidRequest("tasks must be a list of 1 to 10000 task objects")
         batch: dict[str, TaskRow] = {}
-        built = [self.build(item, batch) for item in items]  # all validated first
+        built = [await self._built(item, batch) for item in items]  # all validated first
         new = list({b.id: b for b in built if isinstance(b, TaskRow)}.values())
         if new:
-            self.engine.submit_many(new)
-        ids = [b if isinstance(b, str) else b.id for b in built]
-        return web.json_response({"tasks": [self._wire(i) for i in ids]}, status=201)
+            await self._store_new(new)
+        return web.json_response(
+            {"tasks": [self._wire(b) if isinstance(b, str) else self._wire_new(b) for b in built]},
+            status=201,
+        )
 
     async def submit(self, request: web.Request) -> web.Response:
         """One task (an object), or many at once (``{"tasks": [...]}``, one transaction).
 
-        No await between the key lookup and the insert: submits are serialised by the
-        event loop, so two clients racing with one key get one task.
+        Two clients racing with one key get one task: the key is looked up among the
+        submits still being stored as well as in the store.
         """
         body = await json_body(request)
+        try:
+            return await self._submit(body)
+        except DuplicateKey:
+            # A batch waited for one twin while another client stored a key it holds:
+            # built again, the batch finds that task (the same answer as a repeat).
+            return await self._submit(body)
+
+    async def _submit(self, body: object) -> web.Response:
         if isinstance(body, dict) and set(body) == {"tasks"}:
-            return self._submit_many(body["tasks"])
-        built = self.build(body)
+            return await self._submit_many(body["tasks"])
+        built = await self._built(body)
         if isinstance(built, str):
             return web.json_response(self._wire(built))
-        self.engine.submit(built)
-        return web.json_response(self._wire(built.id), status=201)
+        await self._store_new([built])
+        return web.json_response(self._wire_new(built), status=201)
 
     def _rows(self, request: web.Request) -> list[TaskRow]:
         q = request.query
@@ -156,24 +247,59 @@ class TaskRoutes:
             raise InvalidRequest(f"timeout must be a number of seconds: {timeout!r}")
         if not 0 <= timeout <= 300:
             raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        for task_id in ids:
-            self.engine.get(task_id)  # unknown ids: 404 now, not after the wait
+        done = {task_id: self._done(task_id) for task_id in ids}  # unknown ids: 404 now
+        left = {i for i, row in done.items() if row is None}
+        if left:
+            await self.parts.wait_or_stop(self._finishing(left, done), timeout)
+        return web.json_response(
+            {"tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]}
+        )
 
-        async def every() -> None:
-            for task_id in ids:
-                await self.engine.wait(task_id)
+    def _done(self, task_id: str) -> TaskRow | None:
+        """The task if its completion is committed (the store's word: the engine's memory
+        says done a moment before its commit lands), else None."""
+        row = self.store.get(task_id)
+        if row is None:
+            raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
+        return row if row.snap.phase is Phase.DONE else None
 
-        await self.parts.wait_or_stop(every(), timeout)
-        return web.json_response({"tasks": [self._wire(i) for i in ids]})
+    def finished(self, row: TaskRow) -> None:
+        """A task's completion was committed: wake whoever waits for it, with its row."""
+        for fut in self._waiters.pop(row.id, ()):
+            if not fut.done():
+                fut.set_result(row)
+
+    async def _finishing(self, ids: set[str], done: dict[str, TaskRow | None]) -> None:
+        """Until every task of ``ids`` has finished, its row put in ``done``: woken by each
+        completion (pushed by the engine with the row, no poll), with a slow re-read of
+        the store as a safety net."""
+        loop = asyncio.get_running_loop()
+        while ids:
+            futs: dict[str, asyncio.Future[TaskRow]] = {i: loop.create_future() for i in ids}
+            for i, fut in futs.items():
+                self._waiters.setdefault(i, []).append(fut)
+            try:
+                await asyncio.wait(futs.values(), timeout=_RECHECK)
+            finally:
+                for i, fut in futs.items():
+                    waiting = self._waiters.get(i)
+                    if waiting is not None and fut in waiting:
+                        waiting.remove(fut)
+                        if not waiting:
+                            del self._waiters[i]
+            for i, fut in futs.items():
+                done[i] = fut.result() if fut.done() else self._done(i)
+            ids = {i for i in ids if done[i] is None}
 
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
         timeout = query_number(request, "timeout", 30.0)
         if not 0 <= timeout <= 300:
             raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
-        self.engine.get(task_id)
-        await self.parts.wait_or_stop(self.engine.wait(task_id), timeout)
-        return web.json_response(self._wire(task_id))
+        done = {task_id: self._done(task_id)}
+        if done[task_id] is None:  # a finished task is answered at once
+            await self.parts.wait_or_stop(self._finishing({task_id}, done), timeout)
+        return web.json_response(row_to_wire(done[task_id] or self.engine.get(task_id)))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/v1/tasks", self.submit)

@@ -17,6 +17,13 @@ carries the claim's generation (``fences``), checked by the statement that write
 refused save (LeaseLost: another worker took the task over) rolls back alone and fails its
 futures; later saves of that task (``lost``) fail at once, without a trip to the store.
 
+New tasks: ``insert(rows)`` (the daemon's submits) go through this thread too, so one writer
+holds SQLite's lock instead of the loop and this thread taking turns, and submits that arrive
+together, from one client or many, share one transaction and one WAL fsync. They are
+committed first, in a transaction of their own, before the saves' files are fsynced: a
+submit's answer never waits for the data fsyncs of finishing downloads. Each ``insert`` is
+all or nothing on its own (a savepoint): a taken key or path fails that submit only.
+
 Disk full: a save SQLite cannot commit for want of space (StoreFull) is not failed and not
 dropped. It goes back to the front of the queue (merged with newer saves of its task) and
 is tried again every RETRY_FULL seconds; its future resolves when it lands. ``on_full``
@@ -30,14 +37,20 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bgtransfer._engine._files import fsync_dir, fsync_file
-from bgtransfer._exceptions import DestinationError, LeaseLost, StoreError, StoreFull
+from bgtransfer._exceptions import (
+    DestinationError,
+    LeaseLost,
+    StoreError,
+    StoreFull,
+    TransferError,
+)
 from bgtransfer._protocol._machine import Snapshot
-from bgtransfer._store._base import Attempt, Store
+from bgtransfer._store._base import Attempt, Store, TaskRow
 from bgtransfer._store._sqlite import EventRecord, SQLiteStore
 
 __all__ = ["Committer", "Save"]
@@ -114,6 +127,15 @@ class _Pending:
         )
 
 
+@dataclass(slots=True)
+class _Insert:
+    """New tasks of one submit, inserted together or not at all."""
+
+    rows: Sequence[TaskRow]
+    fut: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
     if fut.done():
         return
@@ -145,6 +167,7 @@ class Committer:
         self.fences: dict[str, int] = {}
         self.lost: set[str] = set()
         self._queue: dict[str, _Pending] = {}
+        self._inserts: list[_Insert] = []
         self._cv = threading.Condition()
         self._closing = False
         self._on_full = on_full  # called from the writer thread
@@ -180,6 +203,18 @@ class Committer:
         self._last = fut
         return fut
 
+    def insert(self, rows: Sequence[TaskRow]) -> asyncio.Future[None]:
+        """Queue new tasks for the next transaction; the future resolves once they are
+        committed (or with the error that refused them: a key or path taken, a full disk)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        with self._cv:
+            if self._closing:
+                raise StoreError("the task store is closed")
+            self._inserts.append(_Insert(rows, fut, loop))
+            self._cv.notify()
+        return fut
+
     async def flush(self) -> None:
         """Wait until everything submitted so far is committed (or has failed)."""
         last = self._last
@@ -210,11 +245,20 @@ class Committer:
     def _work(self) -> None:
         while True:
             with self._cv:
-                while not self._queue and not self._closing:
+                while not self._queue and not self._inserts and not self._closing:
                     self._cv.wait()
-                if not self._queue:
+                if not self._queue and not self._inserts:
                     return
                 batch, self._queue = list(self._queue.values()), {}
+                inserts, self._inserts = self._inserts, []
+            added = self._insert_all(inserts) if inserts else []
+            for ins, err in zip(inserts, added, strict=True):
+                try:
+                    ins.loop.call_soon_threadsafe(_settle, ins.fut, err is None, err)
+                except RuntimeError:  # the loop is gone (interpreter exit)
+                    return
+            if not batch:
+                continue
             results = self._run(batch)
             kept: list[_Pending] = []
             full: StoreFull | None = None
@@ -293,6 +337,33 @@ class Committer:
         except Exception:  # noqa: BLE001 - one bad save must not sink the others: retry alone
             written = {i: self._one(batch[i]) for i in ok}
         return [failed[i] if i in failed else written[i] for i in range(len(batch))]
+
+    def _insert_all(self, inserts: list[_Insert]) -> list[BaseException | None]:
+        """Every queued submit in one transaction; if that fails as a whole (a full disk),
+        each alone, so each hears its own answer."""
+        try:
+            with self._store.transaction():
+                return [self._add(ins) for ins in inserts]
+        except Exception:  # noqa: BLE001 - retried alone, each failure handed to its submit
+            return [self._add_alone(ins) for ins in inserts]
+
+    def _add(self, ins: _Insert) -> TransferError | None:
+        """Insert one submit's rows in the open transaction; its own refusal (a key or a
+        path taken) is its answer and leaves the others' writes standing."""
+        try:
+            self._store.insert_in_tx(ins.rows)
+        except (DestinationError, StoreError) as exc:
+            if isinstance(exc, StoreFull):
+                raise
+            return exc
+        return None
+
+    def _add_alone(self, ins: _Insert) -> BaseException | None:
+        try:
+            with self._store.transaction():
+                return self._add(ins)
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting submit, not lost
+            return exc
 
     def _write(self, p: _Pending) -> list[int | None]:
         s = p.last

@@ -15,7 +15,7 @@ from multidict import CIMultiDict
 
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import PartialLost, size_of
-from bgtransfer._engine._http import body_failure, lower_headers, request_failure
+from bgtransfer._engine._http import body_failure, lower_headers, request_failure, tls_for
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._rawbody import RawBody, take_over
 from bgtransfer._engine._sources import has_sources, request_via_sources
@@ -61,6 +61,7 @@ class Downloader:
                 ),
                 allow_redirects=False,
                 timeout=timeout,
+                ssl=tls_for(live.machine.spec),
             )
         except Exception as exc:
             failure = request_failure(exc, rt)

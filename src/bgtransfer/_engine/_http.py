@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import ssl
+import threading
 
 import aiohttp
 
@@ -13,11 +15,58 @@ from bgtransfer._exceptions import (
     ConnectError,
     NetworkError,
     ReadError,
+    TLSError,
     TransferError,
     TransferTimeout,
 )
+from bgtransfer._protocol._task import Spec
 
-__all__ = ["Failure", "body_failure", "connect_reason", "lower_headers", "request_failure", "why"]
+__all__ = [
+    "Failure",
+    "body_failure",
+    "connect_reason",
+    "lower_headers",
+    "request_failure",
+    "tls_for",
+    "why",
+]
+
+# One SSL context per distinct CA bundle (by path and the file's identity, so an edited
+# bundle is read again): aiohttp pools connections per context, so tasks that name the
+# same bundle share connections and TLS sessions, and the PEM is parsed once.
+_MAX_CONTEXTS = 64
+_contexts: dict[tuple[str, int, int, int], ssl.SSLContext] = {}
+_contexts_lock = threading.Lock()
+
+
+def tls_for(spec: Spec) -> ssl.SSLContext | bool:
+    """What aiohttp's ``ssl=`` gets for this task: True (its default: the system store or
+    SSL_CERT_FILE, fully verified) or a verifying context over the task's CA bundle.
+
+    TLSError when the bundle cannot be read or holds no certificate.
+    """
+    path = spec.ca_bundle
+    if path is None:
+        return True
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise TLSError(f"cannot read the CA bundle {path}: {exc.strerror}") from None
+    key = (path, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+    if ctx is not None:
+        return ctx
+    try:
+        # create_default_context: CERT_REQUIRED and check_hostname, as for the system store.
+        ctx = ssl.create_default_context(cafile=path)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise TLSError(f"the CA bundle {path} holds no usable certificate: {exc}") from None
+    with _contexts_lock:
+        if len(_contexts) >= _MAX_CONTEXTS:
+            _contexts.clear()
+        return _contexts.setdefault(key, ctx)
+
 
 log = logging.getLogger("bgtransfer")
 
@@ -81,6 +130,19 @@ def request_failure(
     ``silence`` and ``lost`` word the two common cases for the caller's stage (an upload
     sends its body inside the request, so "lost" there names the byte it got to).
     """
+    if isinstance(exc, TLSError):
+        return Failure(exc, retryable=False)
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        # Another try meets the same certificate: fail now and say how to trust it.
+        cert = exc.certificate_error
+        reason = getattr(cert, "verify_message", None) or str(cert)
+        return Failure(
+            TLSError(
+                f"the TLS certificate of {exc.host}:{exc.port} does not verify: {reason} "
+                "(a private CA: pass its PEM file as ca_bundle / --cacert)"
+            ),
+            retryable=False,
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return Failure(ConnectError(connect_reason(exc)))
     if isinstance(exc, TimeoutError):

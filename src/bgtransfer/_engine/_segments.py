@@ -35,7 +35,7 @@ from multidict import CIMultiDict
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._download import Downloader
 from bgtransfer._engine._files import PartialLost
-from bgtransfer._engine._http import body_failure, lower_headers, request_failure
+from bgtransfer._engine._http import body_failure, lower_headers, request_failure, tls_for
 from bgtransfer._engine._limiter import Slot
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._sources import release_segment, segment_answer, segment_source
@@ -301,7 +301,11 @@ class _Driver:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt)
         try:
             resp = await ctx.http.get(
-                url, headers=CIMultiDict(headers), allow_redirects=False, timeout=timeout
+                url,
+                headers=CIMultiDict(headers),
+                allow_redirects=False,
+                timeout=timeout,
+                ssl=tls_for(m.spec),
             )
         except Exception as exc:
             failure = request_failure(exc, rt)

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 
 from bgtransfer._engine._context import Context
 from bgtransfer._engine._files import fsync_dir, partial_path
-from bgtransfer._engine._http import lower_headers, request_failure
+from bgtransfer._engine._http import lower_headers, request_failure, tls_for
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._sources import upload_with_refresh
 from bgtransfer._exceptions import (
@@ -136,6 +136,7 @@ class Uploader:
             headers=hdrs,
             allow_redirects=False,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=rt, sock_read=rt),
+            ssl=tls_for(live.machine.spec),
         )
         if live.attempt is not None:
             live.attempt.status = resp.status  # the history shows the last answer

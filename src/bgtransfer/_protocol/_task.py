@@ -90,6 +90,10 @@ class Spec:
     checksums: tuple[str, ...] = ()
     pieces: tuple[str, int, tuple[str, ...]] | None = None
 
+    # A PEM file of CA certificates that verifies this task's HTTPS servers instead of the
+    # system store (curl --cacert); chain and hostname are checked as ever.
+    ca_bundle: str | None = None
+
     def __post_init__(self) -> None:
         # JSON has no tuples: a decoded spec (store, wire) brings lists.
         checksums: object = self.checksums

@@ -26,7 +26,14 @@ from bgtransfer._options import (
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer._session._local import Local, submit_with_hook
 from bgtransfer._session._remote import Remote
-from bgtransfer._session._views import KINDS, Backend, EventStream, TaskView, parse_query
+from bgtransfer._session._views import (
+    KINDS,
+    Backend,
+    EventStream,
+    TaskView,
+    once_each,
+    parse_query,
+)
 from bgtransfer._sources_api import split_sources
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import adopt_row, download_row, same_target, upload_row
@@ -215,6 +222,7 @@ class AsyncSession:
         adopt: str | os.PathLike[str] | None = None,
         checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start downloading ``url`` into ``path``; returns at once with a RUNNING task.
 
@@ -228,7 +236,7 @@ class AsyncSession:
         task of the first, whatever its state (even finished, with its file in place); the
         same key with a different url, path, sha256 or metadata is an InvalidRequest.
         ``metadata``: a JSON object of up to 16 KiB kept with the task (``task.metadata``,
-        ``ls --json``, events).
+        ``ls --json``, events). ``ca_bundle``: README, "HTTPS and private CAs".
 
         ``adopt``: a partial file to resume instead of starting a new one (its record says
         how far it is vouched for; see :meth:`adopt`, which also reads the URL from it).
@@ -271,6 +279,7 @@ class AsyncSession:
                     checksums=checksums,
                     pieces=pieces,
                     adopt=adopt,
+                    ca_bundle=ca_bundle,
                 )
             )
             row = download_row(
@@ -410,6 +419,7 @@ class AsyncSession:
         max_rate: int | str | None = None,
         priority: str = "normal",
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> AsyncTask:
         """Start uploading the file at ``path`` to ``url``; returns at once.
 
@@ -447,6 +457,7 @@ class AsyncSession:
                     start_at=start_at,
                     max_rate=max_rate,
                     priority=priority,
+                    ca_bundle=ca_bundle,
                 )
             )
             row = upload_row(
@@ -560,28 +571,12 @@ class AsyncSession:
         ``timeout``: end when nothing arrives for that many seconds (None: never).
         """
         source = self._backend_or_raise().completions(self.identifier)
-        yielded: set[str] = set()
-        seen: set[str] = set()  # since the last replay ended
+        rows = once_each(source, timeout)
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(timeout):
-                        row = await anext(source)
-                except (TimeoutError, StopAsyncIteration):
-                    return
-                if row is None:
-                    # A replay ended: what it did not bring again was acknowledged, and
-                    # cannot come back, so it need not be remembered.
-                    yielded &= seen
-                    seen = set()
-                    continue
-                seen.add(row.id)
-                if row.id in yielded:
-                    continue
-                yielded.add(row.id)
+            async for row in rows:
                 yield AsyncTask(self, row)
         finally:
-            await source.aclose()  # type: ignore[attr-defined]
+            await rows.aclose()  # at once: it closes the stream to the daemon
 
     async def schedule(
         self, url: str, path: str | os.PathLike[str], *, every: float | str,

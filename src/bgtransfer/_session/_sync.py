@@ -184,6 +184,7 @@ class Session:
         adopt: str | os.PathLike[str] | None = None,
         checksums: Mapping[str, str] | Iterable[str] | str | None = (),
         pieces: Mapping[str, Any] | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> Task:
         """See :meth:`AsyncSession.download`."""
         inner = self._call(
@@ -214,6 +215,7 @@ class Session:
                 checksums=checksums,
                 pieces=pieces,
                 adopt=adopt,
+                ca_bundle=ca_bundle,
             )
         )
         return Task(self, inner)
@@ -275,6 +277,7 @@ class Session:
         max_rate: int | str | None = None,
         priority: str = "normal",
         refresh: Sequence[str] | Callable[[Any], Any] | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
     ) -> Task:
         inner = self._call(
             self._async.upload(
@@ -301,6 +304,7 @@ class Session:
                 max_rate=max_rate,
                 priority=priority,
                 refresh=refresh,
+                ca_bundle=ca_bundle,
             )
         )
         return Task(self, inner)

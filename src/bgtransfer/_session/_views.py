@@ -4,10 +4,11 @@ process, ``_remote`` talks to the home's daemon)."""
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import dataclasses
 import datetime
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -17,7 +18,7 @@ from bgtransfer._models import PHASE_STATE, Event, TaskState
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import task_dict
 
-__all__ = ["KINDS", "Backend", "EventStream", "Query", "TaskView", "parse_query"]
+__all__ = ["KINDS", "Backend", "EventStream", "Query", "TaskView", "once_each", "parse_query"]
 
 # The kinds of events a stream may ask for.
 KINDS = frozenset({"state", "progress"})
@@ -278,3 +279,33 @@ def parse_query(state: object, since: object, limit: object, cursor: object) -> 
     when = _epoch(since)
     most = _limit(limit)
     return Query(states, when, _cursor(cursor), most)
+
+
+async def once_each(
+    source: AsyncIterator[TaskRow | None], timeout: float | None
+) -> AsyncGenerator[TaskRow]:
+    """The completion stream's rows, each task once (a replay after a reconnect brings
+    unacknowledged ones again); ends when nothing arrives for ``timeout`` seconds. A None
+    from ``source`` marks the end of a replay."""
+    yielded: set[str] = set()
+    seen: set[str] = set()  # since the last replay ended
+    try:
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    row = await anext(source)
+            except (TimeoutError, StopAsyncIteration):
+                return
+            if row is None:
+                # A replay ended: what it did not bring again was acknowledged, and
+                # cannot come back, so it need not be remembered.
+                yielded &= seen
+                seen = set()
+                continue
+            seen.add(row.id)
+            if row.id in yielded:
+                continue
+            yielded.add(row.id)
+            yield row
+    finally:
+        await source.aclose()  # type: ignore[attr-defined]

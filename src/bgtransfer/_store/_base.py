@@ -182,6 +182,10 @@ class Store(Protocol):
 
     def insert_many(self, rows: Sequence[TaskRow]) -> None: ...
 
+    def insert_in_tx(self, rows: Sequence[TaskRow]) -> None:
+        """New tasks inside ``transaction()``, all or none (a savepoint): a refused row
+        (DuplicateKey, DestinationError) leaves the transaction's other writes standing."""
+
     def save(
         self,
         task_id: str,

@@ -39,6 +39,19 @@ class SQLStore(HistoryMixin, JobsMixin):
             for row in rows:
                 self._insert_in_tx(row)
 
+    def insert_in_tx(self, rows: Sequence[TaskRow]) -> None:
+        """New tasks inside the caller's transaction (the group commit), all or none: a
+        refused row (key or path taken) rolls back these rows only, through a savepoint."""
+        self._db.execute("SAVEPOINT new_tasks")
+        try:
+            for row in rows:
+                self._insert_in_tx(row)
+        except BaseException:
+            self._db.execute("ROLLBACK TO SAVEPOINT new_tasks")
+            self._db.execute("RELEASE SAVEPOINT new_tasks")
+            raise
+        self._db.execute("RELEASE SAVEPOINT new_tasks")
+
     def _insert_in_tx(self, row: TaskRow) -> None:
         values = task_values(row)
         # The key first: a submit that both repeats a key and targets a busy path is a

@@ -93,12 +93,21 @@ _OPTIONS = [
         default=None,
         help="Queue order: high, normal (default) or low.",
     ),
+    click.option(
+        "--cacert",
+        "cacert",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Verify HTTPS servers with the CA certificates of this PEM file instead of "
+        "the system store (as curl --cacert).",
+    ),
 ]
 
 
 def scheduling_options(fn: Callable[..., int]) -> Callable[..., int]:
-    """Add --start-at/--limit-rate/--priority to a submitting command; their values reach
-    the daemon through ``ctx.meta`` (see ``_submit``), so the command's signature stays."""
+    """Add --start-at/--limit-rate/--priority and --cacert to a submitting command; their
+    values reach the daemon through ``ctx.meta`` (see ``_submit``), so the command's
+    signature stays."""
 
     @functools.wraps(fn)
     def wrapper(
@@ -106,9 +115,15 @@ def scheduling_options(fn: Callable[..., int]) -> Callable[..., int]:
         start_at: float | None = None,
         limit_rate: int | None = None,
         priority: str | None = None,
+        cacert: str | None = None,
         **kwargs: Any,
     ) -> int:
-        extra = {"start_at": start_at, "max_rate": limit_rate, "priority": priority}
+        extra = {
+            "start_at": start_at,
+            "max_rate": limit_rate,
+            "priority": priority,
+            "ca_bundle": cacert,
+        }
         click.get_current_context().meta[SUBMIT_EXTRA] = {
             k: v for k, v in extra.items() if v is not None
         }
