@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow clean mutate fast arch bench-compare
+.PHONY: demo fleet-demo test lint typecheck unit slow clean mutate fast arch bench-compare
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+# Fleet mode on one machine: a throwaway PostgreSQL, two workers, one SIGKILLed (README).
+fleet-demo: $(STAMP)
+	$(BIN)/python examples/fleet_demo.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests examples benchmarks tools

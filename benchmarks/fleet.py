@@ -29,11 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.store.pg import NOBODY, _as_server_user, _free_port, _run, find_bindir  # noqa: E402
 
 from bgtransfer._models import Phase  # noqa: E402
 from bgtransfer._store._postgres import PostgresStore  # noqa: E402
 from bgtransfer._tasks import build_row  # noqa: E402
+from bgtransfer.testing._postgres import find_bindir, free_port, start_postgres  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -44,28 +44,13 @@ def postgres() -> Iterator[tuple[str, str]]:
     bindir = find_bindir()
     if bindir is None:
         raise SystemExit("PostgreSQL is not installed (apt-get install postgresql)")
-    root = tempfile.mkdtemp(prefix="bgtransfer-bench-pg-")
-    if os.geteuid() == 0:
-        os.chown(root, NOBODY, NOBODY)
-    data, port = os.path.join(root, "data"), _free_port()
-    opts = f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=200"
-    try:
-        _run([f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust",
-              "--encoding=UTF8", "--locale=C"], "initdb")  # fmt: skip
-        _run([f"{bindir}/pg_ctl", "-D", data, "-l", os.path.join(root, "log"), "-o", opts,
-              "-w", "-t", "60", "start"], "pg_ctl start")  # fmt: skip
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres", data
-    finally:
-        subprocess.run(
-            _as_server_user([f"{bindir}/pg_ctl", "-D", data, "-m", "fast", "-w", "stop"]),
-            capture_output=True, timeout=60, check=False,
-        )  # fmt: skip
-        shutil.rmtree(root, ignore_errors=True)
+    with contextmanager(start_postgres)(bindir, durable=True) as server:
+        yield server.url, os.path.join(server.root, "data")
 
 
 @contextmanager
 def nginx(root: Path) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     conf = root / "nginx.conf"
     conf.write_text(
         f"daemon off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;\n"
