@@ -12,6 +12,7 @@ from aiohttp import web
 
 from bgtransfer._daemon._paths import MAX_BODY
 from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._requests import number
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -92,16 +93,7 @@ async def json_body(request: web.Request) -> Any:
 
 def query_number(request: web.Request, name: str, default: float) -> float:
     """A finite number from the query string, or ``default``."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a number: {raw[:40]!r}") from None
-    if not math.isfinite(value):
-        raise InvalidRequest(f"{name} must be a finite number: {raw[:40]!r}")
-    return value
+    return number(request.query, name, default)
 
 
 def query_int(request: web.Request, name: str, default: int) -> int:
