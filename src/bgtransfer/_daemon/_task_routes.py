@@ -265,12 +265,7 @@ class TaskRoutes:
 
     def finished(self, row: TaskRow) -> None:
         """A task's completion was committed: wake whoever waits for it, with its row."""
-        waiters = self._waiters.pop(row.id, ())
-        if waiters and row.finished_at is None:
-            # The engine's row comes from memory; the times of the commit are the store's
-            # (finished_at, updated_at), and a waiter's answer must say what `show` says.
-            row = self.store.get(row.id) or row
-        for fut in waiters:
+        for fut in self._waiters.pop(row.id, ()):
             if not fut.done():
                 fut.set_result(row)
 

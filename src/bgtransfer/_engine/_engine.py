@@ -518,15 +518,15 @@ class Engine:
         """
         m, row = live.machine, live.row
         live.part.sync()
-        now = self.clock()
         kind = "progress" if live.last_phase is m.snap.phase else "state"
         live.last_phase = m.snap.phase
         hook = "pending" if m.terminal and row.on_complete and row.hook_state is None else None
         if hook is not None:
             row.hook_state = hook
         attempts = self.history.for_snapshot(live)
-        snap = m.checkpoint(now, BOOT_ID)
+        snap = m.checkpoint(self.clock(), BOOT_ID)
         wall = time.time()
+        row.stamp(wall, finished=snap.phase is Phase.DONE)
         event = event_record(row.session, m.state.value, snap, wall) if kind == "state" else None
         sync_dir, live.dir_unsynced = live.dir_unsynced, None
         assert self._commit is not None

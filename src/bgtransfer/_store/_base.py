@@ -56,6 +56,13 @@ class TaskRow:
     acknowledged: bool = False
     metadata: dict[str, Any] | None = None
 
+    def stamp(self, wall_time: float, finished: bool) -> None:
+        """Take the times a save at ``wall_time`` writes (``finished_at``: the first finish
+        only), so that a row kept in memory says what the store says."""
+        self.updated_at = wall_time
+        if finished and self.finished_at is None:
+            self.finished_at = wall_time
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
