@@ -51,7 +51,7 @@ from bgtransfer._protocol._digest import (
     want_digest_headers,
 )
 from bgtransfer._protocol._pieces import PieceHasher, PiecePlan, PieceTuple, plan_of
-from bgtransfer._protocol._segments import Segment
+from bgtransfer._protocol._segments import Segment, contiguous
 
 __all__ = [
     "STEP",
@@ -81,18 +81,6 @@ def want_headers(headers: Iterable[tuple[str, str]], *, ranged: bool) -> list[tu
     return [
         (k, v) for k, v in _WANT if k.lower() not in have and (ranged or k != "Want-Content-Digest")
     ]
-
-
-def contiguous(segments: Iterable[Segment], start: int = 0) -> int:
-    """How far the file is written without a hole from ``start``, given the segments."""
-    reach = start
-    for s_start, pos, end in sorted(segments):
-        if s_start > reach:
-            break
-        reach = max(reach, pos)
-        if pos < end:
-            break
-    return reach
 
 
 class _Lost(Exception):

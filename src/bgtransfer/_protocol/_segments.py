@@ -21,7 +21,7 @@ Rules
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import Enum
 
 from bgtransfer._protocol._ranges import (
@@ -38,6 +38,7 @@ __all__ = [
     "Segment",
     "SegmentAnswer",
     "check_segment_response",
+    "contiguous",
     "first_unfinished",
     "plan_segments",
     "segment_range",
@@ -45,6 +46,20 @@ __all__ = [
 ]
 
 Segment = tuple[int, int, int]  # (start, pos, end): bytes [start, end), [start, pos) written
+
+
+def contiguous(segments: Iterable[Segment]) -> int:
+    """How many bytes from 0 the segments hold without a hole: a segmented download's
+    single-stream resume point, and how far its file can be hashed in order."""
+    reach = 0
+    for start, pos, end in sorted(segments):
+        if start > reach:
+            break
+        reach = max(reach, pos)
+        if pos < end:
+            break
+    return reach
+
 
 MAX_SEGMENTS = 16
 # Below this a segment's request costs more than it saves (aria2's --min-split-size is 20M;

@@ -24,6 +24,7 @@ from typing import Any
 
 from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._protocol._digest import Checksum, parse_checksum
+from bgtransfer._protocol._segments import Segment, contiguous
 from bgtransfer._protocol._validate import check_url
 
 __all__ = [
@@ -54,8 +55,6 @@ _KEYS = frozenset(
     {"v", "url", "mirrors", "path", "etag", "last_modified", "length", "offset", "segments"}
     | {"checksums", "partial"}
 )
-
-Segment = tuple[int, int, int]  # (start, pos, end), as _protocol._segments: [start, pos) written
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,19 +189,6 @@ def decode(raw: bytes) -> PartialRecord:
         path=_str(data, "path"),
         partial=_str(data, "partial"),
     )
-
-
-def contiguous(segments: Sequence[Segment]) -> int:
-    """How many bytes from 0 the segments hold without a gap (a segmented download's
-    single-stream resume point)."""
-    at = 0
-    for start, pos, end in sorted(segments):
-        if start != at:
-            break
-        at = pos
-        if pos < end:
-            break
-    return at
 
 
 def sidecar_path(partial: str) -> str:
