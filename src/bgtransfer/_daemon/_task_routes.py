@@ -8,7 +8,6 @@ body's shape and finds an earlier submit with the same idempotency key.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from aiohttp import web
@@ -21,7 +20,14 @@ from bgtransfer._engine._sidecar_io import refuse_in_use
 from bgtransfer._exceptions import InvalidRequest, StoreFull, TaskNotFound
 from bgtransfer._models import Phase
 from bgtransfer._redact import redact
-from bgtransfer._requests import BATCH_LIMIT, Submitted, build_item
+from bgtransfer._requests import (
+    BATCH_LIMIT,
+    Submitted,
+    build_item,
+    prune_args,
+    wait_ids,
+    wait_timeout,
+)
 from bgtransfer._store._base import DuplicateKey, TaskRow
 from bgtransfer._tasks import row_to_wire
 
@@ -213,17 +219,7 @@ class TaskRoutes:
     async def prune(self, request: web.Request) -> web.Response:
         """``{"older_than": S | null, "session": S | null}``: forget every finished task
         that finished at least S seconds ago (of that session)."""
-        body = await request.json()
-        if not isinstance(body, dict) or set(body) - {"older_than", "session"}:
-            raise InvalidRequest('prune takes {"older_than": seconds, "session": name}')
-        older, session = body.get("older_than"), body.get("session")
-        if older is not None and (
-            not isinstance(older, int | float) or isinstance(older, bool) or older < 0
-        ):
-            raise InvalidRequest(f"older_than must be a number of seconds >= 0: {older!r}")
-        if session is not None and not isinstance(session, str):
-            raise InvalidRequest(f"session must be a string: {session!r}")
-        before = None if older is None else time.time() - older
+        before, session = prune_args(await json_body(request))
         removed = forget.prune(self.engine, before=before, session=session)
         return web.json_response({"removed": removed})
 
@@ -236,17 +232,7 @@ class TaskRoutes:
     async def wait_many(self, request: web.Request) -> web.Response:
         """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
         or S seconds passed, with all their rows: one long poll for a whole batch."""
-        body = await json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("ids"), list):
-            raise InvalidRequest('wait needs {"ids": [...], "timeout": seconds}')
-        ids = body["ids"]
-        if not 1 <= len(ids) <= BATCH_LIMIT or not all(isinstance(i, str) for i in ids):
-            raise InvalidRequest("ids must be a list of 1 to 10000 task ids")
-        timeout = body.get("timeout", 30)
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool):
-            raise InvalidRequest(f"timeout must be a number of seconds: {timeout!r}")
-        if not 0 <= timeout <= 300:
-            raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
+        ids, timeout = wait_ids(await json_body(request))
         done = {task_id: self._done(task_id) for task_id in ids}  # unknown ids: 404 now
         left = {i for i, row in done.items() if row is None}
         if left:
@@ -293,9 +279,7 @@ class TaskRoutes:
 
     async def wait(self, request: web.Request) -> web.Response:
         task_id = request.match_info["id"]
-        timeout = query_number(request, "timeout", 30.0)
-        if not 0 <= timeout <= 300:
-            raise InvalidRequest(f"timeout must be between 0 and 300 seconds: {timeout}")
+        timeout = wait_timeout(query_number(request, "timeout", 30.0))
         done = {task_id: self._done(task_id)}
         if done[task_id] is None:  # a finished task is answered at once
             await self.parts.wait_or_stop(self._finishing({task_id}, done), timeout)

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from bgtransfer._daemon._paths import MAX_BODY
 from bgtransfer._exceptions import InvalidRequest
-from bgtransfer._requests import number
+from bgtransfer._requests import integer, number
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -98,13 +98,4 @@ def query_number(request: web.Request, name: str, default: float) -> float:
 
 def query_int(request: web.Request, name: str, default: int) -> int:
     """An integer from the query string, or ``default``."""
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw) if len(raw) <= 25 else None
-    except ValueError:
-        raise InvalidRequest(f"{name} must be an integer: {raw[:40]!r}") from None
-    if value is None or value not in _INT_RANGE:
-        raise InvalidRequest(f"{name} is out of range: {raw[:40]!r}")
-    return value
+    return integer(request.query, name, default)
