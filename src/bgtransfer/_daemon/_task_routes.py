@@ -25,6 +25,7 @@ from bgtransfer._requests import (
     Submitted,
     build_item,
     prune_args,
+    wait_also,
     wait_ids,
     wait_timeout,
 )
@@ -231,15 +232,23 @@ class TaskRoutes:
 
     async def wait_many(self, request: web.Request) -> web.Response:
         """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
-        or S seconds passed, with all their rows: one long poll for a whole batch."""
-        ids, timeout = wait_ids(await json_body(request))
+        or S seconds passed, with all their rows: one long poll for a whole batch.
+
+        ``"also": [...]``: other tasks the client has not seen finish; the answer's
+        ``done`` lists those whose completion is committed, so that its ``wait()`` on
+        them needs no round trip (the plain loop: download() each, then wait() each)."""
+        body = await json_body(request)
+        (ids, timeout), also = wait_ids(body), wait_also(body)
         done = {task_id: self._done(task_id) for task_id in ids}  # unknown ids: 404 now
         left = {i for i, row in done.items() if row is None}
         if left:
             await self.parts.wait_or_stop(self._finishing(left, done), timeout)
-        return web.json_response(
-            {"tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]}
-        )
+        answer: dict[str, Any] = {
+            "tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]
+        }
+        if also:  # read after the wait: whatever finished meanwhile is reported too
+            answer["done"] = [row_to_wire(r) for r in self.store.done_rows(also)]
+        return web.json_response(answer)
 
     def _done(self, task_id: str) -> TaskRow | None:
         """The task if its completion is committed (the store's word: the engine's memory

@@ -40,11 +40,32 @@ class Scheduler:
         self.admit = admit  # take a queued row in (reconcile, then run or hold)
         self.wake = wake  # pump again (the engine's, which knows when not to)
         self._wake: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
 
     def runner_cap(self) -> int:
         # Runners include tasks waiting for a per-host slot or backing off; allow some beyond
         # max_active so one busy host does not hold up the others queued behind it.
         return max(64, 4 * self.limiter.total)
+
+    def soon(self, pump: Callable[[], None]) -> None:
+        """Run ``pump`` at the loop's next turn, once however many ask before it runs.
+
+        Sixteen completions landing in one group commit each ask for a pump (so do
+        the submits of many clients): one query of the store's queue serves them all.
+        """
+        if self._soon is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a synchronous caller without a loop: at once
+            pump()
+            return
+
+        def run() -> None:
+            self._soon = None
+            pump()
+
+        self._soon = loop.call_soon(run)
 
     def pump(self) -> None:
         """Start queued tasks from the store while there is room for runners."""
