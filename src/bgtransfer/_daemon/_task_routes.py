@@ -125,6 +125,7 @@ class TaskRoutes:
             if isinstance(err, StoreFull):
                 engine.space.full(err.message)
             elif err is None:
+                engine.scheduler.remember(rows)  # started without reading them back
                 engine.space.pump()
 
         fut.add_done_callback(stored)

@@ -8,6 +8,7 @@ a coroutine, so a queue of 100 000 costs rows, not megabytes. The limits on conn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,8 @@ class Scheduler:
         self.wake = wake  # pump again (the engine's, which knows when not to)
         self._wake: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
+        # Rows of submits just committed, for the next pump only (see ``remember``).
+        self._fresh: dict[str, TaskRow] = {}
 
     def runner_cap(self) -> int:
         # Runners include tasks waiting for a per-host slot or backing off; allow some beyond
@@ -63,9 +66,20 @@ class Scheduler:
 
         def run() -> None:
             self._soon = None
-            pump()
+            try:
+                pump()
+            finally:
+                self._fresh.clear()
 
         self._soon = loop.call_soon(run)
+
+    def remember(self, rows: list[TaskRow]) -> None:
+        """Rows whose insert has just committed: the next pump takes them as they are
+        rather than decoding them back from the store. Good for that pump only: it runs
+        at the loop's next turn, before anyone has been told their ids and could act on
+        them, and forgets them whether it starts them or not."""
+        for row in rows:
+            self._fresh[row.id] = dataclasses.replace(row, snap=dataclasses.replace(row.snap))
 
     def pump(self) -> None:
         """Start queued tasks from the store while there is room for runners."""
@@ -81,7 +95,11 @@ class Scheduler:
             return
         owner = None if self.background else self.owner
         rows = self.store.next_queued(
-            background=self.background, owner=owner, limit=free, exclude=self.live.keys()
+            background=self.background,
+            owner=owner,
+            limit=free,
+            exclude=self.live.keys(),
+            known=self._fresh,
         )
         for row in rows:
             self.admit(row)

@@ -265,6 +265,7 @@ class Store(Protocol):
         owner: str | None,
         limit: int,
         exclude: Collection[str] = (),
+        known: Mapping[str, TaskRow] | None = None,
     ) -> builtins.list[TaskRow]: ...
 
     def next_start(self, *, background: bool, now: float) -> float | None: ...

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from bgtransfer._exceptions import DestinationError, TaskNotFound
@@ -230,12 +230,14 @@ class SQLStore(HistoryMixin, JobsMixin):
         owner: str | None,
         limit: int,
         exclude: Collection[str] = (),
+        known: Mapping[str, TaskRow] | None = None,
     ) -> builtins.list[TaskRow]:
         """The oldest queued tasks (of ``owner``, for a foreground engine), skipping the
         ``exclude`` ids (tasks the engine already holds).
 
         Ids first, whole rows only for the chosen ones: decoding a row costs far more than
-        finding it, and the pump runs each time a task ends.
+        finding it, and the pump runs each time a task ends. ``known``: rows the caller
+        has just inserted, taken as they are instead of read back.
         """
         want = limit + len(exclude)
         # Priority first (0 high .. 2 low), then age; tasks whose start time has not come
@@ -250,11 +252,13 @@ class SQLStore(HistoryMixin, JobsMixin):
             args.append(owner)
         cur = self._db.execute(sql + "ORDER BY priority, created_at, id LIMIT ?", (*args, want))
         ids = [i for (i,) in cur.fetchall() if i not in exclude][:limit]
-        if not ids:
-            return []
-        marks = ", ".join("?" * len(ids))
-        found = self._rows(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", ids)
-        rows = {r.id: r for r in found}
+        known = known or {}
+        rows = {i: known[i] for i in ids if i in known}
+        rest = [i for i in ids if i not in rows]
+        if rest:
+            marks = ", ".join("?" * len(rest))
+            found = self._rows(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", rest)
+            rows.update((r.id, r) for r in found)
         return [rows[i] for i in ids if i in rows]
 
     def in_phase(self, phase: Phase, *, background: bool) -> builtins.list[TaskRow]:
