@@ -19,7 +19,7 @@ import pytest
 
 import bgtransfer
 from bgtransfer._client import DaemonClient
-from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._exceptions import InvalidRequest, TaskNotFound
 from bgtransfer._models import Phase
 from bgtransfer._options import DownloadOptions
 from bgtransfer._session._known import LIMIT, Unfinished
@@ -124,6 +124,7 @@ def test_done_rows_reads_only_finished_tasks_in_chunks(tmp_path: Path) -> None:
         finished = {r.id for r in rows[::7]}
         db = store._db
         db.executemany("UPDATE tasks SET phase='done' WHERE id=?", [(i,) for i in finished])
+        assert store.known_ids([r.id for r in rows] + ["unknown"]) == {r.id for r in rows}
         found = store.done_rows([r.id for r in rows] + ["unknown"])
         assert {r.id for r in found} == finished
         assert all(r.snap.phase.value == "done" for r in found)
@@ -165,3 +166,19 @@ def test_the_tracker_names_the_oldest_others_and_forgets_dropped_tasks(tmp_path:
     tracker.learn([finished])
     assert held[3]._row is finished
     assert held[3]._row.id not in tracker.others("")
+
+
+def test_a_batch_wait_naming_an_unknown_task_is_not_found(
+    daemon: Path, server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    async def go() -> None:
+        async with bgtransfer.AsyncSession("plain", home=daemon) as s:
+            done = await s.download(server.url(f"/gen/100?key={key}"), tmp_path / "a")
+            await done.wait(timeout=60)
+            client = DaemonClient(str(daemon))
+            answer = await client.call("POST", "/v1/wait", body={"ids": [done.id], "timeout": 5})
+            assert answer["tasks"][0]["state"] == "completed"
+            with pytest.raises(TaskNotFound, match="no task with id 'nope'"):
+                await client.call("POST", "/v1/wait", body={"ids": [done.id, "nope"], "timeout": 5})
+
+    asyncio.run(go())

@@ -115,6 +115,16 @@ class SQLStore(HistoryMixin, JobsMixin):
             )
         return out
 
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` name a task, without decoding any row."""
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            cur = self._db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk)
+            out.update(i for (i,) in cur.fetchall())
+        return out
+
     def find_prefix(self, prefix: str) -> builtins.list[TaskRow]:
         return self._rows(
             f"SELECT {COLUMNS} FROM tasks WHERE id >= ? AND id < ? LIMIT 2",
