@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -37,10 +38,11 @@ from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._takeover import drop_old, localize, take_over
 from bgtransfer._exceptions import DestinationError, InvalidTransition, StoreError, TaskNotFound
+from bgtransfer._fleet._pace import FleetPace
 from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
 from bgtransfer._store._base import Store, TaskRow
-from bgtransfer._store._pgschema import QUEUE_CHANNEL
+from bgtransfer._store._pgschema import COOLDOWN_CHANNEL, LIMITS_CHANNEL, QUEUE_CHANNEL
 from bgtransfer._store._postgres import CONTROL_CHANNEL, Claim, PostgresStore, QueueListener
 
 __all__ = ["Worker"]
@@ -51,6 +53,11 @@ T = TypeVar("T")
 
 STOPPED = "queued (its worker stopped)"
 HOOK_TIMEOUT = float(os.environ.get("BGTRANSFER_HOOK_TIMEOUT", "60"))
+# A task stopped because this worker could not write (disk full, quota, file size limit)
+# goes back to the queue for any worker, not before this many seconds; this worker leaves
+# it alone as long (the daemon's own disk-full wait, fleet-wide).
+FULL_RETRY = float(os.environ.get("BGTRANSFER_FULL_RETRY", "30"))
+FULL_MARKS = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
 
 
 def _reachable(row: TaskRow) -> str | None:
@@ -96,6 +103,8 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bgt-lease")
         self._wake = asyncio.Event()
         self._control_wake = asyncio.Event()
+        self._pace_wake = asyncio.Event()
+        self.pace: FleetPace | None = None
         self._stopping = False
         self._cut_off = False
         self._renewing: asyncio.Future[Any] | None = None
@@ -145,6 +154,10 @@ class Worker:
                 claims=self,
             )
             await self.engine.start()
+            self.pace = FleetPace(
+                self.name, self.engine, self._call, self._store, self.feed, self._pace_wake
+            )
+            await self.pace.refresh()  # the fleet's cool-downs, and shares of its caps
             await self._heartbeat()
             listener.start()
             log.info("worker %s on %s: claiming from the queue", self.name, self.host)
@@ -153,6 +166,7 @@ class Worker:
                 asyncio.create_task(self._claim_loop()),
                 asyncio.create_task(self._renew_loop()),
                 asyncio.create_task(self._control_loop()),
+                asyncio.create_task(self.pace.run(self.book.renew_every, self._idle)),
             ]
             await stop.wait()
             log.info("worker %s: stopping", self.name)
@@ -177,6 +191,8 @@ class Worker:
             if db is not None:
                 with contextlib.suppress(StoreError):
                     await self._call(db.close)
+            if self.pace is not None:
+                self.pace.close()
             self._pool.shutdown(wait=False)
             shutil.rmtree(home, ignore_errors=True)
 
@@ -250,6 +266,8 @@ class Worker:
                 self.book.hold(claim.row.id, claim.token)
             if claims:
                 self.book.renewed(sent, {}, set())
+                if self.pace is not None and self.pace.capped:
+                    await self.pace.refresh(claimed=True)  # its share, before they run
             for claim in claims:
                 await self._admit(claim)
             if len(claims) == room:
@@ -318,6 +336,8 @@ class Worker:
         while self._releases:
             batch, self._releases = self._releases, []
             try:
+                full = await self._give_back_full(batch)
+                batch = [item for item in batch if item[0] not in full]
                 hooks = await self._call(self._store().release_many, batch, self.book.lease_s)
             except StoreError as exc:  # the leases run out instead; a sweep runs the hooks
                 log.warning("cannot release %d task(s): %s", len(batch), exc.message)
@@ -326,6 +346,23 @@ class Worker:
             tokens = {t: g for t, g, _, _ in batch}
             for task_id in hooks:
                 self._spawn(self._hook_of(task_id, tokens[task_id]), hook=True)
+
+    async def _give_back_full(self, batch: list[tuple[str, int, str | None, bool]]) -> set[str]:
+        """Tasks this worker suspended for want of disk space go back to the queue with a
+        start time: any worker may take them then (the daemon suspends them and resumes
+        them once there is room; a fleet lets the next worker with room go on)."""
+        stopped = [(t, g) for t, g, requeue, done in batch if requeue is None and not done]
+        if not stopped:
+            return set()
+        now = time.time()
+        until = now + FULL_RETRY
+        at = time.strftime("%H:%M:%S", time.localtime(until))
+        why = f"queued until {at} (a worker's disk was full): "
+        full = await self._call(self._store().give_back_full, stopped, FULL_MARKS, until, why)
+        for task_id in full:
+            log.warning("task %s: this worker cannot write it; given back until %s", task_id, at)
+            self.book.away[task_id] = until
+        return full
 
     async def _flush(self) -> None:
         """Wait until every release asked for so far was tried."""
@@ -397,7 +434,9 @@ class Worker:
             self._wake.set()
 
     async def _heartbeat(self) -> None:
-        await self._call(self._store().heartbeat, self.name, self.host, os.getpid())
+        await self._call(
+            self._store().heartbeat, self.name, self.host, os.getpid(), lease_s=self.book.lease_s
+        )
 
     def _give_up(self) -> None:
         """The store has not answered for two thirds of a lease: another worker may own
@@ -470,11 +509,14 @@ class Worker:
                     delay = 0.5
                     self._notify(loop)  # anything announced while not listening
                     self._notify(loop, self._control_wake)
+                    self._notify(loop, self._pace_wake)
                 got = listener.wait(1.0)
                 if QUEUE_CHANNEL in got:
                     self._notify(loop)
                 if CONTROL_CHANNEL in got:
                     self._notify(loop, self._control_wake)
+                if COOLDOWN_CHANNEL in got or LIMITS_CHANNEL in got:
+                    self._notify(loop, self._pace_wake)
             except StoreError as exc:
                 log.warning("queue listener: %s", exc.message)
                 if listener is not None:
