@@ -18,6 +18,7 @@ from bgtransfer._tasks import build_row
 from bgtransfer.cli import main
 from bgtransfer.testing import FaultServer
 from tests.fleet.fleet import Fleet, eventually, rows_for
+from tests.fleet.pace import one, running
 
 T0 = 1_000_000.0
 
@@ -58,7 +59,7 @@ def test_the_store_spells_origins_as_the_engine_does(pg: PostgresStore, tmp_path
     (only,) = pg.claim("w", 30.0, limit=10, now=T0)
     assert only.row.id == rows[-1].id  # the only origin not cooling down
     for row, url in zip(rows, urls, strict=True):
-        (origin,) = pg._db.execute("SELECT origin FROM tasks WHERE id=?", (row.id,)).fetchone()
+        (origin,) = one(pg, "SELECT origin FROM tasks WHERE id=?", row.id)
         assert origin == origin_key(url)
 
 
@@ -66,7 +67,11 @@ def test_shares_of_a_cap_follow_the_live_tasks() -> None:
     assert share(900, 1, 3) == 300
     assert share(900, 2, 3) == 600
     assert share(900, 0, 3) == 225  # none held: what one more task would get
-    counts = {("w1", "http://a:80"): 2, ("w1", "http://b:80"): 1, ("w2", "http://a:80"): 1}
+    counts: dict[tuple[str, str | None], int] = {
+        ("w1", "http://a:80"): 2,
+        ("w1", "http://b:80"): 1,
+        ("w2", "http://a:80"): 1,
+    }
     assert shares((800, {"http://a:80": 300}), counts, "w1") == (600, {"http://a:80": 200})
     assert shares((800, {"http://a:80": 300}), counts, "w2") == (200, {"http://a:80": 100})
     assert shares((None, {}), counts, "w1") == (None, {})
@@ -84,8 +89,7 @@ def test_a_429_heard_by_one_worker_stops_every_workers_requests_to_that_origin(
     wait_s = 4
     fleet.start("w1", max_active=2)
     fleet.start("w2", max_active=2)
-    for name in ("w1", "w2"):
-        eventually(lambda n=name: "claiming from the queue" in fleet.log(n), 20, f"{name} runs")
+    running(fleet, "w1", "w2")
     data = [os.urandom(20_000) for _ in range(16)]
     urls = [server.add(f"cd-{key}-{i}", d) + "?stall_headers=0.25" for i, d in enumerate(data)]
     urls[4] = server.add(f"cd-{key}-4", data[4]) + f"?status=429&retry_after={wait_s}&times=1"
@@ -141,8 +145,7 @@ def test_a_global_cap_is_the_fleets_total_and_limit_reaches_it(
     assert pg.limits() == (cap, {})
     fleet.start("w1", max_active=2)
     fleet.start("w2", max_active=2)
-    for name in ("w1", "w2"):
-        eventually(lambda n=name: "claiming from the queue" in fleet.log(n), 20, f"{name} runs")
+    running(fleet, "w1", "w2")
     size, n = 600_000, 4
     data = [os.urandom(size) for _ in range(n)]
     urls = [server.add(f"bw-{key}-{i}", d) for i, d in enumerate(data)]

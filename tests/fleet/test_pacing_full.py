@@ -15,6 +15,7 @@ from bgtransfer._models import Phase
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer.testing import FaultServer
 from tests.fleet.fleet import Fleet, eventually, rows_for
+from tests.fleet.pace import one, running
 
 LIMIT = 1 << 20
 
@@ -34,7 +35,7 @@ def test_a_task_its_worker_cannot_write_goes_back_to_the_queue_for_another(
     out.mkdir()
     (row,) = rows_for([url], out)
     fleet.start("small", wrap=("prlimit", f"--fsize={LIMIT}", "--"))
-    eventually(lambda: "claiming from the queue" in fleet.log("small"), 20, "small runs")
+    running(fleet, "small")
     pg.insert_many([row])
 
     def given_back() -> bool:
@@ -49,9 +50,7 @@ def test_a_task_its_worker_cannot_write_goes_back_to_the_queue_for_another(
     assert got.snap.detail.startswith("queued until "), got.snap.detail
     assert "File too large" in got.snap.detail, got.snap.detail
     assert 0 < got.snap.offset <= LIMIT  # its bytes were kept
-    (owner, nb) = pg._db.execute(
-        "SELECT lease_owner, not_before FROM tasks WHERE id=?", (row.id,)
-    ).fetchone()
+    owner, nb = one(pg, "SELECT lease_owner, not_before FROM tasks WHERE id=?", row.id)
     assert owner is None
     assert sent - 1 < nb <= sent + 2.5  # not before BGTRANSFER_FULL_RETRY from then
     assert "cannot write it; given back until" in fleet.log("small")

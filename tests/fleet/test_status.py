@@ -14,6 +14,7 @@ from bgtransfer._store._pgfleet import GONE_AFTER
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer.cli import main
 from tests.fleet.fleet import Fleet, eventually
+from tests.fleet.pace import one, running
 
 T0 = 1_000_000.0
 
@@ -33,7 +34,7 @@ def test_a_worker_past_its_lease_is_stale_and_one_gone_for_a_day_is_pruned(
     later = T0 + GONE_AFTER + 1
     assert pg.workers(now=later) == []  # not listed once gone for a day...
     pg.heartbeat("w2", "host-c", 300, lease_s=2.0, now=later)
-    (n,) = pg._db.execute("SELECT COUNT(*) FROM workers").fetchone()
+    (n,) = one(pg, "SELECT COUNT(*) FROM workers")
     assert n == 1  # ...and pruned by the next heartbeat of any worker
     assert [w.name for w in pg.workers(now=later)] == ["w2"]
 
@@ -48,8 +49,7 @@ def test_status_shows_a_killed_worker_stale_and_forgets_a_stopped_one(
 ) -> None:
     fleet.start("w1")
     fleet.start("w2")
-    for name in ("w1", "w2"):
-        eventually(lambda n=name: "claiming from the queue" in fleet.log(n), 20, f"{name} runs")
+    running(fleet, "w1", "w2")
     states = {w["name"]: w["state"] for w in _status(pg_url, tmp_path, capsys)["workers"]}
     assert states == {"w1": "alive", "w2": "alive"}
     fleet.kill("w1")
