@@ -54,6 +54,8 @@ def test_a_task_its_worker_cannot_write_goes_back_to_the_queue_for_another(
     assert owner is None
     assert sent - 1 < nb <= sent + 2.5  # not before BGTRANSFER_FULL_RETRY from then
     assert "cannot write it; given back until" in fleet.log("small")
+    events = [(e.state, e.phase) for e in pg.events_since("fleet", 0, limit=100)]
+    assert events[-2:] == [("suspended", "suspended"), ("running", "queued")]
     assert fleet.stop("small") == 0
     fleet.start("roomy")
     fleet.wait_done(pg, [row.id], 30)

@@ -266,7 +266,7 @@ class Worker:
                 self.book.hold(claim.row.id, claim.token)
             if claims:
                 self.book.renewed(sent, {}, set())
-                if self.pace is not None and self.pace.capped:
+                if self.pace is not None and (self.pace.capped or self._pace_wake.is_set()):
                     await self.pace.refresh(claimed=True)  # its share, before they run
             for claim in claims:
                 await self._admit(claim)
@@ -511,12 +511,12 @@ class Worker:
                     self._notify(loop, self._control_wake)
                     self._notify(loop, self._pace_wake)
                 got = listener.wait(1.0)
+                if COOLDOWN_CHANNEL in got or LIMITS_CHANNEL in got:  # before claims it affects
+                    self._notify(loop, self._pace_wake)
                 if QUEUE_CHANNEL in got:
                     self._notify(loop)
                 if CONTROL_CHANNEL in got:
                     self._notify(loop, self._control_wake)
-                if COOLDOWN_CHANNEL in got or LIMITS_CHANNEL in got:
-                    self._notify(loop, self._pace_wake)
             except StoreError as exc:
                 log.warning("queue listener: %s", exc.message)
                 if listener is not None:

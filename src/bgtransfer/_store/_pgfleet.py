@@ -172,6 +172,15 @@ class FleetMixin:
                 ).fetchone()
                 if row is not None:
                     back.add(str(row[0]))
+                    # Its event, as any change of state has one: streams and waits see
+                    # it running (queued) again, not still suspended.
+                    self._db.execute(
+                        "INSERT INTO events (session, task_id, state, phase, detail, "
+                        "bytes_received, bytes_expected, error, at) SELECT session, id, "
+                        "'running', phase, detail, \"offset\", total, NULL, ? FROM tasks "
+                        "WHERE id=?",
+                        (time.time(), task_id),
+                    )
         return back
 
 
