@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from bgtransfer._exceptions import InvalidRequest
 from bgtransfer._fleet._pace import share, shares
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._store._postgres import PostgresStore, QueueListener
+from bgtransfer._storeclient._limits import limits
 from bgtransfer._tasks import build_row
 from bgtransfer.cli import main
 from bgtransfer.testing import FaultServer
@@ -61,6 +63,17 @@ def test_the_store_spells_origins_as_the_engine_does(pg: PostgresStore, tmp_path
     for row, url in zip(rows, urls, strict=True):
         (origin,) = one(pg, "SELECT origin FROM tasks WHERE id=?", row.id)
         assert origin == origin_key(url)
+
+
+def test_limits_on_the_store_are_checked_and_spelled_as_origins(pg: PostgresStore) -> None:
+    got = limits(pg, "POST", {"origin": "http://Example.COM/x", "rate": 5000})
+    assert got == {"global": None, "origins": {"http://example.com:80": 5000}, "cooling": {}}
+    for bad in ({}, {"rate": 5}, {"global": -1}, {"origin": "ftp://h/x", "rate": 5}, [1]):
+        with pytest.raises(InvalidRequest):
+            limits(pg, "POST", bad)
+    with pytest.raises(InvalidRequest):
+        limits(pg, "DELETE", None)
+    assert limits(pg, "POST", {"origin": "http://example.com", "rate": None})["origins"] == {}
 
 
 def test_shares_of_a_cap_follow_the_live_tasks() -> None:

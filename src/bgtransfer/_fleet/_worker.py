@@ -5,7 +5,8 @@ Threads and connections (psycopg is blocking; the event loop never waits on the 
 - the *lease thread* (one, so its connection is never shared) claims, renews, releases and
   heartbeats; the loop awaits it;
 - the engine's *commit thread* writes snapshots, each fenced by its claim's generation;
-- the *listener thread* waits for ``NOTIFY bgtransfer_queue`` and wakes the claim loop.
+- the *listener thread* waits for ``NOTIFY bgtransfer_queue`` and wakes the claim loop (and
+  the pacing loop, ``_pace``, on a cool-down or a changed cap: they hold fleet-wide).
 
 The claim loop claims only when told there is work (a notification, a task that settled
 here) or on a slow sweep (leases that ran out, start times that came, nobody announces
@@ -166,7 +167,7 @@ class Worker:
                 asyncio.create_task(self._claim_loop()),
                 asyncio.create_task(self._renew_loop()),
                 asyncio.create_task(self._control_loop()),
-                asyncio.create_task(self.pace.run(self.book.renew_every, self._idle)),
+                asyncio.create_task(self.pace.run(self.book.renew_every, self._stopped)),
             ]
             await stop.wait()
             log.info("worker %s: stopping", self.name)
@@ -222,6 +223,9 @@ class Worker:
     async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def _idle(self) -> bool:
         """Not claiming: stopping, or cut off from the store (until a renewal lands)."""
