@@ -76,6 +76,28 @@ def test_limits_on_the_store_are_checked_and_spelled_as_origins(pg: PostgresStor
     assert limits(pg, "POST", {"origin": "http://example.com", "rate": None})["origins"] == {}
 
 
+def test_caps_are_shared_by_the_live_leases_of_each_worker_and_origin(
+    pg: PostgresStore, tmp_path: Path
+) -> None:
+    rows = [build_row("s", f"http://{h}.test/{i}", tmp_path / f"{h}{i}", background=True)
+            for h in ("a", "b") for i in range(3)]  # fmt: skip
+    pg.insert_many(rows)
+    pg.claim("w1", 10.0, limit=4, now=T0)  # a0 a1 a2 b0
+    pg.claim("w2", 30.0, limit=1, now=T0)  # b1
+    pg.set_limit(None, 1000)
+    pg.set_limit("http://b.test:80", 300)
+    cool, caps, counts = pg.pace_facts(now=T0 + 1)
+    assert cool == []
+    assert caps == (1000, {"http://b.test:80": 300})
+    assert counts == {("w1", "http://a.test:80"): 3, ("w1", "http://b.test:80"): 1,
+                      ("w2", "http://b.test:80"): 1}  # fmt: skip
+    assert shares(caps, counts, "w1") == (800, {"http://b.test:80": 150})
+    assert shares(caps, counts, "w2") == (200, {"http://b.test:80": 150})
+    # w1's leases ran out: w2 holds every live task, so all of each cap.
+    _, _, later = pg.pace_facts(now=T0 + 20)
+    assert shares(caps, later, "w2") == (1000, {"http://b.test:80": 300})
+
+
 def test_shares_of_a_cap_follow_the_live_tasks() -> None:
     assert share(900, 1, 3) == 300
     assert share(900, 2, 3) == 600
