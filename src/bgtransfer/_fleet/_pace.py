@@ -10,8 +10,9 @@ is woken.
 Caps (``bgtransfer limit``): the fleet's total stays within each cap. A worker's share of
 a cap is the cap times its part of the live leases under it (every lease for the global cap,
 the origin's for an origin's cap); shares are recomputed on every change of a cap (``NOTIFY
-bgtransfer_limits``), after every claim of this worker (announced, so the others shrink
-theirs at once), and at every lease renewal (a third of the lease) as the fallback.
+bgtransfer_limits``), after every claim of this worker (announced: the others shrink theirs
+within a tenth of a second), and at every lease renewal (a third of the lease) as the
+fallback.
 """
 
 from __future__ import annotations
