@@ -42,6 +42,7 @@ class Scheduler:
         self.wake = wake  # pump again (the engine's, which knows when not to)
         self._wake: asyncio.TimerHandle | None = None
         self._soon: asyncio.Handle | None = None
+        self._soon_loop: asyncio.AbstractEventLoop | None = None
         # Rows of submits just committed, for the next pump only (see ``remember``).
         self._fresh: dict[str, TaskRow] = {}
 
@@ -56,13 +57,14 @@ class Scheduler:
         Sixteen completions landing in one group commit each ask for a pump (so do
         the submits of many clients): one query of the store's queue serves them all.
         """
-        if self._soon is not None:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # a synchronous caller without a loop: at once
             pump()
             return
+        if self._soon is not None and self._soon_loop is loop:
+            return  # (a handle left on a loop that stopped before it ran is not waited for)
+        self._soon_loop = loop
 
         def run() -> None:
             self._soon = None
