@@ -1,6 +1,9 @@
 """The partial file and its placement: every step of the durability order lives here.
 
-Order for a checkpoint: write -> fsync(partial) -> commit offset.
+Order for a checkpoint: write -> fdatasync(partial) -> its record -> commit offset. The
+fdatasync and the record are the group commit's writer thread's (:class:`SyncJob`, made by
+``PartialFile.sync_later`` on the loop): the loop goes on receiving and writing while the
+disk catches up, and the offset still commits only after the bytes it names are durable.
 Order at the end: seal (identity, length, sha256 of the bytes on disk, final mode) ->
 fsync(partial) -> link/rename to the target -> fsync(directory)
 -> commit COMPLETED (the directory fsync is the engine's group commit's, shared by every
@@ -17,12 +20,13 @@ import os
 import stat
 from typing import Protocol
 
-from bgtransfer._engine._sidecar_io import RecordKeeper
+from bgtransfer._engine._sidecar_io import Prepared, RecordKeeper
 from bgtransfer._exceptions import DestinationError, IntegrityError, InvalidRequest
 
 __all__ = [
     "PartialFile",
     "PartialLost",
+    "SyncJob",
     "check_target",
     "current_umask",
     "file_mode",
@@ -110,6 +114,52 @@ class PartialLost(DestinationError):
     """The partial file to resume is gone or is not this task's file: start over."""
 
 
+class SyncJob:
+    """A checkpoint's data sync, run by the group commit's writer thread just before it
+    commits the offset the checkpoint names: fdatasync of a duplicate of the partial's
+    descriptor (the loop keeps writing through the original), then the record described
+    at the checkpoint (it names only bytes written before this sync began), then, for a new
+    file or a new sidecar, an fsync of the directory.
+
+    A failed fdatasync stays on the file (``PartialFile.sync_error``): Linux reports a
+    writeback error once per open file, and the loop's own descriptor shares this one's, so
+    a later sync would succeed over lost pages. The next checkpoint and the seal refuse.
+    """
+
+    __slots__ = ("_dir", "_fd", "_part", "_record")
+
+    def __init__(self, part: PartialFile, record: Prepared | None, *, new_entry: bool) -> None:
+        self._fd = os.dup(part.fd)
+        self._part = part
+        self._record = record
+        self._dir = new_entry
+
+    def run(self) -> None:
+        """In the writer thread. DestinationError: the bytes may not be durable."""
+        part = self._part
+        try:
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            part.sync_error = DestinationError(f"cannot fsync {part.path}: {exc.strerror}")
+            log.error("%s", part.sync_error.message)
+            raise part.sync_error from None
+        else:
+            if self._record is not None and part.record.write_prepared(
+                self._fd, self._record, part.open_dir
+            ):
+                self._dir = True  # a new sidecar's name
+        finally:
+            self.discard()
+        if self._dir:
+            part.fsync_dir_entry()
+
+    def discard(self) -> None:
+        """Not run (the store is closing, the claim was lost): let the descriptor go."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class _Holder(Protocol):
     """Where the partial file's identity is kept: the task's snapshot.
 
@@ -144,6 +194,8 @@ class PartialFile:
         self.fd = -1
         self.dirty = False
         self.new_entry = False
+        # A checkpoint's fdatasync failed in the writer thread (SyncJob): set there.
+        self.sync_error: DestinationError | None = None
         # What a new store needs to adopt this file (xattr or sidecar): _sidecar_io.
         self.record = RecordKeeper(path)
 
@@ -300,6 +352,8 @@ class PartialFile:
             os.close(fd)
             raise
         self.fd = fd
+        if start == 0:  # every byte a failed sync may have lost is written again
+            self.sync_error = None
 
     def open_sized(self, total: int, *, fresh: bool) -> None:
         """Open for positional writes (segments) with the file exactly ``total`` bytes long.
@@ -320,6 +374,8 @@ class PartialFile:
             raise
         self.fd = fd
         self.dirty = True  # the new length must be synced with the first checkpoint
+        if fresh:  # as in open(0)
+            self.sync_error = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -355,18 +411,38 @@ class PartialFile:
             if self.record.write(self.fd, self.open_dir):
                 self.new_entry = True  # a new sidecar: its entry wants the directory fsync
             if self.new_entry:
-                try:
-                    dfd = self.open_dir()
-                except DestinationError as exc:
-                    # Swapped since the file was made: the next open or the placement
-                    # refuses it; the bytes are synced either way.
-                    log.warning("%s", exc.message)
-                    return
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                self.fsync_dir_entry()
                 self.new_entry = False
+
+    def sync_later(self) -> SyncJob | None:
+        """For a checkpoint: the sync the group commit runs in its thread just before it
+        commits the offset (:class:`SyncJob`); None when nothing was written since.
+
+        ``dirty`` stays set: closing the file still syncs it on the spot. DestinationError
+        when an earlier checkpoint's sync failed (nothing of this file may be committed
+        until it is reopened, which cuts it back to the committed offset).
+        """
+        if self.fd < 0 or not self.dirty:
+            return None
+        if self.sync_error is not None:
+            raise self.sync_error
+        job = SyncJob(self, self.record.prepare(), new_entry=self.new_entry)
+        self.new_entry = False  # the job fsyncs the directory before the commit
+        return job
+
+    def fsync_dir_entry(self) -> None:
+        """Make the file's (or its sidecar's) new name durable: fsync the directory."""
+        try:
+            dfd = self.open_dir()
+        except DestinationError as exc:
+            # Swapped since the file was made: the next open or the placement refuses it;
+            # the bytes are synced either way.
+            log.warning("%s", exc.message)
+            return
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def close(self, *, sync: bool = True) -> None:
         """Close, fsyncing first unless the caller syncs the file by other means."""
@@ -383,14 +459,7 @@ class PartialFile:
 
     def _record_catch_up(self) -> None:
         if self.record.catch_up(self.fd, self.open_dir):
-            try:  # a new sidecar's entry, as in sync()
-                dfd = self.open_dir()
-            except DestinationError:
-                return
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self.fsync_dir_entry()  # a new sidecar's entry, as in sync()
 
     def _cutting(self, fd: int, size: int) -> None:
         """Bytes past ``size`` are about to go (a restart, or bytes no checkpoint vouched
@@ -412,6 +481,8 @@ class PartialFile:
         that decides is of the bytes read back from the file (not of what was meant to be
         written): one more read of the file, from the page cache as a rule, in a thread.
         """
+        if self.sync_error is not None:  # a checkpoint's sync lost pages: never placed
+            raise self.sync_error
         dfd = self.open_dir()
         try:
             fd = self._reopen(dfd, os.O_RDONLY)
