@@ -175,3 +175,37 @@ def test_a_failed_checkpoint_sync_sticks_to_the_file(tmp_path: Path) -> None:
         os.close(r)
         os.close(w)
         part.close()
+
+
+def test_synced_bytes_below_the_previous_checkpoint_leave_the_page_cache(
+    tmp_path: Path,
+) -> None:
+    """Sequential writes: each checkpoint's job lets go of what the one before it synced
+    (the newest checkpoint's bytes stay cached for a digest's tail hasher); segments and
+    files read back whole at the end (``keep_cached``) keep everything."""
+    part = _partial(tmp_path)  # 4096 bytes written
+    try:
+        jobs: list[SyncJob] = []
+
+        def checkpoint(**kw: Any) -> SyncJob:
+            job = part.sync_later(**kw)
+            assert job is not None
+            jobs.append(job)
+            return job
+
+        assert checkpoint()._drop is None  # nothing synced before
+        part.write(b"x" * 4096)
+        assert checkpoint()._drop == (0, 4096)
+        part.write(b"x" * 4096)
+        assert checkpoint(keep_cached=True)._drop is None
+        part.write(b"x" * 4096)
+        assert checkpoint()._drop == (4096, 12288)
+        part.pwrite(b"y", 0)  # written out of order: no longer sequential
+        assert checkpoint()._drop is None
+        for job in jobs:
+            job.run()  # in order, as the writer thread runs them
+        with open(part.path, "rb") as f:
+            data = f.read()
+        assert data == b"y" + b"x" * 16383  # dropped from the cache, not from the file
+    finally:
+        part.close()

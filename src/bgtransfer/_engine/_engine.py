@@ -517,7 +517,7 @@ class Engine:
         lands, in order, so nobody hears of a state the store could still lose.
         """
         m, row = live.machine, live.row
-        job = live.part.sync_later()  # described now, synced just before the commit
+        job = live.part.sync_later(keep_cached=bool(m.spec.sha256 or m.spec.checksums))
         kind = "progress" if live.last_phase is m.snap.phase else "state"
         live.last_phase = m.snap.phase
         hook = "pending" if m.terminal and row.on_complete and row.hook_state is None else None

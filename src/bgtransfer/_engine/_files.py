@@ -20,7 +20,8 @@ import os
 import stat
 from typing import Protocol
 
-from bgtransfer._engine._sidecar_io import Prepared, RecordKeeper
+from bgtransfer._engine._sidecar_io import RecordKeeper
+from bgtransfer._engine._syncjob import SyncJob
 from bgtransfer._exceptions import DestinationError, IntegrityError, InvalidRequest
 
 __all__ = [
@@ -114,52 +115,6 @@ class PartialLost(DestinationError):
     """The partial file to resume is gone or is not this task's file: start over."""
 
 
-class SyncJob:
-    """A checkpoint's data sync, run by the group commit's writer thread just before it
-    commits the offset the checkpoint names: fdatasync of a duplicate of the partial's
-    descriptor (the loop keeps writing through the original), then the record described
-    at the checkpoint (it names only bytes written before this sync began), then, for a new
-    file or a new sidecar, an fsync of the directory.
-
-    A failed fdatasync stays on the file (``PartialFile.sync_error``): Linux reports a
-    writeback error once per open file, and the loop's own descriptor shares this one's, so
-    a later sync would succeed over lost pages. The next checkpoint and the seal refuse.
-    """
-
-    __slots__ = ("_dir", "_fd", "_part", "_record")
-
-    def __init__(self, part: PartialFile, record: Prepared | None, *, new_entry: bool) -> None:
-        self._fd = os.dup(part.fd)
-        self._part = part
-        self._record = record
-        self._dir = new_entry
-
-    def run(self) -> None:
-        """In the writer thread. DestinationError: the bytes may not be durable."""
-        part = self._part
-        try:
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            part.sync_error = DestinationError(f"cannot fsync {part.path}: {exc.strerror}")
-            log.error("%s", part.sync_error.message)
-            raise part.sync_error from None
-        else:
-            if self._record is not None and part.record.write_prepared(
-                self._fd, self._record, part.open_dir
-            ):
-                self._dir = True  # a new sidecar's name
-        finally:
-            self.discard()
-        if self._dir:
-            part.fsync_dir_entry()
-
-    def discard(self) -> None:
-        """Not run (the store is closing, the claim was lost): let the descriptor go."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
 class _Holder(Protocol):
     """Where the partial file's identity is kept: the task's snapshot.
 
@@ -194,6 +149,12 @@ class PartialFile:
         self.fd = -1
         self.dirty = False
         self.new_entry = False
+        # Sequential writes (open()): where the next byte goes, the end of the bytes the
+        # last checkpoint synced, and below what the page cache was let go of; -1: not
+        # sequential (segments write anywhere), nothing is let go of.
+        self._end = -1
+        self._synced_end = 0
+        self._dropped = 0
         # A checkpoint's fdatasync failed in the writer thread (SyncJob): set there.
         self.sync_error: DestinationError | None = None
         # What a new store needs to adopt this file (xattr or sidecar): _sidecar_io.
@@ -352,6 +313,7 @@ class PartialFile:
             os.close(fd)
             raise
         self.fd = fd
+        self._end = self._synced_end = self._dropped = start
         if start == 0:  # every byte a failed sync may have lost is written again
             self.sync_error = None
 
@@ -373,6 +335,7 @@ class PartialFile:
             os.close(fd)
             raise
         self.fd = fd
+        self._end = -1
         self.dirty = True  # the new length must be synced with the first checkpoint
         if fresh:  # as in open(0)
             self.sync_error = None
@@ -388,6 +351,8 @@ class PartialFile:
                 raise DestinationError(f"cannot write {self.path}: {exc}") from exc
             view = view[n:]
         self.dirty = True
+        if self._end >= 0:
+            self._end += len(data)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (segments share one descriptor)."""
@@ -402,6 +367,7 @@ class PartialFile:
             view = view[n:]
             offset += n
         self.dirty = True
+        self._end = -1
 
     def sync(self) -> None:
         if self.fd >= 0 and self.dirty:
@@ -414,9 +380,16 @@ class PartialFile:
                 self.fsync_dir_entry()
                 self.new_entry = False
 
-    def sync_later(self) -> SyncJob | None:
+    def sync_later(self, *, keep_cached: bool = False) -> SyncJob | None:
         """For a checkpoint: the sync the group commit runs in its thread just before it
         commits the offset (:class:`SyncJob`); None when nothing was written since.
+
+        A sequential download also lets go of the page cache below the previous
+        checkpoint, once synced (``POSIX_FADV_DONTNEED``): a 1 GiB download keeps ~64 MiB
+        of cache instead of pushing 1 GiB of the user's cache out, and reuses the pages it
+        freed instead of faulting in new ones. The last checkpoint's bytes stay (a
+        digest's tail hasher reads them back); ``keep_cached``: nothing is let go of (the
+        whole file is read back at the end, for ``sha256`` or caller checksums).
 
         ``dirty`` stays set: closing the file still syncs it on the spot. DestinationError
         when an earlier checkpoint's sync failed (nothing of this file may be committed
@@ -426,7 +399,14 @@ class PartialFile:
             return None
         if self.sync_error is not None:
             raise self.sync_error
-        job = SyncJob(self, self.record.prepare(), new_entry=self.new_entry)
+        drop = None
+        if self._end >= 0:
+            # Synced by an earlier job of this file: the writer thread runs them in order.
+            if self._synced_end > self._dropped and not keep_cached:
+                drop = (self._dropped, self._synced_end)
+                self._dropped = self._synced_end
+            self._synced_end = self._end
+        job = SyncJob(self, self.record.prepare(), new_entry=self.new_entry, drop=drop)
         self.new_entry = False  # the job fsyncs the directory before the commit
         return job
 
