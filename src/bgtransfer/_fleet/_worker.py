@@ -37,6 +37,7 @@ from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._takeover import drop_old, localize, take_over
 from bgtransfer._exceptions import DestinationError, InvalidTransition, StoreError, TaskNotFound
+from bgtransfer._fleet._jobs import JobFiring
 from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
 from bgtransfer._store._base import Store, TaskRow
@@ -153,6 +154,7 @@ class Worker:
                 asyncio.create_task(self._claim_loop()),
                 asyncio.create_task(self._renew_loop()),
                 asyncio.create_task(self._control_loop()),
+                asyncio.create_task(JobFiring(self.url).run()),  # scheduled jobs
             ]
             await stop.wait()
             log.info("worker %s: stopping", self.name)

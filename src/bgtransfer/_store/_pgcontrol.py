@@ -26,6 +26,7 @@ from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS, event_record, task_from
 from bgtransfer._store._history import HistoryMixin
+from bgtransfer._store._pgjobs import FleetJobsMixin
 from bgtransfer._store._pgschema import CONTROL_CHANNEL, CONTROLS, EVENTS_CHANNEL
 
 __all__ = ["AsyncEventListener", "Change", "ControlMixin", "Controlled"]
@@ -62,8 +63,9 @@ class Controlled:
     lease_left: float = 0.0
 
 
-class ControlMixin(HistoryMixin):
-    """Control requests and their application (PostgreSQL only: claims and NOTIFY)."""
+class ControlMixin(HistoryMixin, FleetJobsMixin):
+    """Control requests and their application (PostgreSQL only: claims and NOTIFY), and
+    the fleet's background fetch jobs (``_pgjobs``)."""
 
     def request_control(self, task_id: str, action: str, *, now: float | None = None) -> bool:
         """Ask the worker holding ``task_id`` to ``action`` it ("suspend" or "cancel"),

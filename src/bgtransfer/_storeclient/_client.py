@@ -48,7 +48,7 @@ from bgtransfer._requests import (
 from bgtransfer._store._base import DuplicateKey, StoredEvent, TaskRow
 from bgtransfer._store._pgschema import SCHEMA_VERSION
 from bgtransfer._store._postgres import PostgresStore
-from bgtransfer._storeclient import _control
+from bgtransfer._storeclient import _control, _jobs
 from bgtransfer._storeclient._wakeups import FALLBACK, Wakeups
 from bgtransfer._storeclient._window import Window
 from bgtransfer._tasks import row_to_wire
@@ -175,10 +175,12 @@ class StoreClient:
         if path == "/v1/prune" and method == "POST":
             before, session = prune_args(body)
             return {"removed": await self._run(_prune, await self._db(), before, session)}
-        if path.startswith(("/v1/jobs", "/v1/limits")):
+        if path == "/v1/jobs" or path.startswith("/v1/jobs/"):
+            return await _jobs.answer(await self._db(), self._run, method, path, body, q)
+        if path.startswith("/v1/limits"):
             raise InvalidRequest(
-                "scheduled jobs and bandwidth limits are kept by a home's daemon; with a "
-                "PostgreSQL store (fleet mode) they are not available yet"
+                "bandwidth limits are kept by a home's daemon; with a PostgreSQL store "
+                "(fleet mode) they are not available yet"
             )
         found = _TASK_VERB.fullmatch(path)
         if found is not None:
