@@ -112,7 +112,9 @@ class JobFiring:
         except StoreError as exc:
             log.warning("background fetch jobs: %s", exc.message)
             return RETRY
-        wake = [*self.left.values(), *(() if nxt is None else (nxt,))]
+        wake: list[float] = list(self.left.values())
+        if nxt is not None:
+            wake.append(nxt)
         # 5 ms past the due time: a look at exactly next_run would find it not due yet.
         left = [max(t - time.time(), 0.0) + 0.005 for t in wake]
         return min([CAP, *left])
