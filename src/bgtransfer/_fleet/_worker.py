@@ -58,7 +58,9 @@ def _reachable(row: TaskRow) -> str | None:
     """Why this worker cannot use the task's file or directory (None: it can)."""
     if row.spec.kind == "upload":
         path = row.path  # the source file
-        return None if os.access(path, os.R_OK) else f"cannot read {path} on this worker"
+        if row.snap.phase is Phase.CANCELING or os.access(path, os.R_OK):
+            return None  # (a cancel only asks its server to delete the upload)
+        return f"cannot read {path} on this worker"
     directory = os.path.dirname(row.path)
     try:
         st = os.stat(directory)
