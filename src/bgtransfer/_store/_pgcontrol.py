@@ -50,6 +50,7 @@ __all__ = [
 # Seconds a client holds a cancelled task while it removes the partial file (milliseconds,
 # as a rule): if it dies meanwhile, a worker takes the task over after this and finishes.
 CLEANUP_LEASE = 30.0
+_RUNNING = ("connecting", "transferring", "waiting_retry", "verifying")
 # The holder of a cleanup handed to the workers: a lease that has run out, so the next
 # claim of any worker takes it (no worker is ever named so: the name has a space).
 FOR_A_WORKER = "cleanup for a worker"
@@ -251,6 +252,17 @@ class ControlMixin(HistoryMixin, FleetJobsMixin):
                 f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(?)", (builtins.list(task_ids),)
             ).fetchall()
         ]
+
+    def running_in(self, session: str) -> builtins.list[TaskRow]:
+        """The tasks of ``session`` a worker is running (their checkpointed bytes are the
+        progress a stream reports): as many as the fleet runs at once, at most."""
+        running = ", ".join(f"'{p}'" for p in _RUNNING)
+        cur = self._db.execute(
+            f"SELECT {COLUMNS} FROM tasks WHERE session=? AND phase IN ({running}) "
+            "ORDER BY created_at, id",
+            (session,),
+        )
+        return [task_from(r) for r in cur.fetchall()]
 
     def connection_lost(self) -> bool:
         """Whether the connection was found lost (server restart, network cut, connection

@@ -13,16 +13,19 @@ __all__ = [
     "CONTROL_CHANNEL",
     "EVENTS_CHANNEL",
     "MIGRATIONS",
+    "PROGRESS_CHANNEL",
     "QUEUE_CHANNEL",
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
 # NOTIFY payload: the id of a task whose holder is asked to suspend or cancel it.
 CONTROL_CHANNEL = "bgtransfer_control"
 CONTROLS = ("suspend", "cancel")  # the values of tasks.control (NULL: nothing asked)
 QUEUE_CHANNEL = "bgtransfer_queue"  # NOTIFY (no payload): a task may be claimed now
+# NOTIFY payload: the session one of whose tasks checkpointed new bytes (progress).
+PROGRESS_CHANNEL = "bgtransfer_progress"
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -201,5 +204,17 @@ END $$""",
     "WHERE lease_owner IS NOT NULL AND phase != 'done'",
 ]
 
+# Progress without a row per tick: a checkpoint that moves a task's offset notifies its
+# session (one notification per session per transaction, folded), and an event stream that
+# wants progress reads the running tasks' checkpointed bytes (_storeclient._progress).
+# (fleetjobs' migration: planned as v6, after fleetpace's v5, renumbered at merge.)
+_PROGRESS = [
+    "CREATE FUNCTION bgtransfer_progress_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{PROGRESS_CHANNEL}', NEW.session); RETURN NULL; END $$",
+    'CREATE TRIGGER tasks_progress_notify AFTER UPDATE OF "offset" ON tasks FOR EACH ROW '
+    'WHEN (NEW."offset" IS DISTINCT FROM OLD."offset" AND NEW.phase != \'done\') '
+    "EXECUTE FUNCTION bgtransfer_progress_notify()",
+]
+
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _PROGRESS}
