@@ -9,8 +9,8 @@ stays recorded: the holder applies it when it next looks).
 
 A cancel's cleanup is leased in the transaction that cancels (see ``_pgcontrol``): a
 download's partial file is removed here, under a lease of this client's; a tus or IETF-draft
-upload's resource is deleted on its server by a worker (the engine's termination request,
-with the task's own TLS and proxy settings), and the call waits for that like for a holder.
+upload's resource is deleted on its server by a worker (the engine's termination request:
+this client has no HTTP stack), and the call waits for that as for a holder.
 Either way a client that dies half-way strands nothing: a worker finishes the cancel."""
 
 from __future__ import annotations
