@@ -38,9 +38,13 @@ def _run_tasks(url: str, job_id: str) -> int:
 
 def _starter(fleet: Fleet, task_id: str) -> str:
     """The worker whose log says it started the run ``task_id``."""
-    found = [n for n in fleet.procs if re.search(rf"run {task_id} started", fleet.log(n))]
-    assert len(found) == 1, found  # started by exactly one worker
-    return found[0]
+
+    def found() -> list[str]:
+        return [n for n in fleet.procs if re.search(rf"run {task_id} started", fleet.log(n))]
+
+    eventually(lambda: bool(found()), 10, "the log line of the run")  # logged after commit
+    assert len(found()) == 1, found()  # started by exactly one worker
+    return found()[0]
 
 
 def test_two_workers_fire_each_occurrence_once_and_a_sigkilled_one_changes_nothing(
@@ -77,9 +81,10 @@ def test_two_workers_fire_each_occurrence_once_and_a_sigkilled_one_changes_nothi
     assert [r["status"] for r in runs if r["finished_at"] is not None][1:] == [304] * (
         len(outcomes) - 1
     )
-    # One request per run; a run cut by the SIGKILL is asked again by its new worker.
+    # One request per run: a finished run made one (a run cut by the SIGKILL: one more, by
+    # its new worker); the last run may not have been claimed when the worker stopped.
     reqs = server.requests(f"/r/{name}")
-    assert 0 <= len(reqs) - len(runs) <= 1, (len(reqs), len(runs))
+    assert len(outcomes) <= len(reqs) <= len(runs) + 1, (len(reqs), len(runs))
     etag = '"' + hashlib.sha256(b"version one\n").hexdigest() + '"'
     assert [r.headers.get("if-none-match") for r in reqs[1:]] == [etag] * (len(reqs) - 1)
 

@@ -69,7 +69,11 @@ class JobFiring:
                         listening = True
                     except StoreUnavailable as exc:
                         log.warning("background fetch jobs: %s", exc.message)
-                delay = await self.tick()
+                try:
+                    delay = await self.tick()
+                except Exception:  # a bug must not stop this worker's jobs for good
+                    log.exception("background fetch jobs: firing failed")
+                    delay = RETRY
                 if not listening:
                     await asyncio.sleep(min(delay, RETRY))
                     continue
