@@ -11,19 +11,23 @@ from __future__ import annotations
 __all__ = [
     "CONTROLS",
     "CONTROL_CHANNEL",
+    "COOLDOWN_CHANNEL",
     "EVENTS_CHANNEL",
+    "LIMITS_CHANNEL",
     "MIGRATIONS",
     "PROGRESS_CHANNEL",
     "QUEUE_CHANNEL",
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
 # NOTIFY payload: the id of a task whose holder is asked to suspend or cancel it.
 CONTROL_CHANNEL = "bgtransfer_control"
 CONTROLS = ("suspend", "cancel")  # the values of tasks.control (NULL: nothing asked)
 QUEUE_CHANNEL = "bgtransfer_queue"  # NOTIFY (no payload): a task may be claimed now
+COOLDOWN_CHANNEL = "bgtransfer_cooldown"  # NOTIFY (no payload): an origin asked to wait
+LIMITS_CHANNEL = "bgtransfer_limits"  # NOTIFY (no payload): a bandwidth cap changed
 # NOTIFY payload: the session one of whose tasks checkpointed new bytes (progress).
 PROGRESS_CHANNEL = "bgtransfer_progress"
 
@@ -204,11 +208,24 @@ END $$""",
     "WHERE lease_owner IS NOT NULL AND phase != 'done'",
 ]
 
+# Cool-downs and bandwidth caps hold fleet-wide: a change of either wakes every worker (a
+# 429 heard by one stops the others' requests to that origin; a `bgtransfer limit` is
+# shared out again). Statement triggers: one notification per change, whoever writes it.
+# A worker states its lease, so `status` can tell a worker that stopped heartbeating.
+_V5 = [
+    "CREATE FUNCTION bgtransfer_pace_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END $$",
+    "CREATE TRIGGER cooldowns_notify AFTER INSERT OR UPDATE ON cooldowns "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION bgtransfer_pace_notify('{COOLDOWN_CHANNEL}')",
+    "CREATE TRIGGER limits_notify AFTER INSERT OR UPDATE OR DELETE ON limits "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION bgtransfer_pace_notify('{LIMITS_CHANNEL}')",
+    "ALTER TABLE workers ADD COLUMN lease_s DOUBLE PRECISION",
+]
+
 # Progress without a row per tick: a checkpoint that moves a task's offset notifies its
 # session (one notification per session per transaction, folded), and an event stream that
 # wants progress reads the running tasks' checkpointed bytes (_storeclient._progress).
-# (fleetjobs' migration: planned as v6, after fleetpace's v5, renumbered at merge.)
-_PROGRESS = [
+_V6 = [
     "CREATE FUNCTION bgtransfer_progress_notify() RETURNS trigger LANGUAGE plpgsql AS "
     f"$$ BEGIN PERFORM pg_notify('{PROGRESS_CHANNEL}', NEW.session); RETURN NULL; END $$",
     'CREATE TRIGGER tasks_progress_notify AFTER UPDATE OF "offset" ON tasks FOR EACH ROW '
@@ -217,4 +234,4 @@ _PROGRESS = [
 ]
 
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _PROGRESS}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5, 5: _V6}
