@@ -339,6 +339,7 @@ class Committer:
             # Run once: a save the full disk keeps back does not sync again.
             jobs, pending.sync_jobs = pending.sync_jobs, []
             for job in jobs:
+                self._serve_inserts()  # a checkpoint's fdatasync may be long: see there
                 try:
                     job.run()
                 except DestinationError as exc:
