@@ -92,6 +92,11 @@ class Pump:
         self._finished = False  # on_stopped has run
         self._thread: threading.Thread | None = None
 
+    @property
+    def buffers(self) -> int:
+        """How many buffers the thread has made so far (at most ``depth``)."""
+        return self._made
+
     # -- the loop's side ----------------------------------------------------------------------
 
     async def read(self, limit: int) -> memoryview:

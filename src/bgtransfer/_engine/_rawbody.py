@@ -40,7 +40,16 @@ import aiohttp
 
 from bgtransfer._engine._pump import Pump
 
-__all__ = ["MIN_RAW_BYTES", "PUMP_DEPTH", "RawBody", "TLSBody", "TLSReader", "take_over"]
+__all__ = [
+    "MIN_RAW_BYTES",
+    "PUMP_DEPTH",
+    "THREAD_ENV",
+    "RawBody",
+    "TLSBody",
+    "TLSReader",
+    "decrypt_in_thread",
+    "take_over",
+]
 
 # Below this, closing the keep-alive connection costs more than the copies save.
 MIN_RAW_BYTES = 8 << 20
@@ -52,6 +61,8 @@ _NET_READ = 256 << 10
 
 _SSL_EOF = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
+# Set to 1 or 0 to force decryption in a thread on or off (see decrypt_in_thread).
+THREAD_ENV = "BGTRANSFER_TLS_THREAD"
 # Buffers of a TLS body's pump (_pump.py): one the loop writes, the others the thread fills.
 PUMP_DEPTH = 3
 # How long a partly filled buffer waits for more before the loop gets it: a slow stream is
@@ -229,20 +240,38 @@ class TLSBody(RawBody):
 
     def __init__(self, sock: TLSReader, buffered: bytes, remaining: int) -> None:
         super().__init__(sock, buffered, remaining)
-        self._pump: Pump | None = None
+        self.threaded = decrypt_in_thread()
+        self.pump: Pump | None = None  # from the first read on
 
     async def read(self, limit: int) -> memoryview:
-        if self._pump is None:
-            self._pump = Pump(
+        if not self.threaded:
+            return await super().read(limit)  # the loop decrypts, through TLSReader.recv_into
+        if self.pump is None:
+            self.pump = Pump(
                 self.sock, self.remaining, size=limit, depth=PUMP_DEPTH, on_stopped=self.sock.close
             )
-        return await self._pump.read(limit)
+        return await self.pump.read(limit)
 
     def close(self) -> None:
-        if self._pump is None:
+        if self.pump is None:
             self.sock.close()
         else:
-            self._pump.close()  # closes the reader once its thread has stopped
+            self.pump.close()  # closes the reader once its thread has stopped
+
+
+def decrypt_in_thread() -> bool:
+    """Whether a TLS body is decrypted in a thread of its own: ``BGTRANSFER_TLS_THREAD=1``
+    or ``0`` says so; otherwise only with 4 or more CPUs to run on. The thread overlaps
+    decryption with the file's writes and syncs, which needs a core to spare: on the 2-core
+    VM of the benchmarks, shared with other work, it cost 5-20 % more CPU for no faster
+    transfer (benchmarks/README.md, "Issue 19, session 6")."""
+    forced = os.environ.get(THREAD_ENV, "")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        return len(os.sched_getaffinity(0)) >= 4
+    except (AttributeError, OSError):  # no affinity call on this platform
+        return (os.cpu_count() or 1) >= 4
 
 
 def _tls_parts(
