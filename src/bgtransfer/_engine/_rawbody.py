@@ -18,8 +18,16 @@ session changes) but feeds its incoming BIO from a dup of the socket itself and 
 straight into the caller's buffer with ``SSLObject.read(n, buffer)``. It is a socket
 subclass, so the caller's ``loop.sock_recv_into(raw.sock, buf)`` reads plaintext
 unchanged. It relies on private attributes of CPython's ``asyncio.sslproto.SSLProtocol``
-(the 3.11+ design: ``_sslobj``, ``_incoming``, ``_transport``, ``_incoming_low_water``);
-when they are missing or look different it returns None and aiohttp's path is used.
+(the 3.11+ design: ``_sslobj``, ``_incoming``, ``_transport``, ``_incoming_low_water``,
+``_state``); when they are missing or look different it returns None and aiohttp's path is
+used.
+
+Both bodies are read with ``await RawBody.read(limit)``. A :class:`TLSBody` may instead
+decrypt in a thread of its own (:mod:`bgtransfer._engine._pump`, :meth:`TLSReader.fill`)
+so that decryption overlaps the loop's file writes and syncs; :func:`decrypt_in_thread`
+decides, as only a machine with a core to spare gains from it. The session is then the
+thread's: the take-over unwraps asyncio's protocol, so closing the response on the loop
+(the watchdog, a stop) cannot start a TLS shutdown inside it.
 
 Chunked bodies, unknown lengths and short bodies keep aiohttp's path.
 """
