@@ -272,7 +272,7 @@ def decrypt_in_thread() -> bool:
     or ``0`` says so; otherwise only with 4 or more CPUs to run on. The thread overlaps
     decryption with the file's writes and syncs, which needs a core to spare: on the 2-core
     VM of the benchmarks, shared with other work, it cost 5-20 % more CPU for no faster
-    transfer (benchmarks/README.md, "Issue 19, session 6")."""
+    transfer (benchmarks/README.md, "Issue 19, session 6: where the HTTPS time goes")."""
     forced = os.environ.get(THREAD_ENV, "")
     if forced in ("0", "1"):
         return forced == "1"
