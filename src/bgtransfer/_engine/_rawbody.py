@@ -69,7 +69,7 @@ _NET_READ = 256 << 10
 
 _SSL_EOF = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
 
-# Set to 1 or 0 to force decryption in a thread on or off (see decrypt_in_thread).
+# Set to 1 to decrypt TLS bodies in a thread of their own (see decrypt_in_thread).
 THREAD_ENV = "BGTRANSFER_TLS_THREAD"
 # Buffers of a TLS body's pump (_pump.py): one the loop writes, the others the thread fills.
 PUMP_DEPTH = 3
@@ -268,18 +268,13 @@ class TLSBody(RawBody):
 
 
 def decrypt_in_thread() -> bool:
-    """Whether a TLS body is decrypted in a thread of its own: ``BGTRANSFER_TLS_THREAD=1``
-    or ``0`` says so; otherwise only with 4 or more CPUs to run on. The thread overlaps
-    decryption with the file's writes and syncs, which needs a core to spare: on the 2-core
-    VM of the benchmarks, shared with other work, it cost 5-20 % more CPU for no faster
-    transfer (benchmarks/README.md, "Issue 19, session 6: where the HTTPS time goes")."""
-    forced = os.environ.get(THREAD_ENV, "")
-    if forced in ("0", "1"):
-        return forced == "1"
-    try:
-        return len(os.sched_getaffinity(0)) >= 4
-    except (AttributeError, OSError):  # no affinity call on this platform
-        return (os.cpu_count() or 1) >= 4
+    """Whether a TLS body is decrypted in a thread of its own: only when
+    ``BGTRANSFER_TLS_THREAD=1`` asks for it. The thread overlaps decryption with the file's
+    writes and syncs, which needs a core to spare: on the 2-core VM of the benchmarks it
+    cost 5-20 % more CPU for no faster transfer (benchmarks/README.md, "Issue 19, session
+    6: where the HTTPS time goes"), and its gain on more cores is not measured yet, so it
+    is opt-in until it is."""
+    return os.environ.get(THREAD_ENV, "") == "1"
 
 
 def _tls_parts(
