@@ -14,6 +14,7 @@ child's user + sys, interpreter start and handshake included) and the reads per 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,23 +29,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_proc import Nginx, make_pki
 
 CHILD = r"""
-import asyncio, json, resource, ssl, sys, time
+import asyncio, json, os, resource, ssl, sys, time
 import aiohttp
 from bgtransfer._engine._rawbody import take_over
 
-url, cafile, mode = sys.argv[1:4]
+url, cafile, mode, dest = sys.argv[1:5]
+out = None if dest == "-" else os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
 async def main():
     ctx = ssl.create_default_context(cafile=cafile)
     async with aiohttp.ClientSession() as http:
         async with http.get(url, ssl=ctx) as resp:
             total = reads = 0
-            raw = take_over(resp, tls=True) if mode == "fast" else None
+            raw = take_over(resp, tls=True) if mode != "aiohttp" else None
             if raw is None:
                 assert mode == "aiohttp", "the fast path did not apply"
                 async for chunk in resp.content.iter_chunked(1 << 20):
+                    if out is not None:
+                        os.write(out, chunk)
                     total += len(chunk)
                     reads += 1
+                return total, reads
+            if mode == "pump":
+                total, left = len(raw.buffered), raw.remaining
+                try:
+                    while left:
+                        chunk = await raw.read(min(1 << 20, left))
+                        if not chunk:
+                            raise ConnectionError("body cut short")
+                        if out is not None:
+                            os.write(out, chunk)
+                        total += len(chunk)
+                        left -= len(chunk)
+                        reads += 1
+                finally:
+                    raw.close()
                 return total, reads
             loop = asyncio.get_running_loop()
             buf = memoryview(bytearray(1 << 20))
@@ -54,6 +73,8 @@ async def main():
                     n = await loop.sock_recv_into(raw.sock, buf[: min(len(buf), left)])
                     if n == 0:
                         raise ConnectionError("body cut short")
+                    if out is not None:
+                        os.write(out, buf[:n])
                     total += n
                     left -= n
                     reads += 1
@@ -73,25 +94,49 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--mib", type=int, default=1024, help="body size (default 1024)")
     p.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")
+    p.add_argument(
+        "--modes",
+        default="aiohttp,fast,pump",
+        help="aiohttp: iter_chunked; fast: sock_recv_into on the loop; pump: TLSBody.read, "
+        "decrypting in a thread (the engine's path) (default: all three)",
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="also write each body to a new file in DIR (removed and `sync` run before each "
+        "run); default: nothing is written",
+    )
+    p.add_argument("--url", help="an HTTPS URL of a --mib MiB body instead of our own nginx")
+    p.add_argument("--cafile", help="the CA that signed --url's certificate")
     a = p.parse_args(argv)
+    modes = a.modes.split(",")
     tmp = Path(tempfile.mkdtemp(prefix="bgttls-"))
     os.chmod(tmp, 0o755)
     nginx = None
     try:
-        data = tmp / "data"
-        data.mkdir(mode=0o755)
-        with open(data / "body.bin", "wb") as f:
-            f.writelines(os.urandom(1 << 20) for _ in range(a.mib))
-        os.chmod(data / "body.bin", 0o644)
-        pki = make_pki(tmp / "pki")
-        nginx = Nginx(shutil.which("nginx") or "/usr/sbin/nginx", tmp / "nginx", data, pki=pki)
-        nginx.start()
-        url = nginx.url("body.bin", tls=True)
-        runs: dict[str, list[dict[str, float]]] = {"aiohttp": [], "fast": []}
+        if a.url:
+            url, cafile = a.url, a.cafile
+        else:
+            data = tmp / "data"
+            data.mkdir(mode=0o755)
+            with open(data / "body.bin", "wb") as f:
+                f.writelines(os.urandom(1 << 20) for _ in range(a.mib))
+            os.chmod(data / "body.bin", 0o644)
+            pki = make_pki(tmp / "pki")
+            nginx = Nginx(shutil.which("nginx") or "/usr/sbin/nginx", tmp / "nginx", data, pki=pki)
+            nginx.start()
+            url, cafile = nginx.url("body.bin", tls=True), str(pki.ca)
+        runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
         for rnd in range(a.rounds):
-            for mode in ("aiohttp", "fast") if rnd % 2 == 0 else ("fast", "aiohttp"):
+            for mode in modes[rnd % len(modes) :] + modes[: rnd % len(modes)]:
+                dest = "-"
+                if a.out:
+                    dest = os.path.join(a.out, "tls_body.out")
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(dest)
+                    os.sync()
                 out = subprocess.run(
-                    [sys.executable, "-c", CHILD, url, str(pki.ca), mode],
+                    [sys.executable, "-c", CHILD, url, cafile, mode, dest],
                     capture_output=True,
                     text=True,
                     timeout=600,
@@ -106,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"cpu {rec['cpu']:.2f} s  reads {rec['reads']}",
                     file=sys.stderr,
                 )
+        if a.out:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(a.out, "tls_body.out"))
         print(f"{a.mib} MiB over TLS 1.3, {a.rounds} rounds, loadavg {os.getloadavg()[0]:.2f}")
         for mode, rs in runs.items():
             mbps = [r["bytes"] / r["wall"] / 1e6 for r in rs]

@@ -718,7 +718,11 @@ def test_closing_leaves_queued_tasks_resumable(
     home = tmp_path / "h"
     with bgtransfer.Session("q2", home=home, background=False, max_active=1) as s:
         ids = [
-            s.download(server.url(f"/gen/{SIZE}?rate=1000000&key={key}{i}"), tmp_path / f"g{i}").id
+            # Each answer stalls after 1000 bytes, so however slowly a loaded machine
+            # submits the 80, none can finish before the session closes.
+            s.download(
+                server.url(f"/gen/{SIZE}?stall_body=1000&stall=30&key={key}{i}"), tmp_path / f"g{i}"
+            ).id
             for i in range(80)
         ]
     with bgtransfer.Session("q2", home=home, background=False) as s2:

@@ -16,6 +16,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import uuid
@@ -99,6 +100,12 @@ async def tls_relay(pki: Pki, upstream: FaultServer) -> AsyncIterator[int]:
             while data := await r.read(1 << 18):
                 w.write(data)
                 await w.drain()
+        except ConnectionResetError:
+            # A reset reaches the other side as a reset (``rst=N``), not as a clean close.
+            with contextlib.suppress(OSError):
+                sock = w.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()
         except (ConnectionError, ssl.SSLError):
             pass
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +108,31 @@ def test_a_locked_task_is_skipped_not_waited_for(
         assert [c.row.id for c in got] == [second.id]
         other.rollback()
     assert [c.row.id for c in pg.claim("w1", 30.0, limit=2, now=T0)] == [first.id]
+
+
+def test_a_holder_frozen_inside_a_transaction_loses_its_row_locks(
+    pg: PostgresStore, pg_url: str, tmp_path: Path
+) -> None:
+    # A worker SIGSTOPped mid-transaction keeps its socket open: without the server's
+    # idle-in-transaction timeout, its row lock would hide the task from every claim.
+    first, second = _rows(tmp_path, 2)
+    pg.insert_many([first, second])
+    frozen = PostgresStore(pg_url, idle_tx_timeout=0.5)
+    try:
+        tx = frozen.transaction()
+        tx.__enter__()
+        frozen._db.execute("SELECT id FROM tasks WHERE id=? FOR UPDATE", (first.id,))
+        assert [c.row.id for c in pg.claim("w1", 30.0, limit=2, now=T0)] == [second.id]
+        got: list[str] = []
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:  # the server ends it after 0.5 s
+            time.sleep(0.2)
+            got = [c.row.id for c in pg.claim("w1", 30.0, limit=2, now=T0)]
+        assert got == [first.id]
+        with pytest.raises(StoreError):  # the frozen one learns it when it wakes
+            tx.__exit__(None, None, None)
+    finally:
+        frozen.close()
 
 
 def test_a_lost_lease_fences_off_the_old_holder(pg: PostgresStore, tmp_path: Path) -> None:

@@ -177,18 +177,16 @@ class Downloader:
             take(raw.buffered)
             await pacing.throttle(live, len(raw.buffered))
             raw.buffered = b""
-        loop = asyncio.get_running_loop()
         size = pacing.read_size(live)
-        buf = memoryview(bytearray(size))
         left = raw.remaining
         while left > 0:
             async with asyncio.timeout(rt):
-                n = await loop.sock_recv_into(raw.sock, buf[: min(size, left)])
-            if n == 0:
+                chunk = await raw.read(min(size, left))  # valid until the next read
+            if not chunk:
                 raise ConnectionError("body cut short")
-            take(buf[:n])
-            left -= n
-            await pacing.throttle(live, n)
+            take(chunk)
+            left -= len(chunk)
+            await pacing.throttle(live, len(chunk))
 
     async def _watch(self, live: Live) -> None:
         """Cut the connection of a trickling download; the read then fails as "slow"."""

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import psycopg
 import psycopg.errors
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bgtransfer._exceptions import LeaseLost, StoreError, StoreFull, StoreUnavailable
 from bgtransfer._models import Phase
@@ -105,15 +106,24 @@ class _Conn:
     StoreError, and a new connection when the last one was lost (server restart, network
     cut, connection killed): the call that finds it lost fails, the next one reconnects."""
 
-    def __init__(self, url: str, connect_timeout: float) -> None:
+    def __init__(self, url: str, connect_timeout: float, idle_tx_timeout: float) -> None:
         self.url, self.timeout = url, max(1, int(connect_timeout))
         self.closed = False
         self.in_tx = 0  # transactions open (psycopg nests them as savepoints)
+        # A process frozen (SIGSTOP, a paused VM) inside a transaction would keep its row
+        # locks for as long as its socket lives, and FOR UPDATE SKIP LOCKED would skip that
+        # task forever: the server ends such a session instead. Our transactions issue their
+        # statements back to back, so they never idle anywhere near this long.
+        self.options = f"-c idle_in_transaction_session_timeout={round(idle_tx_timeout * 1000)}"
         self.con = self._connect()
 
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(self.url, autocommit=True, connect_timeout=self.timeout)
+            params = conninfo_to_dict(self.url)
+            params["options"] = f"{params.get('options') or ''} {self.options}".strip()
+            return psycopg.connect(
+                make_conninfo("", **params), autocommit=True, connect_timeout=self.timeout
+            )
         except psycopg.Error as exc:
             raise StoreUnavailable(f"cannot connect to the task store: {_safe(exc)}") from exc
 
@@ -130,7 +140,7 @@ class _Conn:
         try:
             # The shared SQL has no literal "?" or "%".
             return con.execute(sql.replace("?", "%s"), parameters)
-        except psycopg.OperationalError as exc:
+        except _LOST as exc:
             raise _store_error(exc) from exc
 
     def close(self) -> None:
@@ -144,9 +154,11 @@ class PostgresStore(FleetMixin, SQLStore, ControlMixin):
     _no_limit = None
     _fencing = True
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str, *, connect_timeout: float = 10.0, idle_tx_timeout: float = 10.0
+    ) -> None:
         self._url = url
-        self._db = _Conn(url, connect_timeout)
+        self._db = _Conn(url, connect_timeout, idle_tx_timeout)
         try:
             self._migrate()
         except BaseException:
@@ -170,7 +182,7 @@ class PostgresStore(FleetMixin, SQLStore, ControlMixin):
         try:
             with con.transaction():
                 yield
-        except psycopg.OperationalError as exc:  # the COMMIT, or a statement of the body
+        except _LOST as exc:  # the COMMIT, or a statement of the body
             raise _store_error(exc) from exc
         finally:
             self._db.in_tx -= 1
@@ -506,7 +518,12 @@ class QueueListener:
         self._con.close()
 
 
-def _store_error(exc: psycopg.OperationalError) -> StoreError:
+# A lost connection, and a session the server ended because it idled inside a transaction
+# (this process was frozen): both mean the transaction is gone.
+_LOST = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
+
+
+def _store_error(exc: psycopg.Error) -> StoreError:
     if isinstance(exc, psycopg.errors.DiskFull):
         return StoreFull(
             f"the task store's disk is full ({_safe(exc)}): tasks are suspended until space "
