@@ -110,7 +110,7 @@ class StaticServer:
         self.port = 0
         self.tls_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
-        self._pki: Pki | None = None
+        self.pki: Pki | None = None
 
     # -- for the tests -----------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class StaticServer:
 
     def start(self, *, tls: Pki | None = None, attempts: int = 5) -> None:
         """Start on free ports (again on others if one was taken meanwhile)."""
-        self._pki = tls
+        self.pki = tls
         last = ""
         for _ in range(attempts):
             self.port = free_port()
@@ -280,10 +280,10 @@ class Nginx(StaticServer):
     def _config(self) -> str:
         r, www = self.root, self.docroot
         tls = ""
-        if self._pki is not None:
+        if self.pki is not None:
             tls = (
                 f"listen 127.0.0.1:{self.tls_port} ssl; "
-                f"ssl_certificate {self._pki.cert}; ssl_certificate_key {self._pki.key};"
+                f"ssl_certificate {self.pki.cert}; ssl_certificate_key {self.pki.key};"
             )
         return f"""\
 daemon off;
@@ -442,11 +442,11 @@ def make_pki(d: Path) -> Pki:
 
 
 class CutProxy:
-    """A TCP relay on 127.0.0.1 to ``upstream`` that cuts each of its first ``cuts``
-    connections once ``after`` bytes went one way (``direction``: "response", server to
-    client, or "request"), calling ``on_cut`` first: the test changes the world (replaces
-    a file) while the client is cut off. Transparent to TLS. Both sockets are closed at
-    the cut, so each side sees the other go away mid-message."""
+    """A TCP relay on 127.0.0.1 to ``upstream`` that cuts a connection once ``after`` bytes
+    went one way on it (``direction``: "response", server to client, or "request"), the
+    first ``cuts`` connections to get that far, calling ``on_cut`` first: the test changes
+    the world (replaces a file) while the client is cut off. Transparent to TLS. Both
+    sockets are closed at the cut, so each side sees the other go away mid-message."""
 
     def __init__(
         self,
@@ -490,9 +490,8 @@ class CutProxy:
             except OSError:
                 client.close()
                 continue
-            limit = self.after if self.connections <= self.cuts else None
             for src, dst, way in ((client, up, "request"), (up, client, "response")):
-                lim = limit if way == self.direction else None
+                lim = self.after if way == self.direction else None
                 t = threading.Thread(target=self._pump, args=(src, dst, lim), daemon=True)
                 t.start()
                 self._threads.append(t)
@@ -504,10 +503,8 @@ class CutProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                if limit is not None and passed + len(data) >= limit:
+                if limit is not None and passed + len(data) >= limit and self._take_cut():
                     dst.sendall(data[: limit - passed])
-                    with self._lock:
-                        self.cut += 1
                     if self.on_cut is not None:
                         self.on_cut()
                     break
@@ -520,6 +517,13 @@ class CutProxy:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
                 s.close()
+
+    def _take_cut(self) -> bool:
+        with self._lock:
+            if self.cut >= self.cuts:
+                return False
+            self.cut += 1
+            return True
 
     def close(self) -> None:
         self._closed = True
