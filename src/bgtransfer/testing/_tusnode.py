@@ -135,7 +135,7 @@ def _installed(target: Path) -> bool:
     return (target / ".installed").is_file()
 
 
-def install_tus_node(timeout: float = 300.0) -> Path:
+def install_tus_node(timeout: float = 100.0) -> Path:
     """Install the pinned packages once (a lock serialises concurrent runs); returns the
     directory holding ``node_modules``. Raises RuntimeError when npm fails."""
     target = tus_node_dir()
