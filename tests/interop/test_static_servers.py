@@ -223,7 +223,10 @@ def test_compression_is_never_applied_to_what_is_downloaded(
     zipped = static.probe(name, where="gz", method="GET", Accept_Encoding="gzip")
     assert zipped.get("content-encoding") == "gzip"  # the location does compress
     plain_etag = static.probe(name)["etag"]
-    assert zipped["etag"] != plain_etag
+    if static.name == "nginx":
+        assert zipped["etag"] == "W/" + plain_etag  # weak: no If-Range may carry it
+    else:
+        assert zipped["etag"] == plain_etag[:-1] + '-gzip"'  # strong-looking, its own
     url = f"/gz/{name}"
     with CutProxy(static.port, after=256 << 10) as proxy, session(tmp_path) as s:
         t = s.download(proxy.url(url), tmp_path / "f.txt", segments=4, **FAST).wait(timeout=60)

@@ -195,14 +195,16 @@ class StaticServer:
             self.tls_port = free_port() if tls else 0
             conf = self.root / "server.conf"
             conf.write_text(self._config())
-            self.proc = subprocess.Popen(
-                as_server_user(self._command(conf)),
-                cwd=self.root,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
+            # A file, not a pipe nobody reads while the server runs (a full pipe blocks it).
+            with open(self.root / "stderr.log", "ab") as stderr:
+                self.proc = subprocess.Popen(
+                    as_server_user(self._command(conf)),
+                    cwd=self.root,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    start_new_session=True,
+                )
             if self._ready(timeout=15):
                 return
             last = self._stop_proc()
@@ -233,11 +235,10 @@ class StaticServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)  # its own session: only its children
                 proc.wait(10)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        if proc.stderr:
-            proc.stderr.close()
-        with contextlib.suppress(OSError):
-            err += self.error_log.read_text(errors="replace")[-2000:]
+        err = ""
+        for log in (self.root / "stderr.log", self.error_log):
+            with contextlib.suppress(OSError):
+                err += log.read_text(errors="replace")[-2000:]
         return err
 
     def stop(self) -> None:

@@ -186,16 +186,18 @@ class TusNode:
         self.store.mkdir(mode=0o755)
         if os.geteuid() == 0:
             os.chown(self.store, NOBODY, NOBODY)
-        self.proc = subprocess.Popen(
-            as_server_user(
-                ["node", str(script), str(self.modules), str(self.store), str(self.log_path)]
-            ),
-            cwd=self.root,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        # stderr to a file: a pipe nobody reads while the server runs would block it.
+        with open(self.root / "stderr.log", "ab") as stderr:
+            self.proc = subprocess.Popen(
+                as_server_user(
+                    ["node", str(script), str(self.modules), str(self.store), str(self.log_path)]
+                ),
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+            )
         line = self._first_line(timeout)
         m = re.match(rb"listening (\d+)", line)
         if m is None:
@@ -271,11 +273,12 @@ class TusNode:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
-        return err[-2000:]
+        if proc.stdout is not None:
+            proc.stdout.close()
+        try:
+            return (self.root / "stderr.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         self._stop_proc()
