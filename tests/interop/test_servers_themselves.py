@@ -42,7 +42,7 @@ def test_the_tus_server_runs_unprivileged_from_the_cached_install(tus_node: TusN
     assert install_tus_node() == tus_node_dir()  # installed once: the second call is a look
 
 
-@pytest.mark.parametrize("where", ["", "noetag", "gz"])
+@pytest.mark.parametrize("where", ["", "noetag", "gz", "noranges"])
 def test_every_location_serves_the_same_file(static: StaticServer, key: str, where: str) -> None:
     name = f"loc-{key}.bin"
     static.put(name, os.urandom(4096))

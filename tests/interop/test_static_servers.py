@@ -208,6 +208,27 @@ def test_a_segmented_download_of_a_file_replaced_mid_way_is_one_version(
     assert t.restarts >= 1
 
 
+def test_a_server_that_serves_no_ranges_gets_one_connection_and_a_clean_restart(
+    static: StaticServer, tmp_path: Path, key: str
+) -> None:
+    """``/noranges/`` (nginx ``max_ranges 0``: no Accept-Ranges; Apache ``MaxRanges none``:
+    ``Accept-Ranges: none``): segments are declined, and the resume after a cut, answered
+    200 whole, starts the file again."""
+    name = f"noranges-{key}.bin"
+    data = publish(static, name, 4 * MiB)
+    assert static.probe(name, where="noranges").get("accept-ranges", "none") == "none"
+    url = f"/noranges/{name}"
+    with CutProxy(static.port, after=MiB) as proxy, session(tmp_path) as s:
+        t = s.download(proxy.url(url), tmp_path / "f.bin", segments=4, **FAST).wait(timeout=60)
+    assert t.error is None, t.error
+    assert (tmp_path / "f.bin").read_bytes() == data
+    first, second = gets(static, url, 2)
+    assert first.range == ""  # one connection: no segment was asked for
+    assert second.range.startswith("bytes=")
+    assert second.status == 200
+    assert t.restarts == 1
+
+
 # -- compression -------------------------------------------------------------------------------
 
 

@@ -8,9 +8,10 @@ port, runs in the foreground as a child process and as an unprivileged user (und
 logs every request as one JSON line (method, path, status, Range, If-Range, the ETag and
 Content-Encoding it sent, body bytes) for the tests to assert on what went over the wire.
 
-Three locations serve the same document root: ``/`` (the server's defaults: a strong ETag),
-``/noetag/`` (no ETag, so Last-Modified is the only validator) and ``/gz/`` (compression on
-for every type; Apache also has ``/forcegz/``, compressed whatever the client accepts).
+Four locations serve the same document root: ``/`` (the server's defaults: a strong ETag),
+``/noetag/`` (no ETag, so Last-Modified is the only validator), ``/gz/`` (compression on
+for every type; Apache also has ``/forcegz/``, compressed whatever the client accepts) and
+``/noranges/`` (Range ignored: always 200 whole).
 Nothing here is for production.
 """
 
@@ -115,7 +116,7 @@ class StaticServer:
     # -- for the tests -----------------------------------------------------------------------
 
     def url(self, name: str, *, where: str = "", tls: bool = False) -> str:
-        """``where``: "" (defaults), "noetag", "gz" (or Apache's "forcegz")."""
+        """``where``: "" (defaults), "noetag", "gz", "noranges" (or Apache's "forcegz")."""
         base = f"https://127.0.0.1:{self.tls_port}" if tls else f"http://127.0.0.1:{self.port}"
         return f"{base}/{where + '/' if where else ''}{name}"
 
@@ -311,6 +312,7 @@ http {{
         root {www};
         location /noetag/ {{ alias {www}/; etag off; }}
         location /gz/ {{ alias {www}/; gzip on; gzip_types *; gzip_min_length 0; }}
+        location /noranges/ {{ alias {www}/; max_ranges 0; }}
     }}
 }}
 """
@@ -385,11 +387,15 @@ DocumentRoot {www}
 Alias /noetag/ {www}/
 Alias /gz/ {www}/
 Alias /forcegz/ {www}/
+Alias /noranges/ {www}/
 <Location /noetag/>
     FileETag None
 </Location>
 <Location /gz/>
     SetOutputFilter DEFLATE
+</Location>
+<Location /noranges/>
+    MaxRanges none
 </Location>
 <Location /forcegz/>
     SetOutputFilter DEFLATE
