@@ -113,7 +113,9 @@ def test_get_failure_and_bad_input_exit_codes(
 def test_add_ls_show_control_wait(
     server: FaultServer, home: Path, tmp_path: Path, key: str
 ) -> None:
-    url = server.url(f"/gen/4M?rate=1000000&key={key}")
+    # The first answer stalls after 1 MB (not a throttle a loaded machine could outrun):
+    # the task is surely running when it is suspended; the resumed Range request is fast.
+    url = server.url(f"/gen/4M?stall_body=1000000&stall=30&times=1&key={key}")
     r = bgt(home, "add", url, "-o", str(tmp_path / "q.bin"))
     assert r.returncode == 0, r.stderr
     task_id = r.stdout.strip()

@@ -14,7 +14,7 @@ from pathlib import Path
 import bgtransfer
 from bgtransfer.testing import FaultServer, gen_bytes, gen_sha256
 
-from .conftest import kill_daemon
+from .conftest import daemon_pid, kill_daemon
 
 ROOT = Path(__file__).resolve().parents[2]
 MIRROR = ROOT / "examples" / "mirror.py"
@@ -63,6 +63,11 @@ def test_mirror_survives_kills_of_the_app_and_the_daemon(
     daemon_kills = 0
     for n in range(ROUNDS):
         app = start(manifest, dest, home)
+        # The kill must land while a daemon runs: on a loaded machine the app can take
+        # seconds to start one, so the random delay counts from the daemon being up.
+        deadline = time.monotonic() + 30
+        while daemon_pid(home) is None and app.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
         time.sleep(rng.uniform(0.6, 2.0))
         app.kill()  # SIGKILL: no cleanup of any kind
         app.communicate(timeout=10)

@@ -103,6 +103,10 @@ def test_sigkill_loop_resumes_byte_exact(server: FaultServer, tmp_path: Path, ke
     deadline = time.monotonic() + 120
     while kills < 12 and time.monotonic() < deadline:
         proc = spawn(home, url, dest)
+        # The random delay counts from the task's start: on a loaded machine the child's
+        # interpreter start alone can take longer than the whole delay.
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("started")
         time.sleep(rng.uniform(0.5, 2.5))  # checkpoints come every 1 s of transfer
         if proc.poll() is not None:
             proc.communicate(timeout=10)

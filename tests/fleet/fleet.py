@@ -66,12 +66,19 @@ class Fleet:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(
-        self, name: str, *, max_active: int = 4, max_per_host: int = 6, as_nobody: bool = False
+        self,
+        name: str,
+        *,
+        max_active: int = 4,
+        max_per_host: int = 6,
+        as_nobody: bool = False,
+        wrap: tuple[str, ...] = (),  # a command the worker runs under (e.g. prlimit ... --)
     ) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
         prefix = (
             ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if as_nobody else []
         )
+        prefix += wrap
         try:
             self.procs[name] = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "bgtransfer._fleet", "--store", self.url,

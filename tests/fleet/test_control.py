@@ -30,9 +30,12 @@ def test_a_client_suspends_and_cancels_running_tasks(
 
     def applied() -> bool:
         ga, gb = pg.get(a.id), pg.get(b.id)
+        # The worker saves each phase, then gives the lease back in a second statement.
         return (
             ga is not None and ga.snap.phase.value == "suspended"
             and gb is not None and gb.snap.phase.value == "done"
+            and (pg.lease(a.id) or (1,))[0] is None
+            and (pg.lease(b.id) or (1,))[0] is None
         )  # fmt: skip
 
     eventually(applied, 15, "the worker applies both")

@@ -5,7 +5,8 @@ Threads and connections (psycopg is blocking; the event loop never waits on the 
 - the *lease thread* (one, so its connection is never shared) claims, renews, releases and
   heartbeats; the loop awaits it;
 - the engine's *commit thread* writes snapshots, each fenced by its claim's generation;
-- the *listener thread* waits for ``NOTIFY bgtransfer_queue`` and wakes the claim loop.
+- the *listener thread* waits for ``NOTIFY bgtransfer_queue`` and wakes the claim loop (and
+  the pacing loop, ``_pace``, on a cool-down or a changed cap: they hold fleet-wide).
 
 The claim loop claims only when told there is work (a notification, a task that settled
 here) or on a slow sweep (leases that ran out, start times that came, nobody announces
@@ -21,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -37,10 +39,11 @@ from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._takeover import drop_old, localize, take_over
 from bgtransfer._exceptions import DestinationError, InvalidTransition, StoreError, TaskNotFound
+from bgtransfer._fleet._pace import FleetPace
 from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
 from bgtransfer._store._base import Store, TaskRow
-from bgtransfer._store._pgschema import QUEUE_CHANNEL
+from bgtransfer._store._pgschema import COOLDOWN_CHANNEL, LIMITS_CHANNEL, QUEUE_CHANNEL
 from bgtransfer._store._postgres import CONTROL_CHANNEL, Claim, PostgresStore, QueueListener
 
 __all__ = ["Worker"]
@@ -51,6 +54,11 @@ T = TypeVar("T")
 
 STOPPED = "queued (its worker stopped)"
 HOOK_TIMEOUT = float(os.environ.get("BGTRANSFER_HOOK_TIMEOUT", "60"))
+# A task stopped because this worker could not write (disk full, quota, file size limit)
+# goes back to the queue for any worker, not before this many seconds; this worker leaves
+# it alone as long (the daemon's own disk-full wait, fleet-wide).
+FULL_RETRY = float(os.environ.get("BGTRANSFER_FULL_RETRY", "30"))
+FULL_MARKS = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
 
 
 def _reachable(row: TaskRow) -> str | None:
@@ -96,6 +104,8 @@ class Worker:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="bgt-lease")
         self._wake = asyncio.Event()
         self._control_wake = asyncio.Event()
+        self._pace_wake = asyncio.Event()
+        self.pace: FleetPace | None = None
         self._stopping = False
         self._cut_off = False
         self._renewing: asyncio.Future[Any] | None = None
@@ -145,6 +155,10 @@ class Worker:
                 claims=self,
             )
             await self.engine.start()
+            self.pace = FleetPace(
+                self.name, self.engine, self._call, self._store, self.feed, self._pace_wake
+            )
+            await self.pace.refresh()  # the fleet's cool-downs, and shares of its caps
             await self._heartbeat()
             listener.start()
             log.info("worker %s on %s: claiming from the queue", self.name, self.host)
@@ -153,6 +167,7 @@ class Worker:
                 asyncio.create_task(self._claim_loop()),
                 asyncio.create_task(self._renew_loop()),
                 asyncio.create_task(self._control_loop()),
+                asyncio.create_task(self.pace.run(self.book.renew_every, self._stopped)),
             ]
             await stop.wait()
             log.info("worker %s: stopping", self.name)
@@ -177,6 +192,8 @@ class Worker:
             if db is not None:
                 with contextlib.suppress(StoreError):
                     await self._call(db.close)
+            if self.pace is not None:
+                self.pace.close()
             self._pool.shutdown(wait=False)
             shutil.rmtree(home, ignore_errors=True)
 
@@ -206,6 +223,9 @@ class Worker:
     async def _call(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kw))
+
+    def _stopped(self) -> bool:
+        return self._stopping
 
     def _idle(self) -> bool:
         """Not claiming: stopping, or cut off from the store (until a renewal lands)."""
@@ -250,6 +270,8 @@ class Worker:
                 self.book.hold(claim.row.id, claim.token)
             if claims:
                 self.book.renewed(sent, {}, set())
+                if self.pace is not None and (self.pace.capped or self._pace_wake.is_set()):
+                    await self.pace.refresh(claimed=True)  # its share, before they run
             for claim in claims:
                 await self._admit(claim)
             if len(claims) == room:
@@ -318,6 +340,8 @@ class Worker:
         while self._releases:
             batch, self._releases = self._releases, []
             try:
+                full = await self._give_back_full(batch)
+                batch = [item for item in batch if item[0] not in full]
                 hooks = await self._call(self._store().release_many, batch, self.book.lease_s)
             except StoreError as exc:  # the leases run out instead; a sweep runs the hooks
                 log.warning("cannot release %d task(s): %s", len(batch), exc.message)
@@ -326,6 +350,23 @@ class Worker:
             tokens = {t: g for t, g, _, _ in batch}
             for task_id in hooks:
                 self._spawn(self._hook_of(task_id, tokens[task_id]), hook=True)
+
+    async def _give_back_full(self, batch: list[tuple[str, int, str | None, bool]]) -> set[str]:
+        """Tasks this worker suspended for want of disk space go back to the queue with a
+        start time: any worker may take them then (the daemon suspends them and resumes
+        them once there is room; a fleet lets the next worker with room go on)."""
+        stopped = [(t, g) for t, g, requeue, done in batch if requeue is None and not done]
+        if not stopped:
+            return set()
+        now = time.time()
+        until = now + FULL_RETRY
+        at = time.strftime("%H:%M:%S", time.localtime(until))
+        why = f"queued until {at} (a worker's disk was full): "
+        full = await self._call(self._store().give_back_full, stopped, FULL_MARKS, until, why)
+        for task_id in full:
+            log.warning("task %s: this worker cannot write it; given back until %s", task_id, at)
+            self.book.away[task_id] = until
+        return full
 
     async def _flush(self) -> None:
         """Wait until every release asked for so far was tried."""
@@ -397,7 +438,9 @@ class Worker:
             self._wake.set()
 
     async def _heartbeat(self) -> None:
-        await self._call(self._store().heartbeat, self.name, self.host, os.getpid())
+        await self._call(
+            self._store().heartbeat, self.name, self.host, os.getpid(), lease_s=self.book.lease_s
+        )
 
     def _give_up(self) -> None:
         """The store has not answered for two thirds of a lease: another worker may own
@@ -470,7 +513,10 @@ class Worker:
                     delay = 0.5
                     self._notify(loop)  # anything announced while not listening
                     self._notify(loop, self._control_wake)
+                    self._notify(loop, self._pace_wake)
                 got = listener.wait(1.0)
+                if COOLDOWN_CHANNEL in got or LIMITS_CHANNEL in got:  # before claims it affects
+                    self._notify(loop, self._pace_wake)
                 if QUEUE_CHANNEL in got:
                     self._notify(loop)
                 if CONTROL_CHANNEL in got:

@@ -11,18 +11,22 @@ from __future__ import annotations
 __all__ = [
     "CONTROLS",
     "CONTROL_CHANNEL",
+    "COOLDOWN_CHANNEL",
     "EVENTS_CHANNEL",
+    "LIMITS_CHANNEL",
     "MIGRATIONS",
     "QUEUE_CHANNEL",
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
 # NOTIFY payload: the id of a task whose holder is asked to suspend or cancel it.
 CONTROL_CHANNEL = "bgtransfer_control"
 CONTROLS = ("suspend", "cancel")  # the values of tasks.control (NULL: nothing asked)
 QUEUE_CHANNEL = "bgtransfer_queue"  # NOTIFY (no payload): a task may be claimed now
+COOLDOWN_CHANNEL = "bgtransfer_cooldown"  # NOTIFY (no payload): an origin asked to wait
+LIMITS_CHANNEL = "bgtransfer_limits"  # NOTIFY (no payload): a bandwidth cap changed
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -201,5 +205,19 @@ END $$""",
     "WHERE lease_owner IS NOT NULL AND phase != 'done'",
 ]
 
+# Cool-downs and bandwidth caps hold fleet-wide: a change of either wakes every worker (a
+# 429 heard by one stops the others' requests to that origin; a `bgtransfer limit` is
+# shared out again). Statement triggers: one notification per change, whoever writes it.
+# A worker states its lease, so `status` can tell a worker that stopped heartbeating.
+_V5 = [
+    "CREATE FUNCTION bgtransfer_pace_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    "$$ BEGIN PERFORM pg_notify(TG_ARGV[0], ''); RETURN NULL; END $$",
+    "CREATE TRIGGER cooldowns_notify AFTER INSERT OR UPDATE ON cooldowns "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION bgtransfer_pace_notify('{COOLDOWN_CHANNEL}')",
+    "CREATE TRIGGER limits_notify AFTER INSERT OR UPDATE OR DELETE ON limits "
+    f"FOR EACH STATEMENT EXECUTE FUNCTION bgtransfer_pace_notify('{LIMITS_CHANNEL}')",
+    "ALTER TABLE workers ADD COLUMN lease_s DOUBLE PRECISION",
+]
+
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5}

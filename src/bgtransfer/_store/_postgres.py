@@ -25,9 +25,12 @@ from bgtransfer._protocol._task import Snapshot
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS, SNAPSHOT_SET, snapshot_values
 from bgtransfer._store._pgcontrol import ControlMixin
+from bgtransfer._store._pgfleet import FleetMixin, WorkerRow
 from bgtransfer._store._pgschema import (
     CONTROL_CHANNEL,
+    COOLDOWN_CHANNEL,
     EVENTS_CHANNEL,
+    LIMITS_CHANNEL,
     MIGRATIONS,
     QUEUE_CHANNEL,
     SCHEMA_VERSION,
@@ -90,16 +93,6 @@ _CLAIM_LOCK = 0x6267_7472_636C  # "bgtrcl": claims with per-origin limits take t
 
 
 @dataclass(frozen=True, slots=True)
-class WorkerRow:
-    name: str
-    host: str
-    pid: int
-    started_at: float
-    last_seen: float
-    held: int  # tasks it holds an unexpired lease on
-
-
-@dataclass(frozen=True, slots=True)
 class Claim:
     row: TaskRow
     token: int  # the generation: pass it as ``fence`` to every commit of the task
@@ -145,7 +138,7 @@ class _Conn:
         self.con.close()
 
 
-class PostgresStore(SQLStore, ControlMixin):
+class PostgresStore(FleetMixin, SQLStore, ControlMixin):
     _db: _Conn
     _integrity_error: ClassVar[type[Exception]] = psycopg.errors.UniqueViolation
     _no_limit = None
@@ -252,6 +245,11 @@ class PostgresStore(SQLStore, ControlMixin):
                     skipped += full
             # Two walks of an index each, never a scan of the queue: first the tasks whose
             # holder's lease ran out (begun work: resume it), then the queue's head.
+            # No claim of an origin cooling down (a 429/503 with Retry-After heard by any
+            # worker): nobody asks it again before then.
+            skip += "AND (origin IS NULL OR origin NOT IN (SELECT origin FROM cooldowns "
+            skip += "WHERE until > ?)) "
+            skipped.append(now)
             for takeover, select, args in (
                 (True, CLAIM_EXPIRED, (now, *_TAKEOVER)),
                 (False, CLAIM_QUEUED, (now,)),
@@ -424,37 +422,6 @@ class PostgresStore(SQLStore, ControlMixin):
         )
         return [str(i) for (i,) in cur.fetchall()]
 
-    def heartbeat(self, name: str, host: str, pid: int, *, now: float | None = None) -> None:
-        """The worker is alive (it renews its leases at the same pace)."""
-        now = time.time() if now is None else now
-        with self._tx():
-            self._db.execute(
-                "INSERT INTO workers (name, host, pid, started_at, last_seen) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET host=excluded.host, "
-                "pid=excluded.pid, last_seen=excluded.last_seen, started_at=CASE WHEN "
-                "workers.pid = excluded.pid THEN workers.started_at ELSE excluded.started_at END",
-                (name, host, pid, now, now),
-            )
-
-    def forget_worker(self, name: str) -> None:
-        """A worker that stops cleanly leaves the list (its leases were released)."""
-        with self._tx():
-            self._db.execute("DELETE FROM workers WHERE name=?", (name,))
-
-    def workers(self, *, now: float | None = None) -> builtins.list[WorkerRow]:
-        """Every worker heard of, with the number of tasks it holds a live lease on."""
-        now = time.time() if now is None else now
-        cur = self._db.execute(
-            "SELECT w.name, w.host, w.pid, w.started_at, w.last_seen, COUNT(t.id) "
-            "FROM workers w LEFT JOIN tasks t ON t.lease_owner = w.name AND t.lease_expires >= ? "
-            "GROUP BY w.name, w.host, w.pid, w.started_at, w.last_seen ORDER BY w.name",
-            (now,),
-        )
-        return [
-            WorkerRow(str(n), str(h), int(p), float(s), float(seen), int(held))
-            for n, h, p, s, seen, held in cur.fetchall()
-        ]
-
     def queue_depth(self, *, now: float | None = None) -> int:
         """Background tasks due and waiting for a worker."""
         now = time.time() if now is None else now
@@ -504,12 +471,13 @@ class EventListener:
 
 
 class QueueListener:
-    """Wakes a worker when a task becomes claimable anywhere (LISTEN bgtransfer_queue), or
+    """Wakes a worker when a task becomes claimable anywhere (LISTEN bgtransfer_queue),
     when a client asks the holder of a task to suspend or cancel it (LISTEN
-    bgtransfer_control), on a connection of its own. A notification says only "look": the
-    claim (or the task's row) says what."""
+    bgtransfer_control), or when an origin cools down or a bandwidth cap changes (LISTEN
+    bgtransfer_cooldown, bgtransfer_limits), on a connection of its own. A notification
+    says only "look": the claim (or the task's row) says what."""
 
-    CHANNELS = (QUEUE_CHANNEL, CONTROL_CHANNEL)
+    CHANNELS = (QUEUE_CHANNEL, CONTROL_CHANNEL, COOLDOWN_CHANNEL, LIMITS_CHANNEL)
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         try:

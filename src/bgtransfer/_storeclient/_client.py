@@ -49,6 +49,7 @@ from bgtransfer._store._base import DuplicateKey, StoredEvent, TaskRow
 from bgtransfer._store._pgschema import SCHEMA_VERSION
 from bgtransfer._store._postgres import PostgresStore
 from bgtransfer._storeclient import _control
+from bgtransfer._storeclient._limits import limits
 from bgtransfer._storeclient._wakeups import FALLBACK, Wakeups
 from bgtransfer._storeclient._window import Window
 from bgtransfer._tasks import row_to_wire
@@ -175,9 +176,11 @@ class StoreClient:
         if path == "/v1/prune" and method == "POST":
             before, session = prune_args(body)
             return {"removed": await self._run(_prune, await self._db(), before, session)}
-        if path.startswith(("/v1/jobs", "/v1/limits")):
+        if path == "/v1/limits":  # the fleet's caps (fleetpace)
+            return await self._run(limits, await self._db(), method, body)
+        if path.startswith("/v1/jobs"):
             raise InvalidRequest(
-                "scheduled jobs and bandwidth limits are kept by a home's daemon; with a "
+                "scheduled jobs are kept by a home's daemon; with a "
                 "PostgreSQL store (fleet mode) they are not available yet"
             )
         found = _TASK_VERB.fullmatch(path)
@@ -243,6 +246,7 @@ class StoreClient:
                     "started_at": w.started_at,
                     "last_seen": w.last_seen,
                     "seen_ago": round(max(0.0, now - w.last_seen), 3),
+                    "state": w.state(now),  # alive, or stale: not heard of within its lease
                     "tasks_held": w.held,
                 }
                 for w in workers

@@ -194,14 +194,19 @@ def show(ctx: click.Context, task_id: str, as_json: bool) -> int:
     return 0
 
 
+def _ago(worker: dict[str, Any]) -> str:
+    return f"{worker['seen_ago']:.1f} s ago"
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @click.pass_context
 @handled
 def status(ctx: click.Context, as_json: bool) -> int:
-    """The fleet (with --store postgresql://...): its workers (name, host, pid, last
-    heartbeat, tasks held), the queue depth and task counts. Without a PostgreSQL store:
-    the home's daemon, as `daemon status`.
+    """The fleet (with --store postgresql://...): its workers (name, host, pid, state, last
+    heartbeat, tasks held), the queue depth and task counts. A worker not heard of within
+    its lease is "stale" (dead, paused or cut off); one gone for a day leaves the list.
+    Without a PostgreSQL store: the home's daemon, as `daemon status`.
 
     Exit 0 when the store answers, 6 when it cannot be reached.
 
@@ -224,11 +229,18 @@ def status(ctx: click.Context, as_json: bool) -> int:
     workers = info["workers"]
     click.echo(f"workers: {len(workers)}")
     rows = [
-        (w["name"], w["host"], str(w["pid"]), f"{w['seen_ago']:.1f} s ago", str(w["tasks_held"]))
+        (
+            w["name"],
+            w["host"],
+            str(w["pid"]),
+            w.get("state", "alive"),
+            _ago(w),
+            str(w["tasks_held"]),
+        )
         for w in workers
     ]
     if rows:
-        head = ("name", "host", "pid", "last heartbeat", "tasks held")
+        head = ("name", "host", "pid", "state", "last heartbeat", "tasks held")
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
             click.echo("  ".join(v.ljust(widths[i]) for i, v in enumerate(r)).rstrip())
