@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,19 @@ from bgtransfer.testing._tusnode import TusNode, install_tus_node, tus_node_miss
 from tests.daemon.conftest import home, no_daemon_left  # noqa: F401 - fixtures
 
 FAST: dict[str, Any] = {"retry_wait": 0.05, "max_retry_wait": 0.2}
+
+
+def committed(task_home: Path, task_id: str) -> int:
+    """The offset the daemon's store holds for a task (bytes a download vouches for, bytes
+    a tus server confirmed): what a daemon restarted after a SIGKILL goes on from. Progress
+    a client reads is ahead of it by up to a checkpoint."""
+    db = task_home / "bgtransfer.sqlite3"
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        row = con.execute('SELECT "offset" FROM tasks WHERE id = ?', (task_id,)).fetchone()
+    finally:
+        con.close()
+    return int(row[0]) if row else 0
 
 
 def need(why: str | None) -> None:

@@ -22,7 +22,7 @@ from bgtransfer import TaskState
 from bgtransfer.testing._thirdparty import CutProxy, LogLine, StaticServer
 from tests.daemon.conftest import kill_daemon
 
-from .conftest import FAST
+from .conftest import FAST, committed
 
 MiB = 1 << 20
 # Whole seconds in the past: a Last-Modified at least 1 s older than the Date is strong
@@ -273,8 +273,9 @@ def test_a_download_resumes_with_if_range_after_a_daemon_sigkill(
     with bgtransfer.Session("interop", home=home) as s:
         t = s.download(static.url(name), tmp_path / "f.bin", max_rate=2 * MiB, **FAST)
         deadline = time.monotonic() + 30
-        # Past the first checkpoint (once a second): the offset the restart finds is > 0.
-        while t.bytes_received < 5 * MiB // 2 and time.monotonic() < deadline:
+        # Past a checkpoint (once a second, committed by the writer thread): the offset
+        # the restarted daemon finds in its store is > 0.
+        while committed(home, t.id) < MiB and time.monotonic() < deadline:
             time.sleep(0.02)
         assert kill_daemon(home, signal.SIGKILL) is not None
         t.wait(timeout=60)  # starts the daemon again; it finds the task and resumes it

@@ -19,7 +19,7 @@ from bgtransfer.testing._thirdparty import CutProxy
 from bgtransfer.testing._tusnode import TusNode
 from tests.daemon.conftest import kill_daemon
 
-from .conftest import FAST
+from .conftest import FAST, committed
 
 MiB = 1 << 20
 
@@ -112,7 +112,7 @@ def test_an_upload_goes_on_from_the_servers_offset(
     path, data = source(tmp_path, key, size)
     with bgtransfer.Session("interop", home=home) as s:
         t = s.upload(path, tus_node.url, protocol="tus", chunk_size=chunk, max_rate=2 * MiB)
-        wait_for(lambda: t.bytes_sent >= 2 * MiB, 30, "two chunks confirmed")
+        wait_for(lambda: committed(home, t.id) >= 2 * MiB, 30, "two chunks confirmed")
         if how == "sigkill":
             assert kill_daemon(home, signal.SIGKILL) is not None
         else:
@@ -157,7 +157,7 @@ def test_cancel_terminates_the_upload_on_the_server(
         )
     deletes = [e for e in requests_of(tus_node, path.name) if e["m"] == "DELETE"]
     assert [e["s"] for e in deletes] == [204]
-    assert not (tus_node.store / upload).exists()
+    assert not (tus_node.files / upload).exists()
     req = urllib.request.Request(
         f"http://127.0.0.1:{tus_node.port}/files/{upload}",
         method="HEAD",

@@ -171,7 +171,7 @@ class TusNode:
     def __init__(self, modules: Path) -> None:
         self.modules = modules / "node_modules"
         self.root = server_dir("bgtransfer-tusnode-")
-        self.store = self.root / "store"
+        self.files = self.root / "files"
         self.log_path = self.root / "requests.log"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -183,14 +183,14 @@ class TusNode:
     def start(self, timeout: float = 30.0) -> None:
         script = self.root / "server.mjs"
         script.write_text(SCRIPT)
-        self.store.mkdir(mode=0o755)
+        self.files.mkdir(mode=0o755)
         if os.geteuid() == 0:
-            os.chown(self.store, NOBODY, NOBODY)
+            os.chown(self.files, NOBODY, NOBODY)
         # stderr to a file: a pipe nobody reads while the server runs would block it.
         with open(self.root / "stderr.log", "ab") as stderr:
             self.proc = subprocess.Popen(
                 as_server_user(
-                    ["node", str(script), str(self.modules), str(self.store), str(self.log_path)]
+                    ["node", str(script), str(self.modules), str(self.files), str(self.log_path)]
                 ),
                 cwd=self.root,
                 stdin=subprocess.DEVNULL,
@@ -237,7 +237,7 @@ class TusNode:
     def uploads(self) -> dict[str, str]:
         """Upload id -> the filename its creation named (Upload-Metadata)."""
         out = {}
-        for info in self.store.glob("*.json"):
+        for info in self.files.glob("*.json"):
             with contextlib.suppress(ValueError, OSError):
                 meta = json.loads(info.read_text()).get("metadata") or {}
                 out[info.stem] = meta.get("filename") or ""
@@ -250,7 +250,7 @@ class TusNode:
 
     def stored(self, filename: str) -> bytes:
         """What the server holds for the upload whose metadata names ``filename``."""
-        return (self.store / self.upload_id(filename)).read_bytes()
+        return (self.files / self.upload_id(filename)).read_bytes()
 
     @staticmethod
     def metadata_filename(value: str) -> str:
