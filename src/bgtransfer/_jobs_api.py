@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
-from bgtransfer._client import DaemonClient
+from bgtransfer._clients import Client
 from bgtransfer._exceptions import InvalidRequest, TransferError
 
 __all__ = ["AsyncJob", "Job", "list_jobs", "schedule_job"]
@@ -30,13 +30,15 @@ class SyncOwner(Protocol):
     def _call(self, coro: Coroutine[Any, Any, T]) -> T: ...
 
 
-def _client(session: AsyncOwner) -> DaemonClient:
+def _client(session: AsyncOwner) -> Client:
+    """The session's client: its home's daemon, or a fleet's store (whose workers run the
+    jobs). A foreground session has none: its tasks end with its process."""
     backend = session._backend_or_raise()
-    client = getattr(backend, "client", None)
-    if not isinstance(client, DaemonClient):
+    client: Client | None = getattr(backend, "client", None)
+    if client is None:
         raise InvalidRequest(
-            "background fetch jobs run in the daemon: use a background session "
-            "(Session(..., background=True))"
+            "background fetch jobs run in the daemon (or a fleet's workers): use a "
+            "background session (Session(..., background=True), or store='postgresql://...')"
         )
     return client
 

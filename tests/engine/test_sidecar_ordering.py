@@ -5,7 +5,12 @@ R4  a record (the xattr, or the sidecar when it gets its name) never vouches for
     sync that makes its offset true;
 R5  a sidecar's content is fdatasynced before the rename that gives it its name;
 R6  a partial is never cut (truncated below what it holds, as for a new representation)
-    while its attribute record is still on it.
+    while its attribute record is still on it;
+R7  no record lands once the partial got its final mode (fchmod) or its final name: the
+    group commit's writer thread writes a checkpoint's record after its fdatasync, so a
+    late one must be dropped, not set on a finished (maybe world-readable) file;
+R8  the checkpoints' data syncs run in the writer thread (the one that commits), not in
+    the thread that receives and writes the body: the network does not pause for them.
 
 The download is the same as ``test_ordering``'s (R1-R3 are checked there, on this run too).
 """
@@ -22,6 +27,7 @@ import pytest
 from bgtransfer._protocol._sidecar import SIDECAR_SUFFIX
 from bgtransfer.testing import FaultServer, gen_bytes
 from tests.engine.test_ordering import (
+    ANNOUNCE,
     AUDIT_SITE,
     CHILD,
     FD_CALL,
@@ -42,7 +48,7 @@ pytestmark = pytest.mark.skipif(
     reason="strace not installed",
 )
 
-RECORD_CALLS = SYSCALLS + ",fsetxattr,setxattr,fremovexattr,removexattr"
+RECORD_CALLS = SYSCALLS + ",fsetxattr,setxattr,fremovexattr,removexattr,fchmod"
 OFFSET = re.compile(r'\\"offset\\":(\d+)')
 SIDECAR_TMP = PART + SIDECAR_SUFFIX + ".tmp"
 SIDECAR = PART + SIDECAR_SUFFIX
@@ -67,6 +73,7 @@ def audit_records(lines: list[str]) -> dict[str, int]:
     tmp_synced: dict[str, bool] = {}
     counts = {"xattr_records": 0, "sidecar_records": 0, "max_recorded": 0, "cuts": 0}
     recorded: dict[str, bool] = {}  # partial -> an attribute record is on it
+    final: set[str] = set()  # partials given their final mode or name, and those names
     for line in lines:
         pid_m = PID.match(line)
         pid = pid_m.group(1) if pid_m else "0"
@@ -89,6 +96,7 @@ def audit_records(lines: list[str]) -> dict[str, int]:
             dst = (p.group(4) or "") + "/" + p.group(5)
             if src.endswith(SIDECAR_TMP) and dst.endswith(SIDECAR):
                 partial = dst[: -len(SIDECAR_SUFFIX)]
+                assert partial not in final, f"R7: sidecar after the partial was final: {line}"
                 offset = tmp_content.pop(src, -1)
                 synced = tmp_synced.pop(src, False)
                 assert synced, f"R5: sidecar renamed before its fdatasync: {line}"
@@ -98,11 +106,17 @@ def audit_records(lines: list[str]) -> dict[str, int]:
                 )
                 counts["sidecar_records"] += 1
                 counts["max_recorded"] = max(counts["max_recorded"], offset)
+            elif src.endswith(PART) and "= -1" not in line:
+                final.update((src, dst))  # placed: no record under either name from now
             continue
         m = FD_CALL.match(line)
         if m is None:
             continue
         call, fd, path = m.group(1), int(m.group(2)), m.group(3)
+        if call == "fsetxattr" and path in final:
+            raise AssertionError(f"R7: record set on a file already final: {line}")
+        if call == "fchmod" and path.endswith(PART):
+            final.add(path)
         if path.endswith(SIDECAR_TMP):
             if call == "write":
                 found = OFFSET.search(line)
@@ -126,7 +140,9 @@ def audit_records(lines: list[str]) -> dict[str, int]:
         elif call == "fremovexattr" and "= 0" in line:
             recorded[path] = False
         elif call == "ftruncate":
-            size = re.search(r"\(\d+<[^>]*>, (\d+)\)", line)
+            # Also a call strace splits (``<unfinished ...>``: another thread's call came
+            # in between, as the writer thread's syncs now do): the cut starts here.
+            size = re.search(r"\(\d+<[^>]*>, (\d+)(?:\)| <unfinished)", line)
             if size is not None and int(size.group(1)) < parts.extent.get(path, 0):
                 assert not recorded.get(path), f"R6: cut with its record still on it: {line}"
                 counts["cuts"] += 1
@@ -223,5 +239,93 @@ def test_audit_catches_a_record_ahead_of_the_data(tmp_path: Path) -> None:
     cut_under_record = [*in_order, f"1 ftruncate(5<{part}>, 0) = 0"]
     with pytest.raises(AssertionError, match="R6"):
         audit_records(cut_under_record)
+    split_cut = [
+        *in_order,
+        f"1 ftruncate(5<{part}>, 0 <unfinished ...>",
+        "1 <... ftruncate resumed>) = 0",
+    ]
+    with pytest.raises(AssertionError, match="R6"):
+        audit_records(split_cut)
     cleared = [*in_order, f'1 fremovexattr(5<{part}>, "user.bgtransfer.partial") = 0']
     assert audit_records([*cleared, f"1 ftruncate(5<{part}>, 0) = 0"])["cuts"] == 1
+
+
+def sync_threads(lines: list[str]) -> dict[str, int]:
+    """R8 over a trace: which threads fdatasync the partial. The committer is the thread
+    that announces the store's saves (the audit's sitecustomize, in ``save_in_tx``); the
+    receiver is the one that writes the body."""
+    committer = receiver = None
+    for line in lines:
+        pid = PID.match(line)
+        if pid is None:
+            continue
+        if committer is None and ANNOUNCE.search(line):
+            committer = pid.group(1)
+        m = FD_CALL.match(line)
+        if receiver is None and m and m.group(1) == "write" and m.group(3).endswith(PART):
+            receiver = pid.group(1)
+    counts = {"by_committer": 0, "by_receiver": 0}
+    for line in lines:
+        pid, m = PID.match(line), FD_CALL.match(line)
+        if pid is None or m is None or m.group(1) != "fdatasync":
+            continue
+        if not m.group(3).endswith(PART):
+            continue
+        if pid.group(1) == committer and committer != receiver:
+            counts["by_committer"] += 1
+        elif pid.group(1) == receiver:
+            counts["by_receiver"] += 1
+    return counts
+
+
+def test_checkpoint_syncs_run_in_the_writer_thread(
+    server: FaultServer, tmp_path: Path, key: str
+) -> None:
+    """R8 (and R1-R7 on the same run): 8 MiB at 2.5 MB/s makes several checkpoints."""
+    size = 8 << 20
+    dest = tmp_path / "r8.bin"
+    lines = trace(tmp_path, server.url(f"/gen/{size}?rate=2500000&key={key}"), dest, "auto")
+    assert dest.read_bytes() == gen_bytes(size)
+    threads = sync_threads(lines)
+    assert threads["by_committer"] >= 2, threads  # every checkpoint after the first
+    assert audit_records(lines)["xattr_records"] >= 2
+    assert audit(lines, dest)["places"] == 1
+
+
+def test_audit_catches_a_late_record_and_a_sync_on_the_loop(tmp_path: Path) -> None:
+    """Negative controls: R7 and R8 are checks that can fail."""
+    part = f"{tmp_path}/.x.1.bgtransfer-part"
+    dest = f"{tmp_path}/x"
+    record = '"user.bgtransfer.partial", "{\\"offset\\":10}", 13, 0) = 0'
+    synced = [f"1 write(5<{part}>, ...) = 10", f"2 fdatasync(9<{part}>) = 0"]
+    late_on_target = [
+        *synced,
+        f'1 linkat(7<{tmp_path}>, ".x.1.bgtransfer-part", 7<{tmp_path}>, "x", 0) = 0',
+        f"2 fsetxattr(9<{dest}>, {record}",
+    ]
+    with pytest.raises(AssertionError, match="R7"):
+        audit_records(late_on_target)
+    late_after_mode = [
+        *synced,
+        f"1 fchmod(6<{part}>, 0644) = 0",
+        f"2 fsetxattr(9<{part}>, {record}",
+    ]
+    with pytest.raises(AssertionError, match="R7"):
+        audit_records(late_after_mode)
+    tmp, side = Path(part + SIDECAR_SUFFIX + ".tmp").name, Path(part + SIDECAR_SUFFIX).name
+    late_sidecar = [
+        *synced,
+        f"1 fchmod(6<{part}>, 0644) = 0",
+        f'2 write(8<{part}{SIDECAR_SUFFIX}.tmp>, "{{\\"offset\\":10}}", 13) = 13',
+        f"2 fdatasync(8<{part}{SIDECAR_SUFFIX}.tmp>) = 0",
+        f'2 renameat(7<{tmp_path}>, "{tmp}", 7<{tmp_path}>, "{side}") = 0',
+    ]
+    with pytest.raises(AssertionError, match="R7"):
+        audit_records(late_sidecar)
+    in_time = [*synced, f"2 fsetxattr(9<{part}>, {record}", f"1 fchmod(6<{part}>, 0644) = 0"]
+    assert audit_records(in_time)["xattr_records"] == 1
+    announce = f'2 write(3</dev/null>, "AUDIT-SAVE 10 {part}", 60) = 60'
+    off_loop = [f"1 write(5<{part}>, ...) = 10", f"2 fdatasync(9<{part}>) = 0", announce]
+    assert sync_threads(off_loop) == {"by_committer": 1, "by_receiver": 0}
+    on_loop = [f"1 write(5<{part}>, ...) = 10", f"1 fdatasync(5<{part}>) = 0", announce]
+    assert sync_threads(on_loop) == {"by_committer": 0, "by_receiver": 1}

@@ -88,6 +88,8 @@ class PostgresBackend:
         store.close()
         # What version 1 had: no leases, fencing tokens, event notifications or workers.
         with psycopg.connect(self.url, autocommit=True) as con:
+            con.execute("DROP TRIGGER tasks_progress_notify ON tasks")  # version 6
+            con.execute("DROP FUNCTION bgtransfer_progress_notify()")
             con.execute("DROP TRIGGER cooldowns_notify ON cooldowns")  # version 5
             con.execute("DROP TRIGGER limits_notify ON limits")
             con.execute("DROP FUNCTION bgtransfer_pace_notify()")

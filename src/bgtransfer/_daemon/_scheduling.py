@@ -17,7 +17,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from bgtransfer._daemon._context import Parts
-from bgtransfer._exceptions import InvalidRequest, TaskNotFound
+from bgtransfer._exceptions import InvalidRequest
+from bgtransfer._jobspec import find_job
 from bgtransfer._protocol._origin import origin_key
 from bgtransfer._protocol._validate import check_url
 from bgtransfer._scheduling import check_rate
@@ -27,15 +28,7 @@ __all__ = ["add_routes"]
 
 
 def _find(daemon: Parts, ident: str) -> JobRow:
-    store = daemon.store
-    job = store.get_job(ident)
-    if job is not None:
-        return job
-    found = store.find_job_prefix(ident.lower()) if len(ident) >= 4 else []
-    if len(found) == 1:
-        return found[0]
-    why = "is ambiguous" if found else "matches no job"
-    raise TaskNotFound(f"job id {ident!r} {why}", task_id=ident)
+    return find_job(daemon.store, ident)
 
 
 def add_routes(app: web.Application, daemon: Parts) -> None:

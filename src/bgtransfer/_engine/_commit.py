@@ -8,9 +8,12 @@ directory, and the loop goes on reading sockets meanwhile. Two saves of one task
 meet in the queue become one UPDATE (their events and attempts are all kept).
 
 Ordering: a save's files are fsynced, then its directories, then the transaction commits,
-then its futures resolve on the loop in submission order. The engine fsyncs a partial
-file itself (or lists it in ``sync_files``) before the snapshot that covers it, so "data
-durable before the offset that names it" holds as before.
+then its futures resolve on the loop in submission order. A checkpoint hands its partial
+file's sync over (``sync_job``: fdatasync of a duplicate descriptor, then the partial's
+record, then a new entry's directory), run here before the commit that names its offset:
+"data durable before the offset that names it" holds while the loop goes on receiving,
+which a checkpoint's fdatasync on the loop paused. A finished file is listed in
+``sync_files`` and fsynced here too.
 
 Fleet mode (a store with claims): every save of a task this engine holds by a claim
 carries the claim's generation (``fences``), checked by the statement that writes it. A
@@ -41,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bgtransfer._engine._files import fsync_dir, fsync_file
+from bgtransfer._engine._files import SyncJob, fsync_dir, fsync_file
 from bgtransfer._exceptions import (
     DestinationError,
     LeaseLost,
@@ -73,6 +76,7 @@ class Save:
     sync_file: str | None = None  # a finished partial file to fsync first
     sync_dir: str | None = None  # a directory a file was just renamed into
     fence: int | None = None  # the claim's generation (fleet mode); else the committer's
+    sync_job: SyncJob | None = None  # a checkpoint's sync of its partial, run first
 
 
 @dataclass(slots=True)
@@ -85,6 +89,7 @@ class _Pending:
     hook_state: str | None = None
     sync_files: list[str] = field(default_factory=list)
     sync_dirs: list[str] = field(default_factory=list)
+    sync_jobs: list[SyncJob] = field(default_factory=list)
     fence: int | None = None
     # (future, index of its event in ``events`` or None, loop)
     waiters: list[tuple[asyncio.Future[Any], int | None, asyncio.AbstractEventLoop]] = field(
@@ -105,6 +110,8 @@ class _Pending:
             self.sync_files.append(save.sync_file)
         if save.sync_dir is not None:
             self.sync_dirs.append(save.sync_dir)
+        if save.sync_job is not None:
+            self.sync_jobs.append(save.sync_job)
         if save.fence is not None:
             self.fence = save.fence
         self.waiters.append((fut, index, loop))
@@ -120,6 +127,7 @@ class _Pending:
             self.hook_state = newer.hook_state
         self.sync_files.extend(newer.sync_files)
         self.sync_dirs.extend(newer.sync_dirs)
+        self.sync_jobs.extend(newer.sync_jobs)
         if newer.fence is not None:
             self.fence = newer.fence
         self.waiters.extend(
@@ -186,6 +194,8 @@ class Committer:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         if save.task_id in self.lost:
+            if save.sync_job is not None:
+                save.sync_job.discard()
             fut.set_exception(
                 LeaseLost(f"the claim on task {save.task_id} was lost", task_id=save.task_id)
             )
@@ -194,6 +204,8 @@ class Committer:
             save.fence = self.fences.get(save.task_id)
         with self._cv:
             if self._closing:
+                if save.sync_job is not None:
+                    save.sync_job.discard()
                 raise StoreError("the task store is closed")
             pending = self._queue.get(save.task_id)
             if pending is None:
@@ -310,6 +322,13 @@ class Committer:
     def _run(self, batch: list[_Pending]) -> list[list[int | None] | BaseException]:
         failed: dict[int, BaseException] = {}
         for i, pending in enumerate(batch):
+            # Run once: a save the full disk keeps back does not sync again.
+            jobs, pending.sync_jobs = pending.sync_jobs, []
+            for job in jobs:
+                try:
+                    job.run()
+                except DestinationError as exc:
+                    failed[i] = exc
             for path in pending.sync_files:
                 try:
                     fsync_file(path)

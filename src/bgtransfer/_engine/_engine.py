@@ -511,13 +511,13 @@ class Engine:
         self.store.save(live.row.id, snap, wall_time=time.time(), fence=fence)
 
     def _persist(self, live: Live) -> None:
-        """Checkpoint: fsync the partial now, commit the snapshot in the next group commit.
+        """Checkpoint: the group commit syncs the partial (in its thread), then commits.
 
         What must follow the commit (events, hooks, forgetting a finished task) runs when it
         lands, in order, so nobody hears of a state the store could still lose.
         """
         m, row = live.machine, live.row
-        live.part.sync()
+        job = live.part.sync_later(keep_cached=bool(m.spec.sha256 or m.spec.checksums))
         kind = "progress" if live.last_phase is m.snap.phase else "state"
         live.last_phase = m.snap.phase
         hook = "pending" if m.terminal and row.on_complete and row.hook_state is None else None
@@ -531,7 +531,7 @@ class Engine:
         sync_dir, live.dir_unsynced = live.dir_unsynced, None
         assert self._commit is not None
         fut = self._commit.submit(
-            Save(row.id, snap, wall, event, hook, attempts, sync_dir=sync_dir)
+            Save(row.id, snap, wall, event, hook, attempts, sync_dir=sync_dir, sync_job=job)
         )
         received, state = m.snap.offset, m.state
         fut.add_done_callback(lambda f: self._persisted(live, snap, kind, state, received, f))

@@ -1,6 +1,9 @@
 """The partial file and its placement: every step of the durability order lives here.
 
-Order for a checkpoint: write -> fsync(partial) -> commit offset.
+Order for a checkpoint: write -> fdatasync(partial) -> its record -> commit offset. The
+fdatasync and the record are the group commit's writer thread's (:class:`SyncJob`, made by
+``PartialFile.sync_later`` on the loop): the loop goes on receiving and writing while the
+disk catches up, and the offset still commits only after the bytes it names are durable.
 Order at the end: seal (identity, length, sha256 of the bytes on disk, final mode) ->
 fsync(partial) -> link/rename to the target -> fsync(directory)
 -> commit COMPLETED (the directory fsync is the engine's group commit's, shared by every
@@ -18,11 +21,13 @@ import stat
 from typing import Protocol
 
 from bgtransfer._engine._sidecar_io import RecordKeeper
+from bgtransfer._engine._syncjob import SyncJob
 from bgtransfer._exceptions import DestinationError, IntegrityError, InvalidRequest
 
 __all__ = [
     "PartialFile",
     "PartialLost",
+    "SyncJob",
     "check_target",
     "current_umask",
     "file_mode",
@@ -144,6 +149,14 @@ class PartialFile:
         self.fd = -1
         self.dirty = False
         self.new_entry = False
+        # Sequential writes (open()): where the next byte goes, the end of the bytes the
+        # last checkpoint synced, and below what the page cache was let go of; -1: not
+        # sequential (segments write anywhere), nothing is let go of.
+        self._end = -1
+        self._synced_end = 0
+        self._dropped = 0
+        # A checkpoint's fdatasync failed in the writer thread (SyncJob): set there.
+        self.sync_error: DestinationError | None = None
         # What a new store needs to adopt this file (xattr or sidecar): _sidecar_io.
         self.record = RecordKeeper(path)
 
@@ -300,6 +313,9 @@ class PartialFile:
             os.close(fd)
             raise
         self.fd = fd
+        self._end = self._synced_end = self._dropped = start
+        if start == 0:  # every byte a failed sync may have lost is written again
+            self.sync_error = None
 
     def open_sized(self, total: int, *, fresh: bool) -> None:
         """Open for positional writes (segments) with the file exactly ``total`` bytes long.
@@ -319,7 +335,10 @@ class PartialFile:
             os.close(fd)
             raise
         self.fd = fd
+        self._end = -1
         self.dirty = True  # the new length must be synced with the first checkpoint
+        if fresh:  # as in open(0)
+            self.sync_error = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
@@ -332,6 +351,8 @@ class PartialFile:
                 raise DestinationError(f"cannot write {self.path}: {exc}") from exc
             view = view[n:]
         self.dirty = True
+        if self._end >= 0:
+            self._end += len(data)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         """Write all of ``data`` at ``offset`` (segments share one descriptor)."""
@@ -346,6 +367,7 @@ class PartialFile:
             view = view[n:]
             offset += n
         self.dirty = True
+        self._end = -1
 
     def sync(self) -> None:
         if self.fd >= 0 and self.dirty:
@@ -355,18 +377,52 @@ class PartialFile:
             if self.record.write(self.fd, self.open_dir):
                 self.new_entry = True  # a new sidecar: its entry wants the directory fsync
             if self.new_entry:
-                try:
-                    dfd = self.open_dir()
-                except DestinationError as exc:
-                    # Swapped since the file was made: the next open or the placement
-                    # refuses it; the bytes are synced either way.
-                    log.warning("%s", exc.message)
-                    return
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                self.fsync_dir_entry()
                 self.new_entry = False
+
+    def sync_later(self, *, keep_cached: bool = False) -> SyncJob | None:
+        """For a checkpoint: the sync the group commit runs in its thread just before it
+        commits the offset (:class:`SyncJob`); None when nothing was written since.
+
+        A sequential download also lets go of the page cache below the previous
+        checkpoint, once synced (``POSIX_FADV_DONTNEED``): a 1 GiB download keeps ~64 MiB
+        of cache instead of pushing 1 GiB of the user's cache out, and reuses the pages it
+        freed instead of faulting in new ones. The last checkpoint's bytes stay (a
+        digest's tail hasher reads them back); ``keep_cached``: nothing is let go of (the
+        whole file is read back at the end, for ``sha256`` or caller checksums).
+
+        ``dirty`` stays set: closing the file still syncs it on the spot. DestinationError
+        when an earlier checkpoint's sync failed (nothing of this file may be committed
+        until it is reopened, which cuts it back to the committed offset).
+        """
+        if self.fd < 0 or not self.dirty:
+            return None
+        if self.sync_error is not None:
+            raise self.sync_error
+        drop = None
+        if self._end >= 0:
+            # Synced by an earlier job of this file: the writer thread runs them in order.
+            if self._synced_end > self._dropped and not keep_cached:
+                drop = (self._dropped, self._synced_end)
+                self._dropped = self._synced_end
+            self._synced_end = self._end
+        job = SyncJob(self, self.record.prepare(), new_entry=self.new_entry, drop=drop)
+        self.new_entry = False  # the job fsyncs the directory before the commit
+        return job
+
+    def fsync_dir_entry(self) -> None:
+        """Make the file's (or its sidecar's) new name durable: fsync the directory."""
+        try:
+            dfd = self.open_dir()
+        except DestinationError as exc:
+            # Swapped since the file was made: the next open or the placement refuses it;
+            # the bytes are synced either way.
+            log.warning("%s", exc.message)
+            return
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def close(self, *, sync: bool = True) -> None:
         """Close, fsyncing first unless the caller syncs the file by other means."""
@@ -383,14 +439,7 @@ class PartialFile:
 
     def _record_catch_up(self) -> None:
         if self.record.catch_up(self.fd, self.open_dir):
-            try:  # a new sidecar's entry, as in sync()
-                dfd = self.open_dir()
-            except DestinationError:
-                return
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            self.fsync_dir_entry()  # a new sidecar's entry, as in sync()
 
     def _cutting(self, fd: int, size: int) -> None:
         """Bytes past ``size`` are about to go (a restart, or bytes no checkpoint vouched
@@ -412,6 +461,8 @@ class PartialFile:
         that decides is of the bytes read back from the file (not of what was meant to be
         written): one more read of the file, from the page cache as a rule, in a thread.
         """
+        if self.sync_error is not None:  # a checkpoint's sync lost pages: never placed
+            raise self.sync_error
         dfd = self.open_dir()
         try:
             fd = self._reopen(dfd, os.O_RDONLY)

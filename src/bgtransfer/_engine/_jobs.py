@@ -12,67 +12,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from typing import Any
 
 from bgtransfer._engine._engine import Engine
-from bgtransfer._exceptions import Cancelled, DestinationError, InvalidRequest
+from bgtransfer._exceptions import DestinationError, InvalidRequest
+from bgtransfer._jobspec import (
+    JOB_OPTIONS,
+    RUNS_IN_LISTING,
+    job_to_wire,
+    new_job,
+    run_outcome,
+    run_row,
+)
 from bgtransfer._models import Phase
 from bgtransfer._protocol._schedule import next_run
-from bgtransfer._scheduling import check_every
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._jobs import JobRow
-from bgtransfer._tasks import build_row, new_task_id
 
-__all__ = ["JOB_OPTIONS", "JobRunner", "job_to_wire", "run_outcome"]
+# What a job request means lives in _jobspec (shared with fleet mode); the names stay here.
+__all__ = ["JOB_OPTIONS", "RUNS_IN_LISTING", "JobRunner", "job_to_wire", "run_outcome"]
 
 log = logging.getLogger("bgtransfer.jobs")
-
-# download() options a job passes to every run.
-JOB_OPTIONS = (
-    "headers",
-    "request_timeout",
-    "resource_timeout",
-    "max_attempts",
-    "retry_wait",
-    "max_retry_wait",
-    "on_complete",
-    "max_rate",
-    "priority",
-    "low_speed_limit",
-    "low_speed_time",
-)
-RUNS_IN_LISTING = 20  # `jobs --json` shows the latest runs; runs() has them all
-
-
-def run_outcome(row: TaskRow) -> str:
-    err = row.snap.error
-    if err is None:
-        return "not modified" if row.snap.status_code == 304 else "updated"
-    if isinstance(err, Cancelled):
-        return "cancelled"
-    return f"failed: {err.message}"
-
-
-def job_to_wire(job: JobRow, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "session": job.session,
-        "url": job.url,
-        "path": job.path,
-        "every": job.every,
-        "start_at": job.anchor,
-        "next_run": job.next_run,
-        "etag": job.etag,
-        "last_modified": job.last_modified,
-        "last_task": job.last_task,
-        "created_at": job.created_at,
-        "options": job.options,
-        "runs": runs,
-    }
 
 
 class JobRunner:
@@ -147,25 +110,7 @@ class JobRunner:
         self.engine._pump()
 
     def _run_row(self, job: JobRow) -> TaskRow:
-        opts = dict(job.options)
-        headers = [(str(k), str(v)) for k, v in opts.pop("headers", None) or ()]
-        if os.path.exists(job.path):  # no copy on disk: ask for the whole thing
-            if job.etag is not None:
-                headers.append(("If-None-Match", job.etag))
-            elif job.last_modified is not None:
-                headers.append(("If-Modified-Since", job.last_modified))
-        # A run is over before the next is due: retries are bounded by the period.
-        opts["resource_timeout"] = min(float(opts.get("resource_timeout", job.every)), job.every)
-        return build_row(
-            job.session,
-            job.url,
-            job.path,
-            background=True,
-            overwrite=True,
-            headers=headers,
-            job_id=job.id,
-            **opts,
-        )
+        return run_row(job)
 
     def finished(self, row: TaskRow) -> None:
         """A run's task completed: record its outcome (and a 200's validators)."""
@@ -186,41 +131,7 @@ class JobRunner:
     # -- the control API -------------------------------------------------------------------
 
     def add(self, body: dict[str, Any]) -> JobRow:
-        session, url, path = body.get("session"), body.get("url"), body.get("path")
-        if not isinstance(session, str) or not session:
-            raise InvalidRequest(f"session must be a non-empty string: {session!r}")
-        unknown = set(body) - {"session", "url", "path", "every", "start_at", *JOB_OPTIONS}
-        if unknown:
-            raise InvalidRequest(f"unknown fields: {', '.join(sorted(unknown))}")
-        every = check_every(body.get("every"))
-        options = {k: body[k] for k in JOB_OPTIONS if body.get(k) is not None}
-        if isinstance(options.get("headers"), dict):
-            options["headers"] = list(options["headers"].items())
-        now = time.time()
-        start_at = body.get("start_at")
-        # Validates url, path and every option the runs will get, as download() would.
-        sample = build_row(
-            session, url, path, background=True, overwrite=True, start_at=start_at,
-            **{**options, "headers": [tuple(h) for h in options.get("headers", ())]},
-        )  # fmt: skip
-        options["headers"] = [list(h) for h in sample.spec.headers]
-        if sample.spec.max_rate is not None:
-            options["max_rate"] = sample.spec.max_rate
-        anchor = sample.spec.start_at if sample.spec.start_at is not None else now
-        job = JobRow(
-            id=new_task_id(),
-            session=session,
-            url=sample.spec.url,
-            path=sample.path,
-            every=every,
-            anchor=anchor,
-            next_run=max(anchor, now),  # the first run: at start_at, or now
-            options=options,
-            etag=None,
-            last_modified=None,
-            last_task=None,
-            created_at=now,
-        )
+        job = new_job(body, now=time.time())
         self.store.add_job(job)
         self._poke.set()
         return job

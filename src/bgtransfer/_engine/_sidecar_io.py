@@ -8,11 +8,19 @@ What a record says is :mod:`bgtransfer._protocol._sidecar` (pure); this module d
   fdatasync, rename). ``BGTRANSFER_PARTIAL_RECORD`` in the engine's environment chooses:
   ``auto`` (the default), ``sidecar`` (always the file: for copies made without ``-X`` /
   ``--preserve=xattr``, which drop attributes) or ``off`` (no record at all).
-* **When.** Only right after an fdatasync of the partial (``PartialFile.sync``), with the
-  machine's state at that moment: every byte the record vouches for is already durable. A
-  crash can leave the record behind the data (safe: less is resumed), never ahead. Before a
-  file is truncated for a new representation the record is removed and that is made
-  durable, so new bytes never sit under an old record's validator.
+* **When.** Only right after an fdatasync of the partial, with the machine's state of a
+  moment before it: every byte the record vouches for is already durable. A checkpoint
+  describes the state on the loop (:meth:`RecordKeeper.prepare`, the bytes it names are
+  written, not yet synced) and the group commit's writer thread writes that record right
+  after its fdatasync of the file and before it commits the offset
+  (``PartialFile.sync_later``); closing the file syncs and records on the spot
+  (``PartialFile.sync``). A crash can leave the record behind the data (safe: less is
+  resumed), never ahead. Before a file is truncated for a new representation the record is
+  removed and that is made durable, so new bytes never sit under an old record's validator.
+* **Two threads.** A record prepared before the file was cut, stripped or removed (a
+  *generation* ago), or older than one already written, is dropped, never written: the
+  writer thread may run late, and a late record must not land on a new representation's
+  bytes, on a finished file, or beside a partial that is gone.
 * **What is not recorded.** Request headers (credentials live there). The URL is recorded
   as given, signed or not: it is what a resume needs. The record has the partial's own
   privacy (an attribute of a 0600 file, or a 0600 file); it is removed before the finished
@@ -30,6 +38,7 @@ import logging
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +71,7 @@ from bgtransfer._store._base import Store, TaskRow
 __all__ = [
     "ENV",
     "Found",
+    "Prepared",
     "RecordKeeper",
     "adopt_into",
     "adopted_segments",
@@ -132,12 +142,22 @@ def _unlink(name: str, dfd: int) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A record described at a checkpoint, to be written once its bytes are synced."""
+
+    raw: bytes
+    seq: int  # order of description: an older record never replaces a newer one
+    gen: int  # the file's generation then (a cut, strip or removal starts a new one)
+
+
 class RecordKeeper:
     """The record of one partial file: written after each data sync, cleared before the
     file is cut for a new representation, removed with the file.
 
     ``describe`` gives the record of the task's current state (set by the engine for a
-    download; None: no record is kept).
+    download; None: no record is kept). Described on the loop, written there or by the
+    group commit's writer thread: the state below is guarded by one lock.
     """
 
     def __init__(self, partial: str) -> None:
@@ -149,6 +169,10 @@ class RecordKeeper:
         self._warned = False
         self._sidecar_at = -SIDECAR_EVERY  # monotonic time of the last sidecar written
         self._behind = False  # a sidecar update was skipped since
+        self._lock = threading.Lock()
+        self._seq = 0  # records described
+        self._written = 0  # seq of the newest record written
+        self._gen = 0  # bumped when the file is cut, stripped or removed
 
     def _warn(self, what: str, exc: BaseException) -> None:
         if not self._warned:
@@ -157,24 +181,47 @@ class RecordKeeper:
 
     # -- writing ---------------------------------------------------------------------------
 
+    def prepare(self) -> Prepared | None:
+        """Describe the current state, for a write once the bytes it names are synced
+        (:meth:`write_prepared`); None when no record is kept or none can be made."""
+        if self.describe is None or record_mode() == "off":
+            return None
+        try:
+            record = self.describe()
+        except InvalidRequest as exc:  # a state no record can describe: keep the last one
+            self._warn("not updated", exc)
+            return None
+        if record is None:
+            return None
+        raw = encode(record)
+        with self._lock:
+            self._seq += 1
+            return Prepared(raw, self._seq, self._gen)
+
     def write(self, fd: int, open_dir: Callable[[], int], *, now: bool = False) -> bool:
         """Record the current state; call only right after the data's fdatasync.
         ``open_dir``: a new descriptor of the partial's directory (closed here); ``now``:
         do not skip a sidecar update for its rate limit. Returns whether a sidecar was
         created (its directory then needs an fsync)."""
-        if self.describe is None:
-            return False
+        prepared = self.prepare()
+        return prepared is not None and self.write_prepared(fd, prepared, open_dir, now=now)
+
+    def write_prepared(
+        self, fd: int, prepared: Prepared, open_dir: Callable[[], int], *, now: bool = False
+    ) -> bool:
+        """Write a record described earlier; call only once every byte it names is
+        fdatasynced. Dropped when the file was cut, stripped or removed since it was
+        described, or a newer record is already written. Returns as :meth:`write`."""
+        with self._lock:
+            if prepared.gen != self._gen or prepared.seq <= self._written:
+                return False
+            return self._put(fd, prepared, open_dir, now=now)
+
+    def _put(self, fd: int, prepared: Prepared, open_dir: Callable[[], int], *, now: bool) -> bool:
         mode = record_mode()
         if mode == "off":
             return False
-        try:
-            record = self.describe()
-        except InvalidRequest as exc:  # a state no record can describe: keep the last one
-            self._warn("not updated", exc)
-            return False
-        if record is None:
-            return False
-        raw = encode(record)
+        raw = prepared.raw
         if mode == "auto" and not self._no_xattr and fits_xattr(raw):
             try:
                 os.setxattr(fd, XATTR_NAME, raw)
@@ -185,6 +232,7 @@ class RecordKeeper:
                     self._warn("cannot set the attribute", exc)
                     return False
             else:
+                self._written = prepared.seq
                 if self._where != "xattr":
                     with contextlib.suppress(OSError, DestinationError), _dir(open_dir) as dfd:
                         _unlink(self.sidecar, dfd)
@@ -197,6 +245,7 @@ class RecordKeeper:
             with _dir(open_dir) as dfd:
                 self._write_sidecar(raw, dfd)
             self._sidecar_at, self._behind = time.monotonic(), False
+            self._written = prepared.seq
         except (OSError, DestinationError) as exc:
             self._warn("cannot write the sidecar", exc)
             return False
@@ -236,48 +285,56 @@ class RecordKeeper:
     def clear(self, fd: int, dfd: int) -> None:
         """Remove the record before ``fd``'s bytes are cut (a new representation may be
         written next), durably: the attribute with an fsync of the file, the sidecar with
-        one of the directory."""
-        if record_mode() == "off" and self._where is None:
-            return
-        removed = False
-        try:
-            os.removexattr(fd, XATTR_NAME)
-            removed = True
-        except OSError as exc:
-            if exc.errno not in _ABSENT:
-                self._warn("cannot remove the attribute", exc)
-        sidecar = False
-        with contextlib.suppress(OSError):
-            sidecar = _unlink(self.sidecar, dfd)
-        if removed:
-            os.fsync(fd)
-        if sidecar:
-            os.fsync(dfd)
-        self._where = None
+        one of the directory. A record described before is never written after."""
+        with self._lock:
+            self._gen += 1
+            if record_mode() == "off" and self._where is None:
+                return
+            removed = False
+            try:
+                os.removexattr(fd, XATTR_NAME)
+                removed = True
+            except OSError as exc:
+                if exc.errno not in _ABSENT:
+                    self._warn("cannot remove the attribute", exc)
+            sidecar = False
+            with contextlib.suppress(OSError):
+                sidecar = _unlink(self.sidecar, dfd)
+            if removed:
+                os.fsync(fd)
+            if sidecar:
+                os.fsync(dfd)
+            self._where = None
 
     def forget_stale(self, dfd: int) -> None:
         """A new file under the partial's name: a sidecar left from an earlier file of that
         name describes other bytes; it goes, durably, before any byte is written."""
-        with contextlib.suppress(OSError):
-            if _unlink(self.sidecar, dfd):
-                os.fsync(dfd)
-        self._where = None
+        with self._lock:
+            self._gen += 1
+            with contextlib.suppress(OSError):
+                if _unlink(self.sidecar, dfd):
+                    os.fsync(dfd)
+            self._where = None
 
     def strip(self, fd: int) -> None:
         """The finished file keeps no attribute: it may become world-readable, and a signed
-        URL must not go with it."""
-        try:
-            os.removexattr(fd, XATTR_NAME)
-        except OSError as exc:
-            if exc.errno not in _ABSENT:
-                self._warn("cannot remove the attribute", exc)
+        URL must not go with it (nor come back with a late checkpoint's record)."""
+        with self._lock:
+            self._gen += 1
+            try:
+                os.removexattr(fd, XATTR_NAME)
+            except OSError as exc:
+                if exc.errno not in _ABSENT:
+                    self._warn("cannot remove the attribute", exc)
 
     def remove_sidecar(self, dfd: int) -> None:
         """The partial is gone (placed, cancelled, failed): so is its sidecar."""
-        for name in (self.sidecar, self.sidecar + ".tmp"):
-            with contextlib.suppress(OSError):
-                _unlink(name, dfd)
-        self._where = None
+        with self._lock:
+            self._gen += 1
+            for name in (self.sidecar, self.sidecar + ".tmp"):
+                with contextlib.suppress(OSError):
+                    _unlink(name, dfd)
+            self._where = None
 
 
 # -- reading (adopt) ------------------------------------------------------------------------

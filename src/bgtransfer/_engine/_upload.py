@@ -26,7 +26,6 @@ from bgtransfer._engine._http import lower_headers, request_failure, tls_for
 from bgtransfer._engine._live import Live
 from bgtransfer._engine._sources import upload_with_refresh
 from bgtransfer._exceptions import (
-    Cancelled,
     DestinationError,
     IntegrityError,
     SourceChanged,
@@ -82,9 +81,9 @@ class Uploader:
     def terminate(self, live: Live) -> None:
         """Tell a tus/IETF server that a cancelled upload can go (best effort, 5 s)."""
         url, http = live.machine.snap.upload_url, self.ctx.session
-        if url is None or http is None or live.machine.snap.error is None:
-            return
-        if not isinstance(live.machine.snap.error, Cancelled):
+        # Called while the cancel's cleanup runs: the machine says "cancelled" (its error)
+        # only once that is done; a failed upload (RemovePartial too) is not terminated.
+        if url is None or http is None or live.machine.snap.phase is not Phase.CANCELING:
             return
         headers = {"Tus-Resumable": TUS_VERSION} if live.machine.spec.protocol == "tus" else {}
 

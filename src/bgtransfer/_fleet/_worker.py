@@ -39,6 +39,7 @@ from bgtransfer._daemon._hooks import run_hook
 from bgtransfer._engine._engine import Engine
 from bgtransfer._engine._takeover import drop_old, localize, take_over
 from bgtransfer._exceptions import DestinationError, InvalidTransition, StoreError, TaskNotFound
+from bgtransfer._fleet._jobs import JobFiring
 from bgtransfer._fleet._pace import FleetPace
 from bgtransfer._models import Phase
 from bgtransfer._protocol._leases import LeaseBook
@@ -65,7 +66,9 @@ def _reachable(row: TaskRow) -> str | None:
     """Why this worker cannot use the task's file or directory (None: it can)."""
     if row.spec.kind == "upload":
         path = row.path  # the source file
-        return None if os.access(path, os.R_OK) else f"cannot read {path} on this worker"
+        if row.snap.phase is Phase.CANCELING or os.access(path, os.R_OK):
+            return None  # (a cancel only asks its server to delete the upload)
+        return f"cannot read {path} on this worker"
     directory = os.path.dirname(row.path)
     try:
         st = os.stat(directory)
@@ -168,6 +171,7 @@ class Worker:
                 asyncio.create_task(self._renew_loop()),
                 asyncio.create_task(self._control_loop()),
                 asyncio.create_task(self.pace.run(self.book.renew_every, self._stopped)),
+                asyncio.create_task(JobFiring(self.url).run()),  # scheduled jobs
             ]
             await stop.wait()
             log.info("worker %s: stopping", self.name)

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from bgtransfer._exceptions import Cancelled
 from bgtransfer._store._base import JobRow, TaskRow
 from bgtransfer._store._codec import JOB_COLUMNS, job_from, job_values
 from bgtransfer._store._conn import SQLBase
 
-__all__ = ["GLOBAL", "JobRow", "JobsMixin"]
+__all__ = ["GLOBAL", "JobRow", "JobsMixin", "run_outcome"]
 
 GLOBAL = "*"  # the limits row of the global cap
+
+
+def run_outcome(row: TaskRow) -> str:
+    """How a job's run ended, as its history says it, from its finished task."""
+    err = row.snap.error
+    if err is None:
+        return "not modified" if row.snap.status_code == 304 else "updated"
+    if isinstance(err, Cancelled):
+        return "cancelled"
+    return f"failed: {err.message}"
 
 
 class JobsMixin(SQLBase):

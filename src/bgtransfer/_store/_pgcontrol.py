@@ -8,11 +8,20 @@ applies it through its own fenced commit; that commit clears the request (a trig
 out) is changed by the client itself, in one transaction under the row's lock: the pure
 machine decides the new snapshot from the stored one, and the claim generation is raised so
 that a holder whose lease ran out (a zombie) can commit nothing over it.
+
+A cancel leaves cleanup to do (the partial file, an upload's resource on its server). The
+transaction that cancels also leases the cleanup, so that a client that dies half-way leaves
+nothing stranded: a download's partial is removed by the client under a short lease of its
+own (once that runs out, a worker takes the task over and finishes it); a tus or IETF-draft
+upload is handed to the workers at once (a lease that has already run out, and a NOTIFY on
+the queue): the engine sends the DELETE (termination), as it does for a task it holds.
 """
 
 from __future__ import annotations
 
 import builtins
+import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,9 +35,25 @@ from bgtransfer._redact import redact
 from bgtransfer._store._base import TaskRow
 from bgtransfer._store._codec import COLUMNS, event_record, task_from
 from bgtransfer._store._history import HistoryMixin
-from bgtransfer._store._pgschema import CONTROL_CHANNEL, CONTROLS, EVENTS_CHANNEL
+from bgtransfer._store._pgjobs import FleetJobsMixin
+from bgtransfer._store._pgschema import CONTROL_CHANNEL, CONTROLS, EVENTS_CHANNEL, QUEUE_CHANNEL
 
-__all__ = ["AsyncEventListener", "Change", "ControlMixin", "Controlled"]
+__all__ = [
+    "CLEANUP_LEASE",
+    "FOR_A_WORKER",
+    "AsyncEventListener",
+    "Change",
+    "ControlMixin",
+    "Controlled",
+]
+
+# Seconds a client holds a cancelled task while it removes the partial file (milliseconds,
+# as a rule): if it dies meanwhile, a worker takes the task over after this and finishes.
+CLEANUP_LEASE = 30.0
+_RUNNING = ("connecting", "transferring", "waiting_retry", "verifying")
+# The holder of a cleanup handed to the workers: a lease that has run out, so the next
+# claim of any worker takes it (no worker is ever named so: the name has a space).
+FOR_A_WORKER = "cleanup for a worker"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +64,9 @@ class Change:
     snap: Snapshot
     state: str
     hook_state: str | None = None
+    # A cancel's cleanup, leased in the same transaction: "client" (the caller does it under
+    # a lease of its own), "worker" (handed to the workers), None (nothing left to do).
+    cleanup: str | None = None
 
 
 # The machine's answer to a control event on a stored task: a Change, None when the task's
@@ -60,10 +88,12 @@ class Controlled:
     outcome: str
     holder: str | None = None
     lease_left: float = 0.0
+    token: int | None = None  # applied: the generation that fences the caller's cleanup
 
 
-class ControlMixin(HistoryMixin):
-    """Control requests and their application (PostgreSQL only: claims and NOTIFY)."""
+class ControlMixin(HistoryMixin, FleetJobsMixin):
+    """Control requests and their application (PostgreSQL only: claims and NOTIFY), and
+    the fleet's background fetch jobs (``_pgjobs``)."""
 
     def request_control(self, task_id: str, action: str, *, now: float | None = None) -> bool:
         """Ask the worker holding ``task_id`` to ``action`` it ("suspend" or "cancel"),
@@ -131,23 +161,85 @@ class ControlMixin(HistoryMixin):
                 return Controlled(row, "ignored", *lease)
             if held:
                 if action is not None:
-                    self._db.execute("UPDATE tasks SET control=? WHERE id=?", (action, task_id))
-                    self._db.execute("SELECT pg_notify(?, ?)", (CONTROL_CHANNEL, task_id))
+                    # Notified once per request (a caller that asks again wakes nobody).
+                    cur = self._db.execute(
+                        "UPDATE tasks SET control=? WHERE id=? AND control IS DISTINCT FROM ?",
+                        (action, task_id, action),
+                    )
+                    if cur.rowcount:
+                        self._db.execute("SELECT pg_notify(?, ?)", (CONTROL_CHANNEL, task_id))
                 return Controlled(row, "requested", *lease)
             record = event_record(row.session, change.state, change.snap, now)
             self.save_in_tx(
                 task_id, change.snap, wall_time=now, events=[record], hook_state=change.hook_state
             )
             # A new generation: a holder whose lease ran out commits nothing over this.
+            token = self._lease_cleanup(task_id, change.cleanup, now)
+            stored = self._db.execute(
+                f"SELECT {COLUMNS} FROM tasks WHERE id=?", (task_id,)
+            ).fetchone()
+        return Controlled(task_from(stored), "applied", token=token)
+
+    def _lease_cleanup(self, task_id: str, cleanup: str | None, now: float) -> int:
+        """Raise the generation and lease the task to whoever does its cleanup (nobody:
+        no lease); the new generation."""
+        owner, expires = None, None
+        if cleanup == "client":
+            owner, expires = f"client {socket.gethostname()} {os.getpid()}", now + CLEANUP_LEASE
+        elif cleanup == "worker":
+            owner, expires = FOR_A_WORKER, 0.0
+        (token,) = self._db.execute(
+            "UPDATE tasks SET generation=generation+1, lease_owner=?, lease_expires=?, "
+            "control=NULL WHERE id=? RETURNING generation",
+            (owner, expires, task_id),
+        ).fetchone()
+        if cleanup == "worker":  # the claims take it at once
+            self._db.execute("SELECT pg_notify(?, '')", (QUEUE_CHANNEL,))
+        return int(token)
+
+    def take_cleanup(self, task_id: str, cleanup: str, *, now: float | None = None) -> int | None:
+        """Lease the cleanup of a cancel nobody is finishing (its task canceling, without a
+        live lease: left by an earlier version, or given back by a worker that could not
+        reach its file) as :meth:`control_task` does; the generation, or None if someone
+        holds it (or it is not canceling any more)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            found = self._db.execute(
+                "SELECT 1 FROM tasks WHERE id=? AND phase='canceling' AND "
+                "(lease_owner IS NULL OR lease_expires < ?) FOR UPDATE",
+                (task_id, now),
+            ).fetchone()
+            return None if found is None else self._lease_cleanup(task_id, cleanup, now)
+
+    def finish_cleanup(
+        self, task_id: str, token: int, decide: Decide, *, now: float | None = None
+    ) -> TaskRow | None:
+        """The caller finished the cleanup it leased (generation ``token``): store what
+        ``decide`` makes of it and let the task go. None if its lease ran out and a worker
+        took the task over meanwhile (that worker finishes it)."""
+        now = time.time() if now is None else now
+        with self._tx():
+            found = self._db.execute(
+                f"SELECT {COLUMNS} FROM tasks WHERE id=? AND generation=? FOR UPDATE",
+                (task_id, token),
+            ).fetchone()
+            if found is None:
+                return None
+            row = task_from(found)
+            change = decide(row)
+            if change is not None:
+                record = event_record(row.session, change.state, change.snap, now)
+                self.save_in_tx(
+                    task_id, change.snap, wall_time=now, events=[record],
+                    hook_state=change.hook_state,
+                )  # fmt: skip
             self._db.execute(
-                "UPDATE tasks SET generation=generation+1, lease_owner=NULL, "
-                "lease_expires=NULL, control=NULL WHERE id=?",
-                (task_id,),
+                "UPDATE tasks SET lease_owner=NULL, lease_expires=NULL WHERE id=?", (task_id,)
             )
             stored = self._db.execute(
                 f"SELECT {COLUMNS} FROM tasks WHERE id=?", (task_id,)
             ).fetchone()
-        return Controlled(task_from(stored), "applied")
+        return task_from(stored)
 
     def get_many(self, task_ids: Sequence[str]) -> builtins.list[TaskRow]:
         """The tasks of ``task_ids`` that exist, in one query (a batch wait reads them all
@@ -160,6 +252,17 @@ class ControlMixin(HistoryMixin):
                 f"SELECT {COLUMNS} FROM tasks WHERE id = ANY(?)", (builtins.list(task_ids),)
             ).fetchall()
         ]
+
+    def running_in(self, session: str) -> builtins.list[TaskRow]:
+        """The tasks of ``session`` a worker is running (their checkpointed bytes are the
+        progress a stream reports): as many as the fleet runs at once, at most."""
+        running = ", ".join(f"'{p}'" for p in _RUNNING)
+        cur = self._db.execute(
+            f"SELECT {COLUMNS} FROM tasks WHERE session=? AND phase IN ({running}) "
+            "ORDER BY created_at, id",
+            (session,),
+        )
+        return [task_from(r) for r in cur.fetchall()]
 
     def connection_lost(self) -> bool:
         """Whether the connection was found lost (server restart, network cut, connection

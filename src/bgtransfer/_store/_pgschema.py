@@ -15,11 +15,12 @@ __all__ = [
     "EVENTS_CHANNEL",
     "LIMITS_CHANNEL",
     "MIGRATIONS",
+    "PROGRESS_CHANNEL",
     "QUEUE_CHANNEL",
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 EVENTS_CHANNEL = "bgtransfer_events"  # NOTIFY payload: the session whose events changed
 # NOTIFY payload: the id of a task whose holder is asked to suspend or cancel it.
 CONTROL_CHANNEL = "bgtransfer_control"
@@ -27,6 +28,8 @@ CONTROLS = ("suspend", "cancel")  # the values of tasks.control (NULL: nothing a
 QUEUE_CHANNEL = "bgtransfer_queue"  # NOTIFY (no payload): a task may be claimed now
 COOLDOWN_CHANNEL = "bgtransfer_cooldown"  # NOTIFY (no payload): an origin asked to wait
 LIMITS_CHANNEL = "bgtransfer_limits"  # NOTIFY (no payload): a bandwidth cap changed
+# NOTIFY payload: the session one of whose tasks checkpointed new bytes (progress).
+PROGRESS_CHANNEL = "bgtransfer_progress"
 
 _V1 = [
     """CREATE TABLE tasks (
@@ -219,5 +222,16 @@ _V5 = [
     "ALTER TABLE workers ADD COLUMN lease_s DOUBLE PRECISION",
 ]
 
+# Progress without a row per tick: a checkpoint that moves a task's offset notifies its
+# session (one notification per session per transaction, folded), and an event stream that
+# wants progress reads the running tasks' checkpointed bytes (_storeclient._progress).
+_V6 = [
+    "CREATE FUNCTION bgtransfer_progress_notify() RETURNS trigger LANGUAGE plpgsql AS "
+    f"$$ BEGIN PERFORM pg_notify('{PROGRESS_CHANNEL}', NEW.session); RETURN NULL; END $$",
+    'CREATE TRIGGER tasks_progress_notify AFTER UPDATE OF "offset" ON tasks FOR EACH ROW '
+    'WHEN (NEW."offset" IS DISTINCT FROM OLD."offset" AND NEW.phase != \'done\') '
+    "EXECUTE FUNCTION bgtransfer_progress_notify()",
+]
+
 # MIGRATIONS[v]: the steps from version v to v + 1 (0: an empty database).
-MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5}
+MIGRATIONS: dict[int, list[str]] = {0: _V1, 1: _V2, 2: _V3, 3: _V4, 4: _V5, 5: _V6}

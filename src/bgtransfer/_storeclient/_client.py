@@ -48,8 +48,9 @@ from bgtransfer._requests import (
 from bgtransfer._store._base import DuplicateKey, StoredEvent, TaskRow
 from bgtransfer._store._pgschema import SCHEMA_VERSION
 from bgtransfer._store._postgres import PostgresStore
-from bgtransfer._storeclient import _control
+from bgtransfer._storeclient import _control, _jobs
 from bgtransfer._storeclient._limits import limits
+from bgtransfer._storeclient._progress import Progress
 from bgtransfer._storeclient._wakeups import FALLBACK, Wakeups
 from bgtransfer._storeclient._window import Window
 from bgtransfer._tasks import row_to_wire
@@ -178,11 +179,8 @@ class StoreClient:
             return {"removed": await self._run(_prune, await self._db(), before, session)}
         if path == "/v1/limits":  # the fleet's caps (fleetpace)
             return await self._run(limits, await self._db(), method, body)
-        if path.startswith("/v1/jobs"):
-            raise InvalidRequest(
-                "scheduled jobs are kept by a home's daemon; with a "
-                "PostgreSQL store (fleet mode) they are not available yet"
-            )
+        if path == "/v1/jobs" or path.startswith("/v1/jobs/"):
+            return await _jobs.answer(await self._db(), self._run, method, path, body, q)
         found = _TASK_VERB.fullmatch(path)
         if found is not None:
             return await self._task_verb(method, unquote(found[1]), found[2], q)
@@ -302,13 +300,17 @@ class StoreClient:
     ) -> AsyncIterator[dict[str, Any]]:
         """The daemon's event lines: a replay, ``replay_end`` with its cursor, then each
         state event as a worker commits it (woken by LISTEN). Progress is not logged in
-        the store: with a PostgreSQL store a stream carries state events only."""
+        the store: live progress lines come from the running tasks' checkpoints
+        (``_progress``), none in a replay."""
         wanted = kinds_of(kinds)
         db = await self._db()
         wakeups = self._listen()
         await wakeups.start()
         lines = _Lines(db, self._run, with_task=completions)
-        with wakeups.watch(session) as watch:
+        progress = None
+        if "progress" in wanted and not completions:
+            progress = Progress(db, self._run, session)
+        with wakeups.watch(session, progress=progress is not None) as watch:
             last, replay = await self._run(_replay, db, session, since, completions)
             # A replay from a cursor looks back to it for a while: an event whose commit
             # was late (see _window) may still come in behind the replayed ones.
@@ -339,8 +341,15 @@ class StoreClient:
                 if len(new) == LIVE_BATCH:
                     start = new[-1].cursor  # the rest of this wake-up's events
                     continue
+                sleep = FALLBACK
+                if progress is not None:
+                    for line in await progress.lines():
+                        yield line
+                    sleep = progress.wait(FALLBACK)
                 # Woken by the next commit of the session (a late one included).
-                await watch.sleep(FALLBACK)
+                await watch.sleep(sleep)
+                if progress is not None:
+                    progress.pending = True
                 start = window.settle()
 
 

@@ -5,7 +5,13 @@ restored into a machine, the control event handled, and the snapshot it persists
 db writes (with the state event) in the transaction that holds the row's lock. A task a
 worker holds is asked of that worker instead; the call waits until the worker applied it, or
 its lease ran out (then the request is applied here), or CONTROL_WAIT passed (the request
-stays recorded: the holder applies it when it next looks)."""
+stays recorded: the holder applies it when it next looks).
+
+A cancel's cleanup is leased in the transaction that cancels (see ``_pgcontrol``): a
+download's partial file is removed here, under a lease of this client's; a tus or IETF-draft
+upload's resource is deleted on its server by a worker (the engine's termination request:
+this client has no HTTP stack), and the call waits for that as for a holder.
+Either way a client that dies half-way strands nothing: a worker finishes the cancel."""
 
 from __future__ import annotations
 
@@ -59,9 +65,22 @@ def decide(event: M.Event, satisfied: tuple[Phase, ...] = ()) -> Callable[[TaskR
         hook = (
             "pending" if machine.terminal and row.on_complete and row.hook_state is None else None
         )
-        return Change(machine.snapshot(now), machine.state.value, hook)
+        cleanup = None
+        if machine.snap.phase is Phase.CANCELING:
+            cleanup = _cleanup_by(row)
+        return Change(machine.snapshot(now), machine.state.value, hook, cleanup)
 
     return run
+
+
+def _finished(row: TaskRow) -> bool:
+    return row.snap.phase is Phase.DONE
+
+
+def _cleanup_by(row: TaskRow) -> str:
+    """Who finishes a cancel: a worker for a resumable upload that has a resource on its
+    server (only the engine speaks HTTP), this client for anything else."""
+    return "worker" if row.spec.kind == "upload" and row.snap.upload_url else "client"
 
 
 def _remove_partial(row: TaskRow) -> None:
@@ -72,12 +91,12 @@ def _remove_partial(row: TaskRow) -> None:
         PartialFile(row.partial, row.snap).remove()
 
 
-async def _clean_up(db: PostgresStore, run: Run, row: TaskRow) -> TaskRow:
-    """Finish a cancel nobody else finishes: remove the partial (the snapshot still names
-    it), then CancelCleaned."""
+async def _clean_up(db: PostgresStore, run: Run, row: TaskRow, token: int) -> TaskRow:
+    """Finish a cancel whose cleanup this client leased (generation ``token``): remove the
+    partial (the snapshot still names it), then CancelCleaned, fenced by the lease."""
     await run(_remove_partial, row)
-    done: Controlled = await run(db.control_task, row.id, None, decide(M.CancelCleaned()))
-    return done.row
+    done: TaskRow | None = await run(db.finish_cleanup, row.id, token, decide(M.CancelCleaned()))
+    return done if done is not None else await run(get, db, row.id)  # a worker finishes it
 
 
 async def control(
@@ -103,10 +122,21 @@ async def control(
                 return got.row  # still held: the request stays for the holder
             # Woken by the holder's commit, else when its lease runs out.
             await watch.sleep(min(got.lease_left + 0.05, left))
-    row = got.row
-    if verb == "cancel" and row.snap.phase is Phase.CANCELING and got.holder is None:
-        return await _clean_up(db, run, row)
-    return row
+        row = got.row
+        if verb != "cancel" or row.snap.phase is not Phase.CANCELING or got.holder is not None:
+            return row
+        token = got.token
+        if token is None:  # canceling already, its cleanup not leased: lease it now
+            token = await run(db.take_cleanup, task_id, _cleanup_by(row))
+        if token is not None and _cleanup_by(row) == "client":
+            return await _clean_up(db, run, row, token)
+        while not _finished(row):  # a worker finishes it
+            left = deadline - loop.time()
+            if left <= 0:
+                break  # no worker yet: the first that runs finishes it
+            await watch.sleep(left)
+            row = await run(get, db, task_id)
+        return row
 
 
 def get(db: PostgresStore, task_id: str) -> TaskRow:

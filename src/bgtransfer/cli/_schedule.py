@@ -68,7 +68,8 @@ def schedule(
     session: str,
     as_json: bool,
 ) -> int:
-    """Fetch URL into a file every period, in the daemon (a background fetch job).
+    """Fetch URL into a file every period, in the daemon (a background fetch job); with
+    --store postgresql://... the fleet's workers run it (each run once across them).
 
     Each run is a conditional GET: 304 leaves the file alone, 200 replaces it atomically.
     After downtime the job runs once to catch up. Prints the job id.
