@@ -176,7 +176,8 @@ class StaticServer:
                 resp.read()
                 status, got = resp.status, resp.headers
         except urllib.error.HTTPError as exc:
-            status, got = exc.code, exc.headers
+            with exc:  # its response holds the connection's socket
+                status, got = exc.code, exc.headers
         return {k.lower(): v for k, v in got.items()} | {":status": str(status)}
 
     # -- lifecycle ---------------------------------------------------------------------------
