@@ -56,6 +56,10 @@ def classify_response(
             if cr.total == offset and (total is None or total == offset):
                 return Decision.DONE
             return Decision.RESTART
+        if offset > 0 and "content-range" not in headers:
+            # Apache httpd answers 416 with no Content-Range (RFC 9110 §15.5.17: SHOULD):
+            # the resource ends at or before our offset now; nothing vouches for our bytes.
+            return Decision.RESTART
         return Decision.FAIL
     if status == 206 or (status == 200 and cr is not None and offset > 0):
         if cr is None or cr.first is None:

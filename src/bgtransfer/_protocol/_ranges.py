@@ -12,6 +12,7 @@ from dataclasses import dataclass
 __all__ = [
     "ContentRange",
     "choose_validator",
+    "last_modified_is_settled",
     "last_modified_is_strong",
     "parse_content_range",
     "parse_retry_after",
@@ -97,6 +98,18 @@ def last_modified_is_strong(last_modified: str | None, date: str | None) -> bool
     same second cannot share the date)."""
     modified, sent = _http_date(last_modified), _http_date(date)
     return modified is not None and sent is not None and sent - modified >= 1.0
+
+
+# Apache httpd takes an If-Range date only when its Last-Modified is at least 60 s older
+# than its Date (ap_condition_if_range); a younger one gets 200, whatever the file.
+SETTLED_SECONDS = 60.0
+
+
+def last_modified_is_settled(last_modified: str | None, date: str | None) -> bool:
+    """Whether a Last-Modified is old enough, by the Date that carried it, for every server
+    to honour it in If-Range (stricter than RFC 9110's one second: see SETTLED_SECONDS)."""
+    modified, sent = _http_date(last_modified), _http_date(date)
+    return modified is not None and sent is not None and sent - modified >= SETTLED_SECONDS
 
 
 def choose_validator(etag: str | None, last_modified: str | None, date: str | None) -> str | None:
