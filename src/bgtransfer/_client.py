@@ -117,6 +117,21 @@ def _h11_request(method: str, target: str, body: Any) -> bytes:
     return out + (conn.send(h11.EndOfMessage()) or b"")
 
 
+_END = h11.EndOfMessage()
+_STAND_INS: dict[str, h11.Request] = {}
+
+
+def _stand_in(method: str) -> h11.Request:
+    """The request h11 is told of, one per method: h11's events are immutable, and
+    building one validates its headers again (a plain loop's submits pay that each)."""
+    req = _STAND_INS.get(method)
+    if req is None:
+        req = _STAND_INS[method] = h11.Request(
+            method=method, target="/", headers=[("Host", "bgtransfer")]
+        )
+    return req
+
+
 def _not_answering(home: str, pid: int) -> DaemonUnavailable:
     hint = (
         f"it is: resume it with kill -CONT {pid}"
@@ -220,8 +235,8 @@ class DaemonClient:
         await loop.sock_sendall(kept.sock, request)
         # h11 reads the answer; it is told of the request (already framed) by a stand-in.
         conn = h11.Connection(h11.CLIENT)
-        conn.send(h11.Request(method=method, target="/", headers=[("Host", "bgtransfer")]))
-        conn.send(h11.EndOfMessage())
+        conn.send(_stand_in(method))
+        conn.send(_END)
         status, chunks, got_any = 0, [], False
         while True:
             try:

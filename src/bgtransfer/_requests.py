@@ -201,6 +201,19 @@ def wait_ids(body: object) -> tuple[list[str], float]:
     return list(ids), wait_timeout(float(timeout))
 
 
+def wait_also(body: object) -> list[str]:
+    """The ``also`` ids of a batch wait: tasks to report on without waiting for them (the
+    answer's ``done`` holds those whose completion is committed); [] when not given."""
+    also = body.get("also", []) if isinstance(body, dict) else []
+    if (
+        not isinstance(also, list)
+        or len(also) > BATCH_LIMIT
+        or not all(isinstance(i, str) for i in also)
+    ):
+        raise InvalidRequest("also must be a list of at most 10000 task ids")
+    return also
+
+
 def prune_args(body: object) -> tuple[float | None, str | None]:
     """``{"older_than": S | null, "session": S | null}`` of a prune: (finished before this
     time, of this session)."""

@@ -25,6 +25,7 @@ from bgtransfer._requests import (
     Submitted,
     build_item,
     prune_args,
+    wait_also,
     wait_ids,
     wait_timeout,
 )
@@ -124,6 +125,7 @@ class TaskRoutes:
             if isinstance(err, StoreFull):
                 engine.space.full(err.message)
             elif err is None:
+                engine.scheduler.remember(rows)  # started without reading them back
                 engine.space.pump()
 
         fut.add_done_callback(stored)
@@ -231,15 +233,23 @@ class TaskRoutes:
 
     async def wait_many(self, request: web.Request) -> web.Response:
         """``{"ids": [...], "timeout": S}``: answer once every task is completed (committed)
-        or S seconds passed, with all their rows: one long poll for a whole batch."""
-        ids, timeout = wait_ids(await json_body(request))
-        done = {task_id: self._done(task_id) for task_id in ids}  # unknown ids: 404 now
+        or S seconds passed, with all their rows: one long poll for a whole batch.
+
+        ``"also": [...]``: other tasks the client has not seen finish; the answer's
+        ``done`` lists those whose completion is committed, so that its ``wait()`` on
+        them needs no round trip (the plain loop: download() each, then wait() each)."""
+        body = await json_body(request)
+        (ids, timeout), also = wait_ids(body), wait_also(body)
+        done = self._done_many(ids)
         left = {i for i, row in done.items() if row is None}
         if left:
             await self.parts.wait_or_stop(self._finishing(left, done), timeout)
-        return web.json_response(
-            {"tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]}
-        )
+        answer: dict[str, Any] = {
+            "tasks": [row_to_wire(done[i] or self.engine.get(i)) for i in ids]
+        }
+        if also:  # read after the wait: whatever finished meanwhile is reported too
+            answer["done"] = [row_to_wire(r) for r in self.store.done_rows(also)]
+        return web.json_response(answer)
 
     def _done(self, task_id: str) -> TaskRow | None:
         """The task if its completion is committed (the store's word: the engine's memory
@@ -248,6 +258,16 @@ class TaskRoutes:
         if row is None:
             raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
         return row if row.snap.phase is Phase.DONE else None
+
+    def _done_many(self, ids: list[str]) -> dict[str, TaskRow | None]:
+        """``_done`` of each id (unknown ids: 404 now), in two queries: only the finished
+        rows are decoded (a batch waited for at once is mostly still queued)."""
+        rows: dict[str, TaskRow | None] = {r.id: r for r in self.store.done_rows(ids)}
+        known = self.store.known_ids([i for i in ids if i not in rows])
+        for task_id in ids:
+            if task_id not in rows and task_id not in known:
+                raise TaskNotFound(f"no task with id {task_id!r}", task_id=task_id)
+        return {i: rows.get(i) for i in ids}
 
     def finished(self, row: TaskRow) -> None:
         """A task's completion was committed: wake whoever waits for it, with its row."""

@@ -262,13 +262,8 @@ class Committer:
                 if not self._queue and not self._inserts:
                     return
                 batch, self._queue = list(self._queue.values()), {}
-                inserts, self._inserts = self._inserts, []
-            added = self._insert_all(inserts) if inserts else []
-            for ins, err in zip(inserts, added, strict=True):
-                try:
-                    ins.loop.call_soon_threadsafe(_settle, ins.fut, err is None, err)
-                except RuntimeError:  # the loop is gone (interpreter exit)
-                    return
+            if not self._serve_inserts():
+                return
             if not batch:
                 continue
             results = self._run(batch)
@@ -287,6 +282,25 @@ class Committer:
                 log.warning("the task store can commit again")
                 if self._on_full is not None:
                     self._on_full(None)
+
+    def _serve_inserts(self) -> bool:
+        """Commit the submits queued so far, each answered once stored; False: the loop is
+        gone. Also called between the fsyncs of a batch of finished files, so a submit
+        waits for one fsync at most, not for the whole batch (a plain loop of
+        ``download()`` calls waits for each answer)."""
+        with self._cv:
+            inserts, self._inserts = self._inserts, []
+        added = self._insert_all(inserts) if inserts else []
+        for ins, err in zip(inserts, added, strict=True):
+            try:
+                ins.loop.call_soon_threadsafe(_settle, ins.fut, err is None, err)
+            except RuntimeError:  # the loop is gone (interpreter exit)
+                return False
+        return True
+
+    def _fsync_file(self, path: str) -> None:
+        self._serve_inserts()  # no transaction is open here: see _serve_inserts
+        fsync_file(path)
 
     def _resolve(self, pending: _Pending, result: list[int | None] | BaseException) -> bool:
         for fut, index, loop in pending.waiters:
@@ -325,13 +339,14 @@ class Committer:
             # Run once: a save the full disk keeps back does not sync again.
             jobs, pending.sync_jobs = pending.sync_jobs, []
             for job in jobs:
+                self._serve_inserts()  # a checkpoint's fdatasync may be long: see there
                 try:
                     job.run()
                 except DestinationError as exc:
                     failed[i] = exc
             for path in pending.sync_files:
                 try:
-                    fsync_file(path)
+                    self._fsync_file(path)
                 except OSError as exc:
                     failed[i] = DestinationError(f"cannot fsync {path}: {exc}")
         dirs: dict[str, OSError | None] = {}

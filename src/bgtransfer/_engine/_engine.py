@@ -207,8 +207,6 @@ class Engine:
             raise
         self._pump()
 
-    # -- the home's disk is full -----------------------------------------------------------
-
     @property
     def store_full(self) -> str | None:
         """Why nothing can be committed now (None: commits land)."""
@@ -231,10 +229,12 @@ class Engine:
         return self.scheduler.runner_cap()
 
     def _pump(self) -> None:
-        """Start queued tasks from the store while there is room for runners."""
-        if self._closed or self.store_full is not None:
-            return
-        (self.scheduler.pump if self.claims is None else self.claims.feed)()
+        """Start queued tasks while there is room (at the next turn, once: Scheduler.soon)."""
+        self.scheduler.soon(self._pump_now)
+
+    def _pump_now(self) -> None:
+        if not self._closed and self.store_full is None:
+            (self.scheduler.pump if self.claims is None else self.claims.feed)()
 
     def _admit(self, row: TaskRow) -> None:
         live = self._make_live(row)

@@ -8,6 +8,7 @@ a coroutine, so a queue of 100 000 costs rows, not megabytes. The limits on conn
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -40,11 +41,47 @@ class Scheduler:
         self.admit = admit  # take a queued row in (reconcile, then run or hold)
         self.wake = wake  # pump again (the engine's, which knows when not to)
         self._wake: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
+        self._soon_loop: asyncio.AbstractEventLoop | None = None
+        # Rows of submits just committed, for the next pump only (see ``remember``).
+        self._fresh: dict[str, TaskRow] = {}
 
     def runner_cap(self) -> int:
         # Runners include tasks waiting for a per-host slot or backing off; allow some beyond
         # max_active so one busy host does not hold up the others queued behind it.
         return max(64, 4 * self.limiter.total)
+
+    def soon(self, pump: Callable[[], None]) -> None:
+        """Run ``pump`` at the loop's next turn, once however many ask before it runs.
+
+        Sixteen completions landing in one group commit each ask for a pump (so do
+        the submits of many clients): one query of the store's queue serves them all.
+        """
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # a synchronous caller without a loop: at once
+            pump()
+            return
+        if self._soon is not None and self._soon_loop is loop:
+            return  # (a handle left on a loop that stopped before it ran is not waited for)
+        self._soon_loop = loop
+
+        def run() -> None:
+            self._soon = None
+            try:
+                pump()
+            finally:
+                self._fresh.clear()
+
+        self._soon = loop.call_soon(run)
+
+    def remember(self, rows: list[TaskRow]) -> None:
+        """Rows whose insert has just committed: the next pump takes them as they are
+        rather than decoding them back from the store. Good for that pump only: it runs
+        at the loop's next turn, before anyone has been told their ids and could act on
+        them, and forgets them whether it starts them or not."""
+        for row in rows:
+            self._fresh[row.id] = dataclasses.replace(row, snap=dataclasses.replace(row.snap))
 
     def pump(self) -> None:
         """Start queued tasks from the store while there is room for runners."""
@@ -60,7 +97,11 @@ class Scheduler:
             return
         owner = None if self.background else self.owner
         rows = self.store.next_queued(
-            background=self.background, owner=owner, limit=free, exclude=self.live.keys()
+            background=self.background,
+            owner=owner,
+            limit=free,
+            exclude=self.live.keys(),
+            known=self._fresh,
         )
         for row in rows:
             self.admit(row)

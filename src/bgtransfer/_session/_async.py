@@ -55,6 +55,8 @@ class AsyncTask(TaskView):
     def __init__(self, session: AsyncSession, row: TaskRow) -> None:
         self._session = session
         self._row = row
+        if session._backend is not None:  # wait() then knows if the daemon finished it
+            session._backend.track(self)
 
     def _fresh(self) -> TaskRow:
         self._row = self._session._backend_or_raise().peek(self._row)

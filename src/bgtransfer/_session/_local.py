@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from bgtransfer._exceptions import InvalidTransition, TaskNotFound, TransferError
 from bgtransfer._home import HOME_STORE
 from bgtransfer._models import Event, Phase, TaskState
+from bgtransfer._session._known import Tracked
 from bgtransfer._session._views import Backend, Query
 from bgtransfer._store._base import DuplicateKey, Store, TaskRow
 from bgtransfer._tasks import same_request
@@ -133,6 +134,9 @@ class Local:
         else:
             await getattr(engine, verb)(task_id)
         return engine.get(task_id)
+
+    def track(self, task: Tracked) -> None:
+        """Nothing to track: this process's engine answers ``wait()`` from memory."""
 
     async def wait(self, task_id: str) -> TaskRow:
         return await self._engine().wait(task_id)

@@ -12,6 +12,7 @@ from urllib.parse import quote
 from bgtransfer._clients import open_client
 from bgtransfer._home import StoreChoice
 from bgtransfer._models import Event, Phase
+from bgtransfer._session._known import Tracked, Unfinished
 from bgtransfer._session._views import KINDS, Query
 from bgtransfer._store._base import TaskRow
 from bgtransfer._tasks import body_of, row_from_wire
@@ -27,6 +28,7 @@ class Remote:
 
     def __init__(self, home: str, store: StoreChoice | None = None) -> None:
         self.client = open_client(home, store, keep_alive=True)
+        self.unfinished = Unfinished()  # see _known: wait() on a task seen finished
 
     async def open(self) -> None:
         await self.client.ensure_running()
@@ -78,21 +80,39 @@ class Remote:
     async def control(self, task_id: str, verb: str) -> TaskRow:
         return row_from_wire(await self.client.call("POST", f"/v1/tasks/{quote(task_id)}/{verb}"))
 
+    def track(self, task: Tracked) -> None:
+        self.unfinished.add(task)
+
     async def wait(self, task_id: str) -> TaskRow:
         followed: int | None = None  # a stop of this daemon ends the wait (DaemonStopped)
         while True:
-            row = row_from_wire(
-                await self.client.call(
-                    "GET",
-                    f"/v1/tasks/{quote(task_id)}/wait",
-                    params={"timeout": "25"},
+            also = self.unfinished.others(task_id)
+            if also:  # and hear which of the session's other tasks have finished
+                answer = await self.client.call(
+                    "POST",
+                    "/v1/wait",
+                    body={"ids": [task_id], "timeout": 25, "also": also},
                     timeout=40,
                     waiter=True,
                     followed=followed,
                 )
-            )
+                row = row_from_wire(answer["tasks"][0])
+                # A daemon (or fleet client) without ``also`` leaves ``done`` out.
+                self.unfinished.learn([row_from_wire(d) for d in answer.get("done", ())])
+            else:
+                row = row_from_wire(
+                    await self.client.call(
+                        "GET",
+                        f"/v1/tasks/{quote(task_id)}/wait",
+                        params={"timeout": "25"},
+                        timeout=40,
+                        waiter=True,
+                        followed=followed,
+                    )
+                )
             followed = self.client.peer_pid
             if row.snap.phase is Phase.DONE:
+                self.unfinished.learn([row])
                 return row
 
     async def wait_many(self, ids: builtins.list[str]) -> builtins.list[TaskRow]:
@@ -111,6 +131,7 @@ class Remote:
                 )
                 followed = self.client.peer_pid
                 rows = [row_from_wire(d) for d in answer["tasks"]]
+                self.unfinished.learn(rows)
                 done.update((r.id, r) for r in rows if r.snap.phase is Phase.DONE)
                 pending = [r.id for r in rows if r.snap.phase is not Phase.DONE]
         return [done[i] for i in ids]

@@ -87,8 +87,11 @@ class Task(TaskView):
 
     def wait(self, timeout: float | None = None) -> Task:
         """Block until COMPLETED; raises TimeoutError only if this wait timed out."""
-        if self._row.snap.phase is Phase.DONE and not self._session.closed:
-            return self  # finished rows never change: no hop to the loop thread
+        if self._inner._row.snap.phase is Phase.DONE and not self._session.closed:
+            # Finished rows never change: no hop to the loop thread. Seen finished by
+            # this task's own wait or by another's answer (see _session/_known).
+            self._row = self._inner._row
+            return self
         self._session._call(self._inner.wait(timeout))
         self._row = self._inner._row
         return self

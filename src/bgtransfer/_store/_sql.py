@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from bgtransfer._exceptions import DestinationError, TaskNotFound
@@ -99,6 +99,31 @@ class SQLStore(HistoryMixin, JobsMixin):
     def get(self, task_id: str) -> TaskRow | None:
         found = self._rows(f"SELECT {COLUMNS} FROM tasks WHERE id=?", (task_id,))
         return found[0] if found else None
+
+    def done_rows(self, ids: Sequence[str]) -> builtins.list[TaskRow]:
+        """The tasks of ``ids`` whose completion is committed; unknown ids are skipped.
+
+        The rows of the others are not decoded: a waiter names hundreds of unfinished
+        tasks and most of them are still running.
+        """
+        out: builtins.list[TaskRow] = []
+        for start in range(0, len(ids), 500):  # under every SQLite's variable limit
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            out += self._rows(
+                f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks}) AND phase='done'", chunk
+            )
+        return out
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of ``ids`` name a task, without decoding any row."""
+        out: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            cur = self._db.execute(f"SELECT id FROM tasks WHERE id IN ({marks})", chunk)
+            out.update(i for (i,) in cur.fetchall())
+        return out
 
     def find_prefix(self, prefix: str) -> builtins.list[TaskRow]:
         return self._rows(
@@ -215,12 +240,14 @@ class SQLStore(HistoryMixin, JobsMixin):
         owner: str | None,
         limit: int,
         exclude: Collection[str] = (),
+        known: Mapping[str, TaskRow] | None = None,
     ) -> builtins.list[TaskRow]:
         """The oldest queued tasks (of ``owner``, for a foreground engine), skipping the
         ``exclude`` ids (tasks the engine already holds).
 
         Ids first, whole rows only for the chosen ones: decoding a row costs far more than
-        finding it, and the pump runs each time a task ends.
+        finding it, and the pump runs each time a task ends. ``known``: rows the caller
+        has just inserted, taken as they are instead of read back.
         """
         want = limit + len(exclude)
         # Priority first (0 high .. 2 low), then age; tasks whose start time has not come
@@ -235,11 +262,13 @@ class SQLStore(HistoryMixin, JobsMixin):
             args.append(owner)
         cur = self._db.execute(sql + "ORDER BY priority, created_at, id LIMIT ?", (*args, want))
         ids = [i for (i,) in cur.fetchall() if i not in exclude][:limit]
-        if not ids:
-            return []
-        marks = ", ".join("?" * len(ids))
-        found = self._rows(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", ids)
-        rows = {r.id: r for r in found}
+        known = known or {}
+        rows = {i: known[i] for i in ids if i in known}
+        rest = [i for i in ids if i not in rows]
+        if rest:
+            marks = ", ".join("?" * len(rest))
+            found = self._rows(f"SELECT {COLUMNS} FROM tasks WHERE id IN ({marks})", rest)
+            rows.update((r.id, r) for r in found)
         return [rows[i] for i in ids if i in rows]
 
     def in_phase(self, phase: Phase, *, background: bool) -> builtins.list[TaskRow]:
