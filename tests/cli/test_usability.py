@@ -132,7 +132,9 @@ def test_get_without_a_terminal_tells_every_retry_and_resume(
 def test_watch_without_a_terminal_prints_plain_lines(
     server: FaultServer, home: Path, tmp_path: Path, key: str
 ) -> None:
-    url = server.url(f"/gen/6M?cut=1000000&times=1&rate=1000000&key={key}")
+    # A progress line comes every 5 s: 11 s of transfer after the cut leaves room for a
+    # slow start of `watch` on a loaded machine (6 MiB did not).
+    url = server.url(f"/gen/12M?cut=1000000&times=1&rate=1000000&key={key}")
     r = bgt(home, "add", url, "-o", str(tmp_path / "w.bin"))
     assert r.returncode == 0, r.stderr
     task_id = r.stdout.strip()

@@ -699,8 +699,10 @@ def test_queue_lives_in_the_store_not_in_coroutines(
     with bgtransfer.Session("queue", home=tmp_path / "h", background=False, max_active=4) as s:
         engine = s._async._engine_or_raise()
         tasks, peak = [], 0
+        # One URL for all: its first 4 answers stall 10 s before their headers, so the
+        # first tasks hold every slot while the rest are submitted, however slowly.
+        url = server.url(f"/gen/20000?stall_headers=10&times=4&key={key}")
         for i in range(n):
-            url = server.url(f"/gen/20000?rate=200000&key={key}{i}")
             tasks.append(s.download(url, tmp_path / f"f{i}", **FAST))
             peak = max(peak, len(engine._live))
         assert 0 < peak <= engine._runner_cap()
