@@ -202,3 +202,24 @@ def test_a_global_cap_is_the_fleets_total_and_limit_reaches_it(
     assert main(["--home", str(tmp_path / "h"), "--store", pg_url, "limit", "--global",
                  "off"]) == 0  # fmt: skip
     assert pg.limits() == (None, {})
+
+
+def test_a_queued_task_no_worker_holds_says_its_origin_asked_to_wait(
+    pg: PostgresStore, pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cooling = build_row("s", "http://a.test/x", tmp_path / "a", background=True)
+    other = build_row("s", "http://b.test/x", tmp_path / "b", background=True)
+    pg.insert_many([cooling, other])
+    until = time.time() + 6  # room for a slow start of the commands below
+    pg.save_cooldown(origin_key(cooling.spec.url), until, "429", now=time.time())
+    home = str(tmp_path / "h")
+    assert main(["--home", home, "--store", pg_url, "ls", "--json"]) == 0
+    details = {t["id"]: t["detail"] for t in json.loads(capsys.readouterr().out)}
+    at = time.strftime("%H:%M:%S", time.localtime(until))
+    assert details[cooling.id] == f"origin asked to wait until {at} (429 from http://a.test:80)"
+    assert "asked to wait" not in details[other.id]
+    assert main(["--home", home, "--store", pg_url, "show", cooling.id, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["detail"] == details[cooling.id]
+    time.sleep(max(0.0, until - time.time()) + 0.2)  # the cool-down is over
+    assert main(["--home", home, "--store", pg_url, "show", cooling.id, "--json"]) == 0
+    assert "asked to wait" not in json.loads(capsys.readouterr().out)["detail"]

@@ -33,6 +33,7 @@ from bgtransfer._exceptions import (
 )
 from bgtransfer._home import redact_store_url
 from bgtransfer._models import PHASE_STATE, Phase, TaskState
+from bgtransfer._protocol._origin import origin_key
 from bgtransfer._redact import redact
 from bgtransfer._requests import (
     BATCH_LIMIT,
@@ -188,7 +189,7 @@ class StoreClient:
         if found is not None:
             task_id = unquote(found[1])
             if method == "GET":
-                return row_to_wire(await self._get(task_id))
+                return await self._show(task_id)
             if method == "DELETE":
                 await self._run(_remove, await self._db(), task_id)
                 return {"removed": [task_id]}
@@ -264,8 +265,16 @@ class StoreClient:
         return row_to_wire(await self._run(_submit_one, db, body))
 
     async def _list(self, q: dict[str, str]) -> list[dict[str, Any]]:
-        rows = await self._run(_rows, await self._db(), q)
-        return [row_to_wire(r) for r in rows]
+        db = await self._db()
+        rows, cooling = await self._run(lambda: (_rows(db, q), db.cooldowns(time.time())))
+        return [_cooling_detail(row_to_wire(r), r, cooling) for r in rows]
+
+    async def _show(self, task_id: str) -> dict[str, Any]:
+        db = await self._db()
+        row, cooling = await self._run(
+            lambda: (_control.get(db, task_id), db.cooldowns(time.time()))
+        )
+        return _cooling_detail(row_to_wire(row), row, cooling)
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -372,6 +381,21 @@ class _Lines:
                 out["task"] = row_to_wire(row)
         out["metadata"] = self._meta[ev.task_id]
         return out
+
+
+def _cooling_detail(
+    wire: dict[str, Any], row: TaskRow, cooling: list[tuple[str, float, str]]
+) -> dict[str, Any]:
+    """A queued task no worker holds says why none takes it: its origin asked the fleet to
+    wait (a worker holding it says so itself, as a daemon does)."""
+    if row.snap.phase is not Phase.QUEUED or not cooling:
+        return wire
+    origin = origin_key(row.spec.url)
+    for o, until, reason in cooling:
+        if o == origin:
+            at = time.strftime("%H:%M:%S", time.localtime(until))
+            wire["detail"] = f"origin asked to wait until {at} ({reason} from {origin})"
+    return wire
 
 
 def _bounded(url: str) -> str:
