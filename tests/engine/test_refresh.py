@@ -158,9 +158,11 @@ def test_a_first_403_is_a_refusal_not_an_expiry(
     assert minter.calls == []
 
 
-def test_a_callable_refresh_in_a_background_session_is_refused(tmp_path: Path) -> None:
+def test_a_callable_refresh_in_a_background_session_is_refused(
+    tmp_path: Path, daemon_home: Path
+) -> None:
     refused = pytest.raises(bgtransfer.InvalidRequest, match="callable runs only in a foreground")
-    with bgtransfer.Session("t", home=tmp_path / "h", background=True) as s, refused:
+    with bgtransfer.Session("t", home=daemon_home, background=True) as s, refused:
         s.download("http://127.0.0.1:9/x", tmp_path / "x", refresh=lambda info: {})
 
 

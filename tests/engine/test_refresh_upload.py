@@ -60,9 +60,11 @@ def test_an_expired_token_mid_upload_is_refreshed(
     assert any("URL refreshed" in a["outcome"] for a in t.history())
 
 
-def test_an_upload_refresh_command_is_refused_as_a_callable_in_the_daemon(tmp_path: Path) -> None:
+def test_an_upload_refresh_command_is_refused_as_a_callable_in_the_daemon(
+    tmp_path: Path, daemon_home: Path
+) -> None:
     src = tmp_path / "s"
     src.write_bytes(b"x")
     refused = pytest.raises(bgtransfer.InvalidRequest, match="callable runs only in a foreground")
-    with bgtransfer.Session("t", home=tmp_path / "h", background=True) as s, refused:
+    with bgtransfer.Session("t", home=daemon_home, background=True) as s, refused:
         s.upload(src, "http://127.0.0.1:9/u", refresh=lambda info: {})
