@@ -19,12 +19,17 @@ from pathlib import Path
 
 from bench_stats import parse_proc_stat_times, parse_status_kib, render_nginx_conf
 
+# The CA and server certificate of W6/W7 are the interop tests' own.
+from bgtransfer.testing._thirdparty import Pki, make_pki
+
 __all__ = [
     "Daemon",
     "Nginx",
+    "Pki",
     "ProcResult",
     "ensure_tools",
     "free_port",
+    "make_pki",
     "run_measured",
     "run_quiet",
 ]
@@ -217,40 +222,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Pki:
-    """A CA made for one run and a server certificate for 127.0.0.1 and localhost."""
-
-    ca: Path
-    cert: Path
-    key: Path
-
-
-def make_pki(d: Path) -> Pki:
-    """Self-signed CA + server certificate (ECDSA P-256) with the openssl CLI."""
-    d.mkdir(parents=True, exist_ok=True)
-
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-
-    curve = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
-    ossl(
-        "req", "-x509", *curve, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=bgtransfer bench CA",
-        "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-    )  # fmt: skip
-    ossl("req", *curve, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
-    (d / "ext.cnf").write_text(
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
-    )
-    ossl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf",
-    )  # fmt: skip
-    return Pki(d / "ca.pem", d / "server.pem", d / "server.key")
 
 
 class Nginx:

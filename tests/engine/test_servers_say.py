@@ -3,7 +3,6 @@ S3 implementation (moto's server), plus issue 14's connection-counted origin lim
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 import socket
@@ -23,6 +22,7 @@ from bgtransfer import TaskState
 from bgtransfer._engine._limiter import origin_key
 from bgtransfer._protocol._machine import DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME
 from bgtransfer.testing import FaultServer, gen_bytes
+from bgtransfer.testing._thirdparty import CutProxy
 
 MiB = 1 << 20
 FAST: dict[str, Any] = {"retry_wait": 0.05, "max_retry_wait": 0.2}
@@ -99,68 +99,6 @@ def s3() -> Iterator[S3]:
             proc.wait(timeout=10)
 
 
-class CuttingProxy:
-    """A TCP relay to ``port`` that cuts its first connection after ``cut`` bytes of the
-    answer, calling ``on_cut`` first (the object is replaced while the client is cut off)."""
-
-    def __init__(self, port: int, cut: int, on_cut: Callable[[], None]) -> None:
-        self.upstream = port
-        self.cut = cut
-        self.on_cut = on_cut
-        self.connections = 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = int(self.sock.getsockname()[1])
-        self.closed = False
-        self.threads: list[threading.Thread] = []
-        self.accepting = threading.Thread(target=self._accept, daemon=True)
-        self.accepting.start()
-
-    def _accept(self) -> None:
-        while not self.closed:
-            try:
-                client, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            self.connections += 1
-            up = socket.create_connection(("127.0.0.1", self.upstream), timeout=30)
-            limit = self.cut if self.connections == 1 else None
-            for src, dst, lim in ((client, up, None), (up, client, limit)):
-                t = threading.Thread(target=self._pump, args=(src, dst, lim), daemon=True)
-                t.start()
-                self.threads.append(t)
-
-    def _pump(self, src: socket.socket, dst: socket.socket, limit: int | None) -> None:
-        sent = 0
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if limit is not None and sent + len(data) >= limit:
-                    dst.sendall(data[: limit - sent])
-                    self.on_cut()
-                    break
-                dst.sendall(data)
-                sent += len(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                with contextlib.suppress(OSError):
-                    s.shutdown(socket.SHUT_RDWR)
-                s.close()
-
-    def close(self) -> None:
-        self.closed = True
-        self.sock.close()
-        self.accepting.join(timeout=5)
-        for t in self.threads:
-            t.join(timeout=5)
-
-
 @pytest.mark.parametrize("segments", [1, 4])
 def test_s3_replaced_mid_download_gives_one_version(
     s3: S3, tmp_path: Path, key: str, segments: int
@@ -176,8 +114,8 @@ def test_s3_replaced_mid_download_gives_one_version(
         s3.put(name, v2)
         replaced.set()
 
-    # Cut inside the first 2 MiB: the first segment when there are four.
-    proxy = CuttingProxy(int(s3.base.rsplit(":", 1)[1]), MiB, replace)
+    # Cut the first connection whose answer passes 1 MiB (inside a segment when there are four).
+    proxy = CutProxy(int(s3.base.rsplit(":", 1)[1]), after=MiB, on_cut=replace)
     try:
         url = f"http://127.0.0.1:{proxy.port}/bkt/{name}"
         dest = tmp_path / "s3.bin"

@@ -229,14 +229,7 @@ class StaticServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return ""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)  # its own session: only its children
-                proc.wait(10)
+        end_process(proc)
         err = ""
         for log in (self.root / "stderr.log", self.error_log):
             with contextlib.suppress(OSError):
@@ -403,6 +396,19 @@ Alias /noranges/ {www}/
     SetEnv force-gzip 1
 </Location>
 """
+
+
+def end_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM a server started in a session of its own, then SIGKILL its whole group if it
+    has not exited within 10 s (only its children: the group is its own)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
 
 
 # -- a CA of the test's own ------------------------------------------------------------------

@@ -20,7 +20,6 @@ import os
 import re
 import selectors
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from bgtransfer.testing._postgres import NOBODY, as_server_user
-from bgtransfer.testing._thirdparty import server_dir
+from bgtransfer.testing._thirdparty import end_process, server_dir
 
 __all__ = ["TUS_PACKAGES", "TusNode", "install_tus_node", "tus_node_dir", "tus_node_missing"]
 
@@ -265,14 +264,7 @@ class TusNode:
         proc, self.proc = self.proc, None
         if proc is None:
             return ""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        end_process(proc)
         if proc.stdout is not None:
             proc.stdout.close()
         try:
